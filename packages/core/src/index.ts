@@ -1,0 +1,2 @@
+export * as Errors from "./Errors.js"
+export * as Ids from "./Ids.js"
