@@ -1,0 +1,215 @@
+/**
+ * The one migration set. PostgreSQL dialect, run unchanged on PGlite and on
+ * PostgreSQL 15+. Append new migrations; never edit one that has shipped.
+ */
+import * as Migrator from "@effect/sql/Migrator"
+import { SqlClient } from "@effect/sql"
+import { Effect } from "effect"
+
+const run = (statements: ReadonlyArray<string>) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Effect.forEach(statements, (statement) => sql.unsafe(statement), { discard: true }))
+
+const initial = run([
+  `CREATE TABLE users (
+    id text PRIMARY KEY,
+    username text NOT NULL,
+    display_name text,
+    instance text,
+    created_at timestamptz NOT NULL DEFAULT now()
+  )`,
+  // Stored lowercased; shadow users of other registries are `name@instance`.
+  `CREATE UNIQUE INDEX users_username_key ON users (username)`,
+
+  `CREATE TABLE api_keys (
+    id text PRIMARY KEY,
+    user_id text NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    hash text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    revoked_at timestamptz
+  )`,
+  `CREATE INDEX api_keys_user_idx ON api_keys (user_id) WHERE revoked_at IS NULL`,
+
+  `CREATE TABLE agent_connections (
+    id text PRIMARY KEY,
+    user_id text NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    framework text NOT NULL,
+    label text NOT NULL,
+    description text,
+    capabilities jsonb NOT NULL DEFAULT '[]',
+    routing_priority integer NOT NULL DEFAULT 0,
+    mode text NOT NULL DEFAULT 'webhook',
+    callback_url text,
+    callback_secret text NOT NULL,
+    public_key text,
+    public_key_alg text,
+    status text NOT NULL DEFAULT 'active',
+    last_seen timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+  )`,
+  `CREATE UNIQUE INDEX agent_connections_identity_key ON agent_connections (user_id, framework, label)`,
+
+  `CREATE TABLE friendships (
+    id text PRIMARY KEY,
+    requester_id text NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    addressee_id text NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    status text NOT NULL,
+    blocked_by text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    CHECK (requester_id <> addressee_id)
+  )`,
+  // One row per unordered pair, whoever asked first.
+  `CREATE UNIQUE INDEX friendships_pair_key ON friendships (LEAST(requester_id, addressee_id), GREATEST(requester_id, addressee_id))`,
+  `CREATE INDEX friendships_requester_idx ON friendships (requester_id, status)`,
+  `CREATE INDEX friendships_addressee_idx ON friendships (addressee_id, status)`,
+
+  `CREATE TABLE groups (
+    id text PRIMARY KEY,
+    name text NOT NULL,
+    description text,
+    invite_only boolean NOT NULL DEFAULT true,
+    created_at timestamptz NOT NULL DEFAULT now()
+  )`,
+  `CREATE UNIQUE INDEX groups_name_key ON groups (lower(name))`,
+
+  `CREATE TABLE group_memberships (
+    id text PRIMARY KEY,
+    group_id text NOT NULL REFERENCES groups (id) ON DELETE CASCADE,
+    user_id text NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    role text NOT NULL,
+    status text NOT NULL,
+    invited_by text,
+    joined_at timestamptz,
+    created_at timestamptz NOT NULL DEFAULT now()
+  )`,
+  `CREATE UNIQUE INDEX group_memberships_member_key ON group_memberships (group_id, user_id)`,
+  `CREATE INDEX group_memberships_user_idx ON group_memberships (user_id)`,
+
+  `CREATE TABLE policies (
+    id text PRIMARY KEY,
+    owner_id text NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    scope text NOT NULL,
+    target_id text,
+    policy_type text NOT NULL,
+    content text NOT NULL,
+    priority integer NOT NULL DEFAULT 0,
+    enabled boolean NOT NULL DEFAULT true,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+  )`,
+  `CREATE INDEX policies_owner_idx ON policies (owner_id, scope, target_id)`,
+  `CREATE INDEX policies_target_idx ON policies (scope, target_id) WHERE scope = 'group'`,
+
+  `CREATE TABLE messages (
+    id text PRIMARY KEY,
+    sender_id text NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    sender_connection_id text,
+    sender_agent text,
+    recipient_type text NOT NULL,
+    recipient_id text NOT NULL,
+    recipient_name text NOT NULL,
+    correlation_id text,
+    idempotency_key text,
+    payload_type text NOT NULL,
+    message text NOT NULL,
+    context text,
+    encryption jsonb,
+    sender_signature jsonb,
+    status text NOT NULL,
+    rejection_reason text,
+    recipients integer NOT NULL DEFAULT 0,
+    delivered_count integer NOT NULL DEFAULT 0,
+    failed_count integer NOT NULL DEFAULT 0,
+    origin_instance text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    delivered_at timestamptz
+  )`,
+  `CREATE UNIQUE INDEX messages_idempotency_key ON messages (sender_id, idempotency_key) WHERE idempotency_key IS NOT NULL`,
+  `CREATE INDEX messages_sender_idx ON messages (sender_id, created_at DESC)`,
+
+  // The outbox: one row per target (an agent connection, a polling inbox, or a peer registry).
+  `CREATE TABLE deliveries (
+    id text PRIMARY KEY,
+    message_id text NOT NULL REFERENCES messages (id) ON DELETE CASCADE,
+    target_kind text NOT NULL,
+    recipient_user_id text,
+    connection_id text,
+    peer_id text,
+    status text NOT NULL,
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    first_attempt_at timestamptz,
+    lease_owner text,
+    lease_until timestamptz,
+    last_error text,
+    last_status_code integer,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    delivered_at timestamptz
+  )`,
+  // Workers claim from here: only pending rows are indexed, so the index stays small.
+  `CREATE INDEX deliveries_due_idx ON deliveries (next_attempt_at) WHERE status = 'pending'`,
+  `CREATE INDEX deliveries_message_idx ON deliveries (message_id)`,
+  `CREATE INDEX deliveries_recipient_idx ON deliveries (recipient_user_id, created_at DESC)`,
+  `CREATE INDEX deliveries_connection_idx ON deliveries (connection_id) WHERE status = 'pending'`,
+
+  `CREATE TABLE registry_instances (
+    id text PRIMARY KEY,
+    name text NOT NULL,
+    base_url text NOT NULL,
+    keys jsonb NOT NULL DEFAULT '[]',
+    status text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+  )`,
+  `CREATE UNIQUE INDEX registry_instances_base_url_key ON registry_instances (base_url)`,
+  `CREATE UNIQUE INDEX registry_instances_name_key ON registry_instances (name)`,
+
+  `CREATE TABLE instance_keys (
+    key_id text PRIMARY KEY,
+    public_key text NOT NULL,
+    private_key text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    retired_at timestamptz
+  )`,
+
+  `CREATE TABLE federation_nonces (
+    peer_id text NOT NULL,
+    nonce text NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (peer_id, nonce)
+  )`,
+  `CREATE INDEX federation_nonces_expiry_idx ON federation_nonces (expires_at)`
+])
+
+/** Loader for `@effect/sql`'s Migrator. */
+export const loader = Migrator.fromRecord({
+  "1_initial": initial
+})
+
+export const table = "mahilo_migrations"
+
+/**
+ * Runs pending migrations. Safe when several processes start at once on one
+ * PostgreSQL: a transaction-scoped advisory lock serialises them, and the
+ * bookkeeping table is created inside that lock.
+ */
+export const migrate = Effect.gen(function* () {
+  const sql = yield* SqlClient.SqlClient
+  const run = Migrator.make({})
+  return yield* sql.withTransaction(
+    Effect.gen(function* () {
+      yield* sql`SELECT pg_advisory_xact_lock(727214)`
+      yield* sql.unsafe(`CREATE TABLE IF NOT EXISTS ${table} (
+        migration_id integer PRIMARY KEY,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        name text NOT NULL
+      )`)
+      return yield* run({ loader, table })
+    })
+  )
+})
+
+export { MigrationError } from "@effect/sql/Migrator"

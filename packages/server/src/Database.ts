@@ -1,0 +1,124 @@
+/**
+ * The two database layers. Both provide `SqlClient` speaking the PostgreSQL
+ * dialect and run the one migration set at start-up:
+ * - PGlite (Postgres compiled to WASM): the embedded default, persistent under
+ *   a data directory or in memory for tests;
+ * - PostgreSQL through `@effect/sql-pg`, selected by `DATABASE_URL`.
+ */
+import * as Reactivity from "@effect/experimental/Reactivity"
+import { SqlClient } from "@effect/sql"
+import type { Connection } from "@effect/sql/SqlConnection"
+import { SqlError } from "@effect/sql/SqlError"
+import { PgClient } from "@effect/sql-pg"
+import { PGlite } from "@electric-sql/pglite"
+import { Migrations } from "@mahilo/core"
+import { Context, Effect, Layer, Redacted, Stream } from "effect"
+
+/** Where the data lives. */
+export type DatabaseConfig =
+  | { readonly _tag: "Postgres"; readonly url: string; readonly maxConnections?: number }
+  | { readonly _tag: "PGlite"; readonly dataDir: string | undefined }
+
+/** Which engine is underneath; the notification relay picks LISTEN/NOTIFY only on PostgreSQL. */
+export class DatabaseEngine extends Context.Tag("@mahilo/server/DatabaseEngine")<
+  DatabaseEngine,
+  { readonly kind: "pglite" } | { readonly kind: "postgres"; readonly client: PgClient.PgClient }
+>() {}
+
+const failed = (cause: unknown) => new SqlError({ cause, message: "Failed to execute statement" })
+
+/**
+ * A `SqlClient` over one PGlite instance. PGlite is a single connection, so
+ * statements take turns through a semaphore and a transaction holds it for its
+ * whole scope; nothing else can interleave with an open transaction.
+ */
+export const makePGliteClient = (db: PGlite) =>
+  Effect.gen(function* () {
+    const turn = yield* Effect.makeSemaphore(1)
+    const compiler = PgClient.makeCompiler()
+
+    const query = (sql: string, params: ReadonlyArray<unknown>) =>
+      Effect.tryPromise({ try: () => db.query<any>(sql, params as Array<unknown>), catch: failed })
+
+    const raw: Connection = {
+      execute: (sql, params, transformRows) =>
+        Effect.map(query(sql, params), (r) => (transformRows ? transformRows(r.rows) : r.rows)),
+      executeRaw: (sql, params) => query(sql, params),
+      executeValues: (sql, params) =>
+        Effect.map(
+          Effect.tryPromise({
+            try: () => db.query<Array<unknown>>(sql, params as Array<unknown>, { rowMode: "array" }),
+            catch: failed
+          }),
+          (r) => r.rows
+        ),
+      executeUnprepared: (sql, params, transformRows) =>
+        params.length > 0
+          ? Effect.map(query(sql, params), (r) => (transformRows ? transformRows(r.rows) : r.rows))
+          : Effect.map(
+            Effect.tryPromise({ try: () => db.exec(sql), catch: failed }),
+            (results) => {
+              const rows = (results.at(-1)?.rows ?? []) as ReadonlyArray<any>
+              return transformRows ? transformRows(rows) : rows
+            }
+          ),
+      executeStream: (sql, params, transformRows) =>
+        Stream.fromIterableEffect(
+          Effect.map(query(sql, params), (r) => (transformRows ? transformRows(r.rows) : r.rows))
+        )
+    }
+
+    const inTurn = <A, E>(effect: Effect.Effect<A, E>) => turn.withPermits(1)(effect)
+    const shared: Connection = {
+      execute: (sql, params, t) => inTurn(raw.execute(sql, params, t)),
+      executeRaw: (sql, params) => inTurn(raw.executeRaw(sql, params)),
+      executeValues: (sql, params) => inTurn(raw.executeValues(sql, params)),
+      executeUnprepared: (sql, params, t) => inTurn(raw.executeUnprepared(sql, params, t)),
+      executeStream: (sql, params, t) => Stream.unwrap(Effect.map(inTurn(Effect.void), () => raw.executeStream(sql, params, t)))
+    }
+
+    return yield* SqlClient.make({
+      acquirer: Effect.succeed(shared),
+      transactionAcquirer: Effect.as(Effect.acquireRelease(turn.take(1), () => turn.release(1)), raw),
+      compiler,
+      spanAttributes: [["db.system.name", "pglite"]]
+    })
+  })
+
+/** PGlite layer: persistent when `dataDir` is set, in memory otherwise. */
+export const pglite = (dataDir: string | undefined) =>
+  Layer.scopedContext(
+    Effect.gen(function* () {
+      const db = yield* Effect.acquireRelease(
+        Effect.tryPromise({
+          try: () => PGlite.create(dataDir !== undefined ? { dataDir } : {}),
+          catch: (cause) => new SqlError({ cause, message: `Failed to open the embedded database${dataDir ? ` at ${dataDir}` : ""}` })
+        }),
+        (db) => Effect.promise(() => db.close())
+      )
+      const client = yield* makePGliteClient(db)
+      return Context.make(SqlClient.SqlClient, client).pipe(
+        Context.add(DatabaseEngine, { kind: "pglite" as const })
+      )
+    })
+  ).pipe(Layer.provide(Reactivity.layer))
+
+/** PostgreSQL layer over a connection pool. */
+export const postgres = (url: string, maxConnections = 10) =>
+  Layer.effectContext(
+    Effect.gen(function* () {
+      const client = yield* PgClient.PgClient
+      return Context.make(SqlClient.SqlClient, client).pipe(
+        Context.add(DatabaseEngine, { kind: "postgres" as const, client })
+      )
+    })
+  ).pipe(
+    Layer.provideMerge(PgClient.layer({ url: Redacted.make(url), maxConnections })),
+    Layer.map((context) => Context.omit(PgClient.PgClient)(context) as Context.Context<SqlClient.SqlClient | DatabaseEngine>)
+  )
+
+/** The configured database with its migrations applied. */
+export const layer = (config: DatabaseConfig): Layer.Layer<SqlClient.SqlClient | DatabaseEngine, SqlError | Migrations.MigrationError> => {
+  const base = config._tag === "Postgres" ? postgres(config.url, config.maxConnections) : pglite(config.dataDir)
+  return Layer.tap(base, (context) => Effect.provide(Migrations.migrate, context))
+}
