@@ -1,1 +1,2 @@
 export {}
+export * as FakeAgent from "./FakeAgent.js"

@@ -105,6 +105,7 @@ const initial = run([
   `CREATE TABLE messages (
     id text PRIMARY KEY,
     sender_id text NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    sender_name text NOT NULL,
     sender_connection_id text,
     sender_agent text,
     recipient_type text NOT NULL,
@@ -137,6 +138,7 @@ const initial = run([
     recipient_user_id text,
     connection_id text,
     peer_id text,
+    is_primary boolean NOT NULL DEFAULT true,
     status text NOT NULL,
     attempts integer NOT NULL DEFAULT 0,
     next_attempt_at timestamptz NOT NULL DEFAULT now(),
@@ -152,7 +154,9 @@ const initial = run([
   // Workers claim from here: only pending rows are indexed, so the index stays small.
   `CREATE INDEX deliveries_due_idx ON deliveries (next_attempt_at) WHERE status = 'pending'`,
   `CREATE INDEX deliveries_message_idx ON deliveries (message_id)`,
-  `CREATE INDEX deliveries_recipient_idx ON deliveries (recipient_user_id, created_at DESC)`,
+  // Received history: one row per (message, recipient user).
+  `CREATE INDEX deliveries_recipient_idx ON deliveries (recipient_user_id, created_at DESC) WHERE is_primary`,
+  `CREATE INDEX deliveries_inbox_idx ON deliveries (recipient_user_id, created_at) WHERE target_kind = 'inbox' AND status = 'pending'`,
   `CREATE INDEX deliveries_connection_idx ON deliveries (connection_id) WHERE status = 'pending'`,
 
   `CREATE TABLE registry_instances (

@@ -1,0 +1,54 @@
+/**
+ * What happened, told after the transaction that made it happen committed.
+ * The server turns these into WebSocket notifications, engine wake-ups and
+ * cache invalidations; embedded users may subscribe or ignore them.
+ */
+import { Context, Effect, Layer } from "effect"
+import type { DeliveryStatus, MessageStatus } from "./Store.js"
+
+export type RegistryEvent =
+  /** New deliveries are due now: wake a worker. */
+  | { readonly _tag: "DeliveriesQueued"; readonly messageId: string; readonly count: number }
+  /** A message reached one of the user's agents (or their inbox). */
+  | {
+    readonly _tag: "MessageReceived"
+    readonly userId: string
+    readonly messageId: string
+    readonly sender: string
+    readonly recipientType: "user" | "group"
+    readonly groupId: string | null
+    readonly payloadType: string
+  }
+  /** A delivery of the user's message changed state. */
+  | {
+    readonly _tag: "DeliveryStatus"
+    readonly userId: string
+    readonly messageId: string
+    readonly deliveryStatus: DeliveryStatus
+    readonly messageStatus: MessageStatus
+    readonly recipientUserId: string | null
+  }
+  /** A friend request was sent to the user, or theirs was accepted. */
+  | {
+    readonly _tag: "FriendRequest"
+    readonly userId: string
+    readonly friendshipId: string
+    readonly from: string
+    readonly status: "pending" | "accepted"
+  }
+  | { readonly _tag: "GroupInvite"; readonly userId: string; readonly groupId: string; readonly groupName: string; readonly invitedBy: string }
+  | { readonly _tag: "GroupJoin"; readonly userIds: ReadonlyArray<string>; readonly groupId: string; readonly groupName: string; readonly username: string }
+  | { readonly _tag: "GroupLeave"; readonly userIds: ReadonlyArray<string>; readonly groupId: string; readonly groupName: string; readonly username: string }
+  /** An agent connection was registered, changed or removed. */
+  | { readonly _tag: "Connection"; readonly userId: string; readonly connectionId: string; readonly change: "created" | "updated" | "deleted" | "seen" }
+  /** These API keys stopped working: drop them from any cache at once. */
+  | { readonly _tag: "KeysRevoked"; readonly userId: string; readonly kids: ReadonlyArray<string> }
+
+export interface EventsService {
+  readonly publish: (event: RegistryEvent) => Effect.Effect<void>
+}
+
+export class Events extends Context.Tag("@mahilo/core/Events")<Events, EventsService>() {
+  /** Drops every event (embedded use without listeners). */
+  static readonly none: Layer.Layer<Events> = Layer.succeed(Events, { publish: () => Effect.void })
+}

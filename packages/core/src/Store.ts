@@ -1,0 +1,330 @@
+/**
+ * The store's ports: one `Context.Tag` per aggregate. Use cases depend on
+ * these; `sql/SqlStore.ts` implements them on `@effect/sql` (PGlite or
+ * PostgreSQL). Every method fails only with `SqlError` (infrastructure) or the
+ * domain error it names.
+ */
+import type { SqlError } from "@effect/sql/SqlError"
+import { Context, type Effect, type Option } from "effect"
+import type * as Errors from "./Errors.js"
+import type * as Graph from "./Graph.js"
+import type * as Policy from "./Policy.js"
+import type * as Routing from "./Routing.js"
+
+// ---------------------------------------------------------------------------
+// Users and API keys
+
+/** A person with an account here, or (with `instance`) a shadow of a user on another registry. */
+export interface User {
+  readonly id: string
+  readonly username: string
+  readonly displayName: string | null
+  readonly instance: string | null
+  readonly createdAt: Date
+}
+
+/** A stored API key: its id (`kid`) and Argon2id hash. */
+export interface StoredKey {
+  readonly kid: string
+  readonly userId: string
+  readonly hash: string
+}
+
+export interface UsersService {
+  /** Creates a user and their first key in one transaction; a taken name is `409 USERNAME_EXISTS`. */
+  readonly create: (
+    user: Omit<User, "createdAt">,
+    key: { readonly kid: string; readonly hash: string }
+  ) => Effect.Effect<User, SqlError | Errors.Conflict>
+  readonly findById: (id: string) => Effect.Effect<Option.Option<User>, SqlError>
+  readonly findByUsername: (username: string) => Effect.Effect<Option.Option<User>, SqlError>
+  readonly findByIds: (ids: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<User>, SqlError>
+  /** The shadow user for `name@instance`, created on first sight. */
+  readonly ensureShadow: (
+    input: { readonly id: string; readonly username: string; readonly displayName: string | null; readonly instance: string }
+  ) => Effect.Effect<User, SqlError>
+  /** A key that has not been revoked. */
+  readonly findKey: (kid: string) => Effect.Effect<Option.Option<StoredKey>, SqlError>
+  /** Adds a new key and revokes every other key of the user, atomically; answers the revoked kids. */
+  readonly rotateKey: (
+    userId: string,
+    key: { readonly kid: string; readonly hash: string }
+  ) => Effect.Effect<ReadonlyArray<string>, SqlError>
+}
+
+export class Users extends Context.Tag("@mahilo/core/Users")<Users, UsersService>() {}
+
+// ---------------------------------------------------------------------------
+// Agent connections
+
+/** How a connection receives: pushed to its callback URL, or kept for it to fetch. */
+export type ConnectionMode = "webhook" | "polling"
+
+/** An agent connection with everything delivery needs. */
+export interface AgentConnection extends Routing.Connection {
+  readonly mode: ConnectionMode
+  readonly callbackUrl: string | null
+  readonly callbackSecret: string
+  readonly publicKey: string | null
+  readonly publicKeyAlg: string | null
+  readonly lastSeen: Date | null
+  readonly updatedAt: Date
+}
+
+export interface ConnectionsService {
+  readonly listByUser: (userId: string) => Effect.Effect<ReadonlyArray<AgentConnection>, SqlError>
+  /** Active connections of many users at once (group fan-out). */
+  readonly listActiveByUsers: (userIds: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<AgentConnection>, SqlError>
+  readonly find: (id: string) => Effect.Effect<Option.Option<AgentConnection>, SqlError>
+  readonly findByIdentity: (
+    userId: string,
+    framework: string,
+    label: string
+  ) => Effect.Effect<Option.Option<AgentConnection>, SqlError>
+  readonly insert: (connection: Omit<AgentConnection, "createdAt" | "updatedAt" | "lastSeen">) => Effect.Effect<void, SqlError | Errors.Conflict>
+  readonly update: (connection: Omit<AgentConnection, "createdAt" | "updatedAt" | "lastSeen">) => Effect.Effect<void, SqlError>
+  /** Deletes the user's connection; false if it was not theirs. */
+  readonly delete: (userId: string, id: string) => Effect.Effect<boolean, SqlError>
+  readonly touch: (id: string, at: Date) => Effect.Effect<void, SqlError>
+}
+
+export class Connections extends Context.Tag("@mahilo/core/Connections")<Connections, ConnectionsService>() {}
+
+// ---------------------------------------------------------------------------
+// Friendships
+
+/** A friendship row joined with the other party, as one side lists it. */
+export interface FriendListing {
+  readonly friendship: Graph.Friendship
+  readonly other: User
+}
+
+export interface FriendshipsService {
+  readonly find: (id: string) => Effect.Effect<Option.Option<Graph.Friendship>, SqlError>
+  /** The pair's row, whoever asked first. */
+  readonly findPair: (a: string, b: string) => Effect.Effect<Option.Option<Graph.Friendship>, SqlError>
+  /** Persists a transition; an insert answers the new row (a concurrent insert of the pair is `409 REQUEST_EXISTS`). */
+  readonly apply: (
+    change: Graph.FriendshipChange,
+    id: string
+  ) => Effect.Effect<Option.Option<Graph.Friendship>, SqlError | Errors.Conflict>
+  /** The user's rows in a state, with the other party. */
+  readonly listFor: (
+    userId: string,
+    status: Graph.FriendshipStatus
+  ) => Effect.Effect<ReadonlyArray<FriendListing>, SqlError>
+  readonly areFriends: (a: string, b: string) => Effect.Effect<boolean, SqlError>
+}
+
+export class Friendships extends Context.Tag("@mahilo/core/Friendships")<Friendships, FriendshipsService>() {}
+
+// ---------------------------------------------------------------------------
+// Groups
+
+/** A group as one member sees it. */
+export interface GroupListing {
+  readonly group: Graph.Group
+  readonly membership: Graph.Membership
+  readonly memberCount: number
+}
+
+/** A membership with its user. */
+export interface MemberListing {
+  readonly membership: Graph.Membership
+  readonly user: User
+}
+
+export interface GroupsService {
+  /** Creates the group and its owner's membership; a taken name is `409 GROUP_EXISTS`. */
+  readonly create: (
+    input: Graph.CreateGroup & { readonly id: string; readonly membershipId: string }
+  ) => Effect.Effect<Graph.Group, SqlError | Errors.Conflict>
+  readonly find: (id: string) => Effect.Effect<Option.Option<Graph.Group>, SqlError>
+  readonly findMembership: (groupId: string, userId: string) => Effect.Effect<Option.Option<Graph.Membership>, SqlError>
+  readonly findMembershipById: (id: string) => Effect.Effect<Option.Option<Graph.Membership>, SqlError>
+  readonly listForUser: (userId: string) => Effect.Effect<ReadonlyArray<GroupListing>, SqlError>
+  readonly members: (groupId: string) => Effect.Effect<ReadonlyArray<MemberListing>, SqlError>
+  readonly activeMemberCount: (groupId: string) => Effect.Effect<number, SqlError>
+  /** Active members' user ids. */
+  readonly activeMemberIds: (groupId: string) => Effect.Effect<ReadonlyArray<string>, SqlError>
+  /** Persists a transition; an insert uses `membershipId`. */
+  readonly apply: (change: Graph.MembershipChange, membershipId: string) => Effect.Effect<void, SqlError | Errors.Conflict>
+}
+
+export class Groups extends Context.Tag("@mahilo/core/Groups")<Groups, GroupsService>() {}
+
+// ---------------------------------------------------------------------------
+// Policies
+
+export interface PolicyFilter {
+  readonly scope?: Policy.PolicyScope | undefined
+  readonly targetId?: string | undefined
+  readonly policyType?: Policy.PolicyType | undefined
+}
+
+export interface PolicyPatch {
+  readonly content?: string | undefined
+  readonly priority?: number | undefined
+  readonly enabled?: boolean | undefined
+}
+
+export interface PoliciesService {
+  readonly insert: (policy: Policy.Policy) => Effect.Effect<void, SqlError>
+  readonly find: (id: string) => Effect.Effect<Option.Option<Policy.Policy>, SqlError>
+  /** Policies matching the filter; `ownerId` null means whoever wrote them (a group's policies). */
+  readonly list: (ownerId: string | null, filter: PolicyFilter) => Effect.Effect<ReadonlyArray<Policy.Policy>, SqlError>
+  readonly update: (id: string, patch: PolicyPatch) => Effect.Effect<void, SqlError>
+  readonly delete: (id: string) => Effect.Effect<void, SqlError>
+  /**
+   * What a send is checked against: the sender's enabled heuristic policies
+   * (global, and scoped to `target` when it is a user), plus a group's own
+   * policies when the target is a group.
+   */
+  readonly forSend: (
+    senderId: string,
+    target: Policy.RecipientScope
+  ) => Effect.Effect<ReadonlyArray<Policy.Policy>, SqlError>
+}
+
+export class Policies extends Context.Tag("@mahilo/core/Policies")<Policies, PoliciesService>() {}
+
+// ---------------------------------------------------------------------------
+// Messages and the outbox
+
+export type MessageStatus = "pending" | "delivered" | "failed" | "rejected"
+export type DeliveryStatus = "pending" | "delivered" | "failed"
+/** Where a delivery goes: an agent's callback URL, a polling agent's inbox, or a peer registry. */
+export type TargetKind = "agent" | "inbox" | "peer"
+
+export interface Message {
+  readonly id: string
+  readonly senderId: string
+  readonly senderName: string
+  readonly senderConnectionId: string | null
+  readonly senderAgent: string | null
+  readonly recipientType: "user" | "group"
+  readonly recipientId: string
+  readonly recipientName: string
+  readonly correlationId: string | null
+  readonly idempotencyKey: string | null
+  readonly payloadType: string
+  readonly message: string
+  readonly context: string | null
+  readonly encryption: unknown
+  readonly senderSignature: unknown
+  readonly status: MessageStatus
+  readonly rejectionReason: string | null
+  readonly recipients: number
+  readonly deliveredCount: number
+  readonly failedCount: number
+  readonly originInstance: string | null
+  readonly createdAt: Date
+  readonly deliveredAt: Date | null
+}
+
+export interface Delivery {
+  readonly id: string
+  readonly messageId: string
+  readonly targetKind: TargetKind
+  readonly recipientUserId: string | null
+  readonly connectionId: string | null
+  readonly peerId: string | null
+  readonly status: DeliveryStatus
+  readonly attempts: number
+  readonly nextAttemptAt: Date
+  readonly firstAttemptAt: Date | null
+  readonly lastError: string | null
+  readonly lastStatusCode: number | null
+  readonly createdAt: Date
+  readonly deliveredAt: Date | null
+}
+
+/** A new delivery row; `leaseOwner` set means the inserting node attempts it at once. */
+export interface NewDelivery {
+  readonly id: string
+  readonly targetKind: TargetKind
+  readonly recipientUserId: string | null
+  readonly connectionId: string | null
+  readonly peerId: string | null
+  /** True for one delivery per (message, recipient user): the one received-history lists. */
+  readonly primary: boolean
+}
+
+/** A claimed delivery with what an attempt needs. */
+export interface ClaimedDelivery {
+  readonly delivery: Delivery
+  readonly message: Message
+  readonly connection: Option.Option<AgentConnection>
+}
+
+/** What happened to an attempt, as the outbox records it. */
+export type AttemptRecord =
+  | { readonly _tag: "Delivered"; readonly statusCode: number | null; readonly at: Date }
+  | { readonly _tag: "Retry"; readonly error: string; readonly statusCode: number | null; readonly nextAttemptAt: Date }
+  | { readonly _tag: "Failed"; readonly error: string; readonly statusCode: number | null }
+
+/** The message after a delivery outcome rolled up into it. */
+export interface Rollup {
+  readonly messageId: string
+  readonly messageStatus: MessageStatus
+  readonly deliveryStatus: DeliveryStatus
+  readonly senderId: string
+  readonly recipientUserId: string | null
+}
+
+export interface HistoryQuery {
+  readonly direction: "sent" | "received"
+  readonly since: Date | undefined
+  readonly before: Date | undefined
+  readonly limit: number
+}
+
+/** A history entry: the message, and for received ones the caller's own delivery. */
+export interface HistoryEntry {
+  readonly message: Message
+  readonly delivery: Option.Option<Delivery>
+}
+
+export interface MessagesService {
+  readonly findByIdempotencyKey: (senderId: string, key: string) => Effect.Effect<Option.Option<Message>, SqlError>
+  readonly find: (id: string) => Effect.Effect<Option.Option<Message>, SqlError>
+  /**
+   * Writes the message and its deliveries in one transaction. A duplicate
+   * idempotency key is `409 DUPLICATE` (the caller re-reads the first message).
+   * When `leaseOwner` is given, the deliveries are inserted already leased to it.
+   */
+  readonly insert: (
+    message: Message,
+    deliveries: ReadonlyArray<NewDelivery>,
+    lease: Option.Option<{ readonly owner: string; readonly until: Date }>
+  ) => Effect.Effect<void, SqlError | Errors.Conflict>
+  readonly deliveriesOf: (messageId: string) => Effect.Effect<ReadonlyArray<Delivery>, SqlError>
+  readonly history: (userId: string, query: HistoryQuery) => Effect.Effect<ReadonlyArray<HistoryEntry>, SqlError>
+}
+
+export class Messages extends Context.Tag("@mahilo/core/Messages")<Messages, MessagesService>() {}
+
+export interface OutboxService {
+  /** Leases up to `limit` due deliveries (not inboxes) to `owner`; other nodes skip them. */
+  readonly claim: (owner: string, limit: number, leaseMs: number) => Effect.Effect<ReadonlyArray<ClaimedDelivery>, SqlError>
+  /** Loads deliveries this node leased itself (the inline first attempt). */
+  readonly loadLeased: (owner: string, ids: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<ClaimedDelivery>, SqlError>
+  /**
+   * Records an attempt if `owner` still holds the lease, rolling the outcome up
+   * into the message; none when the lease was lost.
+   */
+  readonly record: (owner: string, deliveryId: string, record: AttemptRecord) => Effect.Effect<Option.Option<Rollup>, SqlError>
+  /** Gives back this node's leases (shutdown): the rows become due again at once. */
+  readonly release: (owner: string, ids?: ReadonlyArray<string>) => Effect.Effect<number, SqlError>
+  /** The earliest time a pending, unleased delivery becomes due (for the sweep). */
+  readonly nextDue: Effect.Effect<Option.Option<Date>, SqlError>
+  /** Pending inbox deliveries of a polling user. */
+  readonly inbox: (
+    userId: string,
+    query: { readonly since: Date | undefined; readonly limit: number }
+  ) => Effect.Effect<ReadonlyArray<ClaimedDelivery>, SqlError>
+  /** Marks the user's pending inbox deliveries of these messages delivered. */
+  readonly acknowledge: (userId: string, messageIds: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Rollup>, SqlError>
+}
+
+export class Outbox extends Context.Tag("@mahilo/core/Outbox")<Outbox, OutboxService>() {}

@@ -1,0 +1,615 @@
+/**
+ * The store on `@effect/sql`, PostgreSQL dialect. One implementation serves
+ * the embedded database (PGlite) and PostgreSQL alike.
+ */
+import { SqlClient } from "@effect/sql"
+import type { SqlError } from "@effect/sql/SqlError"
+import { Effect, Layer, Option } from "effect"
+import * as Errors from "../Errors.js"
+import type * as Graph from "../Graph.js"
+import * as Store from "../Store.js"
+import * as Rows from "./Rows.js"
+
+const first = <A>(rows: ReadonlyArray<A>): Option.Option<A> => Option.fromNullable(rows[0])
+
+/** Turns a unique violation into the given conflict; other errors pass through. */
+const onUnique = (conflict: () => Errors.Conflict) =>
+<A, R>(effect: Effect.Effect<A, SqlError, R>): Effect.Effect<A, SqlError | Errors.Conflict, R> =>
+  Effect.catchAll(effect, (e): Effect.Effect<never, SqlError | Errors.Conflict> =>
+    Rows.isUniqueViolation(e) ? Effect.fail(conflict()) : Effect.fail(e))
+
+export const makeUsers = Effect.gen(function* () {
+  const sql = yield* SqlClient.SqlClient
+  return Store.Users.of({
+    create: (user, key) =>
+      sql.withTransaction(
+        Effect.gen(function* () {
+          const rows = yield* sql`
+            INSERT INTO users (id, username, display_name, instance)
+            VALUES (${user.id}, ${user.username}, ${user.displayName}, ${user.instance})
+            RETURNING *`
+          yield* sql`INSERT INTO api_keys (id, user_id, hash) VALUES (${key.kid}, ${user.id}, ${key.hash})`
+          return Rows.user(rows[0]!)
+        })
+      ).pipe(onUnique(() => Errors.Conflict.of("USERNAME_EXISTS", `The username "${user.username}" is taken`))),
+    findById: (id) => Effect.map(sql`SELECT * FROM users WHERE id = ${id}`, (rows) => Option.map(first(rows), Rows.user)),
+    findByUsername: (username) =>
+      Effect.map(sql`SELECT * FROM users WHERE username = ${username}`, (rows) => Option.map(first(rows), Rows.user)),
+    findByIds: (ids) =>
+      ids.length === 0
+        ? Effect.succeed([])
+        : Effect.map(sql`SELECT * FROM users WHERE id IN ${sql.in(ids)}`, (rows) => rows.map(Rows.user)),
+    ensureShadow: (input) =>
+      Effect.map(
+        sql`
+          INSERT INTO users (id, username, display_name, instance)
+          VALUES (${input.id}, ${input.username}, ${input.displayName}, ${input.instance})
+          ON CONFLICT (username) DO UPDATE SET display_name = COALESCE(EXCLUDED.display_name, users.display_name)
+          RETURNING *`,
+        (rows) => Rows.user(rows[0]!)
+      ),
+    findKey: (kid) =>
+      Effect.map(
+        sql`SELECT id, user_id, hash FROM api_keys WHERE id = ${kid} AND revoked_at IS NULL`,
+        (rows) => Option.map(first(rows), (r) => ({ kid: r.id as string, userId: r.user_id as string, hash: r.hash as string }))
+      ),
+    rotateKey: (userId, key) =>
+      sql.withTransaction(
+        Effect.gen(function* () {
+          const revoked = yield* sql`
+            UPDATE api_keys SET revoked_at = now()
+            WHERE user_id = ${userId} AND revoked_at IS NULL
+            RETURNING id`
+          yield* sql`INSERT INTO api_keys (id, user_id, hash) VALUES (${key.kid}, ${userId}, ${key.hash})`
+          return revoked.map((r) => r.id as string)
+        })
+      )
+  })
+})
+
+export const makeConnections = Effect.gen(function* () {
+  const sql = yield* SqlClient.SqlClient
+  const map = (rows: ReadonlyArray<any>) => rows.map(Rows.connection)
+  return Store.Connections.of({
+    listByUser: (userId) =>
+      Effect.map(sql`SELECT * FROM agent_connections WHERE user_id = ${userId} ORDER BY created_at, id`, map),
+    listActiveByUsers: (userIds) =>
+      userIds.length === 0
+        ? Effect.succeed([])
+        : Effect.map(
+          sql`SELECT * FROM agent_connections WHERE user_id IN ${sql.in(userIds)} AND status = 'active' ORDER BY created_at, id`,
+          map
+        ),
+    find: (id) =>
+      Effect.map(sql`SELECT * FROM agent_connections WHERE id = ${id}`, (rows) => Option.map(first(rows), Rows.connection)),
+    findByIdentity: (userId, framework, label) =>
+      Effect.map(
+        sql`SELECT * FROM agent_connections WHERE user_id = ${userId} AND framework = ${framework} AND label = ${label}`,
+        (rows) => Option.map(first(rows), Rows.connection)
+      ),
+    insert: (c) =>
+      sql`
+        INSERT INTO agent_connections (id, user_id, framework, label, description, capabilities, routing_priority,
+          mode, callback_url, callback_secret, public_key, public_key_alg, status)
+        VALUES (${c.id}, ${c.userId}, ${c.framework}, ${c.label}, ${c.description}, ${Rows.json(c.capabilities)}::jsonb,
+          ${c.routingPriority}, ${c.mode}, ${c.callbackUrl}, ${c.callbackSecret}, ${c.publicKey}, ${c.publicKeyAlg}, ${c.status})`
+        .pipe(
+          Effect.asVoid,
+          onUnique(() => Errors.Conflict.of("CONNECTION_EXISTS", "A connection with this framework and label exists"))
+        ),
+    update: (c) =>
+      Effect.asVoid(sql`
+        UPDATE agent_connections SET description = ${c.description}, capabilities = ${Rows.json(c.capabilities)}::jsonb,
+          routing_priority = ${c.routingPriority}, mode = ${c.mode}, callback_url = ${c.callbackUrl},
+          callback_secret = ${c.callbackSecret}, public_key = ${c.publicKey}, public_key_alg = ${c.publicKeyAlg},
+          status = ${c.status}, updated_at = now()
+        WHERE id = ${c.id}`),
+    delete: (userId, id) =>
+      Effect.map(
+        sql`DELETE FROM agent_connections WHERE id = ${id} AND user_id = ${userId} RETURNING id`,
+        (rows) => rows.length > 0
+      ),
+    touch: (id, at) => Effect.asVoid(sql`UPDATE agent_connections SET last_seen = ${at} WHERE id = ${id}`)
+  })
+})
+
+export const makeFriendships = Effect.gen(function* () {
+  const sql = yield* SqlClient.SqlClient
+  return Store.Friendships.of({
+    find: (id) => Effect.map(sql`SELECT * FROM friendships WHERE id = ${id}`, (rows) => Option.map(first(rows), Rows.friendship)),
+    findPair: (a, b) =>
+      Effect.map(
+        sql`
+          SELECT * FROM friendships
+          WHERE LEAST(requester_id, addressee_id) = LEAST(${a}::text, ${b}::text)
+            AND GREATEST(requester_id, addressee_id) = GREATEST(${a}::text, ${b}::text)`,
+        (rows) => Option.map(first(rows), Rows.friendship)
+      ),
+    apply: (change, id) => {
+      switch (change._tag) {
+        case "Insert":
+          return Effect.map(
+            sql`
+              INSERT INTO friendships (id, requester_id, addressee_id, status)
+              VALUES (${id}, ${change.requesterId}, ${change.addresseeId}, ${change.status})
+              RETURNING *`,
+            (rows) => Option.some(Rows.friendship(rows[0]!))
+          ).pipe(onUnique(() => Errors.Conflict.of("REQUEST_EXISTS", "A friend request between you already exists")))
+        case "Update":
+          return Effect.map(
+            sql`
+              UPDATE friendships SET status = ${change.status}, blocked_by = ${change.blockedBy}, updated_at = now()
+              WHERE id = ${change.id} RETURNING *`,
+            (rows) => Option.map(first(rows), Rows.friendship)
+          )
+        case "Delete":
+          return Effect.as(sql`DELETE FROM friendships WHERE id = ${change.id}`, Option.none())
+        case "Unchanged":
+          return Effect.succeed(Option.none())
+      }
+    },
+    listFor: (userId, status) =>
+      Effect.map(
+        sql`
+          SELECT f.*, u.id AS u_id, u.username AS u_username, u.display_name AS u_display_name,
+            u.instance AS u_instance, u.created_at AS u_created_at
+          FROM friendships f
+          JOIN users u ON u.id = CASE WHEN f.requester_id = ${userId} THEN f.addressee_id ELSE f.requester_id END
+          WHERE (f.requester_id = ${userId} OR f.addressee_id = ${userId}) AND f.status = ${status}
+          ORDER BY f.updated_at DESC, f.id`,
+        (rows) =>
+          rows.map((r: any) => ({
+            friendship: Rows.friendship(r),
+            other: {
+              id: r.u_id,
+              username: r.u_username,
+              displayName: r.u_display_name ?? null,
+              instance: r.u_instance ?? null,
+              createdAt: r.u_created_at
+            }
+          }))
+      ),
+    areFriends: (a, b) =>
+      Effect.map(
+        sql`
+          SELECT 1 FROM friendships
+          WHERE LEAST(requester_id, addressee_id) = LEAST(${a}::text, ${b}::text)
+            AND GREATEST(requester_id, addressee_id) = GREATEST(${a}::text, ${b}::text)
+            AND status = 'accepted'`,
+        (rows) => rows.length > 0
+      )
+  })
+})
+
+export const makeGroups = Effect.gen(function* () {
+  const sql = yield* SqlClient.SqlClient
+  const applyOne = (change: Graph.MembershipChange, membershipId: string): Effect.Effect<void, SqlError | Errors.Conflict> => {
+    switch (change._tag) {
+      case "Insert":
+        return sql`
+          INSERT INTO group_memberships (id, group_id, user_id, role, status, invited_by, joined_at)
+          VALUES (${membershipId}, ${change.groupId}, ${change.userId}, ${change.role}, ${change.status},
+            ${change.invitedBy}, CASE WHEN ${change.status} = 'active' THEN now() END)`
+          .pipe(Effect.asVoid, onUnique(() => Errors.Conflict.of("ALREADY_MEMBER", "That user already belongs to this group")))
+      case "Activate":
+        return Effect.asVoid(sql`UPDATE group_memberships SET status = 'active', joined_at = now() WHERE id = ${change.id}`)
+      case "SetRole":
+        return Effect.asVoid(sql`UPDATE group_memberships SET role = ${change.role} WHERE id = ${change.id}`)
+      case "Delete":
+        return Effect.asVoid(sql`DELETE FROM group_memberships WHERE id = ${change.id}`)
+      case "DeleteGroup":
+        // Group-scope policies go with the group.
+        return Effect.asVoid(
+          Effect.zipRight(
+            sql`DELETE FROM policies WHERE scope = 'group' AND target_id = ${change.groupId}`,
+            sql`DELETE FROM groups WHERE id = ${change.groupId}`
+          )
+        )
+      case "Unchanged":
+        return Effect.void
+    }
+  }
+  return Store.Groups.of({
+    create: (input) =>
+      sql.withTransaction(
+        Effect.gen(function* () {
+          const rows = yield* sql`
+            INSERT INTO groups (id, name, description, invite_only)
+            VALUES (${input.id}, ${input.name}, ${input.description}, ${input.inviteOnly})
+            RETURNING *`
+          yield* sql`
+            INSERT INTO group_memberships (id, group_id, user_id, role, status, joined_at)
+            VALUES (${input.membershipId}, ${input.id}, ${input.owner.userId}, 'owner', 'active', now())`
+          return Rows.group(rows[0]!)
+        })
+      ).pipe(onUnique(() => Errors.Conflict.of("GROUP_EXISTS", `A group named "${input.name}" already exists`))),
+    find: (id) => Effect.map(sql`SELECT * FROM groups WHERE id = ${id}`, (rows) => Option.map(first(rows), Rows.group)),
+    findMembership: (groupId, userId) =>
+      Effect.map(
+        sql`SELECT * FROM group_memberships WHERE group_id = ${groupId} AND user_id = ${userId}`,
+        (rows) => Option.map(first(rows), Rows.membership)
+      ),
+    findMembershipById: (id) =>
+      Effect.map(sql`SELECT * FROM group_memberships WHERE id = ${id}`, (rows) => Option.map(first(rows), Rows.membership)),
+    listForUser: (userId) =>
+      Effect.map(
+        sql`
+          SELECT g.*, m.id AS m_id, m.group_id AS m_group_id, m.user_id AS m_user_id, m.role AS m_role,
+            m.status AS m_status, m.invited_by AS m_invited_by, m.joined_at AS m_joined_at, m.created_at AS m_created_at,
+            (SELECT count(*)::int FROM group_memberships a WHERE a.group_id = g.id AND a.status = 'active') AS member_count
+          FROM group_memberships m JOIN groups g ON g.id = m.group_id
+          WHERE m.user_id = ${userId}
+          ORDER BY g.created_at, g.id`,
+        (rows) =>
+          rows.map((r: any) => ({
+            group: Rows.group(r),
+            membership: Rows.membership({
+              id: r.m_id,
+              group_id: r.m_group_id,
+              user_id: r.m_user_id,
+              role: r.m_role,
+              status: r.m_status,
+              invited_by: r.m_invited_by,
+              joined_at: r.m_joined_at,
+              created_at: r.m_created_at
+            }),
+            memberCount: r.member_count
+          }))
+      ),
+    members: (groupId) =>
+      Effect.map(
+        sql`
+          SELECT m.*, u.username AS u_username, u.display_name AS u_display_name, u.instance AS u_instance,
+            u.created_at AS u_created_at
+          FROM group_memberships m JOIN users u ON u.id = m.user_id
+          WHERE m.group_id = ${groupId}
+          ORDER BY m.created_at, m.id`,
+        (rows) =>
+          rows.map((r: any) => ({
+            membership: Rows.membership(r),
+            user: {
+              id: r.user_id,
+              username: r.u_username,
+              displayName: r.u_display_name ?? null,
+              instance: r.u_instance ?? null,
+              createdAt: r.u_created_at
+            }
+          }))
+      ),
+    activeMemberCount: (groupId) =>
+      Effect.map(
+        sql`SELECT count(*)::int AS n FROM group_memberships WHERE group_id = ${groupId} AND status = 'active'`,
+        (rows) => rows[0]!.n as number
+      ),
+    activeMemberIds: (groupId) =>
+      Effect.map(
+        sql`SELECT user_id FROM group_memberships WHERE group_id = ${groupId} AND status = 'active'`,
+        (rows) => rows.map((r) => r.user_id as string)
+      ),
+    apply: applyOne
+  })
+})
+
+export const makePolicies = Effect.gen(function* () {
+  const sql = yield* SqlClient.SqlClient
+  return Store.Policies.of({
+    insert: (p) =>
+      Effect.asVoid(sql`
+        INSERT INTO policies (id, owner_id, scope, target_id, policy_type, content, priority, enabled, created_at)
+        VALUES (${p.id}, ${p.ownerId}, ${p.scope}, ${p.targetId}, ${p.policyType}, ${p.content}, ${p.priority},
+          ${p.enabled}, ${p.createdAt})`),
+    find: (id) => Effect.map(sql`SELECT * FROM policies WHERE id = ${id}`, (rows) => Option.map(first(rows), Rows.policy)),
+    list: (ownerId, filter) => {
+      const conditions = ownerId === null ? [sql`true`] : [sql`owner_id = ${ownerId}`]
+      if (filter.scope !== undefined) conditions.push(sql`scope = ${filter.scope}`)
+      if (filter.targetId !== undefined) conditions.push(sql`target_id = ${filter.targetId}`)
+      if (filter.policyType !== undefined) conditions.push(sql`policy_type = ${filter.policyType}`)
+      return Effect.map(
+        sql`SELECT * FROM policies WHERE ${sql.and(conditions)} ORDER BY created_at, id`,
+        (rows) => rows.map(Rows.policy)
+      )
+    },
+    update: (id, patch) => {
+      const sets = [sql`updated_at = now()`]
+      if (patch.content !== undefined) sets.push(sql`content = ${patch.content}`)
+      if (patch.priority !== undefined) sets.push(sql`priority = ${patch.priority}`)
+      if (patch.enabled !== undefined) sets.push(sql`enabled = ${patch.enabled}`)
+      return Effect.asVoid(sql`UPDATE policies SET ${sql.csv(sets)} WHERE id = ${id}`)
+    },
+    delete: (id) => Effect.asVoid(sql`DELETE FROM policies WHERE id = ${id}`),
+    forSend: (senderId, target) =>
+      Effect.map(
+        target.scope === "group"
+          ? sql`
+            SELECT * FROM policies
+            WHERE enabled AND policy_type = 'heuristic'
+              AND ((owner_id = ${senderId} AND scope = 'global') OR (scope = 'group' AND target_id = ${target.targetId}))`
+          : sql`
+            SELECT * FROM policies
+            WHERE owner_id = ${senderId} AND enabled AND policy_type = 'heuristic'
+              AND (scope = 'global' OR (scope = 'user' AND target_id = ${target.targetId}))`,
+        (rows) => rows.map(Rows.policy)
+      )
+  })
+})
+
+export const makeMessages = Effect.gen(function* () {
+  const sql = yield* SqlClient.SqlClient
+  return Store.Messages.of({
+    findByIdempotencyKey: (senderId, key) =>
+      Effect.map(
+        sql`SELECT * FROM messages WHERE sender_id = ${senderId} AND idempotency_key = ${key}`,
+        (rows) => Option.map(first(rows), Rows.message)
+      ),
+    find: (id) => Effect.map(sql`SELECT * FROM messages WHERE id = ${id}`, (rows) => Option.map(first(rows), Rows.message)),
+    insert: (m, deliveries, lease) => {
+      const leaseOwner = Option.match(lease, { onNone: () => null, onSome: (l) => l.owner })
+      const leaseUntil = Option.match(lease, { onNone: () => null, onSome: (l) => l.until })
+      const insertMessage = sql`
+        INSERT INTO messages (id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
+          recipient_name, correlation_id, idempotency_key, payload_type, message, context, encryption, sender_signature,
+          status, rejection_reason, recipients, delivered_count, failed_count, origin_instance, created_at, delivered_at)
+        VALUES (${m.id}, ${m.senderId}, ${m.senderName}, ${m.senderConnectionId}, ${m.senderAgent}, ${m.recipientType},
+          ${m.recipientId}, ${m.recipientName}, ${m.correlationId}, ${m.idempotencyKey}, ${m.payloadType}, ${m.message},
+          ${m.context}, ${Rows.json(m.encryption)}::jsonb, ${Rows.json(m.senderSignature)}::jsonb, ${m.status},
+          ${m.rejectionReason}, ${m.recipients}, ${m.deliveredCount}, ${m.failedCount}, ${m.originInstance},
+          ${m.createdAt}, ${m.deliveredAt})`
+      // Inbox deliveries are never leased: the polling agent fetches them.
+      const insertDeliveries = sql`
+        INSERT INTO deliveries ${
+        sql.insert(deliveries.map((d) => ({
+          id: d.id,
+          message_id: m.id,
+          target_kind: d.targetKind,
+          recipient_user_id: d.recipientUserId,
+          connection_id: d.connectionId,
+          peer_id: d.peerId,
+          is_primary: d.primary,
+          status: "pending",
+          next_attempt_at: m.createdAt,
+          lease_owner: d.targetKind === "inbox" ? null : leaseOwner,
+          lease_until: d.targetKind === "inbox" ? null : leaseUntil,
+          created_at: m.createdAt
+        })))
+      }`
+      const write = deliveries.length === 0
+        ? Effect.asVoid(insertMessage)
+        : sql.withTransaction(Effect.zipRight(insertMessage, insertDeliveries))
+      return Effect.asVoid(write).pipe(
+        onUnique(() => Errors.Conflict.of("DUPLICATE", "A message with this idempotency key was already sent"))
+      )
+    },
+    deliveriesOf: (messageId) =>
+      Effect.map(
+        sql`SELECT * FROM deliveries WHERE message_id = ${messageId} ORDER BY id`,
+        (rows) => rows.map((r) => Rows.delivery(r))
+      ),
+    history: (userId, q) => {
+      if (q.direction === "sent") {
+        const conditions = [sql`sender_id = ${userId}`]
+        if (q.since !== undefined) conditions.push(sql`created_at > ${q.since}`)
+        if (q.before !== undefined) conditions.push(sql`created_at < ${q.before}`)
+        return Effect.map(
+          sql`SELECT * FROM messages WHERE ${sql.and(conditions)} ORDER BY created_at DESC, id DESC LIMIT ${q.limit}`,
+          (rows) => rows.map((r) => ({ message: Rows.message(r), delivery: Option.none() }))
+        )
+      }
+      const conditions = [sql`d.recipient_user_id = ${userId}`, sql`d.is_primary`]
+      if (q.since !== undefined) conditions.push(sql`d.created_at > ${q.since}`)
+      if (q.before !== undefined) conditions.push(sql`d.created_at < ${q.before}`)
+      return Effect.map(
+        sql`
+          SELECT m.*, ${sql.literal(deliveryColumnsSql)}
+          FROM deliveries d JOIN messages m ON m.id = d.message_id
+          WHERE ${sql.and(conditions)}
+          ORDER BY d.created_at DESC, d.id DESC
+          LIMIT ${q.limit}`,
+        (rows) => rows.map((r: any) => ({ message: Rows.message(r), delivery: Option.some(Rows.delivery(r, "d_")) }))
+      )
+    }
+  })
+})
+
+// Joined queries read delivery columns under a `d_` prefix so they do not shadow the message's.
+const deliveryColumnNames = [
+  "id",
+  "message_id",
+  "target_kind",
+  "recipient_user_id",
+  "connection_id",
+  "peer_id",
+  "status",
+  "attempts",
+  "next_attempt_at",
+  "first_attempt_at",
+  "last_error",
+  "last_status_code",
+  "created_at",
+  "delivered_at"
+]
+
+const deliveryColumnsSql = deliveryColumnNames.map((c) => `d.${c} AS d_${c}`).join(", ")
+
+interface FinishedRow {
+  readonly id: string
+  readonly message_id: string
+  readonly status: string
+  readonly recipient_user_id: string | null
+  readonly sender_id: string
+}
+
+export const makeOutbox = Effect.gen(function* () {
+  const sql = yield* SqlClient.SqlClient
+
+  const attach = (deliveryRows: ReadonlyArray<any>) =>
+    Effect.gen(function* () {
+      if (deliveryRows.length === 0) return []
+      const deliveries = deliveryRows.map((r) => Rows.delivery(r))
+      const messageIds = [...new Set(deliveries.map((d) => d.messageId))]
+      const connectionIds = [...new Set(deliveries.flatMap((d) => (d.connectionId === null ? [] : [d.connectionId])))]
+      const [messages, connections] = yield* Effect.all([
+        sql`SELECT * FROM messages WHERE id IN ${sql.in(messageIds)}`,
+        connectionIds.length === 0
+          ? Effect.succeed([])
+          : sql`SELECT * FROM agent_connections WHERE id IN ${sql.in(connectionIds)}`
+      ])
+      const messageById = new Map(messages.map((r) => [r.id as string, Rows.message(r)]))
+      const connectionById = new Map(connections.map((r) => [r.id as string, Rows.connection(r)]))
+      return deliveries.flatMap((delivery): Array<Store.ClaimedDelivery> => {
+        const message = messageById.get(delivery.messageId)
+        if (message === undefined) return []
+        return [{
+          delivery,
+          message,
+          connection: Option.fromNullable(delivery.connectionId === null ? undefined : connectionById.get(delivery.connectionId))
+        }]
+      })
+    })
+
+  /** Applies finished deliveries (`d` = the updated rows) to their messages' counters and status. */
+  const rollup = (finished: ReadonlyArray<FinishedRow>) =>
+    Effect.forEach(
+      finished,
+      (d) =>
+        sql`
+          UPDATE messages m SET
+            delivered_count = m.delivered_count + ${d.status === "delivered" ? 1 : 0},
+            failed_count = m.failed_count + ${d.status === "failed" ? 1 : 0},
+            status = ${rollupStatusFor(d.status)},
+            delivered_at = CASE WHEN ${d.status} = 'delivered' AND m.delivered_at IS NULL THEN now() ELSE m.delivered_at END
+          WHERE m.id = ${d.message_id}
+          RETURNING m.status`
+          .pipe(Effect.map((rows): Store.Rollup => ({
+            messageId: d.message_id,
+            messageStatus: (rows[0]?.status ?? "pending") as Store.MessageStatus,
+            deliveryStatus: d.status as Store.DeliveryStatus,
+            senderId: d.sender_id,
+            recipientUserId: d.recipient_user_id
+          })))
+    )
+  const rollupStatusFor = (status: string) =>
+    sql`
+      CASE
+        WHEN m.status = 'rejected' THEN 'rejected'
+        WHEN m.delivered_count + m.failed_count + 1 >= m.recipients THEN
+          CASE WHEN m.delivered_count + ${status === "delivered" ? 1 : 0} > 0 THEN 'delivered' ELSE 'failed' END
+        ELSE 'pending'
+      END`
+
+  return Store.Outbox.of({
+    claim: (owner, limit, leaseMs) =>
+      Effect.flatMap(
+        sql`
+          UPDATE deliveries SET lease_owner = ${owner}, lease_until = now() + ${leaseMs} * interval '1 millisecond'
+          WHERE id IN (
+            SELECT id FROM deliveries
+            WHERE status = 'pending' AND target_kind <> 'inbox' AND next_attempt_at <= now()
+              AND (lease_until IS NULL OR lease_until < now())
+            ORDER BY next_attempt_at
+            LIMIT ${limit}
+            FOR UPDATE SKIP LOCKED
+          )
+          RETURNING *`,
+        attach
+      ),
+    loadLeased: (owner, ids) =>
+      ids.length === 0
+        ? Effect.succeed([])
+        : Effect.flatMap(
+          sql`SELECT * FROM deliveries WHERE id IN ${sql.in(ids)} AND lease_owner = ${owner} AND status = 'pending'`,
+          attach
+        ),
+    record: (owner, deliveryId, record) =>
+      sql.withTransaction(
+        Effect.gen(function* () {
+          const status = record._tag === "Delivered" ? "delivered" : record._tag === "Failed" ? "failed" : "pending"
+          const error = record._tag === "Delivered" ? null : record.error
+          const nextAttemptAt = record._tag === "Retry" ? record.nextAttemptAt : null
+          const rows = yield* sql<FinishedRow>`
+            UPDATE deliveries d SET
+              status = ${status},
+              attempts = d.attempts + 1,
+              first_attempt_at = COALESCE(d.first_attempt_at, now()),
+              last_error = COALESCE(${error}, d.last_error),
+              last_status_code = COALESCE(${record.statusCode}, d.last_status_code),
+              next_attempt_at = COALESCE(${nextAttemptAt}, d.next_attempt_at),
+              delivered_at = CASE WHEN ${status} = 'delivered' THEN now() ELSE d.delivered_at END,
+              lease_owner = NULL, lease_until = NULL, updated_at = now()
+            FROM messages m
+            WHERE d.id = ${deliveryId} AND d.lease_owner = ${owner} AND d.status = 'pending' AND m.id = d.message_id
+            RETURNING d.id, d.message_id, d.status, d.recipient_user_id, m.sender_id`
+          const row = rows[0]
+          if (row === undefined) return Option.none()
+          if (status === "pending") {
+            return Option.some<Store.Rollup>({
+              messageId: row.message_id,
+              messageStatus: "pending",
+              deliveryStatus: "pending",
+              senderId: row.sender_id,
+              recipientUserId: row.recipient_user_id
+            })
+          }
+          const [rolled] = yield* rollup([row])
+          return Option.fromNullable(rolled)
+        })
+      ),
+    release: (owner, ids) =>
+      Effect.map(
+        ids === undefined
+          ? sql`UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ${owner} AND status = 'pending' RETURNING id`
+          : ids.length === 0
+          ? Effect.succeed([])
+          : sql`
+            UPDATE deliveries SET lease_owner = NULL, lease_until = NULL
+            WHERE lease_owner = ${owner} AND status = 'pending' AND id IN ${sql.in(ids)} RETURNING id`,
+        (rows) => rows.length
+      ),
+    nextDue: Effect.map(
+      sql`
+        SELECT min(CASE WHEN lease_until IS NOT NULL AND lease_until > next_attempt_at THEN lease_until ELSE next_attempt_at END) AS due
+        FROM deliveries WHERE status = 'pending' AND target_kind <> 'inbox'`,
+      (rows) => Option.fromNullable(rows[0]?.due as Date | null | undefined)
+    ),
+    inbox: (userId, q) =>
+      Effect.flatMap(
+        q.since === undefined
+          ? sql`
+            SELECT * FROM deliveries
+            WHERE recipient_user_id = ${userId} AND target_kind = 'inbox' AND status = 'pending'
+            ORDER BY created_at, id LIMIT ${q.limit}`
+          : sql`
+            SELECT * FROM deliveries
+            WHERE recipient_user_id = ${userId} AND target_kind = 'inbox' AND status = 'pending' AND created_at > ${q.since}
+            ORDER BY created_at, id LIMIT ${q.limit}`,
+        attach
+      ),
+    acknowledge: (userId, messageIds) =>
+      messageIds.length === 0 ? Effect.succeed([]) : sql.withTransaction(
+        Effect.gen(function* () {
+          const rows = yield* sql<FinishedRow>`
+            UPDATE deliveries d SET status = 'delivered', attempts = d.attempts + 1, delivered_at = now(),
+              first_attempt_at = COALESCE(d.first_attempt_at, now()), updated_at = now()
+            FROM messages m
+            WHERE d.recipient_user_id = ${userId} AND d.target_kind = 'inbox' AND d.status = 'pending'
+              AND d.message_id IN ${sql.in(messageIds)} AND m.id = d.message_id
+            RETURNING d.id, d.message_id, d.status, d.recipient_user_id, m.sender_id`
+          return yield* rollup(rows)
+        })
+      )
+  })
+})
+
+/** Every store port on the current `SqlClient`. */
+export const layer: Layer.Layer<
+  Store.Users | Store.Connections | Store.Friendships | Store.Groups | Store.Policies | Store.Messages | Store.Outbox,
+  never,
+  SqlClient.SqlClient
+> = Layer.mergeAll(
+  Layer.effect(Store.Users, makeUsers),
+  Layer.effect(Store.Connections, makeConnections),
+  Layer.effect(Store.Friendships, makeFriendships),
+  Layer.effect(Store.Groups, makeGroups),
+  Layer.effect(Store.Policies, makePolicies),
+  Layer.effect(Store.Messages, makeMessages),
+  Layer.effect(Store.Outbox, makeOutbox)
+)

@@ -1,0 +1,155 @@
+/** Agent connections: register or update, list, delete, and contacts' connections. */
+import { Effect, Either, Option } from "effect"
+import * as Callback from "../Callback.js"
+import { CallbackUrls } from "../CallbackUrls.js"
+import * as Errors from "../Errors.js"
+import { Events } from "../Events.js"
+import * as Ids from "../Ids.js"
+import * as Routing from "../Routing.js"
+import * as Store from "../Store.js"
+import type { Principal } from "./Accounts.js"
+
+export interface ConnectionInput {
+  readonly framework: string
+  readonly label: string
+  readonly description?: string | null | undefined
+  readonly capabilities?: ReadonlyArray<string> | string | undefined
+  readonly routingPriority?: number | undefined
+  readonly callbackUrl?: string | null | undefined
+  readonly callbackSecret?: string | undefined
+  readonly publicKey?: string | null | undefined
+  readonly publicKeyAlg?: string | null | undefined
+  readonly rotateSecret?: boolean | undefined
+  /** `webhook` (default when a callback URL is given) or `polling` (messages wait to be fetched). */
+  readonly mode?: Store.ConnectionMode | undefined
+}
+
+export interface UpsertResult {
+  readonly connectionId: string
+  readonly created: boolean
+  /** Present on creation, and on update only when the secret changed. */
+  readonly callbackSecret: string | undefined
+}
+
+const invalid = (error: string) => Effect.fail(Errors.InvalidRequest.of("INVALID_REQUEST", error))
+
+const text = (name: string, value: string | undefined | null, min: number, max: number) =>
+  value === undefined || value === null || value.trim().length < min || value.length > max
+    ? invalid(`${name} must be ${min}–${max} characters`)
+    : Effect.succeed(value.trim())
+
+export const make = Effect.gen(function* () {
+  const connections = yield* Store.Connections
+  const friendships = yield* Store.Friendships
+  const users = yield* Store.Users
+  const callbackUrls = yield* CallbackUrls
+  const events = yield* Events
+
+  const validate = (input: ConnectionInput) =>
+    Effect.gen(function* () {
+      const framework = yield* text("framework", input.framework, 1, 50)
+      const label = yield* text("label", input.label, 1, 50)
+      const description = input.description ?? null
+      if (description !== null && description.length > 500) yield* invalid("description must be at most 500 characters")
+      const routingPriority = input.routingPriority ?? 0
+      if (!Number.isInteger(routingPriority) || routingPriority < 0 || routingPriority > 100) {
+        yield* invalid("routing_priority must be an integer from 0 to 100")
+      }
+      if (input.callbackSecret !== undefined) {
+        if (input.callbackSecret.length < 16 || input.callbackSecret.length > 64) {
+          yield* invalid("callback_secret must be 16–64 characters")
+        }
+      }
+      const alg = input.publicKeyAlg ?? null
+      if (alg !== "ed25519" && alg !== "x25519") {
+        yield* invalid("public_key_alg is required: \"ed25519\" or \"x25519\"")
+      }
+      const publicKey = input.publicKey ?? null
+      if (publicKey === null || publicKey.length === 0 || publicKey.length > 1000) {
+        yield* invalid("public_key is required (1–1000 characters)")
+      }
+      const callbackUrl = input.callbackUrl ?? null
+      const mode: Store.ConnectionMode = input.mode ?? (callbackUrl === null ? "polling" : "webhook")
+      if (mode === "webhook" && callbackUrl === null) yield* invalid("callback_url is required unless mode is \"polling\"")
+      if (callbackUrl !== null) {
+        yield* Either.match(callbackUrls.validate(callbackUrl), { onLeft: Effect.fail, onRight: () => Effect.void })
+      }
+      return {
+        framework,
+        label,
+        description,
+        capabilities: Routing.parseCapabilities(input.capabilities),
+        routingPriority,
+        callbackUrl,
+        mode,
+        publicKey,
+        publicKeyAlg: alg
+      }
+    })
+
+  const upsertOnce = (principal: Principal, input: ConnectionInput) =>
+    Effect.gen(function* () {
+      const fields = yield* validate(input)
+      const existing = yield* connections.findByIdentity(principal.userId, fields.framework, fields.label)
+      if (Option.isNone(existing)) {
+        const secret = input.callbackSecret ?? Callback.generateSecret()
+        const id = Ids.make("conn")
+        yield* connections.insert({ id, userId: principal.userId, status: "active", callbackSecret: secret, ...fields })
+        yield* events.publish({ _tag: "Connection", userId: principal.userId, connectionId: id, change: "created" })
+        return { connectionId: id, created: true, callbackSecret: secret } satisfies UpsertResult
+      }
+      const current = existing.value
+      const secret = input.callbackSecret ?? (input.rotateSecret === true ? Callback.generateSecret() : current.callbackSecret)
+      yield* connections.update({ ...current, ...fields, status: "active", callbackSecret: secret })
+      yield* events.publish({ _tag: "Connection", userId: principal.userId, connectionId: current.id, change: "updated" })
+      return {
+        connectionId: current.id,
+        created: false,
+        callbackSecret: secret !== current.callbackSecret ? secret : undefined
+      } satisfies UpsertResult
+    })
+
+  const ownConnection = (principal: Principal, id: string) =>
+    Effect.flatMap(connections.find(id), (found) =>
+      Option.isSome(found) && found.value.userId === principal.userId
+        ? Effect.succeed(found.value)
+        : Effect.fail(Errors.NotFound.of("CONNECTION_NOT_FOUND", "No agent connection with that id is yours")))
+
+  return {
+    /** Registers an agent connection, or updates the one with the same framework and label. */
+    upsertConnection: (principal: Principal, input: ConnectionInput) =>
+      // Two first registrations racing: the loser updates the winner's row.
+      Effect.catchIf(upsertOnce(principal, input), (e) => e._tag === "Conflict", () => upsertOnce(principal, input)),
+
+    listConnections: (principal: Principal) => connections.listByUser(principal.userId),
+
+    ownConnection,
+
+    deleteConnection: (principal: Principal, id: string) =>
+      Effect.gen(function* () {
+        const deleted = yield* connections.delete(principal.userId, id)
+        if (!deleted) return yield* Errors.NotFound.of("CONNECTION_NOT_FOUND", "No agent connection with that id is yours")
+        yield* events.publish({ _tag: "Connection", userId: principal.userId, connectionId: id, change: "deleted" })
+      }),
+
+    /** Records that the connection answered (a successful ping). */
+    touchConnection: (principal: Principal, id: string, at: Date) =>
+      Effect.gen(function* () {
+        yield* connections.touch(id, at)
+        yield* events.publish({ _tag: "Connection", userId: principal.userId, connectionId: id, change: "seen" })
+      }),
+
+    /** A friend's active connections (labels, capabilities, public keys): accepted friends only. */
+    contactConnections: (principal: Principal, username: string) =>
+      Effect.gen(function* () {
+        const other = yield* Effect.flatMap(users.findByUsername(username.toLowerCase()), Option.match({
+          onNone: () => Effect.fail(Errors.NotFound.of("USER_NOT_FOUND", `No user named "${username}"`)),
+          onSome: Effect.succeed
+        }))
+        const friends = yield* friendships.areFriends(principal.userId, other.id)
+        if (!friends) return yield* Errors.Forbidden.of("NOT_FRIENDS", `You and ${other.username} are not friends`)
+        const all = yield* connections.listByUser(other.id)
+        return Routing.selectAll(all) as ReadonlyArray<Store.AgentConnection>
+      })
+  }
+})

@@ -1,0 +1,97 @@
+/** Friendships: request, accept, reject, block, unfriend, list. */
+import { Effect, Either, Option } from "effect"
+import { RemoteDirectory } from "../Directory.js"
+import * as Errors from "../Errors.js"
+import { Events } from "../Events.js"
+import * as Graph from "../Graph.js"
+import * as Ids from "../Ids.js"
+import * as Store from "../Store.js"
+import * as Username from "../Username.js"
+import type { Principal } from "./Accounts.js"
+
+const fromEither = <A, E>(either: Either.Either<A, E>): Effect.Effect<A, E> =>
+  Either.match(either, { onLeft: Effect.fail, onRight: Effect.succeed })
+
+export const make = Effect.gen(function* () {
+  const users = yield* Store.Users
+  const friendships = yield* Store.Friendships
+  const directory = yield* RemoteDirectory
+  const events = yield* Events
+
+  /** The user an address names: local by username, remote through the directory. */
+  const resolveUser = (input: string) =>
+    Effect.gen(function* () {
+      const address = yield* fromEither(Username.parseAddress(input, directory.localInstance))
+      if (address.instance !== undefined) {
+        return yield* directory.resolve({ username: address.username, instance: address.instance })
+      }
+      return yield* Effect.flatMap(users.findByUsername(address.username), Option.match({
+        onNone: () => Effect.fail(Errors.NotFound.of("USER_NOT_FOUND", `No user named "${input}"`)),
+        onSome: Effect.succeed
+      }))
+    })
+
+  /** Runs a transition on the row `id`, as `principal`. */
+  const transition = (
+    principal: Principal,
+    id: string,
+    decide: (f: Graph.Friendship | undefined, actorId: string) => Either.Either<Graph.FriendshipChange, Errors.NotFound>
+  ) =>
+    Effect.gen(function* () {
+      const row = yield* friendships.find(id)
+      const change = yield* fromEither(decide(Option.getOrUndefined(row), principal.userId))
+      const updated = yield* friendships.apply(change, id)
+      return { row: Option.getOrUndefined(row)!, updated }
+    })
+
+  return {
+    resolveUser,
+
+    /** Asks a user to be friends; a crossed request accepts theirs. */
+    requestFriend: (principal: Principal, target: string) =>
+      Effect.gen(function* () {
+        const other = yield* resolveUser(target)
+        const existing = yield* friendships.findPair(principal.userId, other.id)
+        const outcome = yield* fromEither(
+          Graph.request({ existing: Option.getOrUndefined(existing), requesterId: principal.userId, addresseeId: other.id })
+        )
+        const id = Option.match(existing, { onNone: () => Ids.make("fr"), onSome: (f) => f.id })
+        yield* friendships.apply(outcome.change, id)
+        yield* events.publish({
+          _tag: "FriendRequest",
+          userId: other.id,
+          friendshipId: id,
+          from: principal.username,
+          status: outcome.status
+        })
+        return { friendshipId: id, status: outcome.status, httpStatus: outcome.httpStatus, other }
+      }),
+
+    acceptFriend: (principal: Principal, id: string) =>
+      Effect.gen(function* () {
+        const { row } = yield* transition(principal, id, Graph.accept)
+        yield* events.publish({
+          _tag: "FriendRequest",
+          userId: row.requesterId,
+          friendshipId: id,
+          from: principal.username,
+          status: "accepted"
+        })
+        return { friendshipId: id, status: "accepted" as const, requesterId: row.requesterId }
+      }),
+
+    rejectFriend: (principal: Principal, id: string) => Effect.map(transition(principal, id, Graph.reject), ({ row }) => row),
+    blockFriend: (principal: Principal, id: string) => Effect.map(transition(principal, id, Graph.block), ({ row }) => row),
+    unfriend: (principal: Principal, id: string) => Effect.map(transition(principal, id, Graph.unfriend), ({ row }) => row),
+
+    /** The caller's friendships in a state, as they see them. */
+    listFriends: (principal: Principal, status: Graph.FriendshipStatus) =>
+      Effect.map(friendships.listFor(principal.userId, status), (rows) =>
+        rows.flatMap(({ friendship, other }) =>
+          Option.match(Graph.view(friendship, principal.userId), {
+            onNone: () => [],
+            onSome: (view) => [{ view, other }]
+          })
+        ))
+  }
+})

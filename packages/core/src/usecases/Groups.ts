@@ -1,0 +1,171 @@
+/** Groups: create, list, view, invite, join, leave, transfer, delete, members. */
+import { Effect, Either, Option } from "effect"
+import * as Errors from "../Errors.js"
+import { Events } from "../Events.js"
+import * as Graph from "../Graph.js"
+import * as Ids from "../Ids.js"
+import * as Store from "../Store.js"
+import type { Principal } from "./Accounts.js"
+import type { make as makeFriends } from "./Friends.js"
+
+const fromEither = <A, E>(either: Either.Either<A, E>): Effect.Effect<A, E> =>
+  Either.match(either, { onLeft: Effect.fail, onRight: Effect.succeed })
+
+const groupNotFound = () => Errors.NotFound.of("GROUP_NOT_FOUND", "No such group, or you are not a member of it")
+
+type Friends = Effect.Effect.Success<typeof makeFriends>
+
+export const make = (friends: Friends) =>
+  Effect.gen(function* () {
+    const groups = yield* Store.Groups
+    const users = yield* Store.Users
+    const events = yield* Events
+
+    const membershipOf = (groupId: string, userId: string) =>
+      Effect.map(groups.findMembership(groupId, userId), Option.getOrUndefined)
+
+    const groupOf = (groupId: string) =>
+      Effect.flatMap(groups.find(groupId), Option.match({ onNone: () => Effect.fail(groupNotFound()), onSome: Effect.succeed }))
+
+    /** Everyone active in the group, to tell about a join or leave. */
+    const audience = (groupId: string) => groups.activeMemberIds(groupId)
+
+    /** The group as the caller sees it: members (active or invited) only. */
+    const view = (principal: Principal, groupId: string) =>
+      Effect.gen(function* () {
+        const membership = yield* membershipOf(groupId, principal.userId)
+        if (!Graph.canView(membership)) return yield* groupNotFound()
+        const group = yield* groupOf(groupId)
+        const memberCount = yield* groups.activeMemberCount(groupId)
+        return { group, membership: membership!, memberCount } satisfies Store.GroupListing
+      })
+
+    const apply = (change: Graph.MembershipChange) => groups.apply(change, Ids.make("mem"))
+
+    return {
+      createGroup: (
+        principal: Principal,
+        input: { readonly name: string; readonly description?: string | null | undefined; readonly inviteOnly?: boolean | undefined }
+      ) =>
+        Effect.gen(function* () {
+          if (input.description !== undefined && input.description !== null && input.description.length > 1000) {
+            return yield* Errors.InvalidRequest.of("INVALID_REQUEST", "description must be at most 1000 characters")
+          }
+          const decision = yield* fromEither(Graph.create({ ...input, creatorId: principal.userId }))
+          return yield* groups.create({ ...decision, id: Ids.make("grp"), membershipId: Ids.make("mem") })
+        }),
+
+      listGroups: (principal: Principal) => groups.listForUser(principal.userId),
+
+      viewGroup: view,
+
+      invite: (principal: Principal, groupId: string, username: string) =>
+        Effect.gen(function* () {
+          const actor = yield* membershipOf(groupId, principal.userId)
+          const invitee = yield* friends.resolveUser(username)
+          const existing = yield* membershipOf(groupId, invitee.id)
+          const change = yield* fromEither(Graph.invite({ actor, inviteeId: invitee.id, existing }))
+          const membershipId = Ids.make("mem")
+          yield* groups.apply(change, membershipId)
+          const group = yield* groupOf(groupId)
+          yield* events.publish({
+            _tag: "GroupInvite",
+            userId: invitee.id,
+            groupId,
+            groupName: group.name,
+            invitedBy: principal.username
+          })
+          return { membershipId, userId: invitee.id, username: invitee.username, status: "invited" as const }
+        }),
+
+      join: (principal: Principal, groupId: string) =>
+        Effect.gen(function* () {
+          const group = yield* Effect.map(groups.find(groupId), Option.getOrUndefined)
+          const existing = yield* membershipOf(groupId, principal.userId)
+          // An invite-only group is not revealed to someone who was never invited.
+          if (group !== undefined && group.inviteOnly && existing === undefined) {
+            return yield* Errors.Forbidden.of("INVITE_REQUIRED", "This group is invite-only: ask an owner or admin for an invitation")
+          }
+          const change = yield* fromEither(Graph.join({ group, userId: principal.userId, existing }))
+          yield* apply(change)
+          const membership = (yield* membershipOf(groupId, principal.userId))!
+          yield* events.publish({
+            _tag: "GroupJoin",
+            userIds: yield* audience(groupId),
+            groupId,
+            groupName: group!.name,
+            username: principal.username
+          })
+          return { group: group!, membership }
+        }),
+
+      leave: (principal: Principal, groupId: string) =>
+        Effect.gen(function* () {
+          const membership = yield* membershipOf(groupId, principal.userId)
+          const count = yield* groups.activeMemberCount(groupId)
+          const change = yield* fromEither(Graph.leave({ membership, activeMemberCount: count }))
+          const group = yield* groupOf(groupId)
+          const before = yield* audience(groupId)
+          yield* apply(change)
+          yield* events.publish({
+            _tag: "GroupLeave",
+            userIds: before,
+            groupId,
+            groupName: group.name,
+            username: principal.username
+          })
+          return { groupDeleted: change._tag === "DeleteGroup" }
+        }),
+
+      members: (principal: Principal, groupId: string) =>
+        Effect.gen(function* () {
+          const membership = yield* membershipOf(groupId, principal.userId)
+          if (membership === undefined) return yield* groupNotFound()
+          if (!Graph.canListMembers(membership)) {
+            return yield* Errors.Forbidden.of("NOT_MEMBER", "Only active members can list the members")
+          }
+          return yield* groups.members(groupId)
+        }),
+
+      transfer: (principal: Principal, groupId: string, newOwnerUserId: string) =>
+        Effect.gen(function* () {
+          const actor = yield* membershipOf(groupId, principal.userId)
+          // Accept a username too: clients often know names, not ids.
+          let target = yield* membershipOf(groupId, newOwnerUserId)
+          if (target === undefined) {
+            const byName = yield* users.findByUsername(newOwnerUserId.toLowerCase())
+            if (Option.isSome(byName)) target = yield* membershipOf(groupId, byName.value.id)
+          }
+          const [promote, demote] = yield* fromEither(Graph.transfer({ actor, target }))
+          yield* Effect.zipRight(apply(promote), apply(demote))
+          return { newOwnerUserId: target!.userId }
+        }),
+
+      deleteGroup: (principal: Principal, groupId: string) =>
+        Effect.gen(function* () {
+          const actor = yield* membershipOf(groupId, principal.userId)
+          const change = yield* fromEither(Graph.deleteGroup({ actor }))
+          const group = yield* groupOf(groupId)
+          const before = (yield* audience(groupId)).filter((id) => id !== principal.userId)
+          yield* apply(change)
+          if (before.length > 0) {
+            yield* events.publish({ _tag: "GroupLeave", userIds: before, groupId, groupName: group.name, username: principal.username })
+          }
+        }),
+
+      /** The owner promotes or demotes a member, or an owner/admin removes one. */
+      changeRole: (principal: Principal, groupId: string, userId: string, role: Graph.Role) =>
+        Effect.gen(function* () {
+          const actor = yield* membershipOf(groupId, principal.userId)
+          const target = yield* membershipOf(groupId, userId)
+          yield* apply(yield* fromEither(Graph.changeRole({ actor, target, role })))
+        }),
+
+      removeMember: (principal: Principal, groupId: string, userId: string) =>
+        Effect.gen(function* () {
+          const actor = yield* membershipOf(groupId, principal.userId)
+          const target = yield* membershipOf(groupId, userId)
+          yield* apply(yield* fromEither(Graph.remove({ actor, target })))
+        })
+    }
+  })

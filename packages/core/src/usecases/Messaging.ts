@@ -1,0 +1,425 @@
+/**
+ * Sending and history. A send checks the relationship, runs the sender's
+ * policies (trusted mode, plaintext only), picks the recipient connection(s)
+ * and writes the message with one delivery per target in one transaction.
+ * Delivering is the engine's job; the caller may lease the new deliveries to
+ * itself to make the first attempt at once.
+ */
+import { Effect, Either, Option } from "effect"
+import { RemoteDirectory } from "../Directory.js"
+import * as Errors from "../Errors.js"
+import { Events } from "../Events.js"
+import * as Graph from "../Graph.js"
+import * as Ids from "../Ids.js"
+import * as Policy from "../Policy.js"
+import * as Routing from "../Routing.js"
+import * as Store from "../Store.js"
+import * as Username from "../Username.js"
+import type { Principal } from "./Accounts.js"
+import { RegistryConfig } from "./RegistryConfig.js"
+
+export const CIPHERTEXT = "application/mahilo+ciphertext"
+
+export interface SendInput {
+  readonly recipient: string
+  readonly recipientType?: "user" | "group" | undefined
+  readonly recipientConnectionId?: string | undefined
+  readonly routingHints?: { readonly labels?: ReadonlyArray<string> | undefined; readonly tags?: ReadonlyArray<string> | undefined } | undefined
+  readonly message: string
+  readonly context?: string | null | undefined
+  readonly payloadType?: string | undefined
+  readonly encryption?: unknown
+  readonly senderSignature?: unknown
+  readonly correlationId?: string | null | undefined
+  readonly idempotencyKey?: string | null | undefined
+  /** Which of the sender's agents is sending (defaults to their preferred connection). */
+  readonly senderConnectionId?: string | undefined
+}
+
+export interface SendOptions {
+  /** Lease the new deliveries to this node so it attempts them at once. */
+  readonly leaseOwner?: string | undefined
+  readonly leaseMs?: number | undefined
+}
+
+/** A delivery just written, with the connection it targets. */
+export interface PlannedDelivery {
+  readonly id: string
+  readonly targetKind: Store.TargetKind
+  readonly recipientUserId: string | null
+  readonly connection: Store.AgentConnection | null
+  readonly peerId: string | null
+}
+
+export type SendResult =
+  | { readonly _tag: "Deduplicated"; readonly message: Store.Message }
+  | { readonly _tag: "Rejected"; readonly message: Store.Message; readonly reason: string }
+  | {
+    readonly _tag: "Accepted"
+    readonly message: Store.Message
+    readonly deliveries: ReadonlyArray<PlannedDelivery>
+    /** Group sends: how many members (other than the sender) it is addressed to. */
+    readonly members: number
+  }
+
+const PAYLOAD_TYPE = /^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}\/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}$/i
+const MAX_ID_LENGTH = 200
+
+const fromEither = <A, E>(either: Either.Either<A, E>): Effect.Effect<A, E> =>
+  Either.match(either, { onLeft: Effect.fail, onRight: Effect.succeed })
+
+const invalid = (error: string, code = "INVALID_REQUEST") => Effect.fail(Errors.InvalidRequest.of(code, error))
+
+export const make = Effect.gen(function* () {
+  const config = yield* RegistryConfig
+  const users = yield* Store.Users
+  const connections = yield* Store.Connections
+  const friendships = yield* Store.Friendships
+  const groups = yield* Store.Groups
+  const policies = yield* Store.Policies
+  const messages = yield* Store.Messages
+  const outbox = yield* Store.Outbox
+  const directory = yield* RemoteDirectory
+  const events = yield* Events
+
+  // Compiled heuristic rules by policy content: compiling RE2 programs on every send would dominate it.
+  const compiled = new Map<string, Either.Either<Policy.HeuristicRules, Errors.InvalidRequest>>()
+  const compile = (policy: Policy.Policy) => {
+    let rules = compiled.get(policy.content)
+    if (rules === undefined) {
+      if (compiled.size >= 2048) compiled.clear()
+      rules = Policy.compile(policy)
+      compiled.set(policy.content, rules)
+    }
+    return rules
+  }
+
+  const validate = (input: SendInput) =>
+    Effect.gen(function* () {
+      if (typeof input.message !== "string" || input.message.length === 0) yield* invalid("message must be a non-empty string")
+      const size = Buffer.byteLength(input.message, "utf8")
+      if (size > config.maxPayloadBytes) {
+        yield* invalid(`message is ${size} bytes; the limit is ${config.maxPayloadBytes}`, "PAYLOAD_TOO_LARGE")
+      }
+      if (input.context !== undefined && input.context !== null && Buffer.byteLength(input.context, "utf8") > config.maxPayloadBytes) {
+        yield* invalid(`context is larger than ${config.maxPayloadBytes} bytes`, "PAYLOAD_TOO_LARGE")
+      }
+      const payloadType = input.payloadType ?? "text/plain"
+      if (!PAYLOAD_TYPE.test(payloadType)) yield* invalid("payload_type must be a media type such as \"text/plain\"")
+      for (const [name, value] of [["correlation_id", input.correlationId], ["idempotency_key", input.idempotencyKey]] as const) {
+        if (value !== undefined && value !== null && (value.length === 0 || value.length > MAX_ID_LENGTH)) {
+          yield* invalid(`${name} must be 1–${MAX_ID_LENGTH} characters`)
+        }
+      }
+      return payloadType
+    })
+
+  /** The sender's agent: the one named, or their preferred active connection. */
+  const senderAgent = (principal: Principal, connectionId: string | undefined) =>
+    Effect.gen(function* () {
+      const own = yield* connections.listByUser(principal.userId)
+      if (connectionId !== undefined) {
+        const named = own.find((c) => c.id === connectionId)
+        if (named === undefined) return yield* Errors.NotFound.of("CONNECTION_NOT_FOUND", "sender_connection_id is not one of your connections")
+        return named
+      }
+      return Routing.selectAll(own)[0] as Store.AgentConnection | undefined
+    })
+
+  /** Runs the sender's applicable heuristic policies; the first failure rejects. */
+  const evaluate = (
+    principal: Principal,
+    scope: Policy.RecipientScope,
+    input: SendInput,
+    recipientName: string
+  ) =>
+    Effect.gen(function* () {
+      const candidates = yield* policies.forSend(principal.userId, scope)
+      if (candidates.length === 0) return { _tag: "Allowed" } as Policy.Verdict
+      // The group's own policies may be written by any of its admins; `order` wants one owner's view.
+      const ordered = Policy.order(candidates.map((p) => (p.scope === "group" ? { ...p, ownerId: principal.userId } : p)), {
+        recipientScope: scope
+      })
+      const rules: Array<{ id: string; rules: Policy.HeuristicRules }> = []
+      for (const policy of ordered) {
+        const compiledRules = compile(policy)
+        if (Either.isLeft(compiledRules)) {
+          return { _tag: "Rejected", policyId: policy.id, reason: `Policy ${policy.id} could not be evaluated` } as Policy.Verdict
+        }
+        rules.push({ id: policy.id, rules: compiledRules.right })
+      }
+      return Policy.evaluateAll(rules, { message: input.message, context: input.context, recipient: recipientName })
+    })
+
+  const baseMessage = (
+    principal: Principal,
+    input: SendInput,
+    payloadType: string,
+    sender: Store.AgentConnection | undefined,
+    recipient: { readonly type: "user" | "group"; readonly id: string; readonly name: string }
+  ): Store.Message => ({
+    id: Ids.make("msg"),
+    senderId: principal.userId,
+    senderName: principal.username,
+    senderConnectionId: sender?.id ?? null,
+    senderAgent: sender?.framework ?? null,
+    recipientType: recipient.type,
+    recipientId: recipient.id,
+    recipientName: recipient.name,
+    correlationId: input.correlationId ?? null,
+    idempotencyKey: input.idempotencyKey ?? null,
+    payloadType,
+    message: input.message,
+    context: input.context ?? null,
+    encryption: input.encryption ?? null,
+    senderSignature: input.senderSignature ?? null,
+    status: "pending",
+    rejectionReason: null,
+    recipients: 0,
+    deliveredCount: 0,
+    failedCount: 0,
+    originInstance: null,
+    createdAt: new Date(),
+    deliveredAt: null
+  })
+
+  const deduplicated = (principal: Principal, key: string | null | undefined) =>
+    key === undefined || key === null
+      ? Effect.succeed(Option.none<Store.Message>())
+      : messages.findByIdempotencyKey(principal.userId, key)
+
+  /** Writes the message; a racing duplicate of the idempotency key answers the first message. */
+  const write = (
+    principal: Principal,
+    message: Store.Message,
+    planned: ReadonlyArray<PlannedDelivery & { readonly primary: boolean }>,
+    options: SendOptions
+  ) =>
+    Effect.gen(function* () {
+      const lease = options.leaseOwner !== undefined
+        ? Option.some({ owner: options.leaseOwner, until: new Date(message.createdAt.getTime() + (options.leaseMs ?? 60_000)) })
+        : Option.none()
+      const written = yield* messages.insert(
+        message,
+        planned.map((d) => ({
+          id: d.id,
+          targetKind: d.targetKind,
+          recipientUserId: d.recipientUserId,
+          connectionId: d.connection?.id ?? null,
+          peerId: d.peerId,
+          primary: d.primary
+        })),
+        lease
+      ).pipe(
+        Effect.as(Option.none<Store.Message>()),
+        Effect.catchTag("Conflict", (conflict) =>
+          Effect.flatMap(deduplicated(principal, message.idempotencyKey), (first) =>
+            Option.isSome(first) ? Effect.succeed(first) : Effect.fail(conflict)))
+      )
+      return written
+    })
+
+  const plan = (
+    recipientUserId: string,
+    connection: Store.AgentConnection | null,
+    primary: boolean,
+    peerId: string | null
+  ): PlannedDelivery & { readonly primary: boolean } => ({
+    id: Ids.make("dlv"),
+    targetKind: peerId !== null ? "peer" : connection?.mode === "polling" ? "inbox" : "agent",
+    recipientUserId,
+    connection,
+    peerId,
+    primary
+  })
+
+  const announce = (message: Store.Message, planned: ReadonlyArray<PlannedDelivery>, options: SendOptions) =>
+    Effect.gen(function* () {
+      // Inbox deliveries are already "there": tell the recipient now.
+      for (const d of planned) {
+        if (d.targetKind === "inbox" && d.recipientUserId !== null) {
+          yield* events.publish({
+            _tag: "MessageReceived",
+            userId: d.recipientUserId,
+            messageId: message.id,
+            sender: message.senderName,
+            recipientType: message.recipientType,
+            groupId: message.recipientType === "group" ? message.recipientId : null,
+            payloadType: message.payloadType
+          })
+        }
+      }
+      const queued = planned.filter((d) => d.targetKind !== "inbox").length
+      if (queued > 0 && options.leaseOwner === undefined) {
+        yield* events.publish({ _tag: "DeliveriesQueued", messageId: message.id, count: queued })
+      }
+    })
+
+  const sendToUser = (principal: Principal, input: SendInput, payloadType: string, options: SendOptions) =>
+    Effect.gen(function* () {
+      const address = yield* fromEither(Username.parseAddress(input.recipient, directory.localInstance))
+      const recipient = address.instance !== undefined
+        ? yield* directory.resolve({ username: address.username, instance: address.instance })
+        : yield* Effect.flatMap(users.findByUsername(address.username), Option.match({
+          onNone: () => Effect.fail(Errors.NotFound.of("USER_NOT_FOUND", `No user named "${input.recipient}"`)),
+          onSome: Effect.succeed
+        }))
+      const friends = yield* friendships.areFriends(principal.userId, recipient.id)
+      if (!friends) return yield* Errors.Forbidden.of("NOT_FRIENDS", `You and ${recipient.username} are not friends`)
+
+      const sender = yield* senderAgent(principal, input.senderConnectionId)
+      const message = baseMessage(principal, input, payloadType, sender, {
+        type: "user",
+        id: recipient.id,
+        name: recipient.username
+      })
+
+      if (config.trustedMode && payloadType !== CIPHERTEXT) {
+        const verdict = yield* evaluate(principal, { scope: "user", targetId: recipient.id }, input, recipient.username)
+        if (verdict._tag === "Rejected") return yield* reject(principal, message, verdict.reason)
+      }
+
+      let planned: PlannedDelivery & { readonly primary: boolean }
+      if (recipient.instance !== null) {
+        // A user of another registry: forwarded to their registry, which picks their agent.
+        planned = plan(recipient.id, null, true, recipient.instance)
+      } else {
+        const theirs = yield* connections.listByUser(recipient.id)
+        const chosen = yield* fromEither(Routing.selectOne(theirs, {
+          connectionId: input.recipientConnectionId,
+          labels: input.routingHints?.labels,
+          tags: input.routingHints?.tags
+        }))
+        planned = plan(recipient.id, chosen as Store.AgentConnection, true, null)
+      }
+      const accepted = { ...message, recipients: 1 }
+      const first = yield* write(principal, accepted, [planned], options)
+      if (Option.isSome(first)) return { _tag: "Deduplicated", message: first.value } satisfies SendResult
+      yield* announce(accepted, [planned], options)
+      return { _tag: "Accepted", message: accepted, deliveries: [planned], members: 1 } satisfies SendResult
+    })
+
+  const sendToGroup = (principal: Principal, input: SendInput, payloadType: string, options: SendOptions) =>
+    Effect.gen(function* () {
+      const group = yield* Effect.flatMap(groups.find(input.recipient), Option.match({
+        onNone: () => Effect.fail(Errors.NotFound.of("GROUP_NOT_FOUND", "No group with that id")),
+        onSome: Effect.succeed
+      }))
+      const membership = yield* groups.findMembership(group.id, principal.userId)
+      if (!Graph.canMessage(Option.getOrUndefined(membership))) {
+        return yield* Errors.Forbidden.of("NOT_MEMBER", "Only active members can message this group")
+      }
+      const sender = yield* senderAgent(principal, input.senderConnectionId)
+      const message = baseMessage(principal, input, payloadType, sender, { type: "group", id: group.id, name: group.name })
+
+      if (config.trustedMode && payloadType !== CIPHERTEXT) {
+        const verdict = yield* evaluate(principal, { scope: "group", targetId: group.id }, input, group.name)
+        if (verdict._tag === "Rejected") return yield* reject(principal, message, verdict.reason)
+      }
+
+      const memberIds = (yield* groups.activeMemberIds(group.id)).filter((id) => id !== principal.userId)
+      const members = yield* users.findByIds(memberIds)
+      const local = members.filter((u) => u.instance === null)
+      const remoteInstances = [...new Set(members.flatMap((u) => (u.instance === null ? [] : [u.instance])))]
+      const theirConnections = yield* connections.listActiveByUsers(local.map((u) => u.id))
+      const byUser = new Map<string, Array<Store.AgentConnection>>()
+      for (const c of theirConnections) {
+        const list = byUser.get(c.userId)
+        if (list === undefined) byUser.set(c.userId, [c])
+        else list.push(c)
+      }
+      const planned: Array<PlannedDelivery & { readonly primary: boolean }> = []
+      for (const user of local) {
+        const mine = Routing.selectAll(byUser.get(user.id) ?? []) as ReadonlyArray<Store.AgentConnection>
+        mine.forEach((c, i) => planned.push(plan(user.id, c, i === 0, null)))
+      }
+      // One forward per peer registry; it fans out to its own members.
+      for (const instance of remoteInstances) planned.push(plan(null as never, null, false, instance))
+
+      const accepted = {
+        ...message,
+        recipients: planned.length,
+        status: planned.length === 0 ? "delivered" as const : "pending" as const
+      }
+      const first = yield* write(principal, accepted, planned, options)
+      if (Option.isSome(first)) return { _tag: "Deduplicated", message: first.value } satisfies SendResult
+      yield* announce(accepted, planned, options)
+      return { _tag: "Accepted", message: accepted, deliveries: planned, members: memberIds.length } satisfies SendResult
+    })
+
+  const reject = (principal: Principal, message: Store.Message, reason: string) =>
+    Effect.gen(function* () {
+      const rejected = { ...message, status: "rejected" as const, rejectionReason: reason }
+      const first = yield* write(principal, rejected, [], {})
+      if (Option.isSome(first)) return { _tag: "Deduplicated", message: first.value } satisfies SendResult
+      return { _tag: "Rejected", message: rejected, reason } satisfies SendResult
+    })
+
+  return {
+    /** Accepts a message for delivery (or answers why not). */
+    send: (principal: Principal, input: SendInput, options: SendOptions = {}) =>
+      Effect.gen(function* () {
+        const payloadType = yield* validate(input)
+        const earlier = yield* deduplicated(principal, input.idempotencyKey)
+        if (Option.isSome(earlier)) return { _tag: "Deduplicated", message: earlier.value } satisfies SendResult
+        return yield* (input.recipientType === "group"
+          ? sendToGroup(principal, input, payloadType, options)
+          : sendToUser(principal, input, payloadType, options))
+      }),
+
+    /** The message's deliveries now (after an inline attempt, to count per member). */
+    messageDeliveries: (messageId: string) => messages.deliveriesOf(messageId),
+
+    findMessage: (messageId: string) => messages.find(messageId),
+
+    /**
+     * The caller's messages, newest first. Without a direction, sent and
+     * received are merged.
+     */
+    history: (
+      principal: Principal,
+      query: {
+        readonly direction?: "sent" | "received" | undefined
+        readonly since?: Date | undefined
+        readonly before?: Date | undefined
+        readonly limit?: number | undefined
+      }
+    ) =>
+      Effect.gen(function* () {
+        const limit = Math.min(Math.max(query.limit ?? 50, 1), 100)
+        const base = { since: query.since, before: query.before, limit }
+        if (query.direction !== undefined) {
+          return yield* messages.history(principal.userId, { ...base, direction: query.direction })
+        }
+        const [sent, received] = yield* Effect.all([
+          messages.history(principal.userId, { ...base, direction: "sent" }),
+          messages.history(principal.userId, { ...base, direction: "received" })
+        ])
+        return [...sent, ...received]
+          .sort((a, b) => b.message.createdAt.getTime() - a.message.createdAt.getTime() || (a.message.id < b.message.id ? 1 : -1))
+          .slice(0, limit)
+      }),
+
+    /** Pending messages waiting in a polling agent's inbox, oldest first. */
+    inbox: (principal: Principal, query: { readonly since?: Date | undefined; readonly limit?: number | undefined }) =>
+      outbox.inbox(principal.userId, { since: query.since, limit: Math.min(Math.max(query.limit ?? 50, 1), 100) }),
+
+    /** A polling agent confirms it has these messages; they count as delivered. */
+    acknowledge: (principal: Principal, messageIds: ReadonlyArray<string>) =>
+      Effect.gen(function* () {
+        if (messageIds.length > 100) return yield* invalid("At most 100 message ids per acknowledgement")
+        const rolled = yield* outbox.acknowledge(principal.userId, messageIds)
+        for (const r of rolled) {
+          yield* events.publish({
+            _tag: "DeliveryStatus",
+            userId: r.senderId,
+            messageId: r.messageId,
+            deliveryStatus: r.deliveryStatus,
+            messageStatus: r.messageStatus,
+            recipientUserId: r.recipientUserId
+          })
+        }
+        return { acknowledged: [...new Set(rolled.map((r) => r.messageId))] }
+      })
+  }
+})
