@@ -314,6 +314,8 @@ export interface OutboxService {
    * into the message; none when the lease was lost.
    */
   readonly record: (owner: string, deliveryId: string, record: AttemptRecord) => Effect.Effect<Option.Option<Rollup>, SqlError>
+  /** Gives a leased delivery back without an attempt, due again at `until` (target busy or resting). */
+  readonly postpone: (owner: string, deliveryId: string, until: Date) => Effect.Effect<void, SqlError>
   /** Gives back this node's leases (shutdown): the rows become due again at once. */
   readonly release: (owner: string, ids?: ReadonlyArray<string>) => Effect.Effect<number, SqlError>
   /** The earliest time a pending, unleased delivery becomes due (for the sweep). */

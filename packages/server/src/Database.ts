@@ -85,14 +85,18 @@ export const makePGliteClient = (db: PGlite) =>
     })
   })
 
-/** PGlite layer: persistent when `dataDir` is set, in memory otherwise. */
-export const pglite = (dataDir: string | undefined) =>
+/**
+ * PGlite layer over an instance that `open` creates when the layer is built
+ * (and that is closed when the layer is released). Tests use it to start from
+ * a pre-migrated template (`PGlite.create({ loadDataDir })`).
+ */
+export const pgliteFrom = (open: () => Promise<PGlite>, description = "the embedded database") =>
   Layer.scopedContext(
     Effect.gen(function* () {
       const db = yield* Effect.acquireRelease(
         Effect.tryPromise({
-          try: () => PGlite.create(dataDir !== undefined ? { dataDir } : {}),
-          catch: (cause) => new SqlError({ cause, message: `Failed to open the embedded database${dataDir ? ` at ${dataDir}` : ""}` })
+          try: open,
+          catch: (cause) => new SqlError({ cause, message: `Failed to open ${description}` })
         }),
         (db) => Effect.promise(() => db.close())
       )
@@ -102,6 +106,13 @@ export const pglite = (dataDir: string | undefined) =>
       )
     })
   ).pipe(Layer.provide(Reactivity.layer))
+
+/** PGlite layer: persistent when `dataDir` is set, in memory otherwise. */
+export const pglite = (dataDir: string | undefined) =>
+  pgliteFrom(
+    () => PGlite.create(dataDir !== undefined ? { dataDir } : {}),
+    `the embedded database${dataDir ? ` at ${dataDir}` : ""}`
+  )
 
 /** PostgreSQL layer over a connection pool. */
 export const postgres = (url: string, maxConnections = 10) =>

@@ -1,1 +1,9 @@
-export {}
+export * as Api from "./Api.js"
+export * as Config from "./Config.js"
+export * as Database from "./Database.js"
+export * as DeliveryEngine from "./delivery/DeliveryEngine.js"
+export * as CallbackUrl from "./delivery/CallbackUrl.js"
+export * as HttpCallback from "./delivery/HttpCallback.js"
+export * as EventBus from "./notifications/EventBus.js"
+export * as NodeId from "./NodeId.js"
+export * as Server from "./Server.js"

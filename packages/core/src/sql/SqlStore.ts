@@ -553,6 +553,10 @@ export const makeOutbox = Effect.gen(function* () {
           return Option.fromNullable(rolled)
         })
       ),
+    postpone: (owner, deliveryId, until) =>
+      Effect.asVoid(sql`
+        UPDATE deliveries SET next_attempt_at = ${until}, lease_owner = NULL, lease_until = NULL, updated_at = now()
+        WHERE id = ${deliveryId} AND lease_owner = ${owner} AND status = 'pending'`),
     release: (owner, ids) =>
       Effect.map(
         ids === undefined

@@ -70,7 +70,7 @@ export const make = Effect.gen(function* () {
         const hash = yield* ApiKey.hash(key.secret)
         const revoked = yield* users.rotateKey(principal.userId, { kid: key.kid, hash })
         yield* events.publish({ _tag: "KeysRevoked", userId: principal.userId, kids: revoked })
-        return { apiKey: key.key }
+        return { apiKey: key.key, revoked }
       }),
 
     me: (principal: Principal) =>

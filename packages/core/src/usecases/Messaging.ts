@@ -58,8 +58,8 @@ export type SendResult =
     readonly _tag: "Accepted"
     readonly message: Store.Message
     readonly deliveries: ReadonlyArray<PlannedDelivery>
-    /** Group sends: how many members (other than the sender) it is addressed to. */
-    readonly members: number
+    /** Each addressed member (for a group: every active member but the sender) and their deliveries. */
+    readonly members: ReadonlyArray<{ readonly userId: string; readonly deliveryIds: ReadonlyArray<string> }>
   }
 
 const PAYLOAD_TYPE = /^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}\/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}$/i
@@ -220,7 +220,7 @@ export const make = Effect.gen(function* () {
     })
 
   const plan = (
-    recipientUserId: string,
+    recipientUserId: string | null,
     connection: Store.AgentConnection | null,
     primary: boolean,
     peerId: string | null
@@ -296,7 +296,12 @@ export const make = Effect.gen(function* () {
       const first = yield* write(principal, accepted, [planned], options)
       if (Option.isSome(first)) return { _tag: "Deduplicated", message: first.value } satisfies SendResult
       yield* announce(accepted, [planned], options)
-      return { _tag: "Accepted", message: accepted, deliveries: [planned], members: 1 } satisfies SendResult
+      return {
+        _tag: "Accepted",
+        message: accepted,
+        deliveries: [planned],
+        members: [{ userId: recipient.id, deliveryIds: [planned.id] }]
+      } satisfies SendResult
     })
 
   const sendToGroup = (principal: Principal, input: SendInput, payloadType: string, options: SendOptions) =>
@@ -334,7 +339,18 @@ export const make = Effect.gen(function* () {
         mine.forEach((c, i) => planned.push(plan(user.id, c, i === 0, null)))
       }
       // One forward per peer registry; it fans out to its own members.
-      for (const instance of remoteInstances) planned.push(plan(null as never, null, false, instance))
+      const forwards = new Map<string, string>()
+      for (const instance of remoteInstances) {
+        const forward = plan(null, null, false, instance)
+        forwards.set(instance, forward.id)
+        planned.push(forward)
+      }
+      const perMember = members.map((user) => ({
+        userId: user.id,
+        deliveryIds: user.instance !== null
+          ? [forwards.get(user.instance)!]
+          : planned.filter((d) => d.recipientUserId === user.id).map((d) => d.id)
+      }))
 
       const accepted = {
         ...message,
@@ -344,7 +360,7 @@ export const make = Effect.gen(function* () {
       const first = yield* write(principal, accepted, planned, options)
       if (Option.isSome(first)) return { _tag: "Deduplicated", message: first.value } satisfies SendResult
       yield* announce(accepted, planned, options)
-      return { _tag: "Accepted", message: accepted, deliveries: planned, members: memberIds.length } satisfies SendResult
+      return { _tag: "Accepted", message: accepted, deliveries: planned, members: perMember } satisfies SendResult
     })
 
   const reject = (principal: Principal, message: Store.Message, reason: string) =>

@@ -1,0 +1,232 @@
+/**
+ * The server's configuration, read from the environment through Effect's
+ * `Config` (so tests can swap the source with `ConfigProvider.fromMap`).
+ *
+ * Every variable has a default; an unset or empty variable takes it. A value
+ * that does not parse fails start-up with a message naming the variable, and
+ * all bad variables are reported together.
+ */
+import { Config, ConfigError, ConfigProvider, Context, Effect, Either, Layer, LogLevel, Option, Redacted } from "effect"
+import type { DatabaseConfig } from "./Database.js"
+
+/** `development` relaxes one rule: `http://` callback URLs on loopback are accepted. */
+export type Environment = "development" | "production"
+
+export interface ServerConfigShape {
+  /** `PORT`: listen port. */
+  readonly port: number
+  /** `HOST`: listen address. */
+  readonly host: string
+  /** `DATABASE_URL`: `postgres://…` selects PostgreSQL; none means the embedded database. */
+  readonly databaseUrl: Redacted.Redacted<string> | undefined
+  /** `MAHILO_DATA_DIR`: the embedded database's directory. */
+  readonly dataDir: string
+  /** `MAHILO_ALLOW_PRIVATE_CALLBACKS`: callbacks may target loopback/private addresses. */
+  readonly allowPrivateCallbacks: boolean
+  /** `MAHILO_TRUSTED_MODE`: registry-side policy evaluation of plaintext payloads. */
+  readonly trustedMode: boolean
+  /** `MAHILO_MAX_PAYLOAD_BYTES`: message size limit. */
+  readonly maxPayloadBytes: number
+  /** `MAHILO_CALLBACK_TIMEOUT_MS`: one delivery attempt's timeout. */
+  readonly callbackTimeoutMs: number
+  /** `MAHILO_ENV`: `development` or `production`. */
+  readonly env: Environment
+  /** `MAHILO_FIRST_ATTEMPT_WAIT_MS`: how long a send waits for the first delivery attempt. */
+  readonly firstAttemptWaitMs: number
+  /** `MAHILO_DELIVERY_WORKERS`: size of the delivery worker pool. */
+  readonly deliveryWorkers: number
+  /** `MAHILO_MAX_IN_FLIGHT_PER_CONNECTION`: concurrent attempts per agent connection (and per peer). */
+  readonly maxInFlightPerConnection: number
+  /** `MAHILO_SWEEP_INTERVAL_MS`: how often the outbox is swept for due or abandoned deliveries. */
+  readonly sweepIntervalMs: number
+  /** `MAHILO_LEASE_MS`: how long a worker owns a claimed delivery. */
+  readonly leaseMs: number
+  /** `MAHILO_AUTH_CACHE_SIZE`: entries in the verified-API-key cache (0 disables it). */
+  readonly authCacheSize: number
+  /** `MAHILO_INSTANCE_NAME`: this registry's name among peers; federation is off without it. */
+  readonly instanceName: string | undefined
+  /** `MAHILO_PUBLIC_URL`: the base URL peers and agents reach this registry at. */
+  readonly publicUrl: string | undefined
+  /** `MAHILO_ADMIN_KEY`: secret for the federation admin endpoints. */
+  readonly adminKey: Redacted.Redacted<string> | undefined
+  /** `MAHILO_LOG_LEVEL`: minimum log level. */
+  readonly logLevel: LogLevel.LogLevel
+}
+
+// ---------------------------------------------------------------------------
+// Parsers. Each reads the variable as text so that messages can quote it.
+
+const invalid = (name: string, message: string) => ConfigError.InvalidData([name], message)
+
+/** The raw text of `name`, `None` when unset or blank. */
+const raw = (name: string): Config.Config<Option.Option<string>> =>
+  Config.string(name).pipe(
+    Config.option,
+    Config.map(Option.flatMap((value) => (value.trim() === "" ? Option.none() : Option.some(value.trim()))))
+  )
+
+const parsed = <A>(
+  name: string,
+  fallback: A,
+  parse: (value: string) => Either.Either<A, string>
+): Config.Config<A> =>
+  raw(name).pipe(
+    Config.mapOrFail(Option.match({
+      onNone: () => Either.right(fallback),
+      onSome: (value) => Either.mapLeft(parse(value), (message) => invalid(name, `${name} ${message}`))
+    }))
+  )
+
+const optional = <A>(
+  name: string,
+  parse: (value: string) => Either.Either<A, string>
+): Config.Config<A | undefined> => parsed<A | undefined>(name, undefined, parse)
+
+const integer = (name: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER) =>
+  parsed(name, fallback, (value) => {
+    const n = /^[+]?\d+$/.test(value) ? Number(value) : NaN
+    return Number.isSafeInteger(n) && n >= min && n <= max
+      ? Either.right(n)
+      : Either.left(
+        `must be an integer ${max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `between ${min} and ${max}`}, got ${
+          JSON.stringify(value)
+        }`
+      )
+  })
+
+const TRUE = new Set(["true", "1", "yes", "on"])
+const FALSE = new Set(["false", "0", "no", "off"])
+const boolean = (name: string, fallback: boolean) =>
+  parsed(name, fallback, (value) => {
+    const v = value.toLowerCase()
+    return TRUE.has(v)
+      ? Either.right(true)
+      : FALSE.has(v)
+      ? Either.right(false)
+      : Either.left(`must be true or false, got ${JSON.stringify(value)}`)
+  })
+
+const LOG_LEVELS: Record<string, LogLevel.LogLevel> = {
+  all: LogLevel.All,
+  trace: LogLevel.Trace,
+  debug: LogLevel.Debug,
+  info: LogLevel.Info,
+  warn: LogLevel.Warning,
+  warning: LogLevel.Warning,
+  error: LogLevel.Error,
+  fatal: LogLevel.Fatal,
+  none: LogLevel.None
+}
+
+const httpUrl = (value: string): Either.Either<string, string> => {
+  try {
+    const url = new URL(value)
+    if (url.protocol === "http:" || url.protocol === "https:") return Either.right(value.replace(/\/+$/, ""))
+  } catch {
+    // fall through
+  }
+  return Either.left(`must be an http(s) URL, got ${JSON.stringify(value)}`)
+}
+
+// ---------------------------------------------------------------------------
+
+/** The whole configuration as one `Config`; resolve it against any `ConfigProvider`. */
+export const config: Config.Config<ServerConfigShape> = Config.all({
+  port: integer("PORT", 8080, 0, 65535),
+  host: parsed("HOST", "0.0.0.0", Either.right),
+  databaseUrl: optional("DATABASE_URL", (value) =>
+    /^postgres(ql)?:\/\//i.test(value)
+      ? Either.right(Redacted.make(value))
+      // The value may hold a password: do not repeat it.
+      : Either.left("must be a postgres:// or postgresql:// URL (unset it to use the embedded database)")),
+  dataDir: parsed("MAHILO_DATA_DIR", "./data", Either.right),
+  allowPrivateCallbacks: boolean("MAHILO_ALLOW_PRIVATE_CALLBACKS", false),
+  trustedMode: boolean("MAHILO_TRUSTED_MODE", false),
+  maxPayloadBytes: integer("MAHILO_MAX_PAYLOAD_BYTES", 32768, 1),
+  callbackTimeoutMs: integer("MAHILO_CALLBACK_TIMEOUT_MS", 30000, 1),
+  env: parsed<Environment>("MAHILO_ENV", "production", (value) => {
+    const v = value.toLowerCase()
+    return v === "development" || v === "production"
+      ? Either.right(v)
+      : Either.left(`must be development or production, got ${JSON.stringify(value)}`)
+  }),
+  firstAttemptWaitMs: integer("MAHILO_FIRST_ATTEMPT_WAIT_MS", 2000, 0),
+  deliveryWorkers: integer("MAHILO_DELIVERY_WORKERS", 8, 1),
+  maxInFlightPerConnection: integer("MAHILO_MAX_IN_FLIGHT_PER_CONNECTION", 4, 1),
+  sweepIntervalMs: integer("MAHILO_SWEEP_INTERVAL_MS", 1000, 1),
+  leaseMs: integer("MAHILO_LEASE_MS", 60000, 1),
+  authCacheSize: integer("MAHILO_AUTH_CACHE_SIZE", 10000, 0),
+  instanceName: optional("MAHILO_INSTANCE_NAME", (value) =>
+    // The registry's public name: a host name, optionally with a port.
+    /^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(?::\d{1,5})?$/.test(value)
+      ? Either.right(value.toLowerCase())
+      : Either.left(`must be a host name or host:port, got ${JSON.stringify(value)}`)),
+  publicUrl: optional("MAHILO_PUBLIC_URL", httpUrl),
+  adminKey: optional("MAHILO_ADMIN_KEY", (value) => Either.right(Redacted.make(value))),
+  logLevel: parsed("MAHILO_LOG_LEVEL", LogLevel.Info, (value) => {
+    const level = LOG_LEVELS[value.toLowerCase()]
+    return level !== undefined
+      ? Either.right(level)
+      : Either.left(`must be one of trace, debug, info, warning, error, fatal, none; got ${JSON.stringify(value)}`)
+  })
+})
+
+/** The configuration read from the current `ConfigProvider` (the environment by default). */
+export const load: Effect.Effect<ServerConfigShape, ConfigError.ConfigError> = config
+
+/** Every setting at its default, as if the environment were empty. */
+export const defaults: ServerConfigShape = Effect.runSync(
+  Effect.withConfigProvider(load, ConfigProvider.fromMap(new Map()))
+)
+
+/** The defaults with `overrides` applied; no environment is read. */
+export const make = (overrides: Partial<ServerConfigShape> = {}): ServerConfigShape => ({ ...defaults, ...overrides })
+
+/** A one-line description of a configuration failure, naming every bad variable. */
+export const describeError = (error: ConfigError.ConfigError): string => {
+  const messages: Array<string> = []
+  const walk = (e: ConfigError.ConfigError): void => {
+    switch (e._op) {
+      case "And":
+      case "Or":
+        walk(e.left)
+        walk(e.right)
+        break
+      case "InvalidData":
+      case "MissingData":
+      case "SourceUnavailable":
+      case "Unsupported":
+        messages.push(e.message.startsWith(e.path.join("_")) ? e.message : `${e.path.join("_")}: ${e.message}`)
+    }
+  }
+  walk(error)
+  return `Invalid configuration: ${messages.join("; ")}`
+}
+
+/** True when this registry takes part in federation (an instance name is set). */
+export const federationEnabled = (config: ServerConfigShape): boolean => config.instanceName !== undefined
+
+/** True when `MAHILO_ENV=development`. */
+export const isDevelopment = (config: ServerConfigShape): boolean => config.env === "development"
+
+/** Which database the configuration selects, in the shape `Database.layer` takes. */
+export const databaseConfig = (config: ServerConfigShape): DatabaseConfig =>
+  config.databaseUrl === undefined
+    ? { _tag: "PGlite", dataDir: config.dataDir }
+    : { _tag: "Postgres", url: Redacted.value(config.databaseUrl) }
+
+/** The server's configuration as a service. */
+export class ServerConfig extends Context.Tag("@mahilo/server/ServerConfig")<ServerConfig, ServerConfigShape>() {
+  /** Read from the environment (the current `ConfigProvider`); fails on a bad value. */
+  static readonly layer: Layer.Layer<ServerConfig, ConfigError.ConfigError> = Layer.effect(ServerConfig, load)
+  /** The defaults with `overrides`; reads nothing. For tests and embedding. */
+  static readonly make = make
+  /** A layer of `make(overrides)`. */
+  static readonly layerWith = (overrides: Partial<ServerConfigShape> = {}): Layer.Layer<ServerConfig> =>
+    Layer.succeed(ServerConfig, make(overrides))
+}
+
+/** Read from the environment (the current `ConfigProvider`); fails on a bad value. */
+export const layer = ServerConfig.layer
+/** A layer of `make(overrides)`. */
+export const layerWith = ServerConfig.layerWith

@@ -1,0 +1,164 @@
+/**
+ * The reference server, composed from layers:
+ * database → store → registry (+ event bus) → delivery engine → HTTP API.
+ * `layer` listens on the configured address; tests pass their own database
+ * and a fast retry schedule.
+ */
+import { createServer } from "node:http"
+import { HttpApiBuilder, HttpApiSwagger, type HttpApp, HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { HttpApiDecodeError } from "@effect/platform/HttpApiError"
+import { NodeHttpServer } from "@effect/platform-node"
+import type { SqlClient } from "@effect/sql"
+import { CallbackUrls, Errors, Registry, RemoteDirectory, RetrySchedule, SqlStore } from "@mahilo/core"
+import { Cause, Effect, Layer } from "effect"
+import { MahiloApi } from "./Api.js"
+import { databaseConfig, ServerConfig } from "./Config.js"
+import * as Database from "./Database.js"
+import * as CallbackUrl from "./delivery/CallbackUrl.js"
+import * as DeliveryEngine from "./delivery/DeliveryEngine.js"
+import * as HttpCallback from "./delivery/HttpCallback.js"
+import * as Auth from "./http/Auth.js"
+import * as Handlers from "./http/Handlers.js"
+import { MessagesLive } from "./http/MessagesHandlers.js"
+import { NodeId } from "./NodeId.js"
+import * as EventBus from "./notifications/EventBus.js"
+
+export interface ServerOptions {
+  /** The database; by default the one `DATABASE_URL` / `MAHILO_DATA_DIR` select. */
+  readonly database?: Layer.Layer<SqlClient.SqlClient | Database.DatabaseEngine, unknown> | undefined
+  /** The retry schedule; by default `RetrySchedule.defaults`. */
+  readonly retrySchedule?: RetrySchedule.RetrySchedule | undefined
+  /** How long shutdown waits for attempts in flight. */
+  readonly shutdownGraceMs?: number | undefined
+  /** Extra layers providing optional services (federation's `RemoteDirectory`, `PeerTransport`, routes). */
+  readonly federation?: Layer.Layer<never, unknown, never> | undefined
+}
+
+/** Which database the configuration selects, migrated. */
+export const DatabaseFromConfig = Layer.unwrapEffect(
+  Effect.map(ServerConfig, (config) => Database.layer(databaseConfig(config)))
+)
+
+const CallbackUrlsLive = Layer.effect(
+  CallbackUrls,
+  Effect.map(ServerConfig, (config) => ({
+    validate: (url: string) =>
+      CallbackUrl.validate(url, { allowPrivate: config.allowPrivateCallbacks, development: config.env === "development" })
+  }))
+)
+
+const RegistryConfigLive = Layer.effect(
+  Registry.RegistryConfig,
+  Effect.map(ServerConfig, (config) => ({ maxPayloadBytes: config.maxPayloadBytes, trustedMode: config.trustedMode }))
+)
+
+/** "field.path: what is wrong" for each schema issue, in one sentence. */
+const describeIssues = (e: HttpApiDecodeError): string => {
+  const parts = e.issues.slice(0, 5).map((issue) =>
+    issue.path.length > 0 ? `${issue.path.join(".")}: ${issue.message}` : issue.message
+  )
+  return `Invalid request: ${parts.join("; ")}`.slice(0, 1000)
+}
+
+/** Bodies larger than this are refused before they are read. */
+const bodyLimit = (maxPayloadBytes: number) => maxPayloadBytes * 4 + 64 * 1024
+
+/**
+ * Makes every client mistake a `400 {error, code}`: schema failures, bodies
+ * that are not JSON, bodies too large. Anything else unexpected is a defect:
+ * logged, and answered 500.
+ */
+const ClientErrors = HttpApiBuilder.middleware(
+  MahiloApi,
+  Effect.map(ServerConfig, (config) => (app: HttpApp.Default): HttpApp.Default<Errors.InvalidRequest, HttpServerRequest.HttpServerRequest> =>
+    Effect.gen(function* () {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const length = Number(request.headers["content-length"] ?? "0")
+      if (length > bodyLimit(config.maxPayloadBytes)) {
+        return yield* Errors.InvalidRequest.of("PAYLOAD_TOO_LARGE", `The request body is larger than ${bodyLimit(config.maxPayloadBytes)} bytes`)
+      }
+      return yield* (app as HttpApp.Default<unknown>)
+    }).pipe(
+      Effect.catchAll((e) =>
+        Effect.fail(e instanceof HttpApiDecodeError ? Errors.InvalidRequest.of("INVALID_REQUEST", describeIssues(e)) : e)
+      ),
+      Effect.catchAllDefect((defect) => {
+        if (typeof defect === "object" && defect !== null && (defect as { _tag?: unknown })._tag === "RequestError") {
+          return Effect.fail(Errors.InvalidRequest.of("INVALID_REQUEST", "The request body is not valid JSON"))
+        }
+        return Effect.zipRight(Effect.logError("Unhandled defect", Cause.die(defect)), Effect.die(defect))
+      })
+    ) as HttpApp.Default<Errors.InvalidRequest, HttpServerRequest.HttpServerRequest>),
+  { withContext: true }
+)
+
+/** Unknown routes answer `404 {error, code}` instead of an empty body. */
+const NotFoundRoute = HttpApiBuilder.Router.use((router) =>
+  router.all("*", HttpServerResponse.json({ error: "No such endpoint", code: "NOT_FOUND" }, { status: 404 }).pipe(Effect.orDie))
+)
+
+/** The HTTP API with its handlers, authentication, OpenAPI document and Swagger UI. */
+const ApiLive = Layer.unwrapScoped(
+  Effect.map(Auth.makeAuthenticator, (authenticator) =>
+    HttpApiBuilder.api(MahiloApi).pipe(
+      Layer.provide([
+        Handlers.HealthLive,
+        Handlers.authLive(authenticator),
+        Handlers.AgentsLive,
+        Handlers.FriendsLive,
+        Handlers.PoliciesLive,
+        Handlers.GroupsLive,
+        MessagesLive
+      ]),
+      Layer.provide(Auth.layer(authenticator))
+    ))
+)
+
+/** Everything but the listening socket: registry, engine, event bus, API. */
+export const app = (options: ServerOptions = {}) =>
+  Layer.unwrapEffect(
+    Effect.map(ServerConfig, (config) => {
+      const database = options.database ?? DatabaseFromConfig
+      const base = Layer.mergeAll(database, NodeId.layer)
+      const bus = EventBus.layer
+      const store = SqlStore.layer
+      const registry = Registry.layer.pipe(
+        Layer.provide(Layer.mergeAll(store, CallbackUrlsLive, RegistryConfigLive, RemoteDirectory.disabled))
+      )
+      const engine = DeliveryEngine.layer({
+        workers: config.deliveryWorkers,
+        maxInFlightPerTarget: config.maxInFlightPerConnection,
+        sweepIntervalMs: config.sweepIntervalMs,
+        leaseMs: Math.max(config.leaseMs, config.callbackTimeoutMs * 2),
+        callbackTimeoutMs: config.callbackTimeoutMs,
+        shutdownGraceMs: options.shutdownGraceMs ?? config.callbackTimeoutMs + 1_000,
+        schedule: options.retrySchedule ?? RetrySchedule.defaults,
+        breakerThreshold: 5,
+        breakerCooldownMs: 5_000
+      }).pipe(Layer.provide(store))
+      const http = HttpApiBuilder.serve().pipe(
+        Layer.provide(NotFoundRoute),
+        Layer.provide(HttpApiSwagger.layer({ path: "/docs" })),
+        Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/api/v1/openapi.json" })),
+        Layer.provide(ClientErrors),
+        Layer.provide(ApiLive)
+      )
+      return http.pipe(
+        Layer.provideMerge(engine),
+        Layer.provideMerge(registry),
+        Layer.provideMerge(HttpCallback.layer),
+        Layer.provideMerge(bus),
+        Layer.provideMerge(base)
+      )
+    })
+  )
+
+/** The server listening on `HOST:PORT`. */
+export const layer = (options: ServerOptions = {}) =>
+  Layer.unwrapEffect(
+    Effect.map(ServerConfig, (config) =>
+      app(options).pipe(
+        HttpServer.withLogAddress,
+        Layer.provide(NodeHttpServer.layer(createServer, { port: config.port, host: config.host }))
+      ))
+  )

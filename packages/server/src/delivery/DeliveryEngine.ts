@@ -1,0 +1,324 @@
+/**
+ * The delivery engine. Deliveries live in the outbox table; this node leases
+ * them (`FOR UPDATE SKIP LOCKED`), attempts each through the transport for its
+ * target kind, and records the outcome, which rolls up into the message.
+ *
+ * - A send leases its new deliveries to this node and `dispatch`es them: the
+ *   first attempt starts at once and the send may wait for it briefly.
+ * - A dispatcher fiber claims due work when woken (a commit on any node, a
+ *   retry coming due here) and on a slow sweep, so expired leases of a crashed
+ *   node are picked up too.
+ * - Each target has a bounded number of attempts in flight, and a target that
+ *   keeps failing rests (attempts are postponed) until a probe succeeds.
+ * - Closing the engine's scope stops claiming, lets attempts in flight finish
+ *   (up to a grace period) and gives back any lease it still holds.
+ */
+import { Callback, type Registry, RetrySchedule, type Store } from "@mahilo/core"
+import { Store as StoreTags } from "@mahilo/core"
+import { Context, Deferred, Duration, Effect, FiberSet, Layer, Option, Queue } from "effect"
+import { ServerConfig } from "../Config.js"
+import { EventBus } from "../notifications/EventBus.js"
+import { NodeId } from "../NodeId.js"
+import * as Wire from "../http/Wire.js"
+import { HttpCallbackClient } from "./HttpCallback.js"
+
+/** Delivers to a peer registry; federation provides it. */
+export class PeerTransport extends Context.Tag("@mahilo/server/PeerTransport")<PeerTransport, {
+  readonly attempt: (claimed: Store.ClaimedDelivery) => Effect.Effect<RetrySchedule.Outcome>
+}>() {}
+
+export interface EngineSettings {
+  readonly workers: number
+  readonly maxInFlightPerTarget: number
+  readonly sweepIntervalMs: number
+  readonly leaseMs: number
+  readonly callbackTimeoutMs: number
+  readonly shutdownGraceMs: number
+  readonly schedule: RetrySchedule.RetrySchedule
+  /** Consecutive failures after which a target rests, and how long the first rest lasts. */
+  readonly breakerThreshold: number
+  readonly breakerCooldownMs: number
+}
+
+export interface DeliveryEngineService {
+  readonly nodeId: string
+  readonly leaseMs: number
+  /**
+   * Starts the first attempt of deliveries a send just leased to this node.
+   * Each deferred completes with the delivery's status after that attempt.
+   */
+  readonly dispatch: (
+    message: Store.Message,
+    deliveries: ReadonlyArray<Registry.PlannedDelivery>
+  ) => Effect.Effect<ReadonlyArray<{ readonly deliveryId: string; readonly status: Deferred.Deferred<Store.DeliveryStatus> }>>
+  /** Claims due work now instead of at the next sweep. */
+  readonly wake: Effect.Effect<void>
+}
+
+export class DeliveryEngine extends Context.Tag("@mahilo/server/DeliveryEngine")<DeliveryEngine, DeliveryEngineService>() {}
+
+/** Per-target state: attempts in flight, and the breaker. */
+interface Target {
+  inFlight: number
+  failures: number
+  restUntil: number
+  restMs: number
+}
+
+export const make = (settings: EngineSettings) =>
+  Effect.gen(function* () {
+    const outbox = yield* StoreTags.Outbox
+    const bus = yield* EventBus
+    const nodeId = yield* NodeId
+    const http = yield* HttpCallbackClient
+    const config = yield* ServerConfig
+    const peer = yield* Effect.serviceOption(PeerTransport)
+
+    const fibers = yield* FiberSet.make<unknown, never>()
+    // Timers only wake the dispatcher; shutdown does not wait for them.
+    const timers = yield* FiberSet.make<unknown, never>()
+    const wakeIn = (ms: number) => FiberSet.run(timers, Effect.delay(wake, Duration.millis(Math.max(0, ms))))
+    const signal = yield* Queue.sliding<void>(1)
+    const wake = Effect.asVoid(Queue.offer(signal, undefined))
+    let draining = false
+    let claimedInFlight = 0
+    const targets = new Map<string, Target>()
+
+    const targetOf = (d: Store.Delivery): string => d.connectionId ?? `peer:${d.peerId ?? "?"}`
+    const stateOf = (key: string): Target => {
+      let t = targets.get(key)
+      if (t === undefined) {
+        t = { inFlight: 0, failures: 0, restUntil: 0, restMs: settings.breakerCooldownMs }
+        targets.set(key, t)
+      }
+      return t
+    }
+
+    const attemptAgent = (claimed: Store.ClaimedDelivery): Effect.Effect<RetrySchedule.Outcome> => {
+      const connection = Option.getOrUndefined(claimed.connection)
+      if (connection === undefined || connection.callbackUrl === null) {
+        return Effect.succeed({ _tag: "Refused", reason: "the recipient connection was removed" } as const)
+      }
+      const group = claimed.message.recipientType === "group"
+      const body = JSON.stringify(Wire.callbackBody(claimed.message, claimed.delivery, { includeDeliveryId: group }))
+      const headers = Callback.headers({
+        secret: connection.callbackSecret,
+        timestampSeconds: Math.floor(Date.now() / 1000),
+        rawBody: body,
+        messageId: claimed.message.id,
+        ...(group ? { deliveryId: claimed.delivery.id, groupId: claimed.message.recipientId } : {})
+      })
+      return http.post({
+        url: connection.callbackUrl,
+        headers,
+        body,
+        timeoutMs: settings.callbackTimeoutMs,
+        allowPrivate: config.allowPrivateCallbacks,
+        allowLoopback: config.env === "development"
+      })
+    }
+
+    const transport = (claimed: Store.ClaimedDelivery): Effect.Effect<RetrySchedule.Outcome> => {
+      switch (claimed.delivery.targetKind) {
+        case "agent":
+          return attemptAgent(claimed)
+        case "peer":
+          return Option.match(peer, {
+            onNone: () => Effect.succeed({ _tag: "Refused", reason: "federation is not configured" } as const),
+            onSome: (p) => p.attempt(claimed)
+          })
+        case "inbox":
+          return Effect.succeed({ _tag: "Refused", reason: "inbox deliveries are fetched, not pushed" } as const)
+      }
+    }
+
+    /** What to record for an outcome, given the delivery's history. */
+    const decide = (d: Store.Delivery, outcome: RetrySchedule.Outcome, now: number): Store.AttemptRecord => {
+      const statusCode = outcome._tag === "Response" ? outcome.status : null
+      const verdict = RetrySchedule.classify(outcome)
+      if (verdict === "delivered") return { _tag: "Delivered", statusCode, at: new Date(now) }
+      const error = RetrySchedule.describe(outcome)
+      if (verdict === "permanent") return { _tag: "Failed", error, statusCode }
+      const delay = RetrySchedule.nextAttemptDelay(settings.schedule, {
+        attempts: d.attempts + 1,
+        firstAttemptAt: d.firstAttemptAt?.getTime() ?? now,
+        now,
+        random: Math.random,
+        ...(outcome._tag === "Response" && outcome.retryAfterMs !== undefined ? { retryAfterMs: outcome.retryAfterMs } : {})
+      })
+      return Option.match(delay, {
+        onNone: () => ({ _tag: "Failed", error: `gave up after ${d.attempts + 1} attempts: ${error}`, statusCode }),
+        onSome: (ms) => ({ _tag: "Retry", error, statusCode, nextAttemptAt: new Date(now + ms) })
+      })
+    }
+
+    const announce = (claimed: Store.ClaimedDelivery, rollup: Store.Rollup) =>
+      Effect.gen(function* () {
+        if (rollup.deliveryStatus === "pending") return
+        yield* bus.publish({
+          _tag: "DeliveryStatus",
+          userId: rollup.senderId,
+          messageId: rollup.messageId,
+          deliveryStatus: rollup.deliveryStatus,
+          messageStatus: rollup.messageStatus,
+          recipientUserId: rollup.recipientUserId
+        })
+        if (rollup.deliveryStatus === "delivered" && rollup.recipientUserId !== null && claimed.delivery.targetKind === "agent") {
+          yield* bus.publish({
+            _tag: "MessageReceived",
+            userId: rollup.recipientUserId,
+            messageId: rollup.messageId,
+            sender: claimed.message.senderName,
+            recipientType: claimed.message.recipientType,
+            groupId: claimed.message.recipientType === "group" ? claimed.message.recipientId : null,
+            payloadType: claimed.message.payloadType
+          })
+        }
+      })
+
+    /** One attempt of a delivery this node holds the lease of; answers its status afterwards. */
+    const attempt = (claimed: Store.ClaimedDelivery): Effect.Effect<Store.DeliveryStatus> =>
+      Effect.gen(function* () {
+        const key = targetOf(claimed.delivery)
+        const target = stateOf(key)
+        target.inFlight++
+        const outcome = yield* transport(claimed).pipe(Effect.ensuring(Effect.sync(() => target.inFlight--)))
+        const now = Date.now()
+        const record = decide(claimed.delivery, outcome, now)
+        if (record._tag === "Delivered") {
+          target.failures = 0
+          target.restMs = settings.breakerCooldownMs
+        } else if (++target.failures >= settings.breakerThreshold) {
+          target.restUntil = now + target.restMs
+          target.restMs = Math.min(target.restMs * 2, settings.schedule.maxDelayMs)
+        }
+        const rolled = yield* outbox.record(nodeId, claimed.delivery.id, record)
+        if (Option.isNone(rolled)) {
+          yield* Effect.logWarning("Lease lost before the outcome was recorded", { delivery: claimed.delivery.id })
+          return "pending" as const
+        }
+        yield* announce(claimed, rolled.value)
+        if (record._tag === "Retry") {
+          // Come back for it when it is due, rather than at the next sweep.
+          yield* wakeIn(record.nextAttemptAt.getTime() - Date.now())
+        }
+        return rolled.value.deliveryStatus
+      }).pipe(
+        Effect.catchAllCause((cause) =>
+          Effect.as(Effect.logError("Delivery attempt failed unexpectedly; the lease will expire and it is retried", cause), "pending" as const)
+        )
+      )
+
+    /**
+     * Claimed work respects the per-target limit and the breaker: a busy or
+     * resting target's delivery goes back to the outbox for a little later.
+     */
+    const attemptClaimed = (claimed: Store.ClaimedDelivery): Effect.Effect<Store.DeliveryStatus> =>
+      Effect.gen(function* () {
+        const target = stateOf(targetOf(claimed.delivery))
+        const now = Date.now()
+        if (target.restUntil > now && target.inFlight === 0 && claimed.delivery.attempts > 0) {
+          // Resting: let the first due delivery through as a probe only when nothing is in flight.
+          target.restUntil = now + target.restMs
+        } else if (target.restUntil > now || target.inFlight >= settings.maxInFlightPerTarget) {
+          const until = target.restUntil > now ? target.restUntil : now + 50 + Math.floor(Math.random() * 100)
+          yield* outbox.postpone(nodeId, claimed.delivery.id, new Date(until)).pipe(
+            Effect.catchAll((e) => Effect.logError("Could not postpone a delivery; its lease will expire", e))
+          )
+          yield* wakeIn(until - now)
+          return "pending" as const
+        }
+        return yield* attempt(claimed)
+      })
+
+    /** Claims as much due work as there are free workers, until none is due. */
+    const drain: Effect.Effect<void> = Effect.gen(function* () {
+      while (!draining) {
+        const free = settings.workers - claimedInFlight
+        if (free <= 0) return
+        const batch = yield* outbox.claim(nodeId, Math.min(free, 64), settings.leaseMs).pipe(
+          Effect.catchAll((e) => Effect.as(Effect.logError("Could not claim deliveries", e), []))
+        )
+        for (const claimed of batch) {
+          claimedInFlight++
+          yield* FiberSet.run(
+            fibers,
+            attemptClaimed(claimed).pipe(
+              Effect.catchAllCause((cause) => Effect.logError("Delivery worker failed", cause)),
+              Effect.ensuring(Effect.zipRight(Effect.sync(() => claimedInFlight--), wake))
+            )
+          )
+        }
+        if (batch.length < free) return
+      }
+    })
+
+    // The dispatcher: woken by commits and retries, or by the sweep timer.
+    yield* Queue.take(signal).pipe(
+      Effect.timeout(Duration.millis(settings.sweepIntervalMs)),
+      Effect.ignore,
+      Effect.zipRight(drain),
+      Effect.forever,
+      Effect.catchAllCause((cause) => Effect.logError("Delivery dispatcher stopped", cause)),
+      // A crashed dispatcher is restarted; the server never dies of a delivery.
+      Effect.forever,
+      Effect.forkScoped
+    )
+
+    // Work queued on other nodes wakes us too.
+    const events = yield* bus.subscribe
+    yield* Queue.take(events).pipe(
+      Effect.flatMap((event) => (event._tag === "DeliveriesQueued" ? wake : Effect.void)),
+      Effect.forever,
+      Effect.forkScoped
+    )
+
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function* () {
+        draining = true
+        const finished = yield* FiberSet.size(fibers).pipe(
+          Effect.flatMap((n) => (n === 0 ? Effect.succeed(true) : Effect.as(FiberSet.awaitEmpty(fibers), true))),
+          Effect.timeoutOption(Duration.millis(settings.shutdownGraceMs))
+        )
+        if (Option.isNone(finished)) yield* Effect.logWarning("Shutting down with delivery attempts still in flight")
+        const released = yield* outbox.release(nodeId).pipe(Effect.orElseSucceed(() => 0))
+        if (released > 0) yield* Effect.logInfo(`Released ${released} delivery lease(s) for other nodes`)
+      })
+    )
+
+    return DeliveryEngine.of({
+      nodeId,
+      leaseMs: settings.leaseMs,
+      wake,
+      dispatch: (message, deliveries) =>
+        Effect.forEach(deliveries.filter((d) => d.targetKind !== "inbox"), (d) =>
+          Effect.gen(function* () {
+            const status = yield* Deferred.make<Store.DeliveryStatus>()
+            const claimed: Store.ClaimedDelivery = {
+              delivery: {
+                id: d.id,
+                messageId: message.id,
+                targetKind: d.targetKind,
+                recipientUserId: d.recipientUserId,
+                connectionId: d.connection?.id ?? null,
+                peerId: d.peerId,
+                status: "pending",
+                attempts: 0,
+                nextAttemptAt: message.createdAt,
+                firstAttemptAt: null,
+                lastError: null,
+                lastStatusCode: null,
+                createdAt: message.createdAt,
+                deliveredAt: null
+              },
+              message,
+              connection: Option.fromNullable(d.connection)
+            }
+            // Forked into the engine's scope: a client hanging up does not stop the delivery.
+            yield* FiberSet.run(fibers, Effect.flatMap(attemptClaimed(claimed), (s) => Deferred.succeed(status, s)))
+            return { deliveryId: d.id, status }
+          }))
+    })
+  })
+
+export const layer = (settings: EngineSettings) => Layer.scoped(DeliveryEngine, make(settings))

@@ -1,0 +1,130 @@
+/** Handlers for sending, history and the polling inbox. */
+import { HttpApiBuilder } from "@effect/platform"
+import { Errors, Registry, type Store } from "@mahilo/core"
+import { Deferred, Duration, Effect, Option } from "effect"
+import { CurrentPrincipal, MahiloApi, SendRejected } from "../Api.js"
+import { ServerConfig } from "../Config.js"
+import { DeliveryEngine } from "../delivery/DeliveryEngine.js"
+import * as Wire from "./Wire.js"
+
+type Status = "delivered" | "pending" | "failed"
+
+const invalidTime = (name: string) =>
+  Errors.InvalidRequest.of("INVALID_REQUEST", `${name} must be an ISO-8601 time or unix seconds/milliseconds`)
+
+const time = (name: string, input: string | undefined) => {
+  const parsed = Wire.parseTime(input)
+  return parsed === "invalid" ? Effect.fail(invalidTime(name)) : Effect.succeed(parsed)
+}
+
+const limitOf = (input: string | undefined) => {
+  if (input === undefined || input === "") return Effect.succeed(undefined)
+  const n = Number(input)
+  return Number.isInteger(n) && n >= 1 && n <= 100
+    ? Effect.succeed(n)
+    : Effect.fail(Errors.InvalidRequest.of("INVALID_REQUEST", "limit must be an integer from 1 to 100"))
+}
+
+const rejected = (message: Store.Message) =>
+  new SendRejected({
+    message_id: message.id,
+    status: "rejected",
+    rejection_reason: message.rejectionReason ?? "Rejected by policy",
+    error: message.rejectionReason ?? "Rejected by policy",
+    code: "POLICY_REJECTED"
+  })
+
+/** A member's status from their deliveries' statuses. */
+const memberStatus = (statuses: ReadonlyArray<Status>): Status =>
+  statuses.includes("delivered") ? "delivered" : statuses.includes("pending") ? "pending" : "failed"
+
+export const MessagesLive = HttpApiBuilder.group(MahiloApi, "messages", (handlers) =>
+  Effect.gen(function* () {
+    const registry = yield* Registry.Registry
+    const engine = yield* DeliveryEngine
+    const config = yield* ServerConfig
+    const wait = Duration.millis(config.firstAttemptWaitMs)
+
+    return handlers
+      .handle("send", ({ payload }) =>
+        Effect.gen(function* () {
+          const principal = yield* CurrentPrincipal
+          const result = yield* registry.send(principal, {
+            recipient: payload.recipient,
+            recipientType: payload.recipient_type,
+            recipientConnectionId: payload.recipient_connection_id ?? undefined,
+            routingHints: payload.routing_hints ?? undefined,
+            message: payload.message,
+            context: payload.context,
+            payloadType: payload.payload_type,
+            encryption: payload.encryption,
+            senderSignature: payload.sender_signature,
+            correlationId: payload.correlation_id,
+            idempotencyKey: payload.idempotency_key,
+            senderConnectionId: payload.sender_connection_id ?? undefined
+          }, { leaseOwner: engine.nodeId, leaseMs: engine.leaseMs })
+
+          if (result._tag === "Rejected") return yield* rejected(result.message)
+          if (result._tag === "Deduplicated") {
+            const m = result.message
+            if (m.status === "rejected") return yield* rejected(m)
+            return { message_id: m.id, status: m.status as Status, deduplicated: true }
+          }
+
+          // First attempts start now; wait briefly so a healthy agent answers "delivered".
+          const attempts = yield* engine.dispatch(result.message, result.deliveries)
+          const known = new Map<string, Status>()
+          yield* Effect.forEach(attempts, ({ deliveryId, status }) =>
+            Effect.map(Effect.timeoutOption(Deferred.await(status), wait), (s) => {
+              known.set(deliveryId, Option.getOrElse(s, () => "pending" as const))
+            }), { concurrency: "unbounded", discard: true })
+
+          const perMember = result.members.map((m) => memberStatus(m.deliveryIds.map((id) => known.get(id) ?? "pending")))
+          const count = (s: Status) => perMember.filter((x) => x === s).length
+          const status: Status = perMember.length === 0
+            ? "delivered"
+            : count("pending") > 0
+            ? "pending"
+            : count("delivered") > 0
+            ? "delivered"
+            : "failed"
+          return result.message.recipientType === "group"
+            ? {
+              message_id: result.message.id,
+              status,
+              recipients: perMember.length,
+              delivered: count("delivered"),
+              pending: count("pending"),
+              failed: count("failed")
+            }
+            : { message_id: result.message.id, status }
+        }))
+      .handle("history", ({ urlParams }) =>
+        Effect.gen(function* () {
+          const since = yield* time("since", urlParams.since)
+          const before = yield* time("before", urlParams.before)
+          const limit = yield* limitOf(urlParams.limit)
+          const entries = yield* registry.history(yield* CurrentPrincipal, {
+            direction: urlParams.direction,
+            since,
+            before,
+            limit
+          })
+          return entries.map(Wire.historyEntry)
+        }))
+      .handle("inbox", ({ urlParams }) =>
+        Effect.gen(function* () {
+          const since = yield* time("since", urlParams.since)
+          const limit = yield* limitOf(urlParams.limit)
+          const waiting = yield* registry.inbox(yield* CurrentPrincipal, { since, limit })
+          return waiting.map((c) => ({
+            ...Wire.callbackBody(c.message, c.delivery, { includeDeliveryId: false }),
+            delivery_id: c.delivery.id
+          }))
+        }))
+      .handle("ack", ({ payload }) =>
+        Effect.map(
+          Effect.flatMap(CurrentPrincipal, (p) => registry.acknowledge(p, payload.message_ids)),
+          (r) => ({ acknowledged: [...r.acknowledged] })
+        ))
+  }))

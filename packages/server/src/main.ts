@@ -1,0 +1,23 @@
+/**
+ * `npm start`: the reference server. Reads the environment (see README),
+ * opens the embedded database under MAHILO_DATA_DIR unless DATABASE_URL is
+ * set, and serves until SIGINT/SIGTERM, then shuts down gracefully: the HTTP
+ * server stops accepting, delivery attempts in flight finish or give their
+ * lease back, and the database closes.
+ */
+import { NodeRuntime } from "@effect/platform-node"
+import { Effect, Layer, Logger } from "effect"
+import { describeError, load, ServerConfig } from "./Config.js"
+import * as Server from "./Server.js"
+
+const program = Effect.gen(function* () {
+  const config = yield* load.pipe(
+    Effect.catchAll((error) => Effect.dieMessage(describeError(error)))
+  )
+  return yield* Layer.launch(Server.layer()).pipe(
+    Effect.provide(Layer.succeed(ServerConfig, config)),
+    Logger.withMinimumLogLevel(config.logLevel)
+  )
+})
+
+NodeRuntime.runMain(program.pipe(Effect.provide(Logger.logFmt)), { disablePrettyLogger: true })

@@ -1,0 +1,153 @@
+import { ConfigProvider, Effect, Either, Layer, LogLevel, Redacted } from "effect"
+import { describe, expect, it } from "vitest"
+import * as Config from "../src/Config.js"
+
+const read = (env: Record<string, string>) =>
+  Effect.runSync(Effect.either(Effect.withConfigProvider(Config.load, ConfigProvider.fromMap(new Map(Object.entries(env))))))
+
+const ok = (env: Record<string, string>) => {
+  const result = read(env)
+  if (Either.isLeft(result)) throw new Error(Config.describeError(result.left))
+  return result.right
+}
+
+const error = (env: Record<string, string>) => {
+  const result = read(env)
+  if (Either.isRight(result)) throw new Error("expected a configuration error")
+  return Config.describeError(result.left)
+}
+
+describe("Config", () => {
+  it("has the documented defaults", () => {
+    const config = ok({})
+    expect(config).toMatchObject({
+      port: 8080,
+      host: "0.0.0.0",
+      databaseUrl: undefined,
+      dataDir: "./data",
+      allowPrivateCallbacks: false,
+      trustedMode: false,
+      maxPayloadBytes: 32768,
+      callbackTimeoutMs: 30000,
+      env: "production",
+      firstAttemptWaitMs: 2000,
+      deliveryWorkers: 8,
+      maxInFlightPerConnection: 4,
+      sweepIntervalMs: 1000,
+      leaseMs: 60000,
+      authCacheSize: 10000,
+      instanceName: undefined,
+      publicUrl: undefined,
+      adminKey: undefined
+    })
+    expect(config.logLevel).toBe(LogLevel.Info)
+    expect(Config.defaults).toEqual(config)
+    expect(Config.federationEnabled(config)).toBe(false)
+    expect(Config.databaseConfig(config)).toEqual({ _tag: "PGlite", dataDir: "./data" })
+  })
+
+  it("reads every variable", () => {
+    const config = ok({
+      PORT: "9090",
+      HOST: "127.0.0.1",
+      DATABASE_URL: "postgres://u:secret@db:5432/mahilo",
+      MAHILO_DATA_DIR: "/var/lib/mahilo",
+      MAHILO_ALLOW_PRIVATE_CALLBACKS: "true",
+      MAHILO_TRUSTED_MODE: "1",
+      MAHILO_MAX_PAYLOAD_BYTES: "1024",
+      MAHILO_CALLBACK_TIMEOUT_MS: "500",
+      MAHILO_ENV: "development",
+      MAHILO_FIRST_ATTEMPT_WAIT_MS: "0",
+      MAHILO_DELIVERY_WORKERS: "2",
+      MAHILO_MAX_IN_FLIGHT_PER_CONNECTION: "1",
+      MAHILO_SWEEP_INTERVAL_MS: "50",
+      MAHILO_LEASE_MS: "5000",
+      MAHILO_AUTH_CACHE_SIZE: "0",
+      MAHILO_INSTANCE_NAME: "Alpha.example",
+      MAHILO_PUBLIC_URL: "https://alpha.example/",
+      MAHILO_ADMIN_KEY: "hunter2",
+      MAHILO_LOG_LEVEL: "debug"
+    })
+    expect(config).toMatchObject({
+      port: 9090,
+      host: "127.0.0.1",
+      dataDir: "/var/lib/mahilo",
+      allowPrivateCallbacks: true,
+      trustedMode: true,
+      maxPayloadBytes: 1024,
+      callbackTimeoutMs: 500,
+      env: "development",
+      firstAttemptWaitMs: 0,
+      deliveryWorkers: 2,
+      maxInFlightPerConnection: 1,
+      sweepIntervalMs: 50,
+      leaseMs: 5000,
+      authCacheSize: 0,
+      instanceName: "alpha.example",
+      publicUrl: "https://alpha.example"
+    })
+    expect(config.logLevel).toBe(LogLevel.Debug)
+    expect(Redacted.value(config.adminKey!)).toBe("hunter2")
+    expect(String(config.adminKey)).not.toContain("hunter2")
+    expect(Config.federationEnabled(config)).toBe(true)
+    expect(Config.isDevelopment(config)).toBe(true)
+    expect(Config.databaseConfig(config)).toEqual({ _tag: "Postgres", url: "postgres://u:secret@db:5432/mahilo" })
+  })
+
+  it("accepts host:port as an instance name", () => {
+    expect(ok({ MAHILO_INSTANCE_NAME: "localhost:8081" }).instanceName).toBe("localhost:8081")
+  })
+
+  it("treats empty values as unset", () => {
+    expect(ok({ PORT: "", DATABASE_URL: " ", MAHILO_INSTANCE_NAME: "" })).toEqual(Config.defaults)
+  })
+
+  it.each([
+    ["PORT", "abc"],
+    ["PORT", "70000"],
+    ["PORT", "80.5"],
+    ["MAHILO_MAX_PAYLOAD_BYTES", "0"],
+    ["MAHILO_CALLBACK_TIMEOUT_MS", "-1"],
+    ["MAHILO_DELIVERY_WORKERS", "0"],
+    ["MAHILO_ALLOW_PRIVATE_CALLBACKS", "maybe"],
+    ["MAHILO_TRUSTED_MODE", "yes please"],
+    ["MAHILO_ENV", "staging"],
+    ["MAHILO_LOG_LEVEL", "loud"],
+    ["MAHILO_PUBLIC_URL", "ftp://x"],
+    ["MAHILO_INSTANCE_NAME", "no spaces"]
+  ])("rejects %s=%s with a message naming it", (name, value) => {
+    const message = error({ [name]: value })
+    expect(message).toContain(name)
+    expect(message).toContain(JSON.stringify(value))
+  })
+
+  it("does not echo a bad DATABASE_URL (it may hold a password)", () => {
+    const message = error({ DATABASE_URL: "mysql://root:secret@db/x" })
+    expect(message).toContain("DATABASE_URL")
+    expect(message).not.toContain("secret")
+  })
+
+  it("reports every bad variable at once", () => {
+    const message = error({ PORT: "x", MAHILO_LEASE_MS: "soon" })
+    expect(message).toContain("PORT")
+    expect(message).toContain("MAHILO_LEASE_MS")
+  })
+
+  it("make/layerWith override the defaults without reading the environment", async () => {
+    expect(Config.make({ port: 0, trustedMode: true })).toEqual({ ...Config.defaults, port: 0, trustedMode: true })
+    const config = await Effect.runPromise(
+      Effect.provide(Config.ServerConfig, Config.ServerConfig.layerWith({ maxPayloadBytes: 10 }))
+    )
+    expect(config.maxPayloadBytes).toBe(10)
+    expect(config.port).toBe(8080)
+  })
+
+  it("layer reads the current ConfigProvider and fails on bad values", async () => {
+    const withEnv = (env: Record<string, string>) =>
+      Layer.provide(Config.layer, Layer.setConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env)))))
+    const config = await Effect.runPromise(Effect.provide(Config.ServerConfig, withEnv({ PORT: "1234" })))
+    expect(config.port).toBe(1234)
+    const failure = await Effect.runPromise(Effect.flip(Effect.provide(Config.ServerConfig, withEnv({ PORT: "x" }))))
+    expect(Config.describeError(failure)).toMatch(/^Invalid configuration: PORT must be an integer/)
+  })
+})
