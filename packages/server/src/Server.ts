@@ -22,6 +22,7 @@ import * as Handlers from "./http/Handlers.js"
 import { MessagesLive } from "./http/MessagesHandlers.js"
 import { NodeId } from "./NodeId.js"
 import * as EventBus from "./notifications/EventBus.js"
+import * as NotificationRoutes from "./notifications/Routes.js"
 
 export interface ServerOptions {
   /** The database; by default the one `DATABASE_URL` / `MAHILO_DATA_DIR` select. */
@@ -138,6 +139,7 @@ export const app = (options: ServerOptions = {}) =>
       }).pipe(Layer.provide(store))
       const http = HttpApiBuilder.serve().pipe(
         Layer.provide(NotFoundRoute),
+        Layer.provide(NotificationRoutes.layer),
         Layer.provide(HttpApiSwagger.layer({ path: "/docs" })),
         Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/api/v1/openapi.json" })),
         Layer.provide(ClientErrors),
