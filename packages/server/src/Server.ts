@@ -11,6 +11,7 @@ import { NodeHttpServer } from "@effect/platform-node"
 import type { SqlClient } from "@effect/sql"
 import { CallbackUrls, Errors, Registry, RemoteDirectory, RetrySchedule, SqlStore } from "@mahilo/core"
 import { Cause, Effect, Layer } from "effect"
+import { Plug as Federation } from "@mahilo/federation"
 import { MahiloApi } from "./Api.js"
 import { databaseConfig, ServerConfig } from "./Config.js"
 import * as Database from "./Database.js"
@@ -31,8 +32,6 @@ export interface ServerOptions {
   readonly retrySchedule?: RetrySchedule.RetrySchedule | undefined
   /** How long shutdown waits for attempts in flight. */
   readonly shutdownGraceMs?: number | undefined
-  /** Extra layers providing optional services (federation's `RemoteDirectory`, `PeerTransport`, routes). */
-  readonly federation?: Layer.Layer<never, unknown, never> | undefined
 }
 
 /** Which database the configuration selects, migrated. */
@@ -123,8 +122,17 @@ export const app = (options: ServerOptions = {}) =>
       const base = Layer.mergeAll(database, NodeId.layer)
       const bus = EventBus.layer
       const store = SqlStore.layer
+      // Federation is on when an instance name is configured.
+      const federation = config.instanceName !== undefined
+        ? {
+          instanceName: config.instanceName,
+          publicUrl: config.publicUrl ?? `http://${config.instanceName}`,
+          adminKey: config.adminKey
+        }
+        : undefined
+      const remote = federation !== undefined ? Federation.services(federation).pipe(Layer.provide(store)) : RemoteDirectory.disabled
       const registry = Registry.layer.pipe(
-        Layer.provide(Layer.mergeAll(store, CallbackUrlsLive, RegistryConfigLive, RemoteDirectory.disabled))
+        Layer.provide(Layer.mergeAll(store, CallbackUrlsLive, RegistryConfigLive, remote))
       )
       const engine = DeliveryEngine.layer({
         workers: config.deliveryWorkers,
@@ -136,10 +144,11 @@ export const app = (options: ServerOptions = {}) =>
         schedule: options.retrySchedule ?? RetrySchedule.defaults,
         breakerThreshold: 5,
         breakerCooldownMs: 5_000
-      }).pipe(Layer.provide(store))
+      }).pipe(Layer.provide(Layer.merge(store, remote)))
       const http = HttpApiBuilder.serve().pipe(
         Layer.provide(NotFoundRoute),
         Layer.provide(NotificationRoutes.layer),
+        Layer.provide(federation !== undefined ? Federation.routes(federation) : Layer.empty),
         Layer.provide(HttpApiSwagger.layer({ path: "/docs" })),
         Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/api/v1/openapi.json" })),
         Layer.provide(ClientErrors),

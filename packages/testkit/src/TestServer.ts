@@ -44,7 +44,6 @@ export interface Options {
   /** Defaults to `RetrySchedule.testing` (tens of milliseconds). */
   readonly retrySchedule?: RetrySchedule.RetrySchedule | undefined
   readonly shutdownGraceMs?: number | undefined
-  readonly federation?: Layer.Layer<never, unknown, never> | undefined
 }
 
 /** Settings that suit tests: loopback agents, fast sweeps, short waits. */
@@ -68,8 +67,7 @@ export const make = (options: Options = {}): Effect.Effect<TestServer, unknown, 
     const layer = Server.app({
       database,
       retrySchedule: options.retrySchedule ?? RetrySchedule.testing,
-      shutdownGraceMs: options.shutdownGraceMs ?? 2_000,
-      federation: options.federation
+      shutdownGraceMs: options.shutdownGraceMs ?? 2_000
     }).pipe(
       Layer.provideMerge(NodeHttpServer.layer(createServer, { port: config.port, host: config.host })),
       Layer.provide(Layer.succeed(Config.ServerConfig, config))

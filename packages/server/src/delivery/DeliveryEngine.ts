@@ -13,7 +13,7 @@
  * - Closing the engine's scope stops claiming, lets attempts in flight finish
  *   (up to a grace period) and gives back any lease it still holds.
  */
-import { Callback, type Registry, RetrySchedule, type Store } from "@mahilo/core"
+import { Callback, PeerTransport, type Registry, RetrySchedule, type Store } from "@mahilo/core"
 import { Store as StoreTags } from "@mahilo/core"
 import { Context, Deferred, Duration, Effect, FiberSet, Layer, Option, Queue } from "effect"
 import { ServerConfig } from "../Config.js"
@@ -21,11 +21,6 @@ import { EventBus } from "../notifications/EventBus.js"
 import { NodeId } from "../NodeId.js"
 import * as Wire from "../http/Wire.js"
 import { HttpCallbackClient } from "./HttpCallback.js"
-
-/** Delivers to a peer registry; federation provides it. */
-export class PeerTransport extends Context.Tag("@mahilo/server/PeerTransport")<PeerTransport, {
-  readonly attempt: (claimed: Store.ClaimedDelivery) => Effect.Effect<RetrySchedule.Outcome>
-}>() {}
 
 export interface EngineSettings {
   readonly workers: number

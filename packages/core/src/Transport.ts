@@ -1,0 +1,16 @@
+/**
+ * How a delivery reaches a target the engine cannot reach by itself. Agent
+ * callbacks are the engine's own; a peer registry is reached through the
+ * transport federation plugs in.
+ */
+import { Context, type Effect } from "effect"
+import type * as RetrySchedule from "./RetrySchedule.js"
+import type * as Store from "./Store.js"
+
+export interface PeerTransportService {
+  /** One attempt to hand the delivery to the peer registry named by `delivery.peerId`. */
+  readonly attempt: (claimed: Store.ClaimedDelivery) => Effect.Effect<RetrySchedule.Outcome>
+}
+
+/** Delivers to a peer registry; federation provides it. */
+export class PeerTransport extends Context.Tag("@mahilo/core/PeerTransport")<PeerTransport, PeerTransportService>() {}
