@@ -399,6 +399,27 @@ export class MessagesGroup extends HttpApiGroup.make("messages")
       .addError(InvalidRequest)
   )
   .add(
+    HttpApiEndpoint.get("get", "/messages/:id")
+      .setPath(Id)
+      .addSuccess(Schema.Struct({
+        ...HistoryEntry.fields,
+        deliveries: Schema.Array(Schema.Struct({
+          delivery_id: Schema.String,
+          recipient: Schema.NullOr(Schema.String),
+          recipient_connection_id: Schema.NullOr(Schema.String),
+          target: Schema.Literal("agent", "inbox", "peer"),
+          status: Schema.Literal("pending", "delivered", "failed"),
+          attempts: Schema.Number,
+          last_error: Schema.NullOr(Schema.String),
+          last_status_code: Schema.NullOr(Schema.Number),
+          next_attempt_at: Schema.NullOr(Timestamp),
+          delivered_at: Schema.NullOr(Timestamp)
+        }))
+      }))
+      .addError(NotFound)
+      .annotate(OpenApi.Description, "Beside the contract: one message and how each of its deliveries is going.")
+  )
+  .add(
     HttpApiEndpoint.get("inbox", "/messages/inbox")
       .setUrlParams(Schema.Struct({ since: Schema.optional(Schema.String), limit: Schema.optional(Schema.String) }))
       .addSuccess(Schema.Array(Schema.Struct({

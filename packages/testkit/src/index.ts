@@ -2,3 +2,4 @@ export {}
 export * as FakeAgent from "./FakeAgent.js"
 export * as TestDatabase from "./TestDatabase.js"
 export * as TestServer from "./TestServer.js"
+export * as Fixtures from "./Fixtures.js"

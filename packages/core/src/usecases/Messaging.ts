@@ -383,10 +383,29 @@ export const make = Effect.gen(function* () {
           : sendToUser(principal, input, payloadType, options))
       }),
 
-    /** The message's deliveries now (after an inline attempt, to count per member). */
-    messageDeliveries: (messageId: string) => messages.deliveriesOf(messageId),
-
-    findMessage: (messageId: string) => messages.find(messageId),
+    /**
+     * One message with its deliveries (status, attempts, last error), for its
+     * sender; a recipient sees only their own deliveries. Anyone else: 404.
+     */
+    messageDetail: (principal: Principal, messageId: string) =>
+      Effect.gen(function* () {
+        const found = yield* messages.find(messageId)
+        const notFound = Errors.NotFound.of("MESSAGE_NOT_FOUND", "No message with that id is yours")
+        if (Option.isNone(found)) return yield* notFound
+        const all = yield* messages.deliveriesOf(messageId)
+        const isSender = found.value.senderId === principal.userId
+        const visible = isSender ? all : all.filter((d) => d.recipientUserId === principal.userId)
+        if (!isSender && visible.length === 0) return yield* notFound
+        const recipientIds = [...new Set(visible.flatMap((d) => (d.recipientUserId === null ? [] : [d.recipientUserId])))]
+        const names = new Map((yield* users.findByIds(recipientIds)).map((u) => [u.id, u.username]))
+        return {
+          message: found.value,
+          deliveries: visible.map((delivery) => ({
+            delivery,
+            recipient: delivery.recipientUserId === null ? delivery.peerId : names.get(delivery.recipientUserId) ?? null
+          }))
+        }
+      }),
 
     /**
      * The caller's messages, newest first. Without a direction, sent and

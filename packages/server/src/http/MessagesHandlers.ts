@@ -112,6 +112,25 @@ export const MessagesLive = HttpApiBuilder.group(MahiloApi, "messages", (handler
           })
           return entries.map(Wire.historyEntry)
         }))
+      .handle("get", ({ path }) =>
+        Effect.gen(function* () {
+          const detail = yield* registry.messageDetail(yield* CurrentPrincipal, path.id)
+          return {
+            ...Wire.historyEntry({ message: detail.message, delivery: Option.none() }),
+            deliveries: detail.deliveries.map(({ delivery: d, recipient }) => ({
+              delivery_id: d.id,
+              recipient,
+              recipient_connection_id: d.connectionId,
+              target: d.targetKind,
+              status: d.status,
+              attempts: d.attempts,
+              last_error: d.lastError,
+              last_status_code: d.lastStatusCode,
+              next_attempt_at: d.status === "pending" ? d.nextAttemptAt.toISOString() : null,
+              delivered_at: d.deliveredAt?.toISOString() ?? null
+            }))
+          }
+        }))
       .handle("inbox", ({ urlParams }) =>
         Effect.gen(function* () {
           const since = yield* time("since", urlParams.since)

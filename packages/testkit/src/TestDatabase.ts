@@ -1,0 +1,227 @@
+/**
+ * Throwaway databases for tests: every build of `pglite` or `postgres` is a
+ * fresh, migrated database that nobody else sees, released with its layer.
+ *
+ * PGlite: creating an in-memory instance and running initdb is slow (seconds),
+ * loading a data-directory dump is fast. So a migrated template is built once
+ * per machine and cached as `os.tmpdir()/mahilo-pglite-<hash>.tar`, keyed by
+ * the migration source and the PGlite version; each test database is a new
+ * in-memory PGlite loaded from it (migrations still run: a no-op when current).
+ *
+ * PostgreSQL: when `DATABASE_URL` is set, each build creates
+ * `mahilo_t_<random>` through a short admin connection and drops it (WITH
+ * (FORCE)) on release.
+ */
+import { SqlClient } from "@effect/sql"
+import { SqlError } from "@effect/sql/SqlError"
+import { PgClient } from "@effect/sql-pg"
+import { PGlite, type PGliteOptions } from "@electric-sql/pglite"
+import { Migrations } from "@mahilo/core"
+import { Database } from "@mahilo/server"
+import { Effect, Layer, Redacted, Scope } from "effect"
+import { createHash, randomBytes } from "node:crypto"
+import * as fs from "node:fs/promises"
+import { createRequire } from "node:module"
+import * as os from "node:os"
+import * as path from "node:path"
+
+/** What a test database provides. */
+export type Services = SqlClient.SqlClient | Database.DatabaseEngine
+export type Failure = SqlError | Migrations.MigrationError
+export type TestLayer = Layer.Layer<Services, Failure>
+
+// ---------------------------------------------------------------------------
+// PGlite template
+
+const migrated = (base: Layer.Layer<Services, SqlError>): TestLayer =>
+  Layer.tap(base, (context) => Effect.provide(Migrations.migrate, context))
+
+const require = createRequire(import.meta.url)
+
+/** Reads the `version` of the package that contains `file`. */
+const packageVersion = async (file: string, name: string): Promise<string> => {
+  for (let dir = path.dirname(file); dir !== path.dirname(dir); dir = path.dirname(dir)) {
+    try {
+      const pkg = JSON.parse(await fs.readFile(path.join(dir, "package.json"), "utf8"))
+      if (pkg.name === name) return String(pkg.version)
+    } catch {
+      // keep looking upwards
+    }
+  }
+  return "unknown"
+}
+
+/** Hash of what the template depends on: the migration source and the PGlite version. */
+const templateKey = async (): Promise<string> => {
+  const hash = createHash("sha256")
+  hash.update(`pglite@${await packageVersion(require.resolve("@electric-sql/pglite"), "@electric-sql/pglite")}\n`)
+  const migrations = path.join(path.dirname(require.resolve("@mahilo/core")), "sql", "Migrations.ts")
+  try {
+    hash.update(await fs.readFile(migrations))
+  } catch {
+    // Source not where expected (e.g. a built copy): key on the migration names instead.
+    // Migrations run after loading anyway, so a stale template only costs time.
+    const names = await Effect.runPromise(Migrations.loader)
+    hash.update(JSON.stringify(names.map(([id, name]) => [id, name])))
+  }
+  return hash.digest("hex").slice(0, 16)
+}
+
+/** Builds a migrated in-memory PGlite and returns its data directory as a tar. */
+const buildTemplate = async (): Promise<Uint8Array> => {
+  const db = await PGlite.create()
+  // The layer runs the migrations, and closes `db` once the dump is taken.
+  const dump = await Effect.runPromise(
+    Effect.promise(() => db.dumpDataDir("none")).pipe(
+      Effect.provide(migrated(Database.pgliteFrom(() => Promise.resolve(db), "the PGlite template")))
+    )
+  )
+  return new Uint8Array(await dump.arrayBuffer())
+}
+
+const exists = (file: string) => fs.access(file).then(() => true, () => false)
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/**
+ * The template's bytes: from the cache file if present; otherwise one process
+ * builds it (holding a lock file) while the others wait for the file to appear.
+ * The file is written under a temporary name and renamed into place.
+ */
+const loadOrBuildTemplate = async (): Promise<Uint8Array> => {
+  const file = path.join(os.tmpdir(), `mahilo-pglite-${await templateKey()}.tar`)
+  const lock = `${file}.lock`
+  const deadline = Date.now() + 120_000
+  for (;;) {
+    try {
+      return new Uint8Array(await fs.readFile(file))
+    } catch {
+      // not there yet
+    }
+    let owned = false
+    try {
+      await (await fs.open(lock, "wx")).close()
+      owned = true
+    } catch {
+      // Someone else is building it. Take over a lock left behind by a dead process.
+      const stat = await fs.stat(lock).catch(() => undefined)
+      if (stat !== undefined && Date.now() - stat.mtimeMs > 60_000) await fs.rm(lock, { force: true })
+    }
+    if (owned) {
+      try {
+        if (await exists(file)) continue
+        const bytes = await buildTemplate()
+        const temp = `${file}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`
+        await fs.writeFile(temp, bytes)
+        await fs.rename(temp, file)
+        return bytes
+      } finally {
+        await fs.rm(lock, { force: true })
+      }
+    }
+    if (Date.now() > deadline) return buildTemplate()
+    await sleep(100)
+  }
+}
+
+interface Template {
+  readonly dataDir: Blob
+  /** PGlite's compiled module and file bundle, shared by every instance (saves ~0.2 s each). */
+  readonly shared: Pick<PGliteOptions, "pgliteWasmModule" | "fsBundle">
+}
+
+type WasmModule = NonNullable<PGliteOptions["pgliteWasmModule"]>
+const { WebAssembly } = globalThis as unknown as {
+  readonly WebAssembly: { compile(bytes: Uint8Array): Promise<WasmModule> }
+}
+
+const sharedAssets = async (): Promise<Template["shared"]> => {
+  try {
+    const [wasm, data] = await Promise.all([
+      fs.readFile(require.resolve("@electric-sql/pglite/pglite.wasm")),
+      fs.readFile(require.resolve("@electric-sql/pglite/pglite.data"))
+    ])
+    return { pgliteWasmModule: await WebAssembly.compile(wasm), fsBundle: new Blob([data]) }
+  } catch {
+    return {} // PGlite finds its own assets
+  }
+}
+
+let template: Promise<Template> | undefined
+
+/** The migrated template, read once per process. */
+const loadTemplate = (): Promise<Template> => {
+  if (template === undefined) {
+    template = Promise.all([loadOrBuildTemplate(), sharedAssets()]).then(([bytes, shared]) => ({
+      dataDir: new Blob([bytes]),
+      shared
+    }))
+    template.catch(() => {
+      template = undefined
+    })
+  }
+  return template
+}
+
+/** A fresh in-memory PGlite database, migrated. Each build is a new database. */
+export const pglite: TestLayer = migrated(
+  Database.pgliteFrom(
+    async () => {
+      const { dataDir, shared } = await loadTemplate()
+      return PGlite.create({ ...shared, loadDataDir: dataDir })
+    },
+    "an in-memory PGlite test database"
+  )
+)
+
+// ---------------------------------------------------------------------------
+// PostgreSQL
+
+/** The admin `DATABASE_URL`, if set. */
+export const adminUrl = (): string | undefined => {
+  const url = process.env["DATABASE_URL"]
+  return url !== undefined && url.trim() !== "" ? url.trim() : undefined
+}
+
+const requireAdminUrl = Effect.suspend(() => {
+  const url = adminUrl()
+  return url === undefined
+    ? Effect.dieMessage("TestDatabase.postgres needs DATABASE_URL (postgres://user@host:port/db of a server where it may CREATE DATABASE)")
+    : Effect.succeed(url)
+})
+
+/** Runs one statement on a short-lived single connection to the admin database. */
+const admin = (url: string, statement: string) =>
+  Effect.flatMap(PgClient.PgClient, (sql) => sql.unsafe(statement)).pipe(
+    Effect.provide(PgClient.layer({ url: Redacted.make(url), maxConnections: 1 }))
+  )
+
+/**
+ * Creates a new, empty PostgreSQL database (no migrations) and returns its URL;
+ * it is dropped when the scope closes. For tests that start whole server processes.
+ */
+export const postgresUrl = (): Effect.Effect<string, SqlError, Scope.Scope> =>
+  Effect.gen(function* () {
+    const url = yield* requireAdminUrl
+    const name = `mahilo_t_${randomBytes(6).toString("hex")}`
+    yield* Effect.acquireRelease(
+      admin(url, `CREATE DATABASE ${name}`),
+      () =>
+        admin(url, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).pipe(
+          Effect.catchAllCause((cause) => Effect.logWarning(`Could not drop test database ${name}`, cause))
+        )
+    )
+    const target = new URL(url)
+    target.pathname = `/${name}`
+    return target.toString()
+  })
+
+/** A fresh PostgreSQL database, migrated; dies with a clear message when `DATABASE_URL` is unset. */
+export const postgres: TestLayer = Layer.unwrapScoped(
+  Effect.map(postgresUrl(), (url) => Database.layer({ _tag: "Postgres", url, maxConnections: 5 }))
+)
+
+/** The backends to run a suite against: PGlite always, PostgreSQL when `DATABASE_URL` is set. */
+export const backends: ReadonlyArray<{ readonly name: "pglite" | "postgres"; readonly layer: TestLayer }> = [
+  { name: "pglite", layer: pglite },
+  ...(adminUrl() !== undefined ? [{ name: "postgres" as const, layer: postgres }] : [])
+]

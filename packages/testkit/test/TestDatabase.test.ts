@@ -1,0 +1,89 @@
+import { SqlClient } from "@effect/sql"
+import { PgClient } from "@effect/sql-pg"
+import { Migrations } from "@mahilo/core"
+import { Effect, Exit, Redacted, Scope } from "effect"
+import { describe, expect, it } from "vitest"
+import { TestDatabase } from "../src/index.js"
+
+const run = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient>, layer: TestDatabase.TestLayer) =>
+  Effect.runPromise(Effect.provide(effect, layer))
+
+const tables = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+  sql<{ table_name: string }>`SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'`).pipe(
+    Effect.map((rows) => rows.map((row) => row.table_name).sort())
+  )
+
+const insertUser = (id: string) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) => sql`INSERT INTO users (id, username) VALUES (${id}, ${id})`)
+
+const userIds = Effect.flatMap(SqlClient.SqlClient, (sql) => sql<{ id: string }>`SELECT id FROM users ORDER BY id`).pipe(
+  Effect.map((rows) => rows.map((row) => row.id))
+)
+
+describe.each(TestDatabase.backends)("TestDatabase ($name)", ({ layer }) => {
+  it("applies the migrations", async () => {
+    const [names, applied] = await run(
+      Effect.all([
+        tables,
+        Effect.flatMap(SqlClient.SqlClient, (sql) => sql<{ migration_id: number }>`SELECT migration_id FROM mahilo_migrations`)
+      ]),
+      layer
+    )
+    expect(names).toEqual(expect.arrayContaining(["users", "messages", "deliveries", "mahilo_migrations"]))
+    const expected = (await Effect.runPromise(Migrations.loader)).map(([id]) => id)
+    expect(applied.map((row) => row.migration_id).sort()).toEqual(expected.sort())
+  })
+
+  it("gives every build a fresh database", async () => {
+    // Two databases open at once, then a third after both are gone.
+    await run(
+      Effect.gen(function* () {
+        yield* insertUser("alice")
+        const other = yield* Effect.provide(Effect.zipRight(insertUser("bob"), userIds), layer)
+        expect(other).toEqual(["bob"])
+        expect(yield* userIds).toEqual(["alice"])
+      }),
+      layer
+    )
+    expect(await run(userIds, layer)).toEqual([])
+  })
+})
+
+describe("TestDatabase.pglite", () => {
+  it("opens quickly once the template is cached", async () => {
+    await run(userIds, TestDatabase.pglite) // warms the template
+    const start = Date.now()
+    await run(userIds, TestDatabase.pglite)
+    expect(Date.now() - start).toBeLessThan(5_000)
+  })
+})
+
+describe.runIf(TestDatabase.adminUrl() !== undefined)("TestDatabase.postgresUrl", () => {
+  const databaseExists = (name: string) =>
+    Effect.flatMap(PgClient.PgClient, (sql) => sql`SELECT 1 FROM pg_database WHERE datname = ${name}`).pipe(
+      Effect.map((rows) => rows.length === 1),
+      Effect.provide(PgClient.layer({ url: Redacted.make(TestDatabase.adminUrl()!) }))
+    )
+
+  it("creates an empty database and drops it with the scope", async () => {
+    const scope = await Effect.runPromise(Scope.make())
+    const url = await Effect.runPromise(Scope.extend(TestDatabase.postgresUrl(), scope))
+    const dbName = new URL(url).pathname.slice(1)
+    expect(dbName).toMatch(/^mahilo_t_[0-9a-f]+$/)
+    expect(await Effect.runPromise(databaseExists(dbName))).toBe(true)
+    const names = await Effect.runPromise(
+      Effect.provide(tables, PgClient.layer({ url: Redacted.make(url) }))
+    )
+    expect(names).toEqual([])
+    await Effect.runPromise(Scope.close(scope, Exit.void))
+    expect(await Effect.runPromise(databaseExists(dbName))).toBe(false)
+  })
+})
+
+describe.runIf(TestDatabase.adminUrl() === undefined)("TestDatabase.postgres without DATABASE_URL", () => {
+  it("dies with a message naming DATABASE_URL", async () => {
+    const exit = await Effect.runPromiseExit(Effect.provide(Effect.void, TestDatabase.postgres))
+    expect(Exit.isFailure(exit)).toBe(true)
+    expect(String(exit)).toContain("DATABASE_URL")
+  })
+})
