@@ -9,7 +9,7 @@ import { NodeHttpServer } from "@effect/platform-node"
 import type { SqlClient } from "@effect/sql"
 import { type Errors, RetrySchedule } from "@mahilo/core"
 import { Api, Config, type Database, Server } from "@mahilo/server"
-import { Context, Effect, Layer, type Scope } from "effect"
+import { Clock, Context, Effect, Layer, type Scope } from "effect"
 import * as TestDatabase from "./TestDatabase.js"
 
 const makeClient = (url: string, apiKey?: string) =>
@@ -72,7 +72,9 @@ export const make = (options: Options = {}): Effect.Effect<TestServer, unknown, 
       Layer.provideMerge(NodeHttpServer.layer(createServer, { port: config.port, host: config.host })),
       Layer.provide(Layer.succeed(Config.ServerConfig, config))
     )
-    const context = yield* Layer.build(layer)
+    // The server keeps real time even inside `it.scoped` (whose TestClock would
+    // freeze its retry timers, sweeps and first-attempt waits).
+    const context = yield* Layer.build(layer).pipe(Effect.withClock(Clock.make()))
     const server = Context.get(context, HttpServer.HttpServer)
     const address = server.address
     if (address._tag !== "TcpAddress") return yield* Effect.dieMessage("expected a TCP address")
