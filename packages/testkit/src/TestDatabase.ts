@@ -225,3 +225,22 @@ export const backends: ReadonlyArray<{ readonly name: "pglite" | "postgres"; rea
   { name: "pglite", layer: pglite },
   ...(adminUrl() !== undefined ? [{ name: "postgres" as const, layer: postgres }] : [])
 ]
+
+/**
+ * A persistent PGlite database in `dir` (for restart tests): the first build
+ * seeds it from the migrated template, later builds reopen what is there.
+ */
+export const pgliteAt = (dir: string): TestLayer =>
+  migrated(
+    Database.pgliteFrom(
+      async () => {
+        const { dataDir, shared } = await loadTemplate()
+        const seeded = await fs.readdir(dir).then((entries) => entries.length > 0, () => false)
+        return PGlite.create({ ...shared, dataDir: dir, ...(seeded ? {} : { loadDataDir: dataDir }) })
+      },
+      `the test database at ${dir}`
+    )
+  )
+
+/** Creates a migrated PGlite data directory at `dir` from the template (fast), then closes it. */
+export const seedDir = (dir: string): Effect.Effect<void, Failure> => Effect.scoped(Effect.asVoid(Layer.build(pgliteAt(dir))))
