@@ -1,0 +1,260 @@
+/**
+ * The SQL store against real databases: PGlite always, PostgreSQL too when
+ * DATABASE_URL is set (CI). Each test gets a fresh, migrated database.
+ */
+import { SqlClient } from "@effect/sql"
+import { Graph, Ids, SqlStore, Store } from "@mahilo/core"
+import { TestDatabase } from "@mahilo/testkit"
+import { describe, expect, it as itBase } from "@effect/vitest"
+import { Effect, Layer, Option } from "effect"
+
+const message = (over: Partial<Store.Message> & { readonly senderId: string; readonly recipientId: string }): Store.Message => ({
+  id: Ids.make("msg"),
+  senderName: "alice",
+  senderConnectionId: null,
+  senderAgent: null,
+  recipientType: "user",
+  recipientName: "bob",
+  correlationId: null,
+  idempotencyKey: null,
+  payloadType: "text/plain",
+  message: "hello",
+  context: null,
+  encryption: null,
+  senderSignature: null,
+  status: "pending",
+  rejectionReason: null,
+  recipients: 1,
+  deliveredCount: 0,
+  failedCount: 0,
+  originInstance: null,
+  createdAt: new Date(),
+  deliveredAt: null,
+  ...over
+})
+
+const delivery = (recipientUserId: string, primary = true): Store.NewDelivery => ({
+  id: Ids.make("dlv"),
+  targetKind: "agent",
+  recipientUserId,
+  connectionId: null,
+  peerId: null,
+  primary
+})
+
+const twoUsers = Effect.gen(function* () {
+  const users = yield* Store.Users
+  const alice = yield* users.create({ id: Ids.make("usr"), username: "alice", displayName: "Alice", instance: null }, { kid: Ids.make("key"), hash: "h1" })
+  const bob = yield* users.create({ id: Ids.make("usr"), username: "bob", displayName: null, instance: null }, { kid: Ids.make("key"), hash: "h2" })
+  return { alice, bob }
+})
+
+type Services = Store.Users | Store.Connections | Store.Friendships | Store.Groups | Store.Policies | Store.Messages | Store.Outbox | SqlClient.SqlClient
+
+for (const backend of TestDatabase.backends) {
+  const layer = SqlStore.layer.pipe(Layer.provideMerge(backend.layer))
+
+  describe(`SqlStore on ${backend.name}`, () => {
+    // Every test gets its own fresh database.
+    const it = {
+      effect: (name: string, body: () => Effect.Effect<void, unknown, Services>) =>
+        itBase.effect(name, () => Effect.provide(body(), layer), 60_000)
+    }
+    {
+      it.effect("usernames are unique; a taken one is 409 USERNAME_EXISTS and nothing is half-written", () =>
+        Effect.gen(function* () {
+          const users = yield* Store.Users
+          const sql = yield* SqlClient.SqlClient
+          const kid = Ids.make("key")
+          yield* users.create({ id: Ids.make("usr"), username: "dup", displayName: null, instance: null }, { kid, hash: "h" })
+          const kid2 = Ids.make("key")
+          const error = yield* Effect.flip(
+            users.create({ id: Ids.make("usr"), username: "dup", displayName: null, instance: null }, { kid: kid2, hash: "h" })
+          )
+          expect(error).toMatchObject({ _tag: "Conflict", code: "USERNAME_EXISTS" })
+          const keys = yield* sql`SELECT count(*)::int AS n FROM api_keys WHERE id = ${kid2}`
+          expect(keys[0]!.n).toBe(0)
+        }))
+
+      it.effect("rotating a key revokes every other key of the user at once", () =>
+        Effect.gen(function* () {
+          const users = yield* Store.Users
+          const id = Ids.make("usr")
+          const first = Ids.make("key")
+          yield* users.create({ id, username: "rotator", displayName: null, instance: null }, { kid: first, hash: "h" })
+          const second = Ids.make("key")
+          expect(yield* users.rotateKey(id, { kid: second, hash: "h2" })).toEqual([first])
+          expect(Option.isNone(yield* users.findKey(first))).toBe(true)
+          expect(Option.getOrThrow(yield* users.findKey(second))).toMatchObject({ userId: id, hash: "h2" })
+        }))
+
+      it.effect("one friendship row per pair, whichever side asks", () =>
+        Effect.gen(function* () {
+          const friendships = yield* Store.Friendships
+          const users = yield* Store.Users
+          const a = yield* users.create({ id: Ids.make("usr"), username: "pair_a", displayName: null, instance: null }, { kid: Ids.make("key"), hash: "h" })
+          const b = yield* users.create({ id: Ids.make("usr"), username: "pair_b", displayName: null, instance: null }, { kid: Ids.make("key"), hash: "h" })
+          const id = Ids.make("fr")
+          yield* friendships.apply(Graph.FriendshipChange.Insert({ requesterId: a.id, addresseeId: b.id, status: "pending" }), id)
+          const crossed = yield* Effect.flip(
+            friendships.apply(Graph.FriendshipChange.Insert({ requesterId: b.id, addresseeId: a.id, status: "pending" }), Ids.make("fr"))
+          )
+          expect(crossed).toMatchObject({ code: "REQUEST_EXISTS" })
+          expect(Option.getOrThrow(yield* friendships.findPair(b.id, a.id)).id).toBe(id)
+          expect(yield* friendships.areFriends(a.id, b.id)).toBe(false)
+          yield* friendships.apply(Graph.FriendshipChange.Update({ id, status: "accepted", blockedBy: null }), id)
+          expect(yield* friendships.areFriends(b.id, a.id)).toBe(true)
+          const listed = yield* friendships.listFor(b.id, "accepted")
+          expect(listed.map((l) => l.other.username)).toEqual(["pair_a"])
+        }))
+
+      it.effect("a message and its deliveries are written together, or not at all", () =>
+        Effect.gen(function* () {
+          const { alice, bob } = yield* twoUsers
+          const messages = yield* Store.Messages
+          const sql = yield* SqlClient.SqlClient
+          const m = message({ senderId: alice.id, recipientId: bob.id })
+          const d = delivery(bob.id)
+          yield* messages.insert(m, [d], Option.none())
+          // Same delivery id again: the delivery insert fails, so the second message must not exist.
+          const m2 = message({ senderId: alice.id, recipientId: bob.id })
+          const failed = yield* Effect.either(messages.insert(m2, [d], Option.none()))
+          expect(failed._tag).toBe("Left")
+          expect(Option.isNone(yield* messages.find(m2.id))).toBe(true)
+          const rows = yield* sql`SELECT count(*)::int AS n FROM deliveries WHERE message_id = ${m.id}`
+          expect(rows[0]!.n).toBe(1)
+        }))
+
+      it.effect("an idempotency key is unique per sender", () =>
+        Effect.gen(function* () {
+          const { alice, bob } = yield* twoUsers
+          const messages = yield* Store.Messages
+          const first = message({ senderId: alice.id, recipientId: bob.id, idempotencyKey: "k" })
+          yield* messages.insert(first, [delivery(bob.id)], Option.none())
+          const again = yield* Effect.flip(
+            messages.insert(message({ senderId: alice.id, recipientId: bob.id, idempotencyKey: "k" }), [delivery(bob.id)], Option.none())
+          )
+          expect(again).toMatchObject({ code: "DUPLICATE" })
+          expect(Option.getOrThrow(yield* messages.findByIdempotencyKey(alice.id, "k")).id).toBe(first.id)
+          // Another sender may use the same key.
+          yield* messages.insert(message({ senderId: bob.id, recipientId: alice.id, idempotencyKey: "k" }), [delivery(alice.id)], Option.none())
+        }))
+
+      it.effect("claims lease due rows to one owner; a live lease is skipped, an expired one is taken over", () =>
+        Effect.gen(function* () {
+          const { alice, bob } = yield* twoUsers
+          const messages = yield* Store.Messages
+          const outbox = yield* Store.Outbox
+          const sql = yield* SqlClient.SqlClient
+          const m = message({ senderId: alice.id, recipientId: bob.id, recipients: 3 })
+          yield* messages.insert(m, [delivery(bob.id), delivery(bob.id, false), delivery(bob.id, false)], Option.none())
+          const first = yield* outbox.claim("node-a", 2, 60_000)
+          const second = yield* outbox.claim("node-b", 10, 60_000)
+          expect(first).toHaveLength(2)
+          expect(second).toHaveLength(1)
+          const ids = new Set([...first, ...second].map((c) => c.delivery.id))
+          expect(ids.size).toBe(3)
+          expect(first[0]!.message.id).toBe(m.id)
+          expect(yield* outbox.claim("node-c", 10, 60_000)).toHaveLength(0)
+          // node-a dies: its leases expire and node-c takes them.
+          yield* sql`UPDATE deliveries SET lease_until = now() - interval '1 second' WHERE lease_owner = 'node-a'`
+          expect((yield* outbox.claim("node-c", 10, 60_000)).map((c) => c.delivery.id).sort()).toEqual(
+            first.map((c) => c.delivery.id).sort()
+          )
+          // node-a's late outcome is refused: it no longer holds the lease.
+          const late = yield* outbox.record("node-a", first[0]!.delivery.id, { _tag: "Delivered", statusCode: 200, at: new Date() })
+          expect(Option.isNone(late)).toBe(true)
+        }))
+
+      it.effect("outcomes roll up into the message: pending until all finish, then delivered or failed", () =>
+        Effect.gen(function* () {
+          const { alice, bob } = yield* twoUsers
+          const messages = yield* Store.Messages
+          const outbox = yield* Store.Outbox
+          const m = message({ senderId: alice.id, recipientId: bob.id, recipients: 2 })
+          yield* messages.insert(m, [delivery(bob.id), delivery(bob.id, false)], Option.some({ owner: "me", until: new Date(Date.now() + 60_000) }))
+          const [d1, d2] = yield* messages.deliveriesOf(m.id)
+          const retry = yield* outbox.record("me", d1!.id, {
+            _tag: "Retry",
+            error: "HTTP 503",
+            statusCode: 503,
+            nextAttemptAt: new Date(Date.now() + 60_000)
+          })
+          expect(Option.getOrThrow(retry)).toMatchObject({ deliveryStatus: "pending", messageStatus: "pending", senderId: alice.id })
+          const done = yield* outbox.record("me", d2!.id, { _tag: "Delivered", statusCode: 200, at: new Date() })
+          expect(Option.getOrThrow(done)).toMatchObject({ deliveryStatus: "delivered", messageStatus: "pending" })
+          // d1 is due later; lease it again and fail it for good.
+          yield* outbox.postpone("nobody", d1!.id, new Date())
+          const sql = yield* SqlClient.SqlClient
+          yield* sql`UPDATE deliveries SET next_attempt_at = now() - interval '1 second' WHERE id = ${d1!.id}`
+          const [claimed] = yield* outbox.claim("me", 5, 60_000)
+          expect(claimed!.delivery).toMatchObject({ id: d1!.id, attempts: 1, lastError: "HTTP 503" })
+          const failed = yield* outbox.record("me", d1!.id, { _tag: "Failed", error: "gave up", statusCode: 503 })
+          expect(Option.getOrThrow(failed)).toMatchObject({ deliveryStatus: "failed", messageStatus: "delivered" })
+          const final = Option.getOrThrow(yield* messages.find(m.id))
+          expect(final).toMatchObject({ status: "delivered", deliveredCount: 1, failedCount: 1 })
+          expect(final.deliveredAt).not.toBeNull()
+        }))
+
+      it.effect("release gives a node's leases back at shutdown", () =>
+        Effect.gen(function* () {
+          const { alice, bob } = yield* twoUsers
+          const messages = yield* Store.Messages
+          const outbox = yield* Store.Outbox
+          yield* messages.insert(message({ senderId: alice.id, recipientId: bob.id }), [delivery(bob.id)], Option.some({ owner: "old", until: new Date(Date.now() + 60_000) }))
+          expect(yield* outbox.claim("new", 5, 60_000)).toHaveLength(0)
+          expect(yield* outbox.release("old")).toBe(1)
+          expect(yield* outbox.claim("new", 5, 60_000)).toHaveLength(1)
+        }))
+
+      it.effect("received history lists one entry per message even with several connections, newest first", () =>
+        Effect.gen(function* () {
+          const { alice, bob } = yield* twoUsers
+          const messages = yield* Store.Messages
+          const older = message({ senderId: alice.id, recipientId: bob.id, createdAt: new Date(Date.now() - 1000), recipients: 2 })
+          const newer = message({ senderId: alice.id, recipientId: bob.id })
+          yield* messages.insert(older, [delivery(bob.id), delivery(bob.id, false)], Option.none())
+          yield* messages.insert(newer, [delivery(bob.id)], Option.none())
+          const received = yield* messages.history(bob.id, { direction: "received", since: undefined, before: undefined, limit: 10 })
+          expect(received.map((h) => h.message.id)).toEqual([newer.id, older.id])
+          const sent = yield* messages.history(alice.id, { direction: "sent", since: older.createdAt, before: undefined, limit: 10 })
+          expect(sent.map((h) => h.message.id)).toEqual([newer.id])
+          expect(yield* messages.history(alice.id, { direction: "received", since: undefined, before: undefined, limit: 10 })).toEqual([])
+        }))
+
+      it.effect("groups: names unique case-insensitively, memberships unique per user, counts of active members", () =>
+        Effect.gen(function* () {
+          const { alice, bob } = yield* twoUsers
+          const groups = yield* Store.Groups
+          const g = yield* groups.create({
+            id: Ids.make("grp"),
+            membershipId: Ids.make("mem"),
+            name: "Team",
+            description: null,
+            inviteOnly: true,
+            owner: { userId: alice.id, role: "owner", status: "active" }
+          })
+          const taken = yield* Effect.flip(groups.create({
+            id: Ids.make("grp"),
+            membershipId: Ids.make("mem"),
+            name: "TEAM",
+            description: null,
+            inviteOnly: true,
+            owner: { userId: bob.id, role: "owner", status: "active" }
+          }))
+          expect(taken).toMatchObject({ code: "GROUP_EXISTS" })
+          const invite = Graph.MembershipChange.Insert({ groupId: g.id, userId: bob.id, role: "member", status: "invited", invitedBy: alice.id })
+          yield* groups.apply(invite, Ids.make("mem"))
+          expect(yield* Effect.flip(groups.apply(invite, Ids.make("mem")))).toMatchObject({ _tag: "Conflict" })
+          expect(yield* groups.activeMemberCount(g.id)).toBe(1)
+          const m = Option.getOrThrow(yield* groups.findMembership(g.id, bob.id))
+          yield* groups.apply(Graph.MembershipChange.Activate({ id: m.id }), "")
+          expect(yield* groups.activeMemberCount(g.id)).toBe(2)
+          expect((yield* groups.listForUser(bob.id))[0]).toMatchObject({ memberCount: 2, membership: { status: "active" } })
+          yield* groups.apply(Graph.MembershipChange.DeleteGroup({ groupId: g.id }), "")
+          expect(Option.isNone(yield* groups.find(g.id))).toBe(true)
+          expect(yield* groups.listForUser(bob.id)).toEqual([])
+        }))
+    }
+  })
+}
