@@ -1,12 +1,49 @@
 /**
- * Finding the user an address names. Local names come from the store; a
+ * Users and groups of other registries. Local names come from the store; a
  * `name@instance` address is answered by another registry, which federation
- * plugs in. Without federation, remote addresses are refused clearly.
+ * plugs in, together with the few things the use cases must tell a remote
+ * party's registry (a friendship change, a group invitation) and what this
+ * registry knows of remote groups its users belong to. Without federation,
+ * remote addresses are refused clearly and there are no remote groups.
  */
 import type { SqlError } from "@effect/sql/SqlError"
 import { Context, Effect, Layer } from "effect"
 import * as Errors from "./Errors.js"
 import type * as Store from "./Store.js"
+
+/** Who acts here: a local user (or, for requests another registry forwarded, a shadow user). */
+export interface Actor {
+  readonly userId: string
+  readonly username: string
+}
+
+/** A friendship change made here that the remote party's registry mirrors. */
+export interface FriendshipMirror {
+  readonly action: "request" | "accept" | "reject" | "block" | "unfriend"
+  /** The local user who acted. */
+  readonly actor: Actor
+  /** The other party: a shadow user (`instance` set). */
+  readonly other: Store.User
+}
+
+/** A local user's invitation to, or membership in, a group whose home is another registry. */
+export interface RemoteGroupMembership {
+  readonly groupId: string
+  readonly groupName: string
+  /** The registry the group lives on; it fans group messages out. */
+  readonly homeInstance: string
+  readonly userId: string
+  readonly status: "invited" | "active"
+  /** Active members as the home registry last reported them. */
+  readonly memberCount: number
+  /** Who invited, as an address (`name@instance`). */
+  readonly invitedBy: string | null
+  readonly createdAt: Date
+  readonly joinedAt: Date | null
+}
+
+/** What asking another registry can fail with, in the contract's terms. */
+export type RemoteFailure = Errors.NotFound | Errors.Conflict | Errors.Unavailable | SqlError
 
 export interface RemoteDirectoryService {
   /** This registry's instance name, if federation is configured. */
@@ -15,10 +52,32 @@ export interface RemoteDirectoryService {
   readonly resolve: (
     address: { readonly username: string; readonly instance: string }
   ) => Effect.Effect<Store.User, Errors.NotFound | Errors.Forbidden | Errors.Unavailable | SqlError>
+  /** A remote user's agent connections, as their registry shows them to `asker` (friends only). */
+  readonly connections: (
+    asker: Actor,
+    user: Store.User
+  ) => Effect.Effect<ReadonlyArray<Store.AgentConnection>, Errors.NotFound | Errors.Forbidden | Errors.Unavailable | SqlError>
+  /** Tells the remote party's registry about a friendship change made here. */
+  readonly mirrorFriendship: (change: FriendshipMirror) => Effect.Effect<void, RemoteFailure>
+  /** Tells a remote invitee's registry that they were invited to a group of this registry. */
+  readonly inviteToGroup: (
+    input: { readonly group: { readonly id: string; readonly name: string }; readonly invitee: Store.User; readonly invitedBy: Actor; readonly memberCount: number }
+  ) => Effect.Effect<void, RemoteFailure>
+  /** Local users' invitations to and memberships in the remote group `groupId` (none: not a known remote group). */
+  readonly remoteGroupMembers: (groupId: string) => Effect.Effect<ReadonlyArray<RemoteGroupMembership>, SqlError>
+  /** The remote groups `userId` is invited to or a member of. */
+  readonly remoteGroupsOf: (userId: string) => Effect.Effect<ReadonlyArray<RemoteGroupMembership>, SqlError>
+  /** Accepts an invitation at the group's home registry; answers the membership now active. */
+  readonly joinRemoteGroup: (membership: RemoteGroupMembership, actor: Actor) => Effect.Effect<RemoteGroupMembership, RemoteFailure>
+  /** Leaves (or declines) a remote group at its home registry. */
+  readonly leaveRemoteGroup: (membership: RemoteGroupMembership, actor: Actor) => Effect.Effect<void, RemoteFailure>
 }
 
+const notFederated = () =>
+  Errors.Unavailable.of("NOT_FEDERATED", "This registry is not federated, so it cannot reach other registries")
+
 export class RemoteDirectory extends Context.Tag("@mahilo/core/RemoteDirectory")<RemoteDirectory, RemoteDirectoryService>() {
-  /** No federation: `name@instance` is refused. */
+  /** No federation: `name@instance` is refused, and there are no remote groups. */
   static readonly disabled: Layer.Layer<RemoteDirectory> = Layer.succeed(RemoteDirectory, {
     localInstance: undefined,
     resolve: (address) =>
@@ -27,6 +86,13 @@ export class RemoteDirectory extends Context.Tag("@mahilo/core/RemoteDirectory")
           "USER_NOT_FOUND",
           `${address.username}@${address.instance} is on another registry, and this registry is not federated`
         )
-      )
+      ),
+    connections: () => Effect.fail(notFederated()),
+    mirrorFriendship: () => Effect.fail(notFederated()),
+    inviteToGroup: () => Effect.fail(notFederated()),
+    remoteGroupMembers: () => Effect.succeed([]),
+    remoteGroupsOf: () => Effect.succeed([]),
+    joinRemoteGroup: () => Effect.fail(notFederated()),
+    leaveRemoteGroup: () => Effect.fail(notFederated())
   })
 }

@@ -21,7 +21,7 @@ import type { RegistryConfig } from "./usecases/RegistryConfig.js"
 
 export type { Principal } from "./usecases/Accounts.js"
 export type { ConnectionInput, UpsertResult } from "./usecases/Agents.js"
-export type { PlannedDelivery, SendInput, SendOptions, SendResult } from "./usecases/Messaging.js"
+export type { FederatedOrigin, PlannedDelivery, SendInput, SendOptions, SendResult } from "./usecases/Messaging.js"
 export { CIPHERTEXT } from "./usecases/Messaging.js"
 export type { PolicyInput } from "./usecases/Policies.js"
 export { RegistryConfig } from "./usecases/RegistryConfig.js"
@@ -29,12 +29,21 @@ export { RegistryConfig } from "./usecases/RegistryConfig.js"
 /** A store failure is the registry being unavailable, not the caller's mistake: 503, logged. */
 type Served<T> = {
   readonly [K in keyof T]: T[K] extends (...args: infer A) => Effect.Effect<infer R, infer E, infer Q>
-    ? (...args: A) => Effect.Effect<R, Exclude<E, SqlError> | ([Extract<E, SqlError>] extends [never] ? never : Errors.Unavailable), Q>
+    ? (...args: A) => Effect.Effect<
+      R,
+      Exclude<E, SqlError> | ([Extract<E, SqlError>] extends [never] ? never : Errors.Unavailable | Errors.InvalidRequest),
+      Q
+    >
     : T[K]
 }
 
-const unavailable = (error: SqlError) =>
-  Effect.zipRight(
+/** PostgreSQL refuses some text (NUL bytes): that is the caller's input, not an outage. */
+const UNSTORABLE_TEXT = new Set(["22021", "22P05"])
+
+const unavailable = (error: SqlError): Effect.Effect<never, Errors.InvalidRequest | Errors.Unavailable> =>
+  UNSTORABLE_TEXT.has(String((error.cause as { code?: unknown } | undefined)?.code))
+    ? Effect.fail(Errors.InvalidRequest.of("INVALID_REQUEST", "Text fields must not contain NUL characters"))
+    : Effect.zipRight(
     Effect.logError("Store failure", error),
     Effect.fail(Errors.Unavailable.of("STORE_UNAVAILABLE", "The registry's database is unavailable; try again shortly"))
   )
@@ -46,11 +55,10 @@ const serve = <T extends Record<string, unknown>>(useCases: T): Served<T> => {
       ? (...args: Array<unknown>) => {
         const result = (value as (...a: Array<unknown>) => unknown)(...args)
         return Effect.isEffect(result)
-          ? Effect.catchIf(
-            result as Effect.Effect<unknown, unknown>,
-            (e): e is SqlError => typeof e === "object" && e !== null && (e as { _tag?: unknown })._tag === "SqlError",
-            unavailable
-          )
+          ? Effect.catchAll(result as Effect.Effect<unknown, unknown>, (e) =>
+            typeof e === "object" && e !== null && (e as { _tag?: unknown })._tag === "SqlError"
+              ? unavailable(e as SqlError)
+              : Effect.fail(e))
           : result
       }
       : value

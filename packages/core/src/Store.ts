@@ -149,6 +149,8 @@ export interface GroupsService {
   readonly activeMemberIds: (groupId: string) => Effect.Effect<ReadonlyArray<string>, SqlError>
   /** Persists a transition; an insert uses `membershipId`. */
   readonly apply: (change: Graph.MembershipChange, membershipId: string) => Effect.Effect<void, SqlError | Errors.Conflict>
+  /** Persists several transitions (no inserts) in one transaction: all or none, e.g. an ownership transfer. */
+  readonly applyAll: (changes: ReadonlyArray<Graph.MembershipChange>) => Effect.Effect<void, SqlError | Errors.Conflict>
 }
 
 export class Groups extends Context.Tag("@mahilo/core/Groups")<Groups, GroupsService>() {}
@@ -314,16 +316,25 @@ export interface OutboxService {
    * into the message; none when the lease was lost.
    */
   readonly record: (owner: string, deliveryId: string, record: AttemptRecord) => Effect.Effect<Option.Option<Rollup>, SqlError>
+  /**
+   * Settles a pending delivery from outside the engine, whoever holds its lease
+   * (a peer registry reported the far side's outcome), rolling it up into the
+   * message; none when it was no longer pending, so a repeated report does nothing.
+   */
+  readonly settle: (
+    deliveryId: string,
+    record: Extract<AttemptRecord, { readonly _tag: "Delivered" | "Failed" }>
+  ) => Effect.Effect<Option.Option<Rollup>, SqlError>
   /** Gives a leased delivery back without an attempt, due again at `until` (target busy or resting). */
   readonly postpone: (owner: string, deliveryId: string, until: Date) => Effect.Effect<void, SqlError>
   /** Gives back this node's leases (shutdown): the rows become due again at once. */
   readonly release: (owner: string, ids?: ReadonlyArray<string>) => Effect.Effect<number, SqlError>
   /** The earliest time a pending, unleased delivery becomes due (for the sweep). */
   readonly nextDue: Effect.Effect<Option.Option<Date>, SqlError>
-  /** Pending inbox deliveries of a polling user. */
+  /** Pending inbox deliveries of a polling user, oldest first; only of `messageIds` when given. */
   readonly inbox: (
     userId: string,
-    query: { readonly since: Date | undefined; readonly limit: number }
+    query: { readonly since: Date | undefined; readonly limit: number; readonly messageIds?: ReadonlyArray<string> | undefined }
   ) => Effect.Effect<ReadonlyArray<ClaimedDelivery>, SqlError>
   /** Marks the user's pending inbox deliveries of these messages delivered. */
   readonly acknowledge: (userId: string, messageIds: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Rollup>, SqlError>

@@ -7,9 +7,16 @@ import { Context, type Effect } from "effect"
 import type * as RetrySchedule from "./RetrySchedule.js"
 import type * as Store from "./Store.js"
 
+/**
+ * One attempt's outcome at a peer: an ordinary outcome, or `Accepted` — the
+ * peer took the message and will report the far side's result (until then the
+ * delivery stays pending, and is checked again after `recheckAfterMs`).
+ */
+export type PeerOutcome = RetrySchedule.Outcome | { readonly _tag: "Accepted"; readonly recheckAfterMs: number }
+
 export interface PeerTransportService {
   /** One attempt to hand the delivery to the peer registry named by `delivery.peerId`. */
-  readonly attempt: (claimed: Store.ClaimedDelivery) => Effect.Effect<RetrySchedule.Outcome>
+  readonly attempt: (claimed: Store.ClaimedDelivery) => Effect.Effect<PeerOutcome>
 }
 
 /** Delivers to a peer registry; federation provides it. */

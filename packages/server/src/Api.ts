@@ -76,7 +76,15 @@ export class Authentication extends HttpApiMiddleware.Tag<Authentication>()("Aut
 // Shared shapes
 
 const Timestamp = Schema.String.annotations({ description: "ISO-8601 UTC", examples: ["2026-01-26T16:00:00.000Z"] })
-const Id = Schema.Struct({ id: Schema.String })
+/**
+ * Client text: any string but one holding NUL (U+0000), which PostgreSQL
+ * cannot store, so it is refused as `400` up front rather than failing in the
+ * database as `503`.
+ */
+export const Text = Schema.String.pipe(
+  Schema.filter((s) => !s.includes("\u0000"), { message: () => "must not contain NUL (\\u0000) characters" })
+)
+const Id = Schema.Struct({ id: Text })
 const Success = Schema.Struct({ success: Schema.Literal(true) })
 const optionalNullable = <S extends Schema.Schema.Any>(s: S) => Schema.optional(Schema.NullOr(s))
 
@@ -99,8 +107,8 @@ export class HealthGroup extends HttpApiGroup.make("health").add(
 // Auth
 
 export const RegisterPayload = Schema.Struct({
-  username: Schema.String,
-  display_name: optionalNullable(Schema.String)
+  username: Text,
+  display_name: optionalNullable(Text)
 })
 
 export class AuthGroup extends HttpApiGroup.make("auth")
@@ -136,15 +144,15 @@ export class AuthGroup extends HttpApiGroup.make("auth")
 // Agents
 
 export const ConnectionPayload = Schema.Struct({
-  framework: Schema.String,
-  label: Schema.String,
-  description: optionalNullable(Schema.String),
-  capabilities: Schema.optional(Schema.Union(Schema.Array(Schema.String), Schema.String)),
+  framework: Text,
+  label: Text,
+  description: optionalNullable(Text),
+  capabilities: Schema.optional(Schema.Union(Schema.Array(Text), Text)),
   routing_priority: Schema.optional(Schema.Number),
-  callback_url: optionalNullable(Schema.String),
-  callback_secret: Schema.optional(Schema.String),
-  public_key: optionalNullable(Schema.String),
-  public_key_alg: optionalNullable(Schema.String),
+  callback_url: optionalNullable(Text),
+  callback_secret: Schema.optional(Text),
+  public_key: optionalNullable(Text),
+  public_key_alg: optionalNullable(Text),
   rotate_secret: Schema.optional(Schema.Boolean),
   mode: Schema.optional(Schema.Literal("webhook", "polling")).annotations({
     description: "Beside the contract: \"polling\" connections have no callback URL; their messages wait to be fetched"
@@ -179,7 +187,7 @@ const ContactConnection = Schema.Struct({
   status: Schema.String
 })
 
-const ConnectionPath = Schema.Struct({ id: Schema.String })
+const ConnectionPath = Schema.Struct({ id: Text })
 
 export class AgentsGroup extends HttpApiGroup.make("agents")
   .add(
@@ -210,7 +218,7 @@ export class AgentsGroup extends HttpApiGroup.make("agents")
   )
   .add(
     HttpApiEndpoint.get("contactConnections", "/contacts/:username/connections")
-      .setPath(Schema.Struct({ username: Schema.String }))
+      .setPath(Schema.Struct({ username: Text }))
       .addSuccess(Schema.Array(ContactConnection))
       .addError(InvalidRequest)
       .addError(Forbidden)
@@ -224,12 +232,12 @@ export class AgentsGroup extends HttpApiGroup.make("agents")
 // ---------------------------------------------------------------------------
 // Friends
 
-const FriendshipPath = Schema.Struct({ id: Schema.String })
+const FriendshipPath = Schema.Struct({ id: Text })
 
 export class FriendsGroup extends HttpApiGroup.make("friends")
   .add(
     HttpApiEndpoint.post("request", "/friends/request")
-      .setPayload(Schema.Struct({ username: Schema.String }))
+      .setPayload(Schema.Struct({ username: Text }))
       .addSuccess(Schema.Struct({ friendship_id: Schema.String, status: Schema.Literal("pending") }), { status: 201 })
       .addSuccess(Schema.Struct({ friendship_id: Schema.String, status: Schema.Literal("accepted") }))
       .addError(InvalidRequest)
@@ -273,9 +281,9 @@ const PolicyType = Schema.Literal("heuristic", "llm")
 
 export const PolicyPayload = Schema.Struct({
   scope: PolicyScope,
-  target_id: optionalNullable(Schema.String),
+  target_id: optionalNullable(Text),
   policy_type: PolicyType,
-  policy_content: Schema.String,
+  policy_content: Text,
   priority: Schema.optional(Schema.Number),
   enabled: Schema.optional(Schema.Boolean)
 })
@@ -292,7 +300,7 @@ export class PoliciesGroup extends HttpApiGroup.make("policies")
     HttpApiEndpoint.get("list", "/policies")
       .setUrlParams(Schema.Struct({
         scope: Schema.optional(PolicyScope),
-        target_id: Schema.optional(Schema.String),
+        target_id: Schema.optional(Text),
         policy_type: Schema.optional(PolicyType)
       }))
       .addSuccess(Schema.Array(Schema.Struct({
@@ -310,7 +318,7 @@ export class PoliciesGroup extends HttpApiGroup.make("policies")
     HttpApiEndpoint.patch("update", "/policies/:id")
       .setPath(Id)
       .setPayload(Schema.Struct({
-        policy_content: Schema.optional(Schema.String),
+        policy_content: Schema.optional(Text),
         priority: Schema.optional(Schema.Number),
         enabled: Schema.optional(Schema.Boolean)
       }))

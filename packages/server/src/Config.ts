@@ -43,6 +43,16 @@ export interface ServerConfigShape {
   readonly leaseMs: number
   /** `MAHILO_AUTH_CACHE_SIZE`: entries in the verified-API-key cache (0 disables it). */
   readonly authCacheSize: number
+  /** `MAHILO_RETRY_BASE_MS`: delay before the first retry; doubles each time (with jitter). */
+  readonly retryBaseDelayMs: number
+  /** `MAHILO_RETRY_MAX_DELAY_MS`: longest wait between two attempts. */
+  readonly retryMaxDelayMs: number
+  /** `MAHILO_RETRY_MAX_ATTEMPTS`: attempts per delivery before it fails. */
+  readonly retryMaxAttempts: number
+  /** `MAHILO_RETRY_HORIZON_MS`: no attempt starts later than this after the first. */
+  readonly retryHorizonMs: number
+  /** `MAHILO_WS_PING_INTERVAL_MS`: how often the notification stream pings each socket; a socket silent for two intervals is dropped. */
+  readonly wsPingIntervalMs: number
   /** `MAHILO_INSTANCE_NAME`: this registry's name among peers; federation is off without it. */
   readonly instanceName: string | undefined
   /** `MAHILO_PUBLIC_URL`: the base URL peers and agents reach this registry at. */
@@ -156,6 +166,11 @@ export const config: Config.Config<ServerConfigShape> = Config.all({
   sweepIntervalMs: integer("MAHILO_SWEEP_INTERVAL_MS", 1000, 1),
   leaseMs: integer("MAHILO_LEASE_MS", 60000, 1),
   authCacheSize: integer("MAHILO_AUTH_CACHE_SIZE", 10000, 0),
+  retryBaseDelayMs: integer("MAHILO_RETRY_BASE_MS", 1000, 1),
+  retryMaxDelayMs: integer("MAHILO_RETRY_MAX_DELAY_MS", 300000, 1),
+  retryMaxAttempts: integer("MAHILO_RETRY_MAX_ATTEMPTS", 8, 1, 1000),
+  retryHorizonMs: integer("MAHILO_RETRY_HORIZON_MS", 3600000, 1),
+  wsPingIntervalMs: integer("MAHILO_WS_PING_INTERVAL_MS", 30000, 10),
   instanceName: optional("MAHILO_INSTANCE_NAME", (value) =>
     // The registry's public name: a host name, optionally with a port.
     /^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(?::\d{1,5})?$/.test(value)

@@ -5,11 +5,11 @@
  * and a fast retry schedule.
  */
 import { createServer } from "node:http"
-import { HttpApiBuilder, HttpApiSwagger, type HttpApp, HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { FetchHttpClient, HttpApiBuilder, HttpApiSwagger, type HttpApp, HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { HttpApiDecodeError } from "@effect/platform/HttpApiError"
 import { NodeHttpServer } from "@effect/platform-node"
 import type { SqlClient } from "@effect/sql"
-import { CallbackUrls, Errors, Registry, RemoteDirectory, RetrySchedule, SqlStore } from "@mahilo/core"
+import { CallbackUrls, Errors, type Events, Registry, RemoteDirectory, RetrySchedule, SqlStore } from "@mahilo/core"
 import { Cause, Effect, Layer } from "effect"
 import { Plug as Federation } from "@mahilo/federation"
 import { MahiloApi } from "./Api.js"
@@ -28,11 +28,19 @@ import * as NotificationRoutes from "./notifications/Routes.js"
 export interface ServerOptions {
   /** The database; by default the one `DATABASE_URL` / `MAHILO_DATA_DIR` select. */
   readonly database?: Layer.Layer<SqlClient.SqlClient | Database.DatabaseEngine, unknown> | undefined
-  /** The retry schedule; by default `RetrySchedule.defaults`. */
+  /** The retry schedule; by default the configured one (`MAHILO_RETRY_*`). */
   readonly retrySchedule?: RetrySchedule.RetrySchedule | undefined
   /** How long shutdown waits for attempts in flight. */
   readonly shutdownGraceMs?: number | undefined
+  /** Federation settings beside those the configuration gives (rate limits, rechecks; tests). */
+  readonly federation?: Partial<Omit<Federation.FederationOptions, "instanceName" | "publicUrl" | "adminKey">> | undefined
 }
+
+/** Federation's status relay follows the registry's events. */
+const FederationEvents = Layer.effect(
+  Federation.RegistryEvents,
+  Effect.map(EventBus.EventBus, (bus) => ({ subscribe: bus.subscribe }))
+)
 
 /** Which database the configuration selects, migrated. */
 export const DatabaseFromConfig = Layer.unwrapEffect(
@@ -73,6 +81,11 @@ const ClientErrors = HttpApiBuilder.middleware(
   Effect.map(ServerConfig, (config) => (app: HttpApp.Default): HttpApp.Default<Errors.InvalidRequest, HttpServerRequest.HttpServerRequest> =>
     Effect.gen(function* () {
       const request = yield* HttpServerRequest.HttpServerRequest
+      // The API speaks JSON; a form post from a browser must not be taken as a payload.
+      const contentType = request.headers["content-type"]
+      if (contentType !== undefined && contentType !== "" && !/^application\/([a-z.+-]*\+)?json\b/i.test(contentType)) {
+        return yield* Errors.InvalidRequest.of("INVALID_REQUEST", "The request body must be JSON (Content-Type: application/json)")
+      }
       const length = Number(request.headers["content-length"] ?? "0")
       if (length > bodyLimit(config.maxPayloadBytes)) {
         return yield* Errors.InvalidRequest.of("PAYLOAD_TOO_LARGE", `The request body is larger than ${bodyLimit(config.maxPayloadBytes)} bytes`)
@@ -83,7 +96,8 @@ const ClientErrors = HttpApiBuilder.middleware(
         Effect.fail(e instanceof HttpApiDecodeError ? Errors.InvalidRequest.of("INVALID_REQUEST", describeIssues(e)) : e)
       ),
       Effect.catchAllDefect((defect) => {
-        if (typeof defect === "object" && defect !== null && (defect as { _tag?: unknown })._tag === "RequestError") {
+        const tag = typeof defect === "object" && defect !== null ? (defect as { _tag?: unknown })._tag : undefined
+        if (tag === "RequestError" || tag === "MultipartError") {
           return Effect.fail(Errors.InvalidRequest.of("INVALID_REQUEST", "The request body is not valid JSON"))
         }
         return Effect.zipRight(Effect.logError("Unhandled defect", Cause.die(defect)), Effect.die(defect))
@@ -98,8 +112,8 @@ const NotFoundRoute = HttpApiBuilder.Router.use((router) =>
 )
 
 /** The HTTP API with its handlers, authentication, OpenAPI document and Swagger UI. */
-const ApiLive = Layer.unwrapScoped(
-  Effect.map(Auth.makeAuthenticator, (authenticator) =>
+const ApiLive = Layer.unwrapEffect(
+  Effect.map(Auth.AuthenticatorService, (authenticator) =>
     HttpApiBuilder.api(MahiloApi).pipe(
       Layer.provide([
         Handlers.HealthLive,
@@ -122,15 +136,27 @@ export const app = (options: ServerOptions = {}) =>
       const base = Layer.mergeAll(database, NodeId.layer)
       const bus = EventBus.layer
       const store = SqlStore.layer
-      // Federation is on when an instance name is configured.
-      const federation = config.instanceName !== undefined
+      // Federation is on when an instance name is configured. Its services feed the registry
+      // (RemoteDirectory) and the engine (PeerTransport); its routes reuse the same layer.
+      const federation: Federation.FederationOptions | undefined = config.instanceName !== undefined
         ? {
           instanceName: config.instanceName,
           publicUrl: config.publicUrl ?? `http://${config.instanceName}`,
-          adminKey: config.adminKey
+          adminKey: config.adminKey,
+          // Inbound forwards answer before the origin's own first-attempt wait runs out.
+          inboundWaitMs: Math.floor(config.firstAttemptWaitMs / 2),
+          ...options.federation
         }
         : undefined
-      const remote = federation !== undefined ? Federation.services(federation).pipe(Layer.provide(store)) : RemoteDirectory.disabled
+      const federated = federation !== undefined
+        ? Federation.services(federation).pipe(Layer.provide(Layer.merge(store, FetchHttpClient.layer)))
+        : undefined
+      const remote: Layer.Layer<RemoteDirectory, never, SqlClient.SqlClient | Events> = federated ?? RemoteDirectory.disabled
+      const federationRoutes = federated !== undefined
+        ? Federation.routes().pipe(
+          Layer.provide(Layer.mergeAll(federated, store, FederationEvents))
+        )
+        : Layer.empty
       const registry = Registry.layer.pipe(
         Layer.provide(Layer.mergeAll(store, CallbackUrlsLive, RegistryConfigLive, remote))
       )
@@ -141,18 +167,26 @@ export const app = (options: ServerOptions = {}) =>
         leaseMs: Math.max(config.leaseMs, config.callbackTimeoutMs * 2),
         callbackTimeoutMs: config.callbackTimeoutMs,
         shutdownGraceMs: options.shutdownGraceMs ?? config.callbackTimeoutMs + 1_000,
-        schedule: options.retrySchedule ?? RetrySchedule.defaults,
+        schedule: options.retrySchedule ?? RetrySchedule.RetrySchedule.make({
+          ...RetrySchedule.defaults,
+          baseDelayMs: config.retryBaseDelayMs,
+          maxDelayMs: config.retryMaxDelayMs,
+          maxAttempts: config.retryMaxAttempts,
+          horizonMs: config.retryHorizonMs
+        }),
         breakerThreshold: 5,
         breakerCooldownMs: 5_000
       }).pipe(Layer.provide(Layer.merge(store, remote)))
       const http = HttpApiBuilder.serve().pipe(
         Layer.provide(NotFoundRoute),
         Layer.provide(NotificationRoutes.layer),
-        Layer.provide(federation !== undefined ? Federation.routes(federation) : Layer.empty),
+        Layer.provide(federationRoutes),
         Layer.provide(HttpApiSwagger.layer({ path: "/docs" })),
         Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/api/v1/openapi.json" })),
         Layer.provide(ClientErrors),
-        Layer.provide(ApiLive)
+        Layer.provide(ApiLive),
+        // One key cache for the API and the WebSocket stream.
+        Layer.provide(Auth.AuthenticatorService.layer)
       )
       return http.pipe(
         Layer.provideMerge(engine),
@@ -164,12 +198,18 @@ export const app = (options: ServerOptions = {}) =>
     })
   )
 
-/** The server listening on `HOST:PORT`. */
+/**
+ * The server listening on `HOST:PORT`. The database is opened and migrated
+ * before the port is bound, so nothing connects to a server that cannot answer.
+ */
 export const layer = (options: ServerOptions = {}) =>
-  Layer.unwrapEffect(
-    Effect.map(ServerConfig, (config) =>
-      app(options).pipe(
+  Layer.unwrapScoped(
+    Effect.gen(function* () {
+      const config = yield* ServerConfig
+      const database = yield* Layer.build(options.database ?? DatabaseFromConfig)
+      return app({ ...options, database: Layer.succeedContext(database) }).pipe(
         HttpServer.withLogAddress,
         Layer.provide(NodeHttpServer.layer(createServer, { port: config.port, host: config.host }))
-      ))
+      )
+    })
   )

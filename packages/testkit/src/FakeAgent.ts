@@ -185,6 +185,8 @@ export interface FakeAgent {
   readonly secret: string
   /** Use another secret from now on (e.g. the `callback_secret` the registry returned). */
   setSecret(secret: string): void
+  /** Called for each acknowledged delivery as it is recorded (benchmarks time end-to-end latency with it). */
+  onDelivery: ((delivery: Delivery) => void) | undefined
   readonly deliveries: ReadonlyArray<Delivery>
   readonly attempts: ReadonlyArray<Attempt>
   readonly rejected: ReadonlyArray<Rejection>
@@ -313,6 +315,7 @@ const sendJson = (
 }
 
 class Agent implements FakeAgent {
+  onDelivery: ((delivery: Delivery) => void) | undefined = undefined
   readonly #deliveries: Array<Delivery> = []
   readonly #attempts: Array<MutableAttempt> = []
   readonly #rejected: Array<Rejection> = []
@@ -638,7 +641,9 @@ class Agent implements FakeAgent {
 
   #acknowledge(attempt: MutableAttempt, code: number): void {
     const { behaviour: _b, outcome: _o, ...received } = attempt
-    this.#deliveries.push({ ...received, status: code, acknowledgedAt: epochNow() })
+    const delivery: Delivery = { ...received, status: code, acknowledgedAt: epochNow() }
+    this.#deliveries.push(delivery)
+    this.onDelivery?.(delivery)
     const bump = (map: Map<string, number>, key: string | undefined) => {
       if (key !== undefined) map.set(key, (map.get(key) ?? 0) + 1)
     }

@@ -44,6 +44,8 @@ export interface Options {
   /** Defaults to `RetrySchedule.testing` (tens of milliseconds). */
   readonly retrySchedule?: RetrySchedule.RetrySchedule | undefined
   readonly shutdownGraceMs?: number | undefined
+  /** Federation settings beside the configuration's (used when `config.instanceName` is set). */
+  readonly federation?: Server.ServerOptions["federation"]
 }
 
 /** Settings that suit tests: loopback agents, fast sweeps, short waits. */
@@ -67,7 +69,8 @@ export const make = (options: Options = {}): Effect.Effect<TestServer, unknown, 
     const layer = Server.app({
       database,
       retrySchedule: options.retrySchedule ?? RetrySchedule.testing,
-      shutdownGraceMs: options.shutdownGraceMs ?? 2_000
+      shutdownGraceMs: options.shutdownGraceMs ?? 2_000,
+      federation: options.federation
     }).pipe(
       Layer.provideMerge(NodeHttpServer.layer(createServer, { port: config.port, host: config.host })),
       Layer.provide(Layer.succeed(Config.ServerConfig, config))

@@ -188,9 +188,28 @@ const initial = run([
   `CREATE INDEX federation_nonces_expiry_idx ON federation_nonces (expires_at)`
 ])
 
+// Federation: groups of other registries that local users are invited to or belong to.
+// The group lives on its home registry; this registry keeps only its own users' side.
+const remoteGroups = run([
+  `CREATE TABLE remote_group_members (
+    group_id text NOT NULL,
+    user_id text NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    home_instance text NOT NULL,
+    group_name text NOT NULL,
+    status text NOT NULL,
+    member_count integer NOT NULL DEFAULT 0,
+    invited_by text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    joined_at timestamptz,
+    PRIMARY KEY (group_id, user_id)
+  )`,
+  `CREATE INDEX remote_group_members_user_idx ON remote_group_members (user_id)`
+])
+
 /** Loader for `@effect/sql`'s Migrator. */
 export const loader = Migrator.fromRecord({
-  "1_initial": initial
+  "1_initial": initial,
+  "2_remote_groups": remoteGroups
 })
 
 export const table = "mahilo_migrations"

@@ -198,11 +198,13 @@ export const makeGroups = Effect.gen(function* () {
       case "Delete":
         return Effect.asVoid(sql`DELETE FROM group_memberships WHERE id = ${change.id}`)
       case "DeleteGroup":
-        // Group-scope policies go with the group.
-        return Effect.asVoid(
-          Effect.zipRight(
-            sql`DELETE FROM policies WHERE scope = 'group' AND target_id = ${change.groupId}`,
-            sql`DELETE FROM groups WHERE id = ${change.groupId}`
+        // Group-scope policies go with the group, in the same transaction.
+        return sql.withTransaction(
+          Effect.asVoid(
+            Effect.zipRight(
+              sql`DELETE FROM policies WHERE scope = 'group' AND target_id = ${change.groupId}`,
+              sql`DELETE FROM groups WHERE id = ${change.groupId}`
+            )
           )
         )
       case "Unchanged":
@@ -286,7 +288,10 @@ export const makeGroups = Effect.gen(function* () {
         sql`SELECT user_id FROM group_memberships WHERE group_id = ${groupId} AND status = 'active'`,
         (rows) => rows.map((r) => r.user_id as string)
       ),
-    apply: applyOne
+    apply: applyOne,
+    applyAll: (changes) =>
+      sql.withTransaction(Effect.forEach(changes, (change) =>
+        change._tag === "Insert" ? Effect.dieMessage("applyAll does not insert memberships") : applyOne(change, ""), { discard: true }))
   })
 })
 
@@ -333,6 +338,9 @@ export const makePolicies = Effect.gen(function* () {
   })
 })
 
+/** Delivery rows per INSERT: 12 columns each, well under PostgreSQL's 65,535 parameters per statement. */
+const DELIVERY_BATCH = 5000
+
 export const makeMessages = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
   return Store.Messages.of({
@@ -355,9 +363,7 @@ export const makeMessages = Effect.gen(function* () {
           ${m.rejectionReason}, ${m.recipients}, ${m.deliveredCount}, ${m.failedCount}, ${m.originInstance},
           ${m.createdAt}, ${m.deliveredAt})`
       // Inbox deliveries are never leased: the polling agent fetches them.
-      const insertDeliveries = sql`
-        INSERT INTO deliveries ${
-        sql.insert(deliveries.map((d) => ({
+      const rows = deliveries.map((d) => ({
           id: d.id,
           message_id: m.id,
           target_kind: d.targetKind,
@@ -370,8 +376,13 @@ export const makeMessages = Effect.gen(function* () {
           lease_owner: d.targetKind === "inbox" ? null : leaseOwner,
           lease_until: d.targetKind === "inbox" ? null : leaseUntil,
           created_at: m.createdAt
-        })))
-      }`
+        }))
+      // One multi-row INSERT per DELIVERY_BATCH rows: a statement carries at most 65,535 parameters.
+      const insertDeliveries = Effect.forEach(
+        Array.from({ length: Math.ceil(rows.length / DELIVERY_BATCH) }, (_, i) => rows.slice(i * DELIVERY_BATCH, (i + 1) * DELIVERY_BATCH)),
+        (batch) => sql`INSERT INTO deliveries ${sql.insert(batch)}`,
+        { discard: true }
+      )
       const write = deliveries.length === 0
         ? Effect.asVoid(insertMessage)
         : sql.withTransaction(Effect.zipRight(insertMessage, insertDeliveries))
@@ -553,6 +564,26 @@ export const makeOutbox = Effect.gen(function* () {
           return Option.fromNullable(rolled)
         })
       ),
+    settle: (deliveryId, record) =>
+      sql.withTransaction(
+        Effect.gen(function* () {
+          const status = record._tag === "Delivered" ? "delivered" : "failed"
+          const error = record._tag === "Failed" ? record.error : null
+          const rows = yield* sql<FinishedRow>`
+            UPDATE deliveries d SET
+              status = ${status},
+              last_error = COALESCE(${error}, d.last_error),
+              last_status_code = COALESCE(${record.statusCode}, d.last_status_code),
+              delivered_at = CASE WHEN ${status} = 'delivered' THEN now() ELSE d.delivered_at END,
+              lease_owner = NULL, lease_until = NULL, updated_at = now()
+            FROM messages m
+            WHERE d.id = ${deliveryId} AND d.status = 'pending' AND m.id = d.message_id
+            RETURNING d.id, d.message_id, d.status, d.recipient_user_id, m.sender_id`
+          if (rows.length === 0) return Option.none()
+          const [rolled] = yield* rollup(rows)
+          return Option.fromNullable(rolled)
+        })
+      ),
     postpone: (owner, deliveryId, until) =>
       Effect.asVoid(sql`
         UPDATE deliveries SET next_attempt_at = ${until}, lease_owner = NULL, lease_until = NULL, updated_at = now()
@@ -574,19 +605,16 @@ export const makeOutbox = Effect.gen(function* () {
         FROM deliveries WHERE status = 'pending' AND target_kind <> 'inbox'`,
       (rows) => Option.fromNullable(rows[0]?.due as Date | null | undefined)
     ),
-    inbox: (userId, q) =>
-      Effect.flatMap(
-        q.since === undefined
-          ? sql`
-            SELECT * FROM deliveries
-            WHERE recipient_user_id = ${userId} AND target_kind = 'inbox' AND status = 'pending'
-            ORDER BY created_at, id LIMIT ${q.limit}`
-          : sql`
-            SELECT * FROM deliveries
-            WHERE recipient_user_id = ${userId} AND target_kind = 'inbox' AND status = 'pending' AND created_at > ${q.since}
-            ORDER BY created_at, id LIMIT ${q.limit}`,
+    inbox: (userId, q) => {
+      if (q.messageIds !== undefined && q.messageIds.length === 0) return Effect.succeed([])
+      const conditions = [sql`recipient_user_id = ${userId}`, sql`target_kind = 'inbox'`, sql`status = 'pending'`]
+      if (q.since !== undefined) conditions.push(sql`created_at > ${q.since}`)
+      if (q.messageIds !== undefined) conditions.push(sql`message_id IN ${sql.in(q.messageIds)}`)
+      return Effect.flatMap(
+        sql`SELECT * FROM deliveries WHERE ${sql.and(conditions)} ORDER BY created_at, id LIMIT ${q.limit}`,
         attach
-      ),
+      )
+    },
     acknowledge: (userId, messageIds) =>
       messageIds.length === 0 ? Effect.succeed([]) : sql.withTransaction(
         Effect.gen(function* () {

@@ -2,6 +2,7 @@
 import { Effect, Either, Option } from "effect"
 import * as Callback from "../Callback.js"
 import { CallbackUrls } from "../CallbackUrls.js"
+import { RemoteDirectory } from "../Directory.js"
 import * as Errors from "../Errors.js"
 import { Events } from "../Events.js"
 import * as Ids from "../Ids.js"
@@ -20,7 +21,7 @@ export interface ConnectionInput {
   readonly publicKey?: string | null | undefined
   readonly publicKeyAlg?: string | null | undefined
   readonly rotateSecret?: boolean | undefined
-  /** `webhook` (default when a callback URL is given) or `polling` (messages wait to be fetched). */
+  /** `webhook` (the default; needs a callback URL) or `polling` (messages wait to be fetched). */
   readonly mode?: Store.ConnectionMode | undefined
 }
 
@@ -41,6 +42,7 @@ const text = (name: string, value: string | undefined | null, min: number, max: 
 export const make = Effect.gen(function* () {
   const connections = yield* Store.Connections
   const friendships = yield* Store.Friendships
+  const directory = yield* RemoteDirectory
   const users = yield* Store.Users
   const callbackUrls = yield* CallbackUrls
   const events = yield* Events
@@ -69,7 +71,8 @@ export const make = Effect.gen(function* () {
         yield* invalid("public_key is required (1–1000 characters)")
       }
       const callbackUrl = input.callbackUrl ?? null
-      const mode: Store.ConnectionMode = input.mode ?? (callbackUrl === null ? "polling" : "webhook")
+      // The contract requires callback_url; only an explicit "polling" (beside the contract) goes without.
+      const mode: Store.ConnectionMode = input.mode ?? "webhook"
       if (mode === "webhook" && callbackUrl === null) yield* invalid("callback_url is required unless mode is \"polling\"")
       if (callbackUrl !== null) {
         yield* Either.match(callbackUrls.validate(callbackUrl), { onLeft: Effect.fail, onRight: () => Effect.void })
@@ -148,6 +151,8 @@ export const make = Effect.gen(function* () {
         }))
         const friends = yield* friendships.areFriends(principal.userId, other.id)
         if (!friends) return yield* Errors.Forbidden.of("NOT_FRIENDS", `You and ${other.username} are not friends`)
+        // Federation: a user of another registry; their registry answers for their agents.
+        if (other.instance !== null) return yield* directory.connections(principal, other)
         const all = yield* connections.listByUser(other.id)
         return Routing.selectAll(all) as ReadonlyArray<Store.AgentConnection>
       })

@@ -1,6 +1,6 @@
 /** Friendships: request, accept, reject, block, unfriend, list. */
 import { Effect, Either, Option } from "effect"
-import { RemoteDirectory } from "../Directory.js"
+import { type FriendshipMirror, RemoteDirectory } from "../Directory.js"
 import * as Errors from "../Errors.js"
 import { Events } from "../Events.js"
 import * as Graph from "../Graph.js"
@@ -31,16 +31,36 @@ export const make = Effect.gen(function* () {
       }))
     })
 
-  /** Runs a transition on the row `id`, as `principal`. */
+  /** Federation: the other party of a row when they are a user of another registry. */
+  const remoteParty = (row: Graph.Friendship, actorId: string) =>
+    Effect.map(
+      users.findById(row.requesterId === actorId ? row.addresseeId : row.requesterId),
+      (other) => Option.filter(other, (u) => u.instance !== null)
+    )
+
+  /**
+   * Runs a transition on the row `id`, as `principal`. Federation: with a user
+   * of another registry, an accept must be agreed there first; a reject, block
+   * or unfriend takes effect here at once and is told there as well as it can be.
+   */
   const transition = (
     principal: Principal,
     id: string,
-    decide: (f: Graph.Friendship | undefined, actorId: string) => Either.Either<Graph.FriendshipChange, Errors.NotFound>
+    decide: (f: Graph.Friendship | undefined, actorId: string) => Either.Either<Graph.FriendshipChange, Errors.NotFound>,
+    action: FriendshipMirror["action"]
   ) =>
     Effect.gen(function* () {
       const row = yield* friendships.find(id)
       const change = yield* fromEither(decide(Option.getOrUndefined(row), principal.userId))
+      const remote = Option.isSome(row) ? yield* remoteParty(row.value, principal.userId) : Option.none()
+      const mirror = Option.map(remote, (other): FriendshipMirror => ({ action, actor: principal, other }))
+      if (Option.isSome(mirror) && action === "accept") yield* directory.mirrorFriendship(mirror.value)
       const updated = yield* friendships.apply(change, id)
+      if (Option.isSome(mirror) && action !== "accept") {
+        yield* directory.mirrorFriendship(mirror.value).pipe(
+          Effect.catchAll((e) => Effect.logWarning(`Could not tell ${mirror.value.other.instance} about a friendship ${action}`, e))
+        )
+      }
       return { row: Option.getOrUndefined(row)!, updated }
     })
 
@@ -56,6 +76,8 @@ export const make = Effect.gen(function* () {
           Graph.request({ existing: Option.getOrUndefined(existing), requesterId: principal.userId, addresseeId: other.id })
         )
         const id = Option.match(existing, { onNone: () => Ids.make("fr"), onSome: (f) => f.id })
+        // Federation: a user of another registry hears of it there first (and may refuse).
+        if (other.instance !== null) yield* directory.mirrorFriendship({ action: "request", actor: principal, other })
         yield* friendships.apply(outcome.change, id)
         yield* events.publish({
           _tag: "FriendRequest",
@@ -69,7 +91,7 @@ export const make = Effect.gen(function* () {
 
     acceptFriend: (principal: Principal, id: string) =>
       Effect.gen(function* () {
-        const { row } = yield* transition(principal, id, Graph.accept)
+        const { row } = yield* transition(principal, id, Graph.accept, "accept")
         yield* events.publish({
           _tag: "FriendRequest",
           userId: row.requesterId,
@@ -80,9 +102,12 @@ export const make = Effect.gen(function* () {
         return { friendshipId: id, status: "accepted" as const, requesterId: row.requesterId }
       }),
 
-    rejectFriend: (principal: Principal, id: string) => Effect.map(transition(principal, id, Graph.reject), ({ row }) => row),
-    blockFriend: (principal: Principal, id: string) => Effect.map(transition(principal, id, Graph.block), ({ row }) => row),
-    unfriend: (principal: Principal, id: string) => Effect.map(transition(principal, id, Graph.unfriend), ({ row }) => row),
+    rejectFriend: (principal: Principal, id: string) =>
+      Effect.map(transition(principal, id, Graph.reject, "reject"), ({ row }) => row),
+    blockFriend: (principal: Principal, id: string) =>
+      Effect.map(transition(principal, id, Graph.block, "block"), ({ row }) => row),
+    unfriend: (principal: Principal, id: string) =>
+      Effect.map(transition(principal, id, Graph.unfriend, "unfriend"), ({ row }) => row),
 
     /** The caller's friendships in a state, as they see them. */
     listFriends: (principal: Principal, status: Graph.FriendshipStatus) =>

@@ -1,5 +1,6 @@
 /** Groups: create, list, view, invite, join, leave, transfer, delete, members. */
 import { Effect, Either, Option } from "effect"
+import { RemoteDirectory, type RemoteGroupMembership } from "../Directory.js"
 import * as Errors from "../Errors.js"
 import { Events } from "../Events.js"
 import * as Graph from "../Graph.js"
@@ -15,11 +16,32 @@ const groupNotFound = () => Errors.NotFound.of("GROUP_NOT_FOUND", "No such group
 
 type Friends = Effect.Effect.Success<typeof makeFriends>
 
+/** Federation: a remote group as the member sees it here (its home keeps the rest). */
+const remoteListing = (r: RemoteGroupMembership): Store.GroupListing => ({
+  group: { id: r.groupId, name: r.groupName, description: null, inviteOnly: true, createdAt: r.createdAt },
+  membership: {
+    id: `${r.groupId}:${r.userId}`,
+    groupId: r.groupId,
+    userId: r.userId,
+    role: "member",
+    status: r.status,
+    invitedBy: r.invitedBy,
+    joinedAt: r.joinedAt,
+    createdAt: r.createdAt
+  },
+  memberCount: r.memberCount
+})
+
 export const make = (friends: Friends) =>
   Effect.gen(function* () {
     const groups = yield* Store.Groups
     const users = yield* Store.Users
     const events = yield* Events
+    const directory = yield* RemoteDirectory
+
+    /** Federation: the caller's invitation to or membership in a group of another registry. */
+    const remoteMembership = (groupId: string, userId: string) =>
+      Effect.map(directory.remoteGroupMembers(groupId), (rows) => Option.fromNullable(rows.find((r) => r.userId === userId)))
 
     const membershipOf = (groupId: string, userId: string) =>
       Effect.map(groups.findMembership(groupId, userId), Option.getOrUndefined)
@@ -34,6 +56,10 @@ export const make = (friends: Friends) =>
     const view = (principal: Principal, groupId: string) =>
       Effect.gen(function* () {
         const membership = yield* membershipOf(groupId, principal.userId)
+        if (membership === undefined) {
+          const remote = yield* remoteMembership(groupId, principal.userId)
+          if (Option.isSome(remote)) return remoteListing(remote.value)
+        }
         if (!Graph.canView(membership)) return yield* groupNotFound()
         const group = yield* groupOf(groupId)
         const memberCount = yield* groups.activeMemberCount(groupId)
@@ -55,7 +81,12 @@ export const make = (friends: Friends) =>
           return yield* groups.create({ ...decision, id: Ids.make("grp"), membershipId: Ids.make("mem") })
         }),
 
-      listGroups: (principal: Principal) => groups.listForUser(principal.userId),
+      listGroups: (principal: Principal) =>
+        Effect.zipWith(
+          groups.listForUser(principal.userId),
+          directory.remoteGroupsOf(principal.userId),
+          (local, remote): ReadonlyArray<Store.GroupListing> => [...local, ...remote.map(remoteListing)]
+        ),
 
       viewGroup: view,
 
@@ -65,9 +96,14 @@ export const make = (friends: Friends) =>
           const invitee = yield* friends.resolveUser(username)
           const existing = yield* membershipOf(groupId, invitee.id)
           const change = yield* fromEither(Graph.invite({ actor, inviteeId: invitee.id, existing }))
+          const group = yield* groupOf(groupId)
+          if (invitee.instance !== null) {
+            // Federation: the invitee's registry must hear of it, to let them join from there.
+            const memberCount = yield* groups.activeMemberCount(groupId)
+            yield* directory.inviteToGroup({ group, invitee, invitedBy: principal, memberCount })
+          }
           const membershipId = Ids.make("mem")
           yield* groups.apply(change, membershipId)
-          const group = yield* groupOf(groupId)
           yield* events.publish({
             _tag: "GroupInvite",
             userId: invitee.id,
@@ -81,6 +117,17 @@ export const make = (friends: Friends) =>
       join: (principal: Principal, groupId: string) =>
         Effect.gen(function* () {
           const group = yield* Effect.map(groups.find(groupId), Option.getOrUndefined)
+          if (group === undefined) {
+            // Federation: accepting an invitation to a group of another registry is done at its home.
+            const remote = yield* remoteMembership(groupId, principal.userId)
+            if (Option.isSome(remote)) {
+              if (remote.value.status === "active") {
+                return yield* Errors.Conflict.of("ALREADY_MEMBER", "You are already a member of this group")
+              }
+              const joined = remoteListing(yield* directory.joinRemoteGroup(remote.value, principal))
+              return { group: joined.group, membership: joined.membership }
+            }
+          }
           const existing = yield* membershipOf(groupId, principal.userId)
           // An invite-only group is not revealed to someone who was never invited.
           if (group !== undefined && group.inviteOnly && existing === undefined) {
@@ -102,6 +149,14 @@ export const make = (friends: Friends) =>
       leave: (principal: Principal, groupId: string) =>
         Effect.gen(function* () {
           const membership = yield* membershipOf(groupId, principal.userId)
+          if (membership === undefined) {
+            // Federation: leaving a group of another registry is done at its home.
+            const remote = yield* remoteMembership(groupId, principal.userId)
+            if (Option.isSome(remote)) {
+              yield* directory.leaveRemoteGroup(remote.value, principal)
+              return { groupDeleted: false }
+            }
+          }
           const count = yield* groups.activeMemberCount(groupId)
           const change = yield* fromEither(Graph.leave({ membership, activeMemberCount: count }))
           const group = yield* groupOf(groupId)
@@ -137,7 +192,8 @@ export const make = (friends: Friends) =>
             if (Option.isSome(byName)) target = yield* membershipOf(groupId, byName.value.id)
           }
           const [promote, demote] = yield* fromEither(Graph.transfer({ actor, target }))
-          yield* Effect.zipRight(apply(promote), apply(demote))
+          // Both or neither: a group never has two owners, or none.
+          yield* groups.applyAll([promote, demote])
           return { newOwnerUserId: target!.userId }
         }),
 

@@ -6,7 +6,7 @@
  * itself to make the first attempt at once.
  */
 import { Effect, Either, Option } from "effect"
-import { RemoteDirectory } from "../Directory.js"
+import { RemoteDirectory, type RemoteGroupMembership } from "../Directory.js"
 import * as Errors from "../Errors.js"
 import { Events } from "../Events.js"
 import * as Graph from "../Graph.js"
@@ -34,6 +34,18 @@ export interface SendInput {
   readonly idempotencyKey?: string | null | undefined
   /** Which of the sender's agents is sending (defaults to their preferred connection). */
   readonly senderConnectionId?: string | undefined
+  /** Federation: a message another registry forwarded, which keeps its id end to end. */
+  readonly federated?: FederatedOrigin | undefined
+}
+
+/** Where a forwarded message came from (federation). */
+export interface FederatedOrigin {
+  /** The id the origin gave it; a second forward of the same id is the same message. */
+  readonly messageId: string
+  /** The registry that forwarded it here, which hears the delivery status back. */
+  readonly originInstance: string
+  /** The sending agent's framework, as the origin knows it. */
+  readonly senderAgent: string | null
 }
 
 export interface SendOptions {
@@ -158,11 +170,11 @@ export const make = Effect.gen(function* () {
     sender: Store.AgentConnection | undefined,
     recipient: { readonly type: "user" | "group"; readonly id: string; readonly name: string }
   ): Store.Message => ({
-    id: Ids.make("msg"),
+    id: input.federated?.messageId ?? Ids.make("msg"),
     senderId: principal.userId,
     senderName: principal.username,
     senderConnectionId: sender?.id ?? null,
-    senderAgent: sender?.framework ?? null,
+    senderAgent: input.federated !== undefined ? input.federated.senderAgent : sender?.framework ?? null,
     recipientType: recipient.type,
     recipientId: recipient.id,
     recipientName: recipient.name,
@@ -178,7 +190,7 @@ export const make = Effect.gen(function* () {
     recipients: 0,
     deliveredCount: 0,
     failedCount: 0,
-    originInstance: null,
+    originInstance: input.federated?.originInstance ?? null,
     createdAt: new Date(),
     deliveredAt: null
   })
@@ -235,9 +247,11 @@ export const make = Effect.gen(function* () {
 
   const announce = (message: Store.Message, planned: ReadonlyArray<PlannedDelivery>, options: SendOptions) =>
     Effect.gen(function* () {
-      // Inbox deliveries are already "there": tell the recipient now.
+      // Inbox deliveries are already "there": tell the recipient now, once however many polling agents they have.
+      const told = new Set<string>()
       for (const d of planned) {
-        if (d.targetKind === "inbox" && d.recipientUserId !== null) {
+        if (d.targetKind === "inbox" && d.recipientUserId !== null && !told.has(d.recipientUserId)) {
+          told.add(d.recipientUserId)
           yield* events.publish({
             _tag: "MessageReceived",
             userId: d.recipientUserId,
@@ -306,10 +320,14 @@ export const make = Effect.gen(function* () {
 
   const sendToGroup = (principal: Principal, input: SendInput, payloadType: string, options: SendOptions) =>
     Effect.gen(function* () {
-      const group = yield* Effect.flatMap(groups.find(input.recipient), Option.match({
-        onNone: () => Effect.fail(Errors.NotFound.of("GROUP_NOT_FOUND", "No group with that id")),
-        onSome: Effect.succeed
-      }))
+      const found = yield* groups.find(input.recipient)
+      if (Option.isNone(found)) {
+        // Federation: a group of another registry that local users belong to.
+        const remote = yield* directory.remoteGroupMembers(input.recipient)
+        if (remote.length > 0) return yield* sendToRemoteGroup(principal, input, payloadType, options, remote)
+        return yield* Errors.NotFound.of("GROUP_NOT_FOUND", "No group with that id")
+      }
+      const group = found.value
       const membership = yield* groups.findMembership(group.id, principal.userId)
       if (!Graph.canMessage(Option.getOrUndefined(membership))) {
         return yield* Errors.Forbidden.of("NOT_MEMBER", "Only active members can message this group")
@@ -323,7 +341,10 @@ export const make = Effect.gen(function* () {
       }
 
       const memberIds = (yield* groups.activeMemberIds(group.id)).filter((id) => id !== principal.userId)
-      const members = yield* users.findByIds(memberIds)
+      // Federation: members on the registry a message came from were served there already.
+      const members = (yield* users.findByIds(memberIds)).filter((u) =>
+        input.federated === undefined || u.instance !== input.federated.originInstance
+      )
       const local = members.filter((u) => u.instance === null)
       const remoteInstances = [...new Set(members.flatMap((u) => (u.instance === null ? [] : [u.instance])))]
       const theirConnections = yield* connections.listActiveByUsers(local.map((u) => u.id))
@@ -352,6 +373,58 @@ export const make = Effect.gen(function* () {
           : planned.filter((d) => d.recipientUserId === user.id).map((d) => d.id)
       }))
 
+      const accepted = {
+        ...message,
+        recipients: planned.length,
+        status: planned.length === 0 ? "delivered" as const : "pending" as const
+      }
+      const first = yield* write(principal, accepted, planned, options)
+      if (Option.isSome(first)) return { _tag: "Deduplicated", message: first.value } satisfies SendResult
+      yield* announce(accepted, planned, options)
+      return { _tag: "Accepted", message: accepted, deliveries: planned, members: perMember } satisfies SendResult
+    })
+
+  /**
+   * Federation: a message to a group whose home is another registry. Local
+   * members get it here; the home registry gets one forward and fans it out to
+   * everyone else. A message the home forwarded here only goes to local members.
+   */
+  const sendToRemoteGroup = (
+    principal: Principal,
+    input: SendInput,
+    payloadType: string,
+    options: SendOptions,
+    rows: ReadonlyArray<RemoteGroupMembership>
+  ) =>
+    Effect.gen(function* () {
+      const { groupId, groupName, homeInstance } = rows[0]!
+      const fromHome = input.federated?.originInstance === homeInstance
+      if (!fromHome && !rows.some((r) => r.userId === principal.userId && r.status === "active")) {
+        return yield* Errors.Forbidden.of("NOT_MEMBER", "Only active members can message this group")
+      }
+      const sender = yield* senderAgent(principal, input.senderConnectionId)
+      const message = baseMessage(principal, input, payloadType, sender, { type: "group", id: groupId, name: groupName })
+      if (config.trustedMode && payloadType !== CIPHERTEXT && !fromHome) {
+        const verdict = yield* evaluate(principal, { scope: "group", targetId: groupId }, input, groupName)
+        if (verdict._tag === "Rejected") return yield* reject(principal, message, verdict.reason)
+      }
+      const local = rows.filter((r) => r.status === "active" && r.userId !== principal.userId).map((r) => r.userId)
+      const theirConnections = yield* connections.listActiveByUsers(local)
+      const planned: Array<PlannedDelivery & { readonly primary: boolean }> = []
+      for (const userId of local) {
+        const mine = Routing.selectAll(theirConnections.filter((c) => c.userId === userId)) as ReadonlyArray<Store.AgentConnection>
+        mine.forEach((c, i) => planned.push(plan(userId, c, i === 0, null)))
+      }
+      const perMember = local.map((userId) => ({
+        userId,
+        deliveryIds: planned.filter((d) => d.recipientUserId === userId).map((d) => d.id)
+      }))
+      if (!fromHome) {
+        // The home registry stands for every member who is not here.
+        const forward = plan(null, null, false, homeInstance)
+        planned.push(forward)
+        perMember.push({ userId: homeInstance, deliveryIds: [forward.id] })
+      }
       const accepted = {
         ...message,
         recipients: planned.length,
@@ -435,9 +508,20 @@ export const make = Effect.gen(function* () {
           .slice(0, limit)
       }),
 
-    /** Pending messages waiting in a polling agent's inbox, oldest first. */
-    inbox: (principal: Principal, query: { readonly since?: Date | undefined; readonly limit?: number | undefined }) =>
-      outbox.inbox(principal.userId, { since: query.since, limit: Math.min(Math.max(query.limit ?? 50, 1), 100) }),
+    /** Pending messages waiting in a polling agent's inbox, oldest first (only of `messageIds` when given). */
+    inbox: (
+      principal: Principal,
+      query: {
+        readonly since?: Date | undefined
+        readonly limit?: number | undefined
+        readonly messageIds?: ReadonlyArray<string> | undefined
+      }
+    ) =>
+      outbox.inbox(principal.userId, {
+        since: query.since,
+        limit: Math.min(Math.max(query.limit ?? 50, 1), 100),
+        messageIds: query.messageIds
+      }),
 
     /** A polling agent confirms it has these messages; they count as delivered. */
     acknowledge: (principal: Principal, messageIds: ReadonlyArray<string>) =>

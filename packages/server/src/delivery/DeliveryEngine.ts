@@ -13,7 +13,7 @@
  * - Closing the engine's scope stops claiming, lets attempts in flight finish
  *   (up to a grace period) and gives back any lease it still holds.
  */
-import { Callback, PeerTransport, type Registry, RetrySchedule, type Store } from "@mahilo/core"
+import { Callback, type PeerOutcome, PeerTransport, type Registry, RetrySchedule, type Store } from "@mahilo/core"
 import { Store as StoreTags } from "@mahilo/core"
 import { Context, Deferred, Duration, Effect, FiberSet, Layer, Option, Queue } from "effect"
 import { ServerConfig } from "../Config.js"
@@ -113,7 +113,7 @@ export const make = (settings: EngineSettings) =>
       })
     }
 
-    const transport = (claimed: Store.ClaimedDelivery): Effect.Effect<RetrySchedule.Outcome> => {
+    const transport = (claimed: Store.ClaimedDelivery): Effect.Effect<PeerOutcome> => {
       switch (claimed.delivery.targetKind) {
         case "agent":
           return attemptAgent(claimed)
@@ -179,6 +179,15 @@ export const make = (settings: EngineSettings) =>
         target.inFlight++
         const outcome = yield* transport(claimed).pipe(Effect.ensuring(Effect.sync(() => target.inFlight--)))
         const now = Date.now()
+        if (outcome._tag === "Accepted") {
+          // Federation: a peer registry took the message and reports the far side's result
+          // itself; until then the delivery stays pending and is checked again later.
+          target.failures = 0
+          target.restMs = settings.breakerCooldownMs
+          yield* outbox.postpone(nodeId, claimed.delivery.id, new Date(now + outcome.recheckAfterMs))
+          yield* wakeIn(outcome.recheckAfterMs)
+          return "pending" as const
+        }
         const record = decide(claimed.delivery, outcome, now)
         if (record._tag === "Delivered") {
           target.failures = 0

@@ -6,7 +6,7 @@
  * on this process directly, on others through the event relay.
  */
 import { ApiKey, Errors, Registry } from "@mahilo/core"
-import { Effect, Layer, Option, Queue, Redacted } from "effect"
+import { Context, Effect, Layer, Option, Queue, Redacted } from "effect"
 import { Authentication } from "../Api.js"
 import { ServerConfig } from "../Config.js"
 import { EventBus } from "../notifications/EventBus.js"
@@ -87,8 +87,17 @@ export const makeAuthenticator = Effect.gen(function* () {
 
 export type Authenticator = Effect.Effect.Success<typeof makeAuthenticator>
 
+/**
+ * The one authenticator of a server, shared by the HTTP API's bearer
+ * middleware and the WebSocket stream's `api_key`, so both use one cache.
+ */
+export class AuthenticatorService extends Context.Tag("@mahilo/server/Authenticator")<AuthenticatorService, Authenticator>() {
+  static readonly layer = Layer.scoped(AuthenticatorService, makeAuthenticator)
+}
+
 /** The HttpApi middleware over an authenticator. */
 export const layer = (authenticator: Authenticator) =>
   Layer.succeed(Authentication, {
-    bearer: (token: Redacted.Redacted<string>) => authenticator.authenticate(Redacted.value(token))
+    bearer: (token: Redacted.Redacted<string>) =>
+      authenticator.authenticate(Redacted.value(token)).pipe(Effect.catchTag("InvalidRequest", () => unauthorized))
   })

@@ -12,6 +12,63 @@ import { NodeId } from "../NodeId.js"
 
 const CHANNEL = "mahilo_events"
 
+/** NOTIFY payloads must stay under 8000 bytes; keep a margin for the envelope. */
+export const MAX_PAYLOAD_BYTES = 7500
+
+/** Events per relay batch at most. */
+const MAX_BATCH = 256
+
+/**
+ * Events as NOTIFY payloads `{"node","events":[...]}` of at most `limit`
+ * bytes: as many events in one payload as fit, and an event addressed to
+ * more users than fit in one payload (a join in a large group) split by
+ * addressee. A burst of events (a fan-out) costs a few NOTIFYs, not one each.
+ */
+export const payloads = (node: string, events: ReadonlyArray<RegistryEvent>, limit = MAX_PAYLOAD_BYTES): Array<string> => {
+  const envelope = (encoded: ReadonlyArray<string>) => `{"node":${JSON.stringify(node)},"events":[${encoded.join(",")}]}`
+  const size = (text: string) => Buffer.byteLength(text, "utf8")
+  const room = limit - size(envelope([]))
+  const pieces: Array<string> = []
+  for (const event of events) {
+    const encoded = JSON.stringify(event)
+    if (size(encoded) <= room) {
+      pieces.push(encoded)
+    } else if ("userIds" in event && event.userIds.length > 1) {
+      const half = Math.ceil(event.userIds.length / 2)
+      for (const part of [event.userIds.slice(0, half), event.userIds.slice(half)]) {
+        pieces.push(...payloadEvents(node, { ...event, userIds: part }, limit))
+      }
+    }
+    // Anything else that large cannot be relayed; events are small by construction.
+  }
+  const out: Array<string> = []
+  let batch: Array<string> = []
+  let used = 0
+  for (const piece of pieces) {
+    const extra = size(piece) + (batch.length > 0 ? 1 : 0)
+    if (batch.length > 0 && used + extra > room) {
+      out.push(envelope(batch))
+      batch = []
+      used = 0
+    }
+    used += size(piece) + (batch.length > 0 ? 1 : 0)
+    batch.push(piece)
+  }
+  if (batch.length > 0) out.push(envelope(batch))
+  return out
+}
+
+/** One event's encodings, split by addressee until each fits. */
+const payloadEvents = (node: string, event: RegistryEvent, limit: number): Array<string> =>
+  payloads(node, [event], limit).flatMap((payload) => (JSON.parse(payload) as { events: Array<unknown> }).events.map((e) => JSON.stringify(e)))
+
+/** The events of a payload from another node (or none from this one). */
+export const parsePayload = (node: string, payload: string): ReadonlyArray<RegistryEvent> => {
+  const parsed = JSON.parse(payload) as { node: string; events?: Array<RegistryEvent>; event?: RegistryEvent }
+  if (parsed.node === node) return []
+  return parsed.events ?? (parsed.event !== undefined ? [parsed.event] : [])
+}
+
 export interface EventBusService {
   readonly publish: (event: RegistryEvent) => Effect.Effect<void>
   /** Every event from now on, for the life of the scope. */
@@ -26,23 +83,35 @@ export const layer: Layer.Layer<EventBus | Events, never, DatabaseEngine | NodeI
     const node = yield* NodeId
     const hub = yield* PubSub.unbounded<RegistryEvent>()
 
-    const relay = engine.kind === "postgres"
-      ? (event: RegistryEvent) =>
-        engine.client.notify(CHANNEL, JSON.stringify({ node, event })).pipe(
-          Effect.catchAll((e) => Effect.logWarning("Could not relay an event to other nodes", e))
-        )
-      : () => Effect.void
-
     if (engine.kind === "postgres") {
       yield* engine.client.listen(CHANNEL).pipe(
-        Stream.runForEach((payload) => {
-          const parsed = JSON.parse(payload) as { node: string; event: RegistryEvent }
-          return parsed.node === node ? Effect.void : PubSub.publish(hub, parsed.event)
-        }),
+        Stream.runForEach((payload) => PubSub.publishAll(hub, parsePayload(node, payload))),
         Effect.catchAllCause((cause) => Effect.logError("Event relay stopped", cause)),
         Effect.forkScoped
       )
     }
+
+    // Events for other nodes queue here and leave in batches, in order, from one fiber.
+    const outgoing = yield* Queue.unbounded<RegistryEvent>()
+    const send = (events: ReadonlyArray<RegistryEvent>) =>
+      engine.kind === "postgres"
+        // pg_notify, not the client's `notify`: that one sends `NOTIFY channel, $1`, which PostgreSQL
+        // rejects (NOTIFY takes no parameters), so nothing was ever relayed.
+        ? Effect.forEach(payloads(node, events), (payload) =>
+          engine.client`SELECT pg_notify(${CHANNEL}, ${payload})`.pipe(
+            Effect.catchAll((e) => Effect.logWarning("Could not relay events to other nodes", e))
+          ), { discard: true })
+        : Effect.void
+    if (engine.kind === "postgres") {
+      yield* Queue.takeBetween(outgoing, 1, MAX_BATCH).pipe(
+        Effect.flatMap((events) => send([...events])),
+        Effect.forever,
+        Effect.forkScoped
+      )
+      // What is still queued at shutdown goes out before the database closes.
+      yield* Effect.addFinalizer(() => Effect.flatMap(Queue.takeAll(outgoing), (events) => send([...events])))
+    }
+    const relay = engine.kind === "postgres" ? (event: RegistryEvent) => Queue.offer(outgoing, event) : () => Effect.void
 
     const publish = (event: RegistryEvent) => Effect.zipRight(PubSub.publish(hub, event), relay(event))
     const bus: EventBusService = { publish, subscribe: PubSub.subscribe(hub) }

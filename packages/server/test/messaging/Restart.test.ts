@@ -3,7 +3,11 @@ import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { FakeAgent, Fixtures, ServerProcess, TestDatabase, TestServer } from "@mahilo/testkit"
 import { describe, expect, it } from "@effect/vitest"
+import { RetrySchedule } from "@mahilo/core"
 import { Effect, Exit, Scope } from "effect"
+
+// Retries keep coming for as long as the test may take on a loaded machine.
+const patient = RetrySchedule.RetrySchedule.make({ ...RetrySchedule.testing, maxAttempts: 1000, horizonMs: 600_000 })
 
 const tempDir = () =>
   Effect.acquireRelease(
@@ -26,7 +30,7 @@ describe("restart safety", () => {
 
       // First life: accept messages the agent refuses, then stop while retries are pending.
       const first = yield* Scope.make()
-      const server1 = yield* Scope.extend(TestServer.make({ database: TestDatabase.pgliteAt(dir) }), first)
+      const server1 = yield* Scope.extend(TestServer.make({ database: TestDatabase.pgliteAt(dir), retrySchedule: patient }), first)
       const alice = yield* Fixtures.person(server1, "alice")
       const bob = yield* Fixtures.person(server1, "bob")
       yield* Fixtures.befriend(alice, bob)
@@ -43,7 +47,7 @@ describe("restart safety", () => {
 
       // Second life on the same data: the agent is back.
       agent.recover()
-      const server2 = yield* TestServer.make({ database: TestDatabase.pgliteAt(dir) })
+      const server2 = yield* TestServer.make({ database: TestDatabase.pgliteAt(dir), retrySchedule: patient })
       const alice2 = yield* server2.client(alice.apiKey)
       yield* Effect.promise(() => agent.waitFor(ids.length, { timeoutMs: 15_000 }))
       deliveredExactlyOnce(agent, ids)

@@ -1,0 +1,113 @@
+/**
+ * The operator's endpoints, authenticated by `Authorization: Bearer
+ * <MAHILO_ADMIN_KEY>` (off while the key is unset):
+ * - `POST /api/v1/admin/federation/peers {base_url}`: fetch the peer's
+ *   well-known document, run the handshake, record it as trusted → `201
+ *   {instance_id, name, base_url, status}`;
+ * - `GET …/peers`, `GET …/peers/:id`;
+ * - `PATCH …/peers/:id {status: "blocked"|"trusted"}` and `DELETE …/peers/:id`
+ *   (which blocks: the row stays, so the peer stays refused);
+ * - `POST /api/v1/admin/federation/keys/rotate`: a new signing key; the old
+ *   one keeps verifying for the grace period.
+ */
+import { createHash, timingSafeEqual } from "node:crypto"
+import { HttpApiBuilder, HttpRouter, HttpServerRequest, type HttpServerResponse } from "@effect/platform"
+import { Effect, Option, Redacted, Schema } from "effect"
+import { answer, decodeBody, json } from "./FederationApi.js"
+import { FederationConfig } from "./FederationConfig.js"
+import { InstanceKeys } from "./InstanceKeys.js"
+import type { Peer } from "./PeerStore.js"
+import { Peers } from "./Peers.js"
+import { Refusal } from "./Refusal.js"
+
+export const PREFIX = "/api/v1/admin/federation"
+
+const AddPeer = Schema.Struct({ base_url: Schema.String.pipe(Schema.maxLength(2000)) })
+const ChangeStatus = Schema.Struct({ status: Schema.Literal("blocked", "trusted") })
+
+const peerView = (peer: Peer) => ({
+  instance_id: peer.id,
+  name: peer.name,
+  base_url: peer.baseUrl,
+  status: peer.status,
+  key_ids: peer.keys.map((k) => k.keyId),
+  created_at: peer.createdAt.toISOString(),
+  updated_at: peer.updatedAt.toISOString()
+})
+
+const digest = (text: string) => createHash("sha256").update(text, "utf8").digest()
+
+export const layer = HttpApiBuilder.Router.use((router) =>
+  Effect.gen(function* () {
+    const config = yield* FederationConfig
+    const peers = yield* Peers
+    const keys = yield* InstanceKeys
+    const expected = config.adminKey === undefined ? undefined : digest(Redacted.value(config.adminKey))
+
+    /** An admin route: the bearer key must be the operator's. */
+    const admin = (
+      handle: (request: HttpServerRequest.HttpServerRequest) => Effect.Effect<HttpServerResponse.HttpServerResponse, unknown, HttpRouter.RouteContext>
+    ) =>
+      answer(Effect.gen(function* () {
+        const request = yield* HttpServerRequest.HttpServerRequest
+        if (expected === undefined) {
+          return yield* Refusal.of(403, "ADMIN_DISABLED", "Set MAHILO_ADMIN_KEY to use the federation admin endpoints")
+        }
+        const header = request.headers["authorization"] ?? ""
+        const given = /^Bearer (.+)$/i.exec(header)?.[1]
+        if (given === undefined || !timingSafeEqual(digest(given.trim()), expected)) {
+          return yield* Refusal.of(401, "UNAUTHORIZED", "A valid admin key is required")
+        }
+        return yield* handle(request)
+      }))
+
+    const body = (request: HttpServerRequest.HttpServerRequest) =>
+      Effect.mapError(request.text, () => Refusal.of(400, "INVALID_REQUEST", "The request body could not be read"))
+
+    const peerById = Effect.gen(function* () {
+      const { id } = yield* HttpRouter.params
+      const peer = yield* peers.find(id ?? "")
+      if (Option.isNone(peer)) return yield* Refusal.of(404, "PEER_NOT_FOUND", "No peer with that id")
+      return peer.value
+    })
+
+    yield* router.post(
+      `${PREFIX}/peers`,
+      admin((request) =>
+        Effect.gen(function* () {
+          const input = yield* decodeBody(AddPeer, yield* body(request))
+          const peer = yield* peers.add(input.base_url)
+          return json(201, peerView(peer))
+        }))
+    )
+
+    yield* router.get(`${PREFIX}/peers`, admin(() => Effect.map(peers.list, (list) => json(200, list.map(peerView)))))
+
+    yield* router.get(`${PREFIX}/peers/:id`, admin(() => Effect.map(peerById, (peer) => json(200, peerView(peer)))))
+
+    yield* router.patch(
+      `${PREFIX}/peers/:id`,
+      admin((request) =>
+        Effect.gen(function* () {
+          const change = yield* decodeBody(ChangeStatus, yield* body(request))
+          const peer = yield* peerById
+          const updated = yield* peers.setStatus(peer.id, change.status)
+          return json(200, peerView(Option.getOrElse(updated, () => peer)))
+        }))
+    )
+
+    yield* router.del(
+      `${PREFIX}/peers/:id`,
+      admin(() =>
+        Effect.gen(function* () {
+          const peer = yield* peerById
+          const updated = yield* peers.setStatus(peer.id, "blocked")
+          return json(200, peerView(Option.getOrElse(updated, () => peer)))
+        }))
+    )
+
+    yield* router.post(
+      `${PREFIX}/keys/rotate`,
+      admin(() => Effect.map(keys.rotate, (key) => json(200, { key_id: key.keyId, public_key: key.publicKey }))))
+  })
+)

@@ -1,0 +1,192 @@
+/**
+ * Core's `RemoteDirectory`, answered by asking trusted peers: who
+ * `name@instance` is (kept as a local shadow user), their agents (friends
+ * only), and the friendship and group changes the other registry must mirror.
+ * A peer that is not trusted is never asked.
+ */
+import { type Actor, Errors, Ids, RemoteDirectory, type RemoteFailure, Store } from "@mahilo/core"
+import { type Context, Effect, Either, Layer, Option, Schema } from "effect"
+import { errorOf, PeerClient, type PeerCallError, type PeerResponse } from "./PeerClient.js"
+import { type Peer, PeerStore } from "./PeerStore.js"
+import { Peers } from "./Peers.js"
+import * as Protocol from "./Protocol.js"
+import { FederationConfig } from "./FederationConfig.js"
+
+/** The user's name on their own registry: `bob` for the shadow `bob@b.example`. */
+export const localName = (user: { readonly username: string }): string => {
+  const at = user.username.lastIndexOf("@")
+  return at === -1 ? user.username : user.username.slice(0, at)
+}
+
+const unavailable = (peer: string, e: PeerCallError) =>
+  Errors.Unavailable.of(
+    e.reason === "rate-limited" ? "PEER_RATE_LIMITED" : "PEER_UNAVAILABLE",
+    `The registry ${peer} could not be reached: ${e.message}`
+  )
+
+/** A peer's refusal in the contract's terms: 404 stays 404, other refusals conflict, the rest is unavailability. */
+const refused = (peer: string, response: PeerResponse): Errors.NotFound | Errors.Conflict | Errors.Unavailable => {
+  const { code, error } = errorOf(response)
+  if (response.status === 404) return Errors.NotFound.of(code, error)
+  if (response.status === 429) return Errors.Unavailable.of("PEER_RATE_LIMITED", `${peer} asks to slow down: ${error}`)
+  if (response.status >= 400 && response.status < 500 && response.status !== 401 && response.status !== 408) {
+    return Errors.Conflict.of(code, `${peer}: ${error}`)
+  }
+  return Errors.Unavailable.of("PEER_UNAVAILABLE", `${peer} answered HTTP ${response.status} (${code}): ${error}`)
+}
+
+/** An answer that is neither what was asked for nor a refusal the caller can name. */
+const unavailableAnswer = (peer: string, response: PeerResponse) => {
+  const { code, error } = errorOf(response)
+  return Errors.Unavailable.of(
+    response.status === 429 ? "PEER_RATE_LIMITED" : "PEER_UNAVAILABLE",
+    `${peer} answered HTTP ${response.status} (${code}): ${error}`
+  )
+}
+
+const decode = <A, I>(schema: Schema.Schema<A, I>, peer: string, body: unknown) =>
+  Either.match(Schema.decodeUnknownEither(schema)(body), {
+    onLeft: () => Effect.fail(Errors.Unavailable.of("PEER_INVALID_ANSWER", `${peer} answered something unexpected`)),
+    onRight: (a) => Effect.succeed(a)
+  })
+
+export const make: Effect.Effect<
+  Context.Tag.Service<RemoteDirectory>,
+  never,
+  Peers | PeerClient | PeerStore | Store.Users | FederationConfig
+> = Effect.gen(function* () {
+  const peers = yield* Peers
+  const client = yield* PeerClient
+  const store = yield* PeerStore
+  const users = yield* Store.Users
+  const config = yield* FederationConfig
+
+  const notTrusted = (instance: string) => `${instance} is not a registry this one trusts`
+
+  /** The trusted peer named `instance`, or a 409 for calls that cannot say 403. */
+  const peerFor = (instance: string) =>
+    Effect.flatMap(peers.reachable(instance), Option.match({
+      onNone: () => Effect.fail(Errors.Conflict.of("PEER_NOT_TRUSTED", notTrusted(instance))),
+      onSome: (peer) => Effect.succeed(peer)
+    }))
+
+  const call = (peer: Peer, method: "GET" | "POST", path: string, payload?: unknown) =>
+    Effect.mapError(client.signed(peer, method, path, payload), (e) => unavailable(peer.name, e))
+
+  /** A POST that only has to succeed. */
+  const tell = (instance: string, path: string, payload: unknown): Effect.Effect<PeerResponse, RemoteFailure> =>
+    Effect.gen(function* () {
+      const peer = yield* peerFor(instance)
+      const response = yield* call(peer, "POST", path, payload)
+      if (response.status >= 300) return yield* refused(peer.name, response)
+      return response
+    })
+
+  const directory = RemoteDirectory.of({
+    localInstance: config.instanceName,
+
+    resolve: ({ instance, username }) =>
+      Effect.gen(function* () {
+        const peer = yield* Effect.catchTag(peerFor(instance), "Conflict", (e) => Effect.fail(Errors.Forbidden.of(e.code, e.error)))
+        const known = yield* users.findByUsername(`${username}@${instance}`)
+        if (Option.isSome(known)) return known.value
+        const response = yield* call(peer, "GET", Protocol.paths.user(username))
+        if (response.status === 404) {
+          return yield* Errors.NotFound.of("USER_NOT_FOUND", `No user named "${username}@${instance}"`)
+        }
+        if (response.status === 403) {
+          const { code, error } = errorOf(response)
+          return yield* Errors.Forbidden.of(code, `${instance}: ${error}`)
+        }
+        if (response.status !== 200) return yield* unavailableAnswer(peer.name, response)
+        const user = yield* decode(Protocol.UserAnswer, peer.name, response.body)
+        return yield* users.ensureShadow({
+          id: Ids.make("usr"),
+          username: `${user.username.toLowerCase()}@${peer.name}`,
+          displayName: user.display_name,
+          instance: peer.name
+        })
+      }),
+
+    connections: (asker: Actor, user: Store.User) =>
+      Effect.gen(function* () {
+        const instance = user.instance ?? ""
+        const peer = yield* Effect.catchTag(peerFor(instance), "Conflict", (e) => Effect.fail(Errors.Forbidden.of(e.code, e.error)))
+        const response = yield* call(peer, "GET", Protocol.paths.connections(localName(user), asker.username))
+        if (response.status === 403 || response.status === 404) {
+          const { code, error } = errorOf(response)
+          return yield* (response.status === 403 ? Errors.Forbidden.of(code, error) : Errors.NotFound.of(code, error))
+        }
+        if (response.status !== 200) return yield* unavailableAnswer(peer.name, response)
+        const listed = yield* decode(Protocol.ConnectionsAnswer, peer.name, response.body)
+        // Shaped as connections so the contact listing treats them alike; they are never delivered to from here.
+        return listed.map((c): Store.AgentConnection => ({
+          id: c.id,
+          userId: user.id,
+          framework: c.framework,
+          label: c.label,
+          description: c.description,
+          capabilities: c.capabilities,
+          routingPriority: c.routing_priority,
+          status: c.status,
+          mode: "webhook",
+          callbackUrl: null,
+          callbackSecret: "",
+          publicKey: c.public_key,
+          publicKeyAlg: c.public_key_alg,
+          lastSeen: null,
+          createdAt: new Date(0),
+          updatedAt: new Date(0)
+        }))
+      }),
+
+    mirrorFriendship: ({ action, actor, other }) =>
+      Effect.gen(function* () {
+        const me = yield* users.findById(actor.userId)
+        yield* tell(other.instance ?? "", Protocol.paths.friendships, {
+          action,
+          from: actor.username,
+          from_display_name: Option.getOrUndefined(me)?.displayName ?? null,
+          to: localName(other)
+        } satisfies Protocol.FriendshipChange)
+      }),
+
+    inviteToGroup: ({ group, invitedBy, invitee, memberCount }) =>
+      Effect.asVoid(tell(invitee.instance ?? "", Protocol.paths.groupInvite, {
+        group_id: group.id,
+        group_name: group.name,
+        member_count: memberCount,
+        username: localName(invitee),
+        invited_by: invitedBy.username
+      } satisfies Protocol.GroupInvite)),
+
+    remoteGroupMembers: (groupId) => store.remoteGroupMembers(groupId),
+    remoteGroupsOf: (userId) => store.remoteGroupsOf(userId),
+
+    joinRemoteGroup: (membership, actor) =>
+      Effect.gen(function* () {
+        const response = yield* tell(membership.homeInstance, Protocol.paths.groupJoin, {
+          group_id: membership.groupId,
+          username: actor.username
+        } satisfies Protocol.GroupMember)
+        const answer = yield* decode(Protocol.GroupJoinAnswer, membership.homeInstance, response.body)
+        const joined = yield* store.recordJoined(membership.groupId, membership.userId, answer.member_count)
+        return Option.getOrElse(joined, () => ({ ...membership, status: "active" as const, memberCount: answer.member_count }))
+      }),
+
+    leaveRemoteGroup: (membership, actor) =>
+      Effect.gen(function* () {
+        yield* tell(membership.homeInstance, Protocol.paths.groupLeave, {
+          group_id: membership.groupId,
+          username: actor.username
+        } satisfies Protocol.GroupMember).pipe(
+          // Already gone at the home: forget it here too.
+          Effect.catchTag("NotFound", () => Effect.void)
+        )
+        yield* store.forgetRemoteGroup(membership.groupId, membership.userId)
+      })
+  })
+  return directory
+})
+
+export const layer = Layer.effect(RemoteDirectory, make)

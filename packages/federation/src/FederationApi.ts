@@ -1,0 +1,372 @@
+/**
+ * The routes other registries call: `GET /.well-known/mahilo-registry`, the
+ * unsigned handshake, and the signed `/federation/v1/…` endpoints (see
+ * `Protocol`). Handlers are thin: `InboundAuth` decides who is calling, the
+ * registry's own use cases do the work as the calling registry's user (a
+ * local shadow user `name@instance`), so the same rules apply as for local
+ * users; messages keep their id, so a forward seen again is answered, not
+ * delivered again.
+ */
+import { HttpApiBuilder, HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { Errors, Events, Ids, Registry, Store } from "@mahilo/core"
+import { Cause, Duration, Effect, Either, Option, Schema } from "effect"
+import { FederationConfig } from "./FederationConfig.js"
+import * as Handshake from "./Handshake.js"
+import { InboundAuth } from "./InboundAuth.js"
+import { InstanceKeys } from "./InstanceKeys.js"
+import type { Peer } from "./PeerStore.js"
+import { PeerStore } from "./PeerStore.js"
+import { HANDSHAKE_PATH, WELL_KNOWN_PATH } from "./Peers.js"
+import * as Protocol from "./Protocol.js"
+import * as RateLimit from "./RateLimit.js"
+import { Refusal } from "./Refusal.js"
+import * as Relay from "./Relay.js"
+
+/** A JSON answer. */
+export const json = (status: number, body: unknown, headers: Record<string, string> = {}) =>
+  HttpServerResponse.unsafeJson(body, { status, headers })
+
+/** A refusal as `{error, code}` with its status (and `Retry-After`). */
+export const refusal = (r: Refusal) =>
+  json(r.status, { error: r.error, code: r.code }, r.retryAfter !== undefined ? { "retry-after": String(r.retryAfter) } : {})
+
+const statusOfError = {
+  InvalidRequest: 400,
+  Unauthorized: 401,
+  Forbidden: 403,
+  NotFound: 404,
+  Conflict: 409,
+  RateLimited: 429,
+  Unavailable: 503
+} as const
+
+/** A registry use case's failure as a refusal with the same code and status. */
+export const fromRegistryError = (e: Errors.RegistryError): Refusal =>
+  Refusal.of(statusOfError[e._tag], e.code, e.error, e._tag === "RateLimited" ? e.retryAfter : undefined)
+
+const isRegistryError = (e: unknown): e is Errors.RegistryError =>
+  typeof e === "object" && e !== null && typeof (e as { _tag?: unknown })._tag === "string" &&
+  (e as { _tag: string })._tag in statusOfError && typeof (e as { code?: unknown }).code === "string"
+
+/** Runs a handler: refusals and registry errors become answers; anything else is logged and answered 500. */
+export const answer = <R>(handler: Effect.Effect<HttpServerResponse.HttpServerResponse, unknown, R>) =>
+  handler.pipe(
+    Effect.catchAll((e) => {
+      if (e instanceof Refusal) return Effect.succeed(refusal(e))
+      if (isRegistryError(e)) return Effect.succeed(refusal(fromRegistryError(e)))
+      return Effect.zipRight(
+        Effect.logError("Federation request failed", e),
+        Effect.succeed(refusal(Refusal.of(500, "INTERNAL", "The registry failed to handle this request")))
+      )
+    }),
+    Effect.catchAllDefect((defect) =>
+      Effect.zipRight(
+        Effect.logError("Federation request failed", Cause.die(defect)),
+        Effect.succeed(refusal(Refusal.of(500, "INTERNAL", "The registry failed to handle this request")))
+      )
+    )
+  )
+
+/** Decodes a JSON body, or refuses it with `400`. */
+export const decodeBody = <A, I>(schema: Schema.Schema<A, I>, text: string) =>
+  Effect.gen(function* () {
+    let value: unknown
+    try {
+      value = JSON.parse(text)
+    } catch {
+      return yield* Refusal.of(400, "INVALID_REQUEST", "The body is not valid JSON")
+    }
+    return yield* Either.match(Schema.decodeUnknownEither(schema)(value), {
+      onLeft: (e) => Effect.fail(Refusal.of(400, "INVALID_REQUEST", `Invalid body: ${e.message.slice(0, 300)}`)),
+      onRight: Effect.succeed
+    })
+  })
+
+const shadowPrincipal = (user: Store.User): Registry.Principal => ({ userId: user.id, username: user.username, kid: "federation" })
+
+const ANSWER_POLL = [10, 20, 40, 80, 100] as const
+
+export const layer = HttpApiBuilder.Router.use((router) =>
+  Effect.gen(function* () {
+    const config = yield* FederationConfig
+    const keys = yield* InstanceKeys
+    const auth = yield* InboundAuth
+    const registry = yield* Registry.Registry
+    const users = yield* Store.Users
+    const friendships = yield* Store.Friendships
+    const groups = yield* Store.Groups
+    const messages = yield* Store.Messages
+    const store = yield* PeerStore
+    const relay = yield* Relay.Relay
+    const events = yield* Events
+    const context = yield* Effect.context<Store.Messages | Store.Outbox | Events>()
+    const handshakes = RateLimit.makeLimiter({ capacity: 30, refillPerSecond: 1 })
+
+    /** A signed route: authenticated first, then `handle` with the peer and body. */
+    const signed = (
+      handle: (input: { readonly peer: Peer; readonly body: string }) => Effect.Effect<HttpServerResponse.HttpServerResponse, unknown, HttpRouter.RouteContext | HttpServerRequest.ParsedSearchParams>
+    ) =>
+      answer(Effect.gen(function* () {
+        const request = yield* HttpServerRequest.HttpServerRequest
+        const caller = yield* auth.authenticate(request)
+        return yield* handle(caller)
+      }))
+
+    /** The local user (never a shadow) named `name`. */
+    const localUser = (name: string) =>
+      Effect.flatMap(users.findByUsername(name.toLowerCase()), (user) =>
+        Option.isSome(user) && user.value.instance === null
+          ? Effect.succeed(user.value)
+          : Effect.fail(Refusal.of(404, "USER_NOT_FOUND", `No user named "${name}" here`)))
+
+    /** The shadow user here for `name@instance`. */
+    const shadow = (name: string, instance: string, displayName?: string | null) =>
+      users.ensureShadow({
+        id: Ids.make("usr"),
+        username: `${name.toLowerCase()}@${instance}`,
+        displayName: displayName ?? null,
+        instance
+      })
+
+    /** The answer to a forward: the message's status here, final (`200`) or pending (`202`). */
+    const forwardAnswer = (messageId: string) =>
+      Effect.gen(function* () {
+        const { error, status } = Relay.statusOf(yield* messages.deliveriesOf(messageId))
+        if (status === "pending") return json(202, { message_id: messageId, status })
+        yield* relay.markAnswered(messageId)
+        return json(200, { message_id: messageId, status, ...(error !== undefined ? { error } : {}) })
+      })
+
+    /** Waits briefly for the first attempts, so a healthy agent is answered `delivered` at once. */
+    const settled = (messageId: string) =>
+      Effect.gen(function* () {
+        const deadline = Date.now() + config.inboundWaitMs
+        for (let i = 0; Date.now() < deadline; i++) {
+          const { status } = Relay.statusOf(yield* messages.deliveriesOf(messageId))
+          if (status !== "pending") return
+          yield* Effect.sleep(Duration.millis(Math.min(ANSWER_POLL[Math.min(i, ANSWER_POLL.length - 1)]!, Math.max(1, deadline - Date.now()))))
+        }
+      })
+
+    // -- public ----------------------------------------------------------------
+
+    yield* router.get(
+      WELL_KNOWN_PATH,
+      answer(Effect.map(keys.document, (document) => json(200, document, { "cache-control": "max-age=60" })))
+    )
+
+    yield* router.post(
+      HANDSHAKE_PATH,
+      answer(Effect.gen(function* () {
+        const taken = handshakes.take("handshake", Date.now())
+        if (!taken.allowed) return yield* Refusal.of(429, "RATE_LIMITED", "Too many handshakes", taken.retryAfterSeconds)
+        const request = yield* HttpServerRequest.HttpServerRequest
+        const text = yield* Effect.mapError(request.text, () => Refusal.of(400, "INVALID_REQUEST", "Unreadable body"))
+        const challenge = yield* decodeBody(Handshake.HandshakeRequest, text)
+        const key = yield* keys.current
+        return json(200, Handshake.answer({ baseUrl: config.publicUrl, keyId: key.keyId, privateKey: key.privateKey }, challenge))
+      }))
+    )
+
+    // -- discovery ---------------------------------------------------------------
+
+    yield* router.get(
+      `${Protocol.PREFIX}/users/:username`,
+      signed(() =>
+        Effect.gen(function* () {
+          const { username } = yield* HttpRouter.params
+          const user = yield* localUser(username ?? "")
+          return json(200, { username: user.username, display_name: user.displayName } satisfies Protocol.UserAnswer)
+        }))
+    )
+
+    yield* router.get(
+      `${Protocol.PREFIX}/users/:username/connections`,
+      signed(({ peer }) =>
+        Effect.gen(function* () {
+          const { username } = yield* HttpRouter.params
+          const search = yield* HttpServerRequest.ParsedSearchParams
+          const asker = typeof search["asker"] === "string" ? search["asker"] : ""
+          const user = yield* localUser(username ?? "")
+          const friend = yield* users.findByUsername(`${asker.toLowerCase()}@${peer.name}`)
+          if (Option.isNone(friend)) {
+            return yield* Refusal.of(403, "NOT_FRIENDS", `${asker}@${peer.name} and ${user.username} are not friends`)
+          }
+          const listed = yield* registry.contactConnections(shadowPrincipal(friend.value), user.username)
+          return json(200, listed.map((c) => ({
+            id: c.id,
+            framework: c.framework,
+            label: c.label,
+            description: c.description,
+            capabilities: [...c.capabilities],
+            routing_priority: c.routingPriority,
+            public_key: c.publicKey,
+            public_key_alg: c.publicKeyAlg,
+            status: c.status
+          })))
+        }))
+    )
+
+    // -- friendships ---------------------------------------------------------------
+
+    yield* router.post(
+      Protocol.paths.friendships,
+      signed(({ body, peer }) =>
+        Effect.gen(function* () {
+          const change = yield* decodeBody(Protocol.FriendshipChange, body)
+          const target = yield* localUser(change.to)
+          const from = yield* shadow(change.from, peer.name, change.from_display_name)
+          const principal = shadowPrincipal(from)
+          if (change.action === "request") {
+            const result = yield* registry.requestFriend(principal, target.username)
+            return json(result.status === "pending" ? 201 : 200, { status: result.status })
+          }
+          const row = yield* friendships.findPair(from.id, target.id)
+          if (Option.isNone(row)) {
+            if (change.action === "reject" || change.action === "unfriend") return json(200, { status: "removed" })
+            return yield* Refusal.of(404, "FRIENDSHIP_NOT_FOUND", `${from.username} and ${target.username} have no friendship here`)
+          }
+          switch (change.action) {
+            case "accept":
+              yield* registry.acceptFriend(principal, row.value.id)
+              return json(200, { status: "accepted" })
+            case "reject":
+              yield* registry.rejectFriend(principal, row.value.id)
+              return json(200, { status: "removed" })
+            case "block":
+              yield* registry.blockFriend(principal, row.value.id)
+              return json(200, { status: "blocked" })
+            case "unfriend":
+              yield* registry.unfriend(principal, row.value.id)
+              return json(200, { status: "removed" })
+          }
+        }))
+    )
+
+    // -- messages --------------------------------------------------------------------
+
+    yield* router.post(
+      Protocol.paths.messages,
+      signed(({ body, peer }) =>
+        Effect.gen(function* () {
+          const forwarded = yield* decodeBody(Protocol.ForwardedMessage, body)
+          const seen = yield* messages.find(forwarded.message_id)
+          if (Option.isSome(seen)) {
+            if (seen.value.originInstance !== peer.name) {
+              return yield* Refusal.of(409, "MESSAGE_ID_TAKEN", "Another message already has this id")
+            }
+            return yield* forwardAnswer(forwarded.message_id)
+          }
+
+          // Who sent it: a user of the calling registry, or (only from a group's home) of a third one.
+          const at = forwarded.sender.indexOf("@")
+          const senderName = at === -1 ? forwarded.sender : forwarded.sender.slice(0, at)
+          const senderInstance = at === -1 ? peer.name : forwarded.sender.slice(at + 1).toLowerCase()
+          const group = forwarded.group
+          if (forwarded.recipient_type === "group") {
+            if (group === undefined) return yield* Refusal.of(400, "INVALID_REQUEST", "A group message names its group")
+            const toHome = Option.isSome(yield* groups.find(group.id))
+            const fromHome = !toHome && group.home === peer.name
+            if (toHome !== (group.home === config.instanceName) || (!fromHome && !toHome)) {
+              return yield* Refusal.of(403, "NOT_GROUP_HOME", `${peer.name} is not the home of this group`)
+            }
+            if (toHome && at !== -1) return yield* Refusal.of(403, "SENDER_NOT_VOUCHED", "A member's registry speaks for its own users only")
+          } else if (at !== -1) {
+            return yield* Refusal.of(403, "SENDER_NOT_VOUCHED", "A registry speaks for its own users only")
+          } else if (forwarded.recipient === undefined) {
+            return yield* Refusal.of(400, "INVALID_REQUEST", "A user message names its recipient")
+          }
+          if (senderInstance === config.instanceName) {
+            return yield* Refusal.of(403, "SENDER_NOT_VOUCHED", "A peer cannot speak for this registry's users")
+          }
+          const sender = yield* shadow(senderName, senderInstance, forwarded.sender_display_name)
+
+          const result = yield* registry.send(shadowPrincipal(sender), {
+            recipient: forwarded.recipient_type === "group" ? group!.id : forwarded.recipient!,
+            recipientType: forwarded.recipient_type,
+            message: forwarded.message,
+            context: forwarded.context,
+            payloadType: forwarded.payload_type,
+            encryption: forwarded.encryption,
+            senderSignature: forwarded.sender_signature,
+            correlationId: forwarded.correlation_id,
+            federated: { messageId: forwarded.message_id, originInstance: peer.name, senderAgent: forwarded.sender_agent }
+          }).pipe(
+            // The same forward arriving twice at once: the second insert loses; answer the first.
+            Effect.catchTag("Conflict", (e) =>
+              Effect.flatMap(messages.find(forwarded.message_id), (m) =>
+                Option.isSome(m) ? Effect.succeed({ _tag: "Deduplicated" as const, message: m.value }) : Effect.fail(e)))
+          )
+          if (result._tag === "Rejected") {
+            yield* relay.markAnswered(forwarded.message_id)
+            return json(200, { message_id: forwarded.message_id, status: "failed", error: `rejected by a policy: ${result.reason}` })
+          }
+          if (result._tag === "Accepted") yield* settled(forwarded.message_id)
+          return yield* forwardAnswer(forwarded.message_id)
+        }))
+    )
+
+    yield* router.post(
+      Protocol.paths.status,
+      signed(({ body, peer }) =>
+        Effect.gen(function* () {
+          const report = yield* decodeBody(Protocol.StatusReport, body)
+          const message = yield* messages.find(report.message_id)
+          if (Option.isNone(message)) return yield* Refusal.of(404, "MESSAGE_NOT_FOUND", "No such message here")
+          const settledCount = yield* Effect.provide(Relay.settle(peer.name, report), context)
+          return json(200, { message_id: report.message_id, settled: settledCount })
+        }))
+    )
+
+    // -- groups ------------------------------------------------------------------------
+
+    yield* router.post(
+      Protocol.paths.groupInvite,
+      signed(({ body, peer }) =>
+        Effect.gen(function* () {
+          const invite = yield* decodeBody(Protocol.GroupInvite, body)
+          const user = yield* localUser(invite.username)
+          const invitedBy = `${invite.invited_by.toLowerCase()}@${peer.name}`
+          yield* store.recordInvite({
+            groupId: invite.group_id,
+            groupName: invite.group_name,
+            homeInstance: peer.name,
+            userId: user.id,
+            memberCount: invite.member_count,
+            invitedBy
+          })
+          yield* events.publish({ _tag: "GroupInvite", userId: user.id, groupId: invite.group_id, groupName: invite.group_name, invitedBy })
+          return json(200, { status: "invited" })
+        }))
+    )
+
+    const memberOfHere = (peer: Peer, member: Protocol.GroupMember) =>
+      Effect.flatMap(users.findByUsername(`${member.username.toLowerCase()}@${peer.name}`), Option.match({
+        onNone: () => Effect.fail(Refusal.of(404, "GROUP_NOT_FOUND", "No such group, or that user was not invited to it")),
+        onSome: (user) => Effect.succeed(shadowPrincipal(user))
+      }))
+
+    yield* router.post(
+      Protocol.paths.groupJoin,
+      signed(({ body, peer }) =>
+        Effect.gen(function* () {
+          const member = yield* decodeBody(Protocol.GroupMember, body)
+          const principal = yield* memberOfHere(peer, member)
+          yield* registry.join(principal, member.group_id)
+          const view = yield* registry.viewGroup(principal, member.group_id)
+          return json(200, { group_id: view.group.id, name: view.group.name, member_count: view.memberCount })
+        }))
+    )
+
+    yield* router.post(
+      Protocol.paths.groupLeave,
+      signed(({ body, peer }) =>
+        Effect.gen(function* () {
+          const member = yield* decodeBody(Protocol.GroupMember, body)
+          const principal = yield* memberOfHere(peer, member)
+          const left = yield* registry.leave(principal, member.group_id)
+          return json(200, { success: true, group_deleted: left.groupDeleted })
+        }))
+    )
+  })
+)

@@ -1,0 +1,69 @@
+/**
+ * What the server tells federation: who this registry is, the operator's
+ * secret, and the knobs of signed traffic (rate limits, waits, rechecks).
+ */
+import { Context, Option, type Redacted } from "effect"
+import * as InstanceIdentity from "./InstanceIdentity.js"
+import * as RateLimit from "./RateLimit.js"
+import * as Signatures from "./Signatures.js"
+
+export interface FederationOptions {
+  /** `MAHILO_INSTANCE_NAME`: this registry's public name (host or host:port). */
+  readonly instanceName: string
+  /** `MAHILO_PUBLIC_URL`: the base URL peers reach this registry at. */
+  readonly publicUrl: string
+  /** `MAHILO_ADMIN_KEY`: the operator's secret for the admin endpoints (none: admin endpoints are off). */
+  readonly adminKey: Redacted.Redacted<string> | undefined
+  /** Requests per peer and direction. */
+  readonly peerRateLimit?: RateLimit.Policy | undefined
+  /** One server-to-server request's timeout. */
+  readonly requestTimeoutMs?: number | undefined
+  /** How long an inbound message waits for its first delivery before answering `pending`. */
+  readonly inboundWaitMs?: number | undefined
+  /** How long after a peer accepted a message the origin asks again for its status. */
+  readonly statusRecheckMs?: number | undefined
+  /** How long the origin waits for a peer's final status before giving up on a message. */
+  readonly maxAwaitMs?: number | undefined
+  /** How long a rotated-out key of this registry keeps verifying. */
+  readonly keyGraceMs?: number | undefined
+  /** Accepted clock difference for signed requests, in seconds. */
+  readonly maxSkewSeconds?: number | undefined
+  /** The least time between two re-fetches of one peer's keys (on meeting an unknown key id). */
+  readonly keyRefetchIntervalMs?: number | undefined
+  /** The version published in the well-known document. */
+  readonly version?: string | undefined
+}
+
+/** The options with every default filled in. */
+export interface Settings {
+  readonly instanceName: string
+  /** Canonical (see `InstanceIdentity.normalizeBaseUrl`). */
+  readonly publicUrl: string
+  readonly adminKey: Redacted.Redacted<string> | undefined
+  readonly peerRateLimit: RateLimit.Policy
+  readonly requestTimeoutMs: number
+  readonly inboundWaitMs: number
+  readonly statusRecheckMs: number
+  readonly maxAwaitMs: number
+  readonly keyGraceMs: number
+  readonly maxSkewSeconds: number
+  readonly keyRefetchIntervalMs: number
+  readonly version: string
+}
+
+export const settings = (options: FederationOptions): Settings => ({
+  instanceName: options.instanceName.toLowerCase(),
+  publicUrl: Option.getOrElse(InstanceIdentity.normalizeBaseUrl(options.publicUrl), () => options.publicUrl),
+  adminKey: options.adminKey,
+  peerRateLimit: options.peerRateLimit ?? RateLimit.DEFAULT_PEER_POLICY,
+  requestTimeoutMs: options.requestTimeoutMs ?? 10_000,
+  inboundWaitMs: options.inboundWaitMs ?? 1_000,
+  statusRecheckMs: options.statusRecheckMs ?? 60_000,
+  maxAwaitMs: options.maxAwaitMs ?? 3 * 24 * 60 * 60_000,
+  keyGraceMs: options.keyGraceMs ?? InstanceIdentity.DEFAULT_GRACE_MS,
+  maxSkewSeconds: options.maxSkewSeconds ?? Signatures.DEFAULT_MAX_SKEW_SECONDS,
+  keyRefetchIntervalMs: options.keyRefetchIntervalMs ?? 30_000,
+  version: options.version ?? "0.1.0"
+})
+
+export class FederationConfig extends Context.Tag("@mahilo/federation/FederationConfig")<FederationConfig, Settings>() {}

@@ -1,0 +1,129 @@
+/**
+ * Core's `PeerTransport`: one attempt of a `peer` delivery from the durable
+ * outbox. The message is forwarded under its own id to the registry named by
+ * the delivery; the peer answers with the far side's status — final (`200`),
+ * or `202` while its own deliveries are pending, in which case the delivery
+ * stays pending here until the peer reports (see `Relay`) or a recheck asks
+ * again (forwarding the same id again is idempotent at the peer).
+ */
+import { type PeerOutcome, PeerTransport, type RetrySchedule, Store } from "@mahilo/core"
+import { type Context, Effect, Either, Layer, Option, Schema } from "effect"
+import { localName } from "./Directory.js"
+import { FederationConfig } from "./FederationConfig.js"
+import * as FederationAuthError from "./FederationAuthError.js"
+import { errorOf, PeerClient } from "./PeerClient.js"
+import { PeerStore } from "./PeerStore.js"
+import { Peers } from "./Peers.js"
+import * as Protocol from "./Protocol.js"
+
+const refused = (reason: string): RetrySchedule.Outcome => ({ _tag: "Refused", reason })
+
+const authCodes = new Set(Object.keys(FederationAuthError.statusOf))
+
+const decodeAnswer = Schema.decodeUnknownEither(Protocol.ForwardAnswer)
+
+export const make: Effect.Effect<
+  Context.Tag.Service<PeerTransport>,
+  never,
+  Peers | PeerClient | PeerStore | Store.Users | Store.Groups | FederationConfig
+> = Effect.gen(function* () {
+  const peers = yield* Peers
+  const client = yield* PeerClient
+  const store = yield* PeerStore
+  const users = yield* Store.Users
+  const groups = yield* Store.Groups
+  const config = yield* FederationConfig
+
+  /** The forward's body, or why this message cannot go to `peer`. */
+  const bodyFor = (claimed: Store.ClaimedDelivery, peer: string) =>
+    Effect.gen(function* () {
+      const m = claimed.message
+      const sender = Option.getOrUndefined(yield* users.findById(m.senderId))
+      if (sender?.instance === peer) return Either.left(`the message came from ${peer}; it is not sent back there`)
+      const base = {
+        message_id: m.id,
+        sender: m.senderName,
+        sender_display_name: sender?.displayName ?? null,
+        sender_agent: m.senderAgent,
+        message: m.message,
+        context: m.context,
+        payload_type: m.payloadType,
+        ...(m.encryption !== null ? { encryption: m.encryption } : {}),
+        ...(m.senderSignature !== null ? { sender_signature: m.senderSignature } : {}),
+        correlation_id: m.correlationId
+      }
+      if (m.recipientType === "user") {
+        const recipient = claimed.delivery.recipientUserId === null
+          ? undefined
+          : Option.getOrUndefined(yield* users.findById(claimed.delivery.recipientUserId))
+        if (recipient === undefined || recipient.instance !== peer) {
+          return Either.left(`the recipient is not a user of ${peer}`)
+        }
+        return Either.right<Protocol.ForwardedMessage>({ ...base, recipient_type: "user", recipient: localName(recipient) })
+      }
+      const home = Option.isSome(yield* groups.find(m.recipientId))
+        ? config.instanceName
+        : (yield* store.remoteGroupMembers(m.recipientId))[0]?.homeInstance
+      if (home === undefined) return Either.left("the group no longer exists")
+      return Either.right<Protocol.ForwardedMessage>({
+        ...base,
+        recipient_type: "group",
+        group: { id: m.recipientId, name: m.recipientName, home }
+      })
+    })
+
+  const attempt = (claimed: Store.ClaimedDelivery): Effect.Effect<PeerOutcome, unknown> =>
+    Effect.gen(function* () {
+      const name = claimed.delivery.peerId ?? ""
+      const peer = yield* peers.findByName(name)
+      if (Option.isNone(peer)) return refused(`${name} is not on this registry's allowlist`)
+      if (peer.value.status === "blocked") return refused(`${name} is blocked by this registry's operator`)
+      if (peer.value.status !== "trusted") return refused(`${name} is not trusted`)
+      const body = yield* bodyFor(claimed, peer.value.name)
+      if (Either.isLeft(body)) return refused(body.left)
+
+      const sent = yield* Effect.either(client.signed(peer.value, "POST", Protocol.paths.messages, body.right))
+      if (Either.isLeft(sent)) {
+        const e = sent.left
+        switch (e.reason) {
+          case "timeout":
+            return { _tag: "Timeout", timeoutMs: config.requestTimeoutMs } as const
+          case "rate-limited":
+            return { _tag: "Response", status: 429, retryAfterMs: e.retryAfterMs } as const
+          case "unreachable":
+            return { _tag: "NetworkError", message: e.message } as const
+        }
+      }
+      const response = sent.right
+      const { code, error } = errorOf(response)
+      if (response.status === 200 || response.status === 202) {
+        const answer = decodeAnswer(response.body)
+        if (Either.isLeft(answer)) return refused(`${name} answered the forward with something unexpected`)
+        if (answer.right.status === "delivered") return { _tag: "Response", status: 200 } as const
+        if (answer.right.status === "failed") return refused(`${name} could not deliver it: ${answer.right.error ?? "failed"}`)
+        if (Date.now() - claimed.message.createdAt.getTime() > config.maxAwaitMs) {
+          return refused(`${name} reported no final status in time`)
+        }
+        return { _tag: "Accepted", recheckAfterMs: config.statusRecheckMs } as const
+      }
+      if (response.status === 429 || response.status === 408) {
+        return { _tag: "Response", status: response.status, retryAfterMs: response.retryAfterMs } as const
+      }
+      // Trust must be mutual: until the peer's operator adds us (or while a key rotation
+      // settles) our requests are refused; that may change, so it is retried.
+      if (authCodes.has(code)) return { _tag: "NetworkError", message: `${name} refused our request: ${code}` } as const
+      if (response.status >= 400 && response.status < 500) {
+        return refused(`${name} refused it: HTTP ${response.status} ${code}: ${error}`)
+      }
+      return { _tag: "Response", status: response.status } as const
+    })
+
+  return PeerTransport.of({
+    attempt: (claimed) =>
+      attempt(claimed).pipe(
+        Effect.catchAll((e) => Effect.succeed<PeerOutcome>({ _tag: "NetworkError", message: `local failure: ${String(e)}` }))
+      )
+  })
+})
+
+export const layer = Layer.effect(PeerTransport, make)

@@ -1,0 +1,203 @@
+/**
+ * Federation's tables on `@effect/sql` (PostgreSQL dialect, PGlite or
+ * PostgreSQL): this registry's keys (`instance_keys`), the operator's
+ * allowlist (`registry_instances`), seen request nonces (`federation_nonces`),
+ * and local users' side of remote groups (`remote_group_members`).
+ */
+import { SqlClient } from "@effect/sql"
+import type { SqlError } from "@effect/sql/SqlError"
+import { Ids, type RemoteGroupMembership } from "@mahilo/core"
+import { Context, Effect, Layer, Option } from "effect"
+import type * as InstanceIdentity from "./InstanceIdentity.js"
+
+/** A signing key of this registry, as stored. Times are epoch milliseconds. */
+export interface StoredKey extends InstanceIdentity.InstanceKey, InstanceIdentity.KeyRecord {}
+
+export type PeerStatus = "pending" | "trusted" | "blocked"
+
+/** A registry on the allowlist. */
+export interface Peer {
+  readonly id: string
+  readonly name: string
+  readonly baseUrl: string
+  readonly keys: ReadonlyArray<{ readonly keyId: string; readonly publicKey: string }>
+  readonly status: PeerStatus
+  readonly createdAt: Date
+  readonly updatedAt: Date
+}
+
+type Row = Record<string, any>
+
+const time = (value: unknown): number => (value instanceof Date ? value.getTime() : new Date(String(value)).getTime())
+const fromJson = (value: unknown): unknown => (typeof value === "string" ? JSON.parse(value) : value)
+
+const keyRow = (r: Row): StoredKey => ({
+  keyId: r.key_id,
+  publicKey: r.public_key,
+  privateKey: r.private_key,
+  createdAt: time(r.created_at),
+  retiredAt: r.retired_at === null || r.retired_at === undefined ? undefined : time(r.retired_at)
+})
+
+const peerRow = (r: Row): Peer => ({
+  id: r.id,
+  name: r.name,
+  baseUrl: r.base_url,
+  keys: ((fromJson(r.keys) ?? []) as ReadonlyArray<{ key_id: string; public_key: string }>).map((k) => ({
+    keyId: k.key_id,
+    publicKey: k.public_key
+  })),
+  status: r.status,
+  createdAt: r.created_at,
+  updatedAt: r.updated_at
+})
+
+const remoteRow = (r: Row): RemoteGroupMembership => ({
+  groupId: r.group_id,
+  groupName: r.group_name,
+  homeInstance: r.home_instance,
+  userId: r.user_id,
+  status: r.status,
+  memberCount: r.member_count,
+  invitedBy: r.invited_by ?? null,
+  createdAt: r.created_at,
+  joinedAt: r.joined_at ?? null
+})
+
+const keysJson = (keys: ReadonlyArray<{ readonly keyId: string; readonly publicKey: string }>) =>
+  JSON.stringify(keys.map((k) => ({ key_id: k.keyId, public_key: k.publicKey })))
+
+export const make = Effect.gen(function* () {
+  const sql = yield* SqlClient.SqlClient
+
+  return {
+    // -- this registry's keys ------------------------------------------------
+
+    keys: Effect.map(sql`SELECT * FROM instance_keys ORDER BY created_at DESC`, (rows) => rows.map(keyRow)),
+
+    /** Stores `key` as the current key unless there already is one (several nodes may start at once). */
+    ensureKey: (key: InstanceIdentity.InstanceKey) =>
+      Effect.asVoid(sql`
+        INSERT INTO instance_keys (key_id, public_key, private_key)
+        SELECT ${key.keyId}, ${key.publicKey}, ${key.privateKey}
+        WHERE NOT EXISTS (SELECT 1 FROM instance_keys WHERE retired_at IS NULL)
+        ON CONFLICT DO NOTHING`),
+
+    /** Retires every current key and makes `key` current, atomically. */
+    rotateKey: (key: InstanceIdentity.InstanceKey) =>
+      sql.withTransaction(
+        Effect.zipRight(
+          sql`UPDATE instance_keys SET retired_at = now() WHERE retired_at IS NULL`,
+          sql`INSERT INTO instance_keys (key_id, public_key, private_key) VALUES (${key.keyId}, ${key.publicKey}, ${key.privateKey})`
+        )
+      ).pipe(Effect.asVoid),
+
+    // -- the allowlist -------------------------------------------------------
+
+    findPeer: (id: string) =>
+      Effect.map(sql`SELECT * FROM registry_instances WHERE id = ${id}`, (rows) => Option.map(Option.fromNullable(rows[0]), peerRow)),
+    findPeerByName: (name: string) =>
+      Effect.map(sql`SELECT * FROM registry_instances WHERE name = ${name}`, (rows) => Option.map(Option.fromNullable(rows[0]), peerRow)),
+    listPeers: Effect.map(sql`SELECT * FROM registry_instances ORDER BY created_at, id`, (rows) => rows.map(peerRow)),
+
+    /**
+     * Records a peer that passed the handshake as trusted: a new row, or the
+     * row with its name or base URL updated (re-adding a peer re-trusts it).
+     */
+    trustPeer: (peer: {
+      readonly name: string
+      readonly baseUrl: string
+      readonly keys: ReadonlyArray<{ readonly keyId: string; readonly publicKey: string }>
+    }): Effect.Effect<Peer, SqlError> =>
+      sql.withTransaction(
+        Effect.gen(function* () {
+          const existing = yield* sql`
+            SELECT * FROM registry_instances WHERE name = ${peer.name} OR base_url = ${peer.baseUrl} ORDER BY created_at`
+          // A name or URL that moved: keep one row, drop any other that now collides.
+          const keep = existing[0]
+          for (const other of existing.slice(1)) yield* sql`DELETE FROM registry_instances WHERE id = ${other.id}`
+          const rows = keep === undefined
+            ? yield* sql`
+              INSERT INTO registry_instances (id, name, base_url, keys, status)
+              VALUES (${Ids.make("peer")}, ${peer.name}, ${peer.baseUrl}, ${keysJson(peer.keys)}::jsonb, 'trusted')
+              RETURNING *`
+            : yield* sql`
+              UPDATE registry_instances SET name = ${peer.name}, base_url = ${peer.baseUrl},
+                keys = ${keysJson(peer.keys)}::jsonb, status = 'trusted', updated_at = now()
+              WHERE id = ${keep.id} RETURNING *`
+          return peerRow(rows[0]!)
+        })
+      ),
+
+    setPeerStatus: (id: string, status: PeerStatus) =>
+      Effect.map(
+        sql`UPDATE registry_instances SET status = ${status}, updated_at = now() WHERE id = ${id} RETURNING *`,
+        (rows) => Option.map(Option.fromNullable(rows[0]), peerRow)
+      ),
+
+    setPeerKeys: (id: string, keys: ReadonlyArray<{ readonly keyId: string; readonly publicKey: string }>) =>
+      Effect.asVoid(sql`UPDATE registry_instances SET keys = ${keysJson(keys)}::jsonb, updated_at = now() WHERE id = ${id}`),
+
+    // -- replay protection ---------------------------------------------------
+
+    /** Records a nonce; false when it was already seen (a replay). */
+    rememberNonce: (peerId: string, nonce: string, expiresAt: Date) =>
+      Effect.map(
+        sql`
+          INSERT INTO federation_nonces (peer_id, nonce, expires_at) VALUES (${peerId}, ${nonce}, ${expiresAt})
+          ON CONFLICT DO NOTHING RETURNING nonce`,
+        (rows) => rows.length > 0
+      ),
+
+    purgeNonces: (now: Date) =>
+      Effect.map(sql`DELETE FROM federation_nonces WHERE expires_at < ${now} RETURNING nonce`, (rows) => rows.length),
+
+    // -- remote groups -------------------------------------------------------
+
+    remoteGroupMembers: (groupId: string) =>
+      Effect.map(
+        sql`SELECT * FROM remote_group_members WHERE group_id = ${groupId} ORDER BY created_at, user_id`,
+        (rows) => rows.map(remoteRow)
+      ),
+    remoteGroupsOf: (userId: string) =>
+      Effect.map(
+        sql`SELECT * FROM remote_group_members WHERE user_id = ${userId} ORDER BY created_at, group_id`,
+        (rows) => rows.map(remoteRow)
+      ),
+
+    /** An invitation arrived from the group's home; an existing row keeps its status. */
+    recordInvite: (input: {
+      readonly groupId: string
+      readonly groupName: string
+      readonly homeInstance: string
+      readonly userId: string
+      readonly memberCount: number
+      readonly invitedBy: string
+    }) =>
+      Effect.asVoid(sql`
+        INSERT INTO remote_group_members (group_id, user_id, home_instance, group_name, status, member_count, invited_by)
+        VALUES (${input.groupId}, ${input.userId}, ${input.homeInstance}, ${input.groupName}, 'invited',
+          ${input.memberCount}, ${input.invitedBy})
+        ON CONFLICT (group_id, user_id) DO UPDATE SET group_name = EXCLUDED.group_name,
+          member_count = EXCLUDED.member_count`),
+
+    recordJoined: (groupId: string, userId: string, memberCount: number) =>
+      Effect.map(
+        sql`
+          UPDATE remote_group_members SET status = 'active', member_count = ${memberCount},
+            joined_at = COALESCE(joined_at, now())
+          WHERE group_id = ${groupId} AND user_id = ${userId} RETURNING *`,
+        (rows) => Option.map(Option.fromNullable(rows[0]), remoteRow)
+      ),
+
+    forgetRemoteGroup: (groupId: string, userId: string) =>
+      Effect.asVoid(sql`DELETE FROM remote_group_members WHERE group_id = ${groupId} AND user_id = ${userId}`)
+  }
+})
+
+export class PeerStore extends Context.Tag("@mahilo/federation/PeerStore")<
+  PeerStore,
+  Effect.Effect.Success<typeof make>
+>() {}
+
+export const layer: Layer.Layer<PeerStore, never, SqlClient.SqlClient> = Layer.effect(PeerStore, make)

@@ -1,0 +1,143 @@
+/**
+ * The operator's allowlist: adding a peer (fetch its well-known document, run
+ * the handshake, record it as trusted), listing, blocking; and, for incoming
+ * requests, the peer a request claims to come from and the key it names —
+ * re-fetched from the peer's own base URL when the key id is new to us (the
+ * peer rotated its key).
+ */
+import { Context, Effect, Either, Layer, Option, Schema } from "effect"
+import { FederationAuthError } from "./FederationAuthError.js"
+import { FederationConfig } from "./FederationConfig.js"
+import * as Handshake from "./Handshake.js"
+import * as InstanceIdentity from "./InstanceIdentity.js"
+import { PeerClient } from "./PeerClient.js"
+import { type Peer, type PeerStatus, PeerStore } from "./PeerStore.js"
+import { Refusal } from "./Refusal.js"
+
+/** Where the handshake is answered. */
+export const HANDSHAKE_PATH = "/federation/v1/handshake"
+/** Where a registry publishes who it is. */
+export const WELL_KNOWN_PATH = "/.well-known/mahilo-registry"
+
+const decodeDocument = Schema.decodeUnknownEither(InstanceIdentity.WellKnownDocument)
+const decodeAnswer = Schema.decodeUnknownEither(Handshake.HandshakeAnswer)
+
+export const make = Effect.gen(function* () {
+  const store = yield* PeerStore
+  const client = yield* PeerClient
+  const config = yield* FederationConfig
+  const lastRefetch = new Map<string, number>()
+
+  /** The well-known document at `baseUrl`, checked against its schema. */
+  const fetchDocument = (baseUrl: string) =>
+    Effect.gen(function* () {
+      const response = yield* client.get(`${baseUrl}${WELL_KNOWN_PATH}`).pipe(
+        Effect.mapError((e) => Refusal.of(502, "PEER_UNREACHABLE", `Could not fetch ${baseUrl}${WELL_KNOWN_PATH}: ${e.message}`))
+      )
+      if (response.status !== 200) {
+        return yield* Refusal.of(502, "PEER_UNREACHABLE", `${baseUrl}${WELL_KNOWN_PATH} answered HTTP ${response.status}`)
+      }
+      return yield* Either.match(decodeDocument(response.body), {
+        onLeft: () => Effect.fail(Refusal.of(502, "INVALID_WELL_KNOWN", `${baseUrl} does not publish a valid registry document`)),
+        onRight: Effect.succeed
+      })
+    })
+
+  /** Adds (or re-trusts) the registry at `input` after it proves it holds its key and URL. */
+  const add = (input: string) =>
+    Effect.gen(function* () {
+      const baseUrl = yield* Option.match(InstanceIdentity.normalizeBaseUrl(input), {
+        onNone: () => Effect.fail(Refusal.of(400, "INVALID_BASE_URL", "base_url must be http(s)://host[:port][/path]")),
+        onSome: Effect.succeed
+      })
+      if (baseUrl === config.publicUrl) {
+        return yield* Refusal.of(400, "INVALID_BASE_URL", "That is this registry's own base URL")
+      }
+      const document = yield* fetchDocument(baseUrl)
+      const challenge = Handshake.makeChallenge(Date.now())
+      const response = yield* client.post(`${baseUrl}${HANDSHAKE_PATH}`, { challenge: challenge.value, base_url: config.publicUrl })
+        .pipe(Effect.mapError((e) => Refusal.of(502, "PEER_UNREACHABLE", `The handshake with ${baseUrl} failed: ${e.message}`)))
+      if (response.status !== 200) {
+        return yield* Refusal.of(502, "HANDSHAKE_FAILED", `${baseUrl} answered the handshake with HTTP ${response.status}`)
+      }
+      const answer = yield* Either.match(decodeAnswer(response.body), {
+        onLeft: () => Effect.fail(Refusal.of(502, "HANDSHAKE_FAILED", `${baseUrl} answered the handshake with something else`)),
+        onRight: Effect.succeed
+      })
+      const verified = yield* Either.match(
+        Handshake.check({ challenge, answer, document, expectedBaseUrl: baseUrl, ourBaseUrl: config.publicUrl, now: Date.now() }),
+        { onLeft: (e) => Effect.fail(Refusal.of(e.status, e.code, e.error)), onRight: Effect.succeed }
+      )
+      if (verified.name === config.instanceName) {
+        return yield* Refusal.of(400, "INVALID_BASE_URL", "That registry has this registry's own name")
+      }
+      return yield* store.trustPeer({
+        name: verified.name,
+        baseUrl: verified.baseUrl,
+        keys: verified.keys.map((k) => ({ keyId: k.key_id, publicKey: k.public_key }))
+      })
+    })
+
+  /** The peer's keys from its own base URL, when it still names itself the same; at most once per interval. */
+  const refetchKeys = (peer: Peer) =>
+    Effect.gen(function* () {
+      const now = Date.now()
+      if (now - (lastRefetch.get(peer.id) ?? 0) < config.keyRefetchIntervalMs) return peer
+      lastRefetch.set(peer.id, now)
+      const document = yield* Effect.either(fetchDocument(peer.baseUrl))
+      if (Either.isLeft(document)) {
+        yield* Effect.logWarning(`Could not re-fetch the keys of ${peer.name}: ${document.left.error}`)
+        return peer
+      }
+      const claimed = InstanceIdentity.normalizeBaseUrl(document.right.base_url)
+      if (document.right.name !== peer.name || Option.getOrUndefined(claimed) !== peer.baseUrl) {
+        yield* Effect.logWarning(`${peer.baseUrl} now calls itself ${document.right.name}; its keys were not taken`)
+        return peer
+      }
+      const keys = document.right.keys.map((k) => ({ keyId: k.key_id, publicKey: k.public_key }))
+      yield* store.setPeerKeys(peer.id, keys)
+      return { ...peer, keys }
+    })
+
+  /** The trusted peer named `name`, or why a request from it is refused. */
+  const trusted = (name: string | undefined) =>
+    Effect.gen(function* () {
+      const peer = name === undefined ? Option.none<Peer>() : yield* Effect.orDie(store.findPeerByName(name.toLowerCase()))
+      if (Option.isNone(peer)) {
+        return yield* FederationAuthError.of("PEER_NOT_TRUSTED", `${JSON.stringify(name ?? "")} is not a registry this one trusts`)
+      }
+      if (peer.value.status === "blocked") {
+        return yield* FederationAuthError.of("PEER_BLOCKED", `${peer.value.name} is blocked by this registry's operator`)
+      }
+      if (peer.value.status !== "trusted") {
+        return yield* FederationAuthError.of("PEER_NOT_TRUSTED", `${peer.value.name} is not trusted (yet)`)
+      }
+      return peer.value
+    })
+
+  /** The public key `peer` signs with under `keyId`, re-fetching its document for a key id we have not seen. */
+  const keyOf = (peer: Peer, keyId: string) =>
+    Effect.gen(function* () {
+      const known = peer.keys.find((k) => k.keyId === keyId)
+      if (known !== undefined) return Option.some(known.publicKey)
+      const fresh = yield* Effect.orDie(refetchKeys(peer))
+      return Option.map(Option.fromNullable(fresh.keys.find((k) => k.keyId === keyId)), (k) => k.publicKey)
+    })
+
+  return {
+    add,
+    trusted,
+    keyOf,
+    list: Effect.orDie(store.listPeers),
+    find: (id: string) => Effect.orDie(store.findPeer(id)),
+    findByName: (name: string) => Effect.orDie(store.findPeerByName(name)),
+    setStatus: (id: string, status: PeerStatus) => Effect.orDie(store.setPeerStatus(id, status)),
+    /** A peer outbound requests may go to: trusted, by name. */
+    reachable: (name: string) =>
+      Effect.map(Effect.orDie(store.findPeerByName(name)), Option.filter((p) => p.status === "trusted"))
+  }
+})
+
+export class Peers extends Context.Tag("@mahilo/federation/Peers")<Peers, Effect.Effect.Success<typeof make>>() {}
+
+export const layer = Layer.effect(Peers, make)

@@ -1,0 +1,132 @@
+/**
+ * The server-to-server protocol under `/federation/v1/…`: paths and bodies.
+ * Every request is signed (see `Signatures`, `PeerClient`). Names of users
+ * are as the *sending* registry writes them: a bare `name` is one of its own
+ * users, `name@instance` someone elsewhere (only a group's home registry may
+ * speak for users of a third registry).
+ */
+import { Schema } from "effect"
+
+export const PREFIX = "/federation/v1"
+
+export const paths = {
+  /** `GET` a user by name: `{username, display_name}`. */
+  user: (username: string) => `${PREFIX}/users/${encodeURIComponent(username)}`,
+  /** `GET` a user's connections, for `asker` (a friend of theirs on the asking registry). */
+  connections: (username: string, asker: string) =>
+    `${PREFIX}/users/${encodeURIComponent(username)}/connections?asker=${encodeURIComponent(asker)}`,
+  /** `POST` a friendship change to mirror. */
+  friendships: `${PREFIX}/friendships`,
+  /** `POST` a message forward; answered with the far side's status. */
+  messages: `${PREFIX}/messages`,
+  /** `POST` the final status of a message forwarded earlier. */
+  status: `${PREFIX}/status`,
+  /** `POST` an invitation to a group whose home is the sender. */
+  groupInvite: `${PREFIX}/groups/invite`,
+  /** `POST` a member of the receiver's group accepting their invitation. */
+  groupJoin: `${PREFIX}/groups/join`,
+  /** `POST` a member of the receiver's group leaving it. */
+  groupLeave: `${PREFIX}/groups/leave`
+} as const
+
+const Name = Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_-]{3,30}$/))
+/** `name` or `name@instance`. */
+const Address = Schema.String.pipe(Schema.maxLength(300), Schema.pattern(/^[A-Za-z0-9_-]{3,30}(@[a-z0-9.:-]{1,260})?$/))
+const Id = Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_:-]{1,200}$/))
+const Text = (max: number) => Schema.String.pipe(Schema.maxLength(max))
+
+export const UserAnswer = Schema.Struct({
+  username: Name,
+  display_name: Schema.NullOr(Text(200))
+})
+export type UserAnswer = typeof UserAnswer.Type
+
+export const ConnectionAnswer = Schema.Struct({
+  id: Id,
+  framework: Text(100),
+  label: Text(100),
+  description: Schema.NullOr(Text(1000)),
+  capabilities: Schema.Array(Text(200)),
+  routing_priority: Schema.Number,
+  public_key: Schema.NullOr(Text(2000)),
+  public_key_alg: Schema.NullOr(Text(50)),
+  status: Schema.Literal("active", "inactive")
+})
+export const ConnectionsAnswer = Schema.Array(ConnectionAnswer)
+
+export const FriendshipChange = Schema.Struct({
+  action: Schema.Literal("request", "accept", "reject", "block", "unfriend"),
+  /** The sender's user who acted. */
+  from: Name,
+  from_display_name: Schema.optional(Schema.NullOr(Text(200))),
+  /** The receiver's user. */
+  to: Name
+})
+export type FriendshipChange = typeof FriendshipChange.Type
+
+export const FriendshipAnswer = Schema.Struct({ status: Schema.Literal("pending", "accepted", "removed", "blocked") })
+
+export const GroupRef = Schema.Struct({
+  id: Id,
+  name: Text(100),
+  /** The group's home registry. */
+  home: Text(260)
+})
+
+export const ForwardedMessage = Schema.Struct({
+  message_id: Id,
+  sender: Address,
+  sender_display_name: Schema.optional(Schema.NullOr(Text(200))),
+  sender_agent: Schema.NullOr(Text(100)),
+  recipient_type: Schema.Literal("user", "group"),
+  /** For a user message: the receiver's user. */
+  recipient: Schema.optional(Name),
+  /** For a group message. */
+  group: Schema.optional(GroupRef),
+  message: Schema.String,
+  context: Schema.NullOr(Schema.String),
+  payload_type: Text(130),
+  encryption: Schema.optional(Schema.Unknown),
+  sender_signature: Schema.optional(Schema.Unknown),
+  correlation_id: Schema.NullOr(Text(200))
+})
+export type ForwardedMessage = typeof ForwardedMessage.Type
+
+/** The far side's status of a message: `200` when final, `202` while pending. */
+export const ForwardAnswer = Schema.Struct({
+  message_id: Id,
+  status: Schema.Literal("delivered", "pending", "failed"),
+  error: Schema.optional(Schema.String)
+})
+export type ForwardAnswer = typeof ForwardAnswer.Type
+
+export const StatusReport = Schema.Struct({
+  message_id: Id,
+  status: Schema.Literal("delivered", "failed"),
+  error: Schema.optional(Text(500))
+})
+export type StatusReport = typeof StatusReport.Type
+
+export const GroupInvite = Schema.Struct({
+  group_id: Id,
+  group_name: Text(100),
+  member_count: Schema.Number,
+  /** The receiver's user who is invited. */
+  username: Name,
+  /** The sender's user who invited. */
+  invited_by: Name
+})
+export type GroupInvite = typeof GroupInvite.Type
+
+export const GroupMember = Schema.Struct({
+  group_id: Id,
+  /** The sender's user. */
+  username: Name
+})
+export type GroupMember = typeof GroupMember.Type
+
+export const GroupJoinAnswer = Schema.Struct({
+  group_id: Id,
+  name: Text(100),
+  member_count: Schema.Number
+})

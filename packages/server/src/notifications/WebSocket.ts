@@ -1,0 +1,207 @@
+/**
+ * `GET /api/v1/notifications/ws?api_key=<key>`: the notification stream.
+ *
+ * The key is checked before the upgrade (a bad key is a plain `401`), then
+ * the `ws` library completes the handshake on the request's socket. We use
+ * `ws` directly rather than `@effect/platform`'s `Socket` because the
+ * platform's socket exposes no ping, pong or terminate: without protocol-level
+ * pings the server could not tell a dead peer (laptop asleep, NAT dropped)
+ * from a quiet one. Every client library answers protocol pings by itself.
+ *
+ * A socket is pinged every `wsPingIntervalMs`; one that has sent nothing (no
+ * pong, no message) since the previous ping is terminated. A socket that
+ * cannot keep up (too much unsent data) is terminated too.
+ *
+ * The client may send `{"type":"ack","message_ids":[...]}` (same meaning as
+ * `POST /messages/ack`, answered `{"type":"ack","data":{"acknowledged":[...]}}`)
+ * and `{"type":"ping"}` (answered `{"type":"pong"}`) for clients that cannot
+ * send protocol pings.
+ */
+import type { IncomingMessage } from "node:http"
+import type { Duplex } from "node:stream"
+import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { NodeHttpServerRequest } from "@effect/platform-node"
+import { Errors, Registry } from "@mahilo/core"
+import { Deferred, Duration, Effect, Exit, Queue, type Scope } from "effect"
+import { WebSocket, WebSocketServer } from "ws"
+import { ServerConfig } from "../Config.js"
+import { AuthenticatorService } from "../http/Auth.js"
+import { Hub, type Subscriber } from "./Hub.js"
+
+/** The path of the stream. */
+export const PATH = "/api/v1/notifications/ws"
+
+/** Largest frame a client may send (acks are small). */
+const MAX_INBOUND_BYTES = 64 * 1024
+/** Unsent bytes beyond which a socket is considered unable to keep up. */
+const MAX_BUFFERED_BYTES = 4 * 1024 * 1024
+/** Client requests queued per socket before it is told to slow down. */
+const MAX_QUEUED_REQUESTS = 32
+
+const json = (status: number, code: string, error: string) => HttpServerResponse.unsafeJson({ error, code }, { status })
+
+const frame = (type: string, data: unknown) => JSON.stringify({ type, timestamp: new Date().toISOString(), data })
+
+/** The key from `?api_key=`, else from `Authorization: Bearer`. */
+const keyOf = (request: HttpServerRequest.HttpServerRequest): string | undefined => {
+  const query = new URL(request.url, "http://localhost").searchParams.get("api_key")
+  if (query !== null && query !== "") return query
+  const header = request.headers["authorization"]
+  return header !== undefined && /^bearer\s+/i.test(header) ? header.replace(/^bearer\s+/i, "") : undefined
+}
+
+/** Closes with `code`, and cuts the socket if the peer does not finish the closing handshake soon. */
+const closeSocket = (ws: WebSocket, code: number, reason: string) => {
+  if (ws.readyState === WebSocket.CLOSED) return
+  ws.close(code, reason)
+  setTimeout(() => ws.terminate(), 2_000).unref()
+}
+
+/** The request handler of the stream. */
+export const make = Effect.gen(function* () {
+  const authenticator = yield* AuthenticatorService
+  const registry = yield* Registry.Registry
+  const hub = yield* Hub
+  const config = yield* ServerConfig
+  const interval = Duration.millis(config.wsPingIntervalMs)
+
+  const wss = yield* Effect.acquireRelease(
+    Effect.sync(() => new WebSocketServer({ noServer: true, clientTracking: false, maxPayload: MAX_INBOUND_BYTES })),
+    (wss) => Effect.async<void>((resume) => wss.close(() => resume(Effect.void)))
+  )
+
+  /** Answers one client request. */
+  const answer = (principal: Registry.Principal, text: string): Effect.Effect<string> => {
+    let request: { type?: unknown; message_ids?: unknown }
+    try {
+      request = JSON.parse(text)
+    } catch {
+      return Effect.succeed(frame("error", { error: "Frames must be JSON objects", code: "INVALID_REQUEST" }))
+    }
+    if (typeof request !== "object" || request === null) {
+      return Effect.succeed(frame("error", { error: "Frames must be JSON objects", code: "INVALID_REQUEST" }))
+    }
+    switch (request.type) {
+      case "ping":
+        return Effect.succeed(frame("pong", {}))
+      case "ack": {
+        const ids = request.message_ids
+        if (!Array.isArray(ids) || !ids.every((id): id is string => typeof id === "string")) {
+          return Effect.succeed(frame("error", { error: "message_ids must be an array of strings", code: "INVALID_REQUEST" }))
+        }
+        return registry.acknowledge(principal, ids).pipe(
+          Effect.map((r) => frame("ack", { acknowledged: [...r.acknowledged] })),
+          Effect.catchAll((e) => Effect.succeed(frame("error", { error: e.error, code: e.code })))
+        )
+      }
+      default:
+        return Effect.succeed(frame("error", { error: "Unknown frame type; expected \"ack\" or \"ping\"", code: "INVALID_REQUEST" }))
+    }
+  }
+
+  /**
+   * One socket, from the handshake until it closes. The subscriber is attached
+   * before the handshake completes, so whatever happens once the client sees
+   * the socket open reaches it; frames until then are held back.
+   */
+  const session = (principal: Registry.Principal, request: IncomingMessage): Effect.Effect<void, never, Scope.Scope> =>
+    Effect.gen(function* () {
+      const socket: Duplex = request.socket
+      let ws: WebSocket | undefined
+      const early: Array<string> = []
+      const subscriber: Subscriber = {
+        principal,
+        send: (text) => {
+          if (ws === undefined) {
+            early.push(text)
+          } else if (ws.readyState === WebSocket.OPEN) {
+            if (ws.bufferedAmount > MAX_BUFFERED_BYTES) ws.terminate()
+            else ws.send(text)
+          }
+        },
+        close: (code, reason) => {
+          if (ws !== undefined) closeSocket(ws, code, reason)
+        }
+      }
+      yield* hub.attach(subscriber)
+
+      const opened = yield* Effect.async<WebSocket | undefined>((resume) => {
+        let settled = false
+        const settle = (value: WebSocket | undefined) => {
+          if (settled) return
+          settled = true
+          socket.off("close", onClose)
+          resume(Effect.succeed(value))
+        }
+        const onClose = () => settle(undefined)
+        socket.once("close", onClose)
+        // A client sends no frame before it sees the handshake answer, so nothing follows the headers yet.
+        wss.handleUpgrade(request, socket, Buffer.alloc(0), settle)
+      })
+      // The handshake was refused (ws answered 400 itself) or the client went away.
+      if (opened === undefined) return
+      ws = opened
+      const live = opened
+      yield* Effect.addFinalizer(() => Effect.sync(() => closeSocket(live, 1001, "Server shutting down")))
+
+      const closed = yield* Deferred.make<void>()
+      const requests = yield* Queue.dropping<string>(MAX_QUEUED_REQUESTS)
+      let heard = true
+      live.on("pong", () => {
+        heard = true
+      })
+      live.on("message", (data, isBinary) => {
+        heard = true
+        if (isBinary) return
+        if (!Queue.unsafeOffer(requests, data.toString())) closeSocket(live, 1008, "Too many requests in flight")
+      })
+      // Errors (bad frames, resets) are followed by "close"; nothing more to do with them.
+      live.on("error", () => {})
+      live.on("close", () => Deferred.unsafeDone(closed, Exit.void))
+
+      for (const text of early.splice(0)) subscriber.send(text)
+
+      // Requests are answered in order.
+      yield* Queue.take(requests).pipe(
+        Effect.flatMap((text) => answer(principal, text)),
+        Effect.tap((reply) => Effect.sync(() => subscriber.send(reply))),
+        Effect.forever,
+        Effect.forkScoped
+      )
+
+      // Heartbeat: ping, and drop a socket that has not been heard from since the last ping.
+      yield* Effect.sync(() => {
+        if (!heard) {
+          live.terminate()
+          return
+        }
+        heard = false
+        live.ping()
+      }).pipe(Effect.delay(interval), Effect.forever, Effect.forkScoped)
+
+      // "close" comes after the TCP socket closed, so nothing more can be written to it.
+      yield* Deferred.await(closed)
+    })
+
+  return Effect.gen(function* () {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const key = keyOf(request)
+    if (key === undefined) return json(401, "UNAUTHORIZED", "Missing API key: connect with ?api_key=<key>")
+    const authenticated = yield* Effect.either(authenticator.authenticate(key))
+    if (authenticated._tag === "Left") {
+      const e = authenticated.left
+      return json(e._tag === "Unauthorized" ? Errors.Unauthorized.status : Errors.Unavailable.status, e.code, e.error)
+    }
+    const source = NodeHttpServerRequest.toIncomingMessage(request)
+    // Node marks requests that arrived through the server's "upgrade" event.
+    if ((source as IncomingMessage & { readonly upgrade?: boolean }).upgrade !== true || request.headers["upgrade"]?.toLowerCase() !== "websocket") {
+      return HttpServerResponse.unsafeJson(
+        { error: "This endpoint speaks WebSocket: send an Upgrade: websocket request", code: "UPGRADE_REQUIRED" },
+        { status: 426, headers: { upgrade: "websocket", connection: "Upgrade" } }
+      )
+    }
+    yield* Effect.scoped(session(authenticated.right, source))
+    // Never written: the socket belongs to the WebSocket, which has closed by now.
+    return HttpServerResponse.empty()
+  })
+})

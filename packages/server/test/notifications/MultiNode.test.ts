@@ -1,0 +1,52 @@
+/**
+ * Several server processes on one PostgreSQL: an event reaches the user's
+ * socket on whichever process holds it (LISTEN/NOTIFY). Runs when
+ * DATABASE_URL names a PostgreSQL server where databases may be created.
+ */
+import { Database } from "@mahilo/server"
+import { TestDatabase, TestServer } from "@mahilo/testkit"
+import { describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import * as Fixtures from "../support/Fixtures.js"
+import * as Notifications from "../support/Notifications.js"
+
+const promise = <A>(f: () => Promise<A>) => Effect.promise(f)
+
+describe.runIf(TestDatabase.adminUrl() !== undefined)("notifications across server processes", () => {
+  it.scopedLive("a socket on one node hears events caused on another", () =>
+    Effect.gen(function* () {
+      const url = yield* TestDatabase.postgresUrl()
+      const database = Database.layer({ _tag: "Postgres", url, maxConnections: 5 })
+      const nodeA = yield* TestServer.make({ database })
+      const nodeB = yield* TestServer.make({ database })
+      const aliceA = yield* Fixtures.user(nodeA, "alice")
+      const bobA = yield* Fixtures.user(nodeA, "bob")
+      // The same accounts, talking to node B.
+      const bobB: Fixtures.User = { ...bobA, api: yield* nodeB.client(bobA.apiKey) }
+
+      const aliceSocket = yield* Notifications.open(nodeA.url, aliceA.apiKey)
+      const bobSocket = yield* Notifications.open(nodeB.url, bobA.apiKey)
+
+      // Caused on B, heard on A.
+      const request = yield* bobB.api.friends.request({ payload: { username: "alice" } })
+      const asked = yield* promise(() => aliceSocket.waitFor("friend_request"))
+      expect(asked.data).toEqual({ friendship_id: request.friendship_id, from: "bob", status: "pending" })
+      yield* aliceA.api.friends.accept({ path: { id: request.friendship_id } })
+      yield* promise(() => bobSocket.waitFor("friend_request", (d) => d.status === "accepted"))
+
+      // A message to bob's polling agent, sent on A, is pushed whole to his socket on B; his ack
+      // there tells alice's socket on A.
+      yield* Fixtures.pollingConnection(bobB, "laptop")
+      const sent = yield* aliceA.api.messages.send({ payload: { recipient: "bob", message: "across nodes" } })
+      const pushed = yield* promise(() => bobSocket.waitFor("message_received"))
+      expect(pushed.data).toMatchObject({ message_id: sent.message_id, message: "across nodes", inbox: true })
+      bobSocket.send({ type: "ack", message_ids: [sent.message_id] })
+      yield* promise(() => bobSocket.waitFor("ack"))
+      yield* promise(() => aliceSocket.waitFor("delivery_status", (d) => d.message_id === sent.message_id))
+
+      // A key rotated on A closes the socket it opened on B.
+      const bobOnB = yield* Notifications.open(nodeB.url, bobA.apiKey)
+      yield* bobA.api.auth.rotateKey()
+      expect(yield* promise(() => bobOnB.closed)).toBe(4001)
+    }), { timeout: 60_000 })
+})

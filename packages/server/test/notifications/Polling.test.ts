@@ -1,0 +1,140 @@
+import { TestDatabase, TestServer } from "@mahilo/testkit"
+import { describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import * as Fixtures from "../support/Fixtures.js"
+import * as Notifications from "../support/Notifications.js"
+
+const promise = <A>(f: () => Promise<A>) => Effect.promise(f)
+
+describe.each(TestDatabase.backends)("polling connections ($name)", ({ layer: database }) => {
+  it.scopedLive("keep messages until fetched and acknowledged; the ack makes them delivered and tells the sender", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice, bob, carol] = yield* Fixtures.users(server, "alice", "bob", "carol")
+      yield* Fixtures.befriend(alice!, bob!)
+      const connectionId = yield* Fixtures.pollingConnection(bob!, "laptop")
+      const listed = yield* bob!.api.agents.list()
+      expect(listed.map((c) => [c.id, c.mode, c.callback_url])).toEqual([[connectionId, "polling", null]])
+      const aliceSocket = yield* Notifications.open(server.url, alice!.apiKey)
+      const before = new Date(Date.now() - 1_000).toISOString()
+
+      const sent = yield* alice!.api.messages.send({
+        payload: { recipient: "bob", message: "are you there?", context: "ping", correlation_id: "corr-1" }
+      })
+      expect(sent.status).toBe("pending")
+
+      const inbox = yield* bob!.api.messages.inbox({ urlParams: {} })
+      expect(inbox).toHaveLength(1)
+      expect(inbox[0]).toMatchObject({
+        message_id: sent.message_id,
+        recipient_connection_id: connectionId,
+        correlation_id: "corr-1",
+        sender: "alice",
+        message: "are you there?",
+        context: "ping",
+        payload_type: "text/plain"
+      })
+      const received = yield* bob!.api.messages.history({ urlParams: { direction: "received", since: before } })
+      expect(received.map((m) => [m.id, m.status, m.message])).toEqual([[sent.message_id, "pending", "are you there?"]])
+      const later = yield* bob!.api.messages.history({ urlParams: { direction: "received", since: new Date(Date.now() + 60_000).toISOString() } })
+      expect(later).toEqual([])
+
+      // Nobody else can acknowledge bob's messages.
+      expect((yield* carol!.api.messages.ack({ payload: { message_ids: [sent.message_id] } })).acknowledged).toEqual([])
+      expect(yield* bob!.api.messages.inbox({ urlParams: {} })).toHaveLength(1)
+
+      const acked = yield* bob!.api.messages.ack({ payload: { message_ids: [sent.message_id] } })
+      expect(acked.acknowledged).toEqual([sent.message_id])
+      expect(yield* bob!.api.messages.inbox({ urlParams: {} })).toEqual([])
+      // Acknowledging twice changes nothing.
+      expect((yield* bob!.api.messages.ack({ payload: { message_ids: [sent.message_id] } })).acknowledged).toEqual([])
+
+      const status = yield* promise(() => aliceSocket.waitFor("delivery_status"))
+      expect(status.data).toEqual({
+        message_id: sent.message_id,
+        delivery_status: "delivered",
+        message_status: "delivered",
+        recipient_user_id: bob!.id
+      })
+      const history = yield* alice!.api.messages.history({ urlParams: { direction: "sent" } })
+      expect(history.map((m) => [m.id, m.status])).toEqual([[sent.message_id, "delivered"]])
+      expect(history[0]!.delivered_at).not.toBeNull()
+      const bobsView = yield* bob!.api.messages.history({ urlParams: { direction: "received" } })
+      expect(bobsView.map((m) => [m.id, m.status])).toEqual([[sent.message_id, "delivered"]])
+      expect(aliceSocket.of("delivery_status")).toHaveLength(1)
+    }))
+
+  it.scopedLive("pages the inbox oldest first with since and limit", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice, bob] = yield* Fixtures.users(server, "alice", "bob")
+      yield* Fixtures.befriend(alice!, bob!)
+      yield* Fixtures.pollingConnection(bob!, "laptop")
+      const ids: Array<string> = []
+      for (const n of [1, 2, 3]) {
+        ids.push((yield* alice!.api.messages.send({ payload: { recipient: "bob", message: `m${n}` } })).message_id)
+        yield* Effect.sleep("5 millis")
+      }
+      const firstTwo = yield* bob!.api.messages.inbox({ urlParams: { limit: "2" } })
+      expect(firstTwo.map((m) => m.message_id)).toEqual(ids.slice(0, 2))
+      const rest = yield* bob!.api.messages.inbox({ urlParams: { since: firstTwo[1]!.timestamp } })
+      expect(rest.map((m) => m.message_id)).toEqual(ids.slice(2))
+      const bad = yield* Fixtures.failure(bob!.api.messages.inbox({ urlParams: { since: "yesterday" } }))
+      expect(bad.code).toBe("INVALID_REQUEST")
+    }))
+
+  it.scopedLive("pushes waiting messages over the socket, whole, and takes acks over it", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice, bob] = yield* Fixtures.users(server, "alice", "bob")
+      yield* Fixtures.befriend(alice!, bob!)
+      const connectionId = yield* Fixtures.pollingConnection(bob!, "laptop")
+      const aliceSocket = yield* Notifications.open(server.url, alice!.apiKey)
+      const bobSocket = yield* Notifications.open(server.url, bob!.apiKey)
+
+      const sent = yield* alice!.api.messages.send({ payload: { recipient: "bob", message: "pushed to you", context: "ctx" } })
+      expect(sent.status).toBe("pending")
+      const pushed = yield* promise(() => bobSocket.waitFor("message_received"))
+      expect(pushed.data).toMatchObject({
+        message_id: sent.message_id,
+        sender: "alice",
+        recipient_type: "user",
+        message: "pushed to you",
+        context: "ctx",
+        payload_type: "text/plain",
+        recipient_connection_id: connectionId,
+        recipient_connection_ids: [connectionId],
+        inbox: true
+      })
+      expect(typeof pushed.data.delivery_id).toBe("string")
+
+      bobSocket.send({ type: "ack", message_ids: [sent.message_id] })
+      const reply = yield* promise(() => bobSocket.waitFor("ack"))
+      expect(reply.data).toEqual({ acknowledged: [sent.message_id] })
+      yield* promise(() => aliceSocket.waitFor("delivery_status", (d) => d.message_id === sent.message_id && d.delivery_status === "delivered"))
+      expect(yield* bob!.api.messages.inbox({ urlParams: {} })).toEqual([])
+      const history = yield* alice!.api.messages.history({ urlParams: { direction: "sent" } })
+      expect(history[0]!.status).toBe("delivered")
+    }))
+
+  it.scopedLive("a group member who polls gets the group message in the inbox; the answer counts them pending until they ack", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice, bob, carol] = yield* Fixtures.users(server, "alice", "bob", "carol")
+      const group = yield* alice!.api.groups.create({ payload: { name: "crew", invite_only: false } })
+      yield* bob!.api.groups.join({ path: { id: group.group_id } })
+      yield* carol!.api.groups.join({ path: { id: group.group_id } })
+      const { agent } = yield* Fixtures.agent(bob!, "main")
+      yield* Fixtures.pollingConnection(carol!, "laptop")
+      const sent = yield* alice!.api.messages.send({ payload: { recipient: group.group_id, recipient_type: "group", message: "hello crew" } })
+      expect(sent).toMatchObject({ status: "pending", recipients: 2, delivered: 1, pending: 1, failed: 0 })
+      expect(agent.countFor(sent.message_id)).toBe(1)
+      const waiting = yield* carol!.api.messages.inbox({ urlParams: {} })
+      expect(waiting.map((m) => [m.message_id, m.group_id, m.group_name, m.message])).toEqual([
+        [sent.message_id, group.group_id, "crew", "hello crew"]
+      ])
+      yield* carol!.api.messages.ack({ payload: { message_ids: [sent.message_id] } })
+      const history = yield* alice!.api.messages.history({ urlParams: { direction: "sent" } })
+      expect(history.map((m) => [m.id, m.status])).toEqual([[sent.message_id, "delivered"]])
+    }))
+})

@@ -1,0 +1,237 @@
+import { FakeAgent, TestServer } from "@mahilo/testkit"
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Exit, Scope } from "effect"
+import * as Fixtures from "../support/Fixtures.js"
+import * as Notifications from "../support/Notifications.js"
+
+const promise = <A>(f: () => Promise<A>) => Effect.promise(f)
+
+describe("notification stream", () => {
+  it.scopedLive("refuses a bad, unknown or missing api_key with 401 before upgrading", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const alice = yield* Fixtures.user(server, "alice")
+      const bad = yield* promise(() => Notifications.refusal(server.url, "not-a-key"))
+      expect(bad.status).toBe(401)
+      expect(JSON.parse(bad.body)).toMatchObject({ code: "UNAUTHORIZED" })
+      const unknown = yield* promise(() => Notifications.refusal(server.url, alice.apiKey.slice(0, -4) + "AAAA"))
+      expect(unknown.status).toBe(401)
+      const missing = yield* promise(() => fetch(`${server.url}/api/v1/notifications/ws`))
+      expect(missing.status).toBe(401)
+      // A good key without an upgrade is told to upgrade.
+      const plain = yield* promise(() => fetch(`${server.url}/api/v1/notifications/ws?api_key=${alice.apiKey}`))
+      expect(plain.status).toBe(426)
+      // A rotated key stops working for the stream at once.
+      const rotated = yield* alice.api.auth.rotateKey()
+      expect((yield* promise(() => Notifications.refusal(server.url, alice.apiKey))).status).toBe(401)
+      const socket = yield* Notifications.open(server.url, rotated.api_key)
+      expect(socket.ws.readyState).toBe(socket.ws.OPEN)
+    }))
+
+  it.scopedLive("tells the addressee of a friend request, and the requester when it is accepted", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const [alice, bob] = yield* Fixtures.users(server, "alice", "bob")
+      const aliceSocket = yield* Notifications.open(server.url, alice!.apiKey)
+      const bobSocket = yield* Notifications.open(server.url, bob!.apiKey)
+      const request = yield* alice!.api.friends.request({ payload: { username: "bob" } })
+      const asked = yield* promise(() => bobSocket.waitFor("friend_request"))
+      expect(asked.data).toEqual({ friendship_id: request.friendship_id, from: "alice", status: "pending" })
+      expect(new Date(asked.timestamp).toISOString()).toBe(asked.timestamp)
+      yield* bob!.api.friends.accept({ path: { id: request.friendship_id } })
+      const accepted = yield* promise(() => aliceSocket.waitFor("friend_request"))
+      expect(accepted.data).toEqual({ friendship_id: request.friendship_id, from: "bob", status: "accepted" })
+    }))
+
+  it.scopedLive("tells the recipient a message arrived and the sender how its delivery ended", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const [alice, bob] = yield* Fixtures.users(server, "alice", "bob")
+      yield* Fixtures.befriend(alice!, bob!)
+      const { agent } = yield* Fixtures.agent(bob!, "main")
+      const aliceSocket = yield* Notifications.open(server.url, alice!.apiKey)
+      const bobSocket = yield* Notifications.open(server.url, bob!.apiKey)
+      agent.script(FakeAgent.status(503))
+      const sent = yield* alice!.api.messages.send({ payload: { recipient: "bob", message: "hi", correlation_id: "c1" } })
+      const received = yield* promise(() => bobSocket.waitFor("message_received"))
+      expect(received.data).toEqual({
+        message_id: sent.message_id,
+        sender: "alice",
+        recipient_type: "user",
+        group_id: null,
+        payload_type: "text/plain"
+      })
+      const status = yield* promise(() => aliceSocket.waitFor("delivery_status"))
+      expect(status.data).toEqual({
+        message_id: sent.message_id,
+        delivery_status: "delivered",
+        message_status: "delivered",
+        recipient_user_id: bob!.id
+      })
+      // The failed first attempt was not announced as an outcome; each socket heard only its own events.
+      expect(aliceSocket.of("delivery_status")).toHaveLength(1)
+      expect(aliceSocket.of("message_received")).toHaveLength(0)
+      expect(bobSocket.of("delivery_status")).toHaveLength(0)
+      expect(agent.countFor(sent.message_id)).toBe(1)
+    }))
+
+  it.scopedLive("tells a member once about a group message, however many of their agents got it", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const [alice, bob] = yield* Fixtures.users(server, "alice", "bob")
+      const group = yield* alice!.api.groups.create({ payload: { name: "pair", invite_only: false } })
+      yield* bob!.api.groups.join({ path: { id: group.group_id } })
+      const phone = yield* Fixtures.agent(bob!, "phone")
+      const laptop = yield* Fixtures.agent(bob!, "laptop")
+      const bobSocket = yield* Notifications.open(server.url, bob!.apiKey)
+      const aliceSocket = yield* Notifications.open(server.url, alice!.apiKey)
+      const sent = yield* alice!.api.messages.send({ payload: { recipient: group.group_id, recipient_type: "group", message: "hi both" } })
+      expect(sent).toMatchObject({ status: "delivered", recipients: 1, delivered: 1 })
+      yield* promise(() => phone.agent.waitForMessage(sent.message_id))
+      yield* promise(() => laptop.agent.waitForMessage(sent.message_id))
+      const received = yield* promise(() => bobSocket.waitFor("message_received"))
+      expect(received.data).toEqual({
+        message_id: sent.message_id,
+        sender: "alice",
+        recipient_type: "group",
+        group_id: group.group_id,
+        payload_type: "text/plain"
+      })
+      // The sender hears each delivery's outcome (one per connection); the member hears of the message once.
+      yield* promise(() => aliceSocket.waitFor("delivery_status", (d) => d.message_status === "delivered"))
+      yield* Fixtures.eventually(Effect.sync(() => aliceSocket.of("delivery_status").length), (n) => n === 2)
+      yield* Effect.sleep("100 millis")
+      expect(bobSocket.of("message_received")).toHaveLength(1)
+    }))
+
+  it.scopedLive("tells the sender when a delivery finally fails", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const [alice, bob] = yield* Fixtures.users(server, "alice", "bob")
+      yield* Fixtures.befriend(alice!, bob!)
+      const { agent } = yield* Fixtures.agent(bob!, "main")
+      agent.failAll(410)
+      const aliceSocket = yield* Notifications.open(server.url, alice!.apiKey)
+      const sent = yield* alice!.api.messages.send({ payload: { recipient: "bob", message: "hi" } })
+      const status = yield* promise(() => aliceSocket.waitFor("delivery_status"))
+      expect(status.data).toMatchObject({ message_id: sent.message_id, delivery_status: "failed", message_status: "failed" })
+    }))
+
+  it.scopedLive("tells members about group invitations, joins and departures", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const [alice, bob, carol] = yield* Fixtures.users(server, "alice", "bob", "carol")
+      const group = yield* alice!.api.groups.create({ payload: { name: "hikers" } })
+      const aliceSocket = yield* Notifications.open(server.url, alice!.apiKey)
+      const bobSocket = yield* Notifications.open(server.url, bob!.apiKey)
+      const carolSocket = yield* Notifications.open(server.url, carol!.apiKey)
+
+      yield* alice!.api.groups.invite({ path: { id: group.group_id }, payload: { username: "bob" } })
+      const invite = yield* promise(() => bobSocket.waitFor("group_invite"))
+      expect(invite.data).toEqual({ group_id: group.group_id, group_name: "hikers", invited_by: "alice" })
+
+      yield* bob!.api.groups.join({ path: { id: group.group_id } })
+      const joinedData = { group_id: group.group_id, group_name: "hikers", username: "bob" }
+      expect((yield* promise(() => aliceSocket.waitFor("group_join"))).data).toEqual(joinedData)
+      expect((yield* promise(() => bobSocket.waitFor("group_join"))).data).toEqual(joinedData)
+
+      yield* bob!.api.groups.leave({ path: { id: group.group_id } })
+      expect((yield* promise(() => aliceSocket.waitFor("group_leave"))).data).toEqual(joinedData)
+
+      // Deleting the group tells the members who remained.
+      yield* alice!.api.groups.invite({ path: { id: group.group_id }, payload: { username: "carol" } })
+      yield* carol!.api.groups.join({ path: { id: group.group_id } })
+      yield* alice!.api.groups.delete({ path: { id: group.group_id } })
+      const gone = yield* promise(() => carolSocket.waitFor("group_leave"))
+      expect(gone.data).toEqual({ group_id: group.group_id, group_name: "hikers", username: "alice" })
+      // Carol was never told about bob's comings and goings before she was invited.
+      expect(carolSocket.of("group_join").map((f) => f.data.username)).toEqual(["carol"])
+    }))
+
+  it.scopedLive("tells the user about their agent connections", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const alice = yield* Fixtures.user(server, "alice")
+      const socket = yield* Notifications.open(server.url, alice.apiKey)
+      const connectionId = yield* Fixtures.pollingConnection(alice, "inbox")
+      const created = yield* promise(() => socket.waitFor("connection"))
+      expect(created.data).toEqual({ connection_id: connectionId, change: "created" })
+      yield* alice.api.agents.delete({ path: { id: connectionId } })
+      yield* promise(() => socket.waitFor("connection", (d) => d.change === "deleted"))
+    }))
+
+  it.scopedLive("serves several sockets per user; closing one leaves the others subscribed", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const [alice, bob] = yield* Fixtures.users(server, "alice", "bob")
+      const first = yield* Notifications.open(server.url, bob!.apiKey)
+      const second = yield* Notifications.open(server.url, bob!.apiKey)
+      const third = yield* Notifications.open(server.url, bob!.apiKey)
+      const request = yield* alice!.api.friends.request({ payload: { username: "bob" } })
+      for (const s of [first, second, third]) yield* promise(() => s.waitFor("friend_request"))
+      first.ws.close()
+      yield* promise(() => first.closed)
+      yield* bob!.api.friends.reject({ path: { id: request.friendship_id } })
+      const again = yield* alice!.api.friends.request({ payload: { username: "bob" } })
+      for (const s of [second, third]) {
+        yield* promise(() => s.waitFor("friend_request", (d) => d.friendship_id === again.friendship_id))
+      }
+      expect(first.of("friend_request")).toHaveLength(1)
+    }))
+
+  it.scopedLive("pings: a live socket stays open, one that stops answering is dropped", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ config: { wsPingIntervalMs: 100 } })
+      const [alice, bob] = yield* Fixtures.users(server, "alice", "bob")
+      const live = yield* Notifications.open(server.url, bob!.apiKey)
+      const dead = yield* Notifications.open(server.url, bob!.apiKey, { autoPong: false })
+      let pings = 0
+      live.ws.on("ping", () => pings++)
+      const code = yield* promise(() => dead.closed)
+      // Terminated without a closing handshake: the client sees an abnormal closure.
+      expect(code).toBe(1006)
+      yield* Effect.sleep("700 millis")
+      expect(pings).toBeGreaterThanOrEqual(3)
+      expect(live.ws.readyState).toBe(live.ws.OPEN)
+      // The live socket still hears its events.
+      yield* alice!.api.friends.request({ payload: { username: "bob" } })
+      yield* promise(() => live.waitFor("friend_request"))
+      // An application-level ping is answered too.
+      live.send({ type: "ping" })
+      yield* promise(() => live.waitFor("pong"))
+    }))
+
+  it.scopedLive("closes a socket whose API key is rotated away", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const alice = yield* Fixtures.user(server, "alice")
+      const socket = yield* Notifications.open(server.url, alice.apiKey)
+      yield* alice.api.auth.rotateKey()
+      expect(yield* promise(() => socket.closed)).toBe(4001)
+    }))
+
+  it.scopedLive("answers malformed client frames with an error frame and keeps the socket", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const alice = yield* Fixtures.user(server, "alice")
+      const socket = yield* Notifications.open(server.url, alice.apiKey)
+      socket.ws.send("not json")
+      yield* promise(() => socket.waitFor("error", (d) => d.code === "INVALID_REQUEST"))
+      socket.send({ type: "ack", message_ids: "nope" })
+      yield* promise(() => socket.waitFor("error", (d) => /message_ids/.test(d.error)))
+      socket.send({ type: "subscribe" })
+      yield* promise(() => socket.waitFor("error", (d) => /Unknown frame type/.test(d.error)))
+      expect(socket.ws.readyState).toBe(socket.ws.OPEN)
+    }))
+
+  it.scopedLive("closes open sockets with 1001 when the server shuts down", () =>
+    Effect.gen(function* () {
+      const serverScope = yield* Scope.make()
+      const server = yield* Scope.extend(TestServer.make(), serverScope)
+      const alice = yield* Fixtures.user(server, "alice")
+      // The client lives in the test's scope, beyond the server's.
+      const socket = yield* Notifications.open(server.url, alice.apiKey)
+      yield* Scope.close(serverScope, Exit.void)
+      expect(yield* promise(() => socket.closed)).toBe(1001)
+    }))
+})

@@ -1,0 +1,261 @@
+/**
+ * Several federated registries in one process, for tests and examples: each
+ * a real server (`TestServer`) on its own loopback port and database, named
+ * `127.0.0.1:<port>` with `MAHILO_PUBLIC_URL` `http://127.0.0.1:<port>` (an
+ * instance name must be its public URL's host, so the port is chosen before
+ * the server starts and kept across restarts). Trust is set up through the
+ * admin API, as an operator would. A registry can be stopped (its scope
+ * closed) and started again on the same port and, when persistent, the same
+ * data.
+ */
+import * as fs from "node:fs/promises"
+import { createServer } from "node:net"
+import * as os from "node:os"
+import * as path from "node:path"
+import { SqlClient } from "@effect/sql"
+import type { RetrySchedule } from "@mahilo/core"
+import { Signatures } from "@mahilo/federation"
+import { Context, Effect, Exit, Redacted, Scope } from "effect"
+import * as TestDatabase from "./TestDatabase.js"
+import * as TestServer from "./TestServer.js"
+
+/** A peer's retries in a cluster: quick, but patient enough to outlast a restart. */
+export const retrySchedule: RetrySchedule.RetrySchedule = {
+  baseDelayMs: 50,
+  factor: 2,
+  maxDelayMs: 1_000,
+  maxAttempts: 80,
+  horizonMs: 60_000,
+  jitter: 0.2
+}
+
+/** Federation settings that suit a cluster: quick rechecks and key re-fetches. */
+export const federationDefaults: NonNullable<TestServer.Options["federation"]> = {
+  statusRecheckMs: 1_000,
+  keyRefetchIntervalMs: 0,
+  requestTimeoutMs: 5_000
+}
+
+/** What an admin call answered. */
+export interface Answer {
+  readonly status: number
+  readonly headers: Headers
+  readonly body: any
+}
+
+export interface Member {
+  /** The instance name, `127.0.0.1:<port>`. */
+  readonly name: string
+  readonly url: string
+  readonly port: number
+  readonly adminKey: string
+  /** The running server (dies when stopped). */
+  readonly server: () => TestServer.TestServer
+  readonly running: () => boolean
+  /** A typed client, authenticated with `apiKey` when given. */
+  readonly client: (apiKey?: string) => Effect.Effect<TestServer.Client>
+  /** Calls an admin endpoint (`path` under `/api/v1/admin/federation`) with the admin key. */
+  readonly admin: (method: "GET" | "POST" | "PATCH" | "DELETE", path: string, body?: unknown) => Effect.Effect<Answer>
+  /** Runs SQL against this registry's database (white-box checks). */
+  readonly sql: <A>(f: (sql: SqlClient.SqlClient) => Effect.Effect<A, unknown>) => Effect.Effect<A, unknown>
+  /** Closes the server's scope: the port closes, the engine gives back its leases, the database closes. */
+  readonly stop: Effect.Effect<void>
+  /** Starts it again on the same port (and data, when persistent). */
+  readonly start: Effect.Effect<void, unknown>
+}
+
+export interface Cluster {
+  readonly members: ReadonlyArray<Member>
+  /** `a`'s operator adds `b` (one direction of trust). */
+  readonly trust: (a: Member, b: Member) => Effect.Effect<Answer, Error>
+  /** Every member trusts every other. */
+  readonly trustAll: Effect.Effect<void, Error>
+}
+
+export interface Options {
+  readonly size: number
+  /** Members (by index) whose database lives in a temp folder and survives a restart; default none. */
+  readonly persistent?: ReadonlyArray<number> | undefined
+  readonly config?: TestServer.Options["config"]
+  readonly federation?: TestServer.Options["federation"]
+  readonly retrySchedule?: RetrySchedule.RetrySchedule | undefined
+}
+
+/** A port nobody listens on right now. */
+export const freePort: Effect.Effect<number> = Effect.async<number>((resume) => {
+  const probe = createServer()
+  probe.listen(0, "127.0.0.1", () => {
+    const address = probe.address()
+    const port = typeof address === "object" && address !== null ? address.port : 0
+    probe.close(() => resume(Effect.succeed(port)))
+  })
+})
+
+const call = (url: string, init: RequestInit): Effect.Effect<Answer> =>
+  Effect.promise(async () => {
+    const response = await fetch(url, { ...init, signal: AbortSignal.timeout(15_000) })
+    const text = await response.text()
+    let body: unknown = text
+    try {
+      body = text === "" ? undefined : JSON.parse(text)
+    } catch {
+      // not JSON
+    }
+    return { status: response.status, headers: response.headers, body }
+  })
+
+const member = (index: number, options: Options, tempDir: string | undefined): Effect.Effect<Member, unknown, Scope.Scope> =>
+  Effect.gen(function* () {
+    const port = yield* freePort
+    const name = `127.0.0.1:${port}`
+    const url = `http://${name}`
+    const adminKey = `admin-${index}-${Math.random().toString(36).slice(2)}`
+    const database = tempDir !== undefined ? TestDatabase.pgliteAt(path.join(tempDir, `registry-${index}`)) : TestDatabase.pglite
+    let state: { readonly scope: Scope.CloseableScope; readonly server: TestServer.TestServer } | undefined
+
+    const start = Effect.gen(function* () {
+      if (state !== undefined) return
+      const scope = yield* Scope.make()
+      const server = yield* Scope.extend(
+        TestServer.make({
+          config: {
+            port,
+            instanceName: name,
+            publicUrl: url,
+            adminKey: Redacted.make(adminKey),
+            ...options.config
+          },
+          database,
+          retrySchedule: options.retrySchedule ?? retrySchedule,
+          federation: { ...federationDefaults, ...options.federation }
+        }),
+        scope
+      ).pipe(Effect.onError((cause) => Scope.close(scope, Exit.failCause(cause))))
+      state = { scope, server }
+    })
+
+    const stop = Effect.suspend(() => {
+      const current = state
+      state = undefined
+      return current === undefined ? Effect.void : Scope.close(current.scope, Exit.void)
+    })
+
+    const server = () => {
+      if (state === undefined) throw new Error(`registry ${name} is not running`)
+      return state.server
+    }
+
+    yield* start
+    yield* Effect.addFinalizer(() => stop)
+
+    return {
+      name,
+      url,
+      port,
+      adminKey,
+      server,
+      running: () => state !== undefined,
+      client: (apiKey?: string) => TestServer.clientFor(url, apiKey),
+      admin: (method, path, body) =>
+        call(`${url}/api/v1/admin/federation${path}`, {
+          method,
+          headers: {
+            authorization: `Bearer ${adminKey}`,
+            ...(body !== undefined ? { "content-type": "application/json" } : {})
+          },
+          ...(body !== undefined ? { body: JSON.stringify(body) } : {})
+        }),
+      sql: (f) => Effect.flatMap(Effect.sync(() => Context.get(server().context, SqlClient.SqlClient)), f),
+      stop,
+      start
+    } satisfies Member
+  })
+
+/** Starts `size` federated registries for the life of the scope (no trust yet: see `trustAll`). */
+export const make = (options: Options): Effect.Effect<Cluster, unknown, Scope.Scope> =>
+  Effect.gen(function* () {
+    const persistent = new Set(options.persistent ?? [])
+    const tempDir = persistent.size === 0 ? undefined : yield* Effect.acquireRelease(
+      Effect.promise(() => fs.mkdtemp(path.join(os.tmpdir(), "mahilo-cluster-"))),
+      (dir) => Effect.promise(() => fs.rm(dir, { recursive: true, force: true }))
+    )
+    const members = yield* Effect.forEach(
+      Array.from({ length: options.size }, (_, i) => i),
+      (i) => member(i, options, persistent.has(i) ? tempDir : undefined),
+      { concurrency: "unbounded" }
+    )
+    const trust = (a: Member, b: Member) =>
+      Effect.flatMap(a.admin("POST", "/peers", { base_url: b.url }), (answer) =>
+        answer.status === 201
+          ? Effect.succeed(answer)
+          : Effect.fail(new Error(`${a.name} could not add ${b.name}: ${answer.status} ${JSON.stringify(answer.body)}`)))
+    return {
+      members,
+      trust,
+      trustAll: Effect.forEach(
+        members.flatMap((a) => members.filter((b) => b !== a).map((b) => [a, b] as const)),
+        ([a, b]) => trust(a, b),
+        { discard: true }
+      )
+    }
+  })
+
+// ---------------------------------------------------------------------------
+// Hand-made server-to-server requests (for testing what a registry refuses)
+
+/** A registry's current signing key, read from its database. */
+export const signingKey = (registry: Member): Effect.Effect<{ readonly keyId: string; readonly privateKey: string }, unknown> =>
+  registry.sql((sql) =>
+    Effect.map(
+      sql<{ key_id: string; private_key: string }>`
+        SELECT key_id, private_key FROM instance_keys WHERE retired_at IS NULL ORDER BY created_at DESC LIMIT 1`,
+      (rows) => ({ keyId: rows[0]!.key_id, privateKey: rows[0]!.private_key })
+    )
+  )
+
+export interface Signed {
+  readonly method: "GET" | "POST"
+  readonly url: string
+  readonly headers: Record<string, string>
+  readonly body: string
+}
+
+/** A request to `to` + `path` signed as `instance` would sign it (`now` defaults to the clock). */
+export const signedRequest = (options: {
+  readonly instance: string
+  readonly key: { readonly keyId: string; readonly privateKey: string }
+  readonly to: string
+  readonly method: "GET" | "POST"
+  readonly path: string
+  readonly body?: unknown
+  readonly now?: number
+}): Signed => {
+  const url = `${options.to}${options.path}`
+  const body = options.body === undefined ? "" : JSON.stringify(options.body)
+  const signature = Signatures.signRequest({
+    method: options.method,
+    url,
+    body,
+    keyId: options.key.keyId,
+    privateKey: options.key.privateKey,
+    now: options.now ?? Date.now()
+  })
+  return {
+    method: options.method,
+    url,
+    body,
+    headers: {
+      ...signature,
+      "mahilo-instance": options.instance,
+      ...(options.method === "POST" ? { "content-type": "application/json" } : {})
+    }
+  }
+}
+
+/** Sends a (possibly tampered) request as is. */
+export const send = (request: Signed): Effect.Effect<Answer> =>
+  call(request.url, {
+    method: request.method,
+    headers: request.headers,
+    ...(request.method === "POST" ? { body: request.body } : {})
+  })
