@@ -1,0 +1,117 @@
+/**
+ * A small closed-loop load generator: `concurrency` workers each send a
+ * request, wait for the answer, and send the next, for `durationMs`. Every
+ * scenario (the bare node:http ceiling included) is driven by this same code
+ * over keep-alive connections, so their figures compare.
+ */
+import http from "node:http"
+
+export interface Target {
+  readonly port: number
+  readonly host?: string
+}
+
+export interface RequestSpec {
+  readonly method: "GET" | "POST"
+  readonly path: string
+  readonly headers?: Record<string, string>
+  readonly body?: string
+}
+
+export interface Result {
+  readonly requests: number
+  readonly errors: number
+  readonly seconds: number
+  readonly rps: number
+  readonly p50Ms: number
+  readonly p99Ms: number
+  readonly maxMs: number
+}
+
+export const percentile = (sorted: ReadonlyArray<number>, p: number): number =>
+  sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!
+
+const round = (n: number) => Math.round(n * 100) / 100
+
+/** Sends one request and resolves with the status and body. */
+export const send = (
+  agent: http.Agent,
+  target: Target,
+  spec: RequestSpec
+): Promise<{ readonly status: number; readonly body: string }> =>
+  new Promise((resolve, reject) => {
+    const headers: Record<string, string> = { ...spec.headers }
+    if (spec.body !== undefined) {
+      headers["content-type"] = "application/json"
+      headers["content-length"] = String(Buffer.byteLength(spec.body))
+    }
+    const request = http.request(
+      { agent, host: target.host ?? "127.0.0.1", port: target.port, method: spec.method, path: spec.path, headers },
+      (response) => {
+        let body = ""
+        response.setEncoding("utf8")
+        response.on("data", (chunk) => (body += chunk))
+        response.on("end", () => resolve({ status: response.statusCode ?? 0, body }))
+        response.on("error", reject)
+      }
+    )
+    request.on("error", reject)
+    if (spec.body !== undefined) request.write(spec.body)
+    request.end()
+  })
+
+/**
+ * Runs `concurrency` workers for `durationMs`; `next(worker, i)` gives each
+ * worker's i-th request, and `check` may reject an answer (counted as an error).
+ */
+export const run = async (options: {
+  readonly target: Target
+  readonly concurrency: number
+  readonly durationMs: number
+  readonly warmupMs?: number
+  readonly next: (worker: number, i: number) => RequestSpec
+  readonly check?: (status: number, body: string, worker: number) => boolean
+  readonly onAnswer?: (worker: number, body: string, startedAt: number) => void
+}): Promise<Result> => {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: options.concurrency })
+  const latencies: Array<number> = []
+  let errors = 0
+  let measuring = false
+  let stop = false
+  const worker = async (w: number) => {
+    for (let i = 0; !stop; i++) {
+      const started = performance.now()
+      try {
+        const answer = await send(agent, options.target, options.next(w, i))
+        const ok = options.check === undefined ? answer.status < 400 : options.check(answer.status, answer.body, w)
+        if (measuring) {
+          if (ok) latencies.push(performance.now() - started)
+          else errors++
+        }
+        if (ok) options.onAnswer?.(w, answer.body, started)
+      } catch {
+        if (measuring) errors++
+      }
+    }
+  }
+  const workers = Array.from({ length: options.concurrency }, (_, w) => worker(w))
+  await new Promise((r) => setTimeout(r, options.warmupMs ?? 1_000))
+  measuring = true
+  const began = performance.now()
+  await new Promise((r) => setTimeout(r, options.durationMs))
+  measuring = false
+  const seconds = (performance.now() - began) / 1000
+  stop = true
+  await Promise.all(workers)
+  agent.destroy()
+  latencies.sort((a, b) => a - b)
+  return {
+    requests: latencies.length,
+    errors,
+    seconds: round(seconds),
+    rps: Math.round(latencies.length / seconds),
+    p50Ms: round(percentile(latencies, 50)),
+    p99Ms: round(percentile(latencies, 99)),
+    maxMs: round(latencies.at(-1) ?? 0)
+  }
+}

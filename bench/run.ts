@@ -1,0 +1,289 @@
+/**
+ * `npm run bench`: starts the registry as a user would (`packages/server/src/main.ts`
+ * on a fresh embedded database, or on PostgreSQL when BENCH_DATABASE_URL is set),
+ * drives it over loopback HTTP with fake agents, and prints one JSON line.
+ *
+ * Scenarios, all driven by the same load generator (bench/load.ts):
+ * - ceiling: a bare node:http server answering a fixed JSON body;
+ * - reads: authenticated GET /api/v1/friends;
+ * - sends: friends with one agent each, 32 concurrent senders; send latency,
+ *   end-to-end latency (send → signed callback at the agent), lost and duplicates;
+ * - fanout: one group message to 1,000 members, time until every agent has it;
+ * - memory: the server's RSS sampled through a long send run (flat or growing), and its peak.
+ *
+ * Knobs (environment): BENCH_SECONDS (per scenario, default 10), BENCH_SOAK_SECONDS
+ * (memory run, default 60), BENCH_CONCURRENCY (reads/ceiling, default 32),
+ * BENCH_FANOUT (members, default 1000), BENCH_DATABASE_URL.
+ */
+import { fork, spawn } from "node:child_process"
+import { mkdtempSync, readFileSync, rmSync } from "node:fs"
+import http from "node:http"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { fileURLToPath } from "node:url"
+import * as FakeAgent from "../packages/testkit/src/FakeAgent.js"
+import { freePort } from "../packages/testkit/src/ServerProcess.js"
+import { percentile, run, send, type Target } from "./load.js"
+
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
+const SOAK_SECONDS = Number(process.env.BENCH_SOAK_SECONDS ?? 60)
+const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 32)
+const SENDERS = 32
+const FANOUT = Number(process.env.BENCH_FANOUT ?? 1000)
+const log = (...args: Array<unknown>) => console.error("[bench]", ...args)
+
+const rssOf = (pid: number): { rssMb: number; peakMb: number } => {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8")
+  const kb = (key: string) => Number(new RegExp(`${key}:\\s+(\\d+)`).exec(status)?.[1] ?? 0)
+  return { rssMb: Math.round(kb("VmRSS") / 1024), peakMb: Math.round(kb("VmHWM") / 1024) }
+}
+
+const waitForHealth = async (url: string, timeoutMs = 120_000) => {
+  const deadline = Date.now() + timeoutMs
+  while (Date.now() < deadline) {
+    try {
+      const r = await fetch(`${url}/health`, { signal: AbortSignal.timeout(2000) })
+      if (r.ok) return
+    } catch {
+      // not yet
+    }
+    await new Promise((r) => setTimeout(r, 200))
+  }
+  throw new Error(`no answer from ${url}/health`)
+}
+
+// ---------------------------------------------------------------------------
+// The ceiling: node:http with a fixed JSON body, in its own process like the registry.
+
+const ceilingServer = async (): Promise<{ target: Target; stop: () => void }> => {
+  const port = await freePort()
+  const child = fork(fileURLToPath(import.meta.url), ["--ceiling", String(port)], { stdio: "ignore" })
+  await waitForHealth(`http://127.0.0.1:${port}`)
+  return { target: { port }, stop: () => child.kill() }
+}
+
+if (process.argv[2] === "--ceiling") {
+  const body = JSON.stringify({ status: "healthy", version: "0.0.0" })
+  http.createServer((_req, res) => {
+    res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(body) })
+    res.end(body)
+  }).listen(Number(process.argv[3]), "127.0.0.1")
+} else {
+  await main()
+}
+
+// ---------------------------------------------------------------------------
+
+async function main() {
+  const ceiling = await ceilingServer()
+  log("ceiling: node:http")
+  const ceilingResult = await run({
+    target: ceiling.target,
+    concurrency: CONCURRENCY,
+    durationMs: SECONDS * 1000,
+    next: () => ({ method: "GET", path: "/health" })
+  })
+  ceiling.stop()
+  log(ceilingResult)
+
+  // The registry, as `npm start` runs it.
+  const port = await freePort()
+  const dataDir = mkdtempSync(join(tmpdir(), "mahilo-bench-"))
+  const started = Date.now()
+  const server = spawn(process.execPath, ["--import", "tsx", fileURLToPath(new URL("../packages/server/src/main.ts", import.meta.url))], {
+    env: {
+      ...process.env,
+      PORT: String(port),
+      HOST: "127.0.0.1",
+      MAHILO_DATA_DIR: dataDir,
+      MAHILO_ALLOW_PRIVATE_CALLBACKS: "true",
+      MAHILO_LOG_LEVEL: "warning",
+      ...(process.env.BENCH_DATABASE_URL !== undefined ? { DATABASE_URL: process.env.BENCH_DATABASE_URL } : {})
+    },
+    stdio: ["ignore", "inherit", "inherit"]
+  })
+  const target: Target = { port }
+  const url = `http://127.0.0.1:${port}`
+  try {
+    await waitForHealth(url)
+    const startupMs = Date.now() - started
+    log(`registry up in ${startupMs} ms (pid ${server.pid})`)
+    const agentPool = new http.Agent({ keepAlive: true, maxSockets: 64 })
+    const call = async (method: "GET" | "POST", path: string, body?: unknown, key?: string) => {
+      const answer = await send(agentPool, target, {
+        method,
+        path,
+        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+        ...(key !== undefined ? { headers: { authorization: `Bearer ${key}` } } : {})
+      })
+      if (answer.status >= 400) throw new Error(`${method} ${path} → ${answer.status} ${answer.body}`)
+      return JSON.parse(answer.body) as any
+    }
+    const register = async (username: string) => (await call("POST", "/api/v1/auth/register", { username })).api_key as string
+    const connect = (key: string, agent: FakeAgent.FakeAgent) =>
+      call("POST", "/api/v1/agents", {
+        framework: "bench",
+        label: "main",
+        callback_url: agent.url,
+        callback_secret: agent.secret,
+        public_key: "cHVibGlj",
+        public_key_alg: "ed25519"
+      }, key)
+    const befriend = async (aKey: string, bName: string, bKey: string) => {
+      const request = await call("POST", "/api/v1/friends/request", { username: bName }, aKey)
+      await call("POST", `/api/v1/friends/${request.friendship_id}/accept`, undefined, bKey)
+    }
+
+    // --- setup: SENDERS pairs (sender → receiver with one agent) -------------
+    log("setup: users, friendships, agents")
+    const agents = await FakeAgent.startMany(SENDERS)
+    const senders: Array<string> = []
+    const receivers: Array<string> = []
+    for (let i = 0; i < SENDERS; i++) {
+      senders.push(await register(`sender${i}`))
+      receivers.push(await register(`receiver${i}`))
+      await befriend(senders[i]!, `receiver${i}`, receivers[i]!)
+      await connect(receivers[i]!, agents.agents[i]!)
+    }
+
+    // --- authenticated reads ------------------------------------------------
+    log("reads: GET /api/v1/friends")
+    const reads = await run({
+      target,
+      concurrency: CONCURRENCY,
+      durationMs: SECONDS * 1000,
+      next: (w) => ({ method: "GET", path: "/api/v1/friends", headers: { authorization: `Bearer ${senders[w % SENDERS]}` } })
+    })
+    log(reads)
+
+    // --- sends ----------------------------------------------------------------
+    const sendRun = async (durationMs: number, label: string, onSample?: () => void) => {
+      const sentIds = new Map<string, { readonly agent: number; readonly startedAt: number }>()
+      // The first attempt runs inline, so an agent often has the message before the send answers:
+      // time end-to-end from when each request was made, keyed by its (unique) text.
+      const startedByText = new Map<string, number>()
+      const e2e: Array<number> = []
+      let sampler: NodeJS.Timeout | undefined
+      const startCounts = agents.agents.map((a) => a.deliveries.length)
+      for (const agent of agents.agents) {
+        agent.onDelivery = (d) => {
+          const startedAt = startedByText.get(String(d.body.message))
+          if (startedAt !== undefined) e2e.push(d.receivedAtMonotonic - startedAt)
+        }
+      }
+      if (onSample !== undefined) sampler = setInterval(onSample, 1000)
+      const result = await run({
+        target,
+        concurrency: SENDERS,
+        durationMs,
+        next: (w, i) => {
+          const text = `${label} ${w}-${i}`
+          startedByText.set(text, performance.now())
+          return {
+            method: "POST",
+            path: "/api/v1/messages/send",
+            headers: { authorization: `Bearer ${senders[w]}` },
+            body: JSON.stringify({ recipient: `receiver${w}`, message: text, context: "bench" })
+          }
+        },
+        onAnswer: (w, body, startedAt) => {
+          const id = JSON.parse(body).message_id as string
+          sentIds.set(id, { agent: w, startedAt })
+        }
+      })
+      if (sampler !== undefined) clearInterval(sampler)
+      // Let retries (if any) finish, then count.
+      const deadline = Date.now() + 30_000
+      const received = () => agents.agents.reduce((n, a, i) => n + a.deliveries.length - startCounts[i]!, 0)
+      while (received() < sentIds.size && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100))
+      let lost = 0
+      let duplicates = 0
+      for (const [id, { agent }] of sentIds) {
+        const count = agents.agents[agent]!.countFor(id)
+        if (count === 0) lost++
+        if (count > 1) duplicates += count - 1
+      }
+      e2e.sort((a, b) => a - b)
+      return {
+        ...result,
+        accepted: sentIds.size,
+        lost,
+        duplicates,
+        e2eP50Ms: Math.round(percentile(e2e, 50) * 100) / 100,
+        e2eP99Ms: Math.round(percentile(e2e, 99) * 100) / 100
+      }
+    }
+    log(`sends: ${SENDERS} concurrent senders`)
+    const sends = await sendRun(SECONDS * 1000, "send")
+    log(sends)
+
+    // --- memory over a long run -----------------------------------------------
+    log(`memory: ${SOAK_SECONDS} s of sends`)
+    const samples: Array<number> = []
+    const soak = await sendRun(SOAK_SECONDS * 1000, "soak", () => samples.push(rssOf(server.pid!).rssMb))
+    const third = Math.max(1, Math.floor(samples.length / 3))
+    const avg = (xs: Array<number>) => Math.round(xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length))
+    const memory = {
+      rssFirstThirdMb: avg(samples.slice(0, third)),
+      rssLastThirdMb: avg(samples.slice(-third)),
+      soakRps: soak.rps,
+      soakLost: soak.lost,
+      soakDuplicates: soak.duplicates
+    }
+    log(memory)
+
+    // --- group fan-out ----------------------------------------------------------
+    log(`fanout: setting up a group of ${FANOUT} members`)
+    const members = await FakeAgent.startMany(FANOUT)
+    const owner = senders[0]!
+    const group = await call("POST", "/api/v1/groups", { name: "bench-fanout", invite_only: false }, owner)
+    const memberKeys: Array<string> = []
+    for (let i = 0; i < FANOUT; i += 16) {
+      const batch = Array.from({ length: Math.min(16, FANOUT - i) }, (_, j) => i + j)
+      await Promise.all(batch.map(async (m) => {
+        const key = await register(`member${m}`)
+        memberKeys[m] = key
+        await connect(key, members.agents[m]!)
+        await call("POST", `/api/v1/groups/${group.group_id}/join`, undefined, key)
+      }))
+    }
+    log("fanout: sending")
+    const fanStart = performance.now()
+    const fanAnswer = await call("POST", "/api/v1/messages/send", {
+      recipient: group.group_id,
+      recipient_type: "group",
+      message: "to everyone"
+    }, owner)
+    const fanAnswerMs = performance.now() - fanStart
+    await members.waitForTotal(FANOUT, { timeoutMs: 120_000 })
+    const fanoutAllMs = Math.max(...members.agents.map((a) => a.deliveries[0]!.receivedAtMonotonic)) - fanStart
+    const fanout = {
+      members: FANOUT,
+      answerMs: Math.round(fanAnswerMs),
+      allDeliveredMs: Math.round(fanoutAllMs),
+      answer: { status: fanAnswer.status, delivered: fanAnswer.delivered, pending: fanAnswer.pending },
+      duplicates: members.agents.reduce((n, a) => n + a.duplicates().length, 0)
+    }
+    log(fanout)
+
+    const memoryPeak = rssOf(server.pid!)
+    const figures = {
+      machine: { cpus: (await import("node:os")).cpus().length, node: process.version },
+      database: process.env.BENCH_DATABASE_URL !== undefined ? "postgres" : "pglite",
+      startupMs,
+      ceiling: ceilingResult,
+      reads: { ...reads, ofCeiling: Math.round((reads.rps / ceilingResult.rps) * 100) / 100 },
+      sends: { ...sends, ofCeiling: Math.round((sends.rps / ceilingResult.rps) * 100) / 100 },
+      fanout,
+      memory: { ...memory, peakRssMb: memoryPeak.peakMb }
+    }
+    console.log(JSON.stringify(figures))
+    await members.close()
+    await agents.close()
+    agentPool.destroy()
+  } finally {
+    server.kill("SIGTERM")
+    await new Promise((r) => server.once("exit", r))
+    rmSync(dataDir, { recursive: true, force: true })
+  }
+}
