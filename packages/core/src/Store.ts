@@ -316,6 +316,11 @@ export interface OutboxService {
    * into the message; none when the lease was lost.
    */
   readonly record: (owner: string, deliveryId: string, record: AttemptRecord) => Effect.Effect<Option.Option<Rollup>, SqlError>
+  /** `record` for many deliveries in one statement; answers in the order given. */
+  readonly recordMany: (
+    owner: string,
+    records: ReadonlyArray<{ readonly deliveryId: string; readonly record: AttemptRecord }>
+  ) => Effect.Effect<ReadonlyArray<Option.Option<Rollup>>, SqlError>
   /**
    * Settles a pending delivery from outside the engine, whoever holds its lease
    * (a peer registry reported the far side's outcome), rolling it up into the

@@ -13,6 +13,7 @@ import { PgClient } from "@effect/sql-pg"
 import { PGlite } from "@electric-sql/pglite"
 import { Migrations } from "@mahilo/core"
 import { Context, Effect, Layer, Redacted, Stream } from "effect"
+import * as PreparedStatements from "./PGliteStatements.js"
 
 /** Where the data lives. */
 export type DatabaseConfig =
@@ -37,24 +38,21 @@ export const makePGliteClient = (db: PGlite) =>
     const turn = yield* Effect.makeSemaphore(1)
     const compiler = PgClient.makeCompiler()
 
-    const query = (sql: string, params: ReadonlyArray<unknown>) =>
-      Effect.tryPromise({ try: () => db.query<any>(sql, params as Array<unknown>), catch: failed })
+    // Prepared statements keep one plan: PGlite pays for every planner trip in WASM.
+    yield* Effect.tryPromise({ try: () => db.exec("SET plan_cache_mode = force_generic_plan"), catch: failed })
+    const statements = PreparedStatements.make(db)
+    const run = (sql: string, params: ReadonlyArray<unknown>, rowMode: "object" | "array") =>
+      Effect.tryPromise({ try: () => statements.run(sql, params, rowMode), catch: failed })
 
     const raw: Connection = {
       execute: (sql, params, transformRows) =>
-        Effect.map(query(sql, params), (r) => (transformRows ? transformRows(r.rows) : r.rows)),
-      executeRaw: (sql, params) => query(sql, params),
-      executeValues: (sql, params) =>
-        Effect.map(
-          Effect.tryPromise({
-            try: () => db.query<Array<unknown>>(sql, params as Array<unknown>, { rowMode: "array" }),
-            catch: failed
-          }),
-          (r) => r.rows
-        ),
+        Effect.map(run(sql, params, "object"), (rows) => (transformRows ? transformRows(rows) : rows)),
+      executeRaw: (sql, params) =>
+        Effect.tryPromise({ try: () => db.query<any>(sql, params as Array<unknown>), catch: failed }),
+      executeValues: (sql, params) => run(sql, params, "array"),
       executeUnprepared: (sql, params, transformRows) =>
         params.length > 0
-          ? Effect.map(query(sql, params), (r) => (transformRows ? transformRows(r.rows) : r.rows))
+          ? Effect.map(run(sql, params, "object"), (rows) => (transformRows ? transformRows(rows) : rows))
           : Effect.map(
             Effect.tryPromise({ try: () => db.exec(sql), catch: failed }),
             (results) => {
@@ -64,7 +62,7 @@ export const makePGliteClient = (db: PGlite) =>
           ),
       executeStream: (sql, params, transformRows) =>
         Stream.fromIterableEffect(
-          Effect.map(query(sql, params), (r) => (transformRows ? transformRows(r.rows) : r.rows))
+          Effect.map(run(sql, params, "object"), (rows) => (transformRows ? transformRows(rows) : rows))
         )
     }
 

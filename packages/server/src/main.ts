@@ -15,6 +15,7 @@ const program = Effect.gen(function* () {
     Effect.catchAll((error) => Effect.dieMessage(describeError(error)))
   )
   return yield* Layer.launch(Server.layer()).pipe(
+    Effect.withTracerEnabled(process.env.MAHILO_TRACING === "true"),
     Effect.provide(Layer.succeed(ServerConfig, config)),
     Logger.withMinimumLogLevel(config.logLevel)
   )

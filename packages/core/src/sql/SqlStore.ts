@@ -383,8 +383,12 @@ export const makeMessages = Effect.gen(function* () {
         (batch) => sql`INSERT INTO deliveries ${sql.insert(batch)}`,
         { discard: true }
       )
+      // Up to one batch of deliveries, message and deliveries are a single statement (atomic by
+      // itself, no BEGIN/COMMIT round trips); a bigger fan-out takes a transaction.
       const write = deliveries.length === 0
         ? Effect.asVoid(insertMessage)
+        : rows.length <= DELIVERY_BATCH
+        ? sql`WITH message AS (${insertMessage} RETURNING id) INSERT INTO deliveries ${sql.insert(rows)}`
         : sql.withTransaction(Effect.zipRight(insertMessage, insertDeliveries))
       return Effect.asVoid(write).pipe(
         onUnique(() => Errors.Conflict.of("DUPLICATE", "A message with this idempotency key was already sent"))
@@ -507,6 +511,82 @@ export const makeOutbox = Effect.gen(function* () {
         ELSE 'pending'
       END`
 
+  /**
+   * Records many attempts in one statement: the deliveries still leased to
+   * `owner` are updated and their outcomes roll up into their messages'
+   * counters. Under load the engine gathers concurrent outcomes into one call,
+   * so a fan-out's thousand outcomes cost a handful of statements.
+   */
+  const recordMany = (
+    owner: string,
+    records: ReadonlyArray<{ readonly deliveryId: string; readonly record: Store.AttemptRecord }>
+  ): Effect.Effect<ReadonlyArray<Option.Option<Store.Rollup>>, SqlError> => {
+    if (records.length === 0) return Effect.succeed([])
+    const ids = records.map((r) => r.deliveryId)
+    const statuses = records.map(({ record }) =>
+      record._tag === "Delivered" ? "delivered" : record._tag === "Failed" ? "failed" : "pending"
+    )
+    const errors = records.map(({ record }) => (record._tag === "Delivered" ? null : record.error))
+    const codes = records.map(({ record }) => record.statusCode)
+    const nextAttempts = records.map(({ record }) => (record._tag === "Retry" ? record.nextAttemptAt : null))
+    return Effect.map(
+      sql<FinishedRow & { readonly message_status: Store.MessageStatus }>`
+        WITH v AS (
+          SELECT * FROM unnest(${ids}::text[], ${statuses}::text[], ${errors}::text[], ${codes}::int[], ${nextAttempts}::timestamptz[])
+            AS v(id, status, error, status_code, next_attempt_at)
+        ), d AS (
+          UPDATE deliveries d SET
+            status = v.status,
+            attempts = d.attempts + 1,
+            first_attempt_at = COALESCE(d.first_attempt_at, now()),
+            last_error = COALESCE(v.error, d.last_error),
+            last_status_code = COALESCE(v.status_code, d.last_status_code),
+            next_attempt_at = COALESCE(v.next_attempt_at, d.next_attempt_at),
+            delivered_at = CASE WHEN v.status = 'delivered' THEN now() ELSE d.delivered_at END,
+            lease_owner = NULL, lease_until = NULL, updated_at = now()
+          FROM v
+          WHERE d.id = v.id AND d.lease_owner = ${owner} AND d.status = 'pending'
+          RETURNING d.id, d.message_id, d.status, d.recipient_user_id
+        ), finished AS (
+          SELECT message_id,
+            count(*) FILTER (WHERE status = 'delivered')::int AS delivered,
+            count(*) FILTER (WHERE status = 'failed')::int AS failed
+          FROM d WHERE status <> 'pending' GROUP BY message_id
+        ), u AS (
+          UPDATE messages m SET
+            delivered_count = m.delivered_count + f.delivered,
+            failed_count = m.failed_count + f.failed,
+            status = CASE
+              WHEN m.status = 'rejected' THEN 'rejected'
+              WHEN m.delivered_count + m.failed_count + f.delivered + f.failed >= m.recipients
+                THEN CASE WHEN m.delivered_count + f.delivered > 0 THEN 'delivered' ELSE 'failed' END
+              ELSE 'pending'
+            END,
+            delivered_at = CASE WHEN f.delivered > 0 AND m.delivered_at IS NULL THEN now() ELSE m.delivered_at END
+          FROM finished f WHERE m.id = f.message_id
+          RETURNING m.id, m.status
+        )
+        SELECT d.id, d.message_id, d.status, d.recipient_user_id, msg.sender_id,
+          COALESCE(u.status, msg.status) AS message_status
+        FROM d JOIN messages msg ON msg.id = d.message_id LEFT JOIN u ON u.id = d.message_id`,
+      (rows) => {
+        const byId = new Map(rows.map((row) => [row.id, row]))
+        return ids.map((id) => {
+          const row = byId.get(id)
+          return row === undefined
+            ? Option.none()
+            : Option.some<Store.Rollup>({
+              messageId: row.message_id,
+              messageStatus: row.message_status,
+              deliveryStatus: row.status as Store.DeliveryStatus,
+              senderId: row.sender_id,
+              recipientUserId: row.recipient_user_id
+            })
+        })
+      }
+    )
+  }
+
   return Store.Outbox.of({
     claim: (owner, limit, leaseMs) =>
       Effect.flatMap(
@@ -531,39 +611,8 @@ export const makeOutbox = Effect.gen(function* () {
           attach
         ),
     record: (owner, deliveryId, record) =>
-      sql.withTransaction(
-        Effect.gen(function* () {
-          const status = record._tag === "Delivered" ? "delivered" : record._tag === "Failed" ? "failed" : "pending"
-          const error = record._tag === "Delivered" ? null : record.error
-          const nextAttemptAt = record._tag === "Retry" ? record.nextAttemptAt : null
-          const rows = yield* sql<FinishedRow>`
-            UPDATE deliveries d SET
-              status = ${status},
-              attempts = d.attempts + 1,
-              first_attempt_at = COALESCE(d.first_attempt_at, now()),
-              last_error = COALESCE(${error}, d.last_error),
-              last_status_code = COALESCE(${record.statusCode}, d.last_status_code),
-              next_attempt_at = COALESCE(${nextAttemptAt}, d.next_attempt_at),
-              delivered_at = CASE WHEN ${status} = 'delivered' THEN now() ELSE d.delivered_at END,
-              lease_owner = NULL, lease_until = NULL, updated_at = now()
-            FROM messages m
-            WHERE d.id = ${deliveryId} AND d.lease_owner = ${owner} AND d.status = 'pending' AND m.id = d.message_id
-            RETURNING d.id, d.message_id, d.status, d.recipient_user_id, m.sender_id`
-          const row = rows[0]
-          if (row === undefined) return Option.none()
-          if (status === "pending") {
-            return Option.some<Store.Rollup>({
-              messageId: row.message_id,
-              messageStatus: "pending",
-              deliveryStatus: "pending",
-              senderId: row.sender_id,
-              recipientUserId: row.recipient_user_id
-            })
-          }
-          const [rolled] = yield* rollup([row])
-          return Option.fromNullable(rolled)
-        })
-      ),
+      Effect.map(recordMany(owner, [{ deliveryId, record }]), (results) => results[0]!),
+    recordMany: (owner, records) => recordMany(owner, records),
     settle: (deliveryId, record) =>
       sql.withTransaction(
         Effect.gen(function* () {

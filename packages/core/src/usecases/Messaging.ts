@@ -126,10 +126,29 @@ export const make = Effect.gen(function* () {
       return payloadType
     })
 
+  // Users are never renamed or deleted, so who a username names can be remembered.
+  const knownUsers = new Map<string, Store.User>()
+  const localUser = (username: string, asTyped: string) => {
+    const known = knownUsers.get(username)
+    if (known !== undefined) return Effect.succeed(known)
+    return Effect.flatMap(users.findByUsername(username), Option.match({
+      onNone: () => Effect.fail(Errors.NotFound.of("USER_NOT_FOUND", `No user named "${asTyped}"`)),
+      onSome: (user) => {
+        if (knownUsers.size >= 10_000) knownUsers.delete(knownUsers.keys().next().value!)
+        knownUsers.set(username, user)
+        return Effect.succeed(user)
+      }
+    }))
+  }
+
   /** The sender's agent: the one named, or their preferred active connection. */
-  const senderAgent = (principal: Principal, connectionId: string | undefined) =>
+  const senderAgent = (
+    principal: Principal,
+    connectionId: string | undefined,
+    loaded?: ReadonlyArray<Store.AgentConnection>
+  ) =>
     Effect.gen(function* () {
-      const own = yield* connections.listByUser(principal.userId)
+      const own = loaded ?? (yield* connections.listByUser(principal.userId))
       if (connectionId !== undefined) {
         const named = own.find((c) => c.id === connectionId)
         if (named === undefined) return yield* Errors.NotFound.of("CONNECTION_NOT_FOUND", "sender_connection_id is not one of your connections")
@@ -274,14 +293,15 @@ export const make = Effect.gen(function* () {
       const address = yield* fromEither(Username.parseAddress(input.recipient, directory.localInstance))
       const recipient = address.instance !== undefined
         ? yield* directory.resolve({ username: address.username, instance: address.instance })
-        : yield* Effect.flatMap(users.findByUsername(address.username), Option.match({
-          onNone: () => Effect.fail(Errors.NotFound.of("USER_NOT_FOUND", `No user named "${input.recipient}"`)),
-          onSome: Effect.succeed
-        }))
+        : yield* localUser(address.username, input.recipient)
       const friends = yield* friendships.areFriends(principal.userId, recipient.id)
       if (!friends) return yield* Errors.Forbidden.of("NOT_FRIENDS", `You and ${recipient.username} are not friends`)
 
-      const sender = yield* senderAgent(principal, input.senderConnectionId)
+      // Both sides' agents in one query: the sender's names `sender_agent`, the recipient's are routed to.
+      const active = yield* connections.listActiveByUsers(
+        recipient.instance === null ? [principal.userId, recipient.id] : [principal.userId]
+      )
+      const sender = yield* senderAgent(principal, input.senderConnectionId, active.filter((c) => c.userId === principal.userId))
       const message = baseMessage(principal, input, payloadType, sender, {
         type: "user",
         id: recipient.id,
@@ -298,7 +318,7 @@ export const make = Effect.gen(function* () {
         // A user of another registry: forwarded to their registry, which picks their agent.
         planned = plan(recipient.id, null, true, recipient.instance)
       } else {
-        const theirs = yield* connections.listByUser(recipient.id)
+        const theirs = active.filter((c) => c.userId === recipient.id)
         const chosen = yield* fromEither(Routing.selectOne(theirs, {
           connectionId: input.recipientConnectionId,
           labels: input.routingHints?.labels,

@@ -15,6 +15,7 @@
  */
 import { Callback, type PeerOutcome, PeerTransport, type Registry, RetrySchedule, type Store } from "@mahilo/core"
 import { Store as StoreTags } from "@mahilo/core"
+import type { SqlError } from "@effect/sql/SqlError"
 import { Context, Deferred, Duration, Effect, FiberSet, Layer, Option, Queue } from "effect"
 import { ServerConfig } from "../Config.js"
 import { EventBus } from "../notifications/EventBus.js"
@@ -70,6 +71,30 @@ export const make = (settings: EngineSettings) =>
     const peer = yield* Effect.serviceOption(PeerTransport)
 
     const fibers = yield* FiberSet.make<unknown, never>()
+
+    // Outcomes are written in batches: whatever finished while the previous
+    // write ran goes into the next one (one statement for many deliveries).
+    interface PendingRecord {
+      readonly deliveryId: string
+      readonly record: Store.AttemptRecord
+      readonly done: Deferred.Deferred<Option.Option<Store.Rollup>, SqlError>
+    }
+    const outcomes = yield* Queue.unbounded<PendingRecord>()
+    yield* Effect.gen(function* () {
+      const first = yield* Queue.take(outcomes)
+      const batch = [first, ...(yield* Queue.takeUpTo(outcomes, 999))]
+      const written = yield* Effect.either(
+        outbox.recordMany(nodeId, batch.map(({ deliveryId, record }) => ({ deliveryId, record })))
+      )
+      for (let i = 0; i < batch.length; i++) {
+        const done = batch[i]!.done
+        if (written._tag === "Right") yield* Deferred.succeed(done, written.right[i]!)
+        else yield* Deferred.fail(done, written.left)
+      }
+    }).pipe(Effect.forever, Effect.forkScoped)
+    const recordOutcome = (deliveryId: string, record: Store.AttemptRecord) =>
+      Effect.flatMap(Deferred.make<Option.Option<Store.Rollup>, SqlError>(), (done) =>
+        Effect.zipRight(Queue.offer(outcomes, { deliveryId, record, done }), Deferred.await(done)))
     // Timers only wake the dispatcher; shutdown does not wait for them.
     const timers = yield* FiberSet.make<unknown, never>()
     const wakeIn = (ms: number) => FiberSet.run(timers, Effect.delay(wake, Duration.millis(Math.max(0, ms))))
@@ -196,7 +221,7 @@ export const make = (settings: EngineSettings) =>
           target.restUntil = now + target.restMs
           target.restMs = Math.min(target.restMs * 2, settings.schedule.maxDelayMs)
         }
-        const rolled = yield* outbox.record(nodeId, claimed.delivery.id, record)
+        const rolled = yield* recordOutcome(claimed.delivery.id, record)
         if (Option.isNone(rolled)) {
           yield* Effect.logWarning("Lease lost before the outcome was recorded", { delivery: claimed.delivery.id })
           return "pending" as const
