@@ -98,7 +98,7 @@ async function main() {
       MAHILO_DATA_DIR: dataDir,
       MAHILO_ALLOW_PRIVATE_CALLBACKS: "true",
       MAHILO_LOG_LEVEL: "warning",
-      ...(process.env.BENCH_DATABASE_URL !== undefined ? { DATABASE_URL: process.env.BENCH_DATABASE_URL } : {})
+      DATABASE_URL: process.env.BENCH_DATABASE_URL ?? ""
     },
     stdio: ["ignore", "inherit", "inherit"]
   })

@@ -12,7 +12,7 @@ import { SqlError } from "@effect/sql/SqlError"
 import { PgClient } from "@effect/sql-pg"
 import { PGlite } from "@electric-sql/pglite"
 import { Migrations } from "@mahilo/core"
-import { Context, Effect, Layer, Redacted, Stream } from "effect"
+import { Context, Duration, Effect, Layer, Redacted, Stream } from "effect"
 import * as PreparedStatements from "./PGliteStatements.js"
 
 /** Where the data lives. */
@@ -99,6 +99,15 @@ export const pgliteFrom = (open: () => Promise<PGlite>, description = "the embed
         (db) => Effect.promise(() => db.close())
       )
       const client = yield* makePGliteClient(db)
+      // PGlite runs PostgreSQL without its background workers, so nothing autovacuums: the
+      // outbox tables, updated once or twice per delivery, would only ever grow. Vacuum them
+      // now and then (a short pause for other statements; it shares the one connection).
+      yield* client.unsafe("VACUUM (ANALYZE) deliveries, messages, federation_nonces").unprepared.pipe(
+        Effect.catchAll((e) => Effect.logWarning("Could not vacuum the embedded database", e)),
+        Effect.delay(Duration.minutes(5)),
+        Effect.forever,
+        Effect.forkScoped
+      )
       return Context.make(SqlClient.SqlClient, client).pipe(
         Context.add(DatabaseEngine, { kind: "pglite" as const })
       )

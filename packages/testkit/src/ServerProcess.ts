@@ -46,7 +46,9 @@ const exited = (child: ChildProcess): Promise<number | null> =>
 export const start = async (env: Record<string, string>, options: { readonly timeoutMs?: number } = {}): Promise<ServerProcess> => {
   const port = env.PORT !== undefined ? Number(env.PORT) : await freePort()
   const child = spawn(process.execPath, ["--import", "tsx", MAIN], {
-    env: { ...process.env, HOST: "127.0.0.1", MAHILO_LOG_LEVEL: "warning", ...env, PORT: String(port) },
+    // The test runner's own DATABASE_URL (CI sets one) must not leak into a server meant to run on
+    // its embedded database: an empty value counts as unset.
+    env: { ...process.env, DATABASE_URL: "", HOST: "127.0.0.1", MAHILO_LOG_LEVEL: "warning", ...env, PORT: String(port) },
     stdio: ["ignore", "pipe", "pipe"]
   })
   let output = ""

@@ -206,10 +206,14 @@ const remoteGroups = run([
   `CREATE INDEX remote_group_members_user_idx ON remote_group_members (user_id)`
 ])
 
+// No query looks deliveries up by connection; the index only cost every delivery write.
+const dropUnusedDeliveryIndex = run([`DROP INDEX IF EXISTS deliveries_connection_idx`])
+
 /** Loader for `@effect/sql`'s Migrator. */
 export const loader = Migrator.fromRecord({
   "1_initial": initial,
-  "2_remote_groups": remoteGroups
+  "2_remote_groups": remoteGroups,
+  "3_drop_unused_delivery_index": dropUnusedDeliveryIndex
 })
 
 export const table = "mahilo_migrations"
