@@ -268,6 +268,26 @@ describe("delivery", () => {
       expect(error).toMatchObject({ _tag: "NotFound", code: "NO_CONNECTIONS" })
     }))
 
+  it.scopedLive("a slow agent never has more attempts in flight than the per-connection limit, and still gets everything", () =>
+    Effect.gen(function* () {
+      const { agent, alice } = yield* pair({ config: { maxInFlightPerConnection: 3, firstAttemptWaitMs: 100 } })
+      agent.failAll(FakeAgent.delay(250))
+      const sent = yield* Effect.all(
+        Array.from({ length: 12 }, (_, i) => alice.client.messages.send({ payload: { recipient: "bob", message: `slow ${i}` } })),
+        { concurrency: "unbounded" }
+      )
+      yield* Effect.promise(() => agent.waitFor(12, { timeoutMs: 20_000 }))
+      for (const { message_id } of sent) expect(agent.countFor(message_id)).toBe(1)
+      // The most callbacks the agent was handling at one moment.
+      const edges = agent.deliveries.flatMap((d) => [[d.receivedAt, 1] as const, [d.acknowledgedAt, -1] as const])
+        .sort((a, b) => a[0] - b[0] || a[1] - b[1])
+      let open = 0
+      let most = 0
+      for (const [, change] of edges) most = Math.max(most, (open += change))
+      expect(most).toBeLessThanOrEqual(3)
+      expect(most).toBeGreaterThanOrEqual(2)
+    }), { timeout: 60_000 })
+
   it.scopedLive("history is newest first, limited, filtered by since and direction, and only the caller's", () =>
     Effect.gen(function* () {
       const { alice, bob, server } = yield* pair()

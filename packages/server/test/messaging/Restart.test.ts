@@ -91,5 +91,7 @@ describe("restart safety", () => {
       expect(process2.pid).not.toBe(process1.pid)
       yield* Effect.promise(() => agent.waitFor(ids.length, { timeoutMs: 30_000 }))
       deliveredExactlyOnce(agent, ids)
+      // SIGTERM is a graceful shutdown: the process finishes and exits cleanly.
+      expect(yield* Effect.promise(() => process2.stop())).toBe(0)
     }), { timeout: 180_000 })
 })
