@@ -22,12 +22,13 @@ export const json = (value: unknown): string | null =>
 // Both drivers parse jsonb; a text fallback keeps a hand-inserted row readable.
 const fromJson = (value: unknown): unknown => (typeof value === "string" ? JSON.parse(value) : value ?? null)
 
-export const user = (r: Row): Store.User => ({
-  id: r.id,
-  username: r.username,
-  displayName: r.display_name ?? null,
-  instance: r.instance ?? null,
-  createdAt: r.created_at
+/** A user from its columns, optionally read under a prefix (`u_id`, `u_username`… in joined queries). */
+export const user = (r: Row, p = ""): Store.User => ({
+  id: r[`${p}id`],
+  username: r[`${p}username`],
+  displayName: r[`${p}display_name`] ?? null,
+  instance: r[`${p}instance`] ?? null,
+  createdAt: r[`${p}created_at`]
 })
 
 export const connection = (r: Row): Store.AgentConnection => ({

@@ -32,13 +32,13 @@ export const makeUsers = Effect.gen(function* () {
           return Rows.user(rows[0]!)
         })
       ).pipe(onUnique(() => Errors.Conflict.of("USERNAME_EXISTS", `The username "${user.username}" is taken`))),
-    findById: (id) => Effect.map(sql`SELECT * FROM users WHERE id = ${id}`, (rows) => Option.map(first(rows), Rows.user)),
+    findById: (id) => Effect.map(sql`SELECT * FROM users WHERE id = ${id}`, (rows) => Option.map(first(rows), (r) => Rows.user(r))),
     findByUsername: (username) =>
-      Effect.map(sql`SELECT * FROM users WHERE username = ${username}`, (rows) => Option.map(first(rows), Rows.user)),
+      Effect.map(sql`SELECT * FROM users WHERE username = ${username}`, (rows) => Option.map(first(rows), (r) => Rows.user(r))),
     findByIds: (ids) =>
       ids.length === 0
         ? Effect.succeed([])
-        : Effect.map(sql`SELECT * FROM users WHERE id IN ${sql.in(ids)}`, (rows) => rows.map(Rows.user)),
+        : Effect.map(sql`SELECT * FROM users WHERE id IN ${sql.in(ids)}`, (rows) => rows.map((r) => Rows.user(r))),
     ensureShadow: (input) =>
       Effect.map(
         sql`
@@ -160,13 +160,7 @@ export const makeFriendships = Effect.gen(function* () {
         (rows) =>
           rows.map((r: any) => ({
             friendship: Rows.friendship(r),
-            other: {
-              id: r.u_id,
-              username: r.u_username,
-              displayName: r.u_display_name ?? null,
-              instance: r.u_instance ?? null,
-              createdAt: r.u_created_at
-            }
+            other: Rows.user(r, "u_")
           }))
       ),
     areFriends: (a, b) =>
@@ -261,21 +255,15 @@ export const makeGroups = Effect.gen(function* () {
     members: (groupId) =>
       Effect.map(
         sql`
-          SELECT m.*, u.username AS u_username, u.display_name AS u_display_name, u.instance AS u_instance,
-            u.created_at AS u_created_at
+          SELECT m.*, u.id AS u_id, u.username AS u_username, u.display_name AS u_display_name,
+            u.instance AS u_instance, u.created_at AS u_created_at
           FROM group_memberships m JOIN users u ON u.id = m.user_id
           WHERE m.group_id = ${groupId}
           ORDER BY m.created_at, m.id`,
         (rows) =>
           rows.map((r: any) => ({
             membership: Rows.membership(r),
-            user: {
-              id: r.user_id,
-              username: r.u_username,
-              displayName: r.u_display_name ?? null,
-              instance: r.u_instance ?? null,
-              createdAt: r.u_created_at
-            }
+            user: Rows.user(r, "u_")
           }))
       ),
     activeMemberCount: (groupId) =>

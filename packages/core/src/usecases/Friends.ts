@@ -9,8 +9,6 @@ import * as Store from "../Store.js"
 import * as Username from "../Username.js"
 import type { Principal } from "./Accounts.js"
 
-const fromEither = <A, E>(either: Either.Either<A, E>): Effect.Effect<A, E> =>
-  Either.match(either, { onLeft: Effect.fail, onRight: Effect.succeed })
 
 export const make = Effect.gen(function* () {
   const users = yield* Store.Users
@@ -21,7 +19,7 @@ export const make = Effect.gen(function* () {
   /** The user an address names: local by username, remote through the directory. */
   const resolveUser = (input: string) =>
     Effect.gen(function* () {
-      const address = yield* fromEither(Username.parseAddress(input, directory.localInstance))
+      const address = yield* Username.parseAddress(input, directory.localInstance)
       if (address.instance !== undefined) {
         return yield* directory.resolve({ username: address.username, instance: address.instance })
       }
@@ -51,7 +49,7 @@ export const make = Effect.gen(function* () {
   ) =>
     Effect.gen(function* () {
       const row = yield* friendships.find(id)
-      const change = yield* fromEither(decide(Option.getOrUndefined(row), principal.userId))
+      const change = yield* decide(Option.getOrUndefined(row), principal.userId)
       const remote = Option.isSome(row) ? yield* remoteParty(row.value, principal.userId) : Option.none()
       const mirror = Option.map(remote, (other): FriendshipMirror => ({ action, actor: principal, other }))
       if (Option.isSome(mirror) && action === "accept") yield* directory.mirrorFriendship(mirror.value)
@@ -72,9 +70,9 @@ export const make = Effect.gen(function* () {
       Effect.gen(function* () {
         const other = yield* resolveUser(target)
         const existing = yield* friendships.findPair(principal.userId, other.id)
-        const outcome = yield* fromEither(
+        const outcome = yield* 
           Graph.request({ existing: Option.getOrUndefined(existing), requesterId: principal.userId, addresseeId: other.id })
-        )
+        
         const id = Option.match(existing, { onNone: () => Ids.make("fr"), onSome: (f) => f.id })
         // Federation: a user of another registry hears of it there first (and may refuse).
         if (other.instance !== null) yield* directory.mirrorFriendship({ action: "request", actor: principal, other })

@@ -1,5 +1,5 @@
 /** Groups: create, list, view, invite, join, leave, transfer, delete, members. */
-import { Effect, Either, Option } from "effect"
+import { Effect, Option } from "effect"
 import { RemoteDirectory, type RemoteGroupMembership } from "../Directory.js"
 import * as Errors from "../Errors.js"
 import { Events } from "../Events.js"
@@ -9,8 +9,6 @@ import * as Store from "../Store.js"
 import type { Principal } from "./Accounts.js"
 import type { make as makeFriends } from "./Friends.js"
 
-const fromEither = <A, E>(either: Either.Either<A, E>): Effect.Effect<A, E> =>
-  Either.match(either, { onLeft: Effect.fail, onRight: Effect.succeed })
 
 const groupNotFound = () => Errors.NotFound.of("GROUP_NOT_FOUND", "No such group, or you are not a member of it")
 
@@ -77,7 +75,7 @@ export const make = (friends: Friends) =>
           if (input.description !== undefined && input.description !== null && input.description.length > 1000) {
             return yield* Errors.InvalidRequest.of("INVALID_REQUEST", "description must be at most 1000 characters")
           }
-          const decision = yield* fromEither(Graph.create({ ...input, creatorId: principal.userId }))
+          const decision = yield* Graph.create({ ...input, creatorId: principal.userId })
           return yield* groups.create({ ...decision, id: Ids.make("grp"), membershipId: Ids.make("mem") })
         }),
 
@@ -95,7 +93,7 @@ export const make = (friends: Friends) =>
           const actor = yield* membershipOf(groupId, principal.userId)
           const invitee = yield* friends.resolveUser(username)
           const existing = yield* membershipOf(groupId, invitee.id)
-          const change = yield* fromEither(Graph.invite({ actor, inviteeId: invitee.id, existing }))
+          const change = yield* Graph.invite({ actor, inviteeId: invitee.id, existing })
           const group = yield* groupOf(groupId)
           if (invitee.instance !== null) {
             // Federation: the invitee's registry must hear of it, to let them join from there.
@@ -133,7 +131,7 @@ export const make = (friends: Friends) =>
           if (group !== undefined && group.inviteOnly && existing === undefined) {
             return yield* Errors.Forbidden.of("INVITE_REQUIRED", "This group is invite-only: ask an owner or admin for an invitation")
           }
-          const change = yield* fromEither(Graph.join({ group, userId: principal.userId, existing }))
+          const change = yield* Graph.join({ group, userId: principal.userId, existing })
           yield* apply(change)
           const membership = (yield* membershipOf(groupId, principal.userId))!
           yield* events.publish({
@@ -158,7 +156,7 @@ export const make = (friends: Friends) =>
             }
           }
           const count = yield* groups.activeMemberCount(groupId)
-          const change = yield* fromEither(Graph.leave({ membership, activeMemberCount: count }))
+          const change = yield* Graph.leave({ membership, activeMemberCount: count })
           const group = yield* groupOf(groupId)
           const before = yield* audience(groupId)
           yield* apply(change)
@@ -191,7 +189,7 @@ export const make = (friends: Friends) =>
             const byName = yield* users.findByUsername(newOwnerUserId.toLowerCase())
             if (Option.isSome(byName)) target = yield* membershipOf(groupId, byName.value.id)
           }
-          const [promote, demote] = yield* fromEither(Graph.transfer({ actor, target }))
+          const [promote, demote] = yield* Graph.transfer({ actor, target })
           // Both or neither: a group never has two owners, or none.
           yield* groups.applyAll([promote, demote])
           return { newOwnerUserId: target!.userId }
@@ -200,7 +198,7 @@ export const make = (friends: Friends) =>
       deleteGroup: (principal: Principal, groupId: string) =>
         Effect.gen(function* () {
           const actor = yield* membershipOf(groupId, principal.userId)
-          const change = yield* fromEither(Graph.deleteGroup({ actor }))
+          const change = yield* Graph.deleteGroup({ actor })
           const group = yield* groupOf(groupId)
           const before = (yield* audience(groupId)).filter((id) => id !== principal.userId)
           yield* apply(change)
@@ -214,14 +212,14 @@ export const make = (friends: Friends) =>
         Effect.gen(function* () {
           const actor = yield* membershipOf(groupId, principal.userId)
           const target = yield* membershipOf(groupId, userId)
-          yield* apply(yield* fromEither(Graph.changeRole({ actor, target, role })))
+          yield* apply(yield* Graph.changeRole({ actor, target, role }))
         }),
 
       removeMember: (principal: Principal, groupId: string, userId: string) =>
         Effect.gen(function* () {
           const actor = yield* membershipOf(groupId, principal.userId)
           const target = yield* membershipOf(groupId, userId)
-          yield* apply(yield* fromEither(Graph.remove({ actor, target })))
+          yield* apply(yield* Graph.remove({ actor, target }))
         })
     }
   })

@@ -77,8 +77,6 @@ export type SendResult =
 const PAYLOAD_TYPE = /^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}\/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}$/i
 const MAX_ID_LENGTH = 200
 
-const fromEither = <A, E>(either: Either.Either<A, E>): Effect.Effect<A, E> =>
-  Either.match(either, { onLeft: Effect.fail, onRight: Effect.succeed })
 
 const invalid = (error: string, code = "INVALID_REQUEST") => Effect.fail(Errors.InvalidRequest.of(code, error))
 
@@ -290,7 +288,7 @@ export const make = Effect.gen(function* () {
 
   const sendToUser = (principal: Principal, input: SendInput, payloadType: string, options: SendOptions) =>
     Effect.gen(function* () {
-      const address = yield* fromEither(Username.parseAddress(input.recipient, directory.localInstance))
+      const address = yield* Username.parseAddress(input.recipient, directory.localInstance)
       const recipient = address.instance !== undefined
         ? yield* directory.resolve({ username: address.username, instance: address.instance })
         : yield* localUser(address.username, input.recipient)
@@ -319,11 +317,11 @@ export const make = Effect.gen(function* () {
         planned = plan(recipient.id, null, true, recipient.instance)
       } else {
         const theirs = active.filter((c) => c.userId === recipient.id)
-        const chosen = yield* fromEither(Routing.selectOne(theirs, {
+        const chosen = yield* Routing.selectOne(theirs, {
           connectionId: input.recipientConnectionId,
           labels: input.routingHints?.labels,
           tags: input.routingHints?.tags
-        }))
+        })
         planned = plan(recipient.id, chosen as Store.AgentConnection, true, null)
       }
       const accepted = { ...message, recipients: 1 }
@@ -393,15 +391,7 @@ export const make = Effect.gen(function* () {
           : planned.filter((d) => d.recipientUserId === user.id).map((d) => d.id)
       }))
 
-      const accepted = {
-        ...message,
-        recipients: planned.length,
-        status: planned.length === 0 ? "delivered" as const : "pending" as const
-      }
-      const first = yield* write(principal, accepted, planned, options)
-      if (Option.isSome(first)) return { _tag: "Deduplicated", message: first.value } satisfies SendResult
-      yield* announce(accepted, planned, options)
-      return { _tag: "Accepted", message: accepted, deliveries: planned, members: perMember } satisfies SendResult
+      return yield* accept(principal, message, planned, perMember, options)
     })
 
   /**
@@ -445,6 +435,18 @@ export const make = Effect.gen(function* () {
         planned.push(forward)
         perMember.push({ userId: homeInstance, deliveryIds: [forward.id] })
       }
+      return yield* accept(principal, message, planned, perMember, options)
+    })
+
+  /** Writes a group message with its deliveries and tells who must know; a racing duplicate answers the first. */
+  const accept = (
+    principal: Principal,
+    message: Store.Message,
+    planned: ReadonlyArray<PlannedDelivery & { readonly primary: boolean }>,
+    members: Extract<SendResult, { _tag: "Accepted" }>["members"],
+    options: SendOptions
+  ) =>
+    Effect.gen(function* () {
       const accepted = {
         ...message,
         recipients: planned.length,
@@ -453,7 +455,7 @@ export const make = Effect.gen(function* () {
       const first = yield* write(principal, accepted, planned, options)
       if (Option.isSome(first)) return { _tag: "Deduplicated", message: first.value } satisfies SendResult
       yield* announce(accepted, planned, options)
-      return { _tag: "Accepted", message: accepted, deliveries: planned, members: perMember } satisfies SendResult
+      return { _tag: "Accepted", message: accepted, deliveries: planned, members } satisfies SendResult
     })
 
   const reject = (principal: Principal, message: Store.Message, reason: string) =>

@@ -1,5 +1,5 @@
 /** Sender policies: create, list, change, delete; group-scope ones by the group's owners and admins. */
-import { Effect, Either, Option } from "effect"
+import { Effect, Option } from "effect"
 import * as Errors from "../Errors.js"
 import * as Graph from "../Graph.js"
 import * as Ids from "../Ids.js"
@@ -7,8 +7,6 @@ import * as Policy from "../Policy.js"
 import * as Store from "../Store.js"
 import type { Principal } from "./Accounts.js"
 
-const fromEither = <A, E>(either: Either.Either<A, E>): Effect.Effect<A, E> =>
-  Either.match(either, { onLeft: Effect.fail, onRight: Effect.succeed })
 
 const notFound = () => Errors.NotFound.of("POLICY_NOT_FOUND", "No policy with that id is yours")
 
@@ -69,8 +67,8 @@ export const make = Effect.gen(function* () {
   return {
     createPolicy: (principal: Principal, input: PolicyInput) =>
       Effect.gen(function* () {
-        const target = yield* fromEither(Policy.validateTarget({ scope: input.scope, targetId: input.targetId }))
-        const content = yield* fromEither(Policy.validate({ policyType: input.policyType, content: input.content }))
+        const target = yield* Policy.validateTarget({ scope: input.scope, targetId: input.targetId })
+        const content = yield* Policy.validate({ policyType: input.policyType, content: input.content })
         yield* checkPriority(input.priority)
         const targetId = yield* resolveTarget(principal, input.scope, target)
         const policy: Policy.Policy = {
@@ -101,7 +99,7 @@ export const make = Effect.gen(function* () {
       Effect.gen(function* () {
         const policy = yield* accessible(principal, id)
         if (patch.content !== undefined) {
-          yield* fromEither(Policy.validate({ policyType: policy.policyType, content: patch.content }))
+          yield* Policy.validate({ policyType: policy.policyType, content: patch.content })
         }
         yield* checkPriority(patch.priority)
         yield* policies.update(id, patch)
