@@ -4,22 +4,7 @@ import type { Graph, Policy, Store } from "@mahilo/core"
 const iso = (d: Date): string => d.toISOString()
 const isoOrNull = (d: Date | null): string | null => (d === null ? null : d.toISOString())
 
-export const connection = (c: Store.AgentConnection) => ({
-  id: c.id,
-  framework: c.framework,
-  label: c.label,
-  description: c.description,
-  capabilities: [...c.capabilities],
-  routing_priority: c.routingPriority,
-  callback_url: c.callbackUrl,
-  public_key: c.publicKey,
-  public_key_alg: c.publicKeyAlg,
-  mode: c.mode,
-  status: c.status,
-  last_seen: isoOrNull(c.lastSeen),
-  created_at: iso(c.createdAt)
-})
-
+/** What a friend may see of a connection: never where it listens or its secret. */
 export const contactConnection = (c: Store.AgentConnection) => ({
   id: c.id,
   framework: c.framework,
@@ -30,6 +15,15 @@ export const contactConnection = (c: Store.AgentConnection) => ({
   public_key: c.publicKey,
   public_key_alg: c.publicKeyAlg,
   status: c.status
+})
+
+/** A connection as its owner sees it (never the secret). */
+export const connection = (c: Store.AgentConnection) => ({
+  ...contactConnection(c),
+  callback_url: c.callbackUrl,
+  mode: c.mode,
+  last_seen: isoOrNull(c.lastSeen),
+  created_at: iso(c.createdAt)
 })
 
 export const friend = (entry: { readonly view: Graph.FriendshipView; readonly other: Store.User }) => ({
