@@ -309,8 +309,6 @@ export class Messages extends Context.Tag("@mahilo/core/Messages")<Messages, Mes
 export interface OutboxService {
   /** Leases up to `limit` due deliveries (not inboxes) to `owner`; other nodes skip them. */
   readonly claim: (owner: string, limit: number, leaseMs: number) => Effect.Effect<ReadonlyArray<ClaimedDelivery>, SqlError>
-  /** Loads deliveries this node leased itself (the inline first attempt). */
-  readonly loadLeased: (owner: string, ids: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<ClaimedDelivery>, SqlError>
   /**
    * Records an attempt if `owner` still holds the lease, rolling the outcome up
    * into the message; none when the lease was lost.
@@ -334,8 +332,6 @@ export interface OutboxService {
   readonly postpone: (owner: string, deliveryId: string, until: Date) => Effect.Effect<void, SqlError>
   /** Gives back this node's leases (shutdown): the rows become due again at once. */
   readonly release: (owner: string, ids?: ReadonlyArray<string>) => Effect.Effect<number, SqlError>
-  /** The earliest time a pending, unleased delivery becomes due (for the sweep). */
-  readonly nextDue: Effect.Effect<Option.Option<Date>, SqlError>
   /** Pending inbox deliveries of a polling user, oldest first; only of `messageIds` when given. */
   readonly inbox: (
     userId: string,

@@ -76,15 +76,7 @@ export class Authentication extends HttpApiMiddleware.Tag<Authentication>()("Aut
 // Shared shapes
 
 const Timestamp = Schema.String.annotations({ description: "ISO-8601 UTC", examples: ["2026-01-26T16:00:00.000Z"] })
-/**
- * Client text: any string but one holding NUL (U+0000), which PostgreSQL
- * cannot store, so it is refused as `400` up front rather than failing in the
- * database as `503`.
- */
-export const Text = Schema.String.pipe(
-  Schema.filter((s) => !s.includes("\u0000"), { message: () => "must not contain NUL (\\u0000) characters" })
-)
-const Id = Schema.Struct({ id: Text })
+const Id = Schema.Struct({ id: Schema.String })
 const Success = Schema.Struct({ success: Schema.Literal(true) })
 const optionalNullable = <S extends Schema.Schema.Any>(s: S) => Schema.optional(Schema.NullOr(s))
 
@@ -107,8 +99,8 @@ export class HealthGroup extends HttpApiGroup.make("health").add(
 // Auth
 
 export const RegisterPayload = Schema.Struct({
-  username: Text,
-  display_name: optionalNullable(Text)
+  username: Schema.String,
+  display_name: optionalNullable(Schema.String)
 })
 
 export class AuthGroup extends HttpApiGroup.make("auth")
@@ -144,15 +136,15 @@ export class AuthGroup extends HttpApiGroup.make("auth")
 // Agents
 
 export const ConnectionPayload = Schema.Struct({
-  framework: Text,
-  label: Text,
-  description: optionalNullable(Text),
-  capabilities: Schema.optional(Schema.Union(Schema.Array(Text), Text)),
+  framework: Schema.String,
+  label: Schema.String,
+  description: optionalNullable(Schema.String),
+  capabilities: Schema.optional(Schema.Union(Schema.Array(Schema.String), Schema.String)),
   routing_priority: Schema.optional(Schema.Number),
-  callback_url: optionalNullable(Text),
-  callback_secret: Schema.optional(Text),
-  public_key: optionalNullable(Text),
-  public_key_alg: optionalNullable(Text),
+  callback_url: optionalNullable(Schema.String),
+  callback_secret: Schema.optional(Schema.String),
+  public_key: optionalNullable(Schema.String),
+  public_key_alg: optionalNullable(Schema.String),
   rotate_secret: Schema.optional(Schema.Boolean),
   mode: Schema.optional(Schema.Literal("webhook", "polling")).annotations({
     description: "Beside the contract: \"polling\" connections have no callback URL; their messages wait to be fetched"
@@ -187,7 +179,7 @@ const ContactConnection = Schema.Struct({
   status: Schema.String
 })
 
-const ConnectionPath = Schema.Struct({ id: Text })
+const ConnectionPath = Schema.Struct({ id: Schema.String })
 
 export class AgentsGroup extends HttpApiGroup.make("agents")
   .add(
@@ -218,7 +210,7 @@ export class AgentsGroup extends HttpApiGroup.make("agents")
   )
   .add(
     HttpApiEndpoint.get("contactConnections", "/contacts/:username/connections")
-      .setPath(Schema.Struct({ username: Text }))
+      .setPath(Schema.Struct({ username: Schema.String }))
       .addSuccess(Schema.Array(ContactConnection))
       .addError(InvalidRequest)
       .addError(Forbidden)
@@ -232,12 +224,12 @@ export class AgentsGroup extends HttpApiGroup.make("agents")
 // ---------------------------------------------------------------------------
 // Friends
 
-const FriendshipPath = Schema.Struct({ id: Text })
+const FriendshipPath = Schema.Struct({ id: Schema.String })
 
 export class FriendsGroup extends HttpApiGroup.make("friends")
   .add(
     HttpApiEndpoint.post("request", "/friends/request")
-      .setPayload(Schema.Struct({ username: Text }))
+      .setPayload(Schema.Struct({ username: Schema.String }))
       .addSuccess(Schema.Struct({ friendship_id: Schema.String, status: Schema.Literal("pending") }), { status: 201 })
       .addSuccess(Schema.Struct({ friendship_id: Schema.String, status: Schema.Literal("accepted") }))
       .addError(InvalidRequest)
@@ -281,9 +273,9 @@ const PolicyType = Schema.Literal("heuristic", "llm")
 
 export const PolicyPayload = Schema.Struct({
   scope: PolicyScope,
-  target_id: optionalNullable(Text),
+  target_id: optionalNullable(Schema.String),
   policy_type: PolicyType,
-  policy_content: Text,
+  policy_content: Schema.String,
   priority: Schema.optional(Schema.Number),
   enabled: Schema.optional(Schema.Boolean)
 })
@@ -300,7 +292,7 @@ export class PoliciesGroup extends HttpApiGroup.make("policies")
     HttpApiEndpoint.get("list", "/policies")
       .setUrlParams(Schema.Struct({
         scope: Schema.optional(PolicyScope),
-        target_id: Schema.optional(Text),
+        target_id: Schema.optional(Schema.String),
         policy_type: Schema.optional(PolicyType)
       }))
       .addSuccess(Schema.Array(Schema.Struct({
@@ -318,7 +310,7 @@ export class PoliciesGroup extends HttpApiGroup.make("policies")
     HttpApiEndpoint.patch("update", "/policies/:id")
       .setPath(Id)
       .setPayload(Schema.Struct({
-        policy_content: Schema.optional(Text),
+        policy_content: Schema.optional(Schema.String),
         priority: Schema.optional(Schema.Number),
         enabled: Schema.optional(Schema.Boolean)
       }))
@@ -476,6 +468,7 @@ const GroupView = Schema.Struct({
 })
 
 const GroupPath = Schema.Struct({ id: Schema.String })
+const MemberPath = Schema.Struct({ id: Schema.String, user_id: Schema.String })
 
 export class GroupsGroup extends HttpApiGroup.make("groups")
   .add(
@@ -548,7 +541,7 @@ export class GroupsGroup extends HttpApiGroup.make("groups")
   )
   .add(
     HttpApiEndpoint.patch("changeRole", "/groups/:id/members/:user_id")
-      .setPath(Schema.Struct({ id: Schema.String, user_id: Schema.String }))
+      .setPath(MemberPath)
       .setPayload(Schema.Struct({ role: Schema.Literal("admin", "member") }))
       .addSuccess(Success)
       .addError(InvalidRequest)
@@ -558,7 +551,7 @@ export class GroupsGroup extends HttpApiGroup.make("groups")
   )
   .add(
     HttpApiEndpoint.del("removeMember", "/groups/:id/members/:user_id")
-      .setPath(Schema.Struct({ id: Schema.String, user_id: Schema.String }))
+      .setPath(MemberPath)
       .addSuccess(Success)
       .addError(InvalidRequest)
       .addError(Forbidden)

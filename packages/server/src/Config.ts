@@ -59,6 +59,8 @@ export interface ServerConfigShape {
   readonly publicUrl: string | undefined
   /** `MAHILO_ADMIN_KEY`: secret for the federation admin endpoints. */
   readonly adminKey: Redacted.Redacted<string> | undefined
+  /** `MAHILO_TRACING`: build Effect spans for requests and statements. */
+  readonly tracing: boolean
   /** `MAHILO_LOG_LEVEL`: minimum log level. */
   readonly logLevel: LogLevel.LogLevel
 }
@@ -178,6 +180,7 @@ export const config: Config.Config<ServerConfigShape> = Config.all({
       : Either.left(`must be a host name or host:port, got ${JSON.stringify(value)}`)),
   publicUrl: optional("MAHILO_PUBLIC_URL", httpUrl),
   adminKey: optional("MAHILO_ADMIN_KEY", (value) => Either.right(Redacted.make(value))),
+  tracing: boolean("MAHILO_TRACING", false),
   logLevel: parsed("MAHILO_LOG_LEVEL", LogLevel.Info, (value) => {
     const level = LOG_LEVELS[value.toLowerCase()]
     return level !== undefined
@@ -223,6 +226,15 @@ export const federationEnabled = (config: ServerConfigShape): boolean => config.
 
 /** True when `MAHILO_ENV=development`. */
 export const isDevelopment = (config: ServerConfigShape): boolean => config.env === "development"
+
+/**
+ * Where callbacks may go: private ranges only when allowed, loopback also in
+ * development. One rule for registration, delivery and ping.
+ */
+export const callbackNetwork = (config: ServerConfigShape) => ({
+  allowPrivate: config.allowPrivateCallbacks,
+  allowLoopback: isDevelopment(config)
+})
 
 /** Which database the configuration selects, in the shape `Database.layer` takes. */
 export const databaseConfig = (config: ServerConfigShape): DatabaseConfig =>

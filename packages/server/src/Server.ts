@@ -13,7 +13,7 @@ import { CallbackUrls, Errors, type Events, Registry, RemoteDirectory, RetrySche
 import { Cause, Effect, Layer } from "effect"
 import { Plug as Federation } from "@mahilo/federation"
 import { MahiloApi } from "./Api.js"
-import { databaseConfig, ServerConfig } from "./Config.js"
+import { databaseConfig, isDevelopment, ServerConfig } from "./Config.js"
 import * as Database from "./Database.js"
 import * as CallbackUrl from "./delivery/CallbackUrl.js"
 import * as DeliveryEngine from "./delivery/DeliveryEngine.js"
@@ -51,7 +51,7 @@ const CallbackUrlsLive = Layer.effect(
   CallbackUrls,
   Effect.map(ServerConfig, (config) => ({
     validate: (url: string) =>
-      CallbackUrl.validate(url, { allowPrivate: config.allowPrivateCallbacks, development: config.env === "development" })
+      CallbackUrl.validate(url, { allowPrivate: config.allowPrivateCallbacks, development: isDevelopment(config) })
   }))
 )
 

@@ -591,13 +591,6 @@ export const makeOutbox = Effect.gen(function* () {
           RETURNING *`,
         attach
       ),
-    loadLeased: (owner, ids) =>
-      ids.length === 0
-        ? Effect.succeed([])
-        : Effect.flatMap(
-          sql`SELECT * FROM deliveries WHERE id IN ${sql.in(ids)} AND lease_owner = ${owner} AND status = 'pending'`,
-          attach
-        ),
     record: (owner, deliveryId, record) =>
       Effect.map(recordMany(owner, [{ deliveryId, record }]), (results) => results[0]!),
     recordMany: (owner, records) => recordMany(owner, records),
@@ -636,12 +629,6 @@ export const makeOutbox = Effect.gen(function* () {
             WHERE lease_owner = ${owner} AND status = 'pending' AND id IN ${sql.in(ids)} RETURNING id`,
         (rows) => rows.length
       ),
-    nextDue: Effect.map(
-      sql`
-        SELECT min(CASE WHEN lease_until IS NOT NULL AND lease_until > next_attempt_at THEN lease_until ELSE next_attempt_at END) AS due
-        FROM deliveries WHERE status = 'pending' AND target_kind <> 'inbox'`,
-      (rows) => Option.fromNullable(rows[0]?.due as Date | null | undefined)
-    ),
     inbox: (userId, q) => {
       if (q.messageIds !== undefined && q.messageIds.length === 0) return Effect.succeed([])
       const conditions = [sql`recipient_user_id = ${userId}`, sql`target_kind = 'inbox'`, sql`status = 'pending'`]

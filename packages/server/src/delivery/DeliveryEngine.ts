@@ -17,10 +17,10 @@ import { Callback, type PeerOutcome, PeerTransport, type Registry, RetrySchedule
 import { Store as StoreTags } from "@mahilo/core"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Context, Deferred, Duration, Effect, FiberSet, Layer, Option, Queue } from "effect"
-import { ServerConfig } from "../Config.js"
+import { callbackNetwork, ServerConfig } from "../Config.js"
 import { EventBus } from "../notifications/EventBus.js"
 import { NodeId } from "../NodeId.js"
-import * as Wire from "../http/Wire.js"
+import { callbackBody } from "./CallbackBody.js"
 import { HttpCallbackClient } from "./HttpCallback.js"
 
 export interface EngineSettings {
@@ -120,7 +120,7 @@ export const make = (settings: EngineSettings) =>
         return Effect.succeed({ _tag: "Refused", reason: "the recipient connection was removed" } as const)
       }
       const group = claimed.message.recipientType === "group"
-      const body = JSON.stringify(Wire.callbackBody(claimed.message, claimed.delivery, { includeDeliveryId: group }))
+      const body = JSON.stringify(callbackBody(claimed.message, claimed.delivery, { includeDeliveryId: group }))
       const headers = Callback.headers({
         secret: connection.callbackSecret,
         timestampSeconds: Math.floor(Date.now() / 1000),
@@ -133,8 +133,7 @@ export const make = (settings: EngineSettings) =>
         headers,
         body,
         timeoutMs: settings.callbackTimeoutMs,
-        allowPrivate: config.allowPrivateCallbacks,
-        allowLoopback: config.env === "development"
+        ...callbackNetwork(config)
       })
     }
 

@@ -6,7 +6,7 @@ import { HttpApiBuilder } from "@effect/platform"
 import { Callback, Registry } from "@mahilo/core"
 import { Effect } from "effect"
 import { CurrentPrincipal, MahiloApi } from "../Api.js"
-import { ServerConfig } from "../Config.js"
+import { callbackNetwork, federationEnabled, ServerConfig } from "../Config.js"
 import { DatabaseEngine } from "../Database.js"
 import { HttpCallbackClient } from "../delivery/HttpCallback.js"
 import type { Authenticator } from "./Auth.js"
@@ -23,7 +23,7 @@ export const HealthLive = HttpApiBuilder.group(MahiloApi, "health", (handlers) =
         status: "healthy" as const,
         version: VERSION,
         database: engine.kind,
-        federation: config.instanceName !== undefined,
+        federation: federationEnabled(config),
         ...(config.instanceName !== undefined ? { instance: config.instanceName } : {})
       }))
   }))
@@ -111,8 +111,7 @@ export const AgentsLive = HttpApiBuilder.group(MahiloApi, "agents", (handlers) =
             },
             body,
             timeoutMs: Math.min(config.callbackTimeoutMs, 10_000),
-            allowPrivate: config.allowPrivateCallbacks,
-            allowLoopback: config.env === "development"
+            ...callbackNetwork(config)
           })
           if (result.success) yield* registry.touchConnection(principal, connection.id, new Date())
           return {

@@ -5,6 +5,7 @@ import { Deferred, Duration, Effect, Option } from "effect"
 import { CurrentPrincipal, MahiloApi, SendRejected } from "../Api.js"
 import { ServerConfig } from "../Config.js"
 import { DeliveryEngine } from "../delivery/DeliveryEngine.js"
+import { callbackBody } from "../delivery/CallbackBody.js"
 import * as Wire from "./Wire.js"
 
 type Status = "delivered" | "pending" | "failed"
@@ -137,7 +138,7 @@ export const MessagesLive = HttpApiBuilder.group(MahiloApi, "messages", (handler
           const limit = yield* limitOf(urlParams.limit)
           const waiting = yield* registry.inbox(yield* CurrentPrincipal, { since, limit })
           return waiting.map((c) => ({
-            ...Wire.callbackBody(c.message, c.delivery, { includeDeliveryId: false }),
+            ...callbackBody(c.message, c.delivery, { includeDeliveryId: false }),
             delivery_id: c.delivery.id
           }))
         }))

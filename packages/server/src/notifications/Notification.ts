@@ -4,7 +4,7 @@
  * hears what is decided here, as plain functions over plain data.
  */
 import type { RegistryEvent, Store } from "@mahilo/core"
-import * as Wire from "../http/Wire.js"
+import { callbackBody } from "../delivery/CallbackBody.js"
 
 /** The contract's event types. */
 export type NotificationType =
@@ -96,7 +96,7 @@ export const pushed = (
     ...base,
     data: {
       ...base.data,
-      ...Wire.callbackBody(first.message, first.delivery, { includeDeliveryId: false }),
+      ...callbackBody(first.message, first.delivery, { includeDeliveryId: false }),
       delivery_id: first.delivery.id,
       recipient_connection_ids: waiting.map((w) => w.delivery.connectionId),
       inbox: true
