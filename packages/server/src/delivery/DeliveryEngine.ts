@@ -61,6 +61,12 @@ interface Target {
   restMs: number
 }
 
+/** Resumes after the event loop has run the I/O callbacks that are ready now. */
+const afterIo: Effect.Effect<void> = Effect.async<void>((resume) => {
+  const handle = setImmediate(() => resume(Effect.void))
+  return Effect.sync(() => clearImmediate(handle))
+})
+
 export const make = (settings: EngineSettings) =>
   Effect.gen(function* () {
     const outbox = yield* StoreTags.Outbox
@@ -82,6 +88,8 @@ export const make = (settings: EngineSettings) =>
     const outcomes = yield* Queue.unbounded<PendingRecord>()
     yield* Effect.gen(function* () {
       const first = yield* Queue.take(outcomes)
+      // Let the answers that arrived in this turn of the event loop join the batch.
+      yield* afterIo
       const batch = [first, ...(yield* Queue.takeUpTo(outcomes, 999))]
       const written = yield* Effect.either(
         outbox.recordMany(nodeId, batch.map(({ deliveryId, record }) => ({ deliveryId, record })))
