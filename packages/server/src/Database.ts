@@ -11,7 +11,7 @@ import type { Connection } from "@effect/sql/SqlConnection"
 import { SqlError } from "@effect/sql/SqlError"
 import { PgClient } from "@effect/sql-pg"
 import { PGlite } from "@electric-sql/pglite"
-import { Migrations } from "@mahilo/core"
+import { Migrations, ReadCache } from "@mahilo/core"
 import { Context, Duration, Effect, Layer, Redacted, Stream } from "effect"
 import * as PreparedStatements from "./PGliteStatements.js"
 
@@ -109,7 +109,10 @@ export const pgliteFrom = (open: () => Promise<PGlite>, description = "the embed
         Effect.forkScoped
       )
       return Context.make(SqlClient.SqlClient, client).pipe(
-        Context.add(DatabaseEngine, { kind: "pglite" as const })
+        Context.add(DatabaseEngine, { kind: "pglite" as const }),
+        // One connection in this process: every write goes through this client, so the
+        // store may keep read results and forget them at its own writes.
+        Context.add(ReadCache.SoleWriter, true)
       )
     })
   ).pipe(Layer.provide(Reactivity.layer))

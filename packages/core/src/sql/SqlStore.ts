@@ -8,6 +8,7 @@ import { Effect, Layer, Option } from "effect"
 import * as Errors from "../Errors.js"
 import type * as Graph from "../Graph.js"
 import * as Store from "../Store.js"
+import * as ReadCache from "./ReadCache.js"
 import * as Rows from "./Rows.js"
 
 const first = <A>(rows: ReadonlyArray<A>): Option.Option<A> => Option.fromNullable(rows[0])
@@ -20,6 +21,8 @@ const onUnique = (conflict: () => Errors.Conflict) =>
 
 export const makeUsers = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
+  // Friend lists show the other user's display name, which a shadow user's update changes.
+  const graph = yield* ReadCache.of(sql, "friendships")
   return Store.Users.of({
     create: (user, key) =>
       sql.withTransaction(
@@ -40,14 +43,14 @@ export const makeUsers = Effect.gen(function* () {
         ? Effect.succeed([])
         : Effect.map(sql`SELECT * FROM users WHERE id IN ${sql.in(ids)}`, (rows) => rows.map((r) => Rows.user(r))),
     ensureShadow: (input) =>
-      Effect.map(
+      graph.write(Effect.map(
         sql`
           INSERT INTO users (id, username, display_name, instance)
           VALUES (${input.id}, ${input.username}, ${input.displayName}, ${input.instance})
           ON CONFLICT (username) DO UPDATE SET display_name = COALESCE(EXCLUDED.display_name, users.display_name)
           RETURNING *`,
         (rows) => Rows.user(rows[0]!)
-      ),
+      )),
     findKey: (kid) =>
       Effect.map(
         sql`SELECT id, user_id, hash FROM api_keys WHERE id = ${kid} AND revoked_at IS NULL`,
@@ -69,6 +72,8 @@ export const makeUsers = Effect.gen(function* () {
 
 export const makeConnections = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
+  // Every send reads both parties' active connections; they change far less often.
+  const cache = yield* ReadCache.of(sql, "connections")
   const map = (rows: ReadonlyArray<any>) => rows.map(Rows.connection)
   return Store.Connections.of({
     listByUser: (userId) =>
@@ -76,9 +81,12 @@ export const makeConnections = Effect.gen(function* () {
     listActiveByUsers: (userIds) =>
       userIds.length === 0
         ? Effect.succeed([])
-        : Effect.map(
-          sql`SELECT * FROM agent_connections WHERE user_id IN ${sql.in(userIds)} AND status = 'active' ORDER BY created_at, id`,
-          map
+        : cache.read(
+          userIds.join(" "),
+          Effect.map(
+            sql`SELECT * FROM agent_connections WHERE user_id IN ${sql.in(userIds)} AND status = 'active' ORDER BY created_at, id`,
+            map
+          )
         ),
     find: (id) =>
       Effect.map(sql`SELECT * FROM agent_connections WHERE id = ${id}`, (rows) => Option.map(first(rows), Rows.connection)),
@@ -88,7 +96,7 @@ export const makeConnections = Effect.gen(function* () {
         (rows) => Option.map(first(rows), Rows.connection)
       ),
     insert: (c) =>
-      sql`
+      cache.write(sql`
         INSERT INTO agent_connections (id, user_id, framework, label, description, capabilities, routing_priority,
           mode, callback_url, callback_secret, public_key, public_key_alg, status)
         VALUES (${c.id}, ${c.userId}, ${c.framework}, ${c.label}, ${c.description}, ${Rows.json(c.capabilities)}::jsonb,
@@ -96,25 +104,50 @@ export const makeConnections = Effect.gen(function* () {
         .pipe(
           Effect.asVoid,
           onUnique(() => Errors.Conflict.of("CONNECTION_EXISTS", "A connection with this framework and label exists"))
-        ),
+        )),
     update: (c) =>
-      Effect.asVoid(sql`
+      cache.write(Effect.asVoid(sql`
         UPDATE agent_connections SET description = ${c.description}, capabilities = ${Rows.json(c.capabilities)}::jsonb,
           routing_priority = ${c.routingPriority}, mode = ${c.mode}, callback_url = ${c.callbackUrl},
           callback_secret = ${c.callbackSecret}, public_key = ${c.publicKey}, public_key_alg = ${c.publicKeyAlg},
           status = ${c.status}, updated_at = now()
-        WHERE id = ${c.id}`),
+        WHERE id = ${c.id}`)),
     delete: (userId, id) =>
-      Effect.map(
+      cache.write(Effect.map(
         sql`DELETE FROM agent_connections WHERE id = ${id} AND user_id = ${userId} RETURNING id`,
         (rows) => rows.length > 0
-      ),
-    touch: (id, at) => Effect.asVoid(sql`UPDATE agent_connections SET last_seen = ${at} WHERE id = ${id}`)
+      )),
+    touch: (id, at) => cache.write(Effect.asVoid(sql`UPDATE agent_connections SET last_seen = ${at} WHERE id = ${id}`))
   })
 })
 
 export const makeFriendships = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
+  // Friend lists are read on every GET /friends and the friendship check on every send.
+  const cache = yield* ReadCache.of(sql, "friendships")
+  const apply = (change: Graph.FriendshipChange, id: string): Effect.Effect<Option.Option<Graph.Friendship>, SqlError | Errors.Conflict> => {
+    switch (change._tag) {
+      case "Insert":
+        return Effect.map(
+          sql`
+            INSERT INTO friendships (id, requester_id, addressee_id, status)
+            VALUES (${id}, ${change.requesterId}, ${change.addresseeId}, ${change.status})
+            RETURNING *`,
+          (rows) => Option.some(Rows.friendship(rows[0]!))
+        ).pipe(onUnique(() => Errors.Conflict.of("REQUEST_EXISTS", "A friend request between you already exists")))
+      case "Update":
+        return Effect.map(
+          sql`
+            UPDATE friendships SET status = ${change.status}, blocked_by = ${change.blockedBy}, updated_at = now()
+            WHERE id = ${change.id} RETURNING *`,
+          (rows) => Option.map(first(rows), Rows.friendship)
+        )
+      case "Delete":
+        return Effect.as(sql`DELETE FROM friendships WHERE id = ${change.id}`, Option.none())
+      case "Unchanged":
+        return Effect.succeed(Option.none())
+    }
+  }
   return Store.Friendships.of({
     find: (id) => Effect.map(sql`SELECT * FROM friendships WHERE id = ${id}`, (rows) => Option.map(first(rows), Rows.friendship)),
     findPair: (a, b) =>
@@ -125,52 +158,36 @@ export const makeFriendships = Effect.gen(function* () {
             AND GREATEST(requester_id, addressee_id) = GREATEST(${a}::text, ${b}::text)`,
         (rows) => Option.map(first(rows), Rows.friendship)
       ),
-    apply: (change, id) => {
-      switch (change._tag) {
-        case "Insert":
-          return Effect.map(
-            sql`
-              INSERT INTO friendships (id, requester_id, addressee_id, status)
-              VALUES (${id}, ${change.requesterId}, ${change.addresseeId}, ${change.status})
-              RETURNING *`,
-            (rows) => Option.some(Rows.friendship(rows[0]!))
-          ).pipe(onUnique(() => Errors.Conflict.of("REQUEST_EXISTS", "A friend request between you already exists")))
-        case "Update":
-          return Effect.map(
-            sql`
-              UPDATE friendships SET status = ${change.status}, blocked_by = ${change.blockedBy}, updated_at = now()
-              WHERE id = ${change.id} RETURNING *`,
-            (rows) => Option.map(first(rows), Rows.friendship)
-          )
-        case "Delete":
-          return Effect.as(sql`DELETE FROM friendships WHERE id = ${change.id}`, Option.none())
-        case "Unchanged":
-          return Effect.succeed(Option.none())
-      }
-    },
+    apply: (change, id) => change._tag === "Unchanged" ? apply(change, id) : cache.write(apply(change, id)),
     listFor: (userId, status) =>
-      Effect.map(
-        sql`
-          SELECT f.*, u.id AS u_id, u.username AS u_username, u.display_name AS u_display_name,
-            u.instance AS u_instance, u.created_at AS u_created_at
-          FROM friendships f
-          JOIN users u ON u.id = CASE WHEN f.requester_id = ${userId} THEN f.addressee_id ELSE f.requester_id END
-          WHERE (f.requester_id = ${userId} OR f.addressee_id = ${userId}) AND f.status = ${status}
-          ORDER BY f.updated_at DESC, f.id`,
-        (rows) =>
-          rows.map((r: any) => ({
-            friendship: Rows.friendship(r),
-            other: Rows.user(r, "u_")
-          }))
+      cache.read(
+        `list ${userId} ${status}`,
+        Effect.map(
+          sql`
+            SELECT f.*, u.id AS u_id, u.username AS u_username, u.display_name AS u_display_name,
+              u.instance AS u_instance, u.created_at AS u_created_at
+            FROM friendships f
+            JOIN users u ON u.id = CASE WHEN f.requester_id = ${userId} THEN f.addressee_id ELSE f.requester_id END
+            WHERE (f.requester_id = ${userId} OR f.addressee_id = ${userId}) AND f.status = ${status}
+            ORDER BY f.updated_at DESC, f.id`,
+          (rows) =>
+            rows.map((r: any) => ({
+              friendship: Rows.friendship(r),
+              other: Rows.user(r, "u_")
+            }))
+        )
       ),
     areFriends: (a, b) =>
-      Effect.map(
-        sql`
-          SELECT 1 FROM friendships
-          WHERE LEAST(requester_id, addressee_id) = LEAST(${a}::text, ${b}::text)
-            AND GREATEST(requester_id, addressee_id) = GREATEST(${a}::text, ${b}::text)
-            AND status = 'accepted'`,
-        (rows) => rows.length > 0
+      cache.read(
+        a < b ? `pair ${a} ${b}` : `pair ${b} ${a}`,
+        Effect.map(
+          sql`
+            SELECT 1 FROM friendships
+            WHERE LEAST(requester_id, addressee_id) = LEAST(${a}::text, ${b}::text)
+              AND GREATEST(requester_id, addressee_id) = GREATEST(${a}::text, ${b}::text)
+              AND status = 'accepted'`,
+          (rows) => rows.length > 0
+        )
       )
   })
 })

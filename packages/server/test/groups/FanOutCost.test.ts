@@ -123,13 +123,17 @@ describe("group fan-out cost", () => {
       // No sweeps during the measurement: only the send's own statements are counted.
       const server = yield* TestServer.make({ database: countedDatabase(log), config: { sweepIntervalMs: 60_000 } })
       const alice = yield* Fixtures.user(server, "alice")
+      const warm = yield* alice.api.groups.create({ payload: { name: "warm" } })
       const small = yield* alice.api.groups.create({ payload: { name: "small" } })
       const large = yield* alice.api.groups.create({ payload: { name: "large" } })
+      yield* seedMembers(server, warm.group_id, "w", 10, { connections: 2 })
       yield* seedMembers(server, small.group_id, "s", 10, { connections: 2 })
       yield* seedMembers(server, large.group_id, "l", 1000, { connections: 2 })
 
       // Warm-up: the first send of a process primes caches (API key, policies...) and is not the point.
-      yield* groupSend(alice, small.group_id, "warm-up")
+      // It goes to a third group, so that neither measured send finds its members' connections in
+      // memory and both are counted alike.
+      yield* groupSend(alice, warm.group_id, "warm-up")
       const toSmall = yield* log.during(groupSend(alice, small.group_id, "hello small"))
       const toLarge = yield* log.during(groupSend(alice, large.group_id, "hello large"))
 
@@ -166,7 +170,7 @@ describe("group fan-out cost", () => {
   it.scopedLive("with webhook members, the statements before the deliveries are written do not grow with the group", () =>
     Effect.gen(function* () {
       const log = new StatementLog()
-      const agents = yield* FakeAgent.makeMany(210)
+      const agents = yield* FakeAgent.makeMany(220)
       // 200 first attempts at once on one in-process PGlite can starve the event loop past the
       // testing 2 s callback timeout, and a timed-out attempt is retried even though the agent
       // acknowledged it (at-least-once). A generous timeout keeps this test about statements.
@@ -175,10 +179,13 @@ describe("group fan-out cost", () => {
         config: { firstAttemptWaitMs: 0, sweepIntervalMs: 60_000, callbackTimeoutMs: 20_000 }
       })
       const alice = yield* Fixtures.user(server, "alice")
+      const warm = yield* alice.api.groups.create({ payload: { name: "warm" } })
       const small = yield* alice.api.groups.create({ payload: { name: "small" } })
       const large = yield* alice.api.groups.create({ payload: { name: "large" } })
-      const smallAgents = { ...agents, agents: agents.agents.slice(0, 10) }
-      const largeAgents = { ...agents, agents: agents.agents.slice(10) }
+      const warmAgents = { ...agents, agents: agents.agents.slice(0, 10) }
+      const smallAgents = { ...agents, agents: agents.agents.slice(10, 20) }
+      const largeAgents = { ...agents, agents: agents.agents.slice(20) }
+      yield* seedMembers(server, warm.group_id, "w", 10, { connections: 1, agents: warmAgents })
       yield* seedMembers(server, small.group_id, "s", 10, { connections: 1, agents: smallAgents })
       yield* seedMembers(server, large.group_id, "l", 200, { connections: 1, agents: largeAgents })
 
@@ -188,7 +195,8 @@ describe("group fan-out cost", () => {
           alice.api.messages.history({ urlParams: { direction: "sent", limit: "5" } }),
           (h) => h.find((m) => m.id === messageId)?.status === "delivered"
         )
-      yield* settled((yield* groupSend(alice, small.group_id, "warm-up")).message_id)
+      // Warm-up to a third group, as above: both measured sends read their members' connections.
+      yield* settled((yield* groupSend(alice, warm.group_id, "warm-up")).message_id)
       // Up to and including the one INSERT of the deliveries; what follows is the engine's attempts.
       const planning = (statements: ReadonlyArray<string>) => {
         const insert = statements.findIndex(writesDeliveries)

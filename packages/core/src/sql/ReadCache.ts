@@ -1,0 +1,83 @@
+/**
+ * Read results kept in memory, for a store that is its database's only writer.
+ *
+ * The embedded database (PGlite) is one connection in one process: every write
+ * goes through this store, so the store can tell exactly when a result it read
+ * stops being true. Each write through the store bumps the cache's generation
+ * once it has run; a result is reused only while the generation is the one seen
+ * before it was read. A write that lands while a read is in flight therefore
+ * keeps that read from being stored, and a write that lands after a read was
+ * stored makes it stale.
+ *
+ * With other writers (PostgreSQL, several server processes) their writes would
+ * go unseen, so there the cache is off and every read goes to the database.
+ */
+import { SqlClient } from "@effect/sql"
+import { Context, Effect, Option } from "effect"
+
+/**
+ * Whether the `SqlClient` is the database's only writer: one connection in this
+ * process (the embedded PGlite layer provides `true`). Off unless provided.
+ */
+export class SoleWriter extends Context.Reference<SoleWriter>()("@mahilo/core/SoleWriter", {
+  defaultValue: () => false
+}) {}
+
+export interface ReadCache {
+  /** `read`'s result under `key`, from memory while no write has happened since it was read. */
+  readonly read: <A, E, R>(key: string, read: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  /** Runs a write and then forgets every result read before it. */
+  readonly write: <A, E, R>(write: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+}
+
+const passThrough: ReadCache = {
+  read: (_key, read) => read,
+  write: (write) => write
+}
+
+// One cache per database client and name, however many store instances share the client.
+const caches = new WeakMap<SqlClient.SqlClient, Map<string, ReadCache>>()
+
+/**
+ * The cache named `name` over `sql` (up to `capacity` results; the oldest goes
+ * first when it is full). A pass-through unless `SoleWriter` is provided as true.
+ */
+export const of = (sql: SqlClient.SqlClient, name: string, capacity = 10_000): Effect.Effect<ReadCache> =>
+  Effect.map(SoleWriter, (sole) => {
+    if (!sole) return passThrough
+    let named = caches.get(sql)
+    if (named === undefined) {
+      named = new Map()
+      caches.set(sql, named)
+    }
+    const existing = named.get(name)
+    if (existing !== undefined) return existing
+    const cache = make(capacity)
+    named.set(name, cache)
+    return cache
+  })
+
+const make = (capacity: number): ReadCache => {
+  let generation = 0
+  const entries = new Map<string, { readonly generation: number; readonly value: unknown }>()
+  const bump = Effect.sync(() => {
+    generation++
+    entries.clear()
+  })
+  return {
+    read: <A, E, R>(key: string, read: Effect.Effect<A, E, R>) =>
+      Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) => {
+        // Inside a transaction a read may see the transaction's own uncommitted writes.
+        if (Option.isSome(transaction)) return read
+        const hit = entries.get(key)
+        if (hit !== undefined && hit.generation === generation) return Effect.succeed(hit.value as A)
+        const seen = generation
+        return Effect.tap(read, (value) => {
+          if (generation !== seen) return
+          if (entries.size >= capacity) entries.delete(entries.keys().next().value!)
+          entries.set(key, { generation: seen, value })
+        })
+      }),
+    write: (write) => Effect.ensuring(write, bump)
+  }
+}
