@@ -5,7 +5,7 @@
  * and a fast retry schedule.
  */
 import { createServer } from "node:http"
-import { FetchHttpClient, HttpApiBuilder, HttpApiSwagger, type HttpApp, HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { FetchHttpClient, HttpApiBuilder, HttpApiSwagger, type HttpApp, HttpMiddleware, HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { HttpApiDecodeError } from "@effect/platform/HttpApiError"
 import { NodeHttpServer } from "@effect/platform-node"
 import type { SqlClient } from "@effect/sql"
@@ -188,7 +188,9 @@ export const app = (options: ServerOptions = {}) =>
         // One key cache for the API and the WebSocket stream.
         Layer.provide(Auth.AuthenticatorService.layer)
       )
-      return http.pipe(
+      // With tracing off, skip the per-request span bookkeeping (URL parse, header redaction).
+      const traced = config.tracing ? http : HttpMiddleware.withTracerDisabledWhen(http, () => true)
+      return traced.pipe(
         Layer.provideMerge(engine),
         Layer.provideMerge(registry),
         Layer.provideMerge(HttpCallback.layer),
