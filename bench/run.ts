@@ -5,6 +5,7 @@
  *
  * Scenarios, all driven by the same load generator (bench/load.ts):
  * - ceiling: a bare node:http server answering a fixed JSON body;
+ * - floor: GET /health through the registry (HTTP framework only: no key, no database);
  * - reads: authenticated GET /api/v1/friends;
  * - sends: friends with one agent each, 32 concurrent senders; send latency,
  *   end-to-end latency (send → signed callback at the agent), lost and duplicates;
@@ -146,6 +147,16 @@ async function main() {
       await connect(receivers[i]!, agents.agents[i]!)
     }
 
+    // --- the framework's floor: GET /health (no key, no database) ------------
+    log("floor: GET /health through the registry")
+    const floor = await run({
+      target,
+      concurrency: CONCURRENCY,
+      durationMs: SECONDS * 1000,
+      next: () => ({ method: "GET", path: "/health" })
+    })
+    log(floor)
+
     // --- authenticated reads ------------------------------------------------
     log("reads: GET /api/v1/friends")
     const reads = await run({
@@ -272,6 +283,7 @@ async function main() {
       database: process.env.BENCH_DATABASE_URL !== undefined ? "postgres" : "pglite",
       startupMs,
       ceiling: ceilingResult,
+      floor: { ...floor, ofCeiling: Math.round((floor.rps / ceilingResult.rps) * 100) / 100 },
       reads: { ...reads, ofCeiling: Math.round((reads.rps / ceilingResult.rps) * 100) / 100 },
       sends: { ...sends, ofCeiling: Math.round((sends.rps / ceilingResult.rps) * 100) / 100 },
       fanout,
