@@ -163,6 +163,25 @@ describe("ReadCache", () => {
       expect(yield* read).toBe(2)
     }).pipe(Effect.provideService(ReadCache.SoleWriter, false), Effect.provide(pglite)))
 
+  it.effect("holds results of at most its capacity in rows, dropping the oldest first", () =>
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`CREATE TABLE item (list text, n int)`
+      yield* sql`INSERT INTO item VALUES ('a', 1), ('a', 2), ('b', 3), ('c', 4)`
+      const cache = yield* ReadCache.of(sql, "test-capacity", 3)
+      const list = (name: string) =>
+        cache.read(name, Effect.map(sql<{ n: number }>`SELECT n FROM item WHERE list = ${name} ORDER BY n`, (rows) => rows.map((r) => r.n)))
+      expect(yield* list("a")).toEqual([1, 2])
+      expect(yield* list("b")).toEqual([3])
+      // Changed behind the cache's back: what is still held answers with the old rows.
+      yield* sql`UPDATE item SET n = n * 10`
+      expect(yield* list("a")).toEqual([1, 2])
+      // "c" does not fit beside "a" (2 rows) and "b" (1 row): "a", the oldest, goes.
+      expect(yield* list("c")).toEqual([40])
+      expect(yield* list("b")).toEqual([3])
+      expect(yield* list("a")).toEqual([10, 20])
+    }).pipe(Effect.provide(pglite)))
+
   it.live("does not keep a result that a write overtook while it was being read", () =>
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient

@@ -39,10 +39,11 @@ const passThrough: ReadCache = {
 const caches = new WeakMap<SqlClient.SqlClient, Map<string, ReadCache>>()
 
 /**
- * The cache named `name` over `sql` (up to `capacity` results; the oldest goes
- * first when it is full). A pass-through unless `SoleWriter` is provided as true.
+ * The cache named `name` over `sql`, holding results of up to `capacity` rows
+ * in all (a list counts its length, anything else one); the oldest results go
+ * first when it is full. A pass-through unless `SoleWriter` is provided as true.
  */
-export const of = (sql: SqlClient.SqlClient, name: string, capacity = 10_000): Effect.Effect<ReadCache> =>
+export const of = (sql: SqlClient.SqlClient, name: string, capacity = 100_000): Effect.Effect<ReadCache> =>
   Effect.map(SoleWriter, (sole) => {
     if (!sole) return passThrough
     let named = caches.get(sql)
@@ -57,13 +58,33 @@ export const of = (sql: SqlClient.SqlClient, name: string, capacity = 10_000): E
     return cache
   })
 
+const weigh = (value: unknown): number => (Array.isArray(value) ? Math.max(1, value.length) : 1)
+
 const make = (capacity: number): ReadCache => {
   let generation = 0
-  const entries = new Map<string, { readonly generation: number; readonly value: unknown }>()
+  let weight = 0
+  const entries = new Map<string, { readonly generation: number; readonly value: unknown; readonly weight: number }>()
   const bump = Effect.sync(() => {
     generation++
     entries.clear()
+    weight = 0
   })
+  const keep = (key: string, value: unknown) => {
+    const w = weigh(value)
+    if (w > capacity) return
+    const previous = entries.get(key)
+    if (previous !== undefined) {
+      entries.delete(key)
+      weight -= previous.weight
+    }
+    while (weight + w > capacity) {
+      const [oldest, entry] = entries.entries().next().value!
+      entries.delete(oldest)
+      weight -= entry.weight
+    }
+    entries.set(key, { generation, value, weight: w })
+    weight += w
+  }
   return {
     read: <A, E, R>(key: string, read: Effect.Effect<A, E, R>) =>
       Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) => {
@@ -73,9 +94,8 @@ const make = (capacity: number): ReadCache => {
         if (hit !== undefined && hit.generation === generation) return Effect.succeed(hit.value as A)
         const seen = generation
         return Effect.tap(read, (value) => {
-          if (generation !== seen) return
-          if (entries.size >= capacity) entries.delete(entries.keys().next().value!)
-          entries.set(key, { generation: seen, value })
+          // A write ran while this was read: the value may predate it.
+          if (generation === seen) keep(key, value)
         })
       }),
     write: (write) => Effect.ensuring(write, bump)
