@@ -135,13 +135,20 @@ for (const backend of TestDatabase.backends) {
 describe("ReadCache", () => {
   const pglite = TestDatabase.pglite
 
-  it.effect("keeps a result until a write, when the SqlClient is the sole writer", () =>
+  /** A one-row table `counter` holding 1, a cache named `name`, and the row's value read through it. */
+  const counter = (name: string) =>
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient
       yield* sql`CREATE TABLE counter (n int)`
       yield* sql`INSERT INTO counter VALUES (1)`
-      const cache = yield* ReadCache.of(sql, "test-kept")
-      const read = cache.read("n", Effect.map(sql<{ n: number }>`SELECT n FROM counter`, (rows) => rows[0]!.n))
+      const cache = yield* ReadCache.of(sql, name)
+      const value = Effect.map(sql<{ n: number }>`SELECT n FROM counter`, (rows) => rows[0]!.n)
+      return { sql, cache, value, read: cache.read("n", value) }
+    })
+
+  it.effect("keeps a result until a write, when the SqlClient is the sole writer", () =>
+    Effect.gen(function* () {
+      const { cache, read, sql } = yield* counter("test-kept")
       expect(yield* read).toBe(1)
       // A change that does not go through the cache is not seen: the result comes from memory.
       yield* sql`UPDATE counter SET n = 2`
@@ -153,11 +160,7 @@ describe("ReadCache", () => {
 
   it.effect("is a pass-through when the SqlClient is not the sole writer", () =>
     Effect.gen(function* () {
-      const sql = yield* SqlClient.SqlClient
-      yield* sql`CREATE TABLE counter (n int)`
-      yield* sql`INSERT INTO counter VALUES (1)`
-      const cache = yield* ReadCache.of(sql, "test-off")
-      const read = cache.read("n", Effect.map(sql<{ n: number }>`SELECT n FROM counter`, (rows) => rows[0]!.n))
+      const { read, sql } = yield* counter("test-off")
       expect(yield* read).toBe(1)
       yield* sql`UPDATE counter SET n = 2`
       expect(yield* read).toBe(2)
@@ -182,24 +185,21 @@ describe("ReadCache", () => {
       expect(yield* list("a")).toEqual([10, 20])
     }).pipe(Effect.provide(pglite)))
 
-  it.live("does not keep a result that a write overtook while it was being read", () =>
+  it.effect("does not keep a result that a write overtook while it was being read", () =>
     Effect.gen(function* () {
-      const sql = yield* SqlClient.SqlClient
-      yield* sql`CREATE TABLE counter (n int)`
-      yield* sql`INSERT INTO counter VALUES (1)`
-      const cache = yield* ReadCache.of(sql, "test-race")
+      const { cache, read, sql, value } = yield* counter("test-race")
+      const valueRead = yield* Deferred.make<void>()
       const gate = yield* Deferred.make<void>()
       const slowRead = cache.read(
         "n",
-        Effect.map(sql<{ n: number }>`SELECT n FROM counter`, (rows) => rows[0]!.n).pipe(Effect.zipLeft(Deferred.await(gate)))
+        value.pipe(Effect.zipLeft(Deferred.succeed(valueRead, undefined)), Effect.zipLeft(Deferred.await(gate)))
       )
       const fiber = yield* Effect.fork(slowRead)
-      yield* Effect.sleep("50 millis")
+      yield* Deferred.await(valueRead)
       // The read has its (old) value; a write lands before it finishes.
       yield* cache.write(sql`UPDATE counter SET n = 2`)
       yield* Deferred.succeed(gate, undefined)
       expect(yield* Fiber.join(fiber)).toBe(1)
-      const fresh = cache.read("n", Effect.map(sql<{ n: number }>`SELECT n FROM counter`, (rows) => rows[0]!.n))
-      expect(yield* fresh).toBe(2)
+      expect(yield* read).toBe(2)
     }).pipe(Effect.provide(pglite)), { timeout: 60_000 })
 })
