@@ -22,8 +22,10 @@ import http from "node:http"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
+import { Effect, Exit, Scope } from "effect"
 import * as FakeAgent from "../packages/testkit/src/FakeAgent.js"
 import { freePort } from "../packages/testkit/src/ServerProcess.js"
+import * as TestDatabase from "../packages/testkit/src/TestDatabase.js"
 import { percentile, run, send, type Target } from "./load.js"
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
@@ -87,7 +89,12 @@ async function main() {
   ceiling.stop()
   log(ceilingResult)
 
-  // The registry, as `npm start` runs it.
+  // The registry, as `npm start` runs it, on a fresh database: a new data directory, or a
+  // throwaway database on the PostgreSQL server of BENCH_DATABASE_URL (dropped at the end).
+  const databaseScope = Effect.runSync(Scope.make())
+  const databaseUrl = process.env.BENCH_DATABASE_URL
+    ? await Effect.runPromise(Scope.extend(TestDatabase.postgresUrl(process.env.BENCH_DATABASE_URL), databaseScope))
+    : ""
   const port = await freePort()
   const dataDir = mkdtempSync(join(tmpdir(), "mahilo-bench-"))
   const started = Date.now()
@@ -99,7 +106,7 @@ async function main() {
       MAHILO_DATA_DIR: dataDir,
       MAHILO_ALLOW_PRIVATE_CALLBACKS: "true",
       MAHILO_LOG_LEVEL: "warning",
-      DATABASE_URL: process.env.BENCH_DATABASE_URL ?? ""
+      DATABASE_URL: databaseUrl
     },
     stdio: ["ignore", "inherit", "inherit"]
   })
@@ -297,5 +304,6 @@ async function main() {
     server.kill("SIGTERM")
     await new Promise((r) => server.once("exit", r))
     rmSync(dataDir, { recursive: true, force: true })
+    await Effect.runPromise(Scope.close(databaseScope, Exit.void))
   }
 }

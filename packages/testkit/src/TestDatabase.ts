@@ -196,12 +196,14 @@ const admin = (url: string, statement: string) =>
   )
 
 /**
- * Creates a new, empty PostgreSQL database (no migrations) and returns its URL;
- * it is dropped when the scope closes. For tests that start whole server processes.
+ * Creates a new, empty PostgreSQL database (no migrations) on the server that
+ * the admin URL `server` names (default: `DATABASE_URL`) and returns its URL;
+ * it is dropped when the scope closes. For tests and benchmarks that start
+ * whole server processes.
  */
-export const postgresUrl = (): Effect.Effect<string, SqlError, Scope.Scope> =>
+export const postgresUrl = (server?: string): Effect.Effect<string, SqlError, Scope.Scope> =>
   Effect.gen(function* () {
-    const url = yield* requireAdminUrl
+    const url = server ?? (yield* requireAdminUrl)
     const name = `mahilo_t_${randomBytes(6).toString("hex")}`
     yield* Effect.acquireRelease(
       admin(url, `CREATE DATABASE ${name}`),
