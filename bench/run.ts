@@ -287,7 +287,7 @@ async function main() {
     const memoryPeak = rssOf(server.pid!)
     const figures = {
       machine: { cpus: (await import("node:os")).cpus().length, node: process.version },
-      database: process.env.BENCH_DATABASE_URL !== undefined ? "postgres" : "pglite",
+      database: databaseUrl !== "" ? "postgres" : "pglite",
       startupMs,
       ceiling: ceilingResult,
       floor: { ...floor, ofCeiling: Math.round((floor.rps / ceilingResult.rps) * 100) / 100 },
