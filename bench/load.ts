@@ -72,6 +72,8 @@ export const run = async (options: {
   readonly next: (worker: number, i: number) => RequestSpec
   readonly check?: (status: number, body: string, worker: number) => boolean
   readonly onAnswer?: (worker: number, body: string, startedAt: number) => void
+  /** Called when the measured window opens and when it closes (after the warm-up). */
+  readonly onWindow?: (edge: "start" | "end") => void
 }): Promise<Result> => {
   const agent = new http.Agent({ keepAlive: true, maxSockets: options.concurrency })
   const latencies: Array<number> = []
@@ -96,10 +98,12 @@ export const run = async (options: {
   }
   const workers = Array.from({ length: options.concurrency }, (_, w) => worker(w))
   await new Promise((r) => setTimeout(r, options.warmupMs ?? 1_000))
+  options.onWindow?.("start")
   measuring = true
   const began = performance.now()
   await new Promise((r) => setTimeout(r, options.durationMs))
   measuring = false
+  options.onWindow?.("end")
   const seconds = (performance.now() - began) / 1000
   stop = true
   await Promise.all(workers)

@@ -41,6 +41,55 @@ const rssOf = (pid: number): { rssMb: number; peakMb: number } => {
   return { rssMb: Math.round(kb("VmRSS") / 1024), peakMb: Math.round(kb("VmHWM") / 1024) }
 }
 
+/** CPU time (user + system, all threads) a process has used, in µs; undefined off Linux. */
+const cpuUsOf = (pid: number): number | undefined => {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
+    return ((Number(fields[11]) + Number(fields[12])) * 1_000_000) / CLOCK_TICKS
+  } catch {
+    return undefined
+  }
+}
+// Linux reports process times in clock ticks: 100 per second on every platform Node supports.
+const CLOCK_TICKS = 100
+
+/**
+ * CPU over a run's measured window. `cpuUsPerRequest`: what one request cost the server
+ * process (all its threads; on PostgreSQL the database's own processes are not counted).
+ * `cpuCores`: how many cores the server kept busy; `loadCpuCores`: the same for this process
+ * (load generator and fake agents). Steadier than req/s on a noisy VM, and comparable with
+ * the bare node:http server's own figure.
+ */
+const serverCpu = (pid: number) => {
+  let started: number | undefined
+  let used: number | undefined
+  let loadStarted = process.cpuUsage()
+  let loadUsed = 0
+  let seconds = 0
+  let t0 = 0
+  return {
+    onWindow: (edge: "start" | "end") => {
+      if (edge === "start") {
+        started = cpuUsOf(pid)
+        loadStarted = process.cpuUsage()
+        t0 = performance.now()
+      } else {
+        const now = cpuUsOf(pid)
+        const load = process.cpuUsage(loadStarted)
+        seconds = (performance.now() - t0) / 1000
+        used = started !== undefined && now !== undefined ? now - started : undefined
+        loadUsed = load.user + load.system
+      }
+    },
+    figures: (requests: number) => {
+      const cores = (us: number) => Math.round((us / 1e6 / seconds) * 100) / 100
+      return used === undefined || requests === 0
+        ? { loadCpuCores: cores(loadUsed) }
+        : { cpuUsPerRequest: Math.round(used / requests), cpuCores: cores(used), loadCpuCores: cores(loadUsed) }
+    }
+  }
+}
+
 const waitForHealth = async (url: string, timeoutMs = 120_000) => {
   const deadline = Date.now() + timeoutMs
   while (Date.now() < deadline) {
@@ -58,11 +107,11 @@ const waitForHealth = async (url: string, timeoutMs = 120_000) => {
 // ---------------------------------------------------------------------------
 // The ceiling: node:http with a fixed JSON body, in its own process like the registry.
 
-const ceilingServer = async (): Promise<{ target: Target; stop: () => void }> => {
+const ceilingServer = async (): Promise<{ target: Target; pid: number; stop: () => void }> => {
   const port = await freePort()
   const child = fork(fileURLToPath(import.meta.url), ["--ceiling", String(port)], { stdio: "ignore" })
   await waitForHealth(`http://127.0.0.1:${port}`)
-  return { target: { port }, stop: () => child.kill() }
+  return { target: { port }, pid: child.pid!, stop: () => child.kill() }
 }
 
 if (process.argv[2] === "--ceiling") {
@@ -80,12 +129,15 @@ if (process.argv[2] === "--ceiling") {
 async function main() {
   const ceiling = await ceilingServer()
   log("ceiling: node:http")
-  const ceilingResult = await run({
+  const ceilingCpu = serverCpu(ceiling.pid)
+  const ceilingRun = await run({
     target: ceiling.target,
     concurrency: CONCURRENCY,
     durationMs: SECONDS * 1000,
-    next: () => ({ method: "GET", path: "/health" })
+    next: () => ({ method: "GET", path: "/health" }),
+    onWindow: ceilingCpu.onWindow
   })
+  const ceilingResult = { ...ceilingRun, ...ceilingCpu.figures(ceilingRun.requests) }
   ceiling.stop()
   log(ceilingResult)
 
@@ -156,22 +208,28 @@ async function main() {
 
     // --- the framework's floor: GET /health (no key, no database) ------------
     log("floor: GET /health through the registry")
-    const floor = await run({
+    const floorCpu = serverCpu(server.pid!)
+    const floorRun = await run({
       target,
       concurrency: CONCURRENCY,
       durationMs: SECONDS * 1000,
-      next: () => ({ method: "GET", path: "/health" })
+      next: () => ({ method: "GET", path: "/health" }),
+      onWindow: floorCpu.onWindow
     })
+    const floor = { ...floorRun, ...floorCpu.figures(floorRun.requests) }
     log(floor)
 
     // --- authenticated reads ------------------------------------------------
     log("reads: GET /api/v1/friends")
-    const reads = await run({
+    const readsCpu = serverCpu(server.pid!)
+    const readsRun = await run({
       target,
       concurrency: CONCURRENCY,
       durationMs: SECONDS * 1000,
-      next: (w) => ({ method: "GET", path: "/api/v1/friends", headers: { authorization: `Bearer ${senders[w % SENDERS]}` } })
+      next: (w) => ({ method: "GET", path: "/api/v1/friends", headers: { authorization: `Bearer ${senders[w % SENDERS]}` } }),
+      onWindow: readsCpu.onWindow
     })
+    const reads = { ...readsRun, ...readsCpu.figures(readsRun.requests) }
     log(reads)
 
     // --- sends ----------------------------------------------------------------
@@ -190,6 +248,7 @@ async function main() {
         }
       }
       if (onSample !== undefined) sampler = setInterval(onSample, 1000)
+      const cpu = serverCpu(server.pid!)
       const result = await run({
         target,
         concurrency: SENDERS,
@@ -207,7 +266,8 @@ async function main() {
         onAnswer: (w, body, startedAt) => {
           const id = JSON.parse(body).message_id as string
           sentIds.set(id, { agent: w, startedAt })
-        }
+        },
+        onWindow: cpu.onWindow
       })
       if (sampler !== undefined) clearInterval(sampler)
       // Let retries (if any) finish, then count.
@@ -224,6 +284,7 @@ async function main() {
       e2e.sort((a, b) => a - b)
       return {
         ...result,
+        ...cpu.figures(result.requests),
         accepted: sentIds.size,
         lost,
         duplicates,
