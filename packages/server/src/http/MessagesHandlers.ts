@@ -1,7 +1,7 @@
 /** Handlers for sending, history and the polling inbox. */
 import { HttpApiBuilder } from "@effect/platform"
 import { Errors, Registry, type Store } from "@mahilo/core"
-import { Deferred, Duration, Effect, Option } from "effect"
+import { Effect, Option } from "effect"
 import { CurrentPrincipal, MahiloApi, SendRejected } from "../Api.js"
 import { ServerConfig } from "../Config.js"
 import { DeliveryEngine } from "../delivery/DeliveryEngine.js"
@@ -44,7 +44,6 @@ export const MessagesLive = HttpApiBuilder.group(MahiloApi, "messages", (handler
     const registry = yield* Registry.Registry
     const engine = yield* DeliveryEngine
     const config = yield* ServerConfig
-    const wait = Duration.millis(config.firstAttemptWaitMs)
 
     return handlers
       .handle("send", ({ payload }) =>
@@ -73,12 +72,8 @@ export const MessagesLive = HttpApiBuilder.group(MahiloApi, "messages", (handler
           }
 
           // First attempts start now; wait briefly so a healthy agent answers "delivered".
-          const attempts = yield* engine.dispatch(result.message, result.deliveries)
-          const known = new Map<string, Status>()
-          yield* Effect.forEach(attempts, ({ deliveryId, status }) =>
-            Effect.map(Effect.timeoutOption(Deferred.await(status), wait), (s) => {
-              known.set(deliveryId, Option.getOrElse(s, () => "pending" as const))
-            }), { concurrency: "unbounded", discard: true })
+          const first = yield* engine.dispatch(result.message, result.deliveries)
+          const known = yield* first.within(config.firstAttemptWaitMs)
 
           const perMember = result.members.map((m) => memberStatus(m.deliveryIds.map((id) => known.get(id) ?? "pending")))
           const count = (s: Status) => perMember.filter((x) => x === s).length

@@ -70,6 +70,21 @@ describe("delivery", () => {
       expect(agent.deliveries).toHaveLength(1)
     }))
 
+  it.scopedLive("a first attempt that outlasts the wait answers pending at once and still lands once, on that attempt", () =>
+    Effect.gen(function* () {
+      const { agent, alice } = yield* pair({ config: { callbackTimeoutMs: 5_000, firstAttemptWaitMs: 100 } })
+      agent.script(FakeAgent.delay(1_500))
+      const sent = yield* alice.client.messages.send({ payload: { recipient: "bob", message: "take your time" } })
+      expect(sent.status).toBe("pending")
+      // The answer came from the wait running out: the attempt is still open at the agent.
+      expect(agent.countFor(sent.message_id)).toBe(0)
+      expect(agent.attempts).toHaveLength(1)
+      yield* Effect.promise(() => agent.waitForMessage(sent.message_id))
+      const d = yield* Fixtures.eventually(detail(alice, sent.message_id), (x) => x.status === "delivered")
+      expect(d.deliveries[0]).toMatchObject({ status: "delivered", attempts: 1 })
+      expect(agent.deliveries).toHaveLength(1)
+    }))
+
   it.scopedLive("a 429 with Retry-After is retried, not given up", () =>
     Effect.gen(function* () {
       const { agent, alice } = yield* pair()
