@@ -4,6 +4,7 @@
  * scenario (the bare node:http ceiling included) is driven by this same code
  * over keep-alive connections, so their figures compare.
  */
+import { readFileSync } from "node:fs"
 import http from "node:http"
 
 export interface Target {
@@ -117,5 +118,55 @@ export const run = async (options: {
     p50Ms: round(percentile(latencies, 50)),
     p99Ms: round(percentile(latencies, 99)),
     maxMs: round(latencies.at(-1) ?? 0)
+  }
+}
+
+// Linux reports process times in USER_HZ ticks: 100 a second on the architectures Node runs on
+// (`getconf CLK_TCK`).
+const CLOCK_TICKS = 100
+
+/** CPU time (user + system, all threads) a process has used, in µs; undefined off Linux. */
+const cpuUsOf = (pid: number): number | undefined => {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
+    return ((Number(fields[11]) + Number(fields[12])) * 1_000_000) / CLOCK_TICKS
+  } catch {
+    return undefined
+  }
+}
+/**
+ * CPU over a run's measured window. `cpuUsPerRequest`: what one request cost the server
+ * process (all its threads; on PostgreSQL the database's own processes are not counted).
+ * `cpuCores`: how many cores the server kept busy; `loadCpuCores`: the same for this process
+ * (load generator and fake agents). Steadier than req/s on a noisy VM, and comparable with
+ * the bare node:http server's own figure.
+ */
+export const serverCpu = (pid: number) => {
+  let started: number | undefined
+  let used: number | undefined
+  let loadStarted = process.cpuUsage()
+  let loadUsed = 0
+  let seconds = 0
+  let t0 = 0
+  return {
+    onWindow: (edge: "start" | "end") => {
+      if (edge === "start") {
+        started = cpuUsOf(pid)
+        loadStarted = process.cpuUsage()
+        t0 = performance.now()
+      } else {
+        const now = cpuUsOf(pid)
+        const load = process.cpuUsage(loadStarted)
+        seconds = (performance.now() - t0) / 1000
+        used = started !== undefined && now !== undefined ? now - started : undefined
+        loadUsed = load.user + load.system
+      }
+    },
+    figures: (requests: number) => {
+      const cores = (us: number) => Math.round((us / 1e6 / seconds) * 100) / 100
+      return used === undefined || requests === 0
+        ? { loadCpuCores: cores(loadUsed) }
+        : { cpuUsPerRequest: Math.round(used / requests), cpuCores: cores(used), loadCpuCores: cores(loadUsed) }
+    }
   }
 }

@@ -26,7 +26,7 @@ import { Effect, Exit, Scope } from "effect"
 import * as FakeAgent from "../packages/testkit/src/FakeAgent.js"
 import { freePort } from "../packages/testkit/src/ServerProcess.js"
 import * as TestDatabase from "../packages/testkit/src/TestDatabase.js"
-import { percentile, run, send, type Target } from "./load.js"
+import { percentile, run, send, serverCpu, type Target } from "./load.js"
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
 const SOAK_SECONDS = Number(process.env.BENCH_SOAK_SECONDS ?? 60)
@@ -39,55 +39,6 @@ const rssOf = (pid: number): { rssMb: number; peakMb: number } => {
   const status = readFileSync(`/proc/${pid}/status`, "utf8")
   const kb = (key: string) => Number(new RegExp(`${key}:\\s+(\\d+)`).exec(status)?.[1] ?? 0)
   return { rssMb: Math.round(kb("VmRSS") / 1024), peakMb: Math.round(kb("VmHWM") / 1024) }
-}
-
-/** CPU time (user + system, all threads) a process has used, in µs; undefined off Linux. */
-const cpuUsOf = (pid: number): number | undefined => {
-  try {
-    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
-    return ((Number(fields[11]) + Number(fields[12])) * 1_000_000) / CLOCK_TICKS
-  } catch {
-    return undefined
-  }
-}
-// Linux reports process times in clock ticks: 100 per second on every platform Node supports.
-const CLOCK_TICKS = 100
-
-/**
- * CPU over a run's measured window. `cpuUsPerRequest`: what one request cost the server
- * process (all its threads; on PostgreSQL the database's own processes are not counted).
- * `cpuCores`: how many cores the server kept busy; `loadCpuCores`: the same for this process
- * (load generator and fake agents). Steadier than req/s on a noisy VM, and comparable with
- * the bare node:http server's own figure.
- */
-const serverCpu = (pid: number) => {
-  let started: number | undefined
-  let used: number | undefined
-  let loadStarted = process.cpuUsage()
-  let loadUsed = 0
-  let seconds = 0
-  let t0 = 0
-  return {
-    onWindow: (edge: "start" | "end") => {
-      if (edge === "start") {
-        started = cpuUsOf(pid)
-        loadStarted = process.cpuUsage()
-        t0 = performance.now()
-      } else {
-        const now = cpuUsOf(pid)
-        const load = process.cpuUsage(loadStarted)
-        seconds = (performance.now() - t0) / 1000
-        used = started !== undefined && now !== undefined ? now - started : undefined
-        loadUsed = load.user + load.system
-      }
-    },
-    figures: (requests: number) => {
-      const cores = (us: number) => Math.round((us / 1e6 / seconds) * 100) / 100
-      return used === undefined || requests === 0
-        ? { loadCpuCores: cores(loadUsed) }
-        : { cpuUsPerRequest: Math.round(used / requests), cpuCores: cores(used), loadCpuCores: cores(loadUsed) }
-    }
-  }
 }
 
 const waitForHealth = async (url: string, timeoutMs = 120_000) => {
