@@ -344,9 +344,9 @@ export const make = (settings: EngineSettings) =>
     )
 
     // Work queued on other nodes wakes us too.
-    const events = yield* bus.subscribe
+    const events = yield* bus.subscribeTo((event) => event._tag === "DeliveriesQueued")
     yield* Queue.take(events).pipe(
-      Effect.flatMap((event) => (event._tag === "DeliveriesQueued" ? wake : Effect.void)),
+      Effect.flatMap(() => wake),
       Effect.forever,
       Effect.forkScoped
     )

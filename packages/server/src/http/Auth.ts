@@ -55,7 +55,7 @@ export const makeAuthenticator = Effect.gen(function* () {
   const cache = new KeyCache(config.authCacheSize)
 
   // Subscribe before serving any request, so no revocation can slip between.
-  const revocations = yield* bus.subscribe
+  const revocations = yield* bus.subscribeTo((event) => event._tag === "KeysRevoked")
   yield* Queue.take(revocations).pipe(
     Effect.tap((event) =>
       Effect.sync(() => {

@@ -1,12 +1,13 @@
 /**
  * The registry's events inside one process and across processes. Use cases
  * publish through core's `Events` port; subscribers here (the WebSocket hub,
- * the delivery engine, the API-key cache) each get every event. On PostgreSQL
- * events are also relayed with NOTIFY so a user's socket on another process,
- * or another process's key cache, hears them too.
+ * the delivery engine, the API-key cache) say which events they want, and the
+ * check runs as an event is published, so a subscriber wakes only for those.
+ * On PostgreSQL events are also relayed with NOTIFY so a user's socket on
+ * another process, or another process's key cache, hears them too.
  */
 import { Events, type RegistryEvent } from "@mahilo/core"
-import { Context, Effect, Layer, PubSub, Queue, type Scope, Stream } from "effect"
+import { Context, Effect, Layer, Queue, type Scope, Stream } from "effect"
 import { DatabaseEngine } from "../Database.js"
 import { NodeId } from "../NodeId.js"
 
@@ -73,6 +74,17 @@ export interface EventBusService {
   readonly publish: (event: RegistryEvent) => Effect.Effect<void>
   /** Every event from now on, for the life of the scope. */
   readonly subscribe: Effect.Effect<Queue.Dequeue<RegistryEvent>, never, Scope.Scope>
+  /**
+   * The events `wanted` accepts from now on, for the life of the scope. `wanted`
+   * runs as each event is published: keep it cheap, and let it read only state
+   * the subscriber owns.
+   */
+  readonly subscribeTo: (wanted: (event: RegistryEvent) => boolean) => Effect.Effect<Queue.Dequeue<RegistryEvent>, never, Scope.Scope>
+}
+
+interface Subscription {
+  readonly wanted: (event: RegistryEvent) => boolean
+  readonly queue: Queue.Queue<RegistryEvent>
 }
 
 export class EventBus extends Context.Tag("@mahilo/server/EventBus")<EventBus, EventBusService>() {}
@@ -81,11 +93,31 @@ export const layer: Layer.Layer<EventBus | Events, never, DatabaseEngine | NodeI
   Effect.gen(function* () {
     const engine = yield* DatabaseEngine
     const node = yield* NodeId
-    const hub = yield* PubSub.unbounded<RegistryEvent>()
+    // Unbounded queues, offered in publish order: every subscriber sees its events in order.
+    const subscriptions = new Set<Subscription>()
+    const hand = (events: ReadonlyArray<RegistryEvent>) =>
+      Effect.sync(() => {
+        for (const event of events) {
+          for (const s of subscriptions) if (s.wanted(event)) s.queue.unsafeOffer(event)
+        }
+      })
+    const subscribeTo = (wanted: (event: RegistryEvent) => boolean) =>
+      Effect.map(
+        Effect.acquireRelease(
+          Effect.map(Queue.unbounded<RegistryEvent>(), (queue) => {
+            const subscription: Subscription = { wanted, queue }
+            subscriptions.add(subscription)
+            return subscription
+          }),
+          (subscription) =>
+            Effect.zipRight(Effect.sync(() => subscriptions.delete(subscription)), Queue.shutdown(subscription.queue))
+        ),
+        (subscription): Queue.Dequeue<RegistryEvent> => subscription.queue
+      )
 
     if (engine.kind === "postgres") {
       yield* engine.client.listen(CHANNEL).pipe(
-        Stream.runForEach((payload) => PubSub.publishAll(hub, parsePayload(node, payload))),
+        Stream.runForEach((payload) => hand(parsePayload(node, payload))),
         Effect.catchAllCause((cause) => Effect.logError("Event relay stopped", cause)),
         Effect.forkScoped
       )
@@ -113,8 +145,8 @@ export const layer: Layer.Layer<EventBus | Events, never, DatabaseEngine | NodeI
     }
     const relay = engine.kind === "postgres" ? (event: RegistryEvent) => Queue.offer(outgoing, event) : () => Effect.void
 
-    const publish = (event: RegistryEvent) => Effect.zipRight(PubSub.publish(hub, event), relay(event))
-    const bus: EventBusService = { publish, subscribe: PubSub.subscribe(hub) }
+    const publish = (event: RegistryEvent) => Effect.zipRight(hand([event]), relay(event))
+    const bus: EventBusService = { publish, subscribe: subscribeTo(() => true), subscribeTo }
     return Context.make(EventBus, bus).pipe(Context.add(Events, { publish }))
   })
 )

@@ -88,7 +88,8 @@ export const make = Effect.gen(function* () {
     })
 
   // Subscribed before any socket can attach, so nothing published after an attach is missed.
-  const events = yield* bus.subscribe
+  // With no socket open here there is no one to tell: events are not even queued.
+  const events = yield* bus.subscribeTo(() => byUser.size > 0)
   yield* Queue.take(events).pipe(
     Effect.flatMap(route),
     Effect.catchAllCause((cause) => Effect.logError("Could not route a notification", cause)),

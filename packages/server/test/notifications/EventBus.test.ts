@@ -1,6 +1,7 @@
 import type { RegistryEvent } from "@mahilo/core"
-import { EventBus } from "@mahilo/server"
+import { Database, EventBus, NodeId } from "@mahilo/server"
 import { describe, expect, it } from "@effect/vitest"
+import { Chunk, Effect, Exit, Layer, Queue, Scope } from "effect"
 
 const received = (i: number): RegistryEvent => ({
   _tag: "MessageReceived",
@@ -39,4 +40,36 @@ describe("event relay payloads", () => {
     expect(EventBus.parsePayload("node-a", payload!)).toEqual([])
     expect(EventBus.parsePayload("node-a", JSON.stringify({ node: "node-b", event: received(2) }))).toEqual([received(2)])
   })
+})
+
+describe("event bus subscriptions", () => {
+  // One process on the embedded database: no relay, only the subscriptions.
+  const bus = EventBus.layer.pipe(
+    Layer.provide(Layer.merge(Layer.succeed(Database.DatabaseEngine, { kind: "pglite" }), Layer.succeed(NodeId.NodeId, "node-test")))
+  )
+  const revoked: RegistryEvent = { _tag: "KeysRevoked", userId: "usr_1", kids: ["k1"] }
+
+  it.scoped("a subscriber gets only the events it wants, in publish order; a full subscriber gets them all", () =>
+    Effect.gen(function* () {
+      const { publish, subscribe, subscribeTo } = yield* EventBus.EventBus
+      const all = yield* subscribe
+      const keys = yield* subscribeTo((event) => event._tag === "KeysRevoked")
+      const events = [received(1), revoked, received(2), { ...revoked, kids: ["k2"] }]
+      for (const event of events) yield* publish(event)
+      expect(Chunk.toReadonlyArray(yield* Queue.takeAll(all))).toEqual(events)
+      expect(Chunk.toReadonlyArray(yield* Queue.takeAll(keys))).toEqual([revoked, { ...revoked, kids: ["k2"] }])
+    }).pipe(Effect.provide(bus)))
+
+  it.scoped("a subscription ends with its scope: its queue is shut down and publishing goes on", () =>
+    Effect.gen(function* () {
+      const { publish, subscribe } = yield* EventBus.EventBus
+      const scope = yield* Scope.make()
+      const short = yield* Scope.extend(subscribe, scope)
+      const long = yield* subscribe
+      yield* publish(received(1))
+      yield* Scope.close(scope, Exit.void)
+      expect(yield* Queue.isShutdown(short)).toBe(true)
+      yield* publish(received(2))
+      expect(Chunk.toReadonlyArray(yield* Queue.takeAll(long))).toEqual([received(1), received(2)])
+    }).pipe(Effect.provide(bus)))
 })
