@@ -72,8 +72,9 @@ const measure = async (rung: Rung) => {
       try {
         if ((await fetch(`http://127.0.0.1:${port}/health`)).ok) break
       } catch {
-        if (tries > 300) throw new Error(`${rung} did not start`)
+        // not listening yet
       }
+      if (tries > 300) throw new Error(`${rung} did not answer /health within 30 s`)
       await new Promise((r) => setTimeout(r, 100))
     }
     const cpu = serverCpu(child.pid!)
