@@ -134,6 +134,7 @@ const cpuUsOf = (pid: number): number | undefined => {
     return undefined
   }
 }
+
 /**
  * CPU over a run's measured window. `cpuUsPerRequest`: what one request cost the server
  * process (all its threads; on PostgreSQL the database's own processes are not counted).

@@ -19,8 +19,11 @@ import * as Protocol from "./Protocol.js"
 
 /** The registry's events, for the relay to follow (the server plugs its event bus in). */
 export class RegistryEvents extends Context.Tag("@mahilo/federation/RegistryEvents")<RegistryEvents, {
-  /** Every event from now on, for the life of the scope. */
-  readonly subscribe: Effect.Effect<Queue.Dequeue<RegistryEvent>, never, Scope.Scope>
+  /**
+   * The events `wanted` accepts from now on, for the life of the scope. `wanted` may run as
+   * each event is published: it must be cheap and must not throw.
+   */
+  readonly subscribeTo: (wanted: (event: RegistryEvent) => boolean) => Effect.Effect<Queue.Dequeue<RegistryEvent>, never, Scope.Scope>
 }>() {}
 
 /** A message's status over its deliveries: pending while any is; delivered if any was; else failed. */
@@ -93,7 +96,8 @@ export const reporter = Layer.scopedDiscard(
         Effect.ensuring(Effect.sync(() => inFlight.delete(messageId)))
       )
 
-    const queue = yield* events.subscribe
+    // Only settled delivery statuses: the relay reports those to the registry a message came from.
+    const queue = yield* events.subscribeTo((event) => event._tag === "DeliveryStatus" && event.deliveryStatus !== "pending")
     yield* Effect.gen(function* () {
       const event = yield* (queue as Queue.Dequeue<RegistryEvent>).take
       if (event._tag !== "DeliveryStatus" || event.deliveryStatus === "pending") return

@@ -39,7 +39,7 @@ export interface ServerOptions {
 /** Federation's status relay follows the registry's events. */
 const FederationEvents = Layer.effect(
   Federation.RegistryEvents,
-  Effect.map(EventBus.EventBus, (bus) => ({ subscribe: bus.subscribe }))
+  Effect.map(EventBus.EventBus, (bus) => ({ subscribeTo: bus.subscribeTo }))
 )
 
 /** Which database the configuration selects, migrated. */

@@ -76,8 +76,8 @@ export interface EventBusService {
   readonly subscribe: Effect.Effect<Queue.Dequeue<RegistryEvent>, never, Scope.Scope>
   /**
    * The events `wanted` accepts from now on, for the life of the scope. `wanted`
-   * runs as each event is published: keep it cheap, and let it read only state
-   * the subscriber owns.
+   * runs inside `publish`, in the publisher's fiber: it must be cheap, must not
+   * throw, and should read only state the subscriber owns.
    */
   readonly subscribeTo: (wanted: (event: RegistryEvent) => boolean) => Effect.Effect<Queue.Dequeue<RegistryEvent>, never, Scope.Scope>
 }
