@@ -55,6 +55,32 @@ const waitForHealth = async (url: string, timeoutMs = 120_000) => {
   throw new Error(`no answer from ${url}/health`)
 }
 
+/**
+ * The issue's targets, each with the measured value and whether it was met. Memory counts as
+ * flat when the last third of the soak averages within 5 % of the first (RSS saws with
+ * collections by about that much).
+ */
+const targetsOf = (r: {
+  readonly ceiling: number
+  readonly reads: { readonly rps: number }
+  readonly sends: { readonly rps: number; readonly p99Ms: number; readonly lost: number; readonly duplicates: number }
+  readonly fanout: { readonly allDeliveredMs: number; readonly duplicates: number }
+  readonly memory: { readonly rssFirstThirdMb: number; readonly rssLastThirdMb: number; readonly soakLost: number; readonly soakDuplicates: number }
+}) => {
+  const fraction = (rps: number) => Math.round((rps / r.ceiling) * 100) / 100
+  const growth = Math.round(((r.memory.rssLastThirdMb - r.memory.rssFirstThirdMb) / r.memory.rssFirstThirdMb) * 1000) / 10
+  const lost = r.sends.lost + r.memory.soakLost
+  const duplicates = r.sends.duplicates + r.memory.soakDuplicates + r.fanout.duplicates
+  return {
+    readsOfCeiling: { value: fraction(r.reads.rps), target: ">= 0.5", met: fraction(r.reads.rps) >= 0.5 },
+    sendsOfCeiling: { value: fraction(r.sends.rps), target: ">= 0.3", met: fraction(r.sends.rps) >= 0.3 },
+    sendP99Ms: { value: r.sends.p99Ms, target: "<= 50", met: r.sends.p99Ms <= 50 },
+    fanoutMs: { value: r.fanout.allDeliveredMs, target: "<= 1000", met: r.fanout.allDeliveredMs <= 1000 },
+    lostAndDuplicates: { value: lost + duplicates, target: "0", met: lost + duplicates === 0 },
+    memoryGrowthPercent: { value: growth, target: "<= 5", met: growth <= 5 }
+  }
+}
+
 // ---------------------------------------------------------------------------
 // The ceiling: node:http with a fixed JSON body, in its own process like the registry.
 
@@ -306,7 +332,8 @@ async function main() {
       reads: { ...reads, ofCeiling: Math.round((reads.rps / ceilingResult.rps) * 100) / 100 },
       sends: { ...sends, ofCeiling: Math.round((sends.rps / ceilingResult.rps) * 100) / 100 },
       fanout,
-      memory: { ...memory, peakRssMb: memoryPeak.peakMb }
+      memory: { ...memory, peakRssMb: memoryPeak.peakMb },
+      targets: targetsOf({ ceiling: ceilingResult.rps, reads, sends, fanout, memory })
     }
     console.log(JSON.stringify(figures))
     await members.close()
