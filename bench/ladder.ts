@@ -26,7 +26,7 @@ import {
 import { NodeHttpServer, NodeRuntime } from "@effect/platform-node"
 import { Effect, Layer, Schema } from "effect"
 import { freePort } from "../packages/testkit/src/ServerProcess.js"
-import { run, serverCpu } from "./load.js"
+import { run, serveBare, waitForHealth } from "./load.js"
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5)
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 32)
@@ -37,11 +37,7 @@ const body = { status: "healthy", version: "0.0.0" }
 
 const serve = (rung: Rung, port: number) => {
   if (rung === "node") {
-    const text = JSON.stringify(body)
-    createServer((_req, res) => {
-      res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(text) })
-      res.end(text)
-    }).listen(port, "127.0.0.1")
+    serveBare(port)
     return
   }
   const fixed = HttpServerResponse.json(body).pipe(Effect.orDie)
@@ -68,24 +64,16 @@ const measure = async (rung: Rung) => {
   const port = await freePort()
   const child = fork(fileURLToPath(import.meta.url), ["--serve", rung, String(port)], { stdio: "ignore" })
   try {
-    for (let tries = 0; ; tries++) {
-      try {
-        if ((await fetch(`http://127.0.0.1:${port}/health`)).ok) break
-      } catch {
-        // not listening yet
-      }
-      if (tries > 300) throw new Error(`${rung} did not answer /health within 30 s`)
-      await new Promise((r) => setTimeout(r, 100))
-    }
-    const cpu = serverCpu(child.pid!)
+    await waitForHealth(`http://127.0.0.1:${port}`, 30_000)
     const result = await run({
       target: { port },
       concurrency: CONCURRENCY,
       durationMs: SECONDS * 1000,
       next: () => ({ method: "GET", path: "/health" }),
-      onWindow: cpu.onWindow
+      serverPid: child.pid
     })
-    return { rps: result.rps, p50Ms: result.p50Ms, p99Ms: result.p99Ms, ...cpu.figures(result.requests) }
+    const { cpuUsPerRequest, cpuCores, loadCpuCores } = result
+    return { rps: result.rps, p50Ms: result.p50Ms, p99Ms: result.p99Ms, cpuUsPerRequest, cpuCores, loadCpuCores }
   } finally {
     child.kill()
   }

@@ -73,9 +73,9 @@ export const run = async (options: {
   readonly next: (worker: number, i: number) => RequestSpec
   readonly check?: (status: number, body: string, worker: number) => boolean
   readonly onAnswer?: (worker: number, body: string, startedAt: number) => void
-  /** Called when the measured window opens and when it closes (after the warm-up). */
-  readonly onWindow?: (edge: "start" | "end") => void
-}): Promise<Result> => {
+  /** The server's process: its CPU over the measured window is reported too. */
+  readonly serverPid?: number | undefined
+}): Promise<Result & CpuFigures> => {
   const agent = new http.Agent({ keepAlive: true, maxSockets: options.concurrency })
   const latencies: Array<number> = []
   let errors = 0
@@ -99,12 +99,12 @@ export const run = async (options: {
   }
   const workers = Array.from({ length: options.concurrency }, (_, w) => worker(w))
   await new Promise((r) => setTimeout(r, options.warmupMs ?? 1_000))
-  options.onWindow?.("start")
+  const cpu = cpuWindow(options.serverPid)
   measuring = true
   const began = performance.now()
   await new Promise((r) => setTimeout(r, options.durationMs))
   measuring = false
-  options.onWindow?.("end")
+  const cpuFigures = cpu.end(latencies.length)
   const seconds = (performance.now() - began) / 1000
   stop = true
   await Promise.all(workers)
@@ -117,7 +117,8 @@ export const run = async (options: {
     rps: Math.round(latencies.length / seconds),
     p50Ms: round(percentile(latencies, 50)),
     p99Ms: round(percentile(latencies, 99)),
-    maxMs: round(latencies.at(-1) ?? 0)
+    maxMs: round(latencies.at(-1) ?? 0),
+    ...cpuFigures
   }
 }
 
@@ -142,32 +143,50 @@ const cpuUsOf = (pid: number): number | undefined => {
  * (load generator and fake agents). Steadier than req/s on a noisy VM, and comparable with
  * the bare node:http server's own figure.
  */
-export const serverCpu = (pid: number) => {
-  let started: number | undefined
-  let used: number | undefined
-  let loadStarted = process.cpuUsage()
-  let loadUsed = 0
-  let seconds = 0
-  let t0 = 0
+export interface CpuFigures {
+  readonly cpuUsPerRequest?: number
+  readonly cpuCores?: number
+  readonly loadCpuCores?: number
+}
+
+const cpuWindow = (pid: number | undefined) => {
+  const started = pid === undefined ? undefined : cpuUsOf(pid)
+  const loadStarted = process.cpuUsage()
+  const t0 = performance.now()
   return {
-    onWindow: (edge: "start" | "end") => {
-      if (edge === "start") {
-        started = cpuUsOf(pid)
-        loadStarted = process.cpuUsage()
-        t0 = performance.now()
-      } else {
-        const now = cpuUsOf(pid)
-        const load = process.cpuUsage(loadStarted)
-        seconds = (performance.now() - t0) / 1000
-        used = started !== undefined && now !== undefined ? now - started : undefined
-        loadUsed = load.user + load.system
-      }
-    },
-    figures: (requests: number) => {
+    end: (requests: number): CpuFigures => {
+      if (pid === undefined) return {}
+      const now = cpuUsOf(pid)
+      const load = process.cpuUsage(loadStarted)
+      const seconds = (performance.now() - t0) / 1000
       const cores = (us: number) => Math.round((us / 1e6 / seconds) * 100) / 100
-      return used === undefined || requests === 0
-        ? { loadCpuCores: cores(loadUsed) }
-        : { cpuUsPerRequest: Math.round(used / requests), cpuCores: cores(used), loadCpuCores: cores(loadUsed) }
+      const loadCpuCores = cores(load.user + load.system)
+      if (started === undefined || now === undefined || requests === 0) return { loadCpuCores }
+      return { cpuUsPerRequest: Math.round((now - started) / requests), cpuCores: cores(now - started), loadCpuCores }
     }
   }
+}
+
+/** Waits until `url`/health answers 2xx. */
+export const waitForHealth = async (url: string, timeoutMs = 120_000): Promise<void> => {
+  const deadline = Date.now() + timeoutMs
+  while (Date.now() < deadline) {
+    try {
+      const r = await fetch(`${url}/health`, { signal: AbortSignal.timeout(2000) })
+      if (r.ok) return
+    } catch {
+      // not yet
+    }
+    await new Promise((r) => setTimeout(r, 200))
+  }
+  throw new Error(`no answer from ${url}/health`)
+}
+
+/** The bare node:http server every figure is compared with: a fixed JSON body. */
+export const serveBare = (port: number): http.Server => {
+  const body = JSON.stringify({ status: "healthy", version: "0.0.0" })
+  return http.createServer((_req, res) => {
+    res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(body) })
+    res.end(body)
+  }).listen(port, "127.0.0.1")
 }

@@ -26,7 +26,7 @@ import { Effect, Exit, Scope } from "effect"
 import * as FakeAgent from "../packages/testkit/src/FakeAgent.js"
 import { freePort } from "../packages/testkit/src/ServerProcess.js"
 import * as TestDatabase from "../packages/testkit/src/TestDatabase.js"
-import { percentile, run, send, serverCpu, type Target } from "./load.js"
+import { percentile, run, send, serveBare, type Target, waitForHealth } from "./load.js"
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
 const SOAK_SECONDS = Number(process.env.BENCH_SOAK_SECONDS ?? 60)
@@ -41,39 +41,23 @@ const rssOf = (pid: number): { rssMb: number; peakMb: number } => {
   return { rssMb: Math.round(kb("VmRSS") / 1024), peakMb: Math.round(kb("VmHWM") / 1024) }
 }
 
-const waitForHealth = async (url: string, timeoutMs = 120_000) => {
-  const deadline = Date.now() + timeoutMs
-  while (Date.now() < deadline) {
-    try {
-      const r = await fetch(`${url}/health`, { signal: AbortSignal.timeout(2000) })
-      if (r.ok) return
-    } catch {
-      // not yet
-    }
-    await new Promise((r) => setTimeout(r, 200))
-  }
-  throw new Error(`no answer from ${url}/health`)
-}
-
 /**
  * The issue's targets, each with the measured value and whether it was met. Memory counts as
  * flat when the last third of the soak averages within 5 % of the first (RSS saws with
  * collections by about that much).
  */
 const targetsOf = (r: {
-  readonly ceiling: number
-  readonly reads: { readonly rps: number }
-  readonly sends: { readonly rps: number; readonly p99Ms: number; readonly lost: number; readonly duplicates: number }
+  readonly reads: { readonly ofCeiling: number }
+  readonly sends: { readonly ofCeiling: number; readonly p99Ms: number; readonly lost: number; readonly duplicates: number }
   readonly fanout: { readonly allDeliveredMs: number; readonly duplicates: number }
   readonly memory: { readonly rssFirstThirdMb: number; readonly rssLastThirdMb: number; readonly soakLost: number; readonly soakDuplicates: number }
 }) => {
-  const fraction = (rps: number) => Math.round((rps / r.ceiling) * 100) / 100
   const growth = Math.round(((r.memory.rssLastThirdMb - r.memory.rssFirstThirdMb) / r.memory.rssFirstThirdMb) * 1000) / 10
   const lost = r.sends.lost + r.memory.soakLost
   const duplicates = r.sends.duplicates + r.memory.soakDuplicates + r.fanout.duplicates
   return {
-    readsOfCeiling: { value: fraction(r.reads.rps), target: ">= 0.5", met: fraction(r.reads.rps) >= 0.5 },
-    sendsOfCeiling: { value: fraction(r.sends.rps), target: ">= 0.3", met: fraction(r.sends.rps) >= 0.3 },
+    readsOfCeiling: { value: r.reads.ofCeiling, target: ">= 0.5", met: r.reads.ofCeiling >= 0.5 },
+    sendsOfCeiling: { value: r.sends.ofCeiling, target: ">= 0.3", met: r.sends.ofCeiling >= 0.3 },
     sendP99Ms: { value: r.sends.p99Ms, target: "<= 50", met: r.sends.p99Ms <= 50 },
     fanoutMs: { value: r.fanout.allDeliveredMs, target: "<= 1000", met: r.fanout.allDeliveredMs <= 1000 },
     lostAndDuplicates: { value: lost + duplicates, target: "0", met: lost + duplicates === 0 },
@@ -92,11 +76,7 @@ const ceilingServer = async (): Promise<{ target: Target; pid: number; stop: () 
 }
 
 if (process.argv[2] === "--ceiling") {
-  const body = JSON.stringify({ status: "healthy", version: "0.0.0" })
-  http.createServer((_req, res) => {
-    res.writeHead(200, { "content-type": "application/json", "content-length": Buffer.byteLength(body) })
-    res.end(body)
-  }).listen(Number(process.argv[3]), "127.0.0.1")
+  serveBare(Number(process.argv[3]))
 } else {
   await main()
 }
@@ -106,15 +86,13 @@ if (process.argv[2] === "--ceiling") {
 async function main() {
   const ceiling = await ceilingServer()
   log("ceiling: node:http")
-  const ceilingCpu = serverCpu(ceiling.pid)
-  const ceilingRun = await run({
+  const ceilingResult = await run({
     target: ceiling.target,
     concurrency: CONCURRENCY,
     durationMs: SECONDS * 1000,
     next: () => ({ method: "GET", path: "/health" }),
-    onWindow: ceilingCpu.onWindow
+    serverPid: ceiling.pid
   })
-  const ceilingResult = { ...ceilingRun, ...ceilingCpu.figures(ceilingRun.requests) }
   ceiling.stop()
   log(ceilingResult)
 
@@ -185,28 +163,24 @@ async function main() {
 
     // --- the framework's floor: GET /health (no key, no database) ------------
     log("floor: GET /health through the registry")
-    const floorCpu = serverCpu(server.pid!)
-    const floorRun = await run({
+    const floor = await run({
       target,
       concurrency: CONCURRENCY,
       durationMs: SECONDS * 1000,
       next: () => ({ method: "GET", path: "/health" }),
-      onWindow: floorCpu.onWindow
+      serverPid: server.pid
     })
-    const floor = { ...floorRun, ...floorCpu.figures(floorRun.requests) }
     log(floor)
 
     // --- authenticated reads ------------------------------------------------
     log("reads: GET /api/v1/friends")
-    const readsCpu = serverCpu(server.pid!)
-    const readsRun = await run({
+    const reads = await run({
       target,
       concurrency: CONCURRENCY,
       durationMs: SECONDS * 1000,
       next: (w) => ({ method: "GET", path: "/api/v1/friends", headers: { authorization: `Bearer ${senders[w % SENDERS]}` } }),
-      onWindow: readsCpu.onWindow
+      serverPid: server.pid
     })
-    const reads = { ...readsRun, ...readsCpu.figures(readsRun.requests) }
     log(reads)
 
     // --- sends ----------------------------------------------------------------
@@ -225,7 +199,6 @@ async function main() {
         }
       }
       if (onSample !== undefined) sampler = setInterval(onSample, 1000)
-      const cpu = serverCpu(server.pid!)
       const result = await run({
         target,
         concurrency: SENDERS,
@@ -244,7 +217,7 @@ async function main() {
           const id = JSON.parse(body).message_id as string
           sentIds.set(id, { agent: w, startedAt })
         },
-        onWindow: cpu.onWindow
+        serverPid: server.pid
       })
       if (sampler !== undefined) clearInterval(sampler)
       // Let retries (if any) finish, then count.
@@ -261,7 +234,6 @@ async function main() {
       e2e.sort((a, b) => a - b)
       return {
         ...result,
-        ...cpu.figures(result.requests),
         accepted: sentIds.size,
         lost,
         duplicates,
@@ -323,17 +295,21 @@ async function main() {
     log(fanout)
 
     const memoryPeak = rssOf(server.pid!)
+    const ofCeiling = (rps: number) => Math.round((rps / ceilingResult.rps) * 100) / 100
+    const measured = {
+      floor: { ...floor, ofCeiling: ofCeiling(floor.rps) },
+      reads: { ...reads, ofCeiling: ofCeiling(reads.rps) },
+      sends: { ...sends, ofCeiling: ofCeiling(sends.rps) },
+      fanout,
+      memory: { ...memory, peakRssMb: memoryPeak.peakMb }
+    }
     const figures = {
       machine: { cpus: (await import("node:os")).cpus().length, node: process.version },
       database: databaseUrl !== "" ? "postgres" : "pglite",
       startupMs,
       ceiling: ceilingResult,
-      floor: { ...floor, ofCeiling: Math.round((floor.rps / ceilingResult.rps) * 100) / 100 },
-      reads: { ...reads, ofCeiling: Math.round((reads.rps / ceilingResult.rps) * 100) / 100 },
-      sends: { ...sends, ofCeiling: Math.round((sends.rps / ceilingResult.rps) * 100) / 100 },
-      fanout,
-      memory: { ...memory, peakRssMb: memoryPeak.peakMb },
-      targets: targetsOf({ ceiling: ceilingResult.rps, reads, sends, fanout, memory })
+      ...measured,
+      targets: targetsOf(measured)
     }
     console.log(JSON.stringify(figures))
     await members.close()

@@ -11,7 +11,7 @@
  *   and tells the sender through a `DeliveryStatus` event.
  */
 import { Events, type RegistryEvent, Store } from "@mahilo/core"
-import { Context, Duration, Effect, Layer, Option, type Queue, Schedule, type Scope } from "effect"
+import { Context, Duration, Effect, Layer, Option, Queue, Schedule, type Scope } from "effect"
 import { FederationConfig } from "./FederationConfig.js"
 import { PeerClient } from "./PeerClient.js"
 import { Peers } from "./Peers.js"
@@ -20,10 +20,13 @@ import * as Protocol from "./Protocol.js"
 /** The registry's events, for the relay to follow (the server plugs its event bus in). */
 export class RegistryEvents extends Context.Tag("@mahilo/federation/RegistryEvents")<RegistryEvents, {
   /**
-   * The events `wanted` accepts from now on, for the life of the scope. `wanted` may run as
-   * each event is published: it must be cheap and must not throw.
+   * The events `wanted` accepts from now on, for the life of the scope; a type guard narrows
+   * the queue's type. `wanted` may run as each event is published: it must be cheap and must
+   * not throw.
    */
-  readonly subscribeTo: (wanted: (event: RegistryEvent) => boolean) => Effect.Effect<Queue.Dequeue<RegistryEvent>, never, Scope.Scope>
+  readonly subscribeTo: <E extends RegistryEvent>(
+    wanted: (event: RegistryEvent) => event is E
+  ) => Effect.Effect<Queue.Dequeue<E>, never, Scope.Scope>
 }>() {}
 
 /** A message's status over its deliveries: pending while any is; delivered if any was; else failed. */
@@ -97,10 +100,11 @@ export const reporter = Layer.scopedDiscard(
       )
 
     // Only settled delivery statuses: the relay reports those to the registry a message came from.
-    const queue = yield* events.subscribeTo((event) => event._tag === "DeliveryStatus" && event.deliveryStatus !== "pending")
+    const queue = yield* events.subscribeTo((event): event is Extract<RegistryEvent, { _tag: "DeliveryStatus" }> =>
+      event._tag === "DeliveryStatus" && event.deliveryStatus !== "pending"
+    )
     yield* Effect.gen(function* () {
-      const event = yield* (queue as Queue.Dequeue<RegistryEvent>).take
-      if (event._tag !== "DeliveryStatus" || event.deliveryStatus === "pending") return
+      const event = yield* Queue.take(queue)
       if (inFlight.has(event.messageId) || reported.has(event.messageId)) return
       inFlight.add(event.messageId)
       yield* Effect.forkScoped(turns.withPermits(1)(report(event.messageId)))

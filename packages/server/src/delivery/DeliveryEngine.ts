@@ -47,8 +47,8 @@ export class FirstAttempts {
   private remaining: number
   private notify: (() => void) | undefined
 
-  constructor(readonly deliveryIds: ReadonlyArray<string>) {
-    this.remaining = deliveryIds.length
+  constructor(count: number) {
+    this.remaining = count
   }
 
   /** Records a delivery's status after its first attempt. */
@@ -66,17 +66,16 @@ export class FirstAttempts {
   within(ms: number): Effect.Effect<ReadonlyMap<string, Store.DeliveryStatus>> {
     return Effect.async<ReadonlyMap<string, Store.DeliveryStatus>>((resume) => {
       if (this.remaining === 0) return resume(Effect.succeed(new Map(this.statuses)))
-      const answer = () => {
+      const stop = () => {
         clearTimeout(timer)
         this.notify = undefined
+      }
+      const timer = setTimeout(() => this.notify?.(), ms)
+      this.notify = () => {
+        stop()
         resume(Effect.succeed(new Map(this.statuses)))
       }
-      const timer = setTimeout(answer, ms)
-      this.notify = answer
-      return Effect.sync(() => {
-        clearTimeout(timer)
-        this.notify = undefined
-      })
+      return Effect.sync(stop)
     })
   }
 }
@@ -371,7 +370,7 @@ export const make = (settings: EngineSettings) =>
       dispatch: (message, deliveries) =>
         Effect.suspend(() => {
           const pushed = deliveries.filter((d) => d.targetKind !== "inbox")
-          const first = new FirstAttempts(pushed.map((d) => d.id))
+          const first = new FirstAttempts(pushed.length)
           return Effect.as(
             Effect.forEach(pushed, (d) => {
               const claimed: Store.ClaimedDelivery = {

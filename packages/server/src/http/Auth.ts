@@ -5,7 +5,7 @@
  * and drops a key the moment a `KeysRevoked` event says it stopped working —
  * on this process directly, on others through the event relay.
  */
-import { ApiKey, Errors, Registry } from "@mahilo/core"
+import { ApiKey, Errors, Registry, type RegistryEvent } from "@mahilo/core"
 import { Context, Effect, Layer, Option, Queue, Redacted } from "effect"
 import { Authentication } from "../Api.js"
 import { ServerConfig } from "../Config.js"
@@ -45,6 +45,8 @@ export class KeyCache {
   }
 }
 
+type KeysRevoked = Extract<RegistryEvent, { _tag: "KeysRevoked" }>
+
 const unauthorized = Errors.Unauthorized.of("Missing, unknown or revoked API key", "UNAUTHORIZED")
 
 /** Resolves a raw key to its principal, through the cache. */
@@ -55,11 +57,11 @@ export const makeAuthenticator = Effect.gen(function* () {
   const cache = new KeyCache(config.authCacheSize)
 
   // Subscribe before serving any request, so no revocation can slip between.
-  const revocations = yield* bus.subscribeTo((event) => event._tag === "KeysRevoked")
+  const revocations = yield* bus.subscribeTo((event): event is KeysRevoked => event._tag === "KeysRevoked")
   yield* Queue.take(revocations).pipe(
     Effect.tap((event) =>
       Effect.sync(() => {
-        if (event._tag === "KeysRevoked") for (const kid of event.kids) cache.delete(kid)
+        for (const kid of event.kids) cache.delete(kid)
       })
     ),
     Effect.forever,

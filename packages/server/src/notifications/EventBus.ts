@@ -70,16 +70,20 @@ export const parsePayload = (node: string, payload: string): ReadonlyArray<Regis
   return parsed.events ?? (parsed.event !== undefined ? [parsed.event] : [])
 }
 
+/**
+ * The events `wanted` accepts from now on, for the life of the scope; a type
+ * guard narrows the queue's type. `wanted` runs inside `publish`, in the
+ * publisher's fiber: it must be cheap, must not throw, and should read only
+ * state the subscriber owns.
+ */
+export interface SubscribeTo {
+  <E extends RegistryEvent>(wanted: (event: RegistryEvent) => event is E): Effect.Effect<Queue.Dequeue<E>, never, Scope.Scope>
+  (wanted: (event: RegistryEvent) => boolean): Effect.Effect<Queue.Dequeue<RegistryEvent>, never, Scope.Scope>
+}
+
 export interface EventBusService {
   readonly publish: (event: RegistryEvent) => Effect.Effect<void>
-  /** Every event from now on, for the life of the scope. */
-  readonly subscribe: Effect.Effect<Queue.Dequeue<RegistryEvent>, never, Scope.Scope>
-  /**
-   * The events `wanted` accepts from now on, for the life of the scope. `wanted`
-   * runs inside `publish`, in the publisher's fiber: it must be cheap, must not
-   * throw, and should read only state the subscriber owns.
-   */
-  readonly subscribeTo: (wanted: (event: RegistryEvent) => boolean) => Effect.Effect<Queue.Dequeue<RegistryEvent>, never, Scope.Scope>
+  readonly subscribeTo: SubscribeTo
 }
 
 interface Subscription {
@@ -101,7 +105,7 @@ export const layer: Layer.Layer<EventBus | Events, never, DatabaseEngine | NodeI
           for (const s of subscriptions) if (s.wanted(event)) s.queue.unsafeOffer(event)
         }
       })
-    const subscribeTo = (wanted: (event: RegistryEvent) => boolean) =>
+    const subscribeTo: SubscribeTo = (wanted: (event: RegistryEvent) => boolean) =>
       Effect.map(
         Effect.acquireRelease(
           Effect.map(Queue.unbounded<RegistryEvent>(), (queue) => {
@@ -146,7 +150,7 @@ export const layer: Layer.Layer<EventBus | Events, never, DatabaseEngine | NodeI
     const relay = engine.kind === "postgres" ? (event: RegistryEvent) => Queue.offer(outgoing, event) : () => Effect.void
 
     const publish = (event: RegistryEvent) => Effect.zipRight(hand([event]), relay(event))
-    const bus: EventBusService = { publish, subscribe: subscribeTo(() => true), subscribeTo }
+    const bus: EventBusService = { publish, subscribeTo }
     return Context.make(EventBus, bus).pipe(Context.add(Events, { publish }))
   })
 )

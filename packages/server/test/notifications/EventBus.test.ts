@@ -51,8 +51,8 @@ describe("event bus subscriptions", () => {
 
   it.scoped("a subscriber gets only the events it wants, in publish order; a full subscriber gets them all", () =>
     Effect.gen(function* () {
-      const { publish, subscribe, subscribeTo } = yield* EventBus.EventBus
-      const all = yield* subscribe
+      const { publish, subscribeTo } = yield* EventBus.EventBus
+      const all = yield* subscribeTo(() => true)
       const keys = yield* subscribeTo((event) => event._tag === "KeysRevoked")
       const events = [received(1), revoked, received(2), { ...revoked, kids: ["k2"] }]
       for (const event of events) yield* publish(event)
@@ -62,10 +62,10 @@ describe("event bus subscriptions", () => {
 
   it.scoped("a subscription ends with its scope: its queue is shut down and publishing goes on", () =>
     Effect.gen(function* () {
-      const { publish, subscribe } = yield* EventBus.EventBus
+      const { publish, subscribeTo } = yield* EventBus.EventBus
       const scope = yield* Scope.make()
-      const short = yield* Scope.extend(subscribe, scope)
-      const long = yield* subscribe
+      const short = yield* Scope.extend(subscribeTo(() => true), scope)
+      const long = yield* subscribeTo(() => true)
       yield* publish(received(1))
       yield* Scope.close(scope, Exit.void)
       expect(yield* Queue.isShutdown(short)).toBe(true)
