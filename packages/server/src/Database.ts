@@ -13,6 +13,7 @@ import { PgClient } from "@effect/sql-pg"
 import { PGlite } from "@electric-sql/pglite"
 import { Migrations, ReadCache } from "@mahilo/core"
 import { Context, Duration, Effect, Layer, Redacted, Stream } from "effect"
+import * as EmbeddedCluster from "./EmbeddedCluster.js"
 import * as PreparedStatements from "./PGliteStatements.js"
 
 /** Where the data lives. */
@@ -117,12 +118,17 @@ export const pgliteFrom = (open: () => Promise<PGlite>, description = "the embed
     })
   ).pipe(Layer.provide(Reactivity.layer))
 
-/** PGlite layer: persistent when `dataDir` is set, in memory otherwise. */
-export const pglite = (dataDir: string | undefined) =>
-  pgliteFrom(
+/**
+ * PGlite layer: persistent when `dataDir` is set, in memory otherwise. A new
+ * `dataDir` gets its cluster from a child process first (see EmbeddedCluster).
+ */
+export const pglite = (dataDir: string | undefined) => {
+  const layer = pgliteFrom(
     () => PGlite.create(dataDir !== undefined ? { dataDir } : {}),
     `the embedded database${dataDir ? ` at ${dataDir}` : ""}`
   )
+  return dataDir === undefined ? layer : Layer.provide(layer, Layer.effectDiscard(EmbeddedCluster.ensure(dataDir)))
+}
 
 /** PostgreSQL layer over a connection pool. */
 export const postgres = (url: string, maxConnections = 10) =>
