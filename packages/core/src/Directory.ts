@@ -71,6 +71,20 @@ export interface RemoteDirectoryService {
   readonly joinRemoteGroup: (membership: RemoteGroupMembership, actor: Actor) => Effect.Effect<RemoteGroupMembership, RemoteFailure>
   /** Leaves (or declines) a remote group at its home registry. */
   readonly leaveRemoteGroup: (membership: RemoteGroupMembership, actor: Actor) => Effect.Effect<void, RemoteFailure>
+  /**
+   * Tells the registries of members from elsewhere that their membership (or
+   * invitation) in a group of this registry ended: they were removed, or the
+   * group was deleted. Every registry concerned is told; the first failure is
+   * reported after all were tried.
+   */
+  readonly endRemoteMemberships: (
+    input: {
+      readonly group: { readonly id: string; readonly name: string }
+      readonly members: ReadonlyArray<Store.User>
+      readonly reason: "removed" | "deleted"
+      readonly by: Actor
+    }
+  ) => Effect.Effect<void, RemoteFailure>
 }
 
 const notFederated = () =>
@@ -93,6 +107,8 @@ export class RemoteDirectory extends Context.Tag("@mahilo/core/RemoteDirectory")
     remoteGroupMembers: () => Effect.succeed([]),
     remoteGroupsOf: () => Effect.succeed([]),
     joinRemoteGroup: () => Effect.fail(notFederated()),
-    leaveRemoteGroup: () => Effect.fail(notFederated())
+    leaveRemoteGroup: () => Effect.fail(notFederated()),
+    // Without federation no group has members from elsewhere.
+    endRemoteMemberships: () => Effect.void
   })
 }

@@ -184,6 +184,29 @@ export const make: Effect.Effect<
           Effect.catchTag("NotFound", () => Effect.void)
         )
         yield* store.forgetRemoteGroup(membership.groupId, membership.userId)
+      }),
+
+    endRemoteMemberships: ({ by, group, members, reason }) =>
+      Effect.gen(function* () {
+        const byInstance = new Map<string, Array<string>>()
+        for (const member of members) {
+          if (member.instance === null) continue
+          const names = byInstance.get(member.instance) ?? []
+          names.push(localName(member))
+          byInstance.set(member.instance, names)
+        }
+        // One request per registry (in chunks the protocol accepts); a registry that fails does not stop the others.
+        const calls = [...byInstance].flatMap(([instance, names]) =>
+          Array.from({ length: Math.ceil(names.length / 1000) }, (_, i) =>
+            tell(instance, Protocol.paths.groupEnded, {
+              group_id: group.id,
+              usernames: names.slice(i * 1000, (i + 1) * 1000),
+              reason,
+              by: by.username
+            } satisfies Protocol.GroupEnded)))
+        const outcomes = yield* Effect.all(calls, { concurrency: 4, mode: "either" })
+        const failed = outcomes.find(Either.isLeft)
+        if (failed !== undefined) return yield* Effect.fail(failed.left)
       })
   })
   return directory

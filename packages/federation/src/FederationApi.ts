@@ -368,5 +368,28 @@ export const layer = HttpApiBuilder.Router.use((router) =>
           return json(200, { success: true, group_deleted: left.groupDeleted })
         }))
     )
+
+    // The home removed some of our users from its group, or deleted the group: forget it for them.
+    yield* router.post(
+      Protocol.paths.groupEnded,
+      signed(({ body, peer }) =>
+        Effect.gen(function* () {
+          const ended = yield* decodeBody(Protocol.GroupEnded, body)
+          const found = yield* Effect.forEach(ended.usernames, (name) => users.findByUsername(name.toLowerCase()))
+          const userIds = found.flatMap((u) => (Option.isSome(u) && u.value.instance === null ? [u.value.id] : []))
+          const forgotten = yield* store.endRemoteMemberships(ended.group_id, peer.name, userIds)
+          const first = forgotten[0]
+          if (ended.reason === "deleted" && first !== undefined) {
+            yield* events.publish({
+              _tag: "GroupLeave",
+              userIds: forgotten.map((r) => r.userId),
+              groupId: ended.group_id,
+              groupName: first.groupName,
+              username: `${ended.by.toLowerCase()}@${peer.name}`
+            })
+          }
+          return json(200, { forgotten: forgotten.length })
+        }))
+    )
   })
 )

@@ -191,7 +191,19 @@ export const make = Effect.gen(function* () {
       ),
 
     forgetRemoteGroup: (groupId: string, userId: string) =>
-      Effect.asVoid(sql`DELETE FROM remote_group_members WHERE group_id = ${groupId} AND user_id = ${userId}`)
+      Effect.asVoid(sql`DELETE FROM remote_group_members WHERE group_id = ${groupId} AND user_id = ${userId}`),
+
+    /** The group's home says these memberships ended; only rows of a group homed at `homeInstance` go. */
+    endRemoteMemberships: (groupId: string, homeInstance: string, userIds: ReadonlyArray<string>) =>
+      userIds.length === 0
+        ? Effect.succeed([])
+        : Effect.map(
+          sql`
+            DELETE FROM remote_group_members
+            WHERE group_id = ${groupId} AND home_instance = ${homeInstance} AND user_id IN ${sql.in(userIds)}
+            RETURNING *`,
+          (rows) => rows.map(remoteRow)
+        )
   }
 })
 

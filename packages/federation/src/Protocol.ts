@@ -26,7 +26,9 @@ export const paths = {
   /** `POST` a member of the receiver's group accepting their invitation. */
   groupJoin: `${PREFIX}/groups/join`,
   /** `POST` a member of the receiver's group leaving it. */
-  groupLeave: `${PREFIX}/groups/leave`
+  groupLeave: `${PREFIX}/groups/leave`,
+  /** `POST` the receiver's users whose membership in the sender's group ended (removed, or the group deleted). */
+  groupEnded: `${PREFIX}/groups/ended`
 } as const
 
 const Name = Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_-]{3,30}$/))
@@ -124,6 +126,16 @@ export const GroupMember = Schema.Struct({
   username: Name
 })
 export type GroupMember = typeof GroupMember.Type
+
+export const GroupEnded = Schema.Struct({
+  group_id: Id,
+  /** The receiver's users whose invitation or membership ended. */
+  usernames: Schema.Array(Name).pipe(Schema.minItems(1), Schema.maxItems(1000)),
+  reason: Schema.Literal("removed", "deleted"),
+  /** The sender's user who removed them or deleted the group. */
+  by: Name
+})
+export type GroupEnded = typeof GroupEnded.Type
 
 export const GroupJoinAnswer = Schema.Struct({
   group_id: Id,

@@ -306,6 +306,43 @@ describe("federation across three registries", () => {
     expect(await run(extra.person.client.groups.list())).toEqual([])
   })
 
+  it("a removal or a deletion at the group's home reaches the members' registries; only the home can say so", async () => {
+    const ivy = await run(Fixtures.person(b.server(), "ivy"))
+    const jack = await run(Fixtures.person(c.server(), "jack"))
+    const group = await run(alice.client.groups.create({ payload: { name: "short" } }))
+    for (const member of [`ivy@${b.name}`, `jack@${c.name}`]) {
+      await run(alice.client.groups.invite({ path: { id: group.group_id }, payload: { username: member } }))
+    }
+    await run(ivy.client.groups.join({ path: { id: group.group_id } }))
+    const listed = async (person: Fixtures.Person) =>
+      (await run(person.client.groups.list())).map((g) => [g.group_id, g.status])
+
+    // c is not the group's home, so it cannot end ivy's membership at b.
+    const cKey = await run(Cluster.signingKey(c))
+    const forged = await run(Cluster.send(Cluster.signedRequest({
+      instance: c.name,
+      key: cKey,
+      to: b.url,
+      method: "POST",
+      path: Protocol.paths.groupEnded,
+      body: { group_id: group.group_id, usernames: ["ivy"], reason: "deleted", by: "jack" } satisfies Protocol.GroupEnded
+    })))
+    expect({ status: forged.status, forgotten: forged.body.forgotten }).toEqual({ status: 200, forgotten: 0 })
+    expect(await listed(ivy)).toEqual([[group.group_id, "active"]])
+
+    // The home removes ivy: her registry forgets the group; jack's invitation stands.
+    const ivyHere = (await run(alice.client.groups.members({ path: { id: group.group_id } }))).find((m) => m.username === `ivy@${b.name}`)!
+    await run(alice.client.groups.removeMember({ path: { id: group.group_id, user_id: ivyHere.user_id } }))
+    expect(await listed(ivy)).toEqual([])
+    expect(await listed(jack)).toEqual([[group.group_id, "invited"]])
+
+    // The home deletes the group: the invitation at c goes too.
+    await run(alice.client.groups.delete({ path: { id: group.group_id } }))
+    expect(await listed(jack)).toEqual([])
+    const joinAfter = await run(Effect.flip(jack.client.groups.join({ path: { id: group.group_id } })))
+    expect(codeOf(joinAfter)).toBe("GROUP_NOT_FOUND")
+  })
+
   it("a peer killed and restarted loses nothing and delivers every queued message exactly once", async () => {
     await befriendAcross(bob, carol, c)
     // Queued at C: accepted there, but carol's agent is failing.

@@ -66,6 +66,27 @@ export const make = (friends: Friends) =>
 
     const apply = (change: Graph.MembershipChange) => groups.apply(change, Ids.make("mem"))
 
+    /** Federation: the members (active or invited) who are users of other registries. */
+    const remoteMembers = (groupId: string) =>
+      Effect.map(groups.members(groupId), (ms) => ms.map((m) => m.user).filter((u) => u.instance !== null))
+
+    /**
+     * Federation: their registries hear that these memberships ended, as well as
+     * they can be told (a registry that is down keeps a stale listing until the
+     * member next acts on it, when the group's home answers that it is gone).
+     */
+    const tellEnded = (
+      group: Graph.Group,
+      members: ReadonlyArray<Store.User>,
+      reason: "removed" | "deleted",
+      by: Principal
+    ) =>
+      members.length === 0
+        ? Effect.void
+        : directory.endRemoteMemberships({ group, members, reason, by }).pipe(
+          Effect.catchAll((e) => Effect.logWarning(`Could not tell every member's registry that group ${group.id} was ${reason === "deleted" ? "deleted" : "left"}`, e))
+        )
+
     return {
       createGroup: (
         principal: Principal,
@@ -159,7 +180,10 @@ export const make = (friends: Friends) =>
           const change = yield* Graph.leave({ membership, activeMemberCount: count })
           const group = yield* groupOf(groupId)
           const before = yield* audience(groupId)
+          // The last active member leaving deletes the group; invitations from elsewhere end with it.
+          const remote = change._tag === "DeleteGroup" ? yield* remoteMembers(groupId) : []
           yield* apply(change)
+          yield* tellEnded(group, remote, "deleted", principal)
           yield* events.publish({
             _tag: "GroupLeave",
             userIds: before,
@@ -201,7 +225,9 @@ export const make = (friends: Friends) =>
           const change = yield* Graph.deleteGroup({ actor })
           const group = yield* groupOf(groupId)
           const before = (yield* audience(groupId)).filter((id) => id !== principal.userId)
+          const remote = yield* remoteMembers(groupId)
           yield* apply(change)
+          yield* tellEnded(group, remote, "deleted", principal)
           if (before.length > 0) {
             yield* events.publish({ _tag: "GroupLeave", userIds: before, groupId, groupName: group.name, username: principal.username })
           }
@@ -220,6 +246,10 @@ export const make = (friends: Friends) =>
           const actor = yield* membershipOf(groupId, principal.userId)
           const target = yield* membershipOf(groupId, userId)
           yield* apply(yield* Graph.remove({ actor, target }))
+          const removed = yield* users.findById(userId)
+          if (Option.isSome(removed) && removed.value.instance !== null) {
+            yield* tellEnded(yield* groupOf(groupId), [removed.value], "removed", principal)
+          }
         })
     }
   })
