@@ -69,6 +69,11 @@ export interface RemoteDirectoryService {
   readonly remoteGroupsOf: (userId: string) => Effect.Effect<ReadonlyArray<RemoteGroupMembership>, SqlError>
   /** Accepts an invitation at the group's home registry; answers the membership now active. */
   readonly joinRemoteGroup: (membership: RemoteGroupMembership, actor: Actor) => Effect.Effect<RemoteGroupMembership, RemoteFailure>
+  /** The members of a remote group the actor is an active member of, as its home lists them. */
+  readonly remoteGroupMemberList: (
+    membership: RemoteGroupMembership,
+    actor: Actor
+  ) => Effect.Effect<ReadonlyArray<Store.MemberListing>, RemoteFailure | Errors.Forbidden>
   /** Leaves (or declines) a remote group at its home registry. */
   readonly leaveRemoteGroup: (membership: RemoteGroupMembership, actor: Actor) => Effect.Effect<void, RemoteFailure>
   /**
@@ -107,6 +112,7 @@ export class RemoteDirectory extends Context.Tag("@mahilo/core/RemoteDirectory")
     remoteGroupMembers: () => Effect.succeed([]),
     remoteGroupsOf: () => Effect.succeed([]),
     joinRemoteGroup: () => Effect.fail(notFederated()),
+    remoteGroupMemberList: () => Effect.fail(notFederated()),
     leaveRemoteGroup: () => Effect.fail(notFederated()),
     // Without federation no group has members from elsewhere.
     endRemoteMemberships: () => Effect.void

@@ -82,6 +82,25 @@ export const make: Effect.Effect<
       return response
     })
 
+  /**
+   * The user here for a name as registry `from` writes it: its own users bare,
+   * others as `name@instance` (this registry's own users among them). Users of
+   * other registries are kept as shadow users, as for any remote address.
+   */
+  const userNamed = (from: string, entry: { readonly username: string; readonly display_name: string | null }) => {
+    const name = entry.username.toLowerCase()
+    const at = name.lastIndexOf("@")
+    const instance = at === -1 ? from : name.slice(at + 1)
+    const local = at === -1 ? name : name.slice(0, at)
+    if (instance === config.instanceName) {
+      return Effect.map(users.findByUsername(local), Option.filter((u) => u.instance === null))
+    }
+    return Effect.map(
+      users.ensureShadow({ id: Ids.make("usr"), username: `${local}@${instance}`, displayName: entry.display_name, instance }),
+      Option.some
+    )
+  }
+
   const directory = RemoteDirectory.of({
     localInstance: config.instanceName,
 
@@ -172,6 +191,41 @@ export const make: Effect.Effect<
         const answer = yield* decode(Protocol.GroupJoinAnswer, membership.homeInstance, response.body)
         const joined = yield* store.recordJoined(membership.groupId, membership.userId, answer.member_count)
         return Option.getOrElse(joined, () => ({ ...membership, status: "active" as const, memberCount: answer.member_count }))
+      }),
+
+    remoteGroupMemberList: (membership, actor) =>
+      Effect.gen(function* () {
+        const peer = yield* peerFor(membership.homeInstance)
+        const response = yield* call(peer, "GET", Protocol.paths.groupMembers(membership.groupId, actor.username))
+        if (response.status === 404 && errorOf(response).code === "GROUP_NOT_FOUND") {
+          // Gone at its home (ended while this registry could not be told): forget it here too.
+          yield* store.forgetRemoteGroup(membership.groupId, membership.userId)
+        }
+        if (response.status === 404) return yield* refused(peer.name, response)
+        if (response.status === 403) {
+          const { code, error } = errorOf(response)
+          return yield* Errors.Forbidden.of(code, `${peer.name}: ${error}`)
+        }
+        if (response.status !== 200) return yield* unavailableAnswer(peer.name, response)
+        const entries = yield* decode(Protocol.GroupMembersAnswer, peer.name, response.body)
+        const listed = yield* Effect.forEach(entries, (entry) =>
+          Effect.map(userNamed(peer.name, entry), Option.map((user): Store.MemberListing => {
+            const joinedAt = entry.joined_at === null ? null : new Date(entry.joined_at)
+            return {
+              user,
+              membership: {
+                id: `${membership.groupId}:${user.id}`,
+                groupId: membership.groupId,
+                userId: user.id,
+                role: entry.role,
+                status: entry.status,
+                invitedBy: null,
+                joinedAt,
+                createdAt: joinedAt ?? membership.createdAt
+              }
+            }
+          })))
+        return listed.flatMap((m) => (Option.isSome(m) ? [m.value] : []))
       }),
 
     leaveRemoteGroup: (membership, actor) =>

@@ -346,6 +346,25 @@ export const layer = HttpApiBuilder.Router.use((router) =>
         onSome: (user) => Effect.succeed(shadowPrincipal(user))
       }))
 
+    yield* router.get(
+      `${Protocol.PREFIX}/groups/:id/members`,
+      signed(({ peer }) =>
+        Effect.gen(function* () {
+          const { id } = yield* HttpRouter.params
+          const search = yield* HttpServerRequest.ParsedSearchParams
+          const asker = typeof search["asker"] === "string" ? search["asker"] : ""
+          const principal = yield* memberOfHere(peer, { group_id: id ?? "", username: asker })
+          const members = yield* registry.members(principal, id ?? "")
+          return json(200, members.map((m) => ({
+            username: m.user.username,
+            display_name: m.user.displayName,
+            role: m.membership.role,
+            status: m.membership.status,
+            joined_at: m.membership.joinedAt?.toISOString() ?? null
+          }) satisfies Protocol.GroupMemberEntry))
+        }))
+    )
+
     yield* router.post(
       Protocol.paths.groupJoin,
       signed(({ body, peer }) =>

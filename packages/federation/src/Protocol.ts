@@ -23,6 +23,9 @@ export const paths = {
   status: `${PREFIX}/status`,
   /** `POST` an invitation to a group whose home is the sender. */
   groupInvite: `${PREFIX}/groups/invite`,
+  /** `GET` the members of the receiver's group, for `asker` (an active member of it on the asking registry). */
+  groupMembers: (groupId: string, asker: string) =>
+    `${PREFIX}/groups/${encodeURIComponent(groupId)}/members?asker=${encodeURIComponent(asker)}`,
   /** `POST` a member of the receiver's group accepting their invitation. */
   groupJoin: `${PREFIX}/groups/join`,
   /** `POST` a member of the receiver's group leaving it. */
@@ -136,6 +139,17 @@ export const GroupEnded = Schema.Struct({
   by: Name
 })
 export type GroupEnded = typeof GroupEnded.Type
+
+/** One member of a group as its home lists it: names as the home writes them. */
+export const GroupMemberEntry = Schema.Struct({
+  username: Address,
+  display_name: Schema.NullOr(Text(200)),
+  role: Schema.Literal("owner", "admin", "member"),
+  status: Schema.Literal("invited", "active"),
+  joined_at: Schema.NullOr(Schema.String)
+})
+export const GroupMembersAnswer = Schema.Array(GroupMemberEntry)
+export type GroupMemberEntry = typeof GroupMemberEntry.Type
 
 export const GroupJoinAnswer = Schema.Struct({
   group_id: Id,

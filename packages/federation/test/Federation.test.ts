@@ -317,6 +317,18 @@ describe("federation across three registries", () => {
     const listed = async (person: Fixtures.Person) =>
       (await run(person.client.groups.list())).map((g) => [g.group_id, g.status])
 
+    // A member lists the group's members from her own registry, named as she would address them.
+    const seenByIvy = await run(ivy.client.groups.members({ path: { id: group.group_id } }))
+    expect(seenByIvy.map((m) => [m.username, m.role, m.status]).sort()).toEqual([
+      [`alice@${a.name}`, "owner", "active"],
+      ["ivy", "member", "active"],
+      [`jack@${c.name}`, "member", "invited"]
+    ])
+    const ivyOnB = await run(b.sql((sql) => sql<{ id: string }>`SELECT id FROM users WHERE username = 'ivy'`))
+    expect(seenByIvy.find((m) => m.username === "ivy")?.user_id).toBe(ivyOnB[0]?.id)
+    const notYet = await run(Effect.flip(jack.client.groups.members({ path: { id: group.group_id } })))
+    expect(codeOf(notYet)).toBe("NOT_MEMBER")
+
     // c is not the group's home, so it cannot end ivy's membership at b.
     const cKey = await run(Cluster.signingKey(c))
     const forged = await run(Cluster.send(Cluster.signedRequest({

@@ -197,7 +197,15 @@ export const make = (friends: Friends) =>
       members: (principal: Principal, groupId: string) =>
         Effect.gen(function* () {
           const membership = yield* membershipOf(groupId, principal.userId)
-          if (membership === undefined) return yield* groupNotFound()
+          if (membership === undefined) {
+            // Federation: a group of another registry is listed by its home.
+            const remote = yield* remoteMembership(groupId, principal.userId)
+            if (Option.isNone(remote)) return yield* groupNotFound()
+            if (remote.value.status !== "active") {
+              return yield* Errors.Forbidden.of("NOT_MEMBER", "Only active members can list the members")
+            }
+            return yield* directory.remoteGroupMemberList(remote.value, principal)
+          }
           if (!Graph.canListMembers(membership)) {
             return yield* Errors.Forbidden.of("NOT_MEMBER", "Only active members can list the members")
           }
