@@ -353,6 +353,15 @@ describe("federation across three registries", () => {
     expect(await listed(jack)).toEqual([])
     const joinAfter = await run(Effect.flip(jack.client.groups.join({ path: { id: group.group_id } })))
     expect(codeOf(joinAfter)).toBe("GROUP_NOT_FOUND")
+
+    // An end that b never heard of (say b was down): the next members listing finds the group gone and drops it.
+    await run(b.sql((sql) => sql`
+      INSERT INTO remote_group_members (group_id, user_id, home_instance, group_name, status, member_count, joined_at)
+      VALUES (${group.group_id}, ${ivyOnB[0]!.id}, ${a.name}, 'short', 'active', 2, now())`))
+    expect(await listed(ivy)).toEqual([[group.group_id, "active"]])
+    const gone = await run(Effect.flip(ivy.client.groups.members({ path: { id: group.group_id } })))
+    expect(codeOf(gone)).toBe("GROUP_NOT_FOUND")
+    expect(await listed(ivy)).toEqual([])
   })
 
   it("a peer killed and restarted loses nothing and delivers every queued message exactly once", async () => {
