@@ -220,8 +220,20 @@ export interface Message {
   readonly deliveredCount: number
   readonly failedCount: number
   readonly originInstance: string | null
+  /**
+   * Federation: how the sender asked for a remote recipient's agent to be
+   * chosen, which the recipient's registry applies (null: by its preference).
+   */
+  readonly recipientRouting: RecipientRouting | null
   readonly createdAt: Date
   readonly deliveredAt: Date | null
+}
+
+/** A sender's choice of the recipient's agent: one connection, or hints. */
+export interface RecipientRouting {
+  readonly connectionId?: string | undefined
+  readonly labels?: ReadonlyArray<string> | undefined
+  readonly tags?: ReadonlyArray<string> | undefined
 }
 
 export interface Delivery {

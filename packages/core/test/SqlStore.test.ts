@@ -28,6 +28,7 @@ const message = (over: Partial<Store.Message> & { readonly senderId: string; rea
   deliveredCount: 0,
   failedCount: 0,
   originInstance: null,
+  recipientRouting: null,
   createdAt: new Date(),
   deliveredAt: null,
   ...over

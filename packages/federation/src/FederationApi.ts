@@ -284,6 +284,8 @@ export const layer = HttpApiBuilder.Router.use((router) =>
           const result = yield* registry.send(shadowPrincipal(sender), {
             recipient: forwarded.recipient_type === "group" ? group!.id : forwarded.recipient!,
             recipientType: forwarded.recipient_type,
+            recipientConnectionId: forwarded.recipient_connection_id,
+            routingHints: forwarded.routing_hints,
             message: forwarded.message,
             context: forwarded.context,
             payloadType: forwarded.payload_type,

@@ -59,7 +59,21 @@ export const make: Effect.Effect<
         if (recipient === undefined || recipient.instance !== peer) {
           return Either.left(`the recipient is not a user of ${peer}`)
         }
-        return Either.right<Protocol.ForwardedMessage>({ ...base, recipient_type: "user", recipient: localName(recipient) })
+        const routing = m.recipientRouting
+        return Either.right<Protocol.ForwardedMessage>({
+          ...base,
+          recipient_type: "user",
+          recipient: localName(recipient),
+          ...(routing?.connectionId !== undefined ? { recipient_connection_id: routing.connectionId } : {}),
+          ...(routing !== null && (routing.labels !== undefined || routing.tags !== undefined)
+            ? {
+              routing_hints: {
+                ...(routing.labels !== undefined ? { labels: routing.labels } : {}),
+                ...(routing.tags !== undefined ? { tags: routing.tags } : {})
+              }
+            }
+            : {})
+        })
       }
       const home = Option.isSome(yield* groups.find(m.recipientId))
         ? config.instanceName

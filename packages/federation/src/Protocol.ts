@@ -86,6 +86,13 @@ export const ForwardedMessage = Schema.Struct({
   recipient_type: Schema.Literal("user", "group"),
   /** For a user message: the receiver's user. */
   recipient: Schema.optional(Name),
+  /** For a user message: which of the recipient's agents the sender asked for (one of the receiver's connection ids). */
+  recipient_connection_id: Schema.optional(Text(1000)),
+  /** For a user message: how the receiver should pick the agent, as in a send's `routing_hints`. */
+  routing_hints: Schema.optional(Schema.Struct({
+    labels: Schema.optional(Schema.Array(Text(1000)).pipe(Schema.maxItems(1000))),
+    tags: Schema.optional(Schema.Array(Text(1000)).pipe(Schema.maxItems(1000)))
+  })),
   /** For a group message. */
   group: Schema.optional(GroupRef),
   message: Schema.String,

@@ -224,6 +224,37 @@ describe("federation across three registries", () => {
     expect(failed.deliveries[0]!.last_error).toContain("NO_CONNECTIONS")
   })
 
+  it("a sender's choice of a remote recipient's agent (connection id, label or capability) travels with the forward", async () => {
+    const workAgent = await agent()
+    const workId = await run(Fixtures.connect(bob, workAgent, { label: "work", capabilities: ["calendar"] }))
+    // Alice sees Bob's agents under the ids his registry gave them.
+    const seen = await run(alice.client.agents.contactConnections({ path: { username: `bob@${b.name}` } }))
+    expect(seen.find((x) => x.label === "work")?.id).toBe(workId)
+    const mainId = seen.find((x) => x.label !== "work")!.id
+
+    const send = (extra: Record<string, unknown>, message: string) =>
+      run(alice.client.messages.send({ payload: { recipient: `bob@${b.name}`, message, ...extra } }))
+    const byLabel = await send({ routing_hints: { labels: ["work"] } }, "by label")
+    const byTag = await send({ routing_hints: { tags: ["calendar"] } }, "by capability")
+    const byId = await send({ recipient_connection_id: mainId }, "by id")
+    for (const m of [byLabel, byTag]) {
+      await workAgent.waitForMessage(m.message_id)
+      expect(bobAgent.countFor(m.message_id)).toBe(0)
+    }
+    await bobAgent.waitForMessage(byId.message_id)
+    expect(workAgent.countFor(byId.message_id)).toBe(0)
+
+    // An id Bob's registry does not know fails, with its reason, as it would for a local recipient.
+    const unknown = await send({ recipient_connection_id: "conn_nope" }, "by unknown id")
+    const failed = await run(Fixtures.eventually(
+      alice.client.messages.get({ path: { id: unknown.message_id } }),
+      (m) => m.status === "failed",
+      { timeoutMs: 10_000 }
+    ))
+    expect(failed.deliveries[0]!.last_error).toContain("CONNECTION_NOT_FOUND")
+    await run(bob.client.agents.delete({ path: { id: workId } }))
+  })
+
   it("runs a group with members on all three registries, one forward per peer", async () => {
     const { agent: daveAgent, person: dave } = await personWithAgent(a, "dave")
     const group = await run(alice.client.groups.create({ payload: { name: "trio" } }))

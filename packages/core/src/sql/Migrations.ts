@@ -209,11 +209,15 @@ const remoteGroups = run([
 // No query looks deliveries up by connection; the index only cost every delivery write.
 const dropUnusedDeliveryIndex = run([`DROP INDEX IF EXISTS deliveries_connection_idx`])
 
+/** Federation: a remote recipient's agent choice travels with the forward, so it is kept with the message. */
+const recipientRouting = run([`ALTER TABLE messages ADD COLUMN recipient_routing jsonb`])
+
 /** Loader for `@effect/sql`'s Migrator. */
 export const loader = Migrator.fromRecord({
   "1_initial": initial,
   "2_remote_groups": remoteGroups,
-  "3_drop_unused_delivery_index": dropUnusedDeliveryIndex
+  "3_drop_unused_delivery_index": dropUnusedDeliveryIndex,
+  "4_recipient_routing": recipientRouting
 })
 
 export const table = "mahilo_migrations"

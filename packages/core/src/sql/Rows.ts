@@ -113,6 +113,7 @@ export const message = (r: Row): Store.Message => ({
   deliveredCount: r.delivered_count,
   failedCount: r.failed_count,
   originInstance: r.origin_instance ?? null,
+  recipientRouting: (fromJson(r.recipient_routing) ?? null) as Store.RecipientRouting | null,
   createdAt: r.created_at,
   deliveredAt: r.delivered_at ?? null
 })

@@ -361,12 +361,13 @@ export const makeMessages = Effect.gen(function* () {
       const insertMessage = sql`
         INSERT INTO messages (id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
           recipient_name, correlation_id, idempotency_key, payload_type, message, context, encryption, sender_signature,
-          status, rejection_reason, recipients, delivered_count, failed_count, origin_instance, created_at, delivered_at)
+          status, rejection_reason, recipients, delivered_count, failed_count, origin_instance, recipient_routing,
+          created_at, delivered_at)
         VALUES (${m.id}, ${m.senderId}, ${m.senderName}, ${m.senderConnectionId}, ${m.senderAgent}, ${m.recipientType},
           ${m.recipientId}, ${m.recipientName}, ${m.correlationId}, ${m.idempotencyKey}, ${m.payloadType}, ${m.message},
           ${m.context}, ${Rows.json(m.encryption)}::jsonb, ${Rows.json(m.senderSignature)}::jsonb, ${m.status},
           ${m.rejectionReason}, ${m.recipients}, ${m.deliveredCount}, ${m.failedCount}, ${m.originInstance},
-          ${m.createdAt}, ${m.deliveredAt})`
+          ${Rows.json(m.recipientRouting)}::jsonb, ${m.createdAt}, ${m.deliveredAt})`
       // Inbox deliveries are never leased: the polling agent fetches them.
       const rows = deliveries.map((d) => ({
           id: d.id,

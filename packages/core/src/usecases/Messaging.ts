@@ -20,6 +20,18 @@ import { RegistryConfig } from "./RegistryConfig.js"
 
 export const CIPHERTEXT = "application/mahilo+ciphertext"
 
+/** The sender's choice of the recipient's agent, if they made one. */
+const routingOf = (input: SendInput): Store.RecipientRouting | null => {
+  const labels = input.routingHints?.labels
+  const tags = input.routingHints?.tags
+  if (input.recipientConnectionId === undefined && labels === undefined && tags === undefined) return null
+  return {
+    ...(input.recipientConnectionId !== undefined ? { connectionId: input.recipientConnectionId } : {}),
+    ...(labels !== undefined ? { labels } : {}),
+    ...(tags !== undefined ? { tags } : {})
+  }
+}
+
 export interface SendInput {
   readonly recipient: string
   readonly recipientType?: "user" | "group" | undefined
@@ -208,6 +220,7 @@ export const make = Effect.gen(function* () {
     deliveredCount: 0,
     failedCount: 0,
     originInstance: input.federated?.originInstance ?? null,
+    recipientRouting: null,
     createdAt: new Date(),
     deliveredAt: null
   })
@@ -300,11 +313,11 @@ export const make = Effect.gen(function* () {
         recipient.instance === null ? [principal.userId, recipient.id] : [principal.userId]
       )
       const sender = yield* senderAgent(principal, input.senderConnectionId, active.filter((c) => c.userId === principal.userId))
-      const message = baseMessage(principal, input, payloadType, sender, {
-        type: "user",
-        id: recipient.id,
-        name: recipient.username
-      })
+      const message: Store.Message = {
+        ...baseMessage(principal, input, payloadType, sender, { type: "user", id: recipient.id, name: recipient.username }),
+        // A user of another registry: their registry picks the agent, as the sender asked.
+        recipientRouting: recipient.instance === null ? null : routingOf(input)
+      }
 
       if (config.trustedMode && payloadType !== CIPHERTEXT) {
         const verdict = yield* evaluate(principal, { scope: "user", targetId: recipient.id }, input, recipient.username)
