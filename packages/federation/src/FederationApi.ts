@@ -112,6 +112,10 @@ export const layer = HttpApiBuilder.Router.use((router) =>
         return yield* handle(caller)
       }))
 
+    /** `?asker=`: the calling registry's user a request is made for. */
+    const askerParam = Effect.map(HttpServerRequest.ParsedSearchParams, (search) =>
+      typeof search["asker"] === "string" ? search["asker"] : "")
+
     /** The local user (never a shadow) named `name`. */
     const localUser = (name: string) =>
       Effect.flatMap(users.findByUsername(name.toLowerCase()), (user) =>
@@ -185,8 +189,7 @@ export const layer = HttpApiBuilder.Router.use((router) =>
       signed(({ peer }) =>
         Effect.gen(function* () {
           const { username } = yield* HttpRouter.params
-          const search = yield* HttpServerRequest.ParsedSearchParams
-          const asker = typeof search["asker"] === "string" ? search["asker"] : ""
+          const asker = yield* askerParam
           const user = yield* localUser(username ?? "")
           const friend = yield* users.findByUsername(`${asker.toLowerCase()}@${peer.name}`)
           if (Option.isNone(friend)) {
@@ -353,8 +356,7 @@ export const layer = HttpApiBuilder.Router.use((router) =>
       signed(({ peer }) =>
         Effect.gen(function* () {
           const { id } = yield* HttpRouter.params
-          const search = yield* HttpServerRequest.ParsedSearchParams
-          const asker = typeof search["asker"] === "string" ? search["asker"] : ""
+          const asker = yield* askerParam
           const principal = yield* memberOfHere(peer, { group_id: id ?? "", username: asker })
           const members = yield* registry.members(principal, id ?? "")
           return json(200, members.map((m) => ({
