@@ -4,7 +4,7 @@
  * scenario (the bare node:http ceiling included) is driven by this same code
  * over keep-alive connections, so their figures compare.
  */
-import { readFileSync } from "node:fs"
+import { readdirSync, readFileSync } from "node:fs"
 import http from "node:http"
 
 export interface Target {
@@ -126,11 +126,34 @@ export const run = async (options: {
 // (`getconf CLK_TCK`).
 const CLOCK_TICKS = 100
 
-/** CPU time (user + system, all threads) a process has used, in µs; undefined off Linux. */
+/**
+ * A process and all its descendants (with `MAHILO_PROCESSES`, the server processes a primary
+ * started), from Linux's `/proc/<pid>/task/<tid>/children`.
+ */
+export const processTree = (pid: number): ReadonlyArray<number> => {
+  const tree = [pid]
+  for (let i = 0; i < tree.length; i++) {
+    try {
+      for (const task of readdirSync(`/proc/${tree[i]}/task`)) {
+        const children = readFileSync(`/proc/${tree[i]}/task/${task}/children`, "utf8").trim()
+        if (children !== "") tree.push(...children.split(/\s+/).map(Number))
+      }
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return tree
+}
+
+/** CPU time (user + system, all threads) a process and its descendants have used, in µs; undefined off Linux. */
 const cpuUsOf = (pid: number): number | undefined => {
   try {
-    const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")
-    return ((Number(fields[11]) + Number(fields[12])) * 1_000_000) / CLOCK_TICKS
+    let ticks = 0
+    for (const member of processTree(pid)) {
+      const fields = readFileSync(`/proc/${member}/stat`, "utf8").split(") ")[1]!.split(" ")
+      ticks += Number(fields[11]) + Number(fields[12])
+    }
+    return (ticks * 1_000_000) / CLOCK_TICKS
   } catch {
     return undefined
   }
@@ -138,7 +161,8 @@ const cpuUsOf = (pid: number): number | undefined => {
 
 /**
  * CPU over a run's measured window. `cpuUsPerRequest`: what one request cost the server
- * process (all its threads; on PostgreSQL the database's own processes are not counted).
+ * process (all its threads, and its child processes; on PostgreSQL the database's own processes
+ * are not counted).
  * `cpuCores`: how many cores the server kept busy; `loadCpuCores`: the same for this process
  * (load generator and fake agents). Steadier than req/s on a noisy VM, and comparable with
  * the bare node:http server's own figure.

@@ -14,7 +14,8 @@
  *
  * Knobs (environment): BENCH_SECONDS (per scenario, default 10), BENCH_SOAK_SECONDS
  * (memory run, default 60), BENCH_CONCURRENCY (reads/ceiling, default 32),
- * BENCH_FANOUT (members, default 1000), BENCH_DATABASE_URL.
+ * BENCH_FANOUT (members, default 1000), BENCH_DATABASE_URL. MAHILO_* settings pass through to the
+ * server (e.g. MAHILO_PROCESSES with BENCH_DATABASE_URL).
  */
 import { fork, spawn } from "node:child_process"
 import { mkdtempSync, readFileSync, rmSync } from "node:fs"
@@ -26,7 +27,7 @@ import { Effect, Exit, Scope } from "effect"
 import * as FakeAgent from "../packages/testkit/src/FakeAgent.js"
 import { freePort } from "../packages/testkit/src/ServerProcess.js"
 import * as TestDatabase from "../packages/testkit/src/TestDatabase.js"
-import { percentile, run, send, serveBare, type Target, waitForHealth } from "./load.js"
+import { percentile, processTree, run, send, serveBare, type Target, waitForHealth } from "./load.js"
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
 const SOAK_SECONDS = Number(process.env.BENCH_SOAK_SECONDS ?? 60)
@@ -35,10 +36,21 @@ const SENDERS = 32
 const FANOUT = Number(process.env.BENCH_FANOUT ?? 1000)
 const log = (...args: Array<unknown>) => console.error("[bench]", ...args)
 
+/** The server's resident memory and its peak, summed over its processes (one unless MAHILO_PROCESSES > 1). */
 const rssOf = (pid: number): { rssMb: number; peakMb: number } => {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8")
-  const kb = (key: string) => Number(new RegExp(`${key}:\\s+(\\d+)`).exec(status)?.[1] ?? 0)
-  return { rssMb: Math.round(kb("VmRSS") / 1024), peakMb: Math.round(kb("VmHWM") / 1024) }
+  let rss = 0
+  let peak = 0
+  for (const member of processTree(pid)) {
+    try {
+      const status = readFileSync(`/proc/${member}/status`, "utf8")
+      const kb = (key: string) => Number(new RegExp(`${key}:\\s+(\\d+)`).exec(status)?.[1] ?? 0)
+      rss += kb("VmRSS")
+      peak += kb("VmHWM")
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return { rssMb: Math.round(rss / 1024), peakMb: Math.round(peak / 1024) }
 }
 
 /**

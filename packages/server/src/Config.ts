@@ -35,6 +35,8 @@ export interface ServerConfigShape {
   readonly firstAttemptWaitMs: number
   /** `MAHILO_DELIVERY_WORKERS`: size of the delivery worker pool. */
   readonly deliveryWorkers: number
+  /** `MAHILO_PROCESSES`: server processes sharing the port (PostgreSQL only). */
+  readonly processes: number
   /** `MAHILO_MAX_IN_FLIGHT_PER_CONNECTION`: concurrent attempts per agent connection (and per peer). */
   readonly maxInFlightPerConnection: number
   /** `MAHILO_SWEEP_INTERVAL_MS`: how often the outbox is swept for due or abandoned deliveries. */
@@ -164,6 +166,7 @@ export const config: Config.Config<ServerConfigShape> = Config.all({
   }),
   firstAttemptWaitMs: integer("MAHILO_FIRST_ATTEMPT_WAIT_MS", 2000, 0),
   deliveryWorkers: integer("MAHILO_DELIVERY_WORKERS", 8, 1),
+  processes: integer("MAHILO_PROCESSES", 1, 1, 256),
   maxInFlightPerConnection: integer("MAHILO_MAX_IN_FLIGHT_PER_CONNECTION", 4, 1),
   sweepIntervalMs: integer("MAHILO_SWEEP_INTERVAL_MS", 1000, 1),
   leaseMs: integer("MAHILO_LEASE_MS", 60000, 1),
