@@ -30,6 +30,14 @@ const script = [
 
 const failure = (message: string, cause?: unknown) => new SqlError({ message, cause })
 
+const isEmptyDirectory = (path: string): boolean => {
+  try {
+    return readdirSync(path).length === 0
+  } catch {
+    return false // not a directory, or unreadable: PGlite will say what is wrong
+  }
+}
+
 const runChild = (target: string) =>
   Effect.async<void, SqlError>((resume) => {
     const child = spawn(
@@ -56,14 +64,14 @@ const runChild = (target: string) =>
 
 /**
  * Makes sure `dataDir` holds a cluster, creating it in a child process when it
- * does not. A directory that exists with other files in it is left to PGlite,
- * which reports what is wrong with it.
+ * does not. A path that exists and is not an empty directory is left to
+ * PGlite, which reports what is wrong with it.
  */
 export const ensure = (dataDir: string): Effect.Effect<void, SqlError> =>
   Effect.suspend(() => {
     const target = resolve(dataDir)
     if (exists(target)) return Effect.void
-    if (existsSync(target) && readdirSync(target).length > 0) return Effect.void
+    if (existsSync(target) && !isEmptyDirectory(target)) return Effect.void
     const staging = `${target}.creating`
     const clean = Effect.sync(() => rmSync(staging, { recursive: true, force: true }))
     return Effect.acquireUseRelease(
