@@ -6,7 +6,8 @@
  * 2. their operators add each other through the admin API (the handshake runs);
  * 3. alice (first registry) befriends bob (second) and messages him; bob's agent
  *    verifies the callback signature and sees `sender: "alice@<first>"`;
- * 4. alice's group gets members on all three registries, and she writes to it;
+ * 4. alice's group gets members on all three registries (carol lists them from
+ *    her own), and alice writes to it;
  * 5. prints what happened, including the delivery status relayed back to alice.
  *
  * The agents are small local HTTP receivers (the testkit's FakeAgent).
@@ -63,6 +64,8 @@ const program = Effect.gen(function* () {
     yield* invitee.person.client.groups.join({ path: { id: group.group_id } })
     yield* Console.log(`  ${invitee.address} joined from their own registry`)
   }
+  const seenByCarol = yield* carol.person.client.groups.members({ path: { id: group.group_id } })
+  yield* Console.log(`  carol lists the members from ${c.name}: ${seenByCarol.map((m) => m.username).join(", ")}`)
   const toGroup = yield* alice.person.client.messages.send({
     payload: { recipient: group.group_id, recipient_type: "group", message: "Hello, trio!" }
   })
