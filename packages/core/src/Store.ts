@@ -75,6 +75,16 @@ export interface ConnectionsService {
   readonly listByUser: (userId: string) => Effect.Effect<ReadonlyArray<AgentConnection>, SqlError>
   /** Active connections of many users at once (group fan-out). */
   readonly listActiveByUsers: (userIds: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<AgentConnection>, SqlError>
+  /**
+   * A send's two reads as one: whether `a` and `b` are friends, and the active
+   * connections of `userIds` (one round trip to the database, or none when
+   * both are known from memory).
+   */
+  readonly friendshipAndActive: (
+    a: string,
+    b: string,
+    userIds: ReadonlyArray<string>
+  ) => Effect.Effect<{ readonly friends: boolean; readonly active: ReadonlyArray<AgentConnection> }, SqlError>
   readonly find: (id: string) => Effect.Effect<Option.Option<AgentConnection>, SqlError>
   readonly findByIdentity: (
     userId: string,

@@ -109,6 +109,34 @@ for (const backend of TestDatabase.backends) {
         expect(yield* labels).toEqual([])
       }))
 
+    test("a send's read (friendship and active connections together) follows both kinds of write at once", () =>
+      Effect.gen(function* () {
+        const connections = yield* Store.Connections
+        const friendships = yield* Store.Friendships
+        const a = yield* user("send_a")
+        const b = yield* user("send_b")
+        const read = (userIds: ReadonlyArray<string>) =>
+          Effect.map(connections.friendshipAndActive(a.id, b.id, userIds), (r) => ({ friends: r.friends, labels: r.active.map((c) => c.label) }))
+        expect(yield* read([a.id, b.id])).toEqual({ friends: false, labels: [] })
+
+        const id = Ids.make("fr")
+        yield* friendships.apply(Graph.FriendshipChange.Insert({ requesterId: b.id, addresseeId: a.id, status: "pending" }), id)
+        const theirs = connection(b.id, "theirs")
+        yield* connections.insert(theirs)
+        expect(yield* read([a.id, b.id])).toEqual({ friends: false, labels: ["theirs"] })
+
+        yield* friendships.apply(Graph.FriendshipChange.Update({ id, status: "accepted", blockedBy: null }), id)
+        yield* connections.insert(connection(a.id, "mine"))
+        expect(yield* read([a.id, b.id])).toEqual({ friends: true, labels: ["theirs", "mine"] })
+        // Only the sender's side (a recipient on another registry).
+        expect(yield* read([a.id])).toEqual({ friends: true, labels: ["mine"] })
+
+        yield* connections.update({ ...theirs, status: "inactive" })
+        expect(yield* read([a.id, b.id])).toEqual({ friends: true, labels: ["mine"] })
+        yield* friendships.apply(Graph.FriendshipChange.Update({ id, status: "blocked", blockedBy: a.id }), id)
+        expect(yield* read([a.id, b.id])).toEqual({ friends: false, labels: ["mine"] })
+      }))
+
     test("a write rolled back inside a transaction is never seen outside it", () =>
       Effect.gen(function* () {
         const sql = yield* SqlClient.SqlClient

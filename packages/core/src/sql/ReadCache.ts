@@ -24,6 +24,8 @@ export class SoleWriter extends Context.Reference<SoleWriter>()("@mahilo/core/So
 }) {}
 
 export interface ReadCache {
+  /** Whether results are kept at all (only for the database's sole writer). */
+  readonly enabled: boolean
   /** `read`'s result under `key`, from memory while no write has happened since it was read. */
   readonly read: <A, E, R>(key: string, read: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
   /** Runs a write and then forgets every result read before it. */
@@ -31,6 +33,7 @@ export interface ReadCache {
 }
 
 const passThrough: ReadCache = {
+  enabled: false,
   read: (_key, read) => read,
   write: (write) => write
 }
@@ -86,6 +89,7 @@ const make = (capacity: number): ReadCache => {
     weight += w
   }
   return {
+    enabled: true,
     read: <A, E, R>(key: string, read: Effect.Effect<A, E, R>) =>
       Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) => {
         // Inside a transaction a read may see the transaction's own uncommitted writes.

@@ -70,23 +70,53 @@ export const makeUsers = Effect.gen(function* () {
   })
 })
 
+/** The friendship check's condition: the pair's row, accepted (either may have asked). */
+const acceptedPair = (sql: SqlClient.SqlClient, a: string, b: string) => sql`
+  LEAST(requester_id, addressee_id) = LEAST(${a}::text, ${b}::text)
+    AND GREATEST(requester_id, addressee_id) = GREATEST(${a}::text, ${b}::text)
+    AND status = 'accepted'`
+
+/** The friendship check's cache key, the same whichever side asks. */
+const pairKey = (a: string, b: string) => (a < b ? `pair ${a} ${b}` : `pair ${b} ${a}`)
+
+const areFriends = (sql: SqlClient.SqlClient, cache: ReadCache.ReadCache, a: string, b: string) =>
+  cache.read(pairKey(a, b), Effect.map(sql`SELECT 1 FROM friendships WHERE ${acceptedPair(sql, a, b)}`, (rows) => rows.length > 0))
+
 export const makeConnections = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
   // Every send reads both parties' active connections; they change far less often.
   const cache = yield* ReadCache.of(sql, "connections")
+  // The friendships store's cache (one per name and client): a send's friendship check.
+  const friendships = yield* ReadCache.of(sql, "friendships")
   const map = (rows: ReadonlyArray<any>) => rows.map(Rows.connection)
+  const listActiveByUsers = (userIds: ReadonlyArray<string>) =>
+    userIds.length === 0
+      ? Effect.succeed([])
+      : cache.read(
+        userIds.join(" "),
+        Effect.map(
+          sql`SELECT * FROM agent_connections WHERE user_id IN ${sql.in(userIds)} AND status = 'active' ORDER BY created_at, id`,
+          map
+        )
+      )
   return Store.Connections.of({
     listByUser: (userId) =>
       Effect.map(sql`SELECT * FROM agent_connections WHERE user_id = ${userId} ORDER BY created_at, id`, map),
-    listActiveByUsers: (userIds) =>
-      userIds.length === 0
-        ? Effect.succeed([])
-        : cache.read(
-          userIds.join(" "),
-          Effect.map(
-            sql`SELECT * FROM agent_connections WHERE user_id IN ${sql.in(userIds)} AND status = 'active' ORDER BY created_at, id`,
-            map
-          )
+    listActiveByUsers,
+    friendshipAndActive: (a, b, userIds) =>
+      // Kept in memory: both from there. Otherwise one statement instead of two round trips.
+      (cache.enabled && friendships.enabled) || userIds.length === 0
+        ? Effect.zipWith(areFriends(sql, friendships, a, b), listActiveByUsers(userIds), (friends, active) => ({ friends, active }))
+        : Effect.map(
+          sql`
+            SELECT f.friends, c.*
+            FROM (SELECT EXISTS (SELECT 1 FROM friendships WHERE ${acceptedPair(sql, a, b)}) AS friends) f
+            LEFT JOIN agent_connections c ON c.user_id IN ${sql.in(userIds)} AND c.status = 'active'
+            ORDER BY c.created_at, c.id`,
+          (rows) => ({
+            friends: rows[0]?.friends === true,
+            active: rows.filter((r: any) => r.id !== null).map(Rows.connection)
+          })
         ),
     find: (id) =>
       Effect.map(sql`SELECT * FROM agent_connections WHERE id = ${id}`, (rows) => Option.map(first(rows), Rows.connection)),
@@ -177,18 +207,7 @@ export const makeFriendships = Effect.gen(function* () {
             }))
         )
       ),
-    areFriends: (a, b) =>
-      cache.read(
-        a < b ? `pair ${a} ${b}` : `pair ${b} ${a}`,
-        Effect.map(
-          sql`
-            SELECT 1 FROM friendships
-            WHERE LEAST(requester_id, addressee_id) = LEAST(${a}::text, ${b}::text)
-              AND GREATEST(requester_id, addressee_id) = GREATEST(${a}::text, ${b}::text)
-              AND status = 'accepted'`,
-          (rows) => rows.length > 0
-        )
-      )
+    areFriends: (a, b) => areFriends(sql, cache, a, b)
   })
 })
 

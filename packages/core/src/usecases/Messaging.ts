@@ -96,7 +96,6 @@ export const make = Effect.gen(function* () {
   const config = yield* RegistryConfig
   const users = yield* Store.Users
   const connections = yield* Store.Connections
-  const friendships = yield* Store.Friendships
   const groups = yield* Store.Groups
   const policies = yield* Store.Policies
   const messages = yield* Store.Messages
@@ -305,13 +304,14 @@ export const make = Effect.gen(function* () {
       const recipient = address.instance !== undefined
         ? yield* directory.resolve({ username: address.username, instance: address.instance })
         : yield* localUser(address.username, input.recipient)
-      const friends = yield* friendships.areFriends(principal.userId, recipient.id)
-      if (!friends) return yield* Errors.Forbidden.of("NOT_FRIENDS", `You and ${recipient.username} are not friends`)
-
-      // Both sides' agents in one query: the sender's names `sender_agent`, the recipient's are routed to.
-      const active = yield* connections.listActiveByUsers(
+      // The friendship and both sides' agents in one read: the sender's names `sender_agent`, the
+      // recipient's are routed to.
+      const { active, friends } = yield* connections.friendshipAndActive(
+        principal.userId,
+        recipient.id,
         recipient.instance === null ? [principal.userId, recipient.id] : [principal.userId]
       )
+      if (!friends) return yield* Errors.Forbidden.of("NOT_FRIENDS", `You and ${recipient.username} are not friends`)
       const sender = yield* senderAgent(principal, input.senderConnectionId, active.filter((c) => c.userId === principal.userId))
       const message: Store.Message = {
         ...baseMessage(principal, input, payloadType, sender, { type: "user", id: recipient.id, name: recipient.username }),
