@@ -85,11 +85,45 @@ export const makePGliteClient = (db: PGlite) =>
   })
 
 /**
+ * When the embedded database checkpoints. PGlite runs PostgreSQL as a single
+ * process, without the checkpointer: nothing ever checkpoints on its own (its
+ * `max_wal_size` is never acted on), so the write-ahead log would grow for as
+ * long as the server runs and a restart after a crash would replay all of it.
+ * The server therefore looks every `checkEveryMs` and checkpoints once
+ * `walBytes` of log were written since the last checkpoint, or any log at all
+ * `maxAgeMs` after it (PostgreSQL's own `max_wal_size` / `checkpoint_timeout`).
+ */
+export interface CheckpointPolicy {
+  readonly checkEveryMs: number
+  readonly walBytes: number
+  readonly maxAgeMs: number
+}
+
+export const defaultCheckpoints: CheckpointPolicy = { checkEveryMs: 30_000, walBytes: 64 * 1024 * 1024, maxAgeMs: 300_000 }
+
+/** Runs a checkpoint if the policy says one is due; answers whether it did. */
+export const checkpointIfDue = (client: SqlClient.SqlClient, policy: CheckpointPolicy) =>
+  Effect.gen(function* () {
+    const [since] = yield* client<{ readonly bytes: number; readonly ageMs: number }>`
+      SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), redo_lsn)::float8 AS bytes,
+        (extract(epoch FROM now() - checkpoint_time) * 1000)::float8 AS "ageMs"
+      FROM pg_control_checkpoint()`
+    // A checkpoint writes a little log of its own, so "any log" means more than that.
+    const due = since !== undefined && (since.bytes >= policy.walBytes || (since.ageMs >= policy.maxAgeMs && since.bytes > 1024))
+    if (due) yield* client.unsafe("CHECKPOINT").unprepared
+    return due
+  })
+
+/**
  * PGlite layer over an instance that `open` creates when the layer is built
  * (and that is closed when the layer is released). Tests use it to start from
  * a pre-migrated template (`PGlite.create({ loadDataDir })`).
  */
-export const pgliteFrom = (open: () => Promise<PGlite>, description = "the embedded database") =>
+export const pgliteFrom = (
+  open: () => Promise<PGlite>,
+  description = "the embedded database",
+  checkpoints: CheckpointPolicy = defaultCheckpoints
+) =>
   Layer.scopedContext(
     Effect.gen(function* () {
       const db = yield* Effect.acquireRelease(
@@ -106,6 +140,12 @@ export const pgliteFrom = (open: () => Promise<PGlite>, description = "the embed
       yield* client.unsafe("VACUUM (ANALYZE) deliveries, messages, federation_nonces").unprepared.pipe(
         Effect.catchAll((e) => Effect.logWarning("Could not vacuum the embedded database", e)),
         Effect.delay(Duration.minutes(5)),
+        Effect.forever,
+        Effect.forkScoped
+      )
+      yield* checkpointIfDue(client, checkpoints).pipe(
+        Effect.catchAll((e) => Effect.logWarning("Could not checkpoint the embedded database", e)),
+        Effect.delay(Duration.millis(checkpoints.checkEveryMs)),
         Effect.forever,
         Effect.forkScoped
       )

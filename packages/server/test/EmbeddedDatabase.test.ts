@@ -1,10 +1,12 @@
+import { randomBytes } from "node:crypto"
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { SqlClient } from "@effect/sql"
 import { Database } from "@mahilo/server"
 import { describe, expect, it } from "@effect/vitest"
-import { Cause, Effect, Exit } from "effect"
+import { PGlite } from "@electric-sql/pglite"
+import { Cause, Effect, Exit, Layer } from "effect"
 
 const tempDir = Effect.acquireRelease(
   Effect.sync(() => mkdtempSync(join(tmpdir(), "mahilo-embedded-"))),
@@ -54,5 +56,29 @@ describe("embedded database directory", () => {
       const exit = yield* Effect.exit(withDatabase(join(root, "file", "data"), Effect.void))
       expect(Exit.isFailure(exit)).toBe(true)
       if (Exit.isFailure(exit)) expect(Cause.pretty(exit.cause)).toContain(join(root, "file"))
+    }), { timeout: 120_000 })
+
+  it.scopedLive("PGlite never checkpoints on its own; the server's policy does once enough log was written", () =>
+    Effect.gen(function* () {
+      // The server's own timer is kept out of the way: this test calls the policy itself.
+      const never = { checkEveryMs: 3_600_000, walBytes: 1024 * 1024, maxAgeMs: 3_600_000 }
+      const context = yield* Layer.build(Database.pgliteFrom(() => PGlite.create(), "a test database", never))
+      yield* Effect.gen(function* () {
+        const sql = yield* SqlClient.SqlClient
+        const redo = Effect.map(sql<{ lsn: string }>`SELECT redo_lsn::text AS lsn FROM pg_control_checkpoint()`, (rows) => rows[0]!.lsn)
+        yield* sql`CREATE TABLE filler (v text)`
+        const fill = Effect.forEach(Array.from({ length: 600 }, (_, i) => i), () =>
+          sql`INSERT INTO filler VALUES (${randomBytes(2000).toString("hex")})`, { discard: true })
+
+        const before = yield* redo
+        expect(yield* Database.checkpointIfDue(sql, never)).toBe(false)
+        yield* fill // about 2.5 MB of log
+        expect(yield* redo).toBe(before)
+        expect(yield* Database.checkpointIfDue(sql, never)).toBe(true)
+        const after = yield* redo
+        expect(after).not.toBe(before)
+        expect(yield* Database.checkpointIfDue(sql, never)).toBe(false)
+        expect(yield* redo).toBe(after)
+      }).pipe(Effect.provide(context))
     }), { timeout: 120_000 })
 })
