@@ -161,6 +161,12 @@ export interface GroupsService {
   readonly apply: (change: Graph.MembershipChange, membershipId: string) => Effect.Effect<void, SqlError | Errors.Conflict>
   /** Persists several transitions (no inserts) in one transaction: all or none, e.g. an ownership transfer. */
   readonly applyAll: (changes: ReadonlyArray<Graph.MembershipChange>) => Effect.Effect<void, SqlError | Errors.Conflict>
+  /**
+   * Runs `change` in one transaction that first locks the group's row, so the
+   * membership changes of one group run one at a time and each decides from
+   * what the previous one left (a group that no longer exists locks nothing).
+   */
+  readonly exclusively: <A, E, R>(groupId: string, change: Effect.Effect<A, E, R>) => Effect.Effect<A, E | SqlError, R>
 }
 
 export class Groups extends Context.Tag("@mahilo/core/Groups")<Groups, GroupsService>() {}

@@ -315,7 +315,9 @@ export const makeGroups = Effect.gen(function* () {
     apply: applyOne,
     applyAll: (changes) =>
       sql.withTransaction(Effect.forEach(changes, (change) =>
-        change._tag === "Insert" ? Effect.dieMessage("applyAll does not insert memberships") : applyOne(change, ""), { discard: true }))
+        change._tag === "Insert" ? Effect.dieMessage("applyAll does not insert memberships") : applyOne(change, ""), { discard: true })),
+    exclusively: (groupId, change) =>
+      sql.withTransaction(Effect.zipRight(sql`SELECT id FROM groups WHERE id = ${groupId} FOR UPDATE`, change))
   })
 })
 

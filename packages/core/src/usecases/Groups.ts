@@ -147,22 +147,29 @@ export const make = (friends: Friends) =>
               return { group: joined.group, membership: joined.membership }
             }
           }
-          const existing = yield* membershipOf(groupId, principal.userId)
-          // An invite-only group is not revealed to someone who was never invited.
-          if (group !== undefined && group.inviteOnly && existing === undefined) {
-            return yield* Errors.Forbidden.of("INVITE_REQUIRED", "This group is invite-only: ask an owner or admin for an invitation")
-          }
-          const change = yield* Graph.join({ group, userId: principal.userId, existing })
-          yield* apply(change)
-          const membership = (yield* membershipOf(groupId, principal.userId))!
+          const joined = yield* groups.exclusively(groupId, Effect.gen(function* () {
+            // Read again under the lock: the group may have been deleted meanwhile.
+            const current = yield* Effect.map(groups.find(groupId), Option.getOrUndefined)
+            const existing = yield* membershipOf(groupId, principal.userId)
+            // An invite-only group is not revealed to someone who was never invited.
+            if (current !== undefined && current.inviteOnly && existing === undefined) {
+              return yield* Errors.Forbidden.of("INVITE_REQUIRED", "This group is invite-only: ask an owner or admin for an invitation")
+            }
+            yield* apply(yield* Graph.join({ group: current, userId: principal.userId, existing }))
+            return {
+              group: current!,
+              membership: (yield* membershipOf(groupId, principal.userId))!,
+              audienceIds: yield* audience(groupId)
+            }
+          }))
           yield* events.publish({
             _tag: "GroupJoin",
-            userIds: yield* audience(groupId),
+            userIds: joined.audienceIds,
             groupId,
-            groupName: group!.name,
+            groupName: joined.group.name,
             username: principal.username
           })
-          return { group: group!, membership }
+          return { group: joined.group, membership: joined.membership }
         }),
 
       leave: (principal: Principal, groupId: string) =>
@@ -176,13 +183,18 @@ export const make = (friends: Friends) =>
               return { groupDeleted: false }
             }
           }
-          const count = yield* groups.activeMemberCount(groupId)
-          const change = yield* Graph.leave({ membership, activeMemberCount: count })
-          const group = yield* groupOf(groupId)
-          const before = yield* audience(groupId)
-          // The last active member leaving deletes the group; invitations from elsewhere end with it.
-          const remote = change._tag === "DeleteGroup" ? yield* remoteMembers(groupId) : []
-          yield* apply(change)
+          const { before, change, group, remote } = yield* groups.exclusively(groupId, Effect.gen(function* () {
+            // Read again under the lock: a transfer or another leave may have just changed it.
+            const current = yield* membershipOf(groupId, principal.userId)
+            const count = yield* groups.activeMemberCount(groupId)
+            const change = yield* Graph.leave({ membership: current, activeMemberCount: count })
+            const group = yield* groupOf(groupId)
+            const before = yield* audience(groupId)
+            // The last active member leaving deletes the group; invitations from elsewhere end with it.
+            const remote = change._tag === "DeleteGroup" ? yield* remoteMembers(groupId) : []
+            yield* apply(change)
+            return { before, change, group, remote }
+          }))
           yield* tellEnded(group, remote, "deleted", principal)
           yield* events.publish({
             _tag: "GroupLeave",
@@ -214,27 +226,30 @@ export const make = (friends: Friends) =>
 
       transfer: (principal: Principal, groupId: string, newOwnerUserId: string) =>
         Effect.gen(function* () {
-          const actor = yield* membershipOf(groupId, principal.userId)
           // Accept a username too: clients often know names, not ids.
-          let target = yield* membershipOf(groupId, newOwnerUserId)
-          if (target === undefined) {
-            const byName = yield* users.findByUsername(newOwnerUserId.toLowerCase())
-            if (Option.isSome(byName)) target = yield* membershipOf(groupId, byName.value.id)
-          }
-          const [promote, demote] = yield* Graph.transfer({ actor, target })
-          // Both or neither: a group never has two owners, or none.
-          yield* groups.applyAll([promote, demote])
-          return { newOwnerUserId: target!.userId }
+          const byName = yield* users.findByUsername(newOwnerUserId.toLowerCase())
+          return yield* groups.exclusively(groupId, Effect.gen(function* () {
+            const actor = yield* membershipOf(groupId, principal.userId)
+            let target = yield* membershipOf(groupId, newOwnerUserId)
+            if (target === undefined && Option.isSome(byName)) target = yield* membershipOf(groupId, byName.value.id)
+            const [promote, demote] = yield* Graph.transfer({ actor, target })
+            // Both or neither: a group never has two owners, or none.
+            yield* groups.applyAll([promote, demote])
+            return { newOwnerUserId: target!.userId }
+          }))
         }),
 
       deleteGroup: (principal: Principal, groupId: string) =>
         Effect.gen(function* () {
-          const actor = yield* membershipOf(groupId, principal.userId)
-          const change = yield* Graph.deleteGroup({ actor })
-          const group = yield* groupOf(groupId)
-          const before = (yield* audience(groupId)).filter((id) => id !== principal.userId)
-          const remote = yield* remoteMembers(groupId)
-          yield* apply(change)
+          const { before, group, remote } = yield* groups.exclusively(groupId, Effect.gen(function* () {
+            const actor = yield* membershipOf(groupId, principal.userId)
+            const change = yield* Graph.deleteGroup({ actor })
+            const group = yield* groupOf(groupId)
+            const before = (yield* audience(groupId)).filter((id) => id !== principal.userId)
+            const remote = yield* remoteMembers(groupId)
+            yield* apply(change)
+            return { before, group, remote }
+          }))
           yield* tellEnded(group, remote, "deleted", principal)
           if (before.length > 0) {
             yield* events.publish({ _tag: "GroupLeave", userIds: before, groupId, groupName: group.name, username: principal.username })
@@ -244,19 +259,24 @@ export const make = (friends: Friends) =>
       /** The owner promotes or demotes a member, or an owner/admin removes one. */
       changeRole: (principal: Principal, groupId: string, userId: string, role: Graph.Role) =>
         Effect.gen(function* () {
-          const actor = yield* membershipOf(groupId, principal.userId)
-          const target = yield* membershipOf(groupId, userId)
-          yield* apply(yield* Graph.changeRole({ actor, target, role }))
+          yield* groups.exclusively(groupId, Effect.gen(function* () {
+            const actor = yield* membershipOf(groupId, principal.userId)
+            const target = yield* membershipOf(groupId, userId)
+            yield* apply(yield* Graph.changeRole({ actor, target, role }))
+          }))
         }),
 
       removeMember: (principal: Principal, groupId: string, userId: string) =>
         Effect.gen(function* () {
-          const actor = yield* membershipOf(groupId, principal.userId)
-          const target = yield* membershipOf(groupId, userId)
-          yield* apply(yield* Graph.remove({ actor, target }))
+          const group = yield* groups.exclusively(groupId, Effect.gen(function* () {
+            const actor = yield* membershipOf(groupId, principal.userId)
+            const target = yield* membershipOf(groupId, userId)
+            yield* apply(yield* Graph.remove({ actor, target }))
+            return yield* groupOf(groupId)
+          }))
           const removed = yield* users.findById(userId)
           if (Option.isSome(removed) && removed.value.instance !== null) {
-            yield* tellEnded(yield* groupOf(groupId), [removed.value], "removed", principal)
+            yield* tellEnded(group, [removed.value], "removed", principal)
           }
         })
     }
