@@ -13,6 +13,7 @@ import { PgClient } from "@effect/sql-pg"
 import { PGlite } from "@electric-sql/pglite"
 import { Migrations, ReadCache } from "@mahilo/core"
 import { Context, Duration, Effect, Layer, Redacted, Stream } from "effect"
+import * as DataDirLock from "./DataDirLock.js"
 import * as EmbeddedCluster from "./EmbeddedCluster.js"
 import * as PreparedStatements from "./PGliteStatements.js"
 
@@ -159,15 +160,19 @@ export const pgliteFrom = (
   ).pipe(Layer.provide(Reactivity.layer))
 
 /**
- * PGlite layer: persistent when `dataDir` is set, in memory otherwise. A new
- * `dataDir` gets its cluster from a child process first (see EmbeddedCluster).
+ * PGlite layer: persistent when `dataDir` is set, in memory otherwise. A
+ * `dataDir` is locked to this server (see DataDirLock), and a new one gets its
+ * cluster from a child process first (see EmbeddedCluster).
  */
 export const pglite = (dataDir: string | undefined) => {
   const layer = pgliteFrom(
     () => PGlite.create(dataDir !== undefined ? { dataDir } : {}),
     `the embedded database${dataDir ? ` at ${dataDir}` : ""}`
   )
-  return dataDir === undefined ? layer : Layer.provide(layer, Layer.effectDiscard(EmbeddedCluster.ensure(dataDir)))
+  // One server per directory (the lock), then a cluster to open (created once, in a child).
+  return dataDir === undefined
+    ? layer
+    : Layer.provide(layer, Layer.scopedDiscard(Effect.zipRight(DataDirLock.hold(dataDir), EmbeddedCluster.ensure(dataDir))))
 }
 
 /** PostgreSQL layer over a connection pool. */

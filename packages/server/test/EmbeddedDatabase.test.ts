@@ -1,3 +1,4 @@
+import { spawnSync } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
@@ -6,7 +7,7 @@ import { SqlClient } from "@effect/sql"
 import { Database } from "@mahilo/server"
 import { describe, expect, it } from "@effect/vitest"
 import { PGlite } from "@electric-sql/pglite"
-import { Cause, Effect, Exit, Layer } from "effect"
+import { Cause, Effect, Exit, Layer, Scope } from "effect"
 
 const tempDir = Effect.acquireRelease(
   Effect.sync(() => mkdtempSync(join(tmpdir(), "mahilo-embedded-"))),
@@ -80,5 +81,25 @@ describe("embedded database directory", () => {
         expect(yield* Database.checkpointIfDue(sql, never)).toBe(false)
         expect(yield* redo).toBe(after)
       }).pipe(Effect.provide(context))
+    }), { timeout: 120_000 })
+
+  it.scopedLive("one server per data directory: a second is refused while the first runs; a lock left by a dead process is taken over", () =>
+    Effect.gen(function* () {
+      const root = yield* tempDir
+      const dataDir = join(root, "data")
+      const probe = Effect.flatMap(SqlClient.SqlClient, (sql) => sql`SELECT 1`)
+
+      const first = yield* Scope.make()
+      yield* Scope.extend(Layer.build(Database.layer({ _tag: "PGlite", dataDir })), first)
+      const refused = yield* Effect.flip(withDatabase(dataDir, probe))
+      expect(String(refused)).toContain(`in use by another server (pid ${process.pid})`)
+      yield* Scope.close(first, Exit.void)
+      expect(existsSync(`${dataDir}.lock`)).toBe(false)
+
+      // A lock whose process is gone (as after kill -9) does not stand in the way.
+      const gone = spawnSync(process.execPath, ["-e", ""]).pid!
+      writeFileSync(`${dataDir}.lock`, `${gone}\n`)
+      yield* withDatabase(dataDir, probe)
+      expect(existsSync(`${dataDir}.lock`)).toBe(false)
     }), { timeout: 120_000 })
 })
