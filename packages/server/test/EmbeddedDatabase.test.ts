@@ -96,10 +96,13 @@ describe("embedded database directory", () => {
       yield* Scope.close(first, Exit.void)
       expect(existsSync(`${dataDir}.lock`)).toBe(false)
 
-      // A lock whose process is gone (as after kill -9) does not stand in the way.
+      // Locks whose process is gone do not stand in the way: one after a kill -9, one from an earlier
+      // process that had this pid (a container's pid 1), one from a running pid but an earlier boot.
       const gone = spawnSync(process.execPath, ["-e", ""]).pid!
-      writeFileSync(`${dataDir}.lock`, `${gone}\n`)
-      yield* withDatabase(dataDir, probe)
-      expect(existsSync(`${dataDir}.lock`)).toBe(false)
+      for (const stale of [`${gone}\n`, `${process.pid}\n`, `${process.ppid}\nan-earlier-boot\n`]) {
+        writeFileSync(`${dataDir}.lock`, stale)
+        yield* withDatabase(dataDir, probe)
+        expect(existsSync(`${dataDir}.lock`), stale).toBe(false)
+      }
     }), { timeout: 120_000 })
 })
