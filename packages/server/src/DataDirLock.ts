@@ -75,10 +75,11 @@ const take = (path: string): Effect.Effect<void, SqlError> =>
     try: () => {
       mkdirSync(dirname(path), { recursive: true })
       if (!create(path)) {
+        // A lock with no pid yet is being written by a server starting this very moment.
         const holder = holderOf(path)
-        if (holder !== undefined && stillHeld(path, holder)) {
+        if (holder === undefined || stillHeld(path, holder)) {
           throw new SqlError({
-            message: `The embedded database is in use by another server (pid ${holder.pid}). Stop it, or set MAHILO_DATA_DIR to another directory. (If no such server runs, delete ${path}.)`
+            message: `The embedded database is in use by another server (pid ${holder?.pid ?? "unknown"}). Stop it, or set MAHILO_DATA_DIR to another directory. (If no such server runs, delete ${path}.)`
           })
         }
         // Left by a process that is gone: take it over.
