@@ -39,6 +39,8 @@ export interface UsersService {
   readonly findById: (id: string) => Effect.Effect<Option.Option<User>, SqlError>
   readonly findByUsername: (username: string) => Effect.Effect<Option.Option<User>, SqlError>
   readonly findByIds: (ids: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<User>, SqlError>
+  /** The users of these names that exist, in one read. */
+  readonly findByUsernames: (usernames: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<User>, SqlError>
   /** The shadow user for `name@instance`, created on first sight. */
   readonly ensureShadow: (
     input: { readonly id: string; readonly username: string; readonly displayName: string | null; readonly instance: string }

@@ -5,6 +5,7 @@
  * A peer that is not trusted is never asked.
  */
 import { type Actor, Errors, Ids, RemoteDirectory, type RemoteFailure, Store } from "@mahilo/core"
+import type { SqlError } from "@effect/sql/SqlError"
 import { type Context, Effect, Either, Layer, Option, Schema } from "effect"
 import { errorOf, PeerClient, type PeerCallError, type PeerResponse } from "./PeerClient.js"
 import { type Peer, PeerStore } from "./PeerStore.js"
@@ -83,23 +84,36 @@ export const make: Effect.Effect<
     })
 
   /**
-   * The user here for a name as registry `from` writes it: its own users bare,
-   * others as `name@instance` (this registry's own users among them). Users of
-   * other registries are kept as shadow users, as for any remote address.
+   * The users here for names as registry `from` writes them: its own users
+   * bare, others as `name@instance` (this registry's own users among them).
+   * One read finds those already known; a user of another registry is kept as
+   * a shadow user, written only on first sight or when their display name
+   * changed (a shadow write forgets the store's cached reads).
    */
-  const userNamed = (from: string, entry: { readonly username: string; readonly display_name: string | null }) => {
-    const name = entry.username.toLowerCase()
-    const at = name.lastIndexOf("@")
-    const instance = at === -1 ? from : name.slice(at + 1)
-    const local = at === -1 ? name : name.slice(0, at)
-    if (instance === config.instanceName) {
-      return Effect.map(users.findByUsername(local), Option.filter((u) => u.instance === null))
-    }
-    return Effect.map(
-      users.ensureShadow({ id: Ids.make("usr"), username: `${local}@${instance}`, displayName: entry.display_name, instance }),
-      Option.some
-    )
-  }
+  const usersNamed = (
+    from: string,
+    entries: ReadonlyArray<{ readonly username: string; readonly display_name: string | null }>
+  ) =>
+    Effect.gen(function* () {
+      const named = entries.map((entry) => {
+        const name = entry.username.toLowerCase()
+        const at = name.lastIndexOf("@")
+        const instance = at === -1 ? from : name.slice(at + 1)
+        const local = at === -1 ? name : name.slice(0, at)
+        return instance === config.instanceName
+          ? { entry, username: local, instance: null }
+          : { entry, username: `${local}@${instance}`, instance }
+      })
+      const known = new Map((yield* users.findByUsernames(named.map((n) => n.username))).map((u) => [u.username, u]))
+      return yield* Effect.forEach(named, ({ entry, instance, username }): Effect.Effect<Option.Option<Store.User>, SqlError> => {
+        const user = known.get(username)
+        if (instance === null) return Effect.succeed(Option.filter(Option.fromNullable(user), (u) => u.instance === null))
+        if (user !== undefined && (entry.display_name === null || entry.display_name === user.displayName)) {
+          return Effect.succeed(Option.some(user))
+        }
+        return Effect.map(users.ensureShadow({ id: Ids.make("usr"), username, displayName: entry.display_name, instance }), Option.some)
+      })
+    })
 
   const directory = RemoteDirectory.of({
     localInstance: config.instanceName,
@@ -208,24 +222,25 @@ export const make: Effect.Effect<
         }
         if (response.status !== 200) return yield* unavailableAnswer(peer.name, response)
         const entries = yield* decode(Protocol.GroupMembersAnswer, peer.name, response.body)
-        const listed = yield* Effect.forEach(entries, (entry) =>
-          Effect.map(userNamed(peer.name, entry), Option.map((user): Store.MemberListing => {
-            const joinedAt = entry.joined_at === null ? null : new Date(entry.joined_at)
-            return {
-              user,
-              membership: {
-                id: `${membership.groupId}:${user.id}`,
-                groupId: membership.groupId,
-                userId: user.id,
-                role: entry.role,
-                status: entry.status,
-                invitedBy: null,
-                joinedAt,
-                createdAt: joinedAt ?? membership.createdAt
-              }
+        const found = yield* usersNamed(peer.name, entries)
+        return entries.flatMap((entry, i): Array<Store.MemberListing> => {
+          const user = found[i]!
+          if (Option.isNone(user)) return []
+          const joinedAt = entry.joined_at === null ? null : new Date(entry.joined_at)
+          return [{
+            user: user.value,
+            membership: {
+              id: `${membership.groupId}:${user.value.id}`,
+              groupId: membership.groupId,
+              userId: user.value.id,
+              role: entry.role,
+              status: entry.status,
+              invitedBy: null,
+              joinedAt,
+              createdAt: joinedAt ?? membership.createdAt
             }
-          })))
-        return listed.flatMap((m) => (Option.isSome(m) ? [m.value] : []))
+          }]
+        })
       }),
 
     leaveRemoteGroup: (membership, actor) =>

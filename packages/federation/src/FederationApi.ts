@@ -398,8 +398,8 @@ export const layer = HttpApiBuilder.Router.use((router) =>
       signed(({ body, peer }) =>
         Effect.gen(function* () {
           const ended = yield* decodeBody(Protocol.GroupEnded, body)
-          const found = yield* Effect.forEach(ended.usernames, (name) => users.findByUsername(name.toLowerCase()))
-          const userIds = found.flatMap((u) => (Option.isSome(u) && u.value.instance === null ? [u.value.id] : []))
+          const found = yield* users.findByUsernames(ended.usernames.map((name) => name.toLowerCase()))
+          const userIds = found.flatMap((u) => (u.instance === null ? [u.id] : []))
           const forgotten = yield* store.endRemoteMemberships(ended.group_id, peer.name, userIds)
           const first = forgotten[0]
           if (ended.reason === "deleted" && first !== undefined) {

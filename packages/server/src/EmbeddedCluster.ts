@@ -20,7 +20,7 @@ import { SqlError } from "@effect/sql/SqlError"
 import { Effect } from "effect"
 
 /** Whether `dataDir` already holds a cluster. */
-export const exists = (dataDir: string): boolean => existsSync(join(dataDir, "PG_VERSION"))
+const exists = (dataDir: string): boolean => existsSync(join(dataDir, "PG_VERSION"))
 
 // Runs in the child: argv[1] is PGlite's (CommonJS) entry, argv[2] the directory to create.
 const script = [

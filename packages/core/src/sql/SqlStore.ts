@@ -42,6 +42,10 @@ export const makeUsers = Effect.gen(function* () {
       ids.length === 0
         ? Effect.succeed([])
         : Effect.map(sql`SELECT * FROM users WHERE id IN ${sql.in(ids)}`, (rows) => rows.map((r) => Rows.user(r))),
+    findByUsernames: (usernames) =>
+      usernames.length === 0
+        ? Effect.succeed([])
+        : Effect.map(sql`SELECT * FROM users WHERE username IN ${sql.in(usernames)}`, (rows) => rows.map((r) => Rows.user(r))),
     ensureShadow: (input) =>
       graph.write(Effect.map(
         sql`
@@ -104,8 +108,9 @@ export const makeConnections = Effect.gen(function* () {
       Effect.map(sql`SELECT * FROM agent_connections WHERE user_id = ${userId} ORDER BY created_at, id`, map),
     listActiveByUsers,
     friendshipAndActive: (a, b, userIds) =>
-      // Kept in memory: both from there. Otherwise one statement instead of two round trips.
-      (cache.enabled && friendships.enabled) || userIds.length === 0
+      // Kept in memory (both caches follow the same SoleWriter): both from there. Otherwise one
+      // statement instead of two round trips.
+      cache.enabled || userIds.length === 0
         ? Effect.zipWith(areFriends(sql, friendships, a, b), listActiveByUsers(userIds), (friends, active) => ({ friends, active }))
         : Effect.map(
           sql`

@@ -21,16 +21,10 @@ import { RegistryConfig } from "./RegistryConfig.js"
 export const CIPHERTEXT = "application/mahilo+ciphertext"
 
 /** The sender's choice of the recipient's agent, if they made one. */
-const routingOf = (input: SendInput): Store.RecipientRouting | null => {
-  const labels = input.routingHints?.labels
-  const tags = input.routingHints?.tags
-  if (input.recipientConnectionId === undefined && labels === undefined && tags === undefined) return null
-  return {
-    ...(input.recipientConnectionId !== undefined ? { connectionId: input.recipientConnectionId } : {}),
-    ...(labels !== undefined ? { labels } : {}),
-    ...(tags !== undefined ? { tags } : {})
-  }
-}
+const routingOf = (input: SendInput): Store.RecipientRouting | null =>
+  input.recipientConnectionId === undefined && input.routingHints === undefined
+    ? null
+    : { connectionId: input.recipientConnectionId, labels: input.routingHints?.labels, tags: input.routingHints?.tags }
 
 export interface SendInput {
   readonly recipient: string
