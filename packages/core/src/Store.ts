@@ -126,6 +126,12 @@ export interface FriendshipsService {
     status: Graph.FriendshipStatus
   ) => Effect.Effect<ReadonlyArray<FriendListing>, SqlError>
   readonly areFriends: (a: string, b: string) => Effect.Effect<boolean, SqlError>
+  /**
+   * Moves whenever any friend list may have changed (a friendship or a user
+   * written): a list read at one version is still current while this reads the
+   * same. `undefined` when this store cannot tell, because other processes may write.
+   */
+  readonly version: () => number | undefined
 }
 
 export class Friendships extends Context.Tag("@mahilo/core/Friendships")<Friendships, FriendshipsService>() {}

@@ -226,6 +226,17 @@ export class AgentsGroup extends HttpApiGroup.make("agents")
 
 const FriendshipPath = Schema.Struct({ id: Schema.String })
 
+/** `GET /friends`: the caller's friendships in one state, as they see them. */
+export const FriendList = Schema.Array(Schema.Struct({
+  id: Schema.String,
+  user_id: Schema.String,
+  username: Schema.String,
+  display_name: Schema.NullOr(Schema.String),
+  status: Schema.Literal("accepted", "pending", "blocked"),
+  direction: Schema.Literal("sent", "received"),
+  since: Timestamp
+}))
+
 export class FriendsGroup extends HttpApiGroup.make("friends")
   .add(
     HttpApiEndpoint.post("request", "/friends/request")
@@ -249,15 +260,7 @@ export class FriendsGroup extends HttpApiGroup.make("friends")
   .add(
     HttpApiEndpoint.get("list", "/friends")
       .setUrlParams(Schema.Struct({ status: Schema.optional(Schema.Literal("accepted", "pending", "blocked")) }))
-      .addSuccess(Schema.Array(Schema.Struct({
-        id: Schema.String,
-        user_id: Schema.String,
-        username: Schema.String,
-        display_name: Schema.NullOr(Schema.String),
-        status: Schema.Literal("accepted", "pending", "blocked"),
-        direction: Schema.Literal("sent", "received"),
-        since: Timestamp
-      })))
+      .addSuccess(FriendList)
   )
   .middleware(Authentication)
   .addError(Conflict)

@@ -4,7 +4,6 @@
  * `layer` listens on the configured address; tests pass their own database
  * and a fast retry schedule.
  */
-import { createServer } from "node:http"
 import { FetchHttpClient, HttpApiBuilder, HttpApiSwagger, type HttpApp, HttpMiddleware, HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { HttpApiDecodeError } from "@effect/platform/HttpApiError"
 import { NodeHttpServer } from "@effect/platform-node"
@@ -21,6 +20,7 @@ import * as HttpCallback from "./delivery/HttpCallback.js"
 import * as Auth from "./http/Auth.js"
 import * as Handlers from "./http/Handlers.js"
 import { MessagesLive } from "./http/MessagesHandlers.js"
+import * as Replay from "./http/Replay.js"
 import { NodeId } from "./NodeId.js"
 import * as EventBus from "./notifications/EventBus.js"
 import * as NotificationRoutes from "./notifications/Routes.js"
@@ -112,6 +112,29 @@ const NotFoundRoute = HttpApiBuilder.Router.use((router) =>
   router.all("*", HttpServerResponse.json({ error: "No such endpoint", code: "NOT_FOUND" }, { status: 404 }).pipe(Effect.orDie))
 )
 
+/** Replayed answers check keys with the server's authenticator, from the moment it exists. */
+const ReplayKeys = Layer.scopedDiscard(
+  Effect.gen(function* () {
+    const replay = yield* Replay.Replay
+    const authenticator = yield* Auth.AuthenticatorService
+    replay.attach(authenticator.cached)
+    yield* Effect.addFinalizer(() => Effect.sync(() => replay.detach()))
+  })
+)
+
+/**
+ * node:http listening on `port`/`host`, answering what the replay cache can
+ * before the Effect server sees it (`Replay`).
+ */
+export const listen = (options: { readonly port: number; readonly host?: string | undefined }) =>
+  Layer.unwrapEffect(
+    Effect.map(Replay.Replay, (replay) =>
+      NodeHttpServer.layer(() => Replay.createServer(replay), {
+        port: options.port,
+        ...(options.host !== undefined ? { host: options.host } : {})
+      }))
+  )
+
 /** The HTTP API with its handlers, authentication, OpenAPI document and Swagger UI. */
 const ApiLive = Layer.unwrapEffect(
   Effect.map(Auth.AuthenticatorService, (authenticator) =>
@@ -186,7 +209,8 @@ export const app = (options: ServerOptions = {}) =>
         Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/api/v1/openapi.json" })),
         Layer.provide(ClientErrors),
         Layer.provide(ApiLive),
-        // One key cache for the API and the WebSocket stream.
+        Layer.provide(ReplayKeys),
+        // One key cache for the API, the WebSocket stream and replayed answers.
         Layer.provide(Auth.AuthenticatorService.layer)
       )
       // With tracing off, skip the per-request span bookkeeping (URL parse, header redaction).
@@ -212,7 +236,8 @@ export const layer = (options: ServerOptions = {}) =>
       const database = yield* Layer.build(options.database ?? DatabaseFromConfig)
       return app({ ...options, database: Layer.succeedContext(database) }).pipe(
         HttpServer.withLogAddress,
-        Layer.provide(NodeHttpServer.layer(createServer, { port: config.port, host: config.host }))
+        Layer.provide(listen({ port: config.port, host: config.host })),
+        Layer.provide(Replay.Replay.layer)
       )
     })
   )

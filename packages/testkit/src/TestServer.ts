@@ -3,12 +3,10 @@
  * throwaway database, an ephemeral port, and typed clients derived from the
  * API definition.
  */
-import { createServer } from "node:http"
 import { FetchHttpClient, HttpApiClient, HttpClient, HttpClientRequest, HttpServer } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
 import type { SqlClient } from "@effect/sql"
 import { type Errors, RetrySchedule } from "@mahilo/core"
-import { Api, Config, type Database, Server } from "@mahilo/server"
+import { Api, Config, type Database, Replay, Server } from "@mahilo/server"
 import { Clock, Context, Effect, Layer, type Scope } from "effect"
 import * as TestDatabase from "./TestDatabase.js"
 
@@ -72,7 +70,8 @@ export const make = (options: Options = {}): Effect.Effect<TestServer, unknown, 
       shutdownGraceMs: options.shutdownGraceMs ?? 2_000,
       federation: options.federation
     }).pipe(
-      Layer.provideMerge(NodeHttpServer.layer(createServer, { port: config.port, host: config.host })),
+      Layer.provideMerge(Server.listen({ port: config.port, host: config.host })),
+      Layer.provideMerge(Replay.Replay.layer),
       Layer.provide(Layer.succeed(Config.ServerConfig, config))
     )
     // The server keeps real time even inside `it.scoped` (whose TestClock would

@@ -30,12 +30,19 @@ export interface ReadCache {
   readonly read: <A, E, R>(key: string, read: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
   /** Runs a write and then forgets every result read before it. */
   readonly write: <A, E, R>(write: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  /**
+   * A number that moves whenever a write has run since, so anything derived
+   * from reads made at one version is still true while it reads the same;
+   * `undefined` when the cache is off (writes by others would go unseen).
+   */
+  readonly version: () => number | undefined
 }
 
 const passThrough: ReadCache = {
   enabled: false,
   read: (_key, read) => read,
-  write: (write) => write
+  write: (write) => write,
+  version: () => undefined
 }
 
 // One cache per database client and name, however many store instances share the client.
@@ -102,6 +109,7 @@ const make = (capacity: number): ReadCache => {
           if (generation === seen) keep(key, value)
         })
       }),
-    write: (write) => Effect.ensuring(write, bump)
+    write: (write) => Effect.ensuring(write, bump),
+    version: () => generation
   }
 }

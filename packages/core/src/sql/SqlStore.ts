@@ -212,7 +212,8 @@ export const makeFriendships = Effect.gen(function* () {
             }))
         )
       ),
-    areFriends: (a, b) => areFriends(sql, cache, a, b)
+    areFriends: (a, b) => areFriends(sql, cache, a, b),
+    version: cache.version
   })
 })
 

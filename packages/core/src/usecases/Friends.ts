@@ -107,6 +107,9 @@ export const make = Effect.gen(function* () {
     unfriend: (principal: Principal, id: string) =>
       Effect.map(transition(principal, id, Graph.unfriend, "unfriend"), ({ row }) => row),
 
+    /** Moves whenever any friend list may have changed; `undefined` when this process cannot tell. */
+    friendListsVersion: (): number | undefined => friendships.version(),
+
     /** The caller's friendships in a state, as they see them. */
     listFriends: (principal: Principal, status: Graph.FriendshipStatus) =>
       Effect.map(friendships.listFor(principal.userId, status), (rows) =>

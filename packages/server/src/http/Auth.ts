@@ -68,23 +68,35 @@ export const makeAuthenticator = Effect.gen(function* () {
     Effect.forkScoped
   )
 
+  /** The cache's word on a key: its principal, `null` if cached with another secret, `undefined` if not cached. */
+  const fromCache = (kid: string, fingerprint: string): Registry.Principal | null | undefined => {
+    const hit = cache.get(kid)
+    if (hit === undefined) return undefined
+    return ApiKey.sameFingerprint(hit.fingerprint, fingerprint) ? hit.principal : null
+  }
+
+  /** The key's principal from the cache alone, without waiting (`undefined` unless cached with this secret). */
+  const cached = (raw: string): Registry.Principal | undefined => {
+    const parts = ApiKey.parse(raw.trim())
+    if (Option.isNone(parts)) return undefined
+    return fromCache(parts.value.kid, ApiKey.fingerprint(parts.value.secret)) ?? undefined
+  }
+
   const authenticate = (raw: string) =>
     Effect.gen(function* () {
       const parts = ApiKey.parse(raw.trim())
       if (Option.isNone(parts)) return yield* unauthorized
       const { kid, secret } = parts.value
       const fingerprint = ApiKey.fingerprint(secret)
-      const hit = cache.get(kid)
-      if (hit !== undefined) {
-        if (ApiKey.sameFingerprint(hit.fingerprint, fingerprint)) return hit.principal
-        return yield* unauthorized
-      }
+      const known = fromCache(kid, fingerprint)
+      if (known === null) return yield* unauthorized
+      if (known !== undefined) return known
       const principal = yield* registry.authenticate(raw.trim())
       cache.set(kid, { fingerprint, principal })
       return principal
     })
 
-  return { authenticate, cache }
+  return { authenticate, cached, cache }
 })
 
 export type Authenticator = Effect.Effect.Success<typeof makeAuthenticator>

@@ -5,11 +5,12 @@
 import { HttpApiBuilder } from "@effect/platform"
 import { Callback, Registry } from "@mahilo/core"
 import { Effect } from "effect"
-import { CurrentPrincipal, MahiloApi } from "../Api.js"
+import { CurrentPrincipal, FriendList, MahiloApi } from "../Api.js"
 import { callbackNetwork, federationEnabled, ServerConfig } from "../Config.js"
 import { DatabaseEngine } from "../Database.js"
 import { HttpCallbackClient } from "../delivery/HttpCallback.js"
 import type { Authenticator } from "./Auth.js"
+import * as Replay from "./Replay.js"
 import * as Wire from "./Wire.js"
 
 const VERSION = "0.1.0"
@@ -150,10 +151,15 @@ export const FriendsLive = HttpApiBuilder.group(MahiloApi, "friends", (handlers)
         Effect.as(Effect.flatMap(CurrentPrincipal, (p) => registry.blockFriend(p, path.id)), { success: true as const }))
       .handle("unfriend", ({ path }) =>
         Effect.as(Effect.flatMap(CurrentPrincipal, (p) => registry.unfriend(p, path.id)), { success: true as const }))
+      // The most polled read: kept for replay until a friend list may have changed.
       .handle("list", ({ urlParams }) =>
-        Effect.map(
-          Effect.flatMap(CurrentPrincipal, (p) => registry.listFriends(p, urlParams.status ?? "accepted")),
-          (rows) => rows.map(Wire.friend)
+        Replay.answer(
+          FriendList,
+          registry.friendListsVersion,
+          Effect.map(
+            Effect.flatMap(CurrentPrincipal, (p) => registry.listFriends(p, urlParams.status ?? "accepted")),
+            (rows) => rows.map(Wire.friend)
+          )
         ))
   }))
 

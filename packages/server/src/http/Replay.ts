@@ -1,0 +1,149 @@
+/**
+ * Authenticated GET answers replayed from memory while what they were read
+ * from is unchanged.
+ *
+ * A replayable endpoint's handler (`answer`) encodes its answer once and keeps
+ * the bytes under the caller's key id and the request URL, with the version of
+ * the data they were read from (a `ReadCache` version: it moves with every
+ * write through the store). The node:http server made by `createServer` looks
+ * at each request before the Effect server does, and answers it with those
+ * bytes only when all of these hold:
+ * - it is a `GET` with no body and a `Bearer` key;
+ * - the key is in the authenticator's cache with this very secret (a revoked
+ *   key leaves that cache at once, so it is never replayed to);
+ * - an answer is kept for this key id and this exact URL;
+ * - the data's version is still the one the answer was read at.
+ * Anything else goes the full way through the HTTP API, which answers, and
+ * keeps a new answer. Nothing is kept where the version cannot be known (on
+ * PostgreSQL other processes write), so there every request goes the full way.
+ *
+ * The replayed response is the full path's: same status, body and headers.
+ */
+import * as http from "node:http"
+import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import type { Registry } from "@mahilo/core"
+import { Context, Effect, Layer, Schema } from "effect"
+import { CurrentPrincipal } from "../Api.js"
+
+interface Entry {
+  readonly body: Uint8Array
+  readonly version: number
+  readonly current: () => number | undefined
+}
+
+/** Answers larger than this are not kept. */
+const MAX_ENTRY_BYTES = 256 * 1024
+
+export class ReplayCache {
+  private readonly entries = new Map<string, Entry>()
+  private bytes = 0
+  private authenticate: ((raw: string) => Registry.Principal | undefined) | undefined
+  /** Requests answered from memory so far. */
+  served = 0
+
+  /** `capacity`: bytes of kept answers in all; the least recently used go first. */
+  constructor(readonly capacity: number = 16 * 1024 * 1024) {}
+
+  /** Lets requests be replayed, checking keys with `authenticate`; until then none is. */
+  attach(authenticate: (raw: string) => Registry.Principal | undefined): void {
+    this.authenticate = authenticate
+  }
+
+  detach(): void {
+    this.authenticate = undefined
+    this.entries.clear()
+    this.bytes = 0
+  }
+
+  get size(): number {
+    return this.entries.size
+  }
+
+  keep(kid: string, url: string, body: Uint8Array, version: number, current: () => number | undefined): void {
+    if (body.byteLength > MAX_ENTRY_BYTES || body.byteLength > this.capacity) return
+    const key = `${kid} ${url}`
+    this.forget(key)
+    while (this.bytes + body.byteLength > this.capacity) this.forget(this.entries.keys().next().value!)
+    this.entries.set(key, { body, version, current })
+    this.bytes += body.byteLength
+  }
+
+  /** Answers `request` from memory if it can (true), else leaves it untouched (false). */
+  serve(request: http.IncomingMessage, response: http.ServerResponse): boolean {
+    if (this.entries.size === 0 || this.authenticate === undefined || request.method !== "GET") return false
+    const headers = request.headers
+    const authorization = headers.authorization
+    if (authorization === undefined || !authorization.startsWith("Bearer ")) return false
+    // A body, or a content type the full path would judge, takes the full path.
+    if (headers["content-length"] !== undefined || headers["transfer-encoding"] !== undefined || headers["content-type"] !== undefined) {
+      return false
+    }
+    const principal = this.authenticate(authorization.slice(7))
+    if (principal === undefined) return false
+    const key = `${principal.kid} ${request.url}`
+    const entry = this.entries.get(key)
+    if (entry === undefined) return false
+    if (entry.current() !== entry.version) {
+      this.forget(key)
+      return false
+    }
+    // Most recently used last.
+    this.entries.delete(key)
+    this.entries.set(key, entry)
+    this.served++
+    response.writeHead(200, { "content-type": "application/json", "content-length": entry.body.byteLength })
+    response.end(entry.body)
+    return true
+  }
+
+  private forget(key: string): void {
+    const entry = this.entries.get(key)
+    if (entry === undefined) return
+    this.entries.delete(key)
+    this.bytes -= entry.body.byteLength
+  }
+}
+
+/** The server's one replay cache, shared by its node:http server and its handlers. */
+export class Replay extends Context.Tag("@mahilo/server/Replay")<Replay, ReplayCache>() {
+  static readonly layer = Layer.sync(Replay, () => new ReplayCache())
+}
+
+/** A node:http server that answers what `replay` can before emitting a request to the Effect server. */
+export const createServer = (replay: ReplayCache): http.Server => new ReplayingServer(replay)
+
+class ReplayingServer extends http.Server {
+  constructor(private readonly replay: ReplayCache) {
+    super()
+  }
+
+  override emit(event: string | symbol, ...args: Array<any>): boolean {
+    if (event === "request" && this.replay.serve(args[0], args[1])) return true
+    return super.emit(event as string, ...args)
+  }
+}
+
+const encoder = new TextEncoder()
+
+/**
+ * A replayable handler's answer: `read` encoded with the endpoint's success
+ * `schema` as the HTTP API would, kept for replay under the caller's key and
+ * URL if `version` did not move while it was read.
+ */
+export const answer = <A, I, E, R>(
+  schema: Schema.Schema<A, I, never>,
+  version: () => number | undefined,
+  read: Effect.Effect<A, E, R>
+): Effect.Effect<HttpServerResponse.HttpServerResponse, E, R | Replay | CurrentPrincipal | HttpServerRequest.HttpServerRequest> =>
+  Effect.gen(function* () {
+    const before = version()
+    const value = yield* read
+    const body = encoder.encode(JSON.stringify(yield* Effect.orDie(Schema.encode(schema)(value))))
+    if (before !== undefined && version() === before) {
+      const replay = yield* Replay
+      const principal = yield* CurrentPrincipal
+      const request = yield* HttpServerRequest.HttpServerRequest
+      replay.keep(principal.kid, request.url, body, before, version)
+    }
+    return HttpServerResponse.uint8Array(body, { contentType: "application/json" })
+  })

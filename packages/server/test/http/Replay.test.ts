@@ -1,0 +1,129 @@
+/**
+ * `GET /friends` answered from memory (`Replay`): byte for byte the full path's
+ * answer, only to the key it was read for, and never after a change it was
+ * read from. On PostgreSQL nothing is replayed, and the answers are the same.
+ */
+import { Replay } from "@mahilo/server"
+import { TestDatabase, TestServer } from "@mahilo/testkit"
+import { describe, expect, it } from "@effect/vitest"
+import { Context, Effect } from "effect"
+import * as Fixtures from "../support/Fixtures.js"
+
+interface Answer {
+  readonly status: number
+  readonly headers: Record<string, string>
+  readonly text: string
+  readonly body: any
+}
+
+const get = (server: TestServer.TestServer, path: string, key: string, headers: Record<string, string> = {}) =>
+  Effect.promise(async (): Promise<Answer> => {
+    const response = await fetch(`${server.url}${path}`, { headers: { authorization: `Bearer ${key}`, ...headers } })
+    const text = await response.text()
+    const all: Record<string, string> = {}
+    response.headers.forEach((value, name) => {
+      if (name !== "date") all[name] = value
+    })
+    let body: unknown
+    try {
+      body = JSON.parse(text)
+    } catch {
+      body = undefined
+    }
+    return { status: response.status, headers: all, text, body }
+  })
+
+const replayOf = (server: TestServer.TestServer) =>
+  Context.unsafeGet(server.context as unknown as Context.Context<Replay.Replay>, Replay.Replay)
+
+describe.each(TestDatabase.backends)("answers replayed from memory ($name)", ({ name, layer: database }) => {
+  /** How many more answers came from memory than `before`: some on PGlite, none on PostgreSQL. */
+  const expectReplayed = (server: TestServer.TestServer, before: number, count: number) =>
+    expect(replayOf(server).served - before).toBe(name === "pglite" ? count : 0)
+
+  it.scopedLive("a repeated GET /friends gets the same status, headers and body as the first", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice, bob] = yield* Fixtures.users(server, "alice", "bob")
+      yield* Fixtures.befriend(alice!, bob!)
+      const before = replayOf(server).served
+      const first = yield* get(server, "/api/v1/friends", alice!.apiKey)
+      const second = yield* get(server, "/api/v1/friends", alice!.apiKey)
+      const third = yield* get(server, "/api/v1/friends", alice!.apiKey)
+      expectReplayed(server, before, 2)
+      expect(first.status).toBe(200)
+      expect(first.body).toEqual([expect.objectContaining({ username: "bob", status: "accepted", direction: "sent" })])
+      expect(second).toEqual(first)
+      expect(third).toEqual(first)
+    }))
+
+  it.scopedLive("a change to a friend list is in the next answer", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice, bob, carol] = yield* Fixtures.users(server, "alice", "bob", "carol")
+      yield* Fixtures.befriend(alice!, bob!)
+      yield* get(server, "/api/v1/friends", alice!.apiKey)
+      yield* get(server, "/api/v1/friends?status=pending", alice!.apiKey)
+      const kept = yield* get(server, "/api/v1/friends", alice!.apiKey)
+      expect(kept.body.map((f: any) => f.username)).toEqual(["bob"])
+
+      // Someone else's action changes alice's lists: a request to her, then bob unfriending her.
+      const before = replayOf(server).served
+      const request = yield* carol!.api.friends.request({ payload: { username: "alice" } })
+      const pending = yield* get(server, "/api/v1/friends?status=pending", alice!.apiKey)
+      expect(pending.body).toEqual([expect.objectContaining({ id: request.friendship_id, username: "carol", direction: "received" })])
+      yield* bob!.api.friends.unfriend({ path: { id: kept.body[0].id } })
+      expect((yield* get(server, "/api/v1/friends", alice!.apiKey)).body).toEqual([])
+      expectReplayed(server, before, 0)
+    }))
+
+  it.scopedLive("a rotated key is refused at once; a key id with another secret is refused", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice, bob] = yield* Fixtures.users(server, "alice", "bob")
+      yield* Fixtures.befriend(alice!, bob!)
+      const first = yield* get(server, "/api/v1/friends", alice!.apiKey)
+      yield* get(server, "/api/v1/friends", alice!.apiKey)
+
+      const forged = alice!.apiKey.replace(/_[^_]+$/, `_${"a".repeat(26)}`)
+      expect(forged).not.toBe(alice!.apiKey)
+      const wrongSecret = yield* get(server, "/api/v1/friends", forged)
+      expect({ status: wrongSecret.status, code: wrongSecret.body.code }).toEqual({ status: 401, code: "UNAUTHORIZED" })
+
+      const rotated = yield* alice!.api.auth.rotateKey()
+      const before = replayOf(server).served
+      const old = yield* get(server, "/api/v1/friends", alice!.apiKey)
+      expect({ status: old.status, code: old.body.code }).toEqual({ status: 401, code: "UNAUTHORIZED" })
+      expectReplayed(server, before, 0)
+      expect((yield* get(server, "/api/v1/friends", rotated.api_key)).body).toEqual(first.body)
+    }))
+
+  it.scopedLive("each key and each URL has its own answer", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice, bob, carol] = yield* Fixtures.users(server, "alice", "bob", "carol")
+      yield* Fixtures.befriend(alice!, bob!)
+      yield* carol!.api.friends.request({ payload: { username: "alice" } })
+      for (let round = 0; round < 2; round++) {
+        expect((yield* get(server, "/api/v1/friends", alice!.apiKey)).body.map((f: any) => f.username)).toEqual(["bob"])
+        expect((yield* get(server, "/api/v1/friends", bob!.apiKey)).body.map((f: any) => f.username)).toEqual(["alice"])
+        expect((yield* get(server, "/api/v1/friends", carol!.apiKey)).body).toEqual([])
+        expect((yield* get(server, "/api/v1/friends?status=pending", alice!.apiKey)).body.map((f: any) => f.username)).toEqual(["carol"])
+        expect((yield* get(server, "/api/v1/friends?status=pending", carol!.apiKey)).body.map((f: any) => f.direction)).toEqual(["sent"])
+      }
+    }))
+
+  it.scopedLive("a request the full path would judge differently is not replayed", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice] = yield* Fixtures.users(server, "alice")
+      yield* get(server, "/api/v1/friends", alice!.apiKey)
+      yield* get(server, "/api/v1/friends", alice!.apiKey)
+      const before = replayOf(server).served
+      const form = yield* get(server, "/api/v1/friends", alice!.apiKey, { "content-type": "text/plain" })
+      expect({ status: form.status, code: form.body.code }).toEqual({ status: 400, code: "INVALID_REQUEST" })
+      const badParam = yield* get(server, "/api/v1/friends?status=nonsense", alice!.apiKey)
+      expect({ status: badParam.status, code: badParam.body.code }).toEqual({ status: 400, code: "INVALID_REQUEST" })
+      expectReplayed(server, before, 0)
+    }))
+})
