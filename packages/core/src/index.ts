@@ -1,4 +1,5 @@
 export * as ApiKey from "./ApiKey.js"
+export * as Batcher from "./Batcher.js"
 export * as Callback from "./Callback.js"
 export { CallbackUrls } from "./CallbackUrls.js"
 export { type Actor, type FriendshipMirror, RemoteDirectory, type RemoteFailure, type RemoteGroupMembership } from "./Directory.js"

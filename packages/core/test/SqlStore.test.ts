@@ -141,6 +141,83 @@ for (const backend of TestDatabase.backends) {
           yield* messages.insert(message({ senderId: bob.id, recipientId: alice.id, idempotencyKey: "k" }), [delivery(alice.id)], Option.none())
         }))
 
+      it.effect("messages inserted at once are written together, each exactly as given; a failing one fails alone", () =>
+        Effect.gen(function* () {
+          const { alice, bob } = yield* twoUsers
+          const messages = yield* Store.Messages
+          const sql = yield* SqlClient.SqlClient
+          const taken = message({ senderId: alice.id, recipientId: bob.id, idempotencyKey: "taken" })
+          yield* messages.insert(taken, [delivery(bob.id)], Option.none())
+          const until = new Date(Date.now() + 60_000)
+          const varied = Array.from({ length: 12 }, (_, i) =>
+            message({
+              senderId: i % 2 === 0 ? alice.id : bob.id,
+              recipientId: i % 2 === 0 ? bob.id : alice.id,
+              senderName: i % 2 === 0 ? "alice" : "bob",
+              recipientName: i % 2 === 0 ? "bob" : "alice",
+              message: `m${i} "quoted", {braced}, back\\slash, ünïcode, NULL`,
+              context: i % 3 === 0 ? null : `context ${i}`,
+              correlationId: i % 4 === 0 ? null : `c-${i}`,
+              idempotencyKey: i % 5 === 0 ? null : `key-${i}`,
+              senderConnectionId: i === 1 ? "con_x" : null,
+              senderAgent: i === 1 ? "agent x" : null,
+              encryption: i === 2 ? { alg: "x25519", nonce: "n\"q" } : null,
+              senderSignature: i === 2 ? { alg: "ed25519", sig: "c2ln" } : null,
+              recipientRouting: i === 3 ? { connectionId: "con_y", labels: ["a", "b"] } : null,
+              recipients: i,
+              status: i === 4 ? "delivered" : "pending",
+              deliveredAt: i === 4 ? new Date(1_700_000_000_123) : null,
+              originInstance: i === 5 ? "far.example" : null,
+              createdAt: new Date(1_700_000_000_000 + i)
+            }))
+          const inbox: Store.NewDelivery = { ...delivery(bob.id, false), targetKind: "inbox" }
+          const valid = varied.map((m, i) => ({ m, ds: i === 0 ? [delivery(bob.id), inbox] : i === 6 ? [] : [delivery(i % 2 === 0 ? bob.id : alice.id)] }))
+          const insertAll = (attempts: ReadonlyArray<{ readonly m: Store.Message; readonly ds: ReadonlyArray<Store.NewDelivery> }>) =>
+            Effect.all(
+              attempts.map(({ m, ds }) => Effect.either(messages.insert(m, ds, Option.some({ owner: "node-a", until })))),
+              { concurrency: "unbounded" }
+            )
+          const written = yield* insertAll(valid)
+          for (const [i, m] of varied.entries()) {
+            expect(written[i]!._tag).toBe("Right")
+            expect(Option.getOrThrow(yield* messages.find(m.id))).toEqual(m)
+          }
+
+          // An idempotency key taken before, one taken twice in the batch, a delivery id used twice, and two fine.
+          const reused = delivery(bob.id)
+          const fine = [message({ senderId: alice.id, recipientId: bob.id }), message({ senderId: bob.id, recipientId: alice.id })]
+          const mixed = [
+            { m: message({ senderId: alice.id, recipientId: bob.id, idempotencyKey: "taken" }), ds: [delivery(bob.id)] },
+            { m: message({ senderId: alice.id, recipientId: bob.id, idempotencyKey: "twice" }), ds: [delivery(bob.id)] },
+            { m: message({ senderId: alice.id, recipientId: bob.id, idempotencyKey: "twice" }), ds: [delivery(bob.id)] },
+            { m: message({ senderId: alice.id, recipientId: bob.id }), ds: [reused] },
+            { m: message({ senderId: alice.id, recipientId: bob.id }), ds: [reused] },
+            { m: fine[0]!, ds: [delivery(bob.id)] },
+            { m: fine[1]!, ds: [delivery(alice.id)] }
+          ]
+          const results = yield* insertAll(mixed)
+          expect(results[0]).toMatchObject({ _tag: "Left", left: { code: "DUPLICATE" } })
+          expect(results.slice(1, 3).map((r) => r._tag).sort()).toEqual(["Left", "Right"])
+          expect(results.slice(3, 5).map((r) => r._tag).sort()).toEqual(["Left", "Right"])
+          expect(results.slice(5).map((r) => r._tag)).toEqual(["Right", "Right"])
+          for (const m of fine) expect(Option.getOrThrow(yield* messages.find(m.id))).toEqual(m)
+          const lost = mixed.filter((_, i) => results[i]!._tag === "Left").map((a) => a.m.id)
+          for (const id of lost) expect(Option.isNone(yield* messages.find(id))).toBe(true)
+
+          const rows = yield* sql<{ id: string; message_id: string; target_kind: string; is_primary: boolean; lease_owner: string | null; status: string }>`
+            SELECT id, message_id, target_kind, is_primary, lease_owner, status FROM deliveries WHERE message_id IN ${sql.in(varied.map((m) => m.id))}`
+          const expected = valid.flatMap(({ m, ds }) =>
+            ds.map((d) => ({
+              id: d.id,
+              message_id: m.id,
+              target_kind: d.targetKind,
+              is_primary: d.primary,
+              lease_owner: d.targetKind === "inbox" ? null : "node-a",
+              status: "pending"
+            })))
+          expect([...rows].sort((a, b) => a.id.localeCompare(b.id))).toEqual(expected.sort((a, b) => a.id.localeCompare(b.id)))
+        }))
+
       it.effect("claims lease due rows to one owner; a live lease is skipped, an expired one is taken over", () =>
         Effect.gen(function* () {
           const { alice, bob } = yield* twoUsers

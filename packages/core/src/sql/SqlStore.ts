@@ -4,7 +4,8 @@
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Effect, Layer, Option } from "effect"
+import { Effect, Exit, Layer, Option } from "effect"
+import * as Batcher from "../Batcher.js"
 import * as Errors from "../Errors.js"
 import type * as Graph from "../Graph.js"
 import * as Store from "../Store.js"
@@ -373,8 +374,125 @@ export const makePolicies = Effect.gen(function* () {
 /** Delivery rows per INSERT: 12 columns each, well under PostgreSQL's 65,535 parameters per statement. */
 const DELIVERY_BATCH = 5000
 
+interface NewMessage {
+  readonly message: Store.Message
+  readonly deliveries: ReadonlyArray<Store.NewDelivery>
+  readonly lease: Option.Option<{ readonly owner: string; readonly until: Date }>
+}
+
+/** A send with at most this many deliveries joins its concurrent sends' batch; a bigger one is written alone. */
+const BATCHED_DELIVERIES = 16
+/** Messages written together at most (concurrent sends; 24 + 12 parameters each is far below the limit). */
+const MESSAGE_BATCH = 64
+
+const unique = onUnique(() => Errors.Conflict.of("DUPLICATE", "A message with this idempotency key was already sent"))
+
+const deliveryRows = ({ message: m, deliveries, lease }: NewMessage) => {
+  const leaseOwner = Option.match(lease, { onNone: () => null, onSome: (l) => l.owner })
+  const leaseUntil = Option.match(lease, { onNone: () => null, onSome: (l) => l.until })
+  // Inbox deliveries are never leased: the polling agent fetches them.
+  return deliveries.map((d) => ({
+    id: d.id,
+    message_id: m.id,
+    target_kind: d.targetKind,
+    recipient_user_id: d.recipientUserId,
+    connection_id: d.connectionId,
+    peer_id: d.peerId,
+    is_primary: d.primary,
+    status: "pending",
+    next_attempt_at: m.createdAt,
+    lease_owner: d.targetKind === "inbox" ? null : leaseOwner,
+    lease_until: d.targetKind === "inbox" ? null : leaseUntil,
+    created_at: m.createdAt
+  }))
+}
+
 export const makeMessages = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
+
+  /** One message and its deliveries, in one statement (or a transaction, for a big fan-out). */
+  const insertOne = (item: NewMessage): Effect.Effect<void, SqlError | Errors.Conflict> => {
+    const m = item.message
+    const insertMessage = sql`
+      INSERT INTO messages (id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
+        recipient_name, correlation_id, idempotency_key, payload_type, message, context, encryption, sender_signature,
+        status, rejection_reason, recipients, delivered_count, failed_count, origin_instance, recipient_routing,
+        created_at, delivered_at)
+      VALUES (${m.id}, ${m.senderId}, ${m.senderName}, ${m.senderConnectionId}, ${m.senderAgent}, ${m.recipientType},
+        ${m.recipientId}, ${m.recipientName}, ${m.correlationId}, ${m.idempotencyKey}, ${m.payloadType}, ${m.message},
+        ${m.context}, ${Rows.json(m.encryption)}::jsonb, ${Rows.json(m.senderSignature)}::jsonb, ${m.status},
+        ${m.rejectionReason}, ${m.recipients}, ${m.deliveredCount}, ${m.failedCount}, ${m.originInstance},
+        ${Rows.json(m.recipientRouting)}::jsonb, ${m.createdAt}, ${m.deliveredAt})`
+    const rows = deliveryRows(item)
+    // One multi-row INSERT per DELIVERY_BATCH rows: a statement carries at most 65,535 parameters.
+    const insertDeliveries = Effect.forEach(
+      Array.from({ length: Math.ceil(rows.length / DELIVERY_BATCH) }, (_, i) => rows.slice(i * DELIVERY_BATCH, (i + 1) * DELIVERY_BATCH)),
+      (batch) => sql`INSERT INTO deliveries ${sql.insert(batch)}`,
+      { discard: true }
+    )
+    // Up to one batch of deliveries, message and deliveries are a single statement (atomic by
+    // itself, no BEGIN/COMMIT round trips); a bigger fan-out takes a transaction.
+    const write = rows.length === 0
+      ? Effect.asVoid(insertMessage)
+      : rows.length <= DELIVERY_BATCH
+      ? sql`WITH message AS (${insertMessage} RETURNING id) INSERT INTO deliveries ${sql.insert(rows)}`
+      : sql.withTransaction(Effect.zipRight(insertMessage, insertDeliveries))
+    return Effect.asVoid(write).pipe(unique)
+  }
+
+  /**
+   * Concurrent sends' messages with their deliveries in one statement: one
+   * commit instead of one each (in PGlite a batch of 8 costs about 80 µs a
+   * message against about 180 µs alone). The arrays keep the statement's text
+   * the same whatever the batch's size. If it fails (an idempotency key taken,
+   * by an earlier send or within the batch), each message is written alone so
+   * each gets its own answer.
+   */
+  const insertMany = (items: ReadonlyArray<NewMessage>) => {
+    if (items.length === 1) return Effect.map(Effect.exit(insertOne(items[0]!)), (exit) => [exit])
+    const ms = items.map((i) => i.message)
+    const ds = items.flatMap(deliveryRows)
+    const col = <A>(f: (m: Store.Message) => A) => ms.map(f)
+    const dcol = <K extends keyof (typeof ds)[number]>(k: K) => ds.map((d) => d[k])
+    const write = sql`
+      WITH message AS (
+        INSERT INTO messages (id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
+          recipient_name, correlation_id, idempotency_key, payload_type, message, context, encryption, sender_signature,
+          status, rejection_reason, recipients, delivered_count, failed_count, origin_instance, recipient_routing,
+          created_at, delivered_at)
+        SELECT id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
+          recipient_name, correlation_id, idempotency_key, payload_type, message, context, encryption::jsonb,
+          sender_signature::jsonb, status, rejection_reason, recipients, delivered_count, failed_count, origin_instance,
+          recipient_routing::jsonb, created_at, delivered_at
+        FROM unnest(${col((m) => m.id)}::text[], ${col((m) => m.senderId)}::text[], ${col((m) => m.senderName)}::text[],
+          ${col((m) => m.senderConnectionId)}::text[], ${col((m) => m.senderAgent)}::text[], ${col((m) => m.recipientType)}::text[],
+          ${col((m) => m.recipientId)}::text[], ${col((m) => m.recipientName)}::text[], ${col((m) => m.correlationId)}::text[],
+          ${col((m) => m.idempotencyKey)}::text[], ${col((m) => m.payloadType)}::text[], ${col((m) => m.message)}::text[],
+          ${col((m) => m.context)}::text[], ${col((m) => Rows.json(m.encryption))}::text[],
+          ${col((m) => Rows.json(m.senderSignature))}::text[], ${col((m) => m.status)}::text[],
+          ${col((m) => m.rejectionReason)}::text[], ${col((m) => m.recipients)}::int[], ${col((m) => m.deliveredCount)}::int[],
+          ${col((m) => m.failedCount)}::int[], ${col((m) => m.originInstance)}::text[],
+          ${col((m) => Rows.json(m.recipientRouting))}::text[], ${col((m) => m.createdAt)}::timestamptz[],
+          ${col((m) => m.deliveredAt)}::timestamptz[])
+          AS v(id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
+            recipient_name, correlation_id, idempotency_key, payload_type, message, context, encryption, sender_signature,
+            status, rejection_reason, recipients, delivered_count, failed_count, origin_instance, recipient_routing,
+            created_at, delivered_at)
+        RETURNING id
+      )
+      INSERT INTO deliveries (id, message_id, target_kind, recipient_user_id, connection_id, peer_id, is_primary, status,
+        next_attempt_at, lease_owner, lease_until, created_at)
+      SELECT * FROM unnest(${dcol("id")}::text[], ${dcol("message_id")}::text[], ${dcol("target_kind")}::text[],
+        ${dcol("recipient_user_id")}::text[], ${dcol("connection_id")}::text[], ${dcol("peer_id")}::text[],
+        ${dcol("is_primary")}::bool[], ${dcol("status")}::text[], ${dcol("next_attempt_at")}::timestamptz[],
+        ${dcol("lease_owner")}::text[], ${dcol("lease_until")}::timestamptz[], ${dcol("created_at")}::timestamptz[])`
+    return Effect.catchAll(
+      Effect.as(write, items.map(() => Exit.void)),
+      () => Effect.forEach(items, (item) => Effect.exit(insertOne(item)))
+    )
+  }
+  const batched = yield* Batcher.make(insertMany, MESSAGE_BATCH)
+
   return Store.Messages.of({
     findByIdempotencyKey: (senderId, key) =>
       Effect.map(
@@ -382,51 +500,14 @@ export const makeMessages = Effect.gen(function* () {
         (rows) => Option.map(first(rows), Rows.message)
       ),
     find: (id) => Effect.map(sql`SELECT * FROM messages WHERE id = ${id}`, (rows) => Option.map(first(rows), Rows.message)),
-    insert: (m, deliveries, lease) => {
-      const leaseOwner = Option.match(lease, { onNone: () => null, onSome: (l) => l.owner })
-      const leaseUntil = Option.match(lease, { onNone: () => null, onSome: (l) => l.until })
-      const insertMessage = sql`
-        INSERT INTO messages (id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
-          recipient_name, correlation_id, idempotency_key, payload_type, message, context, encryption, sender_signature,
-          status, rejection_reason, recipients, delivered_count, failed_count, origin_instance, recipient_routing,
-          created_at, delivered_at)
-        VALUES (${m.id}, ${m.senderId}, ${m.senderName}, ${m.senderConnectionId}, ${m.senderAgent}, ${m.recipientType},
-          ${m.recipientId}, ${m.recipientName}, ${m.correlationId}, ${m.idempotencyKey}, ${m.payloadType}, ${m.message},
-          ${m.context}, ${Rows.json(m.encryption)}::jsonb, ${Rows.json(m.senderSignature)}::jsonb, ${m.status},
-          ${m.rejectionReason}, ${m.recipients}, ${m.deliveredCount}, ${m.failedCount}, ${m.originInstance},
-          ${Rows.json(m.recipientRouting)}::jsonb, ${m.createdAt}, ${m.deliveredAt})`
-      // Inbox deliveries are never leased: the polling agent fetches them.
-      const rows = deliveries.map((d) => ({
-          id: d.id,
-          message_id: m.id,
-          target_kind: d.targetKind,
-          recipient_user_id: d.recipientUserId,
-          connection_id: d.connectionId,
-          peer_id: d.peerId,
-          is_primary: d.primary,
-          status: "pending",
-          next_attempt_at: m.createdAt,
-          lease_owner: d.targetKind === "inbox" ? null : leaseOwner,
-          lease_until: d.targetKind === "inbox" ? null : leaseUntil,
-          created_at: m.createdAt
-        }))
-      // One multi-row INSERT per DELIVERY_BATCH rows: a statement carries at most 65,535 parameters.
-      const insertDeliveries = Effect.forEach(
-        Array.from({ length: Math.ceil(rows.length / DELIVERY_BATCH) }, (_, i) => rows.slice(i * DELIVERY_BATCH, (i + 1) * DELIVERY_BATCH)),
-        (batch) => sql`INSERT INTO deliveries ${sql.insert(batch)}`,
-        { discard: true }
-      )
-      // Up to one batch of deliveries, message and deliveries are a single statement (atomic by
-      // itself, no BEGIN/COMMIT round trips); a bigger fan-out takes a transaction.
-      const write = deliveries.length === 0
-        ? Effect.asVoid(insertMessage)
-        : rows.length <= DELIVERY_BATCH
-        ? sql`WITH message AS (${insertMessage} RETURNING id) INSERT INTO deliveries ${sql.insert(rows)}`
-        : sql.withTransaction(Effect.zipRight(insertMessage, insertDeliveries))
-      return Effect.asVoid(write).pipe(
-        onUnique(() => Errors.Conflict.of("DUPLICATE", "A message with this idempotency key was already sent"))
-      )
-    },
+    insert: (m, deliveries, lease) =>
+      deliveries.length > BATCHED_DELIVERIES
+        ? insertOne({ message: m, deliveries, lease })
+        : Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) =>
+          // Inside a transaction the write must be the transaction's own.
+          Option.isSome(transaction)
+            ? insertOne({ message: m, deliveries, lease })
+            : batched({ message: m, deliveries, lease })),
     deliveriesOf: (messageId) =>
       Effect.map(
         sql`SELECT * FROM deliveries WHERE message_id = ${messageId} ORDER BY id`,
@@ -711,6 +792,6 @@ export const layer: Layer.Layer<
   Layer.effect(Store.Friendships, makeFriendships),
   Layer.effect(Store.Groups, makeGroups),
   Layer.effect(Store.Policies, makePolicies),
-  Layer.effect(Store.Messages, makeMessages),
+  Layer.scoped(Store.Messages, makeMessages),
   Layer.effect(Store.Outbox, makeOutbox)
 )

@@ -13,10 +13,9 @@
  * - Closing the engine's scope stops claiming, lets attempts in flight finish
  *   (up to a grace period) and gives back any lease it still holds.
  */
-import { Callback, type PeerOutcome, PeerTransport, type Registry, RetrySchedule, type Store } from "@mahilo/core"
+import { Batcher, Callback, type PeerOutcome, PeerTransport, type Registry, RetrySchedule, type Store } from "@mahilo/core"
 import { Store as StoreTags } from "@mahilo/core"
-import type { SqlError } from "@effect/sql/SqlError"
-import { Context, Deferred, Duration, Effect, FiberSet, Layer, Option, Queue } from "effect"
+import { Context, Duration, Effect, Exit, FiberSet, Layer, Option, Queue } from "effect"
 import { callbackNetwork, ServerConfig } from "../Config.js"
 import { EventBus } from "../notifications/EventBus.js"
 import { NodeId } from "../NodeId.js"
@@ -102,12 +101,6 @@ interface Target {
   restMs: number
 }
 
-/** Resumes after the event loop has run the I/O callbacks that are ready now. */
-const afterIo: Effect.Effect<void> = Effect.async<void>((resume) => {
-  const handle = setImmediate(() => resume(Effect.void))
-  return Effect.sync(() => clearImmediate(handle))
-})
-
 export const make = (settings: EngineSettings) =>
   Effect.gen(function* () {
     const outbox = yield* StoreTags.Outbox
@@ -121,29 +114,12 @@ export const make = (settings: EngineSettings) =>
 
     // Outcomes are written in batches: whatever finished while the previous
     // write ran goes into the next one (one statement for many deliveries).
-    interface PendingRecord {
-      readonly deliveryId: string
-      readonly record: Store.AttemptRecord
-      readonly done: Deferred.Deferred<Option.Option<Store.Rollup>, SqlError>
-    }
-    const outcomes = yield* Queue.unbounded<PendingRecord>()
-    yield* Effect.gen(function* () {
-      const first = yield* Queue.take(outcomes)
-      // Let the answers that arrived in this turn of the event loop join the batch.
-      yield* afterIo
-      const batch = [first, ...(yield* Queue.takeUpTo(outcomes, 999))]
-      const written = yield* Effect.either(
-        outbox.recordMany(nodeId, batch.map(({ deliveryId, record }) => ({ deliveryId, record })))
-      )
-      for (let i = 0; i < batch.length; i++) {
-        const done = batch[i]!.done
-        if (written._tag === "Right") yield* Deferred.succeed(done, written.right[i]!)
-        else yield* Deferred.fail(done, written.left)
-      }
-    }).pipe(Effect.forever, Effect.forkScoped)
-    const recordOutcome = (deliveryId: string, record: Store.AttemptRecord) =>
-      Effect.flatMap(Deferred.make<Option.Option<Store.Rollup>, SqlError>(), (done) =>
-        Effect.zipRight(Queue.offer(outcomes, { deliveryId, record, done }), Deferred.await(done)))
+    const recordBatched = yield* Batcher.make(
+      (batch: ReadonlyArray<{ readonly deliveryId: string; readonly record: Store.AttemptRecord }>) =>
+        Effect.map(outbox.recordMany(nodeId, batch), (rollups) => rollups.map((rollup) => Exit.succeed(rollup))),
+      1000
+    )
+    const recordOutcome = (deliveryId: string, record: Store.AttemptRecord) => recordBatched({ deliveryId, record })
     // Timers only wake the dispatcher; shutdown does not wait for them.
     const timers = yield* FiberSet.make<unknown, never>()
     const wakeIn = (ms: number) => FiberSet.run(timers, Effect.delay(wake, Duration.millis(Math.max(0, ms))))
