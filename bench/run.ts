@@ -6,7 +6,8 @@
  * Scenarios, all driven by the same load generator (bench/load.ts):
  * - ceiling: a bare node:http server answering a fixed JSON body;
  * - floor: GET /health through the registry (HTTP framework only: no key, no database);
- * - reads: authenticated GET /api/v1/friends;
+ * - reads: authenticated GET /api/v1/friends (answered from memory while no friend list changed);
+ * - readsFullPath: authenticated GET /api/v1/auth/me, through the whole HTTP framework;
  * - sends: friends with one agent each, 32 concurrent senders; send latency,
  *   end-to-end latency (send → signed callback at the agent), lost and duplicates;
  * - fanout: one group message to 1,000 members, time until every agent has it;
@@ -195,6 +196,18 @@ async function main() {
     })
     log(reads)
 
+    // The same read through the whole HTTP framework: GET /friends is answered from memory while
+    // no friend list changed, so the full path of an authenticated read is measured on /auth/me.
+    log("reads, full path: GET /api/v1/auth/me")
+    const readsFullPath = await run({
+      target,
+      concurrency: CONCURRENCY,
+      durationMs: SECONDS * 1000,
+      next: (w) => ({ method: "GET", path: "/api/v1/auth/me", headers: { authorization: `Bearer ${senders[w % SENDERS]}` } }),
+      serverPid: server.pid
+    })
+    log(readsFullPath)
+
     // --- sends ----------------------------------------------------------------
     const sendRun = async (durationMs: number, label: string, onSample?: () => void) => {
       const sentIds = new Map<string, { readonly agent: number; readonly startedAt: number }>()
@@ -311,6 +324,7 @@ async function main() {
     const measured = {
       floor: { ...floor, ofCeiling: ofCeiling(floor.rps) },
       reads: { ...reads, ofCeiling: ofCeiling(reads.rps) },
+      readsFullPath: { ...readsFullPath, ofCeiling: ofCeiling(readsFullPath.rps) },
       sends: { ...sends, ofCeiling: ofCeiling(sends.rps) },
       fanout,
       memory: { ...memory, peakRssMb: memoryPeak.peakMb }
