@@ -7,7 +7,7 @@
  * - ceiling: a bare node:http server answering a fixed JSON body;
  * - floor: GET /health through the registry (HTTP framework only: no key, no database);
  * - reads: authenticated GET /api/v1/friends (answered from memory while no friend list changed);
- * - readsFullPath: authenticated GET /api/v1/auth/me, through the whole HTTP framework;
+ * - readsFullPath: the same read with a query string never seen before, so through the whole framework;
  * - sends: friends with one agent each, 32 concurrent senders; send latency,
  *   end-to-end latency (send → signed callback at the agent), lost and duplicates;
  * - fanout: one group message to 1,000 members, time until every agent has it;
@@ -197,13 +197,19 @@ async function main() {
     log(reads)
 
     // The same read through the whole HTTP framework: GET /friends is answered from memory while
-    // no friend list changed, so the full path of an authenticated read is measured on /auth/me.
-    log("reads, full path: GET /api/v1/auth/me")
+    // no friend list changed, so here every request carries a query string never seen before
+    // (the API ignores parameters it does not know), and none can be replayed.
+    log("reads, full path: GET /api/v1/friends?n=<unique>")
+    let readNumber = 0
     const readsFullPath = await run({
       target,
       concurrency: CONCURRENCY,
       durationMs: SECONDS * 1000,
-      next: (w) => ({ method: "GET", path: "/api/v1/auth/me", headers: { authorization: `Bearer ${senders[w % SENDERS]}` } }),
+      next: (w) => ({
+        method: "GET",
+        path: `/api/v1/friends?n=${readNumber++}`,
+        headers: { authorization: `Bearer ${senders[w % SENDERS]}` }
+      }),
       serverPid: server.pid
     })
     log(readsFullPath)

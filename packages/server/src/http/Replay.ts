@@ -29,7 +29,12 @@ interface Entry {
   readonly body: Uint8Array
   readonly version: number
   readonly current: () => number | undefined
+  /** What the entry holds in memory, about: the body, the key's characters and the bookkeeping. */
+  readonly weight: number
 }
+
+/** Memory an entry takes beyond its body and key (the entry, the map's slot), about. */
+const ENTRY_OVERHEAD = 160
 
 /** Answers larger than this are not kept. */
 const MAX_ENTRY_BYTES = 256 * 1024
@@ -41,7 +46,7 @@ export class ReplayCache {
   /** Requests answered from memory so far. */
   served = 0
 
-  /** `capacity`: bytes of kept answers in all; the least recently used go first. */
+  /** `capacity`: bytes of kept answers in all, keys included; the least recently used go first. */
   constructor(readonly capacity: number = 16 * 1024 * 1024) {}
 
   /** Lets requests be replayed, checking keys with `authenticate`; until then none is. */
@@ -59,13 +64,20 @@ export class ReplayCache {
     return this.entries.size
   }
 
+  /** Bytes held, by the same count as `capacity`. */
+  get weight(): number {
+    return this.bytes
+  }
+
   keep(kid: string, url: string, body: Uint8Array, version: number, current: () => number | undefined): void {
-    if (body.byteLength > MAX_ENTRY_BYTES || body.byteLength > this.capacity) return
     const key = `${kid} ${url}`
+    // Keys count too: many small answers under distinct URLs must not outgrow the capacity.
+    const weight = body.byteLength + key.length * 2 + ENTRY_OVERHEAD
+    if (body.byteLength > MAX_ENTRY_BYTES || weight > this.capacity) return
     this.forget(key)
-    while (this.bytes + body.byteLength > this.capacity) this.forget(this.entries.keys().next().value!)
-    this.entries.set(key, { body, version, current })
-    this.bytes += body.byteLength
+    while (this.bytes + weight > this.capacity) this.forget(this.entries.keys().next().value!)
+    this.entries.set(key, { body, version, current, weight })
+    this.bytes += weight
   }
 
   /** Answers `request` from memory if it can (true), else leaves it untouched (false). */
@@ -100,7 +112,7 @@ export class ReplayCache {
     const entry = this.entries.get(key)
     if (entry === undefined) return
     this.entries.delete(key)
-    this.bytes -= entry.body.byteLength
+    this.bytes -= entry.weight
   }
 }
 

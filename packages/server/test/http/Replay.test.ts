@@ -127,3 +127,15 @@ describe.each(TestDatabase.backends)("answers replayed from memory ($name)", ({ 
       expectReplayed(server, before, 0)
     }))
 })
+
+describe("the replay cache's bound", () => {
+  it("counts keys as well as bodies: many tiny answers under distinct URLs stay within the capacity", () => {
+    const cache = new Replay.ReplayCache(64 * 1024)
+    const body = new TextEncoder().encode("[]")
+    for (let i = 0; i < 10_000; i++) cache.keep("kid", `/api/v1/friends?n=${i}`, body, 1, () => 1)
+    expect(cache.weight).toBeLessThanOrEqual(64 * 1024)
+    // Without keys and bookkeeping counted, all 10,000 (20 KB of bodies) would have been kept.
+    expect(cache.size).toBeLessThan(10_000)
+    expect(cache.size).toBeGreaterThan(100)
+  })
+})
