@@ -330,6 +330,8 @@ export interface MessagesService {
    * Writes the message and its deliveries in one transaction. A duplicate
    * idempotency key is `409 DUPLICATE` (the caller re-reads the first message).
    * When `leaseOwner` is given, the deliveries are inserted already leased to it.
+   * Concurrent calls may share one statement; each answers once its own rows
+   * are committed, with its own outcome.
    */
   readonly insert: (
     message: Message,
