@@ -7,7 +7,7 @@
  * - ceiling: a bare node:http server answering a fixed JSON body;
  * - floor: GET /health through the registry (HTTP framework only: no key, no database);
  * - reads: authenticated GET /api/v1/friends (answered from memory while no friend list changed);
- * - readsFullPath: the same read with a query string never seen before, so through the whole framework;
+ * - readsFullPath: the same read asking for a fresh answer (Cache-Control: no-cache): the whole framework;
  * - sends: friends with one agent each, 32 concurrent senders; send latency,
  *   end-to-end latency (send → signed callback at the agent), lost and duplicates;
  * - fanout: one group message to 1,000 members, time until every agent has it;
@@ -197,18 +197,16 @@ async function main() {
     log(reads)
 
     // The same read through the whole HTTP framework: GET /friends is answered from memory while
-    // no friend list changed, so here every request carries a query string never seen before
-    // (the API ignores parameters it does not know), and none can be replayed.
-    log("reads, full path: GET /api/v1/friends?n=<unique>")
-    let readNumber = 0
+    // no friend list changed, unless the client asks for a fresh answer (Cache-Control: no-cache).
+    log("reads, full path: GET /api/v1/friends with Cache-Control: no-cache")
     const readsFullPath = await run({
       target,
       concurrency: CONCURRENCY,
       durationMs: SECONDS * 1000,
       next: (w) => ({
         method: "GET",
-        path: `/api/v1/friends?n=${readNumber++}`,
-        headers: { authorization: `Bearer ${senders[w % SENDERS]}` }
+        path: "/api/v1/friends",
+        headers: { authorization: `Bearer ${senders[w % SENDERS]}`, "cache-control": "no-cache" }
       }),
       serverPid: server.pid
     })

@@ -8,7 +8,8 @@
  * write through the store). The node:http server made by `createServer` looks
  * at each request before the Effect server does, and answers it with those
  * bytes only when all of these hold:
- * - it is a `GET` with no body and a `Bearer` key;
+ * - it is a `GET` with no body and a `Bearer` key, and does not ask for a fresh
+ *   answer (`Cache-Control: no-cache` or `no-store`, `Pragma: no-cache`);
  * - the key is in the authenticator's cache with this very secret (a revoked
  *   key leaves that cache at once, so it is never replayed to);
  * - an answer is kept for this key id and this exact URL;
@@ -21,8 +22,8 @@
  */
 import * as http from "node:http"
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import type { Registry } from "@mahilo/core"
-import { Context, Effect, Layer, Schema } from "effect"
+import { ApiKey, type Registry } from "@mahilo/core"
+import { Context, Effect, Layer, Option, Schema } from "effect"
 import { CurrentPrincipal } from "../Api.js"
 
 interface Entry {
@@ -35,6 +36,9 @@ interface Entry {
 
 /** Memory an entry takes beyond its body and key (the entry, the map's slot), about. */
 const ENTRY_OVERHEAD = 160
+
+const noCache = (value: string | Array<string> | undefined): boolean =>
+  value !== undefined && /no-cache|no-store/i.test(Array.isArray(value) ? value.join(",") : value)
 
 /** Answers larger than this are not kept. */
 const MAX_ENTRY_BYTES = 256 * 1024
@@ -86,19 +90,24 @@ export class ReplayCache {
     const headers = request.headers
     const authorization = headers.authorization
     if (authorization === undefined || !authorization.startsWith("Bearer ")) return false
-    // A body, or a content type the full path would judge, takes the full path.
+    // A body, or a content type the full path would judge, takes the full path; so does a
+    // client asking for a fresh answer (RFC 9111 `no-cache`).
     if (headers["content-length"] !== undefined || headers["transfer-encoding"] !== undefined || headers["content-type"] !== undefined) {
       return false
     }
-    const principal = this.authenticate(authorization.slice(7))
-    if (principal === undefined) return false
-    const key = `${principal.kid} ${request.url}`
+    if (noCache(headers["cache-control"]) || noCache(headers.pragma)) return false
+    const raw = authorization.slice(7)
+    const parts = ApiKey.parse(raw.trim())
+    if (Option.isNone(parts)) return false
+    // Look the answer up first, so a miss costs no hashing of the key.
+    const key = `${parts.value.kid} ${request.url}`
     const entry = this.entries.get(key)
     if (entry === undefined) return false
     if (entry.current() !== entry.version) {
       this.forget(key)
       return false
     }
+    if (this.authenticate(raw)?.kid !== parts.value.kid) return false
     // Most recently used last.
     this.entries.delete(key)
     this.entries.set(key, entry)

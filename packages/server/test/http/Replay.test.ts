@@ -113,7 +113,7 @@ describe.each(TestDatabase.backends)("answers replayed from memory ($name)", ({ 
       }
     }))
 
-  it.scopedLive("a request the full path would judge differently is not replayed", () =>
+  it.scopedLive("a request the full path would judge differently, or asking for a fresh answer, is not replayed", () =>
     Effect.gen(function* () {
       const server = yield* TestServer.make({ database })
       const [alice] = yield* Fixtures.users(server, "alice")
@@ -124,6 +124,11 @@ describe.each(TestDatabase.backends)("answers replayed from memory ($name)", ({ 
       expect({ status: form.status, code: form.body.code }).toEqual({ status: 400, code: "INVALID_REQUEST" })
       const badParam = yield* get(server, "/api/v1/friends?status=nonsense", alice!.apiKey)
       expect({ status: badParam.status, code: badParam.body.code }).toEqual({ status: 400, code: "INVALID_REQUEST" })
+      // A client asking for a fresh answer gets one from the full path.
+      const fresh = yield* get(server, "/api/v1/friends", alice!.apiKey, { "cache-control": "no-cache" })
+      const pragma = yield* get(server, "/api/v1/friends", alice!.apiKey, { pragma: "no-cache" })
+      expect({ status: fresh.status, body: fresh.body }).toEqual({ status: 200, body: [] })
+      expect({ status: pragma.status, body: pragma.body }).toEqual({ status: 200, body: [] })
       expectReplayed(server, before, 0)
     }))
 })
