@@ -129,6 +129,8 @@ export const AgentsLive = HttpApiBuilder.group(MahiloApi, "agents", (handlers) =
         ))
   }))
 
+const friendListAnswer = Replay.replayable(FriendList)
+
 export const FriendsLive = HttpApiBuilder.group(MahiloApi, "friends", (handlers) =>
   Effect.gen(function* () {
     const registry = yield* Registry.Registry
@@ -153,8 +155,7 @@ export const FriendsLive = HttpApiBuilder.group(MahiloApi, "friends", (handlers)
         Effect.as(Effect.flatMap(CurrentPrincipal, (p) => registry.unfriend(p, path.id)), { success: true as const }))
       // The most polled read: kept for replay until a friend list may have changed.
       .handle("list", ({ urlParams }) =>
-        Replay.answer(
-          FriendList,
+        friendListAnswer(
           registry.friendListsVersion,
           Effect.map(
             Effect.flatMap(CurrentPrincipal, (p) => registry.listFriends(p, urlParams.status ?? "accepted")),

@@ -147,24 +147,32 @@ class ReplayingServer extends http.Server {
 const encoder = new TextEncoder()
 
 /**
- * A replayable handler's answer: `read` encoded with the endpoint's success
+ * A replayable endpoint's answers: `read` encoded with the endpoint's success
  * `schema` as the HTTP API would, kept for replay under the caller's key and
- * URL if `version` did not move while it was read.
+ * URL if `version` did not move while it was read. Made once per endpoint, so
+ * the encoder is built once.
  */
-export const answer = <A, I, E, R>(
-  schema: Schema.Schema<A, I, never>,
-  version: () => number | undefined,
-  read: Effect.Effect<A, E, R>
-): Effect.Effect<HttpServerResponse.HttpServerResponse, E, R | Replay | CurrentPrincipal | HttpServerRequest.HttpServerRequest> =>
-  Effect.gen(function* () {
-    const before = version()
-    const value = yield* read
-    const body = encoder.encode(JSON.stringify(yield* Effect.orDie(Schema.encode(schema)(value))))
-    if (before !== undefined && version() === before) {
-      const replay = yield* Replay
-      const principal = yield* CurrentPrincipal
-      const request = yield* HttpServerRequest.HttpServerRequest
-      replay.keep(principal.kid, request.url, body, before, version)
-    }
-    return HttpServerResponse.uint8Array(body, { contentType: "application/json" })
-  })
+export const replayable = <A, I>(schema: Schema.Schema<A, I, never>) => {
+  const encode = Schema.encodeSync(schema)
+  return <E, R>(
+    version: () => number | undefined,
+    read: Effect.Effect<A, E, R>
+  ): Effect.Effect<HttpServerResponse.HttpServerResponse, E, R | Replay | CurrentPrincipal | HttpServerRequest.HttpServerRequest> =>
+    Effect.gen(function* () {
+      const before = version()
+      const value = yield* read
+      // The value comes from our own handler: a shape the schema refuses is a bug (a defect).
+      const body = encoder.encode(JSON.stringify(encode(value)))
+      if (before !== undefined && version() === before) {
+        const context = yield* Effect.context<Replay | CurrentPrincipal | HttpServerRequest.HttpServerRequest>()
+        Context.get(context, Replay).keep(
+          Context.get(context, CurrentPrincipal).kid,
+          Context.get(context, HttpServerRequest.HttpServerRequest).url,
+          body,
+          before,
+          version
+        )
+      }
+      return HttpServerResponse.uint8Array(body, { contentType: "application/json" })
+    })
+}
