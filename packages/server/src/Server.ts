@@ -152,7 +152,11 @@ const ApiLive = Layer.unwrapEffect(
     ))
 )
 
-/** Everything but the listening socket: registry, engine, event bus, API. */
+/**
+ * Everything but the listening socket: registry, engine, event bus, API. It
+ * needs the `Replay` cache that `listen` answers from (provide
+ * `Replay.Replay.layer` under both, as `layer` and the test server do).
+ */
 export const app = (options: ServerOptions = {}) =>
   Layer.unwrapEffect(
     Effect.map(ServerConfig, (config) => {
