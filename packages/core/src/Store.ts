@@ -375,6 +375,12 @@ export interface OutboxService {
     userId: string,
     query: { readonly since: Date | undefined; readonly limit: number; readonly messageIds?: ReadonlyArray<string> | undefined }
   ) => Effect.Effect<ReadonlyArray<ClaimedDelivery>, SqlError>
+  /**
+   * Moves whenever the user's inbox may have changed (a message for them
+   * written, an acknowledgement); `undefined` when this store cannot tell,
+   * because other processes may write.
+   */
+  readonly inboxVersion: (userId: string) => number | undefined
   /** Marks the user's pending inbox deliveries of these messages delivered. */
   readonly acknowledge: (userId: string, messageIds: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Rollup>, SqlError>
 }

@@ -230,4 +230,33 @@ describe("ReadCache", () => {
       expect(yield* Fiber.join(fiber)).toBe(1)
       expect(yield* read).toBe(2)
     }).pipe(Effect.provide(pglite)), { timeout: 60_000 })
+
+  it.effect("per-key versions move only for the keys bumped; past capacity every key moves at once", () =>
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      const versions = yield* ReadCache.keyedVersions(sql, "test-keyed", 2)
+      const a0 = versions.version("a")
+      const b0 = versions.version("b")
+      versions.bump(["a"])
+      expect(versions.version("a")).not.toBe(a0)
+      expect(versions.version("b")).toBe(b0)
+      const a1 = versions.version("a")
+      versions.bump(["b"])
+      expect(versions.version("a")).toBe(a1)
+      const b1 = versions.version("b")
+      // A third key does not fit: all are forgotten, and every version moves, bumped or not.
+      const z0 = versions.version("z")
+      versions.bump(["c"])
+      expect(versions.version("a")).not.toBe(a1)
+      expect(versions.version("b")).not.toBe(b1)
+      expect(versions.version("z")).not.toBe(z0)
+    }).pipe(Effect.provide(pglite)))
+
+  it.effect("per-key versions are unknown when the SqlClient is not the sole writer", () =>
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      const versions = yield* ReadCache.keyedVersions(sql, "test-keyed-off")
+      versions.bump(["a"])
+      expect(versions.version("a")).toBeUndefined()
+    }).pipe(Effect.provideService(ReadCache.SoleWriter, false), Effect.provide(pglite)))
 })

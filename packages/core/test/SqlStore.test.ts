@@ -218,6 +218,38 @@ for (const backend of TestDatabase.backends) {
           expect([...rows].sort((a, b) => a.id.localeCompare(b.id))).toEqual(expected.sort((a, b) => a.id.localeCompare(b.id)))
         }))
 
+      it.effect("a user's inbox version moves when a message for them is written, alone or in a batch, or acknowledged", () =>
+        Effect.gen(function* () {
+          const { alice, bob } = yield* twoUsers
+          const messages = yield* Store.Messages
+          const outbox = yield* Store.Outbox
+          const inboxFor = (userId: string): Store.NewDelivery => ({ ...delivery(userId), targetKind: "inbox" })
+          const sole = backend.name === "pglite"
+          const bobAt = outbox.inboxVersion(bob.id)
+          const aliceAt = outbox.inboxVersion(alice.id)
+          expect(bobAt === undefined).toBe(!sole)
+          if (!sole) return
+
+          const alone = message({ senderId: alice.id, recipientId: bob.id })
+          yield* messages.insert(alone, [inboxFor(bob.id)], Option.none())
+          const afterAlone = outbox.inboxVersion(bob.id)
+          expect(afterAlone).not.toBe(bobAt)
+          expect(outbox.inboxVersion(alice.id)).toBe(aliceAt)
+
+          // Together (one statement): bob's version moves; a webhook delivery to alice moves nothing.
+          yield* Effect.all([
+            messages.insert(message({ senderId: alice.id, recipientId: bob.id }), [inboxFor(bob.id)], Option.none()),
+            messages.insert(message({ senderId: bob.id, recipientId: alice.id }), [delivery(alice.id)], Option.none())
+          ], { concurrency: "unbounded" })
+          const afterBatch = outbox.inboxVersion(bob.id)
+          expect(afterBatch).not.toBe(afterAlone)
+          expect(outbox.inboxVersion(alice.id)).toBe(aliceAt)
+
+          yield* outbox.acknowledge(bob.id, [alone.id])
+          expect(outbox.inboxVersion(bob.id)).not.toBe(afterBatch)
+          expect(outbox.inboxVersion(alice.id)).toBe(aliceAt)
+        }))
+
       it.effect("claims lease due rows to one owner; a live lease is skipped, an expired one is taken over", () =>
         Effect.gen(function* () {
           const { alice, bob } = yield* twoUsers

@@ -379,6 +379,24 @@ const HistoryEntry = Schema.Struct({
   delivered_at: Schema.NullOr(Timestamp)
 })
 
+/** `GET /messages/inbox`: messages waiting for the caller's polling connections, oldest first. */
+export const Inbox = Schema.Array(Schema.Struct({
+  message_id: Schema.String,
+  delivery_id: Schema.String,
+  recipient_connection_id: Schema.NullOr(Schema.String),
+  correlation_id: Schema.optional(Schema.String),
+  sender: Schema.String,
+  sender_agent: Schema.NullOr(Schema.String),
+  message: Schema.String,
+  payload_type: Schema.String,
+  encryption: Schema.optional(Schema.Unknown),
+  sender_signature: Schema.optional(Schema.Unknown),
+  context: Schema.optional(Schema.String),
+  group_id: Schema.optional(Schema.String),
+  group_name: Schema.optional(Schema.String),
+  timestamp: Timestamp
+}))
+
 export class MessagesGroup extends HttpApiGroup.make("messages")
   .add(
     HttpApiEndpoint.post("send", "/messages/send")
@@ -425,22 +443,7 @@ export class MessagesGroup extends HttpApiGroup.make("messages")
   .add(
     HttpApiEndpoint.get("inbox", "/messages/inbox")
       .setUrlParams(Schema.Struct({ since: Schema.optional(Schema.String), limit: Schema.optional(Schema.String) }))
-      .addSuccess(Schema.Array(Schema.Struct({
-        message_id: Schema.String,
-        delivery_id: Schema.String,
-        recipient_connection_id: Schema.NullOr(Schema.String),
-        correlation_id: Schema.optional(Schema.String),
-        sender: Schema.String,
-        sender_agent: Schema.NullOr(Schema.String),
-        message: Schema.String,
-        payload_type: Schema.String,
-        encryption: Schema.optional(Schema.Unknown),
-        sender_signature: Schema.optional(Schema.Unknown),
-        context: Schema.optional(Schema.String),
-        group_id: Schema.optional(Schema.String),
-        group_name: Schema.optional(Schema.String),
-        timestamp: Timestamp
-      })))
+      .addSuccess(Inbox)
       .addError(InvalidRequest)
       .annotate(OpenApi.Description, "Beside the contract: messages waiting for polling connections, oldest first.")
   )

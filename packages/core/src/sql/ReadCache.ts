@@ -113,3 +113,55 @@ const make = (capacity: number): ReadCache => {
     version: () => generation
   }
 }
+
+/**
+ * Versions kept per key (a user's inbox, say), for a store that is its
+ * database's only writer: `version(key)` moves whenever `bump` has named the
+ * key since, so an answer derived from reads at one version is still true while
+ * it reads the same. `version` is `undefined` when writes by others would go
+ * unseen (not the sole writer).
+ */
+export interface KeyedVersions {
+  readonly version: (key: string) => number | undefined
+  /** Call once the write has run (committed or not: a needless bump only costs a re-read). */
+  readonly bump: (keys: Iterable<string>) => void
+}
+
+const keyedPassThrough: KeyedVersions = { version: () => undefined, bump: () => {} }
+
+const keyed = new WeakMap<SqlClient.SqlClient, Map<string, KeyedVersions>>()
+
+/**
+ * The per-key versions named `name` over `sql`. At most `capacity` keys are
+ * remembered; past that all are forgotten at once, which moves every key's
+ * version (so nothing read before can be taken as current).
+ */
+export const keyedVersions = (sql: SqlClient.SqlClient, name: string, capacity = 100_000): Effect.Effect<KeyedVersions> =>
+  Effect.map(SoleWriter, (sole) => {
+    if (!sole) return keyedPassThrough
+    let named = keyed.get(sql)
+    if (named === undefined) {
+      named = new Map()
+      keyed.set(sql, named)
+    }
+    const existing = named.get(name)
+    if (existing !== undefined) return existing
+    let counter = 0
+    // Every key not in `bumped` is at `floor`, which moves when the map is emptied.
+    let floor = 0
+    const bumped = new Map<string, number>()
+    const versions: KeyedVersions = {
+      version: (key) => bumped.get(key) ?? floor,
+      bump: (keys) => {
+        for (const key of keys) {
+          if (bumped.size >= capacity && !bumped.has(key)) {
+            bumped.clear()
+            floor = ++counter
+          }
+          bumped.set(key, ++counter)
+        }
+      }
+    }
+    named.set(name, versions)
+    return versions
+  })

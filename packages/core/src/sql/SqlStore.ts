@@ -407,8 +407,13 @@ const deliveryRows = ({ message: m, deliveries, lease }: NewMessage) => {
   }))
 }
 
+/** Whose inboxes a message's deliveries change. */
+const inboxesOf = (item: NewMessage): Array<string> =>
+  item.deliveries.flatMap((d) => (d.targetKind === "inbox" && d.recipientUserId !== null ? [d.recipientUserId] : []))
+
 export const makeMessages = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
+  const inboxes = yield* ReadCache.keyedVersions(sql, "inboxes")
 
   /** One message and its deliveries, in one statement (or a transaction, for a big fan-out). */
   const insertOne = (item: NewMessage): Effect.Effect<void, SqlError | Errors.Conflict> => {
@@ -437,7 +442,10 @@ export const makeMessages = Effect.gen(function* () {
       : rows.length <= DELIVERY_BATCH
       ? sql`WITH message AS (${insertMessage} RETURNING id) INSERT INTO deliveries ${sql.insert(rows)}`
       : sql.withTransaction(Effect.zipRight(insertMessage, insertDeliveries))
-    return Effect.asVoid(write).pipe(unique)
+    return Effect.asVoid(write).pipe(
+      unique,
+      Effect.ensuring(Effect.sync(() => inboxes.bump(inboxesOf(item))))
+    )
   }
 
   /**
@@ -487,7 +495,10 @@ export const makeMessages = Effect.gen(function* () {
         ${dcol("is_primary")}::bool[], ${dcol("status")}::text[], ${dcol("next_attempt_at")}::timestamptz[],
         ${dcol("lease_owner")}::text[], ${dcol("lease_until")}::timestamptz[], ${dcol("created_at")}::timestamptz[])`
     return Effect.catchAll(
-      Effect.as(write, items.map(() => Exit.void)),
+      Effect.map(write, () => {
+        inboxes.bump(items.flatMap(inboxesOf))
+        return items.map(() => Exit.void)
+      }),
       () => Effect.forEach(items, (item) => Effect.exit(insertOne(item)))
     )
   }
@@ -569,6 +580,7 @@ interface FinishedRow {
 
 export const makeOutbox = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
+  const inboxes = yield* ReadCache.keyedVersions(sql, "inboxes")
 
   const attach = (deliveryRows: ReadonlyArray<any>) =>
     Effect.gen(function* () {
@@ -765,8 +777,9 @@ export const makeOutbox = Effect.gen(function* () {
         attach
       )
     },
+    inboxVersion: inboxes.version,
     acknowledge: (userId, messageIds) =>
-      messageIds.length === 0 ? Effect.succeed([]) : sql.withTransaction(
+      messageIds.length === 0 ? Effect.succeed([]) : Effect.ensuring(sql.withTransaction(
         Effect.gen(function* () {
           const rows = yield* sql<FinishedRow>`
             UPDATE deliveries d SET status = 'delivered', attempts = d.attempts + 1, delivered_at = now(),
@@ -777,7 +790,7 @@ export const makeOutbox = Effect.gen(function* () {
             RETURNING d.id, d.message_id, d.status, d.recipient_user_id, m.sender_id`
           return yield* rollup(rows)
         })
-      )
+      ), Effect.sync(() => inboxes.bump([userId])))
   })
 })
 

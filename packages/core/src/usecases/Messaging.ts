@@ -537,6 +537,9 @@ export const make = Effect.gen(function* () {
           .slice(0, limit)
       }),
 
+    /** Moves whenever the caller's inbox may have changed; `undefined` when this process cannot tell. */
+    inboxVersion: (principal: Principal): number | undefined => outbox.inboxVersion(principal.userId),
+
     /** Pending messages waiting in a polling agent's inbox, oldest first (only of `messageIds` when given). */
     inbox: (
       principal: Principal,

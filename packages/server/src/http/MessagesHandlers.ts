@@ -2,10 +2,11 @@
 import { HttpApiBuilder } from "@effect/platform"
 import { Errors, Registry, type Store } from "@mahilo/core"
 import { Effect, Option } from "effect"
-import { CurrentPrincipal, MahiloApi, SendRejected } from "../Api.js"
+import { CurrentPrincipal, Inbox, MahiloApi, SendRejected } from "../Api.js"
 import { ServerConfig } from "../Config.js"
 import { DeliveryEngine } from "../delivery/DeliveryEngine.js"
 import { callbackBody } from "../delivery/CallbackBody.js"
+import * as Replay from "./Replay.js"
 import * as Wire from "./Wire.js"
 
 type Status = "delivered" | "pending" | "failed"
@@ -38,6 +39,8 @@ const rejected = (message: Store.Message) =>
 /** A member's status from their deliveries' statuses. */
 const memberStatus = (statuses: ReadonlyArray<Status>): Status =>
   statuses.includes("delivered") ? "delivered" : statuses.includes("pending") ? "pending" : "failed"
+
+const inboxAnswer = Replay.replayable(Inbox)
 
 export const MessagesLive = HttpApiBuilder.group(MahiloApi, "messages", (handlers) =>
   Effect.gen(function* () {
@@ -127,15 +130,20 @@ export const MessagesLive = HttpApiBuilder.group(MahiloApi, "messages", (handler
             }))
           }
         }))
+      // Polling agents ask again and again: kept for replay until their inbox may have changed.
       .handle("inbox", ({ urlParams }) =>
         Effect.gen(function* () {
           const since = yield* time("since", urlParams.since)
           const limit = yield* limitOf(urlParams.limit)
-          const waiting = yield* registry.inbox(yield* CurrentPrincipal, { since, limit })
-          return waiting.map((c) => ({
-            ...callbackBody(c.message, c.delivery, { includeDeliveryId: false }),
-            delivery_id: c.delivery.id
-          }))
+          const principal = yield* CurrentPrincipal
+          return yield* inboxAnswer(
+            () => registry.inboxVersion(principal),
+            Effect.map(registry.inbox(principal, { since, limit }), (waiting) =>
+              waiting.map((c) => ({
+                ...callbackBody(c.message, c.delivery, { includeDeliveryId: false }),
+                delivery_id: c.delivery.id
+              })))
+          )
         }))
       .handle("ack", ({ payload }) =>
         Effect.map(

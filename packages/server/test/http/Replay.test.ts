@@ -113,6 +113,45 @@ describe.each(TestDatabase.backends)("answers replayed from memory ($name)", ({ 
       }
     }))
 
+  it.scopedLive("a polling inbox is replayed until a message for that user arrives or is acknowledged", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice, bob, carol] = yield* Fixtures.users(server, "alice", "bob", "carol")
+      yield* Fixtures.befriend(alice!, bob!)
+      yield* Fixtures.befriend(alice!, carol!)
+      yield* Fixtures.pollingConnection(bob!, "poller")
+      yield* Fixtures.pollingConnection(carol!, "poller")
+      const inbox = (who: Fixtures.User) => get(server, "/api/v1/messages/inbox", who.apiKey)
+
+      const empty = yield* inbox(bob!)
+      expect({ status: empty.status, body: empty.body }).toEqual({ status: 200, body: [] })
+      let before = replayOf(server).served
+      expect(yield* inbox(bob!)).toEqual(empty)
+      expectReplayed(server, before, 1)
+
+      // A message for bob is in his next answer, whether it was written alone or with others.
+      const [first] = yield* Effect.all([
+        alice!.api.messages.send({ payload: { recipient: "bob", message: "one" } }),
+        alice!.api.messages.send({ payload: { recipient: "carol", message: "for carol" } })
+      ], { concurrency: "unbounded" })
+      const one = yield* inbox(bob!)
+      expect(one.body.map((m: any) => [m.message_id, m.message])).toEqual([[first!.message_id, "one"]])
+      before = replayOf(server).served
+      expect(yield* inbox(bob!)).toEqual(one)
+      expectReplayed(server, before, 1)
+
+      // Carol's inbox changing leaves bob's answer standing.
+      yield* alice!.api.messages.send({ payload: { recipient: "carol", message: "again for carol" } })
+      before = replayOf(server).served
+      expect(yield* inbox(bob!)).toEqual(one)
+      expectReplayed(server, before, 1)
+      expect((yield* inbox(carol!)).body.map((m: any) => m.message)).toEqual(["for carol", "again for carol"])
+
+      // Acknowledged: gone from the next answer.
+      yield* bob!.api.messages.ack({ payload: { message_ids: [first!.message_id] } })
+      expect((yield* inbox(bob!)).body).toEqual([])
+    }))
+
   it.scopedLive("a request the full path would judge differently, or asking for a fresh answer, is not replayed", () =>
     Effect.gen(function* () {
       const server = yield* TestServer.make({ database })
