@@ -289,6 +289,12 @@ export interface NewDelivery {
 }
 
 /** A claimed delivery with what an attempt needs. */
+/** A message waiting in a polling user's inbox. */
+export interface InboxEntry {
+  readonly delivery: Delivery
+  readonly message: Message
+}
+
 export interface ClaimedDelivery {
   readonly delivery: Delivery
   readonly message: Message
@@ -370,11 +376,11 @@ export interface OutboxService {
   readonly postpone: (owner: string, deliveryId: string, until: Date) => Effect.Effect<void, SqlError>
   /** Gives back this node's leases (shutdown): the rows become due again at once. */
   readonly release: (owner: string, ids?: ReadonlyArray<string>) => Effect.Effect<number, SqlError>
-  /** Pending inbox deliveries of a polling user, oldest first; only of `messageIds` when given. */
+  /** Pending inbox deliveries of a polling user with their messages, oldest first; only of `messageIds` when given. */
   readonly inbox: (
     userId: string,
     query: { readonly since: Date | undefined; readonly limit: number; readonly messageIds?: ReadonlyArray<string> | undefined }
-  ) => Effect.Effect<ReadonlyArray<ClaimedDelivery>, SqlError>
+  ) => Effect.Effect<ReadonlyArray<InboxEntry>, SqlError>
   /**
    * Moves whenever the user's inbox may have changed (a message for them
    * written, an acknowledgement); `undefined` when this store cannot tell,

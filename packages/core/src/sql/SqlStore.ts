@@ -769,12 +769,18 @@ export const makeOutbox = Effect.gen(function* () {
       ),
     inbox: (userId, q) => {
       if (q.messageIds !== undefined && q.messageIds.length === 0) return Effect.succeed([])
-      const conditions = [sql`recipient_user_id = ${userId}`, sql`target_kind = 'inbox'`, sql`status = 'pending'`]
-      if (q.since !== undefined) conditions.push(sql`created_at > ${q.since}`)
-      if (q.messageIds !== undefined) conditions.push(sql`message_id IN ${sql.in(q.messageIds)}`)
-      return Effect.flatMap(
-        sql`SELECT * FROM deliveries WHERE ${sql.and(conditions)} ORDER BY created_at, id LIMIT ${q.limit}`,
-        attach
+      const conditions = [sql`d.recipient_user_id = ${userId}`, sql`d.target_kind = 'inbox'`, sql`d.status = 'pending'`]
+      if (q.since !== undefined) conditions.push(sql`d.created_at > ${q.since}`)
+      if (q.messageIds !== undefined) conditions.push(sql`d.message_id IN ${sql.in(q.messageIds)}`)
+      // One statement: the deliveries with their messages (the inbox needs no connection rows).
+      return Effect.map(
+        sql`
+          SELECT m.*, ${sql.literal(deliveryColumnsSql)}
+          FROM deliveries d JOIN messages m ON m.id = d.message_id
+          WHERE ${sql.and(conditions)}
+          ORDER BY d.created_at, d.id
+          LIMIT ${q.limit}`,
+        (rows) => rows.map((r: any) => ({ delivery: Rows.delivery(r, "d_"), message: Rows.message(r) }))
       )
     },
     inboxVersion: inboxes.version,

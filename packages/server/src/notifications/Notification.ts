@@ -89,7 +89,7 @@ export const fromEvent = (event: RegistryEvent, now: Date = new Date()): Readonl
  */
 export const pushed = (
   base: Notification,
-  waiting: ReadonlyArray<Store.ClaimedDelivery>
+  waiting: ReadonlyArray<Store.InboxEntry>
 ): Notification => {
   const first = waiting[0]!
   return {
