@@ -2,10 +2,11 @@
  * Authenticated GET answers replayed from memory while what they were read
  * from is unchanged.
  *
- * A replayable endpoint's handler (`answer`) encodes its answer once and keeps
- * the bytes under the caller's key id and the request URL, with the version of
- * the data they were read from (a `ReadCache` version: it moves with every
- * write through the store). The node:http server made by `createServer` looks
+ * A replayable endpoint's handler (made by `replayable`) encodes its answer
+ * once and keeps the bytes under the caller's key id and the request URL, with
+ * the version of the data they were read from (a version the store moves with
+ * every write that may change that data: all friend lists, or one user's
+ * inbox). The node:http server made by `createServer` looks
  * at each request before the Effect server does, and answers it with those
  * bytes only when all of these hold:
  * - it is a `GET` with no body and a `Bearer` key, and does not ask for a fresh
