@@ -48,25 +48,28 @@ const passThrough: ReadCache = {
 // One cache per database client and name, however many store instances share the client.
 const caches = new WeakMap<SqlClient.SqlClient, Map<string, ReadCache>>()
 
+/** The instance named `name` over `sql` in `registry`, made on first use. */
+const instance = <T>(registry: WeakMap<SqlClient.SqlClient, Map<string, T>>, sql: SqlClient.SqlClient, name: string, make: () => T): T => {
+  let named = registry.get(sql)
+  if (named === undefined) {
+    named = new Map()
+    registry.set(sql, named)
+  }
+  let found = named.get(name)
+  if (found === undefined) {
+    found = make()
+    named.set(name, found)
+  }
+  return found
+}
+
 /**
  * The cache named `name` over `sql`, holding results of up to `capacity` rows
  * in all (a list counts its length, anything else one); the oldest results go
  * first when it is full. A pass-through unless `SoleWriter` is provided as true.
  */
 export const of = (sql: SqlClient.SqlClient, name: string, capacity = 100_000): Effect.Effect<ReadCache> =>
-  Effect.map(SoleWriter, (sole) => {
-    if (!sole) return passThrough
-    let named = caches.get(sql)
-    if (named === undefined) {
-      named = new Map()
-      caches.set(sql, named)
-    }
-    const existing = named.get(name)
-    if (existing !== undefined) return existing
-    const cache = make(capacity)
-    named.set(name, cache)
-    return cache
-  })
+  Effect.map(SoleWriter, (sole) => (sole ? instance(caches, sql, name, () => make(capacity)) : passThrough))
 
 const weigh = (value: unknown): number => (Array.isArray(value) ? Math.max(1, value.length) : 1)
 
@@ -137,31 +140,23 @@ const keyed = new WeakMap<SqlClient.SqlClient, Map<string, KeyedVersions>>()
  * version (so nothing read before can be taken as current).
  */
 export const keyedVersions = (sql: SqlClient.SqlClient, name: string, capacity = 100_000): Effect.Effect<KeyedVersions> =>
-  Effect.map(SoleWriter, (sole) => {
-    if (!sole) return keyedPassThrough
-    let named = keyed.get(sql)
-    if (named === undefined) {
-      named = new Map()
-      keyed.set(sql, named)
-    }
-    const existing = named.get(name)
-    if (existing !== undefined) return existing
-    let counter = 0
-    // Every key not in `bumped` is at `floor`, which moves when the map is emptied.
-    let floor = 0
-    const bumped = new Map<string, number>()
-    const versions: KeyedVersions = {
-      version: (key) => bumped.get(key) ?? floor,
-      bump: (keys) => {
-        for (const key of keys) {
-          if (bumped.size >= capacity && !bumped.has(key)) {
-            bumped.clear()
-            floor = ++counter
-          }
-          bumped.set(key, ++counter)
+  Effect.map(SoleWriter, (sole) => (sole ? instance(keyed, sql, name, () => makeKeyed(capacity)) : keyedPassThrough))
+
+const makeKeyed = (capacity: number): KeyedVersions => {
+  let counter = 0
+  // Every key not in `bumped` is at `floor`, which moves when the map is emptied.
+  let floor = 0
+  const bumped = new Map<string, number>()
+  return {
+    version: (key) => bumped.get(key) ?? floor,
+    bump: (keys) => {
+      for (const key of keys) {
+        if (bumped.size >= capacity && !bumped.has(key)) {
+          bumped.clear()
+          floor = ++counter
         }
+        bumped.set(key, ++counter)
       }
     }
-    named.set(name, versions)
-    return versions
-  })
+  }
+}
