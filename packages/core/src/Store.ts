@@ -73,6 +73,12 @@ export interface AgentConnection extends Routing.Connection {
   readonly updatedAt: Date
 }
 
+/** What a send needs to know of its two parties: whether they are friends, and their active connections. */
+export interface Parties {
+  readonly friends: boolean
+  readonly active: ReadonlyArray<AgentConnection>
+}
+
 export interface ConnectionsService {
   readonly listByUser: (userId: string) => Effect.Effect<ReadonlyArray<AgentConnection>, SqlError>
   /** Active connections of many users at once (group fan-out). */
@@ -86,7 +92,7 @@ export interface ConnectionsService {
     a: string,
     b: string,
     userIds: ReadonlyArray<string>
-  ) => Effect.Effect<{ readonly friends: boolean; readonly active: ReadonlyArray<AgentConnection> }, SqlError>
+  ) => Effect.Effect<Parties, SqlError>
   readonly find: (id: string) => Effect.Effect<Option.Option<AgentConnection>, SqlError>
   readonly findByIdentity: (
     userId: string,

@@ -250,6 +250,56 @@ for (const backend of TestDatabase.backends) {
           expect(outbox.inboxVersion(alice.id)).toBe(aliceAt)
         }))
 
+      it.effect("sends' party reads made at once answer each its own pair and users, as one at a time does", () =>
+        Effect.gen(function* () {
+          const users = yield* Store.Users
+          const friendships = yield* Store.Friendships
+          const connections = yield* Store.Connections
+          const make = (username: string) =>
+            users.create({ id: Ids.make("usr"), username, displayName: null, instance: null }, { kid: Ids.make("key"), hash: "h" })
+          const [a, b, c, d] = [yield* make("pa"), yield* make("pb"), yield* make("pc"), yield* make("pd")]
+          const befriend = (x: string, y: string, status: "accepted" | "pending") =>
+            Effect.gen(function* () {
+              const id = Ids.make("fr")
+              yield* friendships.apply(Graph.FriendshipChange.Insert({ requesterId: x, addresseeId: y, status: "pending" }), id)
+              if (status === "accepted") yield* friendships.apply(Graph.FriendshipChange.Update({ id, status, blockedBy: null }), id)
+            })
+          yield* befriend(a.id, b.id, "accepted")
+          yield* befriend(c.id, a.id, "pending")
+          yield* befriend(b.id, c.id, "accepted")
+          const connect = (userId: string, label: string, status: "active" | "inactive" = "active") =>
+            connections.insert({
+              id: Ids.make("conn"), userId, framework: "test", label, description: null, capabilities: [], routingPriority: 0,
+              mode: "webhook", callbackUrl: "https://agent.example/cb", callbackSecret: "s".repeat(32), publicKey: null,
+              publicKeyAlg: null, status
+            })
+          yield* connect(a.id, "a1")
+          yield* connect(b.id, "b1")
+          yield* connect(b.id, "b2")
+          yield* connect(b.id, "b-off", "inactive")
+          yield* connect(c.id, "c1")
+          const queries: Array<[string, string, Array<string>]> = [
+            [a.id, b.id, [a.id, b.id]],
+            [a.id, c.id, [a.id, c.id]],
+            [b.id, a.id, [b.id]],
+            [c.id, b.id, [c.id, b.id]],
+            [a.id, d.id, [a.id, d.id]],
+            [d.id, c.id, [d.id]]
+          ]
+          const shape = (r: Store.Parties) => ({ friends: r.friends, labels: r.active.map((x) => x.label).sort() })
+          const together = yield* Effect.all(queries.map(([x, y, ids]) => connections.friendshipAndActive(x, y, ids)), { concurrency: "unbounded" })
+          const alone = yield* Effect.forEach(queries, ([x, y, ids]) => connections.friendshipAndActive(x, y, ids))
+          expect(together.map(shape)).toEqual(alone.map(shape))
+          expect(together.map(shape)).toEqual([
+            { friends: true, labels: ["a1", "b1", "b2"] },
+            { friends: false, labels: ["a1", "c1"] },
+            { friends: true, labels: ["b1", "b2"] },
+            { friends: true, labels: ["b1", "b2", "c1"] },
+            { friends: false, labels: ["a1"] },
+            { friends: false, labels: [] }
+          ])
+        }))
+
       it.effect("claims lease due rows to one owner; a live lease is skipped, an expired one is taken over", () =>
         Effect.gen(function* () {
           const { alice, bob } = yield* twoUsers

@@ -87,6 +87,12 @@ const pairKey = (a: string, b: string) => (a < b ? `pair ${a} ${b}` : `pair ${b}
 const areFriends = (sql: SqlClient.SqlClient, cache: ReadCache.ReadCache, a: string, b: string) =>
   cache.read(pairKey(a, b), Effect.map(sql`SELECT 1 FROM friendships WHERE ${acceptedPair(sql, a, b)}`, (rows) => rows.length > 0))
 
+interface PartiesQuery {
+  readonly a: string
+  readonly b: string
+  readonly userIds: ReadonlyArray<string>
+}
+
 export const makeConnections = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
   // Every send reads both parties' active connections; they change far less often.
@@ -104,26 +110,71 @@ export const makeConnections = Effect.gen(function* () {
           map
         )
       )
+  /** A send's friendship check and both parties' active connections, in one statement. */
+  const readOne = ({ a, b, userIds }: PartiesQuery) =>
+    Effect.map(
+      sql`
+        SELECT f.friends, c.*
+        FROM (SELECT EXISTS (SELECT 1 FROM friendships WHERE ${acceptedPair(sql, a, b)}) AS friends) f
+        LEFT JOIN agent_connections c ON c.user_id IN ${sql.in(userIds)} AND c.status = 'active'
+        ORDER BY c.created_at, c.id`,
+      (rows): Store.Parties => ({
+        friends: rows[0]?.friends === true,
+        active: rows.filter((r: any) => r.id !== null).map(Rows.connection)
+      })
+    )
+  /**
+   * Concurrent sends' reads in one statement, one round trip for all: each
+   * query's number `i` ties its pair and its users to its rows.
+   */
+  const readMany = (queries: ReadonlyArray<PartiesQuery>) => {
+    if (queries.length === 1) return Effect.map(Effect.exit(readOne(queries[0]!)), (exit) => [exit])
+    const users = queries.flatMap((q, i) => q.userIds.map((userId) => ({ i, userId })))
+    return Effect.map(
+      sql`
+        WITH q AS (
+          SELECT * FROM unnest(${queries.map((_, i) => i)}::int[], ${queries.map((q) => q.a)}::text[], ${queries.map((q) => q.b)}::text[])
+            AS q(i, a, b)
+        ), u AS (
+          SELECT * FROM unnest(${users.map((u) => u.i)}::int[], ${users.map((u) => u.userId)}::text[]) AS u(i, user_id)
+        )
+        SELECT q.i AS q_i,
+          EXISTS (
+            SELECT 1 FROM friendships
+            WHERE LEAST(requester_id, addressee_id) = LEAST(q.a, q.b)
+              AND GREATEST(requester_id, addressee_id) = GREATEST(q.a, q.b)
+              AND status = 'accepted'
+          ) AS friends,
+          c.*
+        FROM q
+        LEFT JOIN u ON u.i = q.i
+        LEFT JOIN agent_connections c ON c.user_id = u.user_id AND c.status = 'active'
+        ORDER BY q.i, c.created_at, c.id`,
+      (rows) => {
+        const answers = queries.map((): { friends: boolean; active: Array<Store.AgentConnection> } => ({ friends: false, active: [] }))
+        for (const r of rows as ReadonlyArray<any>) {
+          const answer = answers[r.q_i]!
+          answer.friends = r.friends === true
+          if (r.id !== null) answer.active.push(Rows.connection(r))
+        }
+        return answers.map((answer) => Exit.succeed<Store.Parties>(answer))
+      }
+    )
+  }
+  const batchedRead = yield* Batcher.make(readMany, 64)
+
   return Store.Connections.of({
     listByUser: (userId) =>
       Effect.map(sql`SELECT * FROM agent_connections WHERE user_id = ${userId} ORDER BY created_at, id`, map),
     listActiveByUsers,
     friendshipAndActive: (a, b, userIds) =>
       // Kept in memory (both caches follow the same SoleWriter): both from there. Otherwise one
-      // statement instead of two round trips.
+      // statement instead of two round trips, shared by the sends that read at the same time
+      // (a read inside a transaction must be the transaction's own).
       cache.enabled || userIds.length === 0
         ? Effect.zipWith(areFriends(sql, friendships, a, b), listActiveByUsers(userIds), (friends, active) => ({ friends, active }))
-        : Effect.map(
-          sql`
-            SELECT f.friends, c.*
-            FROM (SELECT EXISTS (SELECT 1 FROM friendships WHERE ${acceptedPair(sql, a, b)}) AS friends) f
-            LEFT JOIN agent_connections c ON c.user_id IN ${sql.in(userIds)} AND c.status = 'active'
-            ORDER BY c.created_at, c.id`,
-          (rows) => ({
-            friends: rows[0]?.friends === true,
-            active: rows.filter((r: any) => r.id !== null).map(Rows.connection)
-          })
-        ),
+        : Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) =>
+          Option.isSome(transaction) ? readOne({ a, b, userIds }) : batchedRead({ a, b, userIds })),
     find: (id) =>
       Effect.map(sql`SELECT * FROM agent_connections WHERE id = ${id}`, (rows) => Option.map(first(rows), Rows.connection)),
     findByIdentity: (userId, framework, label) =>
@@ -807,7 +858,7 @@ export const layer: Layer.Layer<
   SqlClient.SqlClient
 > = Layer.mergeAll(
   Layer.effect(Store.Users, makeUsers),
-  Layer.effect(Store.Connections, makeConnections),
+  Layer.scoped(Store.Connections, makeConnections),
   Layer.effect(Store.Friendships, makeFriendships),
   Layer.effect(Store.Groups, makeGroups),
   Layer.effect(Store.Policies, makePolicies),
