@@ -129,7 +129,8 @@ export const makeConnections = Effect.gen(function* () {
    */
   const readMany = (queries: ReadonlyArray<PartiesQuery>) => {
     if (queries.length === 1) return Effect.map(Effect.exit(readOne(queries[0]!)), (exit) => [exit])
-    const users = queries.flatMap((q, i) => q.userIds.map((userId) => ({ i, userId })))
+    // Each user once per query, as `IN (…)` has it in `readOne`.
+    const users = queries.flatMap((q, i) => [...new Set(q.userIds)].map((userId) => ({ i, userId })))
     return Effect.map(
       sql`
         WITH q AS (
