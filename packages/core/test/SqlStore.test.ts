@@ -284,7 +284,8 @@ for (const backend of TestDatabase.backends) {
             [b.id, a.id, [b.id]],
             [c.id, b.id, [c.id, b.id]],
             [a.id, d.id, [a.id, d.id]],
-            [d.id, c.id, [d.id]]
+            [d.id, c.id, [d.id]],
+            [a.id, a.id, [a.id, a.id]]
           ]
           const shape = (r: Store.Parties) => ({ friends: r.friends, labels: r.active.map((x) => x.label).sort() })
           const together = yield* Effect.all(queries.map(([x, y, ids]) => connections.friendshipAndActive(x, y, ids)), { concurrency: "unbounded" })
@@ -296,7 +297,8 @@ for (const backend of TestDatabase.backends) {
             { friends: true, labels: ["b1", "b2"] },
             { friends: true, labels: ["b1", "b2", "c1"] },
             { friends: false, labels: ["a1"] },
-            { friends: false, labels: [] }
+            { friends: false, labels: [] },
+            { friends: false, labels: ["a1"] }
           ])
         }))
 
