@@ -2,7 +2,7 @@
  * The store on `@effect/sql`, PostgreSQL dialect. One implementation serves
  * the embedded database (PGlite) and PostgreSQL alike.
  */
-import { SqlClient } from "@effect/sql"
+import { SqlClient, type Statement } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Effect, Exit, Layer, Option } from "effect"
 import * as Batcher from "../Batcher.js"
@@ -75,11 +75,15 @@ export const makeUsers = Effect.gen(function* () {
   })
 })
 
-/** The friendship check's condition: the pair's row, accepted (either may have asked). */
-const acceptedPair = (sql: SqlClient.SqlClient, a: string, b: string) => sql`
-  LEAST(requester_id, addressee_id) = LEAST(${a}::text, ${b}::text)
-    AND GREATEST(requester_id, addressee_id) = GREATEST(${a}::text, ${b}::text)
+/** The friendship check's condition: the row of the pair `a`, `b` (SQL expressions), accepted (either may have asked). */
+const acceptedBetween = (sql: SqlClient.SqlClient, a: Statement.Fragment, b: Statement.Fragment) => sql`
+  LEAST(requester_id, addressee_id) = LEAST(${a}, ${b})
+    AND GREATEST(requester_id, addressee_id) = GREATEST(${a}, ${b})
     AND status = 'accepted'`
+
+/** The friendship check's condition for two user ids. */
+const acceptedPair = (sql: SqlClient.SqlClient, a: string, b: string) =>
+  acceptedBetween(sql, sql`${a}::text`, sql`${b}::text`)
 
 /** The friendship check's cache key, the same whichever side asks. */
 const pairKey = (a: string, b: string) => (a < b ? `pair ${a} ${b}` : `pair ${b} ${a}`)
@@ -140,12 +144,7 @@ export const makeConnections = Effect.gen(function* () {
           SELECT * FROM unnest(${users.map((u) => u.i)}::int[], ${users.map((u) => u.userId)}::text[]) AS u(i, user_id)
         )
         SELECT q.i AS q_i,
-          EXISTS (
-            SELECT 1 FROM friendships
-            WHERE LEAST(requester_id, addressee_id) = LEAST(q.a, q.b)
-              AND GREATEST(requester_id, addressee_id) = GREATEST(q.a, q.b)
-              AND status = 'accepted'
-          ) AS friends,
+          EXISTS (SELECT 1 FROM friendships WHERE ${acceptedBetween(sql, sql.literal("q.a"), sql.literal("q.b"))}) AS friends,
           c.*
         FROM q
         LEFT JOIN u ON u.i = q.i
