@@ -8,7 +8,7 @@
 import { Deferred, Effect, Exit, Queue, type Scope } from "effect"
 
 /** Resumes after the event loop has run the I/O callbacks that are ready now. */
-export const afterIo: Effect.Effect<void> = Effect.async<void>((resume) => {
+const afterIo: Effect.Effect<void> = Effect.async<void>((resume) => {
   const handle = setImmediate(() => resume(Effect.void))
   return Effect.sync(() => clearImmediate(handle))
 })

@@ -24,8 +24,6 @@ export class SoleWriter extends Context.Reference<SoleWriter>()("@mahilo/core/So
 }) {}
 
 export interface ReadCache {
-  /** Whether results are kept at all (only for the database's sole writer). */
-  readonly enabled: boolean
   /** `read`'s result under `key`, from memory while no write has happened since it was read. */
   readonly read: <A, E, R>(key: string, read: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
   /** Runs a write and then forgets every result read before it. */
@@ -33,13 +31,13 @@ export interface ReadCache {
   /**
    * A number that moves whenever a write has run since, so anything derived
    * from reads made at one version is still true while it reads the same;
-   * `undefined` when the cache is off (writes by others would go unseen).
+   * `undefined` when the cache is off (not the sole writer: writes by others
+   * would go unseen), which is how to tell whether results are kept at all.
    */
   readonly version: () => number | undefined
 }
 
 const passThrough: ReadCache = {
-  enabled: false,
   read: (_key, read) => read,
   write: (write) => write,
   version: () => undefined
@@ -99,7 +97,6 @@ const make = (capacity: number): ReadCache => {
     weight += w
   }
   return {
-    enabled: true,
     read: <A, E, R>(key: string, read: Effect.Effect<A, E, R>) =>
       Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) => {
         // Inside a transaction a read may see the transaction's own uncommitted writes.

@@ -4,7 +4,7 @@
  */
 import { SqlClient, type Statement } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Effect, Exit, Layer, Option } from "effect"
+import { Effect, Exit, Layer, Option, type Scope } from "effect"
 import * as Batcher from "../Batcher.js"
 import * as Errors from "../Errors.js"
 import type * as Graph from "../Graph.js"
@@ -91,6 +91,26 @@ const pairKey = (a: string, b: string) => (a < b ? `pair ${a} ${b}` : `pair ${b}
 const areFriends = (sql: SqlClient.SqlClient, cache: ReadCache.ReadCache, a: string, b: string) =>
   cache.read(pairKey(a, b), Effect.map(sql`SELECT 1 FROM friendships WHERE ${acceptedPair(sql, a, b)}`, (rows) => rows.length > 0))
 
+/**
+ * Calls of `one` made at the same moment, run together by `many` in one
+ * statement (see Batcher). A batch of one runs `one` itself, and a call inside
+ * a transaction runs alone: its statement must be the transaction's own.
+ */
+const coalesced = <I, O, E>(
+  one: (item: I) => Effect.Effect<O, E>,
+  many: (items: ReadonlyArray<I>) => Effect.Effect<ReadonlyArray<Exit.Exit<O, E>>, E>,
+  maxBatch: number
+): Effect.Effect<(item: I) => Effect.Effect<O, E>, never, Scope.Scope> =>
+  Effect.map(
+    Batcher.make(
+      (items: ReadonlyArray<I>) => (items.length === 1 ? Effect.map(Effect.exit(one(items[0]!)), (exit) => [exit]) : many(items)),
+      maxBatch
+    ),
+    (batched) => (item: I) =>
+      Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) =>
+        Option.isSome(transaction) ? one(item) : batched(item))
+  )
+
 interface PartiesQuery {
   readonly a: string
   readonly b: string
@@ -132,7 +152,6 @@ export const makeConnections = Effect.gen(function* () {
    * query's number `i` ties its pair and its users to its rows.
    */
   const readMany = (queries: ReadonlyArray<PartiesQuery>) => {
-    if (queries.length === 1) return Effect.map(Effect.exit(readOne(queries[0]!)), (exit) => [exit])
     // Each user once per query, as `IN (…)` has it in `readOne`.
     const users = queries.flatMap((q, i) => [...new Set(q.userIds)].map((userId) => ({ i, userId })))
     return Effect.map(
@@ -161,7 +180,7 @@ export const makeConnections = Effect.gen(function* () {
       }
     )
   }
-  const batchedRead = yield* Batcher.make(readMany, 64)
+  const read = yield* coalesced(readOne, readMany, 64)
 
   return Store.Connections.of({
     listByUser: (userId) =>
@@ -169,12 +188,10 @@ export const makeConnections = Effect.gen(function* () {
     listActiveByUsers,
     friendshipAndActive: (a, b, userIds) =>
       // Kept in memory (both caches follow the same SoleWriter): both from there. Otherwise one
-      // statement instead of two round trips, shared by the sends that read at the same time
-      // (a read inside a transaction must be the transaction's own).
-      cache.enabled || userIds.length === 0
+      // statement instead of two round trips, shared by the sends that read at the same time.
+      cache.version() !== undefined || userIds.length === 0
         ? Effect.zipWith(areFriends(sql, friendships, a, b), listActiveByUsers(userIds), (friends, active) => ({ friends, active }))
-        : Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) =>
-          Option.isSome(transaction) ? readOne({ a, b, userIds }) : batchedRead({ a, b, userIds })),
+        : read({ a, b, userIds }),
     find: (id) =>
       Effect.map(sql`SELECT * FROM agent_connections WHERE id = ${id}`, (rows) => Option.map(first(rows), Rows.connection)),
     findByIdentity: (userId, framework, label) =>
@@ -508,7 +525,6 @@ export const makeMessages = Effect.gen(function* () {
    * each gets its own answer.
    */
   const insertMany = (items: ReadonlyArray<NewMessage>) => {
-    if (items.length === 1) return Effect.map(Effect.exit(insertOne(items[0]!)), (exit) => [exit])
     const ms = items.map((i) => i.message)
     const ds = items.flatMap(deliveryRows)
     const col = <A>(f: (m: Store.Message) => A) => ms.map(f)
@@ -553,7 +569,7 @@ export const makeMessages = Effect.gen(function* () {
       () => Effect.forEach(items, (item) => Effect.exit(insertOne(item)))
     )
   }
-  const batched = yield* Batcher.make(insertMany, MESSAGE_BATCH)
+  const insertTogether = yield* coalesced(insertOne, insertMany, MESSAGE_BATCH)
 
   return Store.Messages.of({
     findByIdempotencyKey: (senderId, key) =>
@@ -563,13 +579,7 @@ export const makeMessages = Effect.gen(function* () {
       ),
     find: (id) => Effect.map(sql`SELECT * FROM messages WHERE id = ${id}`, (rows) => Option.map(first(rows), Rows.message)),
     insert: (m, deliveries, lease) =>
-      deliveries.length > BATCHED_DELIVERIES
-        ? insertOne({ message: m, deliveries, lease })
-        : Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) =>
-          // Inside a transaction the write must be the transaction's own.
-          Option.isSome(transaction)
-            ? insertOne({ message: m, deliveries, lease })
-            : batched({ message: m, deliveries, lease })),
+      (deliveries.length > BATCHED_DELIVERIES ? insertOne : insertTogether)({ message: m, deliveries, lease }),
     deliveriesOf: (messageId) =>
       Effect.map(
         sql`SELECT * FROM deliveries WHERE message_id = ${messageId} ORDER BY id`,

@@ -75,12 +75,9 @@ export const makeAuthenticator = Effect.gen(function* () {
     return ApiKey.sameFingerprint(hit.fingerprint, fingerprint) ? hit.principal : null
   }
 
-  /** The key's principal from the cache alone, without waiting (`undefined` unless cached with this secret). */
-  const cached = (raw: string): Registry.Principal | undefined => {
-    const parts = ApiKey.parse(raw.trim())
-    if (Option.isNone(parts)) return undefined
-    return fromCache(parts.value.kid, ApiKey.fingerprint(parts.value.secret)) ?? undefined
-  }
+  /** A parsed key's principal from the cache alone, without waiting (`undefined` unless cached with this secret). */
+  const cached = (key: ApiKey.Parts): Registry.Principal | undefined =>
+    fromCache(key.kid, ApiKey.fingerprint(key.secret)) ?? undefined
 
   const authenticate = (raw: string) =>
     Effect.gen(function* () {

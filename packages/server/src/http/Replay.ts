@@ -47,7 +47,7 @@ const MAX_ENTRY_BYTES = 256 * 1024
 export class ReplayCache {
   private readonly entries = new Map<string, Entry>()
   private bytes = 0
-  private authenticate: ((raw: string) => Registry.Principal | undefined) | undefined
+  private authenticate: ((key: ApiKey.Parts) => Registry.Principal | undefined) | undefined
   /** Requests answered from memory so far. */
   served = 0
 
@@ -55,7 +55,7 @@ export class ReplayCache {
   constructor(readonly capacity: number = 16 * 1024 * 1024) {}
 
   /** Lets requests be replayed, checking keys with `authenticate`; until then none is. */
-  attach(authenticate: (raw: string) => Registry.Principal | undefined): void {
+  attach(authenticate: (key: ApiKey.Parts) => Registry.Principal | undefined): void {
     this.authenticate = authenticate
   }
 
@@ -97,8 +97,7 @@ export class ReplayCache {
       return false
     }
     if (noCache(headers["cache-control"]) || noCache(headers.pragma)) return false
-    const raw = authorization.slice(7)
-    const parts = ApiKey.parse(raw.trim())
+    const parts = ApiKey.parse(authorization.slice(7).trim())
     if (Option.isNone(parts)) return false
     // Look the answer up first, so a miss costs no hashing of the key.
     const key = `${parts.value.kid} ${request.url}`
@@ -108,7 +107,7 @@ export class ReplayCache {
       this.forget(key)
       return false
     }
-    if (this.authenticate(raw)?.kid !== parts.value.kid) return false
+    if (this.authenticate(parts.value) === undefined) return false
     // Most recently used last.
     this.entries.delete(key)
     this.entries.set(key, entry)
