@@ -15,7 +15,8 @@ import { Migrations, ReadCache } from "@mahilo/core"
 import { Context, Duration, Effect, Layer, Redacted, Stream } from "effect"
 import * as DataDirLock from "./DataDirLock.js"
 import * as EmbeddedCluster from "./EmbeddedCluster.js"
-import * as PreparedStatements from "./PGliteStatements.js"
+import * as PGliteEngine from "./PGliteEngine.js"
+import * as PGliteWorker from "./PGliteWorker.js"
 
 /** Where the data lives. */
 export type DatabaseConfig =
@@ -31,55 +32,72 @@ export class DatabaseEngine extends Context.Tag("@mahilo/server/DatabaseEngine")
 const failed = (cause: unknown) => new SqlError({ cause, message: "Failed to execute statement" })
 
 /**
- * A `SqlClient` over one PGlite instance. PGlite is a single connection, so
- * statements take turns through a semaphore and a transaction holds it for its
- * whole scope; nothing else can interleave with an open transaction.
+ * A `SqlClient` over one PGlite engine (in this thread or on its own). PGlite
+ * is a single connection and its engine runs calls one at a time, in the order
+ * they were made. So statements are handed to it at once, without waiting for
+ * the previous one to finish (with the engine on its own thread, the database
+ * works while this thread does), except while a transaction is open: then only
+ * the transaction's own statements go, and the others wait until it ends.
+ * Transactions take turns.
  */
-export const makePGliteClient = (db: PGlite) =>
+export const makePGliteClient = (engine: PGliteEngine.Engine) =>
   Effect.gen(function* () {
-    const turn = yield* Effect.makeSemaphore(1)
+    const transactions = yield* Effect.makeSemaphore(1)
     const compiler = PgClient.makeCompiler()
+    let inTransaction = false
+    const waiting = new Set<() => void>()
 
-    // Prepared statements keep one plan: PGlite pays for every planner trip in WASM.
-    yield* Effect.tryPromise({ try: () => db.exec("SET plan_cache_mode = force_generic_plan"), catch: failed })
-    const statements = PreparedStatements.make(db)
-    const run = (sql: string, params: ReadonlyArray<unknown>, rowMode: "object" | "array") =>
-      Effect.tryPromise({ try: () => statements.run(sql, params, rowMode), catch: failed })
-
-    const raw: Connection = {
-      execute: (sql, params, transformRows) =>
-        Effect.map(run(sql, params, "object"), (rows) => (transformRows ? transformRows(rows) : rows)),
-      executeRaw: (sql, params) =>
-        Effect.tryPromise({ try: () => db.query<any>(sql, params as Array<unknown>), catch: failed }),
-      executeValues: (sql, params) => run(sql, params, "array"),
-      executeUnprepared: (sql, params, transformRows) =>
-        params.length > 0
-          ? Effect.map(run(sql, params, "object"), (rows) => (transformRows ? transformRows(rows) : rows))
-          : Effect.map(
-            Effect.tryPromise({ try: () => db.exec(sql), catch: failed }),
-            (results) => {
-              const rows = (results.at(-1)?.rows ?? []) as ReadonlyArray<any>
-              return transformRows ? transformRows(rows) : rows
+    /**
+     * Makes one engine call. `own`: a statement of the open transaction. Others
+     * check and call in one synchronous step, so none can slip in after a
+     * transaction has begun.
+     */
+    const call = <A>(start: () => Promise<A>, own: boolean): Effect.Effect<A, SqlError> =>
+      own
+        ? Effect.tryPromise({ try: start, catch: failed })
+        : Effect.async<A, SqlError>((resume) => {
+          const go = () => {
+            if (inTransaction) {
+              waiting.add(go)
+              return
             }
-          ),
-      executeStream: (sql, params, transformRows) =>
-        Stream.fromIterableEffect(
-          Effect.map(run(sql, params, "object"), (rows) => (transformRows ? transformRows(rows) : rows))
-        )
+            waiting.delete(go)
+            start().then((a) => resume(Effect.succeed(a)), (e) => resume(Effect.fail(failed(e))))
+          }
+          go()
+          return Effect.sync(() => waiting.delete(go))
+        })
+
+    const connection = (own: boolean): Connection => {
+      const rows = (sql: string, params: ReadonlyArray<unknown>, transformRows?: (rows: ReadonlyArray<any>) => ReadonlyArray<any>) =>
+        Effect.map(call(() => engine.run(sql, params, "object"), own), (r) => (transformRows ? transformRows(r) : r))
+      return {
+        execute: rows,
+        executeRaw: (sql, params) => call(() => engine.query(sql, params), own),
+        executeValues: (sql, params) => call(() => engine.run(sql, params, "array"), own),
+        executeUnprepared: (sql, params, transformRows) =>
+          params.length > 0
+            ? rows(sql, params, transformRows)
+            : Effect.map(call(() => engine.exec(sql), own), (results) => {
+              const last = (results.at(-1)?.rows ?? []) as ReadonlyArray<any>
+              return transformRows ? transformRows(last) : last
+            }),
+        executeStream: (sql, params, transformRows) => Stream.fromIterableEffect(rows(sql, params, transformRows))
+      }
     }
 
-    const inTurn = <A, E>(effect: Effect.Effect<A, E>) => turn.withPermits(1)(effect)
-    const shared: Connection = {
-      execute: (sql, params, t) => inTurn(raw.execute(sql, params, t)),
-      executeRaw: (sql, params) => inTurn(raw.executeRaw(sql, params)),
-      executeValues: (sql, params) => inTurn(raw.executeValues(sql, params)),
-      executeUnprepared: (sql, params, t) => inTurn(raw.executeUnprepared(sql, params, t)),
-      executeStream: (sql, params, t) => Stream.unwrap(Effect.map(inTurn(Effect.void), () => raw.executeStream(sql, params, t)))
-    }
+    const begin = Effect.zipRight(transactions.take(1), Effect.sync(() => (inTransaction = true)))
+    const end = Effect.zipRight(
+      Effect.sync(() => {
+        inTransaction = false
+        for (const go of [...waiting]) go()
+      }),
+      transactions.release(1)
+    )
 
     return yield* SqlClient.make({
-      acquirer: Effect.succeed(shared),
-      transactionAcquirer: Effect.as(Effect.acquireRelease(turn.take(1), () => turn.release(1)), raw),
+      acquirer: Effect.succeed(connection(false)),
+      transactionAcquirer: Effect.as(Effect.acquireRelease(begin, () => end), connection(true)),
       compiler,
       spanAttributes: [["db.system.name", "pglite"]]
     })
@@ -115,26 +133,22 @@ export const checkpointIfDue = (client: SqlClient.SqlClient, policy: CheckpointP
     return due
   })
 
-/**
- * PGlite layer over an instance that `open` creates when the layer is built
- * (and that is closed when the layer is released). Tests use it to start from
- * a pre-migrated template (`PGlite.create({ loadDataDir })`).
- */
-export const pgliteFrom = (
-  open: () => Promise<PGlite>,
-  description = "the embedded database",
-  checkpoints: CheckpointPolicy = defaultCheckpoints
+/** PGlite layer over the engine `open` starts when the layer is built (and that is closed when the layer is released). */
+const embedded = (
+  open: () => Promise<PGliteEngine.Engine>,
+  description: string,
+  checkpoints: CheckpointPolicy
 ) =>
   Layer.scopedContext(
     Effect.gen(function* () {
-      const db = yield* Effect.acquireRelease(
+      const engine = yield* Effect.acquireRelease(
         Effect.tryPromise({
           try: open,
           catch: (cause) => new SqlError({ cause, message: `Failed to open ${description}` })
         }),
-        (db) => Effect.promise(() => db.close())
+        (engine) => Effect.promise(() => engine.close())
       )
-      const client = yield* makePGliteClient(db)
+      const client = yield* makePGliteClient(engine)
       // PGlite runs PostgreSQL without its background workers, so nothing autovacuums: the
       // outbox tables, updated once or twice per delivery, would only ever grow. Vacuum them
       // now and then (a short pause for other statements; it shares the one connection).
@@ -160,13 +174,35 @@ export const pgliteFrom = (
   ).pipe(Layer.provide(Reactivity.layer))
 
 /**
- * PGlite layer: persistent when `dataDir` is set, in memory otherwise. A
- * `dataDir` is locked to this server (see DataDirLock), and a new one gets its
- * cluster from a child process first (see EmbeddedCluster).
+ * PGlite layer over an instance that `open` creates in this thread when the
+ * layer is built (and that is closed when the layer is released). Tests use it
+ * to start from a pre-migrated template (`PGlite.create({ loadDataDir })`).
+ */
+export const pgliteFrom = (
+  open: () => Promise<PGlite>,
+  description = "the embedded database",
+  checkpoints: CheckpointPolicy = defaultCheckpoints
+) => embedded(async () => PGliteEngine.inProcess(await open()), description, checkpoints)
+
+/**
+ * PGlite layer over an instance opened with `options` on a thread of its own
+ * (see PGliteWorker): the database's work runs beside the server's, not in
+ * its thread. How the server runs the embedded database.
+ */
+export const pgliteThread = (
+  options: PGliteWorker.Options,
+  description = "the embedded database",
+  checkpoints: CheckpointPolicy = defaultCheckpoints
+) => embedded(() => PGliteWorker.start(options), description, checkpoints)
+
+/**
+ * PGlite layer, on its own thread: persistent when `dataDir` is set, in memory
+ * otherwise. A `dataDir` is locked to this server (see DataDirLock), and a new
+ * one gets its cluster from a child process first (see EmbeddedCluster).
  */
 export const pglite = (dataDir: string | undefined) => {
-  const layer = pgliteFrom(
-    () => PGlite.create(dataDir !== undefined ? { dataDir } : {}),
+  const layer = pgliteThread(
+    dataDir !== undefined ? { dataDir } : {},
     `the embedded database${dataDir ? ` at ${dataDir}` : ""}`
   )
   // One server per directory (the lock), then a cluster to open (created once, in a child).

@@ -173,6 +173,18 @@ export const pglite: TestLayer = migrated(
   )
 )
 
+/**
+ * The same, with PGlite on a thread of its own, as the server runs it
+ * (`Database.pgliteThread`): every call crosses the thread boundary.
+ */
+export const pgliteThread: TestLayer = Layer.unwrapEffect(
+  Effect.map(
+    Effect.promise(() => loadTemplate()),
+    ({ dataDir, shared }) =>
+      migrated(Database.pgliteThread({ ...shared, loadDataDir: dataDir }, "an in-memory PGlite test database on its own thread"))
+  )
+)
+
 // ---------------------------------------------------------------------------
 // PostgreSQL
 
@@ -229,19 +241,19 @@ export const backends: ReadonlyArray<{ readonly name: "pglite" | "postgres"; rea
 ]
 
 /**
- * A persistent PGlite database in `dir` (for restart tests): the first build
- * seeds it from the migrated template, later builds reopen what is there.
+ * A persistent PGlite database in `dir` (for restart tests), on its own thread
+ * as the server runs it: the first build seeds it from the migrated template,
+ * later builds reopen what is there.
  */
 export const pgliteAt = (dir: string): TestLayer =>
-  migrated(
-    Database.pgliteFrom(
-      async () => {
-        const { dataDir, shared } = await loadTemplate()
-        const seeded = await fs.readdir(dir).then((entries) => entries.length > 0, () => false)
-        return PGlite.create({ ...shared, dataDir: dir, ...(seeded ? {} : { loadDataDir: dataDir }) })
-      },
-      `the test database at ${dir}`
-    )
+  Layer.unwrapEffect(
+    Effect.promise(async () => {
+      const { dataDir, shared } = await loadTemplate()
+      const seeded = await fs.readdir(dir).then((entries) => entries.length > 0, () => false)
+      return migrated(
+        Database.pgliteThread({ ...shared, dataDir: dir, ...(seeded ? {} : { loadDataDir: dataDir }) }, `the test database at ${dir}`)
+      )
+    })
   )
 
 /** Creates a migrated PGlite data directory at `dir` from the template (fast), then closes it. */

@@ -1,0 +1,45 @@
+/**
+ * The embedded database's thread (see PGliteWorker): opens PGlite with the
+ * options it was started with, then answers calls (which the engine runs in
+ * the order they arrive).
+ */
+import { PGlite } from "@electric-sql/pglite"
+import { parentPort, workerData } from "node:worker_threads"
+import * as PGliteEngine from "./PGliteEngine.js"
+import { describeError, type Reply, type Request } from "./PGliteWorker.js"
+
+const port = parentPort!
+
+const answer = async (engine: PGliteEngine.Engine, request: Request): Promise<Reply> => {
+  try {
+    switch (request.op) {
+      case "run":
+        return { id: request.id, ok: true, value: await engine.run(request.sql, request.params, request.rowMode) }
+      case "query":
+        return { id: request.id, ok: true, value: await engine.query(request.sql, request.params) }
+      case "exec":
+        return { id: request.id, ok: true, value: await engine.exec(request.sql) }
+      case "close":
+        return { id: request.id, ok: true, value: await engine.close() }
+    }
+  } catch (error) {
+    return { id: request.id, ok: false, error: describeError(error) }
+  }
+}
+
+try {
+  const engine = await PGliteEngine.inProcess(await PGlite.create(workerData))
+  // The engine runs calls in the order they arrive.
+  port.on("message", async (request: Request) => {
+    const reply = await answer(engine, request)
+    try {
+      port.postMessage(reply)
+    } catch (error) {
+      // A value the thread boundary cannot carry: the caller gets an error, not silence.
+      port.postMessage({ id: request.id, ok: false, error: describeError(error) } satisfies Reply)
+    }
+  })
+  port.postMessage({ id: 0, ok: true, value: "ready" } satisfies Reply)
+} catch (error) {
+  port.postMessage({ id: 0, ok: false, error: describeError(error) } satisfies Reply)
+}
