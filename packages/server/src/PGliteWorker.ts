@@ -91,8 +91,9 @@ export const start = (options: Options): Promise<Engine> =>
         ? Promise.reject(stopped)
         : new Promise<A>((resolve, reject) => {
           const id = ++sequence
-          pending.set(id, { resolve, reject })
+          // A value structured clone cannot carry throws here and rejects this call alone.
           worker.postMessage({ ...request, id })
+          pending.set(id, { resolve, reject })
         })
 
     worker.on("message", (reply: Reply) => {

@@ -57,6 +57,14 @@ for (const { name, layer } of clients) {
 }
 
 describe("PGlite on its own thread", () => {
+  it.live("a value that cannot cross the thread fails its statement alone", () =>
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      const error = yield* Effect.flip(sql.unsafe("SELECT $1::text AS v", [() => "not data"]))
+      expect(error._tag).toBe("SqlError")
+      expect(yield* sql<{ v: number }>`SELECT 1::int AS v`).toEqual([{ v: 1 }])
+    }).pipe(Effect.provide(TestDatabase.pgliteThread)), 60_000)
+
   it.live("a long statement does not stop this thread: a timer fires while it runs", () =>
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient

@@ -162,6 +162,12 @@ const loadTemplate = (): Promise<Template> => {
   return template
 }
 
+/** The template, or a `SqlError` saying why it could not be had. */
+const templateOrFail = Effect.tryPromise({
+  try: loadTemplate,
+  catch: (cause) => new SqlError({ cause, message: "Failed to load the PGlite test template" })
+})
+
 /** A fresh in-memory PGlite database, migrated. Each build is a new database. */
 export const pglite: TestLayer = migrated(
   Database.pgliteFrom(
@@ -179,7 +185,7 @@ export const pglite: TestLayer = migrated(
  */
 export const pgliteThread: TestLayer = Layer.unwrapEffect(
   Effect.map(
-    Effect.promise(() => loadTemplate()),
+    templateOrFail,
     ({ dataDir, shared }) =>
       migrated(Database.pgliteThread({ ...shared, loadDataDir: dataDir }, "an in-memory PGlite test database on its own thread"))
   )
@@ -247,13 +253,13 @@ export const backends: ReadonlyArray<{ readonly name: "pglite" | "postgres"; rea
  */
 export const pgliteAt = (dir: string): TestLayer =>
   Layer.unwrapEffect(
-    Effect.promise(async () => {
-      const { dataDir, shared } = await loadTemplate()
-      const seeded = await fs.readdir(dir).then((entries) => entries.length > 0, () => false)
-      return migrated(
-        Database.pgliteThread({ ...shared, dataDir: dir, ...(seeded ? {} : { loadDataDir: dataDir }) }, `the test database at ${dir}`)
-      )
-    })
+    Effect.flatMap(templateOrFail, ({ dataDir, shared }) =>
+      Effect.promise(async () => {
+        const seeded = await fs.readdir(dir).then((entries) => entries.length > 0, () => false)
+        return migrated(
+          Database.pgliteThread({ ...shared, dataDir: dir, ...(seeded ? {} : { loadDataDir: dataDir }) }, `the test database at ${dir}`)
+        )
+      }))
   )
 
 /** Creates a migrated PGlite data directory at `dir` from the template (fast), then closes it. */
