@@ -8,8 +8,10 @@
  * cross by structured clone, errors with their PostgreSQL fields (`code` and
  * the like), so the store sees what it would see in process.
  *
- * If the thread dies, every pending and later call fails (the server cannot
- * go on without its database, as with PGlite in process).
+ * If the thread stops other than by `close` (an uncaught error in PGlite, say),
+ * every pending and later call fails, and by default the error is rethrown in
+ * this thread, uncaught: the process ends as it would have had PGlite failed in
+ * it, rather than answering on without a database.
  */
 import type { PGliteOptions } from "@electric-sql/pglite"
 import { createRequire } from "node:module"
@@ -68,13 +70,27 @@ const bootSource = (): string => {
     .then(() => import(${JSON.stringify(entry)}))`
 }
 
+/** What happens when the thread stops unexpectedly after the database opened: by default, the process ends. */
+export type OnLost = (error: Error) => void
+
+const crash: OnLost = (error) =>
+  process.nextTick(() => {
+    throw error
+  })
+
 /** Starts the thread and opens PGlite there; resolves once the database is open. */
-export const start = (options: Options): Promise<Engine> =>
+export const start = (options: Options, onLost: OnLost = crash): Promise<Engine> =>
+  open(options, onLost).then(({ engine }) => engine)
+
+/** `start`, also answering the thread itself (for tests that stop it from outside). */
+export const open = (options: Options, onLost: OnLost = crash): Promise<{ readonly engine: Engine; readonly thread: Worker }> =>
   new Promise((resolve, reject) => {
     const worker = new Worker(bootSource(), { eval: true, workerData: options, name: "mahilo-pglite" })
     const pending = new Map<number, { resolve: (value: any) => void; reject: (error: Error) => void }>()
     let sequence = 0
     let stopped: Error | undefined
+    let opened = false
+    let closing = false
 
     const stop = (error: Error) => {
       if (stopped !== undefined) return
@@ -82,6 +98,7 @@ export const start = (options: Options): Promise<Engine> =>
       for (const waiter of pending.values()) waiter.reject(error)
       pending.clear()
       reject(error)
+      if (opened && !closing) onLost(error)
     }
     worker.on("error", stop)
     worker.on("exit", (code) => stop(new Error(`The embedded database's thread stopped (exit code ${code})`)))
@@ -99,14 +116,19 @@ export const start = (options: Options): Promise<Engine> =>
     worker.on("message", (reply: Reply) => {
       if (reply.id === 0) {
         if (reply.ok) {
+          opened = true
           resolve({
-            run: (sql, params, rowMode) => call({ op: "run", sql, params, rowMode }),
-            query: (sql, params) => call({ op: "query", sql, params }),
-            exec: (sql) => call({ op: "exec", sql }),
-            close: async () => {
-              if (stopped === undefined) await call({ op: "close" }).catch(() => undefined)
-              await worker.terminate()
-            }
+            engine: {
+              run: (sql, params, rowMode) => call({ op: "run", sql, params, rowMode }),
+              query: (sql, params) => call({ op: "query", sql, params }),
+              exec: (sql) => call({ op: "exec", sql }),
+              close: async () => {
+                closing = true
+                if (stopped === undefined) await call({ op: "close" }).catch(() => undefined)
+                await worker.terminate()
+              }
+            },
+            thread: worker
           })
         } else {
           stop(errorOf(reply.error))

@@ -2,6 +2,7 @@ import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
 import { TestDatabase } from "@mahilo/testkit"
 import { Deferred, Effect, Fiber } from "effect"
+import * as PGliteWorker from "../src/PGliteWorker.js"
 
 const clients: ReadonlyArray<{ readonly name: string; readonly layer: TestDatabase.TestLayer }> = [
   { name: "PGlite in this thread", layer: TestDatabase.pglite },
@@ -56,7 +57,26 @@ for (const { name, layer } of clients) {
   })
 }
 
+const outcome = (promise: Promise<unknown>) =>
+  Effect.promise(() => promise.then(() => "answered", (error: Error) => `failed: ${error.message}`))
+
 describe("PGlite on its own thread", () => {
+  it.live("a thread that stops unexpectedly fails the pending and later calls and is reported; a close is not", () =>
+    Effect.gen(function* () {
+      const lost: Array<Error> = []
+      const first = yield* Effect.promise(() => PGliteWorker.open({}, (error) => lost.push(error)))
+      expect(yield* outcome(first.engine.query("SELECT 1", []))).toBe("answered")
+      yield* Effect.promise(() => first.engine.close())
+      expect(lost).toEqual([])
+
+      const second = yield* Effect.promise(() => PGliteWorker.open({}, (error) => lost.push(error)))
+      const pending = second.engine.query("SELECT pg_sleep(1)", [])
+      yield* Effect.promise(() => second.thread.terminate())
+      expect(yield* outcome(pending)).toMatch(/^failed: The embedded database's thread stopped/)
+      expect(yield* outcome(second.engine.query("SELECT 1", []))).toMatch(/^failed: The embedded database's thread stopped/)
+      expect(lost.map((e) => e.message)).toEqual([expect.stringMatching(/thread stopped/)])
+    }), 120_000)
+
   it.live("a value that cannot cross the thread fails its statement alone", () =>
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient
