@@ -50,7 +50,7 @@ export interface PreparedStatements {
 
 /**
  * A bounded cache of prepared statements on `db`. Callers must not run two
- * statements at once on the same PGlite (the SqlClient's turn semaphore sees to it).
+ * statements at once on the same PGlite (PGliteEngine.inProcess runs calls one at a time).
  */
 export const make = (db: PGlite, capacity = 512): PreparedStatements => {
   const S = protocol.serialize
