@@ -305,6 +305,18 @@ async function main() {
       }))
     }
     log("fanout: sending")
+    // Meanwhile a probe asks GET /health (no key, no database) over and over: its slowest answer
+    // is how long the server stopped answering anything while it wrote and pushed the fan-out.
+    let probing = true
+    const probeMs: Array<number> = []
+    const probe = (async () => {
+      while (probing) {
+        const t0 = performance.now()
+        await send(agentPool, target, { method: "GET", path: "/health" })
+        probeMs.push(performance.now() - t0)
+        await new Promise((r) => setTimeout(r, 2))
+      }
+    })()
     const fanStart = performance.now()
     const fanAnswer = await call("POST", "/api/v1/messages/send", {
       recipient: group.group_id,
@@ -314,10 +326,14 @@ async function main() {
     const fanAnswerMs = performance.now() - fanStart
     await members.waitForTotal(FANOUT, { timeoutMs: 120_000 })
     const fanoutAllMs = Math.max(...members.agents.map((a) => a.deliveries[0]!.receivedAtMonotonic)) - fanStart
+    probing = false
+    await probe
     const fanout = {
       members: FANOUT,
       answerMs: Math.round(fanAnswerMs),
       allDeliveredMs: Math.round(fanoutAllMs),
+      healthProbes: probeMs.length,
+      healthSlowestMs: Math.round(Math.max(0, ...probeMs)),
       answer: { status: fanAnswer.status, delivered: fanAnswer.delivered, pending: fanAnswer.pending },
       duplicates: members.agents.reduce((n, a) => n + a.duplicates().length, 0)
     }
