@@ -294,13 +294,13 @@ export interface NewDelivery {
   readonly primary: boolean
 }
 
-/** A claimed delivery with what an attempt needs. */
 /** A message waiting in a polling user's inbox. */
 export interface InboxEntry {
   readonly delivery: Delivery
   readonly message: Message
 }
 
+/** A claimed delivery with what an attempt needs. */
 export interface ClaimedDelivery {
   readonly delivery: Delivery
   readonly message: Message

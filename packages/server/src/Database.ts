@@ -10,12 +10,12 @@ import { SqlClient } from "@effect/sql"
 import type { Connection } from "@effect/sql/SqlConnection"
 import { SqlError } from "@effect/sql/SqlError"
 import { PgClient } from "@effect/sql-pg"
-import { PGlite } from "@electric-sql/pglite"
+import type { PGlite } from "@electric-sql/pglite"
 import { Migrations, ReadCache } from "@mahilo/core"
 import { Context, Duration, Effect, Layer, Redacted, Stream } from "effect"
 import * as DataDirLock from "./DataDirLock.js"
 import * as EmbeddedCluster from "./EmbeddedCluster.js"
-import * as PGliteEngine from "./PGliteEngine.js"
+import type * as PGliteEngine from "./PGliteEngine.js"
 import * as PGliteWorker from "./PGliteWorker.js"
 
 /** Where the data lives. */
@@ -182,7 +182,13 @@ export const pgliteFrom = (
   open: () => Promise<PGlite>,
   description = "the embedded database",
   checkpoints: CheckpointPolicy = defaultCheckpoints
-) => embedded(async () => PGliteEngine.inProcess(await open()), description, checkpoints)
+) =>
+  embedded(
+    // Loaded on use: a server whose database runs on its own thread never loads PGlite here.
+    async () => (await import("./PGliteEngine.js")).inProcess(await open()),
+    description,
+    checkpoints
+  )
 
 /**
  * PGlite layer over an instance opened with `options` on a thread of its own
@@ -193,7 +199,7 @@ export const pgliteThread = (
   options: PGliteWorker.Options,
   description = "the embedded database",
   checkpoints: CheckpointPolicy = defaultCheckpoints
-) => embedded(() => PGliteWorker.start(options), description, checkpoints)
+) => embedded(async () => (await PGliteWorker.open(options)).engine, description, checkpoints)
 
 /**
  * PGlite layer, on its own thread: persistent when `dataDir` is set, in memory

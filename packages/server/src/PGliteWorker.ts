@@ -78,11 +78,10 @@ const crash: OnLost = (error) =>
     throw error
   })
 
-/** Starts the thread and opens PGlite there; resolves once the database is open. */
-export const start = (options: Options, onLost: OnLost = crash): Promise<Engine> =>
-  open(options, onLost).then(({ engine }) => engine)
-
-/** `start`, also answering the thread itself (for tests that stop it from outside). */
+/**
+ * Starts the thread and opens PGlite there; resolves once the database is open,
+ * with the engine and the thread itself (for tests that stop it from outside).
+ */
 export const open = (options: Options, onLost: OnLost = crash): Promise<{ readonly engine: Engine; readonly thread: Worker }> =>
   new Promise((resolve, reject) => {
     const worker = new Worker(bootSource(), { eval: true, workerData: options, name: "mahilo-pglite" })

@@ -10,22 +10,24 @@ import { describeError, type Reply, type Request } from "./PGliteWorker.js"
 
 const port = parentPort!
 
-const answer = async (engine: PGliteEngine.Engine, request: Request): Promise<Reply> => {
-  try {
-    switch (request.op) {
-      case "run":
-        return { id: request.id, ok: true, value: await engine.run(request.sql, request.params, request.rowMode) }
-      case "query":
-        return { id: request.id, ok: true, value: await engine.query(request.sql, request.params) }
-      case "exec":
-        return { id: request.id, ok: true, value: await engine.exec(request.sql) }
-      case "close":
-        return { id: request.id, ok: true, value: await engine.close() }
-    }
-  } catch (error) {
-    return { id: request.id, ok: false, error: describeError(error) }
+const perform = (engine: PGliteEngine.Engine, request: Request): Promise<unknown> => {
+  switch (request.op) {
+    case "run":
+      return engine.run(request.sql, request.params, request.rowMode)
+    case "query":
+      return engine.query(request.sql, request.params)
+    case "exec":
+      return engine.exec(request.sql)
+    case "close":
+      return engine.close()
   }
 }
+
+const answer = (engine: PGliteEngine.Engine, request: Request): Promise<Reply> =>
+  perform(engine, request).then(
+    (value) => ({ id: request.id, ok: true, value }),
+    (error) => ({ id: request.id, ok: false, error: describeError(error) })
+  )
 
 try {
   const engine = await PGliteEngine.inProcess(await PGlite.create(workerData))
