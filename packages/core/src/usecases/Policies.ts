@@ -51,17 +51,32 @@ export const make = Effect.gen(function* () {
       return yield* Errors.NotFound.of("USER_NOT_FOUND", `No user "${targetId}" to target`)
     })
 
-  /** The policy if the caller may see and change it: its owner, or for group scope the group's owners/admins. */
+  /**
+   * The policy if the caller may see and change it: its owner; for group scope,
+   * whoever manages the group now (a group's policy is the group's: an author
+   * who is no longer an owner or admin loses it, whoever manages it now has it).
+   */
   const accessible = (principal: Principal, id: string) =>
     Effect.gen(function* () {
       const found = yield* policies.find(id)
       if (Option.isNone(found)) return yield* notFound()
       const policy = found.value
-      if (policy.ownerId === principal.userId) return policy
-      if (policy.scope === "group" && policy.targetId !== null && (yield* canManageGroup(principal, policy.targetId))) {
-        return policy
+      if (policy.scope === "group") {
+        if (policy.targetId !== null && (yield* canManageGroup(principal, policy.targetId))) return policy
+        return yield* notFound()
       }
+      if (policy.ownerId === principal.userId) return policy
       return yield* notFound()
+    })
+
+  /** The caller's own policies without those of groups they no longer manage. */
+  const stillManaged = (principal: Principal, list: ReadonlyArray<Policy.Policy>) =>
+    Effect.gen(function* () {
+      const groupIds = [...new Set(list.flatMap((p) => (p.scope === "group" && p.targetId !== null ? [p.targetId] : [])))]
+      if (groupIds.length === 0) return list
+      const managed = new Set<string>()
+      for (const groupId of groupIds) if (yield* canManageGroup(principal, groupId)) managed.add(groupId)
+      return list.filter((p) => p.scope !== "group" || (p.targetId !== null && managed.has(p.targetId)))
     })
 
   return {
@@ -92,7 +107,7 @@ export const make = Effect.gen(function* () {
         if (filter.scope === "group" && filter.targetId !== undefined) {
           if (yield* canManageGroup(principal, filter.targetId)) return yield* policies.list(null, filter)
         }
-        return yield* policies.list(principal.userId, filter)
+        return yield* stillManaged(principal, yield* policies.list(principal.userId, filter))
       }),
 
     updatePolicy: (principal: Principal, id: string, patch: Store.PolicyPatch) =>

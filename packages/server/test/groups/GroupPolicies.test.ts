@@ -36,9 +36,24 @@ describe.each(TestDatabase.backends)("group-scope policies ($name)", ({ layer: d
       expect((yield* Fixtures.failure(carol!.api.policies.update({ path: { id: byAdmin.policy_id }, payload: { enabled: false } })))._tag)
         .toBe("NotFound")
       expect((yield* Fixtures.failure(carol!.api.policies.delete({ path: { id: byAdmin.policy_id } })))._tag).toBe("NotFound")
-      // Demoted, the former admin can no longer add one.
+      // Demoted, the former admin can no longer add one, nor see, change or delete the one he wrote.
       yield* alice!.api.groups.changeRole({ path: { id: group.group_id, user_id: bob!.id }, payload: { role: "member" } })
       expect(["Forbidden", "NotFound"]).toContain((yield* Fixtures.failure(create(bob!)))._tag)
+      expect((yield* Fixtures.failure(bob!.api.policies.update({ path: { id: byAdmin.policy_id }, payload: { enabled: false } })))._tag)
+        .toBe("NotFound")
+      expect((yield* Fixtures.failure(bob!.api.policies.delete({ path: { id: byAdmin.policy_id } })))._tag).toBe("NotFound")
+      expect(yield* bob!.api.policies.list({ urlParams: {} })).toEqual([])
+      expect(yield* bob!.api.policies.list({ urlParams: { scope: "group", target_id: group.group_id } })).toEqual([])
+      // It is still the group's: the owner sees it, unchanged.
+      expect((yield* alice!.api.policies.list({ urlParams: { scope: "group", target_id: group.group_id } })).map((p) => [p.id, p.enabled]))
+        .toEqual([[byAdmin.policy_id, true]])
+      // Promoted again, he has it back; removed from the group, he loses it again.
+      yield* alice!.api.groups.changeRole({ path: { id: group.group_id, user_id: bob!.id }, payload: { role: "admin" } })
+      expect((yield* bob!.api.policies.list({ urlParams: {} })).map((p) => p.id)).toEqual([byAdmin.policy_id])
+      yield* alice!.api.groups.removeMember({ path: { id: group.group_id, user_id: bob!.id } })
+      expect((yield* Fixtures.failure(bob!.api.policies.update({ path: { id: byAdmin.policy_id }, payload: { priority: 1 } })))._tag)
+        .toBe("NotFound")
+      expect(yield* bob!.api.policies.list({ urlParams: {} })).toEqual([])
       // The owner can remove it.
       yield* alice!.api.policies.delete({ path: { id: byAdmin.policy_id } })
       expect(yield* alice!.api.policies.list({ urlParams: { scope: "group", target_id: group.group_id } })).toEqual([])
