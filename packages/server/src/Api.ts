@@ -40,7 +40,9 @@ export class SendRejected extends Schema.TaggedError<SendRejected>()("SendReject
   status: Schema.Literal("rejected"),
   rejection_reason: Schema.String,
   error: Schema.String,
-  code: Schema.String
+  code: Schema.String,
+  /** A repeated `idempotency_key` whose first send was rejected. */
+  deduplicated: Schema.optional(Schema.Boolean)
 }) {}
 
 const SendRejectedWire = Schema.transform(
@@ -49,13 +51,21 @@ const SendRejectedWire = Schema.transform(
     status: Schema.Literal("rejected"),
     rejection_reason: Schema.String,
     error: Schema.String,
-    code: Schema.String
+    code: Schema.String,
+    deduplicated: Schema.optional(Schema.Boolean)
   }),
   Schema.declare((u: unknown): u is SendRejected => u instanceof SendRejected, { identifier: "SendRejected" }),
   {
     strict: true,
     decode: (w) => new SendRejected(w),
-    encode: ({ code, error, message_id, rejection_reason, status }) => ({ message_id, status, rejection_reason, error, code })
+    encode: ({ code, deduplicated, error, message_id, rejection_reason, status }) => ({
+      message_id,
+      status,
+      rejection_reason,
+      error,
+      code,
+      ...(deduplicated !== undefined ? { deduplicated } : {})
+    })
   }
 ).annotations(HttpApiSchema.annotations({ status: 403, identifier: "SendRejected", description: "Rejected by a policy" }))
 

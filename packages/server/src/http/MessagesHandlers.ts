@@ -27,18 +27,25 @@ const limitOf = (input: string | undefined) => {
     : Effect.fail(Errors.InvalidRequest.of("INVALID_REQUEST", "limit must be an integer from 1 to 100"))
 }
 
-const rejected = (message: Store.Message) =>
+const rejected = (message: Store.Message, deduplicated?: true) =>
   new SendRejected({
     message_id: message.id,
     status: "rejected",
     rejection_reason: message.rejectionReason ?? "Rejected by policy",
     error: message.rejectionReason ?? "Rejected by policy",
-    code: "POLICY_REJECTED"
+    code: "POLICY_REJECTED",
+    ...(deduplicated ? { deduplicated } : {})
   })
 
 /** A member's status from their deliveries' statuses. */
 const memberStatus = (statuses: ReadonlyArray<Status>): Status =>
   statuses.includes("delivered") ? "delivered" : statuses.includes("pending") ? "pending" : "failed"
+
+/** A group send's per-member counts. */
+const memberCounts = (perMember: ReadonlyArray<Status>) => {
+  const count = (s: Status) => perMember.filter((x) => x === s).length
+  return { recipients: perMember.length, delivered: count("delivered"), pending: count("pending"), failed: count("failed") }
+}
 
 const inboxAnswer = Replay.replayable(Inbox)
 
@@ -70,32 +77,33 @@ export const MessagesLive = HttpApiBuilder.group(MahiloApi, "messages", (handler
           if (result._tag === "Rejected") return yield* rejected(result.message)
           if (result._tag === "Deduplicated") {
             const m = result.message
-            if (m.status === "rejected") return yield* rejected(m)
-            return { message_id: m.id, status: m.status as Status, deduplicated: true }
+            if (m.status === "rejected") return yield* rejected(m, true)
+            const answer = { message_id: m.id, status: m.status as Status, deduplicated: true }
+            if (m.recipientType !== "group") return answer
+            // A group send's counts as they stand now, per member (or far registry) with deliveries.
+            const { deliveries } = yield* registry.messageDetail(principal, m.id)
+            const byMember = new Map<string, Array<Status>>()
+            for (const { delivery } of deliveries) {
+              const member = delivery.recipientUserId ?? `peer:${delivery.peerId ?? ""}`
+              byMember.set(member, [...(byMember.get(member) ?? []), delivery.status])
+            }
+            return { ...answer, ...memberCounts([...byMember.values()].map(memberStatus)) }
           }
 
           // First attempts start now; wait briefly so a healthy agent answers "delivered".
           const first = yield* engine.dispatch(result.message, result.deliveries)
           const known = yield* first.within(config.firstAttemptWaitMs)
 
-          const perMember = result.members.map((m) => memberStatus(m.deliveryIds.map((id) => known.get(id) ?? "pending")))
-          const count = (s: Status) => perMember.filter((x) => x === s).length
-          const status: Status = perMember.length === 0
+          const counts = memberCounts(result.members.map((m) => memberStatus(m.deliveryIds.map((id) => known.get(id) ?? "pending"))))
+          const status: Status = counts.recipients === 0
             ? "delivered"
-            : count("pending") > 0
+            : counts.pending > 0
             ? "pending"
-            : count("delivered") > 0
+            : counts.delivered > 0
             ? "delivered"
             : "failed"
           return result.message.recipientType === "group"
-            ? {
-              message_id: result.message.id,
-              status,
-              recipients: perMember.length,
-              delivered: count("delivered"),
-              pending: count("pending"),
-              failed: count("failed")
-            }
+            ? { message_id: result.message.id, status, ...counts }
             : { message_id: result.message.id, status }
         }))
       .handle("history", ({ urlParams }) =>

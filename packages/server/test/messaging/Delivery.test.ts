@@ -220,6 +220,13 @@ describe("delivery", () => {
       const history = yield* alice.client.messages.history({ urlParams: { direction: "sent" } })
       expect(history.map((h) => h.status)).toEqual(["rejected", "rejected"])
       expect(history[0]!.rejection_reason).toContain("blocked pattern")
+      // A repeated idempotency key answers the first rejection again, marked as such.
+      const keyed = { recipient: "bob", message: "password, once more", idempotency_key: "rejected-once" }
+      const first = yield* Effect.flip(alice.client.messages.send({ payload: keyed }))
+      expect(first).toMatchObject({ _tag: "SendRejected", code: "POLICY_REJECTED" })
+      expect(first).not.toHaveProperty("deduplicated")
+      const repeated = yield* Effect.flip(alice.client.messages.send({ payload: keyed }))
+      expect(repeated).toMatchObject({ _tag: "SendRejected", message_id: first.message_id, code: "POLICY_REJECTED", deduplicated: true })
       expect(agent.attempts).toHaveLength(0)
     }))
 
