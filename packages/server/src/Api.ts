@@ -593,6 +593,7 @@ export class MahiloApi extends HttpApi.make("mahilo")
   .add(MessagesGroup)
   .add(GroupsGroup)
   .addError(InvalidRequest)
+  .addError(NotFound)
   .annotate(OpenApi.Title, "Mahilo Registry API")
   .annotate(OpenApi.Version, "1.0.0")
   .annotate(

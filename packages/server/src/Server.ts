@@ -6,7 +6,8 @@
  */
 import { FetchHttpClient, HttpApiBuilder, HttpApiSwagger, type HttpApp, HttpMiddleware, HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { HttpApiDecodeError } from "@effect/platform/HttpApiError"
-import { NodeHttpServer } from "@effect/platform-node"
+import { RouteNotFound } from "@effect/platform/HttpServerError"
+import { NodeHttpServer, NodeHttpServerRequest } from "@effect/platform-node"
 import type { SqlClient } from "@effect/sql"
 import { CallbackUrls, Errors, type Events, Registry, RemoteDirectory, RetrySchedule, SqlStore } from "@mahilo/core"
 import { Cause, Effect, Layer } from "effect"
@@ -21,6 +22,7 @@ import * as Auth from "./http/Auth.js"
 import * as Handlers from "./http/Handlers.js"
 import { MessagesLive } from "./http/MessagesHandlers.js"
 import * as Replay from "./http/Replay.js"
+import * as RequestBody from "./http/RequestBody.js"
 import { NodeId } from "./NodeId.js"
 import * as EventBus from "./notifications/EventBus.js"
 import * as NotificationRoutes from "./notifications/Routes.js"
@@ -71,6 +73,10 @@ const describeIssues = (e: HttpApiDecodeError): string => {
 /** Bodies larger than this are refused before they are read. */
 const bodyLimit = (maxPayloadBytes: number) => maxPayloadBytes * 4 + 64 * 1024
 
+/** Whether a request comes with a body to check. */
+const hasBody = (method: string, contentLength: number, transferEncoding: string | undefined): boolean =>
+  method !== "GET" && method !== "HEAD" && (contentLength > 0 || transferEncoding !== undefined)
+
 /**
  * Makes every client mistake a `400 {error, code}`: schema failures, bodies
  * that are not JSON, bodies too large. Anything else unexpected is a defect:
@@ -78,7 +84,7 @@ const bodyLimit = (maxPayloadBytes: number) => maxPayloadBytes * 4 + 64 * 1024
  */
 const ClientErrors = HttpApiBuilder.middleware(
   MahiloApi,
-  Effect.map(ServerConfig, (config) => (app: HttpApp.Default): HttpApp.Default<Errors.InvalidRequest, HttpServerRequest.HttpServerRequest> =>
+  Effect.map(ServerConfig, (config) => (app: HttpApp.Default): HttpApp.Default<Errors.InvalidRequest | Errors.NotFound, HttpServerRequest.HttpServerRequest> =>
     Effect.gen(function* () {
       const request = yield* HttpServerRequest.HttpServerRequest
       // The API speaks JSON; a form post from a browser must not be taken as a payload.
@@ -87,13 +93,29 @@ const ClientErrors = HttpApiBuilder.middleware(
         return yield* Errors.InvalidRequest.of("INVALID_REQUEST", "The request body must be JSON (Content-Type: application/json)")
       }
       const length = Number(request.headers["content-length"] ?? "0")
-      if (length > bodyLimit(config.maxPayloadBytes)) {
-        return yield* Errors.InvalidRequest.of("PAYLOAD_TOO_LARGE", `The request body is larger than ${bodyLimit(config.maxPayloadBytes)} bytes`)
+      const tooLarge = () =>
+        Errors.InvalidRequest.of("PAYLOAD_TOO_LARGE", `The request body is larger than ${bodyLimit(config.maxPayloadBytes)} bytes`)
+      if (length > bodyLimit(config.maxPayloadBytes)) return yield* tooLarge()
+      if (hasBody(request.method, length, request.headers["transfer-encoding"])) {
+        // Read (and kept for the handler) before anything decodes it: its size, depth and escapes.
+        const incoming = NodeHttpServerRequest.toIncomingMessage(request)
+        const text = yield* request.text.pipe(
+          Effect.mapError(() => Errors.InvalidRequest.of("INVALID_REQUEST", "The request body could not be read"))
+        )
+        if (RequestBody.isTooLarge(incoming)) return yield* tooLarge()
+        const problem = RequestBody.jsonProblem(text)
+        if (problem !== undefined) return yield* Errors.InvalidRequest.of("INVALID_REQUEST", problem)
       }
       return yield* (app as HttpApp.Default<unknown>)
     }).pipe(
       Effect.catchAll((e) =>
-        Effect.fail(e instanceof HttpApiDecodeError ? Errors.InvalidRequest.of("INVALID_REQUEST", describeIssues(e)) : e)
+        Effect.fail(
+          e instanceof HttpApiDecodeError
+            ? Errors.InvalidRequest.of("INVALID_REQUEST", describeIssues(e))
+            : e instanceof RouteNotFound
+            ? notFound()
+            : e
+        )
       ),
       Effect.catchAllDefect((defect) => {
         const tag = typeof defect === "object" && defect !== null ? (defect as { _tag?: unknown })._tag : undefined
@@ -102,12 +124,17 @@ const ClientErrors = HttpApiBuilder.middleware(
         }
         return Effect.zipRight(Effect.logError("Unhandled defect", Cause.die(defect)), Effect.die(defect))
       })
-    ) as HttpApp.Default<Errors.InvalidRequest, HttpServerRequest.HttpServerRequest>)
+    ) as HttpApp.Default<Errors.InvalidRequest | Errors.NotFound, HttpServerRequest.HttpServerRequest>)
   // No `withContext`: the per-request part needs nothing from the layers, and that option merges
   // the whole server context into every request's (A/B: GET /health +10-15 %, GET /friends +4-15 %).
 )
 
-/** Unknown routes answer `404 {error, code}` instead of an empty body. */
+/**
+ * Unknown routes answer `404 {error, code}` instead of an empty body: those the
+ * router knows nothing of here, and paths it cannot match at all (bad
+ * %-encoding, a path parameter over 100 characters) in `ClientErrors`.
+ */
+const notFound = () => Errors.NotFound.of("NOT_FOUND", "No such endpoint")
 const NotFoundRoute = HttpApiBuilder.Router.use((router) =>
   router.all("*", HttpServerResponse.json({ error: "No such endpoint", code: "NOT_FOUND" }, { status: 404 }).pipe(Effect.orDie))
 )
@@ -128,8 +155,8 @@ const ReplayKeys = Layer.scopedDiscard(
  */
 export const listen = (options: { readonly port: number; readonly host?: string | undefined }) =>
   Layer.unwrapEffect(
-    Effect.map(Replay.Replay, (replay) =>
-      NodeHttpServer.layer(() => Replay.createServer(replay), {
+    Effect.map(Effect.all([Replay.Replay, ServerConfig]), ([replay, config]) =>
+      NodeHttpServer.layer(() => Replay.createServer(replay, bodyLimit(config.maxPayloadBytes)), {
         port: options.port,
         ...(options.host !== undefined ? { host: options.host } : {})
       }))

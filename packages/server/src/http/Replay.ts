@@ -26,6 +26,7 @@ import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { ApiKey, type Registry } from "@mahilo/core"
 import { Context, Effect, Layer, Option, Schema } from "effect"
 import { CurrentPrincipal } from "../Api.js"
+import * as RequestBody from "./RequestBody.js"
 
 interface Entry {
   readonly body: Uint8Array
@@ -130,12 +131,16 @@ export class Replay extends Context.Tag("@mahilo/server/Replay")<Replay, ReplayC
   static readonly layer = Layer.sync(Replay, () => new ReplayCache())
 }
 
-/** A node:http server that answers what `replay` can before emitting a request to the Effect server. */
-export const createServer = (replay: ReplayCache): http.Server => new ReplayingServer(replay)
+/**
+ * A node:http server that answers what `replay` can before emitting a request
+ * to the Effect server, and keeps at most `maxBodyBytes` of a request body
+ * (`RequestBody.boundedRequests`).
+ */
+export const createServer = (replay: ReplayCache, maxBodyBytes: number): http.Server => new ReplayingServer(replay, maxBodyBytes)
 
 class ReplayingServer extends http.Server {
-  constructor(private readonly replay: ReplayCache) {
-    super()
+  constructor(private readonly replay: ReplayCache, maxBodyBytes: number) {
+    super({ IncomingMessage: RequestBody.boundedRequests(maxBodyBytes) })
   }
 
   override emit(event: string | symbol, ...args: Array<any>): boolean {

@@ -225,8 +225,10 @@ describe("delivery", () => {
       const first = yield* Effect.flip(alice.client.messages.send({ payload: keyed }))
       expect(first).toMatchObject({ _tag: "SendRejected", code: "POLICY_REJECTED" })
       expect(first).not.toHaveProperty("deduplicated")
+      const firstId = first._tag === "SendRejected" ? first.message_id : undefined
+      expect(firstId).toEqual(expect.any(String))
       const repeated = yield* Effect.flip(alice.client.messages.send({ payload: keyed }))
-      expect(repeated).toMatchObject({ _tag: "SendRejected", message_id: first.message_id, code: "POLICY_REJECTED", deduplicated: true })
+      expect(repeated).toMatchObject({ _tag: "SendRejected", message_id: firstId, code: "POLICY_REJECTED", deduplicated: true })
       expect(agent.attempts).toHaveLength(0)
     }))
 
