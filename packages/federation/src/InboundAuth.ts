@@ -44,8 +44,10 @@ export const make = Effect.gen(function* () {
     Effect.gen(function* () {
       const length = Number(request.headers["content-length"] ?? "0")
       if (length > MAX_BODY_BYTES) return yield* Refusal.of(413, "PAYLOAD_TOO_LARGE", `Bodies are limited to ${MAX_BODY_BYTES} bytes`)
-      const bytes = new Uint8Array(
-        yield* Effect.mapError(request.arrayBuffer, () => Refusal.of(400, "INVALID_REQUEST", "The request body could not be read"))
+      // Read as text: the server reads a body once, as text, before any route sees it
+      // (its size, depth and escapes), and keeps it; the digest covers its UTF-8 bytes.
+      const bytes = new TextEncoder().encode(
+        yield* Effect.mapError(request.text, () => Refusal.of(400, "INVALID_REQUEST", "The request body could not be read"))
       )
       if (bytes.length > MAX_BODY_BYTES) return yield* Refusal.of(413, "PAYLOAD_TOO_LARGE", `Bodies are limited to ${MAX_BODY_BYTES} bytes`)
       let peer: Peer | undefined

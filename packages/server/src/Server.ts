@@ -97,7 +97,9 @@ const ClientErrors = HttpApiBuilder.middleware(
         Errors.InvalidRequest.of("PAYLOAD_TOO_LARGE", `The request body is larger than ${bodyLimit(config.maxPayloadBytes)} bytes`)
       if (length > bodyLimit(config.maxPayloadBytes)) return yield* tooLarge()
       if (hasBody(request.method, length, request.headers["transfer-encoding"])) {
-        // Read (and kept for the handler) before anything decodes it: its size, depth and escapes.
+        // Read before anything decodes it (its size, depth and escapes). The request keeps the
+        // text, and every route reads its body as text (json is parsed from it); a route that read
+        // the stream some other way would find it spent.
         const incoming = NodeHttpServerRequest.toIncomingMessage(request)
         const text = yield* request.text.pipe(
           Effect.mapError(() => Errors.InvalidRequest.of("INVALID_REQUEST", "The request body could not be read"))
