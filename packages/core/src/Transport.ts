@@ -12,7 +12,12 @@ import type * as Store from "./Store.js"
  * peer took the message and will report the far side's result (until then the
  * delivery stays pending, and is checked again after `recheckAfterMs`).
  */
-export type PeerOutcome = RetrySchedule.Outcome | { readonly _tag: "Accepted"; readonly recheckAfterMs: number }
+export type PeerOutcome =
+  | RetrySchedule.Outcome
+  /** The peer took the message; its final status comes later. */
+  | { readonly _tag: "Accepted"; readonly recheckAfterMs: number }
+  /** Not sent: this registry's own limit towards the peer is spent. Not an attempt; it waits. */
+  | { readonly _tag: "Deferred"; readonly retryAfterMs: number }
 
 export interface PeerTransportService {
   /** One attempt to hand the delivery to the peer registry named by `delivery.peerId`. */

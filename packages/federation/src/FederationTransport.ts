@@ -103,7 +103,8 @@ export const make: Effect.Effect<
           case "timeout":
             return { _tag: "Timeout", timeoutMs: config.requestTimeoutMs } as const
           case "rate-limited":
-            return { _tag: "Response", status: 429, retryAfterMs: e.retryAfterMs } as const
+            // Our own limit: nothing was sent, so it is no attempt (and no failure of the peer).
+            return { _tag: "Deferred", retryAfterMs: e.retryAfterMs ?? 1_000 } as const
           case "unreachable":
             return { _tag: "NetworkError", message: e.message } as const
         }

@@ -91,6 +91,9 @@ export interface DeliveryEngineService {
   readonly wake: Effect.Effect<void>
 }
 
+/** How long a peer registry's deliveries are retried while it cannot be reached. */
+export const PEER_RETRY_HORIZON_MS = 7 * 24 * 60 * 60_000
+
 export class DeliveryEngine extends Context.Tag("@mahilo/server/DeliveryEngine")<DeliveryEngine, DeliveryEngineService>() {}
 
 /** Per-target state: attempts in flight, and the breaker. */
@@ -176,6 +179,14 @@ export const make = (settings: EngineSettings) =>
       }
     }
 
+    // A peer registry that is down keeps its queue: its deliveries are retried with the same
+    // back-off, without an attempt budget, for up to a week (agents' deliveries give up sooner).
+    const peerSchedule: RetrySchedule.RetrySchedule = {
+      ...settings.schedule,
+      maxAttempts: Number.MAX_SAFE_INTEGER,
+      horizonMs: Math.max(settings.schedule.horizonMs, PEER_RETRY_HORIZON_MS)
+    }
+
     /** What to record for an outcome, given the delivery's history. */
     const decide = (d: Store.Delivery, outcome: RetrySchedule.Outcome, now: number): Store.AttemptRecord => {
       const statusCode = outcome._tag === "Response" ? outcome.status : null
@@ -183,7 +194,7 @@ export const make = (settings: EngineSettings) =>
       if (verdict === "delivered") return { _tag: "Delivered", statusCode, at: new Date(now) }
       const error = RetrySchedule.describe(outcome)
       if (verdict === "permanent") return { _tag: "Failed", error, statusCode }
-      const delay = RetrySchedule.nextAttemptDelay(settings.schedule, {
+      const delay = RetrySchedule.nextAttemptDelay(d.targetKind === "peer" ? peerSchedule : settings.schedule, {
         attempts: d.attempts + 1,
         firstAttemptAt: d.firstAttemptAt?.getTime() ?? now,
         now,
@@ -228,6 +239,13 @@ export const make = (settings: EngineSettings) =>
         target.inFlight++
         const outcome = yield* transport(claimed).pipe(Effect.ensuring(Effect.sync(() => target.inFlight--)))
         const now = Date.now()
+        if (outcome._tag === "Deferred") {
+          // Not sent (our own limit towards a peer): it waits its turn, and no attempt is counted.
+          const until = now + Math.max(1, outcome.retryAfterMs)
+          yield* outbox.postpone(nodeId, claimed.delivery.id, new Date(until))
+          yield* wakeIn(until - now)
+          return "pending" as const
+        }
         if (outcome._tag === "Accepted") {
           // Federation: a peer registry took the message and reports the far side's result
           // itself; until then the delivery stays pending and is checked again later.
