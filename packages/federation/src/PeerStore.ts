@@ -179,7 +179,8 @@ export const make = Effect.gen(function* () {
         VALUES (${input.groupId}, ${input.userId}, ${input.homeInstance}, ${input.groupName}, 'invited',
           ${input.memberCount}, ${input.invitedBy})
         ON CONFLICT (group_id, user_id) DO UPDATE SET group_name = EXCLUDED.group_name,
-          member_count = EXCLUDED.member_count`),
+          member_count = EXCLUDED.member_count
+        WHERE remote_group_members.home_instance = EXCLUDED.home_instance`),
 
     recordJoined: (groupId: string, userId: string, memberCount: number) =>
       Effect.map(

@@ -324,6 +324,24 @@ describe("federation across three registries", () => {
     })))
     expect({ status: forged.status, code: forged.body.code }).toEqual({ status: 403, code: "NOT_GROUP_HOME" })
     expect(await counts(a)).toEqual(before)
+
+    // Nor can another registry rename the group through an invitation, at a member's registry
+    // or at the home itself.
+    const invite = (to: Cluster.Member, username: string) =>
+      run(Cluster.send(Cluster.signedRequest({
+        instance: b.name,
+        key: bKey,
+        to: to.url,
+        method: "POST",
+        path: Protocol.paths.groupInvite,
+        body: { group_id: group.group_id, group_name: "renamed by b", member_count: 999, username, invited_by: "mallory" }
+      })))
+    for (const [to, username] of [[c, "carol"], [a, "dave"]] as const) {
+      const refused = await invite(to, username)
+      expect({ status: refused.status, code: refused.body.code }).toEqual({ status: 403, code: "NOT_GROUP_HOME" })
+    }
+    const atCarol = (await run(carol.client.groups.list())).find((g) => g.group_id === group.group_id)
+    expect(atCarol).toMatchObject({ name: "trio", status: "active", member_count: 4 })
   })
 
   it("a member leaves a remote group from their own registry", async () => {
