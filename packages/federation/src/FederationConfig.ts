@@ -30,6 +30,12 @@ export interface FederationOptions {
   readonly maxSkewSeconds?: number | undefined
   /** The least time between two re-fetches of one peer's keys (on meeting an unknown key id). */
   readonly keyRefetchIntervalMs?: number | undefined
+  /**
+   * How long a peer's keys are used before they are checked against its document
+   * again: a key the peer no longer publishes (rotated out, grace over) stops
+   * verifying within this long.
+   */
+  readonly keyMaxAgeMs?: number | undefined
   /** The version published in the well-known document. */
   readonly version?: string | undefined
 }
@@ -48,6 +54,7 @@ export interface Settings {
   readonly keyGraceMs: number
   readonly maxSkewSeconds: number
   readonly keyRefetchIntervalMs: number
+  readonly keyMaxAgeMs: number
   readonly version: string
 }
 
@@ -63,6 +70,7 @@ export const settings = (options: FederationOptions): Settings => ({
   keyGraceMs: options.keyGraceMs ?? InstanceIdentity.DEFAULT_GRACE_MS,
   maxSkewSeconds: options.maxSkewSeconds ?? Signatures.DEFAULT_MAX_SKEW_SECONDS,
   keyRefetchIntervalMs: options.keyRefetchIntervalMs ?? 30_000,
+  keyMaxAgeMs: options.keyMaxAgeMs ?? 60 * 60_000,
   version: options.version ?? "0.1.0"
 })
 

@@ -27,6 +27,8 @@ export const make = Effect.gen(function* () {
   const client = yield* PeerClient
   const config = yield* FederationConfig
   const lastRefetch = new Map<string, number>()
+  /** When each peer's keys were last taken from its own document (in this process). */
+  const confirmedAt = new Map<string, number>()
 
   /** The well-known document at `baseUrl`, checked against its schema. */
   const fetchDocument = (baseUrl: string) =>
@@ -71,11 +73,13 @@ export const make = Effect.gen(function* () {
       if (verified.name === config.instanceName) {
         return yield* Refusal.of(400, "INVALID_BASE_URL", "That registry has this registry's own name")
       }
-      return yield* store.trustPeer({
+      const peer = yield* store.trustPeer({
         name: verified.name,
         baseUrl: verified.baseUrl,
         keys: verified.keys.map((k) => ({ keyId: k.key_id, publicKey: k.public_key }))
       })
+      confirmedAt.set(peer.id, Date.now())
+      return peer
     })
 
   /** The peer's keys from its own base URL, when it still names itself the same; at most once per interval. */
@@ -96,6 +100,7 @@ export const make = Effect.gen(function* () {
       }
       const keys = document.right.keys.map((k) => ({ keyId: k.key_id, publicKey: k.public_key }))
       yield* store.setPeerKeys(peer.id, keys)
+      confirmedAt.set(peer.id, now)
       return { ...peer, keys }
     })
 
@@ -115,11 +120,17 @@ export const make = Effect.gen(function* () {
       return peer.value
     })
 
-  /** The public key `peer` signs with under `keyId`, re-fetching its document for a key id we have not seen. */
+  /**
+   * The public key `peer` signs with under `keyId`. Its document is fetched
+   * again for a key id we have not seen, and when the keys we hold are older
+   * than `keyMaxAgeMs`, so a key the peer retired stops verifying here too. If
+   * the document cannot be had, the keys we hold stay in use.
+   */
   const keyOf = (peer: Peer, keyId: string) =>
     Effect.gen(function* () {
       const known = peer.keys.find((k) => k.keyId === keyId)
-      if (known !== undefined) return Option.some(known.publicKey)
+      const current = Date.now() - (confirmedAt.get(peer.id) ?? 0) < config.keyMaxAgeMs
+      if (known !== undefined && current) return Option.some(known.publicKey)
       const fresh = yield* Effect.orDie(refetchKeys(peer))
       return Option.map(Option.fromNullable(fresh.keys.find((k) => k.keyId === keyId)), (k) => k.publicKey)
     })

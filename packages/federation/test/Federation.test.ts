@@ -575,3 +575,29 @@ describe("per-peer rate limits", () => {
     }))
   }, 90_000)
 })
+
+describe("retired keys", () => {
+  it("a peer's rotated-out key stops verifying once its grace is over (within keyMaxAgeMs)", async () => {
+    await run(Effect.gen(function* () {
+      const pair = yield* Cluster.make({ size: 2, federation: { keyGraceMs: 1_500, keyMaxAgeMs: 400 } })
+      const [x, y] = pair.members as [Cluster.Member, Cluster.Member]
+      yield* pair.trustAll
+      const lookup = (key: { readonly keyId: string; readonly privateKey: string }) =>
+        Effect.map(
+          Cluster.send(Cluster.signedRequest({ instance: x.name, key, to: y.url, method: "GET", path: Protocol.paths.user("nobody") })),
+          (answer) => ({ status: answer.status, code: answer.body?.code })
+        )
+      const oldKey = yield* Cluster.signingKey(x)
+      expect((yield* x.admin("POST", "/keys/rotate")).status).toBe(200)
+      const newKey = yield* Cluster.signingKey(x)
+      // Within the grace both verify, also after y checked x's document again.
+      yield* Effect.sleep("600 millis")
+      expect(yield* lookup(oldKey)).toEqual({ status: 404, code: "USER_NOT_FOUND" })
+      expect(yield* lookup(newKey)).toEqual({ status: 404, code: "USER_NOT_FOUND" })
+      // Grace over: x no longer publishes the old key, and y stops taking it.
+      yield* Effect.sleep("1500 millis")
+      expect(yield* lookup(oldKey)).toEqual({ status: 401, code: "UNKNOWN_KEY" })
+      expect(yield* lookup(newKey)).toEqual({ status: 404, code: "USER_NOT_FOUND" })
+    }))
+  }, 90_000)
+})
