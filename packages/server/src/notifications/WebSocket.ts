@@ -38,8 +38,6 @@ const MAX_BUFFERED_BYTES = 4 * 1024 * 1024
 /** Client requests queued per socket before it is told to slow down. */
 const MAX_QUEUED_REQUESTS = 32
 
-const json = (status: number, code: string, error: string) => HttpServerResponse.unsafeJson({ error, code }, { status })
-
 const frame = (type: string, data: unknown) => JSON.stringify({ type, timestamp: new Date().toISOString(), data })
 
 /** The key from `?api_key=`, else from `Authorization: Bearer`. */
@@ -185,20 +183,33 @@ export const make = Effect.gen(function* () {
 
   return Effect.gen(function* () {
     const request = yield* HttpServerRequest.HttpServerRequest
+    const source = NodeHttpServerRequest.toIncomingMessage(request)
+    // Node marks requests that arrived through the server's "upgrade" event. Their socket is
+    // closed after a refusal, so the answer says so (a client must not send another request on it).
+    const viaUpgrade = (source as IncomingMessage & { readonly upgrade?: boolean }).upgrade === true
+    const refuse = (status: number, code: string, error: string) =>
+      HttpServerResponse.unsafeJson({ error, code }, { status, ...(viaUpgrade ? { headers: { connection: "close" } } : {}) })
     const key = keyOf(request)
-    if (key === undefined) return json(401, "UNAUTHORIZED", "Missing API key: connect with ?api_key=<key>")
+    if (key === undefined) return refuse(401, "UNAUTHORIZED", "Missing API key: connect with ?api_key=<key>")
     const authenticated = yield* Effect.either(authenticator.authenticate(key))
     if (authenticated._tag === "Left") {
       const e = authenticated.left
-      return json(e._tag === "Unauthorized" ? Errors.Unauthorized.status : Errors.Unavailable.status, e.code, e.error)
+      return refuse(e._tag === "Unauthorized" ? Errors.Unauthorized.status : Errors.Unavailable.status, e.code, e.error)
     }
-    const source = NodeHttpServerRequest.toIncomingMessage(request)
-    // Node marks requests that arrived through the server's "upgrade" event.
-    if ((source as IncomingMessage & { readonly upgrade?: boolean }).upgrade !== true || request.headers["upgrade"]?.toLowerCase() !== "websocket") {
+    if (!viaUpgrade || request.headers["upgrade"]?.toLowerCase() !== "websocket") {
       return HttpServerResponse.unsafeJson(
         { error: "This endpoint speaks WebSocket: send an Upgrade: websocket request", code: "UPGRADE_REQUIRED" },
         { status: 426, headers: { upgrade: "websocket", connection: "Upgrade" } }
       )
+    }
+    // What ws would refuse with a text/html 400 of its own, refused here as every error is.
+    const handshakeKey = request.headers["sec-websocket-key"]
+    const version = request.headers["sec-websocket-version"]
+    if (request.method !== "GET" || handshakeKey === undefined || !/^[+/0-9A-Za-z]{22}==$/.test(handshakeKey.trim())) {
+      return refuse(400, "INVALID_REQUEST", "A WebSocket handshake needs GET and a Sec-WebSocket-Key of 16 bytes in base64")
+    }
+    if (version !== "13" && version !== "8") {
+      return refuse(400, "INVALID_REQUEST", "Unsupported Sec-WebSocket-Version (13 is spoken)")
     }
     yield* Effect.scoped(session(authenticated.right, source))
     // Never written: the socket belongs to the WebSocket, which has closed by now.

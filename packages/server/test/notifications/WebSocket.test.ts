@@ -1,10 +1,31 @@
 import { FakeAgent, TestServer } from "@mahilo/testkit"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Scope } from "effect"
+import * as http from "node:http"
 import * as Fixtures from "../support/Fixtures.js"
 import * as Notifications from "../support/Notifications.js"
 
 const promise = <A>(f: () => Promise<A>) => Effect.promise(f)
+
+/** An upgrade request with the given handshake headers; the answer when it is not a 101. */
+const upgradeWith = (url: string, apiKey: string, headers: Record<string, string>) =>
+  new Promise<{ status: number; contentType: string; connection: string; body: string }>((resolve, reject) => {
+    const request = http.request(`${url}/api/v1/notifications/ws?api_key=${apiKey}`, {
+      headers: { connection: "Upgrade", upgrade: "websocket", ...headers }
+    })
+    request.on("upgrade", (_res, socket) => {
+      socket.destroy()
+      reject(new Error("the upgrade was accepted"))
+    })
+    request.on("response", (res) => {
+      let body = ""
+      res.on("data", (chunk: Buffer) => (body += chunk.toString()))
+      res.on("end", () =>
+        resolve({ status: res.statusCode ?? 0, contentType: res.headers["content-type"] ?? "", connection: res.headers.connection ?? "", body }))
+    })
+    request.on("error", reject)
+    request.end()
+  })
 
 describe("notification stream", () => {
   it.scopedLive("refuses a bad, unknown or missing api_key with 401 before upgrading", () =>
@@ -21,6 +42,24 @@ describe("notification stream", () => {
       // A good key without an upgrade is told to upgrade.
       const plain = yield* promise(() => fetch(`${server.url}/api/v1/notifications/ws?api_key=${alice.apiKey}`))
       expect(plain.status).toBe(426)
+      // A malformed handshake is a JSON 400, like every other error.
+      for (const headers of [
+        { "sec-websocket-version": "13" },
+        { "sec-websocket-key": "not-a-key", "sec-websocket-version": "13" },
+        { "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==", "sec-websocket-version": "99" }
+      ]) {
+        const refused = yield* promise(() => upgradeWith(server.url, alice.apiKey, headers))
+        expect({ status: refused.status, contentType: refused.contentType, connection: refused.connection }, JSON.stringify(headers))
+          .toEqual({ status: 400, contentType: "application/json", connection: "close" })
+        expect(JSON.parse(refused.body)).toMatchObject({ code: "INVALID_REQUEST", error: expect.any(String) })
+      }
+      // The same request, well formed, is upgraded.
+      yield* promise(() =>
+        upgradeWith(server.url, alice.apiKey, { "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==", "sec-websocket-version": "13" }).then(
+          (answer) => Promise.reject(new Error(`not upgraded: ${answer.status}`)),
+          (e: Error) => expect(e.message).toBe("the upgrade was accepted")
+        )
+      )
       // A rotated key stops working for the stream at once.
       const rotated = yield* alice.api.auth.rotateKey()
       expect((yield* promise(() => Notifications.refusal(server.url, alice.apiKey))).status).toBe(401)
