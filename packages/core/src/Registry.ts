@@ -40,13 +40,21 @@ type Served<T> = {
 /** PostgreSQL refuses some text (NUL bytes): that is the caller's input, not an outage. */
 const UNSTORABLE_TEXT = new Set(["22021", "22P05"])
 
-const unavailable = (error: SqlError): Effect.Effect<never, Errors.InvalidRequest | Errors.Unavailable> =>
-  UNSTORABLE_TEXT.has(String((error.cause as { code?: unknown } | undefined)?.code))
+/** Text a JSON column refuses (half a surrogate pair): the caller's input too. */
+const unstorableJson = (cause: { readonly code?: unknown; readonly message?: unknown } | undefined): boolean =>
+  cause?.code === "22P02" && typeof cause.message === "string" && cause.message.includes("type json")
+
+const unavailable = (error: SqlError): Effect.Effect<never, Errors.InvalidRequest | Errors.Unavailable> => {
+  const cause = error.cause as { readonly code?: unknown; readonly message?: unknown } | undefined
+  return UNSTORABLE_TEXT.has(String(cause?.code))
     ? Effect.fail(Errors.InvalidRequest.of("INVALID_REQUEST", "Text fields must not contain NUL characters"))
+    : unstorableJson(cause)
+    ? Effect.fail(Errors.InvalidRequest.of("INVALID_REQUEST", "Text fields must not hold half a UTF-16 surrogate pair"))
     : Effect.zipRight(
     Effect.logError("Store failure", error),
     Effect.fail(Errors.Unavailable.of("STORE_UNAVAILABLE", "The registry's database is unavailable; try again shortly"))
   )
+}
 
 const serve = <T extends Record<string, unknown>>(useCases: T): Served<T> => {
   const out: Record<string, unknown> = {}
