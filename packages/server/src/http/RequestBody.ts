@@ -49,8 +49,9 @@ export const boundedRequests = (maxBytes: number): typeof http.IncomingMessage =
 
     // Ended early, the request is not `complete`, and node:http would destroy the
     // socket with it (the answer lost); the rest of the body is still being dropped.
+    // As node:http does, an error is only passed on to someone listening for it.
     override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-      if (this.cut) callback(error)
+      if (this.cut) callback(this.listenerCount("error") > 0 ? error : null)
       else super._destroy(error, callback)
     }
   }
