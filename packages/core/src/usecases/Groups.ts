@@ -114,7 +114,7 @@ export const make = (friends: Friends) =>
           const actor = yield* membershipOf(groupId, principal.userId)
           const invitee = yield* friends.resolveUser(username)
           const existing = yield* membershipOf(groupId, invitee.id)
-          const change = yield* Graph.invite({ actor, inviteeId: invitee.id, existing })
+          yield* Graph.invite({ actor, inviteeId: invitee.id, existing })
           const group = yield* groupOf(groupId)
           if (invitee.instance !== null) {
             // Federation: the invitee's registry must hear of it, to let them join from there.
@@ -122,7 +122,17 @@ export const make = (friends: Friends) =>
             yield* directory.inviteToGroup({ group, invitee, invitedBy: principal, memberCount })
           }
           const membershipId = Ids.make("mem")
-          yield* groups.apply(change, membershipId)
+          // Decided again under the group's lock, as every membership change is: the group may
+          // have been deleted, or the actor demoted, since the checks above.
+          yield* groups.exclusively(groupId, Effect.gen(function* () {
+            if (Option.isNone(yield* groups.find(groupId))) return yield* groupNotFound()
+            const decided = yield* Graph.invite({
+              actor: yield* membershipOf(groupId, principal.userId),
+              inviteeId: invitee.id,
+              existing: yield* membershipOf(groupId, invitee.id)
+            })
+            yield* groups.apply(decided, membershipId)
+          }))
           yield* events.publish({
             _tag: "GroupInvite",
             userId: invitee.id,

@@ -7,7 +7,9 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import * as Fixtures from "../support/Fixtures.js"
 
-describe.each(TestDatabase.backends)("membership races ($name)", ({ layer: database }) => {
+const engines = [...TestDatabase.backends, { name: "pglite-thread", layer: TestDatabase.pgliteThread }]
+
+describe.each(engines)("membership races ($name)", ({ layer: database }) => {
   it.scopedLive("an ownership transfer and the new owner leaving at once never leave a group without an owner", () =>
     Effect.gen(function* () {
       const server = yield* TestServer.make({ database })
@@ -31,5 +33,29 @@ describe.each(TestDatabase.backends)("membership races ($name)", ({ layer: datab
         const owners = outcome.active.filter((m) => m.endsWith(":owner"))
         expect(owners, JSON.stringify(outcome)).toHaveLength(1)
       }
+    }), { timeout: 120_000 })
+
+  it.scopedLive("invitations racing the group's deletion are 404 (or done before it), never a 5xx", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice, ...others] = yield* Fixtures.users(server, "alice", ...Array.from({ length: 10 }, (_, i) => `guest${i}`))
+      const codes = new Map<string, number>()
+      for (let round = 0; round < 20; round++) {
+        const { group_id: id } = yield* alice!.api.groups.create({ payload: { name: `gone${round}` } })
+        // Invitations spread over 10 ms, the deletion in the middle of them.
+        const invites = Effect.forEach(others, (u, i) =>
+          Effect.delay(
+            Effect.either(alice!.api.groups.invite({ path: { id }, payload: { username: u!.username } })),
+            `${(i * 3 + round) % 10} millis`
+          ), { concurrency: "unbounded" })
+        const deletion = Effect.delay(alice!.api.groups.delete({ path: { id } }), "4 millis")
+        const [answers] = yield* Effect.all([invites, deletion], { concurrency: 2 })
+        for (const answer of answers) {
+          const key = answer._tag === "Right" ? "invited" : `${answer.left._tag}:${(answer.left as { code?: string }).code}`
+          codes.set(key, (codes.get(key) ?? 0) + 1)
+        }
+      }
+      const seen = [...codes.keys()]
+      expect(seen.filter((k) => k !== "invited" && k !== "NotFound:GROUP_NOT_FOUND"), JSON.stringify([...codes])).toEqual([])
     }), { timeout: 120_000 })
 })
