@@ -22,7 +22,12 @@ export interface FederationOptions {
   readonly inboundWaitMs?: number | undefined
   /** How long after a peer accepted a message the origin asks again for its status. */
   readonly statusRecheckMs?: number | undefined
-  /** How long the origin waits for a peer's final status before giving up on a message. */
+  /**
+   * How long after a message was created the origin still waits for a peer's
+   * final status before giving up on it. Longer than the 7 days a peer's
+   * deliveries are retried, so a peer that took a message on its last day
+   * still has time to report.
+   */
   readonly maxAwaitMs?: number | undefined
   /** How long a rotated-out key of this registry keeps verifying. */
   readonly keyGraceMs?: number | undefined
@@ -66,7 +71,7 @@ export const settings = (options: FederationOptions): Settings => ({
   requestTimeoutMs: options.requestTimeoutMs ?? 10_000,
   inboundWaitMs: options.inboundWaitMs ?? 1_000,
   statusRecheckMs: options.statusRecheckMs ?? 60_000,
-  maxAwaitMs: options.maxAwaitMs ?? 3 * 24 * 60 * 60_000,
+  maxAwaitMs: options.maxAwaitMs ?? 10 * 24 * 60 * 60_000,
   keyGraceMs: options.keyGraceMs ?? InstanceIdentity.DEFAULT_GRACE_MS,
   maxSkewSeconds: options.maxSkewSeconds ?? Signatures.DEFAULT_MAX_SKEW_SECONDS,
   keyRefetchIntervalMs: options.keyRefetchIntervalMs ?? 30_000,

@@ -5,7 +5,7 @@
  * re-fetched from the peer's own base URL when the key id is new to us (the
  * peer rotated its key).
  */
-import { Context, Effect, Either, Layer, Option, Schema } from "effect"
+import { Context, Effect, Either, Fiber, Layer, Option, Schema } from "effect"
 import { FederationAuthError } from "./FederationAuthError.js"
 import { FederationConfig } from "./FederationConfig.js"
 import * as Handshake from "./Handshake.js"
@@ -18,6 +18,9 @@ import { Refusal } from "./Refusal.js"
 export const HANDSHAKE_PATH = "/federation/v1/handshake"
 /** Where a registry publishes who it is. */
 export const WELL_KNOWN_PATH = "/.well-known/mahilo-registry"
+
+/** How long a request waits for a held key's periodic check before it is verified with the held key. */
+const STALE_KEY_CHECK_WAIT = "1 second"
 
 const decodeDocument = Schema.decodeUnknownEither(InstanceIdentity.WellKnownDocument)
 const decodeAnswer = Schema.decodeUnknownEither(Handshake.HandshakeAnswer)
@@ -131,7 +134,13 @@ export const make = Effect.gen(function* () {
       const known = peer.keys.find((k) => k.keyId === keyId)
       const current = Date.now() - (confirmedAt.get(peer.id) ?? 0) < config.keyMaxAgeMs
       if (known !== undefined && current) return Option.some(known.publicKey)
-      const fresh = yield* Effect.orDie(refetchKeys(peer))
+      const refresh = Effect.orDie(refetchKeys(peer))
+      // A key we hold but have not checked lately: the check gets a short wait; a peer whose
+      // document is slow keeps its held keys for this request while the check goes on.
+      const fresh = known === undefined
+        ? yield* refresh
+        : yield* Effect.flatMap(Effect.forkDaemon(refresh), (fiber) =>
+          Fiber.join(fiber).pipe(Effect.timeout(STALE_KEY_CHECK_WAIT), Effect.orElseSucceed(() => peer)))
       return Option.map(Option.fromNullable(fresh.keys.find((k) => k.keyId === keyId)), (k) => k.publicKey)
     })
 

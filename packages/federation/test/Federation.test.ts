@@ -6,6 +6,7 @@
 import { InstanceIdentity, Protocol } from "@mahilo/federation"
 import { Cluster, FakeAgent, Fixtures } from "@mahilo/testkit"
 import { Effect, Exit, Scope } from "effect"
+import * as net from "node:net"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 
 let scope: Scope.CloseableScope
@@ -598,6 +599,28 @@ describe("retired keys", () => {
       yield* Effect.sleep("1500 millis")
       expect(yield* lookup(oldKey)).toEqual({ status: 401, code: "UNKNOWN_KEY" })
       expect(yield* lookup(newKey)).toEqual({ status: 404, code: "USER_NOT_FOUND" })
+    }))
+  }, 90_000)
+
+  it("a peer whose document does not answer keeps its held keys: its requests are not held up by the check", async () => {
+    await run(Effect.gen(function* () {
+      const pair = yield* Cluster.make({ size: 2, federation: { keyMaxAgeMs: 300, requestTimeoutMs: 60_000 } })
+      const [x, y] = pair.members as [Cluster.Member, Cluster.Member]
+      yield* pair.trustAll
+      const key = yield* Cluster.signingKey(x)
+      // x goes away, and something on its port takes connections but never answers.
+      yield* x.stop
+      const silent = net.createServer(() => {})
+      yield* Effect.acquireRelease(
+        Effect.async<void>((resume) => void silent.listen(x.port, "127.0.0.1", () => resume(Effect.void))),
+        () => Effect.sync(() => silent.close())
+      )
+      yield* Effect.sleep("400 millis")
+      // Signed as x (its key is still trusted at y): answered well within the 60 s a check could wait.
+      const request = Cluster.signedRequest({ instance: x.name, key, to: y.url, method: "GET", path: Protocol.paths.user("nobody") })
+      const answer = yield* Effect.tryPromise(() =>
+        fetch(request.url, { headers: request.headers, signal: AbortSignal.timeout(15_000) }).then((r) => r.status))
+      expect(answer).toBe(404)
     }))
   }, 90_000)
 })
