@@ -211,6 +211,13 @@ export const make = Effect.gen(function* () {
     if (version !== "13" && version !== "8") {
       return refuse(400, "INVALID_REQUEST", "Unsupported Sec-WebSocket-Version (13 is spoken)")
     }
+    const protocols = request.headers["sec-websocket-protocol"]
+    if (protocols !== undefined) {
+      const names = protocols.split(",").map((p) => p.trim())
+      if (names.some((p) => !/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/.test(p)) || new Set(names).size !== names.length) {
+        return refuse(400, "INVALID_REQUEST", "Sec-WebSocket-Protocol must be a list of distinct tokens")
+      }
+    }
     yield* Effect.scoped(session(authenticated.right, source))
     // Never written: the socket belongs to the WebSocket, which has closed by now.
     return HttpServerResponse.empty()

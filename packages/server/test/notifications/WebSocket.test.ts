@@ -46,7 +46,9 @@ describe("notification stream", () => {
       for (const headers of [
         { "sec-websocket-version": "13" },
         { "sec-websocket-key": "not-a-key", "sec-websocket-version": "13" },
-        { "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==", "sec-websocket-version": "99" }
+        { "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==", "sec-websocket-version": "99" },
+        { "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==", "sec-websocket-version": "13", "sec-websocket-protocol": "a,,b" },
+        { "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==", "sec-websocket-version": "13", "sec-websocket-protocol": "a, a" }
       ]) {
         const refused = yield* promise(() => upgradeWith(server.url, alice.apiKey, headers))
         expect({ status: refused.status, contentType: refused.contentType, connection: refused.connection }, JSON.stringify(headers))
