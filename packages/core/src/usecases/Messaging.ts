@@ -69,8 +69,31 @@ export interface PlannedDelivery {
   readonly peerId: string | null
 }
 
+/** A group send's members by how their deliveries stand (each member once). */
+export interface MemberCounts {
+  readonly recipients: number
+  readonly delivered: number
+  readonly pending: number
+  readonly failed: number
+}
+
+/** A member's status from their deliveries' statuses: delivered if any was, pending while any is. */
+export const memberStatus = (statuses: ReadonlyArray<Store.DeliveryStatus>): Store.DeliveryStatus =>
+  statuses.includes("delivered") ? "delivered" : statuses.includes("pending") ? "pending" : "failed"
+
+/** Counts members by status; a member without deliveries (no agent to reach) is failed. */
+export const countMembers = (perMember: ReadonlyArray<Store.DeliveryStatus>): MemberCounts => {
+  const count = (s: Store.DeliveryStatus) => perMember.filter((x) => x === s).length
+  return { recipients: perMember.length, delivered: count("delivered"), pending: count("pending"), failed: count("failed") }
+}
+
 export type SendResult =
-  | { readonly _tag: "Deduplicated"; readonly message: Store.Message }
+  | {
+    readonly _tag: "Deduplicated"
+    readonly message: Store.Message
+    /** For a group message: its members as its deliveries stand now. */
+    readonly counts?: MemberCounts | undefined
+  }
   | { readonly _tag: "Rejected"; readonly message: Store.Message; readonly reason: string }
   | {
     readonly _tag: "Accepted"
@@ -222,6 +245,42 @@ export const make = Effect.gen(function* () {
     key === undefined || key === null
       ? Effect.succeed(Option.none<Store.Message>())
       : messages.findByIdempotencyKey(principal.userId, key)
+
+  /**
+   * The answer to a repeated idempotency key. For a group message, its members
+   * as its deliveries stand now: a local member by their own deliveries, the
+   * members on another registry by that registry's forward (as many as the
+   * group has there now), and the members no agent could reach as failed (the
+   * message counts them among its recipients, `recipients` minus deliveries).
+   */
+  const repeated = (message: Store.Message) =>
+    Effect.gen(function* () {
+      if (message.recipientType !== "group" || message.status === "rejected") {
+        return { _tag: "Deduplicated", message } satisfies SendResult
+      }
+      const deliveries = yield* messages.deliveriesOf(message.id)
+      const byMember = new Map<string, Array<Store.DeliveryStatus>>()
+      for (const d of deliveries) {
+        const key = d.recipientUserId ?? `peer:${d.peerId ?? ""}`
+        const list = byMember.get(key)
+        if (list === undefined) byMember.set(key, [d.status])
+        else list.push(d.status)
+      }
+      const perInstance = new Map<string, number>()
+      if (Option.isSome(yield* groups.find(message.recipientId))) {
+        const memberIds = (yield* groups.activeMemberIds(message.recipientId)).filter((id) => id !== message.senderId)
+        for (const u of yield* users.findByIds(memberIds)) {
+          if (u.instance !== null) perInstance.set(u.instance, (perInstance.get(u.instance) ?? 0) + 1)
+        }
+      }
+      const statuses: Array<Store.DeliveryStatus> = []
+      for (const [key, list] of byMember) {
+        const weight = key.startsWith("peer:") ? Math.max(1, perInstance.get(key.slice(5)) ?? 0) : 1
+        for (let i = 0; i < weight; i++) statuses.push(memberStatus(list))
+      }
+      for (let i = deliveries.length; i < message.recipients; i++) statuses.push("failed")
+      return { _tag: "Deduplicated", message, counts: countMembers(statuses) } satisfies SendResult
+    })
 
   /** Writes the message; a racing duplicate of the idempotency key answers the first message. */
   const write = (
@@ -454,13 +513,17 @@ export const make = Effect.gen(function* () {
     options: SendOptions
   ) =>
     Effect.gen(function* () {
+      // Members no agent can reach count as recipients that failed already, so the
+      // message rolls up to failed, not delivered, when nobody could be reached.
+      const unreachable = members.filter((m) => m.deliveryIds.length === 0).length
       const accepted = {
         ...message,
-        recipients: planned.length,
-        status: planned.length === 0 ? "delivered" as const : "pending" as const
+        recipients: planned.length + unreachable,
+        failedCount: unreachable,
+        status: planned.length > 0 ? "pending" as const : unreachable > 0 ? "failed" as const : "delivered" as const
       }
       const first = yield* write(principal, accepted, planned, options)
-      if (Option.isSome(first)) return { _tag: "Deduplicated", message: first.value } satisfies SendResult
+      if (Option.isSome(first)) return yield* repeated(first.value)
       yield* announce(accepted, planned, options)
       return { _tag: "Accepted", message: accepted, deliveries: planned, members } satisfies SendResult
     })
@@ -479,7 +542,7 @@ export const make = Effect.gen(function* () {
       Effect.gen(function* () {
         const payloadType = yield* validate(input)
         const earlier = yield* deduplicated(principal, input.idempotencyKey)
-        if (Option.isSome(earlier)) return { _tag: "Deduplicated", message: earlier.value } satisfies SendResult
+        if (Option.isSome(earlier)) return yield* repeated(earlier.value)
         return yield* (input.recipientType === "group"
           ? sendToGroup(principal, input, payloadType, options)
           : sendToUser(principal, input, payloadType, options))

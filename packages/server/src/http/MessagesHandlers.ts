@@ -37,15 +37,6 @@ const rejected = (message: Store.Message, deduplicated?: true) =>
     ...(deduplicated ? { deduplicated } : {})
   })
 
-/** A member's status from their deliveries' statuses. */
-const memberStatus = (statuses: ReadonlyArray<Status>): Status =>
-  statuses.includes("delivered") ? "delivered" : statuses.includes("pending") ? "pending" : "failed"
-
-/** A group send's per-member counts. */
-const memberCounts = (perMember: ReadonlyArray<Status>) => {
-  const count = (s: Status) => perMember.filter((x) => x === s).length
-  return { recipients: perMember.length, delivered: count("delivered"), pending: count("pending"), failed: count("failed") }
-}
 
 const inboxAnswer = Replay.replayable(Inbox)
 
@@ -78,23 +69,17 @@ export const MessagesLive = HttpApiBuilder.group(MahiloApi, "messages", (handler
           if (result._tag === "Deduplicated") {
             const m = result.message
             if (m.status === "rejected") return yield* rejected(m, true)
-            const answer = { message_id: m.id, status: m.status as Status, deduplicated: true }
-            if (m.recipientType !== "group") return answer
-            // A group send's counts as they stand now, per member (or far registry) with deliveries.
-            const { deliveries } = yield* registry.messageDetail(principal, m.id)
-            const byMember = new Map<string, Array<Status>>()
-            for (const { delivery } of deliveries) {
-              const member = delivery.recipientUserId ?? `peer:${delivery.peerId ?? ""}`
-              byMember.set(member, [...(byMember.get(member) ?? []), delivery.status])
-            }
-            return { ...answer, ...memberCounts([...byMember.values()].map(memberStatus)) }
+            const counts = "counts" in result ? result.counts : undefined
+            return { message_id: m.id, status: m.status as Status, deduplicated: true, ...counts }
           }
 
           // First attempts start now; wait briefly so a healthy agent answers "delivered".
           const first = yield* engine.dispatch(result.message, result.deliveries)
           const known = yield* first.within(config.firstAttemptWaitMs)
 
-          const counts = memberCounts(result.members.map((m) => memberStatus(m.deliveryIds.map((id) => known.get(id) ?? "pending"))))
+          const counts = Registry.countMembers(
+            result.members.map((m) => Registry.memberStatus(m.deliveryIds.map((id) => known.get(id) ?? "pending")))
+          )
           const status: Status = counts.recipients === 0
             ? "delivered"
             : counts.pending > 0

@@ -166,10 +166,25 @@ describe.each(TestDatabase.backends)("groups over HTTP ($name)", ({ layer: datab
       const again = yield* alice!.api.messages.send({
         payload: { recipient: group.group_id, recipient_type: "group", message: "standup in 5", idempotency_key: "standup-1" }
       })
-      // It answers the counts as they stand now, over the members with deliveries (Erin has none).
-      expect(again).toEqual({ message_id: sent.message_id, status: "delivered", deduplicated: true, recipients: 3, delivered: 3, pending: 0, failed: 0 })
+      // It answers the members as their deliveries stand now; Erin, with no agent, is failed as before.
+      expect(again).toEqual({ message_id: sent.message_id, status: "delivered", deduplicated: true, recipients: 4, delivered: 3, pending: 0, failed: 1 })
       yield* Effect.sleep("200 millis")
       for (const { agent } of [bobPhone, bobLaptop, carolAgent, daveAgent]) expect(agent.countFor(sent.message_id)).toBe(1)
+
+      // A message no member's agent could take is failed, in the answer and in the history.
+      const lonely = yield* erin!.api.groups.create({ payload: { name: "quiet", invite_only: false } })
+      const [zoe] = yield* Fixtures.users(server, "zoe")
+      yield* zoe!.api.groups.join({ path: { id: lonely.group_id } })
+      const unreached = yield* erin!.api.messages.send({
+        payload: { recipient: lonely.group_id, recipient_type: "group", message: "anyone?", idempotency_key: "quiet-1" }
+      })
+      expect(unreached).toMatchObject({ status: "failed", recipients: 1, delivered: 0, pending: 0, failed: 1 })
+      const erinsHistory = yield* erin!.api.messages.history({ urlParams: { direction: "sent" } })
+      expect(erinsHistory.find((m) => m.id === unreached.message_id)?.status).toBe("failed")
+      const unreachedAgain = yield* erin!.api.messages.send({
+        payload: { recipient: lonely.group_id, recipient_type: "group", message: "anyone?", idempotency_key: "quiet-1" }
+      })
+      expect(unreachedAgain).toEqual({ message_id: unreached.message_id, status: "failed", deduplicated: true, recipients: 1, delivered: 0, pending: 0, failed: 1 })
 
       // A member who left gets nothing more.
       yield* carol!.api.groups.leave({ path: { id: group.group_id } })
