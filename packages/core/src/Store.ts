@@ -385,7 +385,14 @@ export interface OutboxService {
   /** Pending inbox deliveries of a polling user with their messages, oldest first; only of `messageIds` when given. */
   readonly inbox: (
     userId: string,
-    query: { readonly since: Date | undefined; readonly limit: number; readonly messageIds?: ReadonlyArray<string> | undefined }
+    query: {
+      /** Deliveries written at or after this instant. */
+      readonly since: Date | undefined
+      /** Deliveries after this one in inbox order (oldest first); an id that is not the user's is ignored. */
+      readonly after?: string | undefined
+      readonly limit: number
+      readonly messageIds?: ReadonlyArray<string> | undefined
+    }
   ) => Effect.Effect<ReadonlyArray<InboxEntry>, SqlError>
   /**
    * Moves whenever the user's inbox may have changed (a message for them

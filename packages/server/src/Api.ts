@@ -452,7 +452,11 @@ export class MessagesGroup extends HttpApiGroup.make("messages")
   )
   .add(
     HttpApiEndpoint.get("inbox", "/messages/inbox")
-      .setUrlParams(Schema.Struct({ since: Schema.optional(Schema.String), limit: Schema.optional(Schema.String) }))
+      .setUrlParams(Schema.Struct({
+        since: Schema.optional(Schema.String),
+        after: Schema.optional(Schema.String.pipe(Schema.maxLength(200))),
+        limit: Schema.optional(Schema.String)
+      }))
       .addSuccess(Inbox)
       .addError(InvalidRequest)
       .annotate(OpenApi.Description, "Beside the contract: messages waiting for polling connections, oldest first.")

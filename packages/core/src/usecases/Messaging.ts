@@ -608,12 +608,14 @@ export const make = Effect.gen(function* () {
       principal: Principal,
       query: {
         readonly since?: Date | undefined
+        readonly after?: string | undefined
         readonly limit?: number | undefined
         readonly messageIds?: ReadonlyArray<string> | undefined
       }
     ) =>
       outbox.inbox(principal.userId, {
         since: query.since,
+        after: query.after,
         limit: Math.min(Math.max(query.limit ?? 50, 1), 100),
         messageIds: query.messageIds
       }),

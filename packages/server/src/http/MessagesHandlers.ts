@@ -131,7 +131,7 @@ export const MessagesLive = HttpApiBuilder.group(MahiloApi, "messages", (handler
           const principal = yield* CurrentPrincipal
           return yield* inboxAnswer(
             () => registry.inboxVersion(principal),
-            Effect.map(registry.inbox(principal, { since, limit }), (waiting) =>
+            Effect.map(registry.inbox(principal, { since, after: urlParams.after, limit }), (waiting) =>
               waiting.map((c) => ({
                 ...callbackBody(c.message, c.delivery, { includeDeliveryId: false }),
                 delivery_id: c.delivery.id

@@ -77,10 +77,45 @@ describe.each(TestDatabase.backends)("polling connections ($name)", ({ layer: da
       }
       const firstTwo = yield* bob!.api.messages.inbox({ urlParams: { limit: "2" } })
       expect(firstTwo.map((m) => m.message_id)).toEqual(ids.slice(0, 2))
-      const rest = yield* bob!.api.messages.inbox({ urlParams: { since: firstTwo[1]!.timestamp } })
+      // `after` continues exactly after an item; `since` includes what was written at that instant.
+      const rest = yield* bob!.api.messages.inbox({ urlParams: { after: firstTwo[1]!.delivery_id } })
       expect(rest.map((m) => m.message_id)).toEqual(ids.slice(2))
+      const fromSecond = yield* bob!.api.messages.inbox({ urlParams: { since: firstTwo[1]!.timestamp } })
+      expect(fromSecond.map((m) => m.message_id)).toEqual(ids.slice(1))
       const bad = yield* Fixtures.failure(bob!.api.messages.inbox({ urlParams: { since: "yesterday" } }))
       expect(bad.code).toBe("INVALID_REQUEST")
+      // An id that is not one of bob's deliveries pages from the start.
+      const unknown = yield* bob!.api.messages.inbox({ urlParams: { after: "dlv_nope" } })
+      expect(unknown.map((m) => m.message_id)).toEqual(ids)
+    }))
+
+  it.scopedLive("paging with after sees every message once, also when many share a millisecond", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice, bob] = yield* Fixtures.users(server, "alice", "bob")
+      yield* Fixtures.befriend(alice!, bob!)
+      yield* Fixtures.pollingConnection(bob!, "laptop")
+      // Bursts of concurrent sends until some messages share their timestamp (the point of the test).
+      const sent: Array<string> = []
+      let all: ReadonlyArray<{ readonly message_id: string; readonly timestamp: string; readonly delivery_id: string }> = []
+      for (let burst = 0; burst < 5; burst++) {
+        sent.push(...yield* Effect.forEach(Array.from({ length: 20 }, (_, i) => i), (i) =>
+          Effect.map(alice!.api.messages.send({ payload: { recipient: "bob", message: `burst ${burst}-${i}` } }), (r) => r.message_id),
+          { concurrency: "unbounded" }))
+        all = yield* bob!.api.messages.inbox({ urlParams: { limit: "100" } })
+        if (new Set(all.map((m) => m.timestamp)).size < all.length) break
+      }
+      expect(new Set(all.map((m) => m.timestamp)).size).toBeLessThan(all.length)
+      const seen: Array<string> = []
+      let after: string | undefined
+      for (let page = 0; page < 100; page++) {
+        const items = yield* bob!.api.messages.inbox({ urlParams: { limit: "1", ...(after !== undefined ? { after } : {}) } })
+        if (items.length === 0) break
+        seen.push(items[0]!.message_id)
+        after = items[0]!.delivery_id
+      }
+      expect(seen).toEqual(all.map((m) => m.message_id))
+      expect([...seen].sort()).toEqual([...sent].sort())
     }))
 
   it.scopedLive("pushes waiting messages over the socket, whole, and takes acks over it", () =>
