@@ -326,6 +326,8 @@ export interface HistoryQuery {
   readonly direction: "sent" | "received"
   readonly since: Date | undefined
   readonly before: Date | undefined
+  /** Messages older than this one (newest-first order), when it is a message the user sent or got. */
+  readonly beforeId?: string | undefined
   readonly limit: number
 }
 

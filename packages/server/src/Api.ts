@@ -423,6 +423,9 @@ export class MessagesGroup extends HttpApiGroup.make("messages")
       .setUrlParams(Schema.Struct({
         since: Schema.optional(Schema.String),
         before: Schema.optional(Schema.String).annotations({ description: "Beside the contract: page back from here" }),
+        before_id: Schema.optional(Schema.String.pipe(Schema.maxLength(200))).annotations({
+          description: "Beside the contract: page back from this message (the last one of the previous page), exactly"
+        }),
         limit: Schema.optional(Schema.String),
         direction: Schema.optional(Schema.Literal("sent", "received"))
       }))

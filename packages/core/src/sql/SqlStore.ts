@@ -586,24 +586,34 @@ export const makeMessages = Effect.gen(function* () {
         (rows) => rows.map((r) => Rows.delivery(r))
       ),
     history: (userId, q) => {
+      // Keyset paging from a message the user sent or got (exact when several share a millisecond);
+      // an id that is neither leaves the list unbounded.
+      const olderThan = (beforeId: string) =>
+        sql`NOT EXISTS (
+          SELECT 1 FROM messages b WHERE b.id = ${beforeId} AND (b.created_at, b.id) <= (m.created_at, m.id)
+            AND (b.sender_id = ${userId}
+              OR EXISTS (SELECT 1 FROM deliveries bd WHERE bd.message_id = b.id AND bd.recipient_user_id = ${userId})))`
       if (q.direction === "sent") {
-        const conditions = [sql`sender_id = ${userId}`]
-        if (q.since !== undefined) conditions.push(sql`created_at > ${q.since}`)
-        if (q.before !== undefined) conditions.push(sql`created_at < ${q.before}`)
+        const conditions = [sql`m.sender_id = ${userId}`]
+        if (q.since !== undefined) conditions.push(sql`m.created_at > ${q.since}`)
+        if (q.before !== undefined) conditions.push(sql`m.created_at < ${q.before}`)
+        if (q.beforeId !== undefined) conditions.push(olderThan(q.beforeId))
         return Effect.map(
-          sql`SELECT * FROM messages WHERE ${sql.and(conditions)} ORDER BY created_at DESC, id DESC LIMIT ${q.limit}`,
+          sql`SELECT m.* FROM messages m WHERE ${sql.and(conditions)} ORDER BY m.created_at DESC, m.id DESC LIMIT ${q.limit}`,
           (rows) => rows.map((r) => ({ message: Rows.message(r), delivery: Option.none() }))
         )
       }
       const conditions = [sql`d.recipient_user_id = ${userId}`, sql`d.is_primary`]
       if (q.since !== undefined) conditions.push(sql`d.created_at > ${q.since}`)
       if (q.before !== undefined) conditions.push(sql`d.created_at < ${q.before}`)
+      if (q.beforeId !== undefined) conditions.push(olderThan(q.beforeId))
+      // Ties in time go by message id, as the sent list and the merged list do.
       return Effect.map(
         sql`
           SELECT m.*, ${sql.literal(deliveryColumnsSql)}
           FROM deliveries d JOIN messages m ON m.id = d.message_id
           WHERE ${sql.and(conditions)}
-          ORDER BY d.created_at DESC, d.id DESC
+          ORDER BY d.created_at DESC, m.id DESC
           LIMIT ${q.limit}`,
         (rows) => rows.map((r: any) => ({ message: Rows.message(r), delivery: Option.some(Rows.delivery(r, "d_")) }))
       )

@@ -582,12 +582,13 @@ export const make = Effect.gen(function* () {
         readonly direction?: "sent" | "received" | undefined
         readonly since?: Date | undefined
         readonly before?: Date | undefined
+        readonly beforeId?: string | undefined
         readonly limit?: number | undefined
       }
     ) =>
       Effect.gen(function* () {
         const limit = Math.min(Math.max(query.limit ?? 50, 1), 100)
-        const base = { since: query.since, before: query.before, limit }
+        const base = { since: query.since, before: query.before, beforeId: query.beforeId, limit }
         if (query.direction !== undefined) {
           return yield* messages.history(principal.userId, { ...base, direction: query.direction })
         }

@@ -100,6 +100,7 @@ export const MessagesLive = HttpApiBuilder.group(MahiloApi, "messages", (handler
             direction: urlParams.direction,
             since,
             before,
+            beforeId: urlParams.before_id,
             limit
           })
           return entries.map(Wire.historyEntry)

@@ -343,4 +343,38 @@ describe("delivery", () => {
       const hidden = yield* Effect.flip(carol.client.messages.get({ path: { id: ids[0]! } }))
       expect(hidden).toMatchObject({ _tag: "NotFound" })
     }))
+
+  it.scopedLive("history pages back exactly with before_id, also through messages that share a millisecond", () =>
+    Effect.gen(function* () {
+      const { alice, bob, server } = yield* pair()
+      // Bursts of concurrent sends until some share their timestamp (the point of the test).
+      let all: ReadonlyArray<{ readonly id: string; readonly created_at: string }> = []
+      for (let burst = 0; burst < 5; burst++) {
+        yield* Effect.forEach(Array.from({ length: 20 }, (_, i) => i), (i) =>
+          alice.client.messages.send({ payload: { recipient: "bob", message: `burst ${burst}-${i}` } }), { concurrency: "unbounded" })
+        all = yield* alice.client.messages.history({ urlParams: { limit: "100", direction: "sent" } })
+        if (new Set(all.map((h) => h.created_at)).size < all.length) break
+      }
+      expect(new Set(all.map((h) => h.created_at)).size).toBeLessThan(all.length)
+      for (const [who, direction] of [[alice, "sent"], [bob, "received"], [alice, undefined]] as const) {
+        const whole = yield* who.client.messages.history({ urlParams: { limit: "100", ...(direction ? { direction } : {}) } })
+        const paged: Array<string> = []
+        let beforeId: string | undefined
+        for (let page = 0; page < 40; page++) {
+          const items = yield* who.client.messages.history({
+            urlParams: { limit: "3", ...(direction ? { direction } : {}), ...(beforeId !== undefined ? { before_id: beforeId } : {}) }
+          })
+          if (items.length === 0) break
+          paged.push(...items.map((h) => h.id))
+          beforeId = items[items.length - 1]!.id
+        }
+        expect(paged, `${direction ?? "both"}`).toEqual(whole.map((h) => h.id))
+      }
+      // The id of a message carol neither sent nor got bounds nothing for her (and tells her nothing).
+      const carol = yield* Fixtures.person(server, "carol")
+      yield* Fixtures.befriend(carol, bob)
+      const own = yield* carol.client.messages.send({ payload: { recipient: "bob", message: "carol's" } })
+      const carols = yield* carol.client.messages.history({ urlParams: { before_id: all[all.length - 1]!.id } })
+      expect(carols.map((h) => h.id)).toEqual([own.message_id])
+    }))
 })
