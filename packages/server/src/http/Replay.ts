@@ -138,15 +138,44 @@ export class Replay extends Context.Tag("@mahilo/server/Replay")<Replay, ReplayC
  */
 export const createServer = (replay: ReplayCache, maxBodyBytes: number): http.Server => new ReplayingServer(replay, maxBodyBytes)
 
+/** How long connections still busy at shutdown get before they are closed. */
+const CLOSE_GRACE_MS = 3_000
+
 class ReplayingServer extends http.Server {
   constructor(private readonly replay: ReplayCache, maxBodyBytes: number) {
     super({ IncomingMessage: RequestBody.boundedRequests(maxBodyBytes) })
   }
 
   override emit(event: string | symbol, ...args: Array<any>): boolean {
-    if (event === "request" && this.replay.serve(args[0], args[1])) return true
+    if (event === "request") {
+      if (this.replay.serve(args[0], args[1])) return true
+      // Nothing answers requests yet, or any more (shutting down): a request that came on a
+      // kept-alive connection is told so, and the connection closes, instead of waiting for ever.
+      if (this.listenerCount("request") === 0) {
+        refuseWhileClosing(args[1] as http.ServerResponse)
+        return true
+      }
+    }
     return super.emit(event as string, ...args)
   }
+
+  // node:http's close waits for every connection to end; one a client keeps alive would keep the
+  // process up. Idle ones close now; any still busy after the grace are closed.
+  override close(callback?: (error?: Error) => void): this {
+    super.close(callback)
+    this.closeIdleConnections()
+    const timer = setTimeout(() => this.closeAllConnections(), CLOSE_GRACE_MS)
+    timer.unref()
+    this.once("close", () => clearTimeout(timer))
+    return this
+  }
+}
+
+const refuseWhileClosing = (response: http.ServerResponse): void => {
+  const body = JSON.stringify({ error: "The server is starting or shutting down; try again shortly", code: "UNAVAILABLE" })
+  response.shouldKeepAlive = false
+  response.writeHead(503, { "content-type": "application/json", "content-length": Buffer.byteLength(body), "retry-after": "1" })
+  response.end(body)
 }
 
 const encoder = new TextEncoder()
