@@ -144,6 +144,14 @@ const httpUrl = (value: string): Either.Either<string, string> => {
 
 // ---------------------------------------------------------------------------
 
+/**
+ * The longest delay a Node timer takes (about 24.8 days); a longer one fires
+ * at once, so durations that become timers (or lease times) stop there.
+ */
+const MAX_TIMER_MS = 2_147_483_647
+/** A retry horizon of ten years is plenty; more would overflow date arithmetic. */
+const MAX_HORIZON_MS = 10 * 365 * 24 * 60 * 60_000
+
 /** The whole configuration as one `Config`; resolve it against any `ConfigProvider`. */
 export const config: Config.Config<ServerConfigShape> = Config.all({
   port: integer("PORT", 8080, 0, 65535),
@@ -157,25 +165,25 @@ export const config: Config.Config<ServerConfigShape> = Config.all({
   allowPrivateCallbacks: boolean("MAHILO_ALLOW_PRIVATE_CALLBACKS", false),
   trustedMode: boolean("MAHILO_TRUSTED_MODE", false),
   maxPayloadBytes: integer("MAHILO_MAX_PAYLOAD_BYTES", 32768, 1),
-  callbackTimeoutMs: integer("MAHILO_CALLBACK_TIMEOUT_MS", 30000, 1),
+  callbackTimeoutMs: integer("MAHILO_CALLBACK_TIMEOUT_MS", 30000, 1, MAX_TIMER_MS),
   env: parsed<Environment>("MAHILO_ENV", "production", (value) => {
     const v = value.toLowerCase()
     return v === "development" || v === "production"
       ? Either.right(v)
       : Either.left(`must be development or production, got ${JSON.stringify(value)}`)
   }),
-  firstAttemptWaitMs: integer("MAHILO_FIRST_ATTEMPT_WAIT_MS", 2000, 0),
+  firstAttemptWaitMs: integer("MAHILO_FIRST_ATTEMPT_WAIT_MS", 2000, 0, MAX_TIMER_MS),
   deliveryWorkers: integer("MAHILO_DELIVERY_WORKERS", 8, 1),
   processes: integer("MAHILO_PROCESSES", 1, 1, 256),
   maxInFlightPerConnection: integer("MAHILO_MAX_IN_FLIGHT_PER_CONNECTION", 4, 1),
-  sweepIntervalMs: integer("MAHILO_SWEEP_INTERVAL_MS", 1000, 1),
-  leaseMs: integer("MAHILO_LEASE_MS", 60000, 1),
+  sweepIntervalMs: integer("MAHILO_SWEEP_INTERVAL_MS", 1000, 1, MAX_TIMER_MS),
+  leaseMs: integer("MAHILO_LEASE_MS", 60000, 1, MAX_TIMER_MS),
   authCacheSize: integer("MAHILO_AUTH_CACHE_SIZE", 10000, 0),
-  retryBaseDelayMs: integer("MAHILO_RETRY_BASE_MS", 1000, 1),
-  retryMaxDelayMs: integer("MAHILO_RETRY_MAX_DELAY_MS", 300000, 1),
+  retryBaseDelayMs: integer("MAHILO_RETRY_BASE_MS", 1000, 1, MAX_TIMER_MS),
+  retryMaxDelayMs: integer("MAHILO_RETRY_MAX_DELAY_MS", 300000, 1, MAX_TIMER_MS),
   retryMaxAttempts: integer("MAHILO_RETRY_MAX_ATTEMPTS", 8, 1, 1000),
-  retryHorizonMs: integer("MAHILO_RETRY_HORIZON_MS", 3600000, 1),
-  wsPingIntervalMs: integer("MAHILO_WS_PING_INTERVAL_MS", 30000, 10),
+  retryHorizonMs: integer("MAHILO_RETRY_HORIZON_MS", 3600000, 1, MAX_HORIZON_MS),
+  wsPingIntervalMs: integer("MAHILO_WS_PING_INTERVAL_MS", 30000, 10, MAX_TIMER_MS),
   instanceName: optional("MAHILO_INSTANCE_NAME", (value) =>
     // The registry's public name: a host name, optionally with a port.
     /^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(?::\d{1,5})?$/.test(value)

@@ -118,11 +118,26 @@ describe("Config", () => {
     ["MAHILO_ENV", "staging"],
     ["MAHILO_LOG_LEVEL", "loud"],
     ["MAHILO_PUBLIC_URL", "ftp://x"],
-    ["MAHILO_INSTANCE_NAME", "no spaces"]
+    ["MAHILO_INSTANCE_NAME", "no spaces"],
+    // Durations a Node timer cannot hold (it would fire at once) or that overflow dates.
+    ["MAHILO_CALLBACK_TIMEOUT_MS", "3000000000"],
+    ["MAHILO_FIRST_ATTEMPT_WAIT_MS", "2147483648"],
+    ["MAHILO_LEASE_MS", "9000000000000000"],
+    ["MAHILO_SWEEP_INTERVAL_MS", "2147483648"],
+    ["MAHILO_RETRY_MAX_DELAY_MS", "2147483648"],
+    ["MAHILO_RETRY_HORIZON_MS", "9000000000000000"],
+    ["MAHILO_WS_PING_INTERVAL_MS", "2147483648"]
   ])("rejects %s=%s with a message naming it", (name, value) => {
     const message = error({ [name]: value })
     expect(message).toContain(name)
     expect(message).toContain(JSON.stringify(value))
+  })
+
+  it("takes the longest timer Node can hold", () => {
+    expect(ok({ MAHILO_CALLBACK_TIMEOUT_MS: "2147483647", MAHILO_LEASE_MS: "2147483647" })).toMatchObject({
+      callbackTimeoutMs: 2147483647,
+      leaseMs: 2147483647
+    })
   })
 
   it("does not echo a bad DATABASE_URL (it may hold a password)", () => {
