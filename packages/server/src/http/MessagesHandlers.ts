@@ -37,7 +37,6 @@ const rejected = (message: Store.Message, deduplicated?: true) =>
     ...(deduplicated ? { deduplicated } : {})
   })
 
-
 const inboxAnswer = Replay.replayable(Inbox)
 
 export const MessagesLive = HttpApiBuilder.group(MahiloApi, "messages", (handlers) =>
