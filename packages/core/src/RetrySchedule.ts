@@ -42,6 +42,20 @@ export const testing: RetrySchedule = RetrySchedule.make({
   jitter: 0.2
 })
 
+/** How long deliveries to a peer registry are retried while it cannot be reached. */
+export const PEER_HORIZON_MS = 7 * 24 * 60 * 60_000
+
+/**
+ * The schedule for deliveries to a peer registry: the same back-off, but no
+ * attempt budget and at least `PEER_HORIZON_MS`, so a registry that is down
+ * for a while keeps its queue (an agent's delivery gives up sooner).
+ */
+export const forPeers = (schedule: RetrySchedule): RetrySchedule => ({
+  ...schedule,
+  maxAttempts: Number.MAX_SAFE_INTEGER,
+  horizonMs: Math.max(schedule.horizonMs, PEER_HORIZON_MS)
+})
+
 /**
  * Milliseconds to wait before the next attempt, or `None` when the schedule is
  * exhausted (attempt budget spent, or the attempt would start past the horizon).

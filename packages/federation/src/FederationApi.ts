@@ -333,8 +333,8 @@ export const layer = HttpApiBuilder.Router.use((router) =>
           const user = yield* localUser(invite.username)
           // Only a group's home speaks for it: not for a group homed here, nor one homed elsewhere.
           const homedHere = Option.isSome(yield* groups.find(invite.group_id))
-          const known = (yield* store.remoteGroupMembers(invite.group_id))[0]
-          if (homedHere || (known !== undefined && known.homeInstance !== peer.name)) {
+          const home = homedHere ? config.instanceName : yield* store.remoteGroupHome(invite.group_id)
+          if (home !== undefined && home !== peer.name) {
             return yield* Refusal.of(403, "NOT_GROUP_HOME", "That group's home is another registry")
           }
           const invitedBy = `${invite.invited_by.toLowerCase()}@${peer.name}`

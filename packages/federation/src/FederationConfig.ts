@@ -2,6 +2,7 @@
  * What the server tells federation: who this registry is, the operator's
  * secret, and the knobs of signed traffic (rate limits, waits, rechecks).
  */
+import { RetrySchedule } from "@mahilo/core"
 import { Context, Option, type Redacted } from "effect"
 import * as InstanceIdentity from "./InstanceIdentity.js"
 import * as RateLimit from "./RateLimit.js"
@@ -24,9 +25,9 @@ export interface FederationOptions {
   readonly statusRecheckMs?: number | undefined
   /**
    * How long after a message was created the origin still waits for a peer's
-   * final status before giving up on it. Longer than the 7 days a peer's
-   * deliveries are retried, so a peer that took a message on its last day
-   * still has time to report.
+   * final status before giving up on it. By default 3 days more than a peer's
+   * deliveries are retried (`RetrySchedule.PEER_HORIZON_MS`), so a peer that
+   * took a message on the last day still has time to report.
    */
   readonly maxAwaitMs?: number | undefined
   /** How long a rotated-out key of this registry keeps verifying. */
@@ -71,7 +72,7 @@ export const settings = (options: FederationOptions): Settings => ({
   requestTimeoutMs: options.requestTimeoutMs ?? 10_000,
   inboundWaitMs: options.inboundWaitMs ?? 1_000,
   statusRecheckMs: options.statusRecheckMs ?? 60_000,
-  maxAwaitMs: options.maxAwaitMs ?? 10 * 24 * 60 * 60_000,
+  maxAwaitMs: options.maxAwaitMs ?? RetrySchedule.PEER_HORIZON_MS + 3 * 24 * 60 * 60_000,
   keyGraceMs: options.keyGraceMs ?? InstanceIdentity.DEFAULT_GRACE_MS,
   maxSkewSeconds: options.maxSkewSeconds ?? Signatures.DEFAULT_MAX_SKEW_SECONDS,
   keyRefetchIntervalMs: options.keyRefetchIntervalMs ?? 30_000,

@@ -77,7 +77,7 @@ export const make: Effect.Effect<
       }
       const home = Option.isSome(yield* groups.find(m.recipientId))
         ? config.instanceName
-        : (yield* store.remoteGroupMembers(m.recipientId))[0]?.homeInstance
+        : yield* store.remoteGroupHome(m.recipientId)
       if (home === undefined) return Either.left("the group no longer exists")
       return Either.right<Protocol.ForwardedMessage>({
         ...base,

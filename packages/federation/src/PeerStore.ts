@@ -159,6 +159,12 @@ export const make = Effect.gen(function* () {
         sql`SELECT * FROM remote_group_members WHERE group_id = ${groupId} ORDER BY created_at, user_id`,
         (rows) => rows.map(remoteRow)
       ),
+    /** The registry a remote group is homed at, as its rows here say (they all name the same one). */
+    remoteGroupHome: (groupId: string) =>
+      Effect.map(
+        sql<{ home_instance: string }>`SELECT home_instance FROM remote_group_members WHERE group_id = ${groupId} LIMIT 1`,
+        (rows) => rows[0]?.home_instance
+      ),
     remoteGroupsOf: (userId: string) =>
       Effect.map(
         sql`SELECT * FROM remote_group_members WHERE user_id = ${userId} ORDER BY created_at, group_id`,

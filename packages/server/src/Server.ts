@@ -4,7 +4,7 @@
  * `layer` listens on the configured address; tests pass their own database
  * and a fast retry schedule.
  */
-import { FetchHttpClient, HttpApiBuilder, HttpApiSwagger, type HttpApp, HttpMiddleware, HttpServer, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import { FetchHttpClient, HttpApiBuilder, HttpApiSwagger, type HttpApp, HttpMiddleware, HttpServer, HttpServerRequest } from "@effect/platform"
 import { HttpApiDecodeError } from "@effect/platform/HttpApiError"
 import { RouteNotFound } from "@effect/platform/HttpServerError"
 import { NodeHttpServer, NodeHttpServerRequest } from "@effect/platform-node"
@@ -21,6 +21,7 @@ import * as HttpCallback from "./delivery/HttpCallback.js"
 import * as Auth from "./http/Auth.js"
 import * as Handlers from "./http/Handlers.js"
 import { MessagesLive } from "./http/MessagesHandlers.js"
+import * as NodeServer from "./http/NodeServer.js"
 import * as Replay from "./http/Replay.js"
 import * as RequestBody from "./http/RequestBody.js"
 import { NodeId } from "./NodeId.js"
@@ -132,14 +133,11 @@ const ClientErrors = HttpApiBuilder.middleware(
 )
 
 /**
- * Unknown routes answer `404 {error, code}` instead of an empty body: those the
- * router knows nothing of here, and paths it cannot match at all (bad
- * %-encoding, a path parameter over 100 characters) in `ClientErrors`.
+ * A request no route matches (an unknown path, or one the router cannot read:
+ * bad %-encoding, a path parameter over 100 characters) answers `404 {error,
+ * code}` instead of the router's empty body; `ClientErrors` maps it.
  */
 const notFound = () => Errors.NotFound.of("NOT_FOUND", "No such endpoint")
-const NotFoundRoute = HttpApiBuilder.Router.use((router) =>
-  router.all("*", HttpServerResponse.json({ error: "No such endpoint", code: "NOT_FOUND" }, { status: 404 }).pipe(Effect.orDie))
-)
 
 /** Replayed answers check keys with the server's authenticator, from the moment it exists. */
 const ReplayKeys = Layer.scopedDiscard(
@@ -151,14 +149,11 @@ const ReplayKeys = Layer.scopedDiscard(
   })
 )
 
-/**
- * node:http listening on `port`/`host`, answering what the replay cache can
- * before the Effect server sees it (`Replay`).
- */
+/** The server's node:http server (`NodeServer`) listening on `port`/`host`. */
 export const listen = (options: { readonly port: number; readonly host?: string | undefined }) =>
   Layer.unwrapEffect(
     Effect.map(Effect.all([Replay.Replay, ServerConfig]), ([replay, config]) =>
-      NodeHttpServer.layer(() => Replay.createServer(replay, bodyLimit(config.maxPayloadBytes)), {
+      NodeHttpServer.layer(() => NodeServer.make(replay, bodyLimit(config.maxPayloadBytes)), {
         port: options.port,
         ...(options.host !== undefined ? { host: options.host } : {})
       }))
@@ -235,7 +230,6 @@ export const app = (options: ServerOptions = {}) =>
         breakerCooldownMs: 5_000
       }).pipe(Layer.provide(Layer.merge(store, remote)))
       const http = HttpApiBuilder.serve().pipe(
-        Layer.provide(NotFoundRoute),
         Layer.provide(NotificationRoutes.layer),
         Layer.provide(federationRoutes),
         Layer.provide(HttpApiSwagger.layer({ path: "/docs" })),

@@ -246,6 +246,10 @@ export const make = Effect.gen(function* () {
       ? Effect.succeed(Option.none<Store.Message>())
       : messages.findByIdempotencyKey(principal.userId, key)
 
+  /** A group's active members other than `senderId`, as users (local, or shadows of other registries'). */
+  const othersIn = (groupId: string, senderId: string) =>
+    Effect.flatMap(groups.activeMemberIds(groupId), (ids) => users.findByIds(ids.filter((id) => id !== senderId)))
+
   /**
    * The answer to a repeated idempotency key. For a group message, its members
    * as its deliveries stand now: a local member by their own deliveries, the
@@ -268,8 +272,7 @@ export const make = Effect.gen(function* () {
       }
       const perInstance = new Map<string, number>()
       if (Option.isSome(yield* groups.find(message.recipientId))) {
-        const memberIds = (yield* groups.activeMemberIds(message.recipientId)).filter((id) => id !== message.senderId)
-        for (const u of yield* users.findByIds(memberIds)) {
+        for (const u of yield* othersIn(message.recipientId, message.senderId)) {
           if (u.instance !== null) perInstance.set(u.instance, (perInstance.get(u.instance) ?? 0) + 1)
         }
       }
@@ -424,9 +427,8 @@ export const make = Effect.gen(function* () {
         if (verdict._tag === "Rejected") return yield* reject(principal, message, verdict.reason)
       }
 
-      const memberIds = (yield* groups.activeMemberIds(group.id)).filter((id) => id !== principal.userId)
       // Federation: members on the registry a message came from were served there already.
-      const members = (yield* users.findByIds(memberIds)).filter((u) =>
+      const members = (yield* othersIn(group.id, principal.userId)).filter((u) =>
         input.federated === undefined || u.instance !== input.federated.originInstance
       )
       const local = members.filter((u) => u.instance === null)

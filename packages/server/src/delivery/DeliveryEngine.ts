@@ -91,9 +91,6 @@ export interface DeliveryEngineService {
   readonly wake: Effect.Effect<void>
 }
 
-/** How long a peer registry's deliveries are retried while it cannot be reached. */
-export const PEER_RETRY_HORIZON_MS = 7 * 24 * 60 * 60_000
-
 export class DeliveryEngine extends Context.Tag("@mahilo/server/DeliveryEngine")<DeliveryEngine, DeliveryEngineService>() {}
 
 /** Per-target state: attempts in flight, and the breaker. */
@@ -179,13 +176,7 @@ export const make = (settings: EngineSettings) =>
       }
     }
 
-    // A peer registry that is down keeps its queue: its deliveries are retried with the same
-    // back-off, without an attempt budget, for up to a week (agents' deliveries give up sooner).
-    const peerSchedule: RetrySchedule.RetrySchedule = {
-      ...settings.schedule,
-      maxAttempts: Number.MAX_SAFE_INTEGER,
-      horizonMs: Math.max(settings.schedule.horizonMs, PEER_RETRY_HORIZON_MS)
-    }
+    const peerSchedule = RetrySchedule.forPeers(settings.schedule)
 
     /** What to record for an outcome, given the delivery's history. */
     const decide = (d: Store.Delivery, outcome: RetrySchedule.Outcome, now: number): Store.AttemptRecord => {

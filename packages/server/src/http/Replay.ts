@@ -6,8 +6,8 @@
  * once and keeps the bytes under the caller's key id and the request URL, with
  * the version of the data they were read from (a version the store moves with
  * every write that may change that data: all friend lists, or one user's
- * inbox). The node:http server made by `createServer` looks
- * at each request before the Effect server does, and answers it with those
+ * inbox). The server's node:http server (`NodeServer.make`) asks `serve` about
+ * each request before the Effect server sees it, which answers with those
  * bytes only when all of these hold:
  * - it is a `GET` with no body and a `Bearer` key, and does not ask for a fresh
  *   answer (`Cache-Control: no-cache` or `no-store`, `Pragma: no-cache`);
@@ -26,7 +26,6 @@ import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { ApiKey, type Registry } from "@mahilo/core"
 import { Context, Effect, Layer, Option, Schema } from "effect"
 import { CurrentPrincipal } from "../Api.js"
-import * as RequestBody from "./RequestBody.js"
 
 interface Entry {
   readonly body: Uint8Array
@@ -129,53 +128,6 @@ export class ReplayCache {
 /** The server's one replay cache, shared by its node:http server and its handlers. */
 export class Replay extends Context.Tag("@mahilo/server/Replay")<Replay, ReplayCache>() {
   static readonly layer = Layer.sync(Replay, () => new ReplayCache())
-}
-
-/**
- * A node:http server that answers what `replay` can before emitting a request
- * to the Effect server, and keeps at most `maxBodyBytes` of a request body
- * (`RequestBody.boundedRequests`).
- */
-export const createServer = (replay: ReplayCache, maxBodyBytes: number): http.Server => new ReplayingServer(replay, maxBodyBytes)
-
-/** How long connections still busy at shutdown get before they are closed. */
-const CLOSE_GRACE_MS = 3_000
-
-class ReplayingServer extends http.Server {
-  constructor(private readonly replay: ReplayCache, maxBodyBytes: number) {
-    super({ IncomingMessage: RequestBody.boundedRequests(maxBodyBytes) })
-  }
-
-  override emit(event: string | symbol, ...args: Array<any>): boolean {
-    if (event === "request") {
-      if (this.replay.serve(args[0], args[1])) return true
-      // Nothing answers requests yet, or any more (shutting down): a request that came on a
-      // kept-alive connection is told so, and the connection closes, instead of waiting for ever.
-      if (this.listenerCount("request") === 0) {
-        refuseWhileClosing(args[1] as http.ServerResponse)
-        return true
-      }
-    }
-    return super.emit(event as string, ...args)
-  }
-
-  // node:http's close waits for every connection to end; one a client keeps alive would keep the
-  // process up. Idle ones close now; any still busy after the grace are closed.
-  override close(callback?: (error?: Error) => void): this {
-    super.close(callback)
-    this.closeIdleConnections()
-    const timer = setTimeout(() => this.closeAllConnections(), CLOSE_GRACE_MS)
-    timer.unref()
-    this.once("close", () => clearTimeout(timer))
-    return this
-  }
-}
-
-const refuseWhileClosing = (response: http.ServerResponse): void => {
-  const body = JSON.stringify({ error: "The server is starting or shutting down; try again shortly", code: "UNAVAILABLE" })
-  response.shouldKeepAlive = false
-  response.writeHead(503, { "content-type": "application/json", "content-length": Buffer.byteLength(body), "retry-after": "1" })
-  response.end(body)
 }
 
 const encoder = new TextEncoder()

@@ -14,10 +14,40 @@ import * as http from "node:http"
 /** Nesting the API's bodies never need more than; deeper is refused. */
 export const MAX_DEPTH = 64
 
-const tooLarge = new WeakSet<http.IncomingMessage>()
+/** A request body that keeps at most `maxBytes`; see `boundedRequests`. */
+class BoundedIncomingMessage extends http.IncomingMessage {
+  protected maxBytes = Number.POSITIVE_INFINITY
+  private received = 0
+  /** More than the limit arrived: the body ended early for its reader, the rest is dropped. */
+  cut = false
+
+  override push(chunk: unknown, encoding?: BufferEncoding): boolean {
+    if (this.cut) return true
+    if (chunk !== null && chunk !== undefined) {
+      this.received += (chunk as { length: number }).length
+      if (this.received > this.maxBytes) {
+        this.cut = true
+        super.push(null)
+        // The socket may be paused for backpressure, and nothing reads this
+        // stream any more to resume it: read on, dropping what comes.
+        this.socket?.resume()
+        return true
+      }
+    }
+    return super.push(chunk, encoding)
+  }
+
+  // Ended early, the request is not `complete`, and node:http would destroy the
+  // socket with it (the answer lost); the rest of the body is still being dropped.
+  // As node:http does, an error is only passed on to someone listening for it.
+  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
+    if (this.cut) callback(this.listenerCount("error") > 0 ? error : null)
+    else super._destroy(error, callback)
+  }
+}
 
 /** Whether more than the limit arrived (the body the reader saw is cut short). */
-export const isTooLarge = (request: http.IncomingMessage): boolean => tooLarge.has(request)
+export const isTooLarge = (request: http.IncomingMessage): boolean => request instanceof BoundedIncomingMessage && request.cut
 
 /**
  * An `IncomingMessage` class for `http.Server` that keeps at most `maxBytes`
@@ -26,34 +56,8 @@ export const isTooLarge = (request: http.IncomingMessage): boolean => tooLarge.h
  * (a `400`) and the next request, as it is when a `Content-Length` is refused.
  */
 export const boundedRequests = (maxBytes: number): typeof http.IncomingMessage =>
-  class BoundedIncomingMessage extends http.IncomingMessage {
-    private received = 0
-    private cut = false
-
-    override push(chunk: unknown, encoding?: BufferEncoding): boolean {
-      if (this.cut) return true
-      if (chunk !== null && chunk !== undefined) {
-        this.received += (chunk as { length: number }).length
-        if (this.received > maxBytes) {
-          this.cut = true
-          tooLarge.add(this)
-          super.push(null)
-          // The socket may be paused for backpressure, and nothing reads this
-          // stream any more to resume it: read on, dropping what comes.
-          this.socket?.resume()
-          return true
-        }
-      }
-      return super.push(chunk, encoding)
-    }
-
-    // Ended early, the request is not `complete`, and node:http would destroy the
-    // socket with it (the answer lost); the rest of the body is still being dropped.
-    // As node:http does, an error is only passed on to someone listening for it.
-    override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-      if (this.cut) callback(this.listenerCount("error") > 0 ? error : null)
-      else super._destroy(error, callback)
-    }
+  class extends BoundedIncomingMessage {
+    protected override maxBytes = maxBytes
   }
 
 const hex = (text: string, at: number): number => {
