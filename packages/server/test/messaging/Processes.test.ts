@@ -51,10 +51,12 @@ describe("MAHILO_PROCESSES", () => {
           MAHILO_RETRY_MAX_ATTEMPTS: "100",
           MAHILO_RETRY_HORIZON_MS: "60000"
         })
-        const both = () => Effect.promise(async () => {
+        // Two server processes, once `gone` (a process just killed, which lingers for a moment
+        // while it exits) is no longer among them.
+        const both = (gone?: number) => Effect.promise(async () => {
           for (let i = 0; i < 300; i++) {
             const pids = serverProcessesOf(primary.pid)
-            if (pids.length === 2) return pids
+            if (pids.length === 2 && (gone === undefined || !pids.includes(gone))) return pids
             await new Promise((r) => setTimeout(r, 100))
           }
           throw new Error(`expected 2 server processes under ${primary.pid}:\n${primary.output()}`)
@@ -74,7 +76,7 @@ describe("MAHILO_PROCESSES", () => {
 
         // One server process dies without warning; the primary starts another, and the port keeps answering.
         process.kill(second!, "SIGKILL")
-        const after = yield* both()
+        const after = yield* both(second)
         expect(after).toContain(first)
         expect(after).not.toContain(second)
         const later = yield* sendSome("b")
