@@ -1,6 +1,6 @@
 import { spawnSync } from "node:child_process"
 import { randomBytes } from "node:crypto"
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { SqlClient } from "@effect/sql"
@@ -81,6 +81,32 @@ describe("embedded database directory", () => {
         expect(yield* Database.checkpointIfDue(sql, never)).toBe(false)
         expect(yield* redo).toBe(after)
       }).pipe(Effect.provide(context))
+    }), { timeout: 120_000 })
+
+  it.scopedLive("a new write-ahead log segment is created without filling it first (no pause of the database's thread)", () =>
+    Effect.gen(function* () {
+      const dataDir = join(yield* tempDir, "data")
+      yield* withDatabase(dataDir, Effect.gen(function* () {
+        const sql = yield* SqlClient.SqlClient
+        const current = Effect.map(
+          sql<{ name: string }>`SELECT pg_walfile_name(pg_current_wal_lsn()) AS name`,
+          (rows) => rows[0]!.name
+        )
+        const first = yield* current
+        yield* sql`CREATE TABLE filler (v text)`
+        // About 2.5 MB of log at a time, until the log has moved into a new segment.
+        let segment = first
+        for (let round = 0; round < 20 && segment === first; round++) {
+          yield* sql`INSERT INTO filler SELECT md5(i::text) || md5((i + 1)::text) FROM generate_series(1, 20000) AS i`
+          segment = yield* current
+        }
+        expect(segment).not.toBe(first)
+        // A zero-filled segment has all of its 16 MB on disk at once; an unfilled one only
+        // the few MB of log written into it so far.
+        const file = statSync(join(dataDir, "pg_wal", segment))
+        expect(file.size).toBe(16 * 1024 * 1024)
+        expect(file.blocks * 512).toBeLessThan(file.size / 2)
+      }))
     }), { timeout: 120_000 })
 
   it.scopedLive("one server per data directory: a second is refused while the first runs; a lock left by a dead process is taken over", () =>
