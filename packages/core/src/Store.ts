@@ -47,11 +47,16 @@ export interface UsersService {
   ) => Effect.Effect<User, SqlError>
   /** A key that has not been revoked. */
   readonly findKey: (kid: string) => Effect.Effect<Option.Option<StoredKey>, SqlError>
-  /** Adds a new key and revokes every other key of the user, atomically; answers the revoked kids. */
+  /**
+   * Adds a new key and revokes every other key of the user, atomically, provided
+   * `currentKid` (the key asking) is still one of the user's active keys; answers
+   * the revoked kids, or `None` (nothing changed) when `currentKid` was revoked first.
+   */
   readonly rotateKey: (
     userId: string,
+    currentKid: string,
     key: { readonly kid: string; readonly hash: string }
-  ) => Effect.Effect<ReadonlyArray<string>, SqlError>
+  ) => Effect.Effect<Option.Option<ReadonlyArray<string>>, SqlError>
 }
 
 export class Users extends Context.Tag("@mahilo/core/Users")<Users, UsersService>() {}

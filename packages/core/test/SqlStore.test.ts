@@ -87,9 +87,30 @@ for (const backend of backends) {
           const first = Ids.make("key")
           yield* users.create({ id, username: "rotator", displayName: null, instance: null }, { kid: first, hash: "h" })
           const second = Ids.make("key")
-          expect(yield* users.rotateKey(id, { kid: second, hash: "h2" })).toEqual([first])
+          expect(yield* users.rotateKey(id, first, { kid: second, hash: "h2" })).toEqual(Option.some([first]))
           expect(Option.isNone(yield* users.findKey(first))).toBe(true)
           expect(Option.getOrThrow(yield* users.findKey(second))).toMatchObject({ userId: id, hash: "h2" })
+        }))
+
+      it.effect("a key revoked meanwhile cannot rotate: nothing is revoked and no key is added", () =>
+        Effect.gen(function* () {
+          const users = yield* Store.Users
+          const id = Ids.make("usr")
+          const first = Ids.make("key")
+          yield* users.create({ id, username: "late_rotator", displayName: null, instance: null }, { kid: first, hash: "h" })
+          const second = Ids.make("key")
+          const third = Ids.make("key")
+          expect(Option.isSome(yield* users.rotateKey(id, first, { kid: second, hash: "h2" }))).toBe(true)
+          // A second rotation asked with the first key, which the first rotation revoked.
+          expect(yield* users.rotateKey(id, first, { kid: third, hash: "h3" })).toEqual(Option.none())
+          expect(Option.isSome(yield* users.findKey(second))).toBe(true)
+          expect(Option.isNone(yield* users.findKey(third))).toBe(true)
+          // Another user's key is not this user's to rotate with.
+          const other = Ids.make("usr")
+          const otherKey = Ids.make("key")
+          yield* users.create({ id: other, username: "late_other", displayName: null, instance: null }, { kid: otherKey, hash: "h" })
+          expect(yield* users.rotateKey(id, otherKey, { kid: third, hash: "h3" })).toEqual(Option.none())
+          expect(Option.isSome(yield* users.findKey(second))).toBe(true)
         }))
 
       it.effect("one friendship row per pair, whichever side asks", () =>

@@ -61,15 +61,21 @@ export const makeUsers = Effect.gen(function* () {
         sql`SELECT id, user_id, hash FROM api_keys WHERE id = ${kid} AND revoked_at IS NULL`,
         (rows) => Option.map(first(rows), (r) => ({ kid: r.id as string, userId: r.user_id as string, hash: r.hash as string }))
       ),
-    rotateKey: (userId, key) =>
+    rotateKey: (userId, currentKid, key) =>
       sql.withTransaction(
         Effect.gen(function* () {
+          // The asking key's row is locked first: of two rotations with the same key, the second
+          // waits here, then finds the key revoked by the first and changes nothing.
+          const asking = yield* sql`
+            SELECT id FROM api_keys WHERE id = ${currentKid} AND user_id = ${userId} AND revoked_at IS NULL
+            FOR UPDATE`
+          if (asking.length === 0) return Option.none()
           const revoked = yield* sql`
             UPDATE api_keys SET revoked_at = now()
             WHERE user_id = ${userId} AND revoked_at IS NULL
             RETURNING id`
           yield* sql`INSERT INTO api_keys (id, user_id, hash) VALUES (${key.kid}, ${userId}, ${key.hash})`
-          return revoked.map((r) => r.id as string)
+          return Option.some(revoked.map((r) => r.id as string))
         })
       )
   })

@@ -63,15 +63,29 @@ export const make = Effect.gen(function* () {
         return { userId: user.id, username: user.username, kid: parts.kid } satisfies Principal
       }),
 
-    /** Issues a new key and revokes every other key of the user at once. */
+    /**
+     * Issues a new key and revokes every other key of the user at once. Fails
+     * `Unauthorized` if the principal's own key was revoked meanwhile (say, by a
+     * rotation racing this one): a revoked key can no longer issue keys.
+     */
     rotateKey: (principal: Principal) =>
       Effect.gen(function* () {
         const key = ApiKey.generate()
         const hash = yield* ApiKey.hash(key.secret)
-        const revoked = yield* users.rotateKey(principal.userId, { kid: key.kid, hash })
+        const rotated = yield* users.rotateKey(principal.userId, principal.kid, { kid: key.kid, hash })
+        if (Option.isNone(rotated)) return yield* Effect.fail(unauthorized)
+        const revoked = rotated.value
         yield* events.publish({ _tag: "KeysRevoked", userId: principal.userId, kids: revoked })
         return { apiKey: key.key, revoked }
       }),
+
+    /**
+     * Whether the principal's key is still active (no hash check: the principal
+     * was authenticated already). For holders of a long-lived session, such as a
+     * notification socket, to check again after they started listening for revocations.
+     */
+    keyActive: (principal: Principal) =>
+      Effect.map(users.findKey(principal.kid), Option.exists((key) => key.userId === principal.userId)),
 
     me: (principal: Principal) =>
       Effect.flatMap(users.findById(principal.userId), Option.match({

@@ -55,15 +55,19 @@ export const makeAuthenticator = Effect.gen(function* () {
   const config = yield* ServerConfig
   const bus = yield* EventBus
   const cache = new KeyCache(config.authCacheSize)
+  // Counts the revocations this process has heard of. A check that read the database before a
+  // revocation and ends after it must not put the key back into the cache: by then the
+  // revocation's event has come and gone, and nothing would ever remove it again.
+  let revocationsHeard = 0
+  const forget = (kids: ReadonlyArray<string>) => {
+    revocationsHeard++
+    for (const kid of kids) cache.delete(kid)
+  }
 
   // Subscribe before serving any request, so no revocation can slip between.
   const revocations = yield* bus.subscribeTo((event): event is KeysRevoked => event._tag === "KeysRevoked")
   yield* Queue.take(revocations).pipe(
-    Effect.tap((event) =>
-      Effect.sync(() => {
-        for (const kid of event.kids) cache.delete(kid)
-      })
-    ),
+    Effect.tap((event) => Effect.sync(() => forget(event.kids))),
     Effect.forever,
     Effect.forkScoped
   )
@@ -88,12 +92,13 @@ export const makeAuthenticator = Effect.gen(function* () {
       const known = fromCache(kid, fingerprint)
       if (known === null) return yield* unauthorized
       if (known !== undefined) return known
+      const heard = revocationsHeard
       const principal = yield* registry.authenticate(raw.trim())
-      cache.set(kid, { fingerprint, principal })
+      if (revocationsHeard === heard) cache.set(kid, { fingerprint, principal })
       return principal
     })
 
-  return { authenticate, cached, cache }
+  return { authenticate, cached, forget, cache }
 })
 
 export type Authenticator = Effect.Effect.Success<typeof makeAuthenticator>

@@ -44,7 +44,7 @@ export const authLive = (authenticator: Authenticator) =>
             const principal = yield* CurrentPrincipal
             const { apiKey, revoked } = yield* registry.rotateKey(principal)
             // This process forgets the old key now; others hear the KeysRevoked event.
-            for (const kid of revoked) authenticator.cache.delete(kid)
+            authenticator.forget(revoked)
             return { api_key: apiKey }
           }))
         .handle("me", () =>

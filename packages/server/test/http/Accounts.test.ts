@@ -180,6 +180,48 @@ layer(serverLayer(), layerOptions)("accounts over HTTP", (it) => {
         expect((yield* fresh.auth.me()).username).toBe(carol.username)
       }))
 
+    it.effect("a key checked while it is being rotated is not cached back: once the rotation has answered, the old key is refused", () =>
+      Effect.gen(function* () {
+        // The old key is not cached yet (as after a restart): checks of it read the database
+        // while the rotation commits, and a check that read it before must not outlive it.
+        for (let round = 0; round < 6; round++) {
+          const erin = yield* person("rotrace")
+          const checks = Effect.forEach(
+            Array.from({ length: 30 }, (_, i) => i),
+            (i) => Effect.delay(call("GET", "/api/v1/auth/me", { key: erin.apiKey }), `${i} millis`),
+            { concurrency: "unbounded" }
+          )
+          const [rotated, answers] = yield* Effect.all(
+            [call("POST", "/api/v1/auth/rotate-key", { key: erin.apiKey }), checks],
+            { concurrency: "unbounded" }
+          )
+          expect(rotated.status).toBe(200)
+          // Checks racing the rotation may go either way; each is a 200 or a 401.
+          for (const answer of answers) expect([200, 401]).toContain(answer.status)
+          expectError(yield* call("GET", "/api/v1/auth/me", { key: erin.apiKey }), 401, "UNAUTHORIZED")
+          expectError(yield* call("GET", "/api/v1/friends", { key: erin.apiKey }), 401, "UNAUTHORIZED")
+          expect((yield* call("GET", "/api/v1/auth/me", { key: rotated.body.api_key })).status).toBe(200)
+        }
+      }))
+
+    it.effect("two rotations with one key at once: one gets the new key, the other 401, and the issued key works", () =>
+      Effect.gen(function* () {
+        for (let round = 0; round < 4; round++) {
+          const fay = yield* person("rotpair")
+          // Cached, so both rotations are let in at once.
+          expect((yield* call("GET", "/api/v1/auth/me", { key: fay.apiKey })).status).toBe(200)
+          const both = yield* Effect.all(
+            [0, 1].map(() => call("POST", "/api/v1/auth/rotate-key", { key: fay.apiKey })),
+            { concurrency: "unbounded" }
+          )
+          const issued = both.filter((r) => r.status === 200)
+          expect(issued).toHaveLength(1)
+          for (const refused of both.filter((r) => r.status !== 200)) expectError(refused, 401, "UNAUTHORIZED")
+          expect((yield* call("GET", "/api/v1/auth/me", { key: issued[0]!.body.api_key })).status).toBe(200)
+          expectError(yield* call("GET", "/api/v1/auth/me", { key: fay.apiKey }), 401, "UNAUTHORIZED")
+        }
+      }))
+
     it.effect("rotating one user's key leaves other users' keys working", () =>
       Effect.gen(function* () {
         const a = yield* person("keepa")
