@@ -35,8 +35,14 @@ export const PATH = "/api/v1/notifications/ws"
 const MAX_INBOUND_BYTES = 64 * 1024
 /** Unsent bytes beyond which a socket is considered unable to keep up. */
 const MAX_BUFFERED_BYTES = 4 * 1024 * 1024
-/** Client requests queued per socket before it is told to slow down. */
-const MAX_QUEUED_REQUESTS = 32
+/** Client requests waiting per socket beyond which the server stops reading it until they are answered. */
+const PAUSE_AT_QUEUED = 32
+/**
+ * Requests waiting beyond which the socket is closed (1008). Reading stops at
+ * `PAUSE_AT_QUEUED`, but frames already read still arrive: up to one read's
+ * worth (64 KiB of the smallest frames is about 10,000).
+ */
+const MAX_QUEUED_REQUESTS = 16_384
 
 const frame = (type: string, data: unknown) => JSON.stringify({ type, timestamp: new Date().toISOString(), data })
 
@@ -102,11 +108,16 @@ export const make = Effect.gen(function* () {
    * before the handshake completes, so whatever happens once the client sees
    * the socket open reaches it; frames until then are held back.
    */
-  const session = (principal: Registry.Principal, request: IncomingMessage): Effect.Effect<void, never, Scope.Scope> =>
+  const session = (
+    principal: Registry.Principal,
+    request: IncomingMessage
+  ): Effect.Effect<"revoked" | undefined, Errors.InvalidRequest | Errors.Unavailable, Scope.Scope> =>
     Effect.gen(function* () {
       const socket: Duplex = request.socket
       let ws: WebSocket | undefined
       const early: Array<string> = []
+      // A close asked for before the handshake completed, made once it has.
+      let closeEarly: readonly [code: number, reason: string] | undefined
       const subscriber: Subscriber = {
         principal,
         send: (text) => {
@@ -119,9 +130,13 @@ export const make = Effect.gen(function* () {
         },
         close: (code, reason) => {
           if (ws !== undefined) closeSocket(ws, code, reason)
+          else closeEarly ??= [code, reason]
         }
       }
       yield* hub.attach(subscriber)
+      // The key was checked before the hub listened for this socket: a revocation in between
+      // reached no one here. Asked again now, a revocation is either seen here or heard by the hub.
+      if (!(yield* registry.keyActive(principal))) return "revoked" as const
 
       const opened = yield* Effect.async<WebSocket | undefined>((resume) => {
         let settled = false
@@ -137,13 +152,14 @@ export const make = Effect.gen(function* () {
         wss.handleUpgrade(request, socket, Buffer.alloc(0), settle)
       })
       // The handshake was refused (ws answered 400 itself) or the client went away.
-      if (opened === undefined) return
+      if (opened === undefined) return undefined
       ws = opened
       const live = opened
       yield* Effect.addFinalizer(() => Effect.sync(() => closeSocket(live, 1001, "Server shutting down")))
 
       const closed = yield* Deferred.make<void>()
-      const requests = yield* Queue.dropping<string>(MAX_QUEUED_REQUESTS)
+      const requests = yield* Queue.unbounded<string>()
+      let waiting = 0
       let heard = true
       live.on("pong", () => {
         heard = true
@@ -151,18 +167,27 @@ export const make = Effect.gen(function* () {
       live.on("message", (data, isBinary) => {
         heard = true
         if (isBinary) return
-        if (!Queue.unsafeOffer(requests, data.toString())) closeSocket(live, 1008, "Too many requests in flight")
+        if (++waiting > MAX_QUEUED_REQUESTS) return closeSocket(live, 1008, "Too many requests in flight")
+        Queue.unsafeOffer(requests, data.toString())
+        // A client that sends faster than it is answered is slowed down, not dropped.
+        if (waiting >= PAUSE_AT_QUEUED && !live.isPaused) live.pause()
       })
       // Errors (bad frames, resets) are followed by "close"; nothing more to do with them.
       live.on("error", () => {})
       live.on("close", () => Deferred.unsafeDone(closed, Exit.void))
 
       for (const text of early.splice(0)) subscriber.send(text)
+      if (closeEarly !== undefined) subscriber.close(...closeEarly)
 
       // Requests are answered in order.
       yield* Queue.take(requests).pipe(
         Effect.flatMap((text) => answer(principal, text)),
-        Effect.tap((reply) => Effect.sync(() => subscriber.send(reply))),
+        Effect.tap((reply) =>
+          Effect.sync(() => {
+            subscriber.send(reply)
+            if (--waiting <= PAUSE_AT_QUEUED / 2 && live.isPaused) live.resume()
+          })
+        ),
         Effect.forever,
         Effect.forkScoped
       )
@@ -179,6 +204,7 @@ export const make = Effect.gen(function* () {
 
       // "close" comes after the TCP socket closed, so nothing more can be written to it.
       yield* Deferred.await(closed)
+      return undefined
     })
 
   return Effect.gen(function* () {
@@ -218,7 +244,12 @@ export const make = Effect.gen(function* () {
         return refuse(400, "INVALID_REQUEST", "Sec-WebSocket-Protocol must be a list of distinct tokens")
       }
     }
-    yield* Effect.scoped(session(authenticated.right, source))
+    const ended = yield* Effect.either(Effect.scoped(session(authenticated.right, source)))
+    if (ended._tag === "Left") {
+      const e = ended.left
+      return refuse(e._tag === "Unavailable" ? Errors.Unavailable.status : Errors.InvalidRequest.status, e.code, e.error)
+    }
+    if (ended.right === "revoked") return refuse(Errors.Unauthorized.status, "UNAUTHORIZED", "Missing, unknown or revoked API key")
     // Never written: the socket belongs to the WebSocket, which has closed by now.
     return HttpServerResponse.empty()
   })

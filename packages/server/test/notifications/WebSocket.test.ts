@@ -2,6 +2,7 @@ import { FakeAgent, TestServer } from "@mahilo/testkit"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Scope } from "effect"
 import * as http from "node:http"
+import { WebSocket } from "ws"
 import * as Fixtures from "../support/Fixtures.js"
 import * as Notifications from "../support/Notifications.js"
 
@@ -250,6 +251,55 @@ describe("notification stream", () => {
       yield* alice.api.auth.rotateKey()
       expect(yield* promise(() => socket.closed)).toBe(4001)
     }))
+
+  it.scopedLive("sockets opened while their key is rotated are refused or closed with 4001: none stays open on the old key", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const sockets: Array<WebSocket> = []
+      yield* Effect.addFinalizer(() => Effect.sync(() => sockets.forEach((ws) => ws.terminate())))
+      for (let round = 0; round < 4; round++) {
+        const user = yield* Fixtures.user(server, `rotws${round}`)
+        // Twenty handshakes 2 ms apart with the key, while it is rotated; each ends refused,
+        // closed, or (the failure) still open 10 s after it opened.
+        const outcomes = Array.from({ length: 20 }, (_, i) =>
+          new Promise<string>((resolve) => {
+            setTimeout(() => {
+              const ws = new WebSocket(Notifications.wsUrl(server.url, user.apiKey))
+              sockets.push(ws)
+              ws.once("unexpected-response", (_request, response) => {
+                response.resume()
+                resolve(`refused ${response.statusCode}`)
+              })
+              ws.once("error", (e) => resolve(`error ${e.message}`))
+              ws.once("open", () => setTimeout(() => resolve("still open"), 10_000).unref())
+              ws.once("close", (code) => resolve(`closed ${code}`))
+            }, i * 2)
+          })
+        )
+        yield* user.api.auth.rotateKey()
+        for (const outcome of yield* promise(() => Promise.all(outcomes))) {
+          expect(["refused 401", "closed 4001"]).toContain(outcome)
+        }
+      }
+    }), { timeout: 60_000 })
+
+  it.scopedLive("a burst of frames is answered in full, in order: the server slows the client down instead of dropping it", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const alice = yield* Fixtures.user(server, "alice")
+      const socket = yield* Notifications.open(server.url, alice.apiKey)
+      // 2,000 pings and, among them, 60 acks, sent in one go: far more than are answered at once.
+      const sent: Array<string> = []
+      for (let i = 0; i < 2_060; i++) {
+        const ack = i % 34 === 33
+        sent.push(ack ? "ack" : "pong")
+        socket.send(ack ? { type: "ack", message_ids: [`msg_unknown_${i}`] } : { type: "ping" })
+      }
+      yield* promise(() => socket.waitFor("pong", () => socket.frames.length >= sent.length, 30_000))
+      expect(socket.frames.map((f) => f.type)).toEqual(sent)
+      expect(socket.of("ack").every((f) => f.data.acknowledged.length === 0)).toBe(true)
+      expect(socket.ws.readyState).toBe(socket.ws.OPEN)
+    }), { timeout: 60_000 })
 
   it.scopedLive("answers malformed client frames with an error frame and keeps the socket", () =>
     Effect.gen(function* () {
