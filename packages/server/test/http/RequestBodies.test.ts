@@ -5,6 +5,7 @@
 import { describe, expect, layer } from "@effect/vitest"
 import { Effect } from "effect"
 import * as http from "node:http"
+import * as net from "node:net"
 import { call, expectError, layerOptions, layer as serverLayer, person, Server, uniqueName } from "./Loopback.js"
 
 const nested = (depth: number, inner = "1") => "[".repeat(depth) + inner + "]".repeat(depth)
@@ -38,6 +39,18 @@ const chunked = (url: string, path: string, chunks: ReadonlyArray<string>, agent
     // before its body was out no longer relays its socket's `drain`.
     for (const chunk of chunks) request.write(chunk)
     request.end()
+  })
+
+/** Writes `raw` to a fresh connection and reads everything until the server closes it. */
+const rawExchange = (url: string, raw: string): Promise<string> =>
+  new Promise((resolve, reject) => {
+    const { hostname, port } = new URL(url)
+    const socket = net.connect(Number(port), hostname, () => socket.write(raw))
+    let text = ""
+    socket.setEncoding("utf8")
+    socket.on("data", (chunk: string) => (text += chunk))
+    socket.on("end", () => resolve(text))
+    socket.on("error", reject)
   })
 
 layer(serverLayer(), layerOptions)("request bodies and paths at the edge", (it) => {
@@ -118,6 +131,28 @@ layer(serverLayer(), layerOptions)("request bodies and paths at the edge", (it) 
         )
         expect(after.status).toBe(201)
       }).pipe(Effect.scoped))
+  })
+
+  describe("requests that are not well-formed HTTP", () => {
+    it.effect("are answered with a JSON {error, code} and the connection closed, not node's bare status line", () =>
+      Effect.gen(function* () {
+        const server = yield* Server
+        const cases = [
+          ["GARBAGE\r\n\r\n", 400, "INVALID_REQUEST"],
+          ["POST /api/v1/auth/register HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400, "INVALID_REQUEST"],
+          ["GET /api/v1/friends HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n", 400, "INVALID_REQUEST"],
+          [`GET /api/v1/friends HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${"k".repeat(20_000)}\r\n\r\n`, 431, "HEADERS_TOO_LARGE"],
+          [`GET /api/v1/notifications/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nX-Big: ${"k".repeat(20_000)}\r\n\r\n`, 431, "HEADERS_TOO_LARGE"]
+        ] as const
+        for (const [raw, status, code] of cases) {
+          const answer = yield* Effect.promise(() => rawExchange(server.url, raw))
+          const [head = "", body = ""] = answer.split("\r\n\r\n")
+          expect(head.split("\r\n")[0], raw.slice(0, 40)).toBe(`HTTP/1.1 ${status} ${http.STATUS_CODES[status]}`)
+          expect(head.toLowerCase()).toContain("content-type: application/json")
+          expect(head.toLowerCase()).toContain("connection: close")
+          expect(JSON.parse(body)).toEqual({ error: expect.any(String), code })
+        }
+      }))
   })
 
   describe("paths the router cannot match", () => {
