@@ -409,6 +409,24 @@ export interface OutboxService {
   readonly inboxVersion: (userId: string) => number | undefined
   /** Marks the user's pending inbox deliveries of these messages delivered. */
   readonly acknowledge: (userId: string, messageIds: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Rollup>, SqlError>
+  /**
+   * A connection changed how it receives: its pending deliveries now wait in the
+   * inbox (`"inbox"`) or are pushed to its callback (`"agent"`, due at once).
+   * Answers the deliveries moved.
+   */
+  readonly retarget: (connectionId: string, to: "inbox" | "agent") => Effect.Effect<ReadonlyArray<MovedDelivery>, SqlError>
+  /**
+   * A delivery `owner` leased for an agent that has since switched to polling
+   * goes to the inbox instead of being attempted; none when the lease was lost.
+   */
+  readonly moveToInbox: (owner: string, deliveryId: string) => Effect.Effect<Option.Option<MovedDelivery>, SqlError>
+}
+
+/** A pending delivery that changed target kind, with what announcing it needs. */
+export interface MovedDelivery {
+  readonly deliveryId: string
+  readonly recipientUserId: string | null
+  readonly message: Pick<Message, "id" | "senderName" | "recipientType" | "recipientId" | "payloadType">
 }
 
 export class Outbox extends Context.Tag("@mahilo/core/Outbox")<Outbox, OutboxService>() {}

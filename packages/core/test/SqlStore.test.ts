@@ -382,6 +382,42 @@ for (const backend of backends) {
           expect(final.deliveredAt).not.toBeNull()
         }))
 
+      it.effect("a connection's pending deliveries move between pushed and inbox; a leased one only by its owner", () =>
+        Effect.gen(function* () {
+          const { alice, bob } = yield* twoUsers
+          const messages = yield* Store.Messages
+          const outbox = yield* Store.Outbox
+          const conn = "conn_switching"
+          const toConn = (): Store.NewDelivery => ({ ...delivery(bob.id), connectionId: conn })
+          const m1 = message({ senderId: alice.id, recipientId: bob.id })
+          const m2 = message({ senderId: alice.id, recipientId: bob.id })
+          const done = message({ senderId: alice.id, recipientId: bob.id })
+          yield* messages.insert(m1, [toConn()], Option.none())
+          yield* messages.insert(m2, [toConn()], Option.none())
+          yield* messages.insert(done, [toConn()], Option.some({ owner: "me", until: new Date(Date.now() + 60_000) }))
+          const [finished] = yield* messages.deliveriesOf(done.id)
+          yield* outbox.record("me", finished!.id, { _tag: "Delivered", statusCode: 200, at: new Date() })
+
+          const moved = yield* outbox.retarget(conn, "inbox")
+          expect(moved.map((d) => d.message.id).sort()).toEqual([m1.id, m2.id].sort())
+          expect(moved[0]).toMatchObject({ recipientUserId: bob.id, message: { senderName: "alice", recipientType: "user" } })
+          expect((yield* outbox.inbox(bob.id, { since: undefined, limit: 10 })).map((e) => e.message.id).sort()).toEqual([m1.id, m2.id].sort())
+          expect(yield* outbox.claim("me", 10, 60_000)).toHaveLength(0)
+          // Again: nothing left to move.
+          expect(yield* outbox.retarget(conn, "inbox")).toEqual([])
+
+          expect((yield* outbox.retarget(conn, "agent")).map((d) => d.message.id).sort()).toEqual([m1.id, m2.id].sort())
+          expect(yield* outbox.inbox(bob.id, { since: undefined, limit: 10 })).toEqual([])
+          const claimed = yield* outbox.claim("me", 10, 60_000)
+          expect(claimed.map((c) => c.message.id).sort()).toEqual([m1.id, m2.id].sort())
+          // A leased delivery goes to the inbox by its lease holder only.
+          expect(Option.isNone(yield* outbox.moveToInbox("someone-else", claimed[0]!.delivery.id))).toBe(true)
+          const one = yield* outbox.moveToInbox("me", claimed[0]!.delivery.id)
+          expect(Option.getOrThrow(one).deliveryId).toBe(claimed[0]!.delivery.id)
+          expect(Option.isNone(yield* outbox.moveToInbox("me", claimed[0]!.delivery.id))).toBe(true)
+          expect((yield* outbox.inbox(bob.id, { since: undefined, limit: 10 })).map((e) => e.delivery.id)).toEqual([claimed[0]!.delivery.id])
+        }))
+
       it.effect("release gives a node's leases back at shutdown", () =>
         Effect.gen(function* () {
           const { alice, bob } = yield* twoUsers

@@ -879,8 +879,51 @@ export const makeOutbox = Effect.gen(function* () {
             RETURNING d.id, d.message_id, d.status, d.recipient_user_id, m.sender_id`
           return yield* rollup(rows)
         })
-      ), Effect.sync(() => inboxes.bump([userId])))
+      ), Effect.sync(() => inboxes.bump([userId]))),
+    retarget: (connectionId, to) =>
+      Effect.map(
+        sql`
+          UPDATE deliveries d SET target_kind = ${to}, next_attempt_at = now(), lease_owner = NULL, lease_until = NULL,
+            updated_at = now()
+          FROM messages m
+          WHERE d.connection_id = ${connectionId} AND d.status = 'pending'
+            AND d.target_kind = ${to === "inbox" ? "agent" : "inbox"} AND m.id = d.message_id
+          RETURNING ${sql.literal(movedColumns)}`,
+        (rows) => {
+          const moved = rows.map(movedRow)
+          inboxes.bump(moved.flatMap((d) => (d.recipientUserId !== null ? [d.recipientUserId] : [])))
+          return moved
+        }
+      ),
+    moveToInbox: (owner, deliveryId) =>
+      Effect.map(
+        sql`
+          UPDATE deliveries d SET target_kind = 'inbox', lease_owner = NULL, lease_until = NULL, updated_at = now()
+          FROM messages m
+          WHERE d.id = ${deliveryId} AND d.lease_owner = ${owner} AND d.status = 'pending'
+            AND d.target_kind = 'agent' AND m.id = d.message_id
+          RETURNING ${sql.literal(movedColumns)}`,
+        (rows) => {
+          const moved = Option.map(first(rows), movedRow)
+          if (Option.isSome(moved) && moved.value.recipientUserId !== null) inboxes.bump([moved.value.recipientUserId])
+          return moved
+        }
+      )
   })
+})
+
+const movedColumns = "d.id, d.recipient_user_id, m.id AS message_id, m.sender_name, m.recipient_type, m.recipient_id, m.payload_type"
+
+const movedRow = (r: any): Store.MovedDelivery => ({
+  deliveryId: r.id,
+  recipientUserId: r.recipient_user_id,
+  message: {
+    id: r.message_id,
+    senderName: r.sender_name,
+    recipientType: r.recipient_type,
+    recipientId: r.recipient_id,
+    payloadType: r.payload_type
+  }
 })
 
 /** Every store port on the current `SqlClient`. */

@@ -4,7 +4,7 @@ import * as Callback from "../Callback.js"
 import { CallbackUrls } from "../CallbackUrls.js"
 import { RemoteDirectory } from "../Directory.js"
 import * as Errors from "../Errors.js"
-import { Events } from "../Events.js"
+import { Events, type RegistryEvent } from "../Events.js"
 import * as Ids from "../Ids.js"
 import * as Routing from "../Routing.js"
 import * as Store from "../Store.js"
@@ -39,8 +39,41 @@ const text = (name: string, value: string | undefined | null, min: number, max: 
     ? invalid(`${name} must be ${min}–${max} characters`)
     : Effect.succeed(value.trim())
 
+/**
+ * Tells about deliveries that changed target: the recipient, of those now
+ * waiting in their inbox (as a send would); the delivery engines, of those now
+ * to be pushed.
+ */
+export const announceMoved = (
+  publish: (event: RegistryEvent) => Effect.Effect<void>,
+  moved: ReadonlyArray<Store.MovedDelivery>,
+  to: "inbox" | "agent"
+) =>
+  Effect.gen(function* () {
+    const seen = new Set<string>()
+    for (const d of moved) {
+      const key = `${d.recipientUserId} ${d.message.id}`
+      if (seen.has(key)) continue
+      seen.add(key)
+      if (to === "agent") {
+        yield* publish({ _tag: "DeliveriesQueued", messageId: d.message.id, count: 1 })
+      } else if (d.recipientUserId !== null) {
+        yield* publish({
+          _tag: "MessageReceived",
+          userId: d.recipientUserId,
+          messageId: d.message.id,
+          sender: d.message.senderName,
+          recipientType: d.message.recipientType,
+          groupId: d.message.recipientType === "group" ? d.message.recipientId : null,
+          payloadType: d.message.payloadType
+        })
+      }
+    }
+  })
+
 export const make = Effect.gen(function* () {
   const connections = yield* Store.Connections
+  const outbox = yield* Store.Outbox
   const friendships = yield* Store.Friendships
   const directory = yield* RemoteDirectory
   const users = yield* Store.Users
@@ -104,6 +137,12 @@ export const make = Effect.gen(function* () {
       const current = existing.value
       const secret = input.callbackSecret ?? (input.rotateSecret === true ? Callback.generateSecret() : current.callbackSecret)
       yield* connections.update({ ...current, ...fields, status: "active", callbackSecret: secret })
+      if (fields.mode !== current.mode) {
+        // What waited to be pushed now waits to be fetched, or the other way round; nothing is
+        // failed for it. (A delivery leased meanwhile is moved by the engine when it gets to it.)
+        const to = fields.mode === "polling" ? "inbox" as const : "agent" as const
+        yield* announceMoved(events.publish, yield* outbox.retarget(current.id, to), to)
+      }
       yield* events.publish({ _tag: "Connection", userId: principal.userId, connectionId: current.id, change: "updated" })
       return {
         connectionId: current.id,

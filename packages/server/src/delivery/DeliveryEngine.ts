@@ -13,7 +13,7 @@
  * - Closing the engine's scope stops claiming, lets attempts in flight finish
  *   (up to a grace period) and gives back any lease it still holds.
  */
-import { Batcher, Callback, type PeerOutcome, PeerTransport, type Registry, RetrySchedule, type Store } from "@mahilo/core"
+import { Batcher, Callback, type PeerOutcome, PeerTransport, Registry, RetrySchedule, type Store } from "@mahilo/core"
 import { Store as StoreTags } from "@mahilo/core"
 import { Context, Duration, Effect, Exit, FiberSet, Layer, Option, Queue } from "effect"
 import { callbackNetwork, ServerConfig } from "../Config.js"
@@ -277,6 +277,14 @@ export const make = (settings: EngineSettings) =>
      */
     const attemptClaimed = (claimed: Store.ClaimedDelivery): Effect.Effect<Store.DeliveryStatus> =>
       Effect.gen(function* () {
+        if (claimed.delivery.targetKind === "agent" && Option.exists(claimed.connection, (c) => c.mode === "polling")) {
+          // The agent switched to polling after this was queued: it waits in the inbox instead.
+          const moved = yield* outbox.moveToInbox(nodeId, claimed.delivery.id).pipe(
+            Effect.catchAll((e) => Effect.as(Effect.logError("Could not move a delivery to the inbox; its lease will expire", e), Option.none()))
+          )
+          if (Option.isSome(moved)) yield* Registry.announceMoved(bus.publish, [moved.value], "inbox")
+          return "pending" as const
+        }
         const target = stateOf(targetOf(claimed.delivery))
         const now = Date.now()
         if (target.restUntil > now && target.inFlight === 0 && claimed.delivery.attempts > 0) {

@@ -64,6 +64,52 @@ describe.each(TestDatabase.backends)("polling connections ($name)", ({ layer: da
       expect(aliceSocket.of("delivery_status")).toHaveLength(1)
     }))
 
+  it.scopedLive("an agent that switches from webhook to polling finds what waited for it in its inbox, and back: nothing fails", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice, bob] = yield* Fixtures.users(server, "alice", "bob")
+      yield* Fixtures.befriend(alice!, bob!)
+      const { agent, connectionId } = yield* Fixtures.agent(bob!, "laptop")
+      agent.failAll(500)
+      const bobSocket = yield* Notifications.open(server.url, bob!.apiKey)
+      const sent: Array<string> = []
+      for (const n of [1, 2]) {
+        const answer = yield* alice!.api.messages.send({ payload: { recipient: "bob", message: `m${n}` } })
+        expect(answer.status).toBe("pending")
+        sent.push(answer.message_id)
+      }
+      yield* promise(() => agent.waitForAttempts(2))
+
+      // The same framework and label, now polling: the connection is updated, not replaced.
+      const switched = yield* bob!.api.agents.upsert({
+        payload: { framework: "test", label: "laptop", mode: "polling", public_key: "pk", public_key_alg: "ed25519" }
+      })
+      expect(switched).toMatchObject({ connection_id: connectionId, updated: true })
+      const inbox = yield* bob!.api.messages.inbox({ urlParams: {} })
+      expect(inbox.map((m) => m.message_id)).toEqual(sent)
+      // Bob's socket hears of both, as of any message that arrives in his inbox.
+      for (const id of sent) yield* promise(() => bobSocket.waitFor("message_received", (d) => d.message_id === id))
+      // Retries are a few ms apart in tests: none may come now, and nothing is failed.
+      const attemptsThen = agent.attempts.length
+      yield* Effect.sleep("500 millis")
+      expect(agent.attempts.length).toBe(attemptsThen)
+      const detail = yield* alice!.api.messages.get({ path: { id: sent[0]! } })
+      expect(detail.status).toBe("pending")
+      expect(detail.deliveries.map((d) => [d.status, d.target])).toEqual([["pending", "inbox"]])
+
+      // Back to a webhook, now healthy: what still waited is pushed, and the inbox is empty.
+      agent.recover()
+      yield* bob!.api.agents.upsert({
+        payload: { framework: "test", label: "laptop", callback_url: agent.url, public_key: "pk", public_key_alg: "ed25519" }
+      })
+      for (const id of sent) yield* promise(() => agent.waitForMessage(id))
+      expect(yield* bob!.api.messages.inbox({ urlParams: {} })).toEqual([])
+      for (const id of sent) {
+        const pushed = yield* alice!.api.messages.get({ path: { id } })
+        expect([pushed.status, pushed.deliveries.map((d) => [d.status, d.target])]).toEqual(["delivered", [["delivered", "agent"]]])
+      }
+    }))
+
   it.scopedLive("pages the inbox oldest first with since and limit", () =>
     Effect.gen(function* () {
       const server = yield* TestServer.make({ database })
