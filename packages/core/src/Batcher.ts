@@ -36,7 +36,10 @@ export const make = <I, O, E>(
       batch = [first]
       yield* afterIo
       batch = [first, ...(yield* Queue.takeUpTo(queue, maxBatch - 1))]
-      const written = yield* Effect.exit(writeMany(batch.map((p) => p.item)))
+      // Suspended: a writer that throws while building its statement fails this batch's calls
+      // (as a defect) instead of ending this fiber, which would leave every later call waiting.
+      const items = batch.map((p) => p.item)
+      const written = yield* Effect.exit(Effect.suspend(() => writeMany(items)))
       for (let i = 0; i < batch.length; i++) {
         const result: Exit.Exit<O, E> = Exit.isSuccess(written)
           ? written.value[i] ?? Exit.die(new Error(`the batch writer answered ${written.value.length} of ${batch.length} items`))

@@ -1,6 +1,7 @@
 /**
  * The two database layers. Both provide `SqlClient` speaking the PostgreSQL
- * dialect and run the one migration set at start-up:
+ * dialect, and `layer` runs the one migration set at start-up (`pgliteFrom`,
+ * over an instance the caller opened, does not):
  * - PGlite (Postgres compiled to WASM): the embedded default, persistent under
  *   a data directory or in memory for tests;
  * - PostgreSQL through `@effect/sql-pg`, selected by `DATABASE_URL`.

@@ -37,4 +37,68 @@ describe.each(TestDatabase.backends)("the registry embedded ($name)", ({ layer: 
       yield* connection(["cal\ud83d\ude00"])
       expect((yield* registry.listConnections(alice)).map((c) => c.capabilities)).toEqual([["cal😀"]])
     }).pipe(Effect.provide(registryOn(database))), { timeout: 60_000 })
+
+  it.scoped("values only an embedding program can pass are InvalidRequest or NotFound, and spoil nothing for anyone else", () =>
+    Effect.gen(function* () {
+      const registry = yield* Registry.Registry
+      const person = (username: string) =>
+        Effect.flatMap(registry.register({ username }), ({ apiKey }) => registry.authenticate(apiKey))
+      const [alice, bob, carol, dave] = yield* Effect.all([person("alice"), person("bob"), person("carol"), person("dave")])
+      const befriend = (a: Registry.Principal, b: Registry.Principal) =>
+        Effect.flatMap(registry.requestFriend(a, b.username), (f) => registry.acceptFriend(b, f.friendshipId))
+      yield* befriend(alice!, bob!)
+      yield* befriend(carol!, dave!)
+      const polling = (who: Registry.Principal) =>
+        registry.upsertConnection(who, { framework: "embedded", label: "main", mode: "polling", publicKey: "cHVibGlj", publicKeyAlg: "ed25519" })
+      yield* Effect.forEach([alice!, bob!, carol!, dave!], polling)
+      const refusedWith = <A, E>(effect: Effect.Effect<A, E>) =>
+        Effect.map(Effect.flip(effect), (e) => ({ tag: (e as { _tag?: string })._tag, code: (e as { code?: string }).code }))
+      const invalidRequest = { tag: "InvalidRequest", code: "INVALID_REQUEST" }
+
+      // encryption and sender_signature are JSON objects: a cycle or a BigInt (which cannot be
+      // written as JSON), a string or an array is refused. A cycle once stopped every later send.
+      const cyclic: Record<string, unknown> = { alg: "x25519" }
+      cyclic["self"] = cyclic
+      for (const encryption of [cyclic, { k: 1n }, "v1", ["a"], 7]) {
+        expect(yield* refusedWith(registry.send(alice!, { recipient: "bob", message: "x", encryption }))).toEqual(invalidRequest)
+      }
+      for (const senderSignature of [cyclic, "sig"]) {
+        expect(yield* refusedWith(registry.send(alice!, { recipient: "bob", message: "x", senderSignature }))).toEqual(invalidRequest)
+      }
+      expect(yield* refusedWith(registry.send(alice!, { recipient: "bob", message: "half \ud83d pair" }))).toEqual(invalidRequest)
+      // Sends go on, for these users and others; what was refused left nothing behind.
+      const sent = yield* registry.send(carol!, { recipient: "dave", message: "hi", encryption: { alg: "x25519", key_id: "k1" } })
+      expect(sent._tag).toBe("Accepted")
+      yield* registry.send(alice!, { recipient: "bob", message: "whole \ud83d\ude00 pair" })
+      expect((yield* registry.inbox(bob!, {})).map((e) => e.message.message)).toEqual(["whole \ud83d\ude00 pair"])
+      expect((yield* registry.inbox(dave!, {}))[0]!.message.encryption).toEqual({ alg: "x25519", key_id: "k1" })
+      expect(yield* registry.history(alice!, {})).toHaveLength(1)
+
+      // Page sizes and times a caller gets wrong are theirs to fix, not a database outage.
+      for (const bad of [
+        registry.inbox(bob!, { limit: 10.5 }),
+        registry.inbox(bob!, { since: new Date(Number.NaN) })
+      ]) {
+        expect(yield* refusedWith(bad)).toEqual(invalidRequest)
+      }
+      for (const bad of [
+        registry.history(bob!, { limit: 2.5 }),
+        registry.history(bob!, { limit: Number.NaN }),
+        registry.history(bob!, { limit: 0 }),
+        registry.history(bob!, { limit: 101 }),
+        registry.history(bob!, { since: new Date("x") }),
+        registry.history(bob!, { before: new Date(Number.NaN) })
+      ]) {
+        expect(yield* refusedWith(bad)).toEqual(invalidRequest)
+      }
+      expect(yield* registry.history(bob!, { limit: 100 })).toHaveLength(1)
+
+      // A connection is touched by its owner only.
+      const [alicesConnection] = yield* registry.listConnections(alice!)
+      expect(yield* refusedWith(registry.touchConnection(carol!, alicesConnection!.id, new Date("2001-01-01"))))
+        .toEqual({ tag: "NotFound", code: "CONNECTION_NOT_FOUND" })
+      expect((yield* registry.listConnections(alice!))[0]!.lastSeen).toBeNull()
+      yield* registry.touchConnection(alice!, alicesConnection!.id, new Date("2001-01-01"))
+      expect((yield* registry.listConnections(alice!))[0]!.lastSeen?.toISOString()).toBe("2001-01-01T00:00:00.000Z")
+    }).pipe(Effect.provide(registryOn(database)), Effect.timeout("30 seconds")), { timeout: 60_000 })
 })

@@ -174,9 +174,10 @@ export const make = Effect.gen(function* () {
         yield* events.publish({ _tag: "Connection", userId: principal.userId, connectionId: id, change: "deleted" })
       }),
 
-    /** Records that the connection answered (a successful ping). */
+    /** Records that the caller's connection answered (a successful ping). */
     touchConnection: (principal: Principal, id: string, at: Date) =>
       Effect.gen(function* () {
+        yield* ownConnection(principal, id)
         yield* connections.touch(id, at)
         yield* events.publish({ _tag: "Connection", userId: principal.userId, connectionId: id, change: "seen" })
       }),

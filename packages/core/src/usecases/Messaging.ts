@@ -109,6 +109,41 @@ const MAX_ID_LENGTH = 200
 
 const invalid = (error: string, code = "INVALID_REQUEST") => Effect.fail(Errors.InvalidRequest.of(code, error))
 
+/**
+ * `encryption` and `sender_signature` are kept and passed on as given, as JSON
+ * objects: anything else (a string, an array, a value JSON cannot hold, such
+ * as a cycle or a BigInt) is the caller's mistake. Answers the problem, if any.
+ */
+const opaqueObjectProblem = (name: string, value: unknown, maxBytes: number): string | undefined => {
+  if (value === undefined || value === null) return undefined
+  if (typeof value !== "object" || Array.isArray(value)) return `${name} must be a JSON object`
+  let text: string
+  try {
+    text = JSON.stringify(value)
+  } catch {
+    return `${name} must be a JSON object (this one cannot be written as JSON)`
+  }
+  if (Buffer.byteLength(text, "utf8") > maxBytes) return `${name} is larger than ${maxBytes} bytes`
+  return undefined
+}
+
+/** Half a UTF-16 surrogate pair (in a `u` regex a whole pair is one code point, so only a lone half matches). */
+const LONE_SURROGATE = /\p{Surrogate}/u
+
+/** A page size as the use cases take it: absent, or an integer from 1 to 100. */
+const pageLimit = (limit: number | undefined) =>
+  limit === undefined
+    ? Effect.succeed(50)
+    : Number.isInteger(limit) && limit >= 1 && limit <= 100
+    ? Effect.succeed(limit)
+    : invalid("limit must be an integer from 1 to 100")
+
+/** A time bound of a query: absent, or a valid date. */
+const validTime = (name: string, value: Date | undefined) =>
+  value === undefined || (value instanceof Date && !Number.isNaN(value.getTime()))
+    ? Effect.void
+    : invalid(`${name} must be a valid date`)
+
 export const make = Effect.gen(function* () {
   const config = yield* RegistryConfig
   const users = yield* Store.Users
@@ -144,6 +179,14 @@ export const make = Effect.gen(function* () {
       }
       const payloadType = input.payloadType ?? "text/plain"
       if (!PAYLOAD_TYPE.test(payloadType)) yield* invalid("payload_type must be a media type such as \"text/plain\"")
+      // Stored as text, half a surrogate pair would silently become U+FFFD: refused, as at the HTTP edge.
+      for (const [name, value] of [["message", input.message], ["context", input.context]] as const) {
+        if (typeof value === "string" && LONE_SURROGATE.test(value)) yield* invalid(`${name} must not hold half a UTF-16 surrogate pair`)
+      }
+      for (const [name, value] of [["encryption", input.encryption], ["sender_signature", input.senderSignature]] as const) {
+        const problem = opaqueObjectProblem(name, value, config.maxPayloadBytes)
+        if (problem !== undefined) yield* invalid(problem)
+      }
       for (const [name, value] of [["correlation_id", input.correlationId], ["idempotency_key", input.idempotencyKey]] as const) {
         if (value !== undefined && value !== null && (value.length === 0 || value.length > MAX_ID_LENGTH)) {
           yield* invalid(`${name} must be 1–${MAX_ID_LENGTH} characters`)
@@ -589,7 +632,9 @@ export const make = Effect.gen(function* () {
       }
     ) =>
       Effect.gen(function* () {
-        const limit = Math.min(Math.max(query.limit ?? 50, 1), 100)
+        const limit = yield* pageLimit(query.limit)
+        yield* validTime("since", query.since)
+        yield* validTime("before", query.before)
         const base = { since: query.since, before: query.before, beforeId: query.beforeId, limit }
         if (query.direction !== undefined) {
           return yield* messages.history(principal.userId, { ...base, direction: query.direction })
@@ -616,11 +661,10 @@ export const make = Effect.gen(function* () {
         readonly messageIds?: ReadonlyArray<string> | undefined
       }
     ) =>
-      outbox.inbox(principal.userId, {
-        since: query.since,
-        after: query.after,
-        limit: Math.min(Math.max(query.limit ?? 50, 1), 100),
-        messageIds: query.messageIds
+      Effect.gen(function* () {
+        const limit = yield* pageLimit(query.limit)
+        yield* validTime("since", query.since)
+        return yield* outbox.inbox(principal.userId, { since: query.since, after: query.after, limit, messageIds: query.messageIds })
       }),
 
     /** A polling agent confirms it has these messages; they count as delivered. */
