@@ -105,7 +105,8 @@ describe.each(TestDatabase.backends)("polling connections ($name)", ({ layer: da
       for (const id of sent) yield* promise(() => agent.waitForMessage(id))
       expect(yield* bob!.api.messages.inbox({ urlParams: {} })).toEqual([])
       for (const id of sent) {
-        const pushed = yield* alice!.api.messages.get({ path: { id } })
+        // The agent has it; its outcome is recorded right after.
+        const pushed = yield* Fixtures.eventually(alice!.api.messages.get({ path: { id } }), (m) => m.status !== "pending")
         expect([pushed.status, pushed.deliveries.map((d) => [d.status, d.target])]).toEqual(["delivered", [["delivered", "agent"]]])
       }
     }))
