@@ -101,4 +101,29 @@ describe.each(TestDatabase.backends)("the registry embedded ($name)", ({ layer: 
       yield* registry.touchConnection(alice!, alicesConnection!.id, new Date("2001-01-01"))
       expect((yield* registry.listConnections(alice!))[0]!.lastSeen?.toISOString()).toBe("2001-01-01T00:00:00.000Z")
     }).pipe(Effect.provide(registryOn(database)), Effect.timeout("30 seconds")), { timeout: 60_000 })
+
+  it.scoped("two users asking each other at the same moment end up friends; block, reject and unfriend answer the row as it is now", () =>
+    Effect.gen(function* () {
+      const registry = yield* Registry.Registry
+      const person = (username: string) =>
+        Effect.flatMap(registry.register({ username }), ({ apiKey }) => registry.authenticate(apiKey))
+      for (let round = 0; round < 5; round++) {
+        const [a, b] = yield* Effect.all([person(`cross_a${round}`), person(`cross_b${round}`)])
+        const both = yield* Effect.all(
+          [registry.requestFriend(a!, b!.username), registry.requestFriend(b!, a!.username)],
+          { concurrency: "unbounded" }
+        )
+        expect(both.map((r) => r.status).sort()).toEqual(["accepted", "pending"])
+        expect(both[0]!.friendshipId).toBe(both[1]!.friendshipId)
+        expect((yield* registry.listFriends(a!, "accepted")).map((f) => f.other.username)).toEqual([b!.username])
+      }
+      const [c, d, e] = yield* Effect.all([person("row_c"), person("row_d"), person("row_e")])
+      const cd = yield* registry.requestFriend(c!, d!.username)
+      yield* registry.acceptFriend(d!, cd.friendshipId)
+      const blocked = yield* registry.blockFriend(d!, cd.friendshipId)
+      expect({ status: blocked.status, blockedBy: blocked.blockedBy }).toEqual({ status: "blocked", blockedBy: d!.userId })
+      const ce = yield* registry.requestFriend(c!, e!.username)
+      const rejected = yield* registry.rejectFriend(e!, ce.friendshipId)
+      expect(rejected.id).toBe(ce.friendshipId)
+    }).pipe(Effect.provide(registryOn(database))), { timeout: 60_000 })
 })

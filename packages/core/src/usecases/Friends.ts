@@ -62,30 +62,36 @@ export const make = Effect.gen(function* () {
       return { row: Option.getOrUndefined(row)!, updated }
     })
 
+  const requestOnce = (principal: Principal, target: string) =>
+    Effect.gen(function* () {
+      const other = yield* resolveUser(target)
+      const existing = yield* friendships.findPair(principal.userId, other.id)
+      const outcome = yield* Graph.request({ existing: Option.getOrUndefined(existing), requesterId: principal.userId, addresseeId: other.id })
+      const id = Option.match(existing, { onNone: () => Ids.make("fr"), onSome: (f) => f.id })
+      // Federation: a user of another registry hears of it there first (and may refuse).
+      if (other.instance !== null) yield* directory.mirrorFriendship({ action: "request", actor: principal, other })
+      yield* friendships.apply(outcome.change, id)
+      yield* events.publish({
+        _tag: "FriendRequest",
+        userId: other.id,
+        friendshipId: id,
+        from: principal.username,
+        status: outcome.status
+      })
+      return { friendshipId: id, status: outcome.status, httpStatus: outcome.httpStatus, other }
+    })
+
   return {
     resolveUser,
 
-    /** Asks a user to be friends; a crossed request accepts theirs. */
+    /**
+     * Asks a user to be friends; a crossed request accepts theirs, also when
+     * both are made at the same moment (the one whose row came second reads
+     * the other's and accepts it).
+     */
     requestFriend: (principal: Principal, target: string) =>
-      Effect.gen(function* () {
-        const other = yield* resolveUser(target)
-        const existing = yield* friendships.findPair(principal.userId, other.id)
-        const outcome = yield* 
-          Graph.request({ existing: Option.getOrUndefined(existing), requesterId: principal.userId, addresseeId: other.id })
-        
-        const id = Option.match(existing, { onNone: () => Ids.make("fr"), onSome: (f) => f.id })
-        // Federation: a user of another registry hears of it there first (and may refuse).
-        if (other.instance !== null) yield* directory.mirrorFriendship({ action: "request", actor: principal, other })
-        yield* friendships.apply(outcome.change, id)
-        yield* events.publish({
-          _tag: "FriendRequest",
-          userId: other.id,
-          friendshipId: id,
-          from: principal.username,
-          status: outcome.status
-        })
-        return { friendshipId: id, status: outcome.status, httpStatus: outcome.httpStatus, other }
-      }),
+      Effect.catchIf(requestOnce(principal, target), (e) => e._tag === "Conflict" && e.code === "REQUEST_EXISTS", () =>
+        requestOnce(principal, target)),
 
     acceptFriend: (principal: Principal, id: string) =>
       Effect.gen(function* () {
@@ -100,12 +106,13 @@ export const make = Effect.gen(function* () {
         return { friendshipId: id, status: "accepted" as const, requesterId: row.requesterId }
       }),
 
+    /** These answer the friendship as it is after the change, or as it was if the change removed it. */
     rejectFriend: (principal: Principal, id: string) =>
-      Effect.map(transition(principal, id, Graph.reject, "reject"), ({ row }) => row),
+      Effect.map(transition(principal, id, Graph.reject, "reject"), ({ row, updated }) => Option.getOrElse(updated, () => row)),
     blockFriend: (principal: Principal, id: string) =>
-      Effect.map(transition(principal, id, Graph.block, "block"), ({ row }) => row),
+      Effect.map(transition(principal, id, Graph.block, "block"), ({ row, updated }) => Option.getOrElse(updated, () => row)),
     unfriend: (principal: Principal, id: string) =>
-      Effect.map(transition(principal, id, Graph.unfriend, "unfriend"), ({ row }) => row),
+      Effect.map(transition(principal, id, Graph.unfriend, "unfriend"), ({ row, updated }) => Option.getOrElse(updated, () => row)),
 
     /** Moves whenever any friend list may have changed; `undefined` when this process cannot tell. */
     friendListsVersion: (): number | undefined => friendships.version(),
