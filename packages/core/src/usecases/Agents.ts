@@ -32,6 +32,10 @@ export interface UpsertResult {
   readonly callbackSecret: string | undefined
 }
 
+/** Capabilities are matched against routing hints on every send to the agent: kept to a sensible size. */
+const MAX_CAPABILITIES = 100
+const MAX_CAPABILITY_LENGTH = 100
+
 const invalid = (error: string) => Effect.fail(Errors.InvalidRequest.of("INVALID_REQUEST", error))
 
 const text = (name: string, value: string | undefined | null, min: number, max: number) =>
@@ -110,11 +114,19 @@ export const make = Effect.gen(function* () {
       if (callbackUrl !== null) {
         yield* Either.match(callbackUrls.validate(callbackUrl), { onLeft: Effect.fail, onRight: () => Effect.void })
       }
+      const given = input.capabilities
+      if (given !== undefined && typeof given !== "string" && !(Array.isArray(given) && given.every((c) => typeof c === "string"))) {
+        yield* invalid("capabilities must be a list of strings or a comma-separated string")
+      }
+      const capabilities = Routing.parseCapabilities(given)
+      if (capabilities.length > MAX_CAPABILITIES || capabilities.some((c) => c.length > MAX_CAPABILITY_LENGTH)) {
+        yield* invalid(`capabilities: at most ${MAX_CAPABILITIES}, each at most ${MAX_CAPABILITY_LENGTH} characters`)
+      }
       return {
         framework,
         label,
         description,
-        capabilities: Routing.parseCapabilities(input.capabilities),
+        capabilities,
         routingPriority,
         callbackUrl,
         mode,

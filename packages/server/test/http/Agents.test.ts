@@ -102,7 +102,10 @@ layer(serverLayer(), layerOptions)("agent connections over HTTP", (it) => {
           { public_key_alg: "rsa" },
           { public_key_alg: null },
           { public_key: "" },
-          { public_key: null }
+          { public_key: null },
+          { capabilities: Array.from({ length: 101 }, (_, i) => `cap${i}`) },
+          { capabilities: ["c".repeat(101)] },
+          { capabilities: Array.from({ length: 101 }, (_, i) => `cap${i}`).join(",") }
         ]
         for (const overrides of bad) {
           const response = yield* call("POST", "/api/v1/agents", { key: alice.apiKey, body: connection(overrides) })
@@ -128,6 +131,10 @@ layer(serverLayer(), layerOptions)("agent connections over HTTP", (it) => {
         expect(response.status).toBe(201)
         const second = yield* call("POST", "/api/v1/agents", { key: alice.apiKey, body: connection({ label: "other", routing_priority: 100 }) })
         expect(second.status).toBe(201)
+        // 100 capabilities of 100 characters (repeats count once).
+        const capabilities = [...Array.from({ length: 100 }, (_, i) => `${i}`.padEnd(100, "c")), "0".padEnd(100, "c")]
+        const third = yield* call("POST", "/api/v1/agents", { key: alice.apiKey, body: connection({ label: "caps", capabilities }) })
+        expect(third.status).toBe(201)
       }))
 
     it.effect("refuses a callback_url that is missing or not an absolute http(s) URL: 400", () =>
