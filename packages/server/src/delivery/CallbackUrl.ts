@@ -146,6 +146,8 @@ export const validate = (
     return refuse("The callback URL must not contain a fragment.")
   }
   if (parsed.hostname === "") return refuse("The callback URL has no host.")
+  // Port 0 names no port anyone listens on: every attempt would fail to connect.
+  if (parsed.port === "0") return refuse("The callback URL's port must be from 1 to 65535.")
 
   const host = hostOf(parsed)
   const loopback = "address" in host ? isLoopbackAddress(host.address) : isLoopbackName(host.name)

@@ -26,6 +26,8 @@ describe("CallbackUrl.validate", () => {
     ["https://user@agent.example.com/", "refused"],
     ["https://agent.example.com/cb#frag", "refused"],
     ["https://agent.example.com/cb#", "refused"],
+    ["https://agent.example.com:0/cb", "refused"],
+    ["https://agent.example.com:65535/cb", "ok"],
     ["https://10.0.0.5/cb", "refused"],
     ["https://192.168.1.10/cb", "refused"],
     ["https://172.16.0.1/cb", "refused"],
@@ -83,7 +85,8 @@ describe("CallbackUrl.validate", () => {
   it.each([
     ["https://user:pass@127.0.0.1/", "refused"],
     ["http://127.0.0.1/cb#x", "refused"],
-    ["gopher://127.0.0.1/", "refused"]
+    ["gopher://127.0.0.1/", "refused"],
+    ["http://127.0.0.1:0/cb", "refused"]
   ])("%s → %s even with allowPrivate", (url, expected) => {
     expect(verdict(url, permissive)).toBe(expected)
   })
