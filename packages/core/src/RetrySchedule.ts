@@ -106,20 +106,19 @@ export const Verdict = Schema.Literal("delivered", "retry", "permanent")
 export type Verdict = typeof Verdict.Type
 
 /**
- * `delivered` for 2xx; `permanent` for a refused target and for 4xx other than
- * 408 and 429; `retry` for everything else (5xx, timeouts, network errors).
+ * `delivered` for 2xx; `retry` for any other answer and for timeouts and
+ * network errors; `permanent` only for a target refused before anything was
+ * sent (a callback URL that may not be called, a peer registry's refusal).
+ *
+ * The contract: "Any 2xx acknowledges. Anything else, or no answer within the
+ * timeout, is a failed attempt and is retried with backoff." So a 4xx is retried
+ * too (an agent answering 401 or 404 while it restarts or rotates its secret gets
+ * the message once it is back); the schedule bounds how long.
  */
 export const classify = (outcome: Outcome): Verdict => {
   switch (outcome._tag) {
-    case "Response": {
-      const { status } = outcome
-      if (status >= 200 && status < 300) return "delivered"
-      if (status === 408 || status === 429) return "retry"
-      // The contract retries anything but 2xx; only a 4xx says the request itself
-      // is wrong, so sending it again cannot help.
-      if (status >= 400 && status < 500) return "permanent"
-      return "retry"
-    }
+    case "Response":
+      return outcome.status >= 200 && outcome.status < 300 ? "delivered" : "retry"
     case "Timeout":
     case "NetworkError":
       return "retry"

@@ -95,16 +95,28 @@ describe("delivery", () => {
       expect(d.deliveries[0]!.attempts).toBe(2)
     }))
 
-  it.scopedLive("a permanent 4xx stops at once: failed after one attempt with the error kept", () =>
+  it.scopedLive("a 4xx is a failed attempt like any other answer but a 2xx, retried with backoff (the contract)", () =>
     Effect.gen(function* () {
       const { agent, alice } = yield* pair()
-      agent.script(FakeAgent.status(400))
+      // Say the agent restarted and did not know its secret yet, then did.
+      agent.script(FakeAgent.status(401), FakeAgent.status(404))
+      const sent = yield* alice.client.messages.send({ payload: { recipient: "bob", message: "once you are back" } })
+      yield* Effect.promise(() => agent.waitForMessage(sent.message_id))
+      const d = yield* Fixtures.eventually(detail(alice, sent.message_id), (x) => x.status !== "pending")
+      expect(d.status).toBe("delivered")
+      expect(d.deliveries[0]).toMatchObject({ status: "delivered", attempts: 3 })
+      expect(agent.attempts.map((a) => (a.outcome._tag === "Answered" ? a.outcome.status : a.outcome._tag))).toEqual([401, 404, 200])
+    }))
+
+  it.scopedLive("an agent that answers 400 to everything is given up after the schedule, keeping the error", () =>
+    Effect.gen(function* () {
+      const { agent, alice } = yield* pair()
+      agent.failAll(400)
       const sent = yield* alice.client.messages.send({ payload: { recipient: "bob", message: "bad for you" } })
-      expect(sent.status).toBe("failed")
-      const d = yield* detail(alice, sent.message_id)
-      expect(d.status).toBe("failed")
-      expect(d.deliveries[0]).toMatchObject({ status: "failed", attempts: 1, last_status_code: 400 })
-      expect(d.deliveries[0]!.last_error).toContain("400")
+      const d = yield* Fixtures.eventually(detail(alice, sent.message_id), (x) => x.status === "failed", { timeoutMs: 15_000 })
+      // RetrySchedule.testing allows 5 attempts.
+      expect(d.deliveries[0]).toMatchObject({ status: "failed", attempts: 5, last_status_code: 400 })
+      expect(d.deliveries[0]!.last_error).toMatch(/gave up after 5 attempts: .*400/)
     }))
 
   it.scopedLive("an agent that never recovers is given up after the schedule, keeping the last error", () =>
