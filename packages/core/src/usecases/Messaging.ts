@@ -138,11 +138,15 @@ const pageLimit = (limit: number | undefined) =>
     ? Effect.succeed(limit)
     : invalid("limit must be an integer from 1 to 100")
 
-/** A time bound of a query: absent, or a valid date. */
-const validTime = (name: string, value: Date | undefined) =>
-  value === undefined || (value instanceof Date && !Number.isNaN(value.getTime()))
-    ? Effect.void
-    : invalid(`${name} must be a valid date`)
+/**
+ * A time bound of a query: absent, or a valid date from year 1 to 9999 (UTC),
+ * the years the store can take (beyond them PostgreSQL cannot parse the time).
+ */
+const validTime = (name: string, value: Date | undefined) => {
+  if (value === undefined) return Effect.void
+  const year = value instanceof Date ? value.getUTCFullYear() : Number.NaN
+  return year >= 1 && year <= 9999 ? Effect.void : invalid(`${name} must be a valid time from year 1 to 9999`)
+}
 
 export const make = Effect.gen(function* () {
   const config = yield* RegistryConfig

@@ -155,6 +155,29 @@ layer(serverLayer(), layerOptions)("request bodies and paths at the edge", (it) 
       }))
   })
 
+  describe("times in queries", () => {
+    it.effect("a time the store cannot hold (before year 1, after year 9999) is 400, not a database failure", () =>
+      Effect.gen(function* () {
+        const alice = yield* person("times")
+        for (const query of [
+          "since=253402300800000",
+          "since=0000-01-01T00:00:00Z",
+          "since=%2B010000-01-01T00:00:00Z",
+          "since=-000001-01-01T00:00:00Z",
+          "before=253402300800000"
+        ]) {
+          expectError(yield* call("GET", `/api/v1/messages?${query}`, { key: alice.apiKey }), 400, "INVALID_REQUEST")
+        }
+        expectError(yield* call("GET", "/api/v1/messages/inbox?since=253402300800000", { key: alice.apiKey }), 400, "INVALID_REQUEST")
+        // The last millisecond of year 9999 and the first of year 1 are times like any other.
+        for (const query of ["since=253402300799999", "before=0001-01-01T00:00:00Z"]) {
+          const answer = yield* call("GET", `/api/v1/messages?${query}`, { key: alice.apiKey })
+          expect(answer.status, query).toBe(200)
+          expect(answer.body).toEqual([])
+        }
+      }))
+  })
+
   describe("paths the router cannot match", () => {
     it.effect("bad %-encoding and over-long path parameters are 404 {error, code}, not an empty body", () =>
       Effect.gen(function* () {
