@@ -152,8 +152,11 @@ export const validate = (
   const host = hostOf(parsed)
   const loopback = "address" in host ? isLoopbackAddress(host.address) : isLoopbackName(host.name)
   const devLoopback = options.development && loopback
+  // Allowing private callbacks lets plain http reach private hosts (where TLS is often
+  // absent), never a public one: there the contract's https rule stands.
+  const privateHost = "address" in host ? !isPublicAddress(host.address) : isLocalName(host.name)
 
-  if (parsed.protocol === "http:" && !options.allowPrivate && !devLoopback) {
+  if (parsed.protocol === "http:" && !devLoopback && !(options.allowPrivate && privateHost)) {
     return refuse(
       options.development
         ? "The callback URL must use https (plain http is accepted only for loopback addresses in development)."

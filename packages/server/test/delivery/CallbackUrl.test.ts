@@ -77,7 +77,8 @@ describe("CallbackUrl.validate", () => {
     "https://[::ffff:127.0.0.1]/cb",
     "https://100.64.0.1/cb",
     "https://metadata.google.internal/cb",
-    "http://agent.example.com/cb"
+    "http://agent-svc:8080/cb",
+    "https://agent.example.com/cb"
   ])("%s is allowed with allowPrivate", (url) => {
     expect(verdict(url, permissive)).toBe("ok")
   })
@@ -86,7 +87,11 @@ describe("CallbackUrl.validate", () => {
     ["https://user:pass@127.0.0.1/", "refused"],
     ["http://127.0.0.1/cb#x", "refused"],
     ["gopher://127.0.0.1/", "refused"],
-    ["http://127.0.0.1:0/cb", "refused"]
+    ["http://127.0.0.1:0/cb", "refused"],
+    // Plain http stays for private hosts: a public one still needs https.
+    ["http://agent.example.com/cb", "refused"],
+    ["http://93.184.216.34/cb", "refused"],
+    ["http://[2606:4700:4700::1111]/cb", "refused"]
   ])("%s → %s even with allowPrivate", (url, expected) => {
     expect(verdict(url, permissive)).toBe(expected)
   })
