@@ -153,8 +153,8 @@ export const ConnectionPayload = Schema.Struct({
   routing_priority: Schema.optional(Schema.Number),
   callback_url: optionalNullable(Schema.String),
   callback_secret: Schema.optional(Schema.String),
-  public_key: optionalNullable(Schema.String),
-  public_key_alg: optionalNullable(Schema.String),
+  public_key: Schema.String.annotations({ description: "The agent's public key (1–1000 characters)" }),
+  public_key_alg: Schema.Literal("ed25519", "x25519"),
   rotate_secret: Schema.optional(Schema.Boolean),
   mode: Schema.optional(Schema.Literal("webhook", "polling")).annotations({
     description: "Beside the contract: \"polling\" connections have no callback URL; their messages wait to be fetched"

@@ -79,7 +79,13 @@ layer(serverLayer(), layerOptions)("API documents over HTTP", (it) => {
         expect(op(method, path).security, `${method} ${path}`).not.toEqual([])
         expect(op(method, path).security, `${method} ${path}`).toBeDefined()
       }
-      const body = op("post", "/api/v1/agents").requestBody!.content["application/json"]!.schema as { properties?: Record<string, unknown> }
+      const body = op("post", "/api/v1/agents").requestBody!.content["application/json"]!.schema as {
+        properties?: Record<string, { enum?: ReadonlyArray<string> }>
+        required?: ReadonlyArray<string>
+      }
+      // The contract: framework, label, public_key and public_key_alg ("ed25519"|"x25519") are required.
+      expect([...(body.required ?? [])].sort()).toEqual(["framework", "label", "public_key", "public_key_alg"])
+      expect(body.properties?.["public_key_alg"]?.enum).toEqual(["ed25519", "x25519"])
       const properties = Object.keys(body.properties ?? {})
       expect(properties).toEqual(expect.arrayContaining([
         "framework",
