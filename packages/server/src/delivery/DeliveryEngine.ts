@@ -250,7 +250,10 @@ export const make = (settings: EngineSettings) =>
         if (record._tag === "Delivered") {
           target.failures = 0
           target.restMs = settings.breakerCooldownMs
-        } else if (++target.failures >= settings.breakerThreshold) {
+        } else if (++target.failures >= settings.breakerThreshold && target.restUntil <= now) {
+          // Trips once per rest: the other attempts that were in flight when the target went
+          // down fail too, and each doubling the rest would park it for minutes after one outage.
+          // (A probe that fails while resting has already moved the rest on when it was let through.)
           target.restUntil = now + target.restMs
           target.restMs = Math.min(target.restMs * 2, settings.schedule.maxDelayMs)
         }
@@ -291,7 +294,11 @@ export const make = (settings: EngineSettings) =>
           // Resting: let the first due delivery through as a probe only when nothing is in flight.
           target.restUntil = now + target.restMs
         } else if (target.restUntil > now || target.inFlight >= settings.maxInFlightPerTarget) {
-          const until = target.restUntil > now ? target.restUntil : now + 50 + Math.floor(Math.random() * 100)
+          // The rest is this process's view: in the shared outbox the delivery waits at most one
+          // cooldown, so another process that finds the target healthy is not kept from it.
+          const until = target.restUntil > now
+            ? Math.min(target.restUntil, now + settings.breakerCooldownMs)
+            : now + 50 + Math.floor(Math.random() * 100)
           yield* outbox.postpone(nodeId, claimed.delivery.id, new Date(until)).pipe(
             Effect.catchAll((e) => Effect.logError("Could not postpone a delivery; its lease will expire", e))
           )

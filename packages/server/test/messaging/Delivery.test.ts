@@ -1,4 +1,4 @@
-import { Errors } from "@mahilo/core"
+import { Errors, RetrySchedule } from "@mahilo/core"
 import { FakeAgent, Fixtures, TestServer } from "@mahilo/testkit"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
@@ -107,6 +107,27 @@ describe("delivery", () => {
       expect(d.deliveries[0]).toMatchObject({ status: "delivered", attempts: 3 })
       expect(agent.attempts.map((a) => (a.outcome._tag === "Answered" ? a.outcome.status : a.outcome._tag))).toEqual([401, 404, 200])
     }))
+
+  it.scopedLive("after one outage the breaker rests once, not once per failed attempt: everything arrives soon after the agent recovers", () =>
+    Effect.gen(function* () {
+      // Retries up to a minute apart, as in production, so a rest that kept doubling would show.
+      const schedule = RetrySchedule.RetrySchedule.make({ baseDelayMs: 100, factor: 2, maxDelayMs: 60_000, maxAttempts: 50, horizonMs: 600_000, jitter: 0 })
+      const { agent, alice } = yield* pair({ retrySchedule: schedule })
+      // Down while 20 sends arrive at once: up to 4 attempts are in flight together, the fifth
+      // failure trips the breaker, and the attempts still in flight then fail too.
+      agent.failAll(503)
+      const sent = yield* Effect.all(
+        Array.from({ length: 20 }, (_, i) => alice.client.messages.send({ payload: { recipient: "bob", message: `m${i}` } })),
+        { concurrency: "unbounded" }
+      )
+      yield* Effect.promise(() => agent.waitForAttempts(5))
+      yield* Effect.sleep("500 millis")
+      agent.recover()
+      // One rest of the 5 s cooldown, then everything; a rest doubled by each of the failures
+      // in flight (10, 20, 40 s ...) would hold the messages far longer than the wait below.
+      for (const s of sent) yield* Effect.promise(() => agent.waitForMessage(s.message_id, { timeoutMs: 30_000 }))
+      expect(agent.duplicates()).toEqual([])
+    }), { timeout: 60_000 })
 
   it.scopedLive("an agent that answers 400 to everything is given up after the schedule, keeping the error", () =>
     Effect.gen(function* () {
