@@ -9,6 +9,7 @@ import { ApiKey, Errors, Registry, type RegistryEvent } from "@mahilo/core"
 import { Context, Effect, Layer, Option, Queue, Redacted } from "effect"
 import { Authentication } from "../Api.js"
 import { ServerConfig } from "../Config.js"
+import { DatabaseEngine } from "../Database.js"
 import { EventBus } from "../notifications/EventBus.js"
 
 interface Entry {
@@ -55,6 +56,10 @@ export const makeAuthenticator = Effect.gen(function* () {
   const config = yield* ServerConfig
   const bus = yield* EventBus
   const cache = new KeyCache(config.authCacheSize)
+  // On PostgreSQL another process may rotate a key, and its event arrives a little later (or,
+  // with the listener's connection gone, not at all). A cached key is then asked about once
+  // more, by id (no hash): revoked means 401 at once, as the contract says, on every process.
+  const othersMayRevoke = (yield* DatabaseEngine).kind === "postgres"
   // Counts the revocations this process has heard of. A check that read the database before a
   // revocation and ends after it must not put the key back into the cache: by then the
   // revocation's event has come and gone, and nothing would ever remove it again.
@@ -91,7 +96,13 @@ export const makeAuthenticator = Effect.gen(function* () {
       const fingerprint = ApiKey.fingerprint(secret)
       const known = fromCache(kid, fingerprint)
       if (known === null) return yield* unauthorized
-      if (known !== undefined) return known
+      if (known !== undefined) {
+        if (othersMayRevoke && !(yield* registry.keyActive(known))) {
+          forget([kid])
+          return yield* unauthorized
+        }
+        return known
+      }
       const heard = revocationsHeard
       const principal = yield* registry.authenticate(raw.trim())
       if (revocationsHeard === heard) cache.set(kid, { fingerprint, principal })

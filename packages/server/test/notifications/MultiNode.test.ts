@@ -49,4 +49,24 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("notifications across serv
       yield* bobA.api.auth.rotateKey()
       expect(yield* promise(() => bobOnB.closed)).toBe(4001)
     }), { timeout: 60_000 })
+
+  it.scopedLive("a key rotated on one node is refused on another at once, also while that node has it cached", () =>
+    Effect.gen(function* () {
+      const url = yield* TestDatabase.postgresUrl()
+      const database = Database.layer({ _tag: "Postgres", url, maxConnections: 5 })
+      const nodeA = yield* TestServer.make({ database })
+      const nodeB = yield* TestServer.make({ database })
+      const me = (node: TestServer.TestServer, key: string) =>
+        Effect.promise(() => fetch(`${node.url}/api/v1/auth/me`, { headers: { authorization: `Bearer ${key}` } }).then((r) => r.status))
+      for (let round = 0; round < 10; round++) {
+        const carol = yield* Fixtures.user(nodeA, `carol${round}`)
+        // B verifies the key once and keeps it.
+        expect(yield* me(nodeB, carol.apiKey)).toBe(200)
+        const rotated = yield* carol.api.auth.rotateKey()
+        // The rotation has answered: B refuses the old key on the very next request, before any
+        // event from A could reach it, and takes the new one.
+        expect(yield* me(nodeB, carol.apiKey)).toBe(401)
+        expect(yield* me(nodeB, rotated.api_key)).toBe(200)
+      }
+    }), { timeout: 60_000 })
 })
