@@ -55,6 +55,8 @@ export interface ServerConfigShape {
   readonly retryHorizonMs: number
   /** `MAHILO_WS_PING_INTERVAL_MS`: how often the notification stream pings each socket; a socket silent for two intervals is dropped. */
   readonly wsPingIntervalMs: number
+  /** `MAHILO_RELAY_HEARTBEAT_MS` (PostgreSQL): how often the event relay proves its listener alive; a silent one is replaced. */
+  readonly relayHeartbeatMs: number
   /** `MAHILO_INSTANCE_NAME`: this registry's name among peers; federation is off without it. */
   readonly instanceName: string | undefined
   /** `MAHILO_PUBLIC_URL`: the base URL peers and agents reach this registry at. */
@@ -184,6 +186,7 @@ export const config: Config.Config<ServerConfigShape> = Config.all({
   retryMaxAttempts: integer("MAHILO_RETRY_MAX_ATTEMPTS", 8, 1, 1000),
   retryHorizonMs: integer("MAHILO_RETRY_HORIZON_MS", 3600000, 1, MAX_HORIZON_MS),
   wsPingIntervalMs: integer("MAHILO_WS_PING_INTERVAL_MS", 30000, 10, MAX_TIMER_MS),
+  relayHeartbeatMs: integer("MAHILO_RELAY_HEARTBEAT_MS", 5000, 50, MAX_TIMER_MS),
   instanceName: optional("MAHILO_INSTANCE_NAME", (value) =>
     // The registry's public name: a host name, optionally with a port.
     /^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(?::\d{1,5})?$/.test(value)

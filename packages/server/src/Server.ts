@@ -186,7 +186,7 @@ export const app = (options: ServerOptions = {}) =>
     Effect.map(ServerConfig, (config) => {
       const database = options.database ?? DatabaseFromConfig
       const base = Layer.mergeAll(database, NodeId.layer)
-      const bus = EventBus.layer
+      const bus = EventBus.layerWith({ heartbeatMs: config.relayHeartbeatMs })
       const store = SqlStore.layer
       // Federation is on when an instance name is configured. Its services feed the registry
       // (RemoteDirectory) and the engine (PeerTransport); its routes reuse the same layer.

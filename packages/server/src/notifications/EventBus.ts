@@ -7,7 +7,7 @@
  * another process, or another process's key cache, hears them too.
  */
 import { Events, type RegistryEvent } from "@mahilo/core"
-import { Context, Effect, Layer, Queue, type Scope, Stream } from "effect"
+import { Context, Duration, Effect, Layer, Queue, type Scope, Stream } from "effect"
 import { DatabaseEngine } from "../Database.js"
 import { NodeId } from "../NodeId.js"
 
@@ -93,7 +93,17 @@ interface Subscription {
 
 export class EventBus extends Context.Tag("@mahilo/server/EventBus")<EventBus, EventBusService>() {}
 
-export const layer: Layer.Layer<EventBus | Events, never, DatabaseEngine | NodeId> = Layer.scopedContext(
+export interface RelayOptions {
+  /**
+   * PostgreSQL: every this often the relay NOTIFYs a heartbeat of its own and
+   * expects to hear it back on its LISTEN connection within the same time; if
+   * it does not, that connection is taken for dead and a new one listens.
+   */
+  readonly heartbeatMs: number
+}
+
+/** The bus, relaying across processes on PostgreSQL. */
+export const layerWith = (options: RelayOptions): Layer.Layer<EventBus | Events, never, DatabaseEngine | NodeId> => Layer.scopedContext(
   Effect.gen(function* () {
     const engine = yield* DatabaseEngine
     const node = yield* NodeId
@@ -120,9 +130,35 @@ export const layer: Layer.Layer<EventBus | Events, never, DatabaseEngine | NodeI
       )
 
     if (engine.kind === "postgres") {
-      yield* engine.client.listen(CHANNEL).pipe(
-        Stream.runForEach((payload) => hand(parsePayload(node, payload))),
-        Effect.catchAllCause((cause) => Effect.logError("Event relay stopped", cause)),
+      // The LISTEN connection can die without a word (a database restart, a failover, a
+      // network cut: @effect/sql-pg ignores its errors, and the stream just goes quiet), and
+      // every event from other processes would then be missed for good. So the relay proves
+      // it alive with a heartbeat NOTIFY of its own, and listens anew on a fresh connection
+      // when one is not heard back. Other processes ignore the heartbeat (it has no events).
+      const heartbeat = JSON.stringify({ node, heartbeat: true })
+      let heard = 0
+      const listening = engine.client.listen(CHANNEL).pipe(
+        Stream.runForEach((payload) =>
+          payload === heartbeat ? Effect.sync(() => void heard++) : hand(parsePayload(node, payload))),
+        Effect.catchAllCause((cause) => Effect.logError("Event relay listener failed", cause))
+      )
+      const interval = Duration.millis(options.heartbeatMs)
+      // One listener's life: it ends (and its connection is let go) once a heartbeat is missed.
+      const session = Effect.scoped(Effect.gen(function* () {
+        yield* Effect.forkScoped(listening)
+        for (;;) {
+          yield* Effect.sleep(interval)
+          const before = heard
+          const sent = yield* Effect.either(engine.client`SELECT pg_notify(${CHANNEL}, ${heartbeat})`)
+          // The database itself is away: nothing to learn about the listener until it is back.
+          if (sent._tag === "Left") continue
+          yield* Effect.sleep(interval)
+          if (heard === before) return
+        }
+      }))
+      yield* session.pipe(
+        Effect.zipRight(Effect.logWarning("The event relay heard nothing on its listener; listening again on a new connection")),
+        Effect.forever,
         Effect.forkScoped
       )
     }
@@ -154,3 +190,6 @@ export const layer: Layer.Layer<EventBus | Events, never, DatabaseEngine | NodeI
     return Context.make(EventBus, bus).pipe(Context.add(Events, { publish }))
   })
 )
+
+/** The bus with a 5 s relay heartbeat. */
+export const layer = layerWith({ heartbeatMs: 5_000 })

@@ -6,7 +6,8 @@
 import { Database } from "@mahilo/server"
 import { TestDatabase, TestServer } from "@mahilo/testkit"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { SqlClient } from "@effect/sql"
+import { Context, Effect } from "effect"
 import * as Fixtures from "../support/Fixtures.js"
 import * as Notifications from "../support/Notifications.js"
 
@@ -48,6 +49,39 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("notifications across serv
       const bobOnB = yield* Notifications.open(nodeB.url, bobA.apiKey)
       yield* bobA.api.auth.rotateKey()
       expect(yield* promise(() => bobOnB.closed)).toBe(4001)
+    }), { timeout: 60_000 })
+
+  it.scopedLive("when the relay's listening connections are cut, each node listens again and events cross once more", () =>
+    Effect.gen(function* () {
+      const url = yield* TestDatabase.postgresUrl()
+      const database = Database.layer({ _tag: "Postgres", url, maxConnections: 5 })
+      const config = { relayHeartbeatMs: 200 }
+      const nodeA = yield* TestServer.make({ database, config })
+      const nodeB = yield* TestServer.make({ database, config })
+      const sql = Context.get(nodeA.context, SqlClient.SqlClient)
+      const listeners = Effect.map(
+        sql<{ n: number }>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN "mahilo_events"'`,
+        (rows) => rows[0]!.n
+      )
+      yield* Fixtures.eventually(listeners, (n) => n === 2)
+      // As a database restart or a network cut would: both listening connections end.
+      yield* sql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+        WHERE datname = current_database() AND query = 'LISTEN "mahilo_events"'`
+      const erik = yield* Fixtures.user(nodeA, "erik")
+      const erikOnB = yield* Notifications.open(nodeB.url, erik.apiKey)
+      // Each node misses its heartbeat, lets the dead connection go and listens on a new one:
+      // events caused on A (here: erik updating his agent there) reach his socket on B again.
+      yield* Fixtures.eventually(
+        Effect.gen(function* () {
+          yield* Fixtures.pollingConnection(erik, "laptop")
+          return erikOnB.of("connection").length
+        }),
+        (n) => n > 0,
+        10_000
+      )
+      // And a key rotated on A closes the socket on B.
+      yield* erik.api.auth.rotateKey()
+      expect(yield* promise(() => erikOnB.closed)).toBe(4001)
     }), { timeout: 60_000 })
 
   it.scopedLive("a key rotated on one node is refused on another at once, also while that node has it cached", () =>
