@@ -47,6 +47,10 @@ export interface UsersService {
   ) => Effect.Effect<User, SqlError>
   /** A key that has not been revoked. */
   readonly findKey: (kid: string) => Effect.Effect<Option.Option<StoredKey>, SqlError>
+  /** Of these key ids, those not revoked, with their users (one read for many). */
+  readonly activeKeys: (
+    kids: ReadonlyArray<string>
+  ) => Effect.Effect<ReadonlyArray<{ readonly kid: string; readonly userId: string }>, SqlError>
   /**
    * Adds a new key and revokes every other key of the user, atomically, provided
    * `currentKid` (the key asking) is still one of the user's active keys; answers

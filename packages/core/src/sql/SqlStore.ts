@@ -61,6 +61,13 @@ export const makeUsers = Effect.gen(function* () {
         sql`SELECT id, user_id, hash FROM api_keys WHERE id = ${kid} AND revoked_at IS NULL`,
         (rows) => Option.map(first(rows), (r) => ({ kid: r.id as string, userId: r.user_id as string, hash: r.hash as string }))
       ),
+    activeKeys: (kids) =>
+      kids.length === 0
+        ? Effect.succeed([])
+        : Effect.map(
+          sql`SELECT id, user_id FROM api_keys WHERE id IN ${sql.in(kids)} AND revoked_at IS NULL`,
+          (rows) => rows.map((r) => ({ kid: r.id as string, userId: r.user_id as string }))
+        ),
     rotateKey: (userId, currentKid, key) =>
       sql.withTransaction(
         Effect.gen(function* () {

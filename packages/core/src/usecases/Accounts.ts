@@ -87,6 +87,13 @@ export const make = Effect.gen(function* () {
     keyActive: (principal: Principal) =>
       Effect.map(users.findKey(principal.kid), Option.exists((key) => key.userId === principal.userId)),
 
+    /** `keyActive` for many principals in one read, in the order given. */
+    keysActive: (principals: ReadonlyArray<Principal>) =>
+      Effect.map(users.activeKeys([...new Set(principals.map((p) => p.kid))]), (rows) => {
+        const owner = new Map(rows.map((r) => [r.kid, r.userId]))
+        return principals.map((p) => owner.get(p.kid) === p.userId)
+      }),
+
     me: (principal: Principal) =>
       Effect.flatMap(users.findById(principal.userId), Option.match({
         onNone: () => Effect.fail(unauthorized),

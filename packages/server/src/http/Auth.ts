@@ -5,8 +5,8 @@
  * and drops a key the moment a `KeysRevoked` event says it stopped working —
  * on this process directly, on others through the event relay.
  */
-import { ApiKey, Errors, Registry, type RegistryEvent } from "@mahilo/core"
-import { Context, Effect, Layer, Option, Queue, Redacted } from "effect"
+import { ApiKey, Batcher, Errors, Registry, type RegistryEvent } from "@mahilo/core"
+import { Context, Effect, Exit, Layer, Option, Queue, Redacted } from "effect"
 import { Authentication } from "../Api.js"
 import { ServerConfig } from "../Config.js"
 import { DatabaseEngine } from "../Database.js"
@@ -60,6 +60,12 @@ export const makeAuthenticator = Effect.gen(function* () {
   // with the listener's connection gone, not at all). A cached key is then asked about once
   // more, by id (no hash): revoked means 401 at once, as the contract says, on every process.
   const othersMayRevoke = (yield* DatabaseEngine).kind === "postgres"
+  // Requests checked at the same moment share one read (see Batcher).
+  const stillActive = yield* Batcher.make(
+    (principals: ReadonlyArray<Registry.Principal>) =>
+      Effect.map(registry.keysActive(principals), (active) => active.map((a) => Exit.succeed(a))),
+    256
+  )
   // Counts the revocations this process has heard of. A check that read the database before a
   // revocation and ends after it must not put the key back into the cache: by then the
   // revocation's event has come and gone, and nothing would ever remove it again.
@@ -97,7 +103,7 @@ export const makeAuthenticator = Effect.gen(function* () {
       const known = fromCache(kid, fingerprint)
       if (known === null) return yield* unauthorized
       if (known !== undefined) {
-        if (othersMayRevoke && !(yield* registry.keyActive(known))) {
+        if (othersMayRevoke && !(yield* stillActive(known))) {
           forget([kid])
           return yield* unauthorized
         }
