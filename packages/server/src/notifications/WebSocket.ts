@@ -22,11 +22,11 @@ import type { Duplex } from "node:stream"
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServerRequest } from "@effect/platform-node"
 import { Errors, Registry } from "@mahilo/core"
-import { Deferred, Duration, Effect, Exit, Queue, type Scope } from "effect"
+import { Deferred, Duration, Effect, Exit, Option, Queue, type Scope } from "effect"
 import { WebSocket, WebSocketServer } from "ws"
 import { ServerConfig } from "../Config.js"
 import { AuthenticatorService } from "../http/Auth.js"
-import { Hub, type Subscriber } from "./Hub.js"
+import { Hub, KEY_REVOKED, type Subscriber } from "./Hub.js"
 
 /** The path of the stream. */
 export const PATH = "/api/v1/notifications/ws"
@@ -193,13 +193,19 @@ export const make = Effect.gen(function* () {
       )
 
       // Heartbeat: ping, and drop a socket that has not been heard from since the last ping.
-      yield* Effect.sync(() => {
+      // On PostgreSQL the key is also checked again: a revocation made through another process
+      // while this one's event relay was down was never heard here.
+      yield* Effect.gen(function* () {
         if (!heard) {
           live.terminate()
           return
         }
         heard = false
         live.ping()
+        if (Option.isSome(authenticator.recheck)) {
+          const active = yield* authenticator.recheck.value(principal).pipe(Effect.orElseSucceed(() => true))
+          if (!active) subscriber.close(KEY_REVOKED, "API key revoked")
+        }
       }).pipe(Effect.delay(interval), Effect.forever, Effect.forkScoped)
 
       // "close" comes after the TCP socket closed, so nothing more can be written to it.

@@ -84,6 +84,28 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("notifications across serv
       expect(yield* promise(() => erikOnB.closed)).toBe(4001)
     }), { timeout: 60_000 })
 
+  it.scopedLive("a socket on a node that missed a key's revocation (its relay down) is still closed with 4001", () =>
+    Effect.gen(function* () {
+      const url = yield* TestDatabase.postgresUrl()
+      const database = Database.layer({ _tag: "Postgres", url, maxConnections: 5 })
+      // Relays that will not notice their listener is gone for the length of the test.
+      const config = { relayHeartbeatMs: 600_000, wsPingIntervalMs: 300 }
+      const nodeA = yield* TestServer.make({ database, config })
+      const nodeB = yield* TestServer.make({ database, config })
+      const sql = Context.get(nodeA.context, SqlClient.SqlClient)
+      const listening = sql`SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN "mahilo_events"'`
+      yield* Fixtures.eventually(Effect.map(listening, (rows) => rows.length), (n) => n === 2)
+      const fred = yield* Fixtures.user(nodeA, "fred")
+      const fredOnB = yield* Notifications.open(nodeB.url, fred.apiKey)
+      yield* sql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+        WHERE datname = current_database() AND query = 'LISTEN "mahilo_events"'`
+      yield* Fixtures.eventually(Effect.map(listening, (rows) => rows.length), (n) => n === 0)
+      // Rotated on A: B hears nothing of it, and closes the socket at its next check of the key.
+      yield* fred.api.auth.rotateKey()
+      const code = yield* promise(() => fredOnB.closed).pipe(Effect.timeout("10 seconds"))
+      expect(code).toBe(4001)
+    }), { timeout: 60_000 })
+
   it.scopedLive("a key rotated on one node is refused on another at once, also while that node has it cached", () =>
     Effect.gen(function* () {
       const url = yield* TestDatabase.postgresUrl()
