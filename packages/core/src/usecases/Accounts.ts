@@ -80,14 +80,11 @@ export const make = Effect.gen(function* () {
       }),
 
     /**
-     * Whether the principal's key is still active (no hash check: the principal
-     * was authenticated already). For holders of a long-lived session, such as a
-     * notification socket, to check again after they started listening for revocations.
+     * Whether each principal's key is still active, in one read, in the order
+     * given (no hash check: the principals were authenticated already). For
+     * callers that keep a principal (a key cache, a notification socket) to
+     * check again after they started listening for revocations.
      */
-    keyActive: (principal: Principal) =>
-      Effect.map(users.findKey(principal.kid), Option.exists((key) => key.userId === principal.userId)),
-
-    /** `keyActive` for many principals in one read, in the order given. */
     keysActive: (principals: ReadonlyArray<Principal>) =>
       Effect.map(users.activeKeys([...new Set(principals.map((p) => p.kid))]), (rows) => {
         const owner = new Map(rows.map((r) => [r.kid, r.userId]))

@@ -115,15 +115,9 @@ export const makeAuthenticator = Effect.gen(function* () {
       return principal
     })
 
-  /**
-   * For a session that outlives its key check (a notification socket): whether
-   * the key may have been revoked without this process hearing of it (true on
-   * PostgreSQL, where another process may revoke it while the relay is down),
-   * and a check of it (one read shared with other checks at the same moment).
-   */
-  const recheck = othersMayRevoke ? Option.some(stillActive) : Option.none()
-
-  return { authenticate, cached, forget, cache, recheck }
+  // For sessions that outlive their key check (a notification socket): `stillActive` asks the
+  // database again; `othersMayRevoke` says whether a revocation can go unheard here.
+  return { authenticate, cached, forget, stillActive, othersMayRevoke }
 })
 
 export type Authenticator = Effect.Effect.Success<typeof makeAuthenticator>

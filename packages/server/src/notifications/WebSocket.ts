@@ -22,7 +22,7 @@ import type { Duplex } from "node:stream"
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServerRequest } from "@effect/platform-node"
 import { Errors, Registry } from "@mahilo/core"
-import { Deferred, Duration, Effect, Exit, Option, Queue, type Scope } from "effect"
+import { Deferred, Duration, Effect, Exit, Queue, type Scope } from "effect"
 import { WebSocket, WebSocketServer } from "ws"
 import { ServerConfig } from "../Config.js"
 import { AuthenticatorService } from "../http/Auth.js"
@@ -136,7 +136,7 @@ export const make = Effect.gen(function* () {
       yield* hub.attach(subscriber)
       // The key was checked before the hub listened for this socket: a revocation in between
       // reached no one here. Asked again now, a revocation is either seen here or heard by the hub.
-      if (!(yield* registry.keyActive(principal))) return "revoked" as const
+      if (!(yield* authenticator.stillActive(principal))) return "revoked" as const
 
       const opened = yield* Effect.async<WebSocket | undefined>((resume) => {
         let settled = false
@@ -202,8 +202,8 @@ export const make = Effect.gen(function* () {
         }
         heard = false
         live.ping()
-        if (Option.isSome(authenticator.recheck)) {
-          const active = yield* authenticator.recheck.value(principal).pipe(Effect.orElseSucceed(() => true))
+        if (authenticator.othersMayRevoke) {
+          const active = yield* authenticator.stillActive(principal).pipe(Effect.orElseSucceed(() => true))
           if (!active) subscriber.close(KEY_REVOKED, "API key revoked")
         }
       }).pipe(Effect.delay(interval), Effect.forever, Effect.forkScoped)
