@@ -134,11 +134,19 @@ export const checkpointIfDue = (client: SqlClient.SqlClient, policy: CheckpointP
     return due
   })
 
-/** PGlite layer over the engine `open` starts when the layer is built (and that is closed when the layer is released). */
-const embedded = (
+/** What the embedded database's SQL client runs on: PGlite in this thread or on a thread of its own. */
+export type Engine = PGliteEngine.Engine
+
+/**
+ * PGlite layer over the engine `open` gives when the layer is built; the
+ * engine's `close` runs when the layer is released. The other PGlite layers
+ * are this one over an engine they open (`inProcessEngine`, `threadEngine`);
+ * the test kit passes engines it keeps between test databases.
+ */
+export const pgliteEngine = (
   open: () => Promise<PGliteEngine.Engine>,
   description: string,
-  checkpoints: CheckpointPolicy
+  checkpoints: CheckpointPolicy = defaultCheckpoints
 ) =>
   Layer.scopedContext(
     Effect.gen(function* () {
@@ -190,12 +198,16 @@ export const pgliteFrom = (
   description = "the embedded database",
   checkpoints: CheckpointPolicy = defaultCheckpoints
 ) =>
-  embedded(
-    // Loaded on use: a server whose database runs on its own thread never loads PGlite here.
-    async () => (await import("./PGliteEngine.js")).inProcess(await open()),
-    description,
-    checkpoints
-  )
+  pgliteEngine(async () => inProcessEngine(await open()), description, checkpoints)
+
+/** An engine over `db`, in this thread. */
+export const inProcessEngine = async (db: PGlite): Promise<PGliteEngine.Engine> =>
+  // Loaded on use: a server whose database runs on its own thread never loads PGlite here.
+  (await import("./PGliteEngine.js")).inProcess(db)
+
+/** An engine over PGlite opened with `options` on a thread of its own (see PGliteWorker). */
+export const threadEngine = async (options: PGliteWorker.Options): Promise<PGliteEngine.Engine> =>
+  (await PGliteWorker.open(options)).engine
 
 /**
  * PGlite layer over an instance opened with `options` on a thread of its own
@@ -206,7 +218,7 @@ export const pgliteThread = (
   options: PGliteWorker.Options,
   description = "the embedded database",
   checkpoints: CheckpointPolicy = defaultCheckpoints
-) => embedded(async () => (await PGliteWorker.open(options)).engine, description, checkpoints)
+) => pgliteEngine(() => threadEngine(options), description, checkpoints)
 
 /**
  * PGlite layer, on its own thread: persistent when `dataDir` is set, in memory

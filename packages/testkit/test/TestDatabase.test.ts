@@ -49,12 +49,53 @@ describe.each(TestDatabase.backends)("TestDatabase ($name)", ({ layer }) => {
   })
 })
 
-describe("TestDatabase.pglite", () => {
-  it("opens quickly once the template is cached", async () => {
-    await run(userIds, TestDatabase.pglite) // warms the template
-    const start = Date.now()
-    await run(userIds, TestDatabase.pglite)
-    expect(Date.now() - start).toBeLessThan(5_000)
+/** Rows in each table but the migrations'. */
+const rowCounts = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+  Effect.flatMap(tables, (names) =>
+    Effect.forEach(names.filter((name) => name !== "mahilo_migrations"), (name) =>
+      Effect.map(sql<{ n: number }>`SELECT count(*)::int AS n FROM ${sql(name)}`, ([row]) => [name, row!.n] as const))))
+
+/** Where this database's write-ahead log is: it only moves forward, also across a reuse. */
+const walPosition = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+  sql<{ lsn: string }>`SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::text AS lsn`).pipe(Effect.map(([row]) => BigInt(row!.lsn)))
+
+describe.each([
+  { name: "pglite", layer: TestDatabase.pglite },
+  { name: "pgliteThread", layer: TestDatabase.pgliteThread }
+])("TestDatabase.$name", ({ layer }) => {
+  it("keeps a released database and gives it to the next build emptied", async () => {
+    const { written, counts } = await run(
+      Effect.gen(function* () {
+        yield* insertUser("alice")
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`INSERT INTO api_keys (id, user_id, hash) VALUES ('key_1', 'alice', 'h')`
+        const counts = yield* rowCounts
+        yield* sql`CREATE TABLE scratch (n int)`
+        return { written: yield* walPosition, counts }
+      }),
+      layer
+    )
+    expect(counts.filter(([, n]) => n > 0).map(([name]) => name).sort()).toEqual(["api_keys", "users"])
+    const next = await run(Effect.all({ at: walPosition, tables, counts: rowCounts, users: userIds }), layer)
+    // The same database (a new one would start at the template's log position, before the writes above)...
+    expect(next.at).toBeGreaterThanOrEqual(written)
+    // ...with nothing left of what the last test wrote or created.
+    expect(next.users).toEqual([])
+    expect(next.tables).not.toContain("scratch")
+    expect(next.counts.length).toBe(counts.length)
+    expect(next.counts.filter(([, n]) => n > 0)).toEqual([])
+  })
+
+  it("does not keep a database whose migrated definitions a test changed", async () => {
+    const columns = Effect.flatMap(SqlClient.SqlClient, (sql) =>
+      sql<{ column_name: string }>`SELECT column_name FROM information_schema.columns WHERE table_name = 'users' ORDER BY 1`).pipe(
+        Effect.map((rows) => rows.map((row) => row.column_name))
+      )
+    const before = await run(
+      Effect.tap(columns, () => Effect.flatMap(SqlClient.SqlClient, (sql) => sql`ALTER TABLE users ADD COLUMN extra int`)),
+      layer
+    )
+    expect(await run(columns, layer)).toEqual(before)
   })
 })
 
