@@ -55,7 +55,18 @@ export interface ClientOptions {
   readonly maxResponseBytes?: number
   /** Extra TLS options for the https agent (tests: a private CA). */
   readonly tls?: Pick<https.AgentOptions, "ca" | "rejectUnauthorized">
+  /**
+   * How a callback's host name is resolved to the addresses that are checked
+   * and then connected to. Default: the system resolver (`dns.lookup`, every
+   * address). Tests give fixed answers for names the system cannot resolve.
+   */
+  readonly resolve?: Resolver
 }
+
+/** Resolves a host name to all its addresses, or fails with the resolver's error. */
+export type Resolver = (hostname: string) => Promise<ReadonlyArray<{ readonly address: string; readonly family: number }>>
+
+const systemResolver: Resolver = (hostname) => dns.promises.lookup(hostname, { all: true, verbatim: true })
 
 export interface HttpCallbackClientService {
   readonly post: (request: PostRequest) => Effect.Effect<Outcome>
@@ -125,6 +136,7 @@ interface Internals {
   readonly httpAgent: http.Agent
   readonly httpsAgent: https.Agent
   readonly maxResponseBytes: number
+  readonly resolve: Resolver
 }
 
 const postWith = (internals: Internals, request: PostRequest): Effect.Effect<Outcome> =>
@@ -275,21 +287,21 @@ const postWith = (internals: Internals, request: PostRequest): Effect.Effect<Out
     if (literal !== undefined) {
       check([literal])
     } else {
+      const lookupFailed = (error: unknown) => {
+        if (!done) finish({ _tag: "NetworkError", message: `DNS lookup of ${hostname} failed: ${errorMessage(error)}` })
+      }
       try {
-        dns.lookup(hostname, { all: true, verbatim: true }, (error, results) => {
-          if (done) return
-          if (error) {
-            finish({ _tag: "NetworkError", message: `DNS lookup of ${hostname} failed: ${errorMessage(error)}` })
-            return
-          }
-          check(
-            results
-              .filter((r) => r.family === 4 || r.family === 6)
-              .map((r) => ({ address: r.address, family: r.family as 4 | 6 }))
-          )
-        })
+        internals.resolve(hostname).then(
+          (results) =>
+            check(
+              results
+                .filter((r) => r.family === 4 || r.family === 6)
+                .map((r) => ({ address: r.address, family: r.family as 4 | 6 }))
+            ),
+          lookupFailed
+        )
       } catch (error) {
-        finish({ _tag: "NetworkError", message: `DNS lookup of ${hostname} failed: ${errorMessage(error)}` })
+        lookupFailed(error)
       }
     }
 
@@ -335,7 +347,8 @@ export const make = (options: ClientOptions = {}): Effect.Effect<HttpCallbackCli
         return {
           httpAgent: new PinnedHttpAgent(agentOptions),
           httpsAgent: new PinnedHttpsAgent({ ...agentOptions, ...options.tls }),
-          maxResponseBytes: options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES
+          maxResponseBytes: options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES,
+          resolve: options.resolve ?? systemResolver
         } satisfies Internals
       }),
       (internals) =>

@@ -1,4 +1,5 @@
 import { Effect, Fiber, ManagedRuntime } from "effect"
+import * as dns from "node:dns"
 import * as http from "node:http"
 import * as https from "node:https"
 import type { AddressInfo } from "node:net"
@@ -9,16 +10,14 @@ import * as HttpCallback from "../../src/delivery/HttpCallback.js"
 // Names under `.pinned.test` resolve through this fake resolver only; the
 // operating system cannot resolve them. A request to such a name can only
 // reach the server if the socket connects to the address the client checked.
-const fakeDns = vi.hoisted(() => ({ answers: new Map<string, Array<{ address: string; family: number }>>() }))
-vi.mock("node:dns", async (importOriginal) => {
-  const actual = await importOriginal<typeof import("node:dns")>()
-  const lookup = (hostname: string, options: unknown, callback: (...args: Array<unknown>) => void) => {
-    const answer = fakeDns.answers.get(hostname)
-    if (answer === undefined) return (actual.lookup as Function)(hostname, options, callback)
-    queueMicrotask(() => callback(null, answer))
+const fakeDns = new Map<string, Array<{ address: string; family: number }>>()
+const resolve: HttpCallback.Resolver = (hostname) => {
+  if (hostname.endsWith(".unresolvable.test")) {
+    return Promise.reject(Object.assign(new Error(`getaddrinfo ENOTFOUND ${hostname}`), { code: "ENOTFOUND" }))
   }
-  return { ...actual, default: { ...actual, lookup }, lookup }
-})
+  const answer = fakeDns.get(hostname)
+  return answer !== undefined ? Promise.resolve(answer) : dns.promises.lookup(hostname, { all: true, verbatim: true })
+}
 
 interface TestServer {
   readonly port: number
@@ -82,11 +81,11 @@ NQbakDAKBggqhkjOPQQDAgNJADBGAiEA9vD6WAdPNkKsdc6iTi3mkOkMABwmLEdN
 +bDqJEJU0qwCIQDUvZ0AwJVNNX0AJacfjTvj4PDo7TNARgdrwsLp5iQuGA==
 -----END CERTIFICATE-----`
 
-const runtime = ManagedRuntime.make(HttpCallback.layerWith({ maxSockets: 8 }))
+const runtime = ManagedRuntime.make(HttpCallback.layerWith({ maxSockets: 8, resolve }))
 
 afterEach(async () => {
   await Promise.all(servers.splice(0).map((s) => s.close()))
-  fakeDns.answers.clear()
+  fakeDns.clear()
 })
 afterAll(() => runtime.dispose())
 
@@ -217,7 +216,7 @@ describe("HttpCallback.post", () => {
 
   it("refuses a name when any resolved address is not allowed", async () => {
     const server = await startServer((_req, res) => res.writeHead(200).end())
-    fakeDns.answers.set("mixed.pinned.test", [
+    fakeDns.set("mixed.pinned.test", [
       { address: "93.184.216.34", family: 4 },
       { address: "10.0.0.7", family: 4 }
     ])
@@ -225,9 +224,16 @@ describe("HttpCallback.post", () => {
     expect(outcome).toEqual({ _tag: "Refused", reason: "mixed.pinned.test resolves to 10.0.0.7, which is not a public address" })
   })
 
+  it("answers a network error, retried later, for a name that does not resolve or resolves to nothing", async () => {
+    const failed = await post("http://agent.unresolvable.test/cb")
+    expect(failed).toEqual({ _tag: "NetworkError", message: "DNS lookup of agent.unresolvable.test failed: getaddrinfo ENOTFOUND agent.unresolvable.test" })
+    fakeDns.set("empty.pinned.test", [])
+    expect(await post("http://empty.pinned.test/cb")).toEqual({ _tag: "NetworkError", message: "empty.pinned.test did not resolve to any address" })
+  })
+
   it("connects to the checked address and keeps the original Host", async () => {
     const server = await startServer((_req, res) => res.writeHead(204).end())
-    fakeDns.answers.set("agent.pinned.test", [{ address: "127.0.0.1", family: 4 }])
+    fakeDns.set("agent.pinned.test", [{ address: "127.0.0.1", family: 4 }])
     expect(await post(`http://agent.pinned.test:${server.port}/cb`)).toEqual({ _tag: "Response", status: 204 })
     expect(server.requests[0]!.headers.host).toBe(`agent.pinned.test:${server.port}`)
   })
@@ -240,12 +246,12 @@ describe("HttpCallback.post", () => {
     })
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
     const port = (server.address() as AddressInfo).port
-    fakeDns.answers.set("agent.pinned.test", [{ address: "127.0.0.1", family: 4 }])
-    fakeDns.answers.set("other.pinned.test", [{ address: "127.0.0.1", family: 4 }])
+    fakeDns.set("agent.pinned.test", [{ address: "127.0.0.1", family: 4 }])
+    fakeDns.set("other.pinned.test", [{ address: "127.0.0.1", family: 4 }])
     try {
       const outcomes = await Effect.runPromise(
         Effect.scoped(
-          Effect.flatMap(HttpCallback.make({ tls: { ca: TLS_CERT } }), (client) => {
+          Effect.flatMap(HttpCallback.make({ tls: { ca: TLS_CERT }, resolve }), (client) => {
             const request = { headers, body, timeoutMs: 2_000, allowPrivate: true }
             return Effect.all([
               client.post({ ...request, url: `https://agent.pinned.test:${port}/cb` }),
