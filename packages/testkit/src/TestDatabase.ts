@@ -175,9 +175,6 @@ const templateOrFail = Effect.tryPromise({
 // ---------------------------------------------------------------------------
 // Engines kept between builds
 
-/** How many released engines of one kind a process keeps; more are closed. */
-const keepAtMost = 4
-
 /** The public schema as migrations left it: its tables, and a digest of every definition in the database. */
 interface Schema {
   readonly tables: ReadonlyArray<string>
@@ -236,9 +233,10 @@ const empty = async (engine: Database.Engine, opened: Schema): Promise<boolean> 
 
 /**
  * Engines of one kind: `take` gives a kept one if there is one, else opens a
- * new one; the engine it gives is emptied and kept when its layer closes it.
+ * new one; the engine it gives is emptied and kept when its layer closes it,
+ * unless `keepAtMost` are kept already (each holds about 250 MB): then it is closed.
  */
-const enginePool = (open: () => Promise<Database.Engine>) => {
+const enginePool = (keepAtMost: number, open: () => Promise<Database.Engine>) => {
   const kept: Array<{ readonly engine: Database.Engine; readonly schema: Schema }> = []
   const opened = async () => {
     const engine = await open()
@@ -269,12 +267,13 @@ const enginePool = (open: () => Promise<Database.Engine>) => {
   }
 }
 
-const inProcessEngines = enginePool(async () => {
+// Three in this thread, for the clusters of three registries that federation tests start.
+const inProcessEngines = enginePool(3, async () => {
   const { dataDir, shared } = await loadTemplate()
   return Database.inProcessEngine(await PGlite.create({ ...shared, loadDataDir: dataDir }))
 })
 
-const threadEngines = enginePool(async () => {
+const threadEngines = enginePool(1, async () => {
   const { dataDir, shared } = await loadTemplate()
   return Database.threadEngine({ ...shared, loadDataDir: dataDir })
 })
