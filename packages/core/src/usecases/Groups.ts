@@ -278,15 +278,26 @@ export const make = (friends: Friends) =>
 
       removeMember: (principal: Principal, groupId: string, userId: string) =>
         Effect.gen(function* () {
-          const group = yield* groups.exclusively(groupId, Effect.gen(function* () {
+          const { before, group } = yield* groups.exclusively(groupId, Effect.gen(function* () {
             const actor = yield* membershipOf(groupId, principal.userId)
             const target = yield* membershipOf(groupId, userId)
+            const before = yield* audience(groupId)
             yield* apply(yield* Graph.remove({ actor, target }))
-            return yield* groupOf(groupId)
+            return { before, group: yield* groupOf(groupId) }
           }))
           const removed = yield* users.findById(userId)
           if (Option.isSome(removed) && removed.value.instance !== null) {
             yield* tellEnded(group, [removed.value], "removed", principal)
+          }
+          // As for a leave: everyone active before hears it, the removed member too (also when only invited).
+          if (Option.isSome(removed)) {
+            yield* events.publish({
+              _tag: "GroupLeave",
+              userIds: before.includes(userId) ? before : [...before, userId],
+              groupId,
+              groupName: group.name,
+              username: removed.value.username
+            })
           }
         })
     }

@@ -20,6 +20,9 @@ import { RegistryConfig } from "./RegistryConfig.js"
 
 export const CIPHERTEXT = "application/mahilo+ciphertext"
 
+/** Whether a payload is end-to-end ciphertext, which policies never read; media types are case-insensitive. */
+export const isCiphertext = (payloadType: string): boolean => payloadType.toLowerCase() === CIPHERTEXT
+
 /** The sender's choice of the recipient's agent, if they made one. */
 const routingOf = (input: SendInput): Store.RecipientRouting | null =>
   input.recipientConnectionId === undefined && input.routingHints === undefined
@@ -422,7 +425,7 @@ export const make = Effect.gen(function* () {
         recipientRouting: recipient.instance === null ? null : routingOf(input)
       }
 
-      if (config.trustedMode && payloadType !== CIPHERTEXT) {
+      if (config.trustedMode && !isCiphertext(payloadType)) {
         const verdict = yield* evaluate(principal, { scope: "user", targetId: recipient.id }, input, recipient.username)
         if (verdict._tag === "Rejected") return yield* reject(principal, message, verdict.reason)
       }
@@ -469,7 +472,7 @@ export const make = Effect.gen(function* () {
       const sender = yield* senderAgent(principal, input.senderConnectionId)
       const message = baseMessage(principal, input, payloadType, sender, { type: "group", id: group.id, name: group.name })
 
-      if (config.trustedMode && payloadType !== CIPHERTEXT) {
+      if (config.trustedMode && !isCiphertext(payloadType)) {
         const verdict = yield* evaluate(principal, { scope: "group", targetId: group.id }, input, group.name)
         if (verdict._tag === "Rejected") return yield* reject(principal, message, verdict.reason)
       }
@@ -529,7 +532,7 @@ export const make = Effect.gen(function* () {
       }
       const sender = yield* senderAgent(principal, input.senderConnectionId)
       const message = baseMessage(principal, input, payloadType, sender, { type: "group", id: groupId, name: groupName })
-      if (config.trustedMode && payloadType !== CIPHERTEXT && !fromHome) {
+      if (config.trustedMode && !isCiphertext(payloadType) && !fromHome) {
         const verdict = yield* evaluate(principal, { scope: "group", targetId: groupId }, input, groupName)
         if (verdict._tag === "Rejected") return yield* reject(principal, message, verdict.reason)
       }

@@ -79,51 +79,94 @@ export const make = Effect.gen(function* () {
       return list.filter((p) => p.scope !== "group" || (p.targetId !== null && managed.has(p.targetId)))
     })
 
+  /**
+   * Runs `write` holding the group's lock when the policy is a group's: the
+   * check that the caller manages the group and the write then see the same
+   * membership, as a demotion, removal or deletion made at the same moment
+   * takes the same lock.
+   */
+  const lockingGroup = <A, E, R>(scope: Policy.PolicyScope, targetId: string | null | undefined, write: Effect.Effect<A, E, R>) =>
+    scope === "group" && typeof targetId === "string" ? groups.exclusively(targetId, write) : write
+
+  /** A user-scope filter's target as stored (an id), when it names a user by username. */
+  const listedTarget = (filter: Store.PolicyFilter) =>
+    Effect.gen(function* () {
+      if (filter.scope !== "user" || filter.targetId === undefined) return filter.targetId
+      if (Option.isSome(yield* users.findById(filter.targetId))) return filter.targetId
+      const byName = yield* users.findByUsername(filter.targetId.toLowerCase())
+      return Option.isSome(byName) ? byName.value.id : filter.targetId
+    })
+
+  /** The policies of every group the caller manages now, whoever wrote them. */
+  const managedGroupsPolicies = (principal: Principal, filter: Store.PolicyFilter) =>
+    Effect.gen(function* () {
+      const managed = (yield* groups.listForUser(principal.userId)).filter((listing) =>
+        Graph.canManagePolicies(listing.membership)
+      )
+      return yield* Effect.forEach(managed, (listing) =>
+        policies.list(null, { ...filter, scope: "group", targetId: listing.group.id })).pipe(Effect.map((lists) => lists.flat()))
+    })
+
   return {
     createPolicy: (principal: Principal, input: PolicyInput) =>
       Effect.gen(function* () {
         const target = yield* Policy.validateTarget({ scope: input.scope, targetId: input.targetId })
         const content = yield* Policy.validate({ policyType: input.policyType, content: input.content })
         yield* checkPriority(input.priority)
-        const targetId = yield* resolveTarget(principal, input.scope, target)
-        const policy: Policy.Policy = {
-          id: Ids.make("pol"),
-          ownerId: principal.userId,
-          scope: input.scope,
-          targetId,
-          policyType: input.policyType,
-          content,
-          priority: input.priority ?? 0,
-          enabled: input.enabled ?? true,
-          createdAt: new Date()
-        }
-        yield* policies.insert(policy)
-        return policy
+        return yield* lockingGroup(input.scope, target, Effect.gen(function* () {
+          const targetId = yield* resolveTarget(principal, input.scope, target)
+          const policy: Policy.Policy = {
+            id: Ids.make("pol"),
+            ownerId: principal.userId,
+            scope: input.scope,
+            targetId,
+            policyType: input.policyType,
+            content,
+            priority: input.priority ?? 0,
+            enabled: input.enabled ?? true,
+            createdAt: new Date()
+          }
+          yield* policies.insert(policy)
+          return policy
+        }))
       }),
 
-    listPolicies: (principal: Principal, filter: Store.PolicyFilter) =>
+    listPolicies: (principal: Principal, given: Store.PolicyFilter) =>
       Effect.gen(function* () {
+        const filter = { ...given, targetId: yield* listedTarget(given) }
         // A group's policies are listed for its owners and admins whoever wrote them.
         if (filter.scope === "group" && filter.targetId !== undefined) {
           if (yield* canManageGroup(principal, filter.targetId)) return yield* policies.list(null, filter)
         }
-        return yield* stillManaged(principal, yield* policies.list(principal.userId, filter))
+        const own = yield* stillManaged(principal, yield* policies.list(principal.userId, filter))
+        if (filter.targetId !== undefined || (filter.scope !== undefined && filter.scope !== "group")) return own
+        const ids = new Set(own.map((p) => p.id))
+        const others = (yield* managedGroupsPolicies(principal, filter)).filter((p) => !ids.has(p.id))
+        if (others.length === 0) return own
+        // One list, in the store's order: oldest first.
+        return [...own, ...others].sort((a, b) =>
+          a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
+        )
       }),
 
     updatePolicy: (principal: Principal, id: string, patch: Store.PolicyPatch) =>
       Effect.gen(function* () {
-        const policy = yield* accessible(principal, id)
-        if (patch.content !== undefined) {
-          yield* Policy.validate({ policyType: policy.policyType, content: patch.content })
-        }
-        yield* checkPriority(patch.priority)
-        yield* policies.update(id, patch)
+        const found = yield* accessible(principal, id)
+        // Checked again under the group's lock, if it is a group's.
+        yield* lockingGroup(found.scope, found.targetId, Effect.gen(function* () {
+          const policy = yield* accessible(principal, id)
+          if (patch.content !== undefined) {
+            yield* Policy.validate({ policyType: policy.policyType, content: patch.content })
+          }
+          yield* checkPriority(patch.priority)
+          yield* policies.update(id, patch)
+        }))
       }),
 
     deletePolicy: (principal: Principal, id: string) =>
       Effect.gen(function* () {
-        yield* accessible(principal, id)
-        yield* policies.delete(id)
+        const found = yield* accessible(principal, id)
+        yield* lockingGroup(found.scope, found.targetId, Effect.zipRight(accessible(principal, id), policies.delete(id)))
       })
   }
 })

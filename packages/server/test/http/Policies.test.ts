@@ -121,6 +121,9 @@ layer(serverLayer(), layerOptions)("policies over HTTP", (it) => {
         const listed = yield* alice.client.policies.list({ urlParams: { scope: "user", target_id: bob.userId } })
         expect(listed.map((p) => p.id).sort()).toEqual([byId.body.policy_id, byName.body.policy_id].sort())
         expect(listed.every((p) => p.target_id === bob.userId)).toBe(true)
+        // The list's filter takes the username too, as creation does.
+        const listedByName = yield* alice.client.policies.list({ urlParams: { scope: "user", target_id: bob.username.toUpperCase() } })
+        expect(listedByName.map((p) => p.id).sort()).toEqual(listed.map((p) => p.id).sort())
       }))
 
     it.effect("target rules: user and group policies need a target_id, a global one takes none: 400", () =>
@@ -245,6 +248,25 @@ layer(serverLayer(), layerOptions)("policies over HTTP", (it) => {
         expect(yield* member.client.policies.list({ urlParams: {} })).toEqual([])
         expectError(yield* call("PATCH", `/api/v1/policies/${id}`, { key: member.apiKey, body: { enabled: false } }), 404, "POLICY_NOT_FOUND")
         expect((yield* call("PATCH", `/api/v1/policies/${id}`, { key: admin.apiKey, body: { priority: 3 } })).body).toEqual({ success: true })
+      }))
+
+    it.effect("a group's policies written by an admin are in the owner's unfiltered list too, beside the owner's own", () =>
+      Effect.gen(function* () {
+        const owner = yield* person("glall")
+        const admin = yield* person("glalladmin")
+        const groupId = yield* groupOf(owner, admin)
+        yield* owner.client.groups.changeRole({ path: { id: groupId, user_id: admin.userId }, payload: { role: "admin" } })
+        const own = (yield* create(owner, heuristic({ maxLength: 5 }))).body.policy_id
+        const admins = (yield* create(admin, heuristic({ maxLength: 9 }, { scope: "group", target_id: groupId }))).body.policy_id
+        const ids = (response: { body: ReadonlyArray<{ id: string }> }) => response.body.map((p) => p.id)
+        expect(ids(yield* list(owner))).toEqual([own, admins])
+        expect(ids(yield* list(owner, "?scope=group"))).toEqual([admins])
+        expect(ids(yield* list(owner, "?scope=global"))).toEqual([own])
+        expect(ids(yield* list(admin))).toEqual([admins])
+        // Once demoted, the admin no longer sees it; the owner still does.
+        yield* owner.client.groups.changeRole({ path: { id: groupId, user_id: admin.userId }, payload: { role: "member" } })
+        expect(ids(yield* list(admin))).toEqual([])
+        expect(ids(yield* list(owner))).toEqual([own, admins])
       }))
   })
 

@@ -287,6 +287,11 @@ describe("delivery", () => {
       expect(body.payload_type).toBe("application/mahilo+ciphertext")
       expect(body.encryption).toEqual({ alg: "x25519-xsalsa20poly1305", key_id: "bob-key-1" })
       expect(body.sender_signature).toEqual({ alg: "ed25519", key_id: "alice-key-1", signature: "c2ln" })
+      // Media types are case-insensitive: however it is written, ciphertext is not evaluated.
+      const shouted = yield* alice.client.messages.send({
+        payload: { recipient: "bob", message: ciphertext, payload_type: "Application/Mahilo+Ciphertext" }
+      })
+      expect(shouted.status).toBe("delivered")
     }))
 
   it.scopedLive("routing: explicit connection, then label hints, then capability tags, then priority", () =>

@@ -190,6 +190,23 @@ describe("notification stream", () => {
       expect(carolSocket.of("group_join").map((f) => f.data.username)).toEqual(["carol"])
     }))
 
+  it.scopedLive("a member's removal is told as a departure to everyone active before, the removed member included", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const [alice, bob, carol] = yield* Fixtures.users(server, "alice", "bob", "carol")
+      const group = yield* alice!.api.groups.create({ payload: { name: "climbers", invite_only: false } })
+      yield* bob!.api.groups.join({ path: { id: group.group_id } })
+      yield* carol!.api.groups.join({ path: { id: group.group_id } })
+      const sockets = [
+        yield* Notifications.open(server.url, alice!.apiKey),
+        yield* Notifications.open(server.url, bob!.apiKey),
+        yield* Notifications.open(server.url, carol!.apiKey)
+      ]
+      yield* alice!.api.groups.removeMember({ path: { id: group.group_id, user_id: bob!.id } })
+      const removed = { group_id: group.group_id, group_name: "climbers", username: "bob" }
+      for (const socket of sockets) expect((yield* promise(() => socket.waitFor("group_leave"))).data).toEqual(removed)
+    }))
+
   it.scopedLive("tells the user about their agent connections", () =>
     Effect.gen(function* () {
       const server = yield* TestServer.make()
