@@ -132,10 +132,18 @@ export const layer = HttpApiBuilder.Router.use((router) =>
         instance
       })
 
+    /** The message's status here, over its deliveries and the recipients none could reach. */
+    const statusHere = (messageId: string) =>
+      Effect.gen(function* () {
+        const message = yield* messages.find(messageId)
+        const failedCount = Option.isSome(message) ? message.value.failedCount : 0
+        return Relay.statusOf({ failedCount }, yield* messages.deliveriesOf(messageId))
+      })
+
     /** The answer to a forward: the message's status here, final (`200`) or pending (`202`). */
     const forwardAnswer = (messageId: string) =>
       Effect.gen(function* () {
-        const { error, status } = Relay.statusOf(yield* messages.deliveriesOf(messageId))
+        const { error, status } = yield* statusHere(messageId)
         if (status === "pending") return json(202, { message_id: messageId, status })
         yield* relay.markAnswered(messageId)
         return json(200, { message_id: messageId, status, ...(error !== undefined ? { error } : {}) })
@@ -146,7 +154,7 @@ export const layer = HttpApiBuilder.Router.use((router) =>
       Effect.gen(function* () {
         const deadline = Date.now() + config.inboundWaitMs
         for (let i = 0; Date.now() < deadline; i++) {
-          const { status } = Relay.statusOf(yield* messages.deliveriesOf(messageId))
+          const { status } = yield* statusHere(messageId)
           if (status !== "pending") return
           yield* Effect.sleep(Duration.millis(Math.min(ANSWER_POLL[Math.min(i, ANSWER_POLL.length - 1)]!, Math.max(1, deadline - Date.now()))))
         }

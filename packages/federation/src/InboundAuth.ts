@@ -34,7 +34,8 @@ export const make = Effect.gen(function* () {
   const limiter = RateLimit.makeLimiter(config.peerRateLimit)
 
   // Seen nonces are kept only as long as their signatures could still pass the clock check.
-  yield* store.purgeNonces(new Date()).pipe(
+  // Suspended: each run reads the clock anew (a date taken once would purge only what expired before start-up).
+  yield* Effect.suspend(() => store.purgeNonces(new Date())).pipe(
     Effect.catchAll((e) => Effect.logWarning("Could not purge old federation nonces", e)),
     Effect.repeat(Schedule.spaced("1 minute")),
     Effect.forkScoped

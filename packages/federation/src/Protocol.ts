@@ -38,7 +38,19 @@ const Name = Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_-]{3,30}$/))
 /** `name` or `name@instance`. */
 const Address = Schema.String.pipe(Schema.maxLength(300), Schema.pattern(/^[A-Za-z0-9_-]{3,30}(@[a-z0-9.:-]{1,260})?$/))
 const Id = Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_:-]{1,200}$/))
-const Text = (max: number) => Schema.String.pipe(Schema.maxLength(max))
+/**
+ * Text of at most `max` characters that the store keeps as given: PostgreSQL
+ * refuses a NUL character, and would keep half a UTF-16 surrogate pair as U+FFFD.
+ */
+const Text = (max: number) =>
+  Schema.String.pipe(
+    Schema.maxLength(max),
+    Schema.filter((text) => !text.includes("\u0000") && !/\p{Cs}/u.test(text), {
+      message: () => "must not contain a NUL character or half a UTF-16 surrogate pair"
+    })
+  )
+/** How many active members a group has, as its home counts them. */
+const MemberCount = Schema.Number.pipe(Schema.int(), Schema.between(0, 1_000_000))
 
 export const UserAnswer = Schema.Struct({
   username: Name,
@@ -122,7 +134,7 @@ export type StatusReport = typeof StatusReport.Type
 export const GroupInvite = Schema.Struct({
   group_id: Id,
   group_name: Text(100),
-  member_count: Schema.Number,
+  member_count: MemberCount,
   /** The receiver's user who is invited. */
   username: Name,
   /** The sender's user who invited. */
@@ -161,5 +173,5 @@ export type GroupMemberEntry = typeof GroupMemberEntry.Type
 export const GroupJoinAnswer = Schema.Struct({
   group_id: Id,
   name: Text(100),
-  member_count: Schema.Number
+  member_count: MemberCount
 })

@@ -29,13 +29,24 @@ export class RegistryEvents extends Context.Tag("@mahilo/federation/RegistryEven
   ) => Effect.Effect<Queue.Dequeue<E>, never, Scope.Scope>
 }>() {}
 
-/** A message's status over its deliveries: pending while any is; delivered if any was; else failed. */
+/**
+ * A message's status over its deliveries: pending while any is; delivered if
+ * any was, or if there was nobody to deliver to; else failed. Recipients no
+ * agent could reach have no delivery but count in the message's `failedCount`,
+ * so a message that reached nobody is failed, not delivered.
+ */
 export const statusOf = (
+  message: Pick<Store.Message, "failedCount">,
   deliveries: ReadonlyArray<Store.Delivery>
 ): { readonly status: "pending" | "delivered" | "failed"; readonly error?: string | undefined } => {
   if (deliveries.some((d) => d.status === "pending")) return { status: "pending" }
-  if (deliveries.length === 0 || deliveries.some((d) => d.status === "delivered")) return { status: "delivered" }
-  return { status: "failed", error: deliveries.find((d) => d.lastError !== null)?.lastError ?? "not delivered" }
+  if (deliveries.some((d) => d.status === "delivered")) return { status: "delivered" }
+  if (deliveries.length === 0 && message.failedCount === 0) return { status: "delivered" }
+  return {
+    status: "failed",
+    error: deliveries.find((d) => d.lastError !== null)?.lastError ??
+      (deliveries.length === 0 ? "no agent of the recipients could be reached" : "not delivered")
+  }
 }
 
 /** A bounded set of recent ids (oldest forgotten first). */
@@ -84,7 +95,7 @@ export const reporter = Layer.scopedDiscard(
         if (relay.wasAnswered(messageId) || reported.has(messageId)) return
         const message = yield* messages.find(messageId)
         if (Option.isNone(message) || message.value.originInstance === null) return
-        const { error, status } = statusOf(yield* messages.deliveriesOf(messageId))
+        const { error, status } = statusOf(message.value, yield* messages.deliveriesOf(messageId))
         if (status === "pending") return
         const peer = yield* peers.reachable(message.value.originInstance)
         if (Option.isNone(peer)) return

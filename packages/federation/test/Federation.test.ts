@@ -345,6 +345,23 @@ describe("federation across three registries", () => {
     expect(atCarol).toMatchObject({ name: "trio", status: "active", member_count: 4 })
   })
 
+  it("a group forward that reached no agent on the far side is failed at the origin, not delivered", async () => {
+    const lone = await run(Fixtures.person(b.server(), "lone")) // no agent connected
+    const group = await run(alice.client.groups.create({ payload: { name: "lonely" } }))
+    await run(alice.client.groups.invite({ path: { id: group.group_id }, payload: { username: `lone@${b.name}` } }))
+    await run(lone.client.groups.join({ path: { id: group.group_id } }))
+    const sent = await run(alice.client.messages.send({
+      payload: { recipient: group.group_id, recipient_type: "group", message: "anyone there?" }
+    }))
+    const settled = await run(Fixtures.eventually(
+      alice.client.messages.get({ path: { id: sent.message_id } }),
+      (m) => m.status !== "pending",
+      { timeoutMs: 20_000, label: `message ${sent.message_id} settled at the origin` }
+    ))
+    expect(settled.status).toBe("failed")
+    expect(settled.deliveries.map((d) => [d.target, d.status])).toEqual([["peer", "failed"]])
+  })
+
   it("a member leaves a remote group from their own registry", async () => {
     const extra = await personWithAgent(b, "henry")
     const group = await run(alice.client.groups.create({ payload: { name: "brief" } }))
@@ -517,6 +534,31 @@ describe("federation across three registries", () => {
     const replay = await run(Cluster.send(valid))
     expect({ status: replay.status, code: replay.body?.code }).toEqual({ status: 401, code: "REPLAYED" })
     expect(await counts(b)).toEqual(after)
+  })
+
+  it("answers federated input the store cannot keep as given, or a count that is no count, with 400, touching nothing", async () => {
+    const ida = await run(Fixtures.person(b.server(), "ida"))
+    const key = await run(Cluster.signingKey(a))
+    const before = await counts(b)
+    const invitesBefore = await run(b.sql((sql) => Effect.map(sql<{ n: number }>`SELECT count(*)::int AS n FROM remote_group_members`, (rows) => rows[0]!.n)))
+    const post = (path: string, body: unknown) =>
+      run(Cluster.send(Cluster.signedRequest({ instance: a.name, key, to: b.url, method: "POST", path, body })))
+    const invite = { group_id: "grp_badinput", group_name: "fine", member_count: 1, username: ida.username, invited_by: "alice" }
+    const answers = [
+      await post(Protocol.paths.groupInvite, { ...invite, group_name: "a\u0000b" }),
+      await post(Protocol.paths.groupInvite, { ...invite, group_name: "half \ud800 pair" }),
+      await post(Protocol.paths.groupInvite, { ...invite, member_count: 1.5 }),
+      await post(Protocol.paths.groupInvite, { ...invite, member_count: 1e12 }),
+      await post(Protocol.paths.groupInvite, { ...invite, member_count: -3 }),
+      await post(Protocol.paths.friendships, { action: "request", from: "mallory", from_display_name: "x\u0000y", to: ida.username }),
+      await post(Protocol.paths.messages, {
+        message_id: "msg_badinput", sender: "alice", sender_display_name: "z\u0000", sender_agent: null,
+        recipient_type: "user", recipient: ida.username, message: "hi", context: null, payload_type: "text/plain", correlation_id: null
+      })
+    ]
+    expect(answers.map((answer) => [answer.status, answer.body?.code])).toEqual(answers.map(() => [400, "INVALID_REQUEST"]))
+    expect(await counts(b)).toEqual(before)
+    expect(await run(b.sql((sql) => Effect.map(sql<{ n: number }>`SELECT count(*)::int AS n FROM remote_group_members`, (rows) => rows[0]!.n)))).toBe(invitesBefore)
   })
 
   it("a rotated key is fetched again by peers, and the old one verifies for the grace period", async () => {

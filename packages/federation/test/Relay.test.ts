@@ -20,20 +20,26 @@ const delivery = (status: Store.DeliveryStatus, lastError: string | null = null)
 })
 
 describe("Relay.statusOf", () => {
+  const none = { failedCount: 0 }
+
   it("is pending while any delivery is", () => {
-    expect(Relay.statusOf([delivery("delivered"), delivery("pending")])).toEqual({ status: "pending" })
+    expect(Relay.statusOf(none, [delivery("delivered"), delivery("pending")])).toEqual({ status: "pending" })
   })
 
   it("is delivered once one delivery succeeded and none is pending", () => {
-    expect(Relay.statusOf([delivery("failed", "HTTP 500"), delivery("delivered")])).toEqual({ status: "delivered" })
+    expect(Relay.statusOf(none, [delivery("failed", "HTTP 500"), delivery("delivered")])).toEqual({ status: "delivered" })
   })
 
   it("is delivered when there was nobody to deliver to", () => {
-    expect(Relay.statusOf([])).toEqual({ status: "delivered" })
+    expect(Relay.statusOf(none, [])).toEqual({ status: "delivered" })
+  })
+
+  it("is failed when recipients were there but no agent could reach them", () => {
+    expect(Relay.statusOf({ failedCount: 1 }, [])).toEqual({ status: "failed", error: "no agent of the recipients could be reached" })
   })
 
   it("is failed with the last error when every delivery failed", () => {
-    expect(Relay.statusOf([delivery("failed", "gave up after 8 attempts: HTTP 503")])).toEqual({
+    expect(Relay.statusOf(none, [delivery("failed", "gave up after 8 attempts: HTTP 503")])).toEqual({
       status: "failed",
       error: "gave up after 8 attempts: HTTP 503"
     })
