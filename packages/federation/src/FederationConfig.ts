@@ -42,6 +42,8 @@ export interface FederationOptions {
    * verifying within this long.
    */
   readonly keyMaxAgeMs?: number | undefined
+  /** How often nonces whose signatures could no longer pass the clock check are deleted. */
+  readonly noncePurgeIntervalMs?: number | undefined
   /** The version published in the well-known document. */
   readonly version?: string | undefined
 }
@@ -61,6 +63,7 @@ export interface Settings {
   readonly maxSkewSeconds: number
   readonly keyRefetchIntervalMs: number
   readonly keyMaxAgeMs: number
+  readonly noncePurgeIntervalMs: number
   readonly version: string
 }
 
@@ -77,6 +80,7 @@ export const settings = (options: FederationOptions): Settings => ({
   maxSkewSeconds: options.maxSkewSeconds ?? Signatures.DEFAULT_MAX_SKEW_SECONDS,
   keyRefetchIntervalMs: options.keyRefetchIntervalMs ?? 30_000,
   keyMaxAgeMs: options.keyMaxAgeMs ?? 60 * 60_000,
+  noncePurgeIntervalMs: options.noncePurgeIntervalMs ?? 60_000,
   version: options.version ?? "0.1.0"
 })
 

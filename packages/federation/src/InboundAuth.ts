@@ -9,7 +9,7 @@
  * (`REPLAYED`); and the peer must be within its rate limit (`429`).
  */
 import type { HttpServerRequest } from "@effect/platform"
-import { Context, Effect, Layer, Schedule } from "effect"
+import { Context, Duration, Effect, Layer, Schedule } from "effect"
 import { FederationConfig } from "./FederationConfig.js"
 import { INSTANCE_HEADER } from "./PeerClient.js"
 import { type Peer, PeerStore } from "./PeerStore.js"
@@ -37,7 +37,7 @@ export const make = Effect.gen(function* () {
   // Suspended: each run reads the clock anew (a date taken once would purge only what expired before start-up).
   yield* Effect.suspend(() => store.purgeNonces(new Date())).pipe(
     Effect.catchAll((e) => Effect.logWarning("Could not purge old federation nonces", e)),
-    Effect.repeat(Schedule.spaced("1 minute")),
+    Effect.repeat(Schedule.spaced(Duration.millis(config.noncePurgeIntervalMs))),
     Effect.forkScoped
   )
 

@@ -644,6 +644,24 @@ describe("retired keys", () => {
     }))
   }, 90_000)
 
+  it("seen nonces are purged once they expire, also those that expire after start-up", async () => {
+    await run(Effect.gen(function* () {
+      const pair = yield* Cluster.make({ size: 2, federation: { noncePurgeIntervalMs: 100 } })
+      const [x] = pair.members as [Cluster.Member, Cluster.Member]
+      yield* Effect.sleep("1500 millis")
+      // Expired half a second ago: after x started.
+      yield* x.sql((sql) => sql`
+        INSERT INTO federation_nonces (peer_id, nonce, expires_at) VALUES
+          ('peer_test', 'expired', now() - interval '500 milliseconds'), ('peer_test', 'live', now() + interval '1 hour')`)
+      const left = yield* Fixtures.eventually(
+        x.sql((sql) => Effect.map(sql<{ nonce: string }>`SELECT nonce FROM federation_nonces WHERE peer_id = 'peer_test'`, (rows) => rows.map((r) => r.nonce))),
+        (nonces) => !nonces.includes("expired"),
+        { timeoutMs: 5_000, label: "the expired nonce purged" }
+      )
+      expect(left).toEqual(["live"])
+    }))
+  }, 60_000)
+
   it("a peer whose document does not answer keeps its held keys: its requests are not held up by the check", async () => {
     await run(Effect.gen(function* () {
       const pair = yield* Cluster.make({ size: 2, federation: { keyMaxAgeMs: 300, requestTimeoutMs: 60_000 } })
