@@ -484,7 +484,14 @@ describe("federation across three registries", () => {
     const refused = await run(Effect.flip(frank.client.messages.send({ payload: { recipient: `gina@${b.name}`, message: "hi?" } })))
     expect(codeOf(refused)).toBe("NOT_FRIENDS")
     const again = await run(Effect.flip(frank.client.friends.request({ payload: { username: `gina@${b.name}` } })))
-    expect(codeOf(again)).toBe("BLOCKED")
+    // As for a local request to someone who blocked the asker: 403 BLOCKED.
+    expect(again).toMatchObject({ _tag: "Forbidden", code: "BLOCKED" })
+    // Also when only the far side still knows of the block (its word of it was lost here): it refuses, and so does this registry.
+    await run(a.sql((sql) => sql`
+      DELETE FROM friendships WHERE id IN (
+        SELECT f.id FROM friendships f JOIN users u ON u.id IN (f.requester_id, f.addressee_id) WHERE u.username = ${`gina@${b.name}`})`))
+    const refusedThere = await run(Effect.flip(frank.client.friends.request({ payload: { username: `gina@${b.name}` } })))
+    expect(refusedThere).toMatchObject({ _tag: "Forbidden", code: "BLOCKED" })
 
     // Gina lifts the block (deleting the row); frank's registry forgets it too, and they may start over.
     await run(gina.client.friends.unfriend({ path: { id: atGina[0]!.id } }))
