@@ -132,12 +132,17 @@ export const layer = HttpApiBuilder.Router.use((router) =>
         instance
       })
 
-    /** The message's status here, over its deliveries and the recipients none could reach. */
+    /**
+     * The message's status here, over its deliveries and the recipients none could reach.
+     * Those only matter when there is no delivery at all, so only then is the message read
+     * (this runs in the loop that waits for a forward's first attempts).
+     */
     const statusHere = (messageId: string) =>
       Effect.gen(function* () {
+        const deliveries = yield* messages.deliveriesOf(messageId)
+        if (deliveries.length > 0) return Relay.statusOf({ failedCount: 0 }, deliveries) // not read then
         const message = yield* messages.find(messageId)
-        const failedCount = Option.isSome(message) ? message.value.failedCount : 0
-        return Relay.statusOf({ failedCount }, yield* messages.deliveriesOf(messageId))
+        return Relay.statusOf({ failedCount: Option.isSome(message) ? message.value.failedCount : 0 }, deliveries)
       })
 
     /** The answer to a forward: the message's status here, final (`200`) or pending (`202`). */

@@ -5,6 +5,7 @@
  * users, `name@instance` someone elsewhere (only a group's home registry may
  * speak for users of a third registry).
  */
+import { StoredText } from "@mahilo/core"
 import { Schema } from "effect"
 
 export const PREFIX = "/federation/v1"
@@ -38,16 +39,11 @@ const Name = Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_-]{3,30}$/))
 /** `name` or `name@instance`. */
 const Address = Schema.String.pipe(Schema.maxLength(300), Schema.pattern(/^[A-Za-z0-9_-]{3,30}(@[a-z0-9.:-]{1,260})?$/))
 const Id = Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_:-]{1,200}$/))
-/**
- * Text of at most `max` characters that the store keeps as given: PostgreSQL
- * refuses a NUL character, and would keep half a UTF-16 surrogate pair as U+FFFD.
- */
+/** Text of at most `max` characters that the store keeps as given (see StoredText). */
 const Text = (max: number) =>
   Schema.String.pipe(
     Schema.maxLength(max),
-    Schema.filter((text) => !text.includes("\u0000") && !/\p{Cs}/u.test(text), {
-      message: () => "must not contain a NUL character or half a UTF-16 surrogate pair"
-    })
+    Schema.filter(StoredText.isStorable, { message: () => "must not contain a NUL character or half a UTF-16 surrogate pair" })
   )
 /** How many active members a group has, as its home counts them. */
 const MemberCount = Schema.Number.pipe(Schema.int(), Schema.between(0, 1_000_000))

@@ -33,7 +33,8 @@ export class RegistryEvents extends Context.Tag("@mahilo/federation/RegistryEven
  * A message's status over its deliveries: pending while any is; delivered if
  * any was, or if there was nobody to deliver to; else failed. Recipients no
  * agent could reach have no delivery but count in the message's `failedCount`,
- * so a message that reached nobody is failed, not delivered.
+ * so a message that reached nobody is failed, not delivered. (`failedCount`
+ * is read only when there is no delivery.)
  */
 export const statusOf = (
   message: Pick<Store.Message, "failedCount">,

@@ -201,13 +201,13 @@ const schemaDigest = `SELECT md5(string_agg(item, E'\\n' ORDER BY item)) AS dige
 
 const publicTables = `SELECT format('%I.%I', schemaname, tablename) AS name FROM pg_tables WHERE schemaname = 'public' ORDER BY 1`
 
-const schemaOf = async (engine: Database.Engine): Promise<Schema> => {
-  const [tables, digest] = await Promise.all([engine.query(publicTables, []), engine.query(schemaDigest, [])])
-  return {
-    tables: tables.rows.map((row: { readonly name: string }) => row.name),
-    digest: String(digest.rows[0]?.digest)
-  }
-}
+const tablesOf = async (engine: Database.Engine): Promise<ReadonlyArray<string>> =>
+  (await engine.query(publicTables, [])).rows.map((row: { readonly name: string }) => row.name)
+
+const digestOf = async (engine: Database.Engine): Promise<string> =>
+  String((await engine.query(schemaDigest, [])).rows[0]?.digest)
+
+const schemaOf = async (engine: Database.Engine): Promise<Schema> => ({ tables: await tablesOf(engine), digest: await digestOf(engine) })
 
 /**
  * Empties a released engine for its next build, back to the schema it opened
@@ -220,9 +220,9 @@ const schemaOf = async (engine: Database.Engine): Promise<Schema> => {
  */
 const empty = async (engine: Database.Engine, opened: Schema): Promise<boolean> => {
   try {
-    const added = (await schemaOf(engine)).tables.filter((name) => !opened.tables.includes(name))
+    const added = (await tablesOf(engine)).filter((name) => !opened.tables.includes(name))
     if (added.length > 0) await engine.exec(`DROP TABLE ${added.join(", ")} CASCADE`)
-    if ((await schemaOf(engine)).digest !== opened.digest) return false
+    if ((await digestOf(engine)) !== opened.digest) return false
     const kept = opened.tables.filter((name) => name !== `public.${Migrations.table}`)
     await engine.exec(`${kept.length === 0 ? "" : `TRUNCATE ${kept.join(", ")} RESTART IDENTITY CASCADE; `}CHECKPOINT`)
     return true

@@ -14,6 +14,7 @@ import * as Ids from "../Ids.js"
 import * as Policy from "../Policy.js"
 import * as Routing from "../Routing.js"
 import * as Store from "../Store.js"
+import * as StoredText from "../StoredText.js"
 import * as Username from "../Username.js"
 import type { Principal } from "./Accounts.js"
 import { RegistryConfig } from "./RegistryConfig.js"
@@ -130,9 +131,6 @@ const opaqueObjectProblem = (name: string, value: unknown, maxBytes: number): st
   return undefined
 }
 
-/** Half a UTF-16 surrogate pair (in a `u` regex a whole pair is one code point, so only a lone half matches). */
-const LONE_SURROGATE = /\p{Surrogate}/u
-
 /** A page size as the use cases take it: absent, or an integer from 1 to 100. */
 const pageLimit = (limit: number | undefined) =>
   limit === undefined
@@ -188,7 +186,7 @@ export const make = Effect.gen(function* () {
       if (!PAYLOAD_TYPE.test(payloadType)) yield* invalid("payload_type must be a media type such as \"text/plain\"")
       // Stored as text, half a surrogate pair would silently become U+FFFD: refused, as at the HTTP edge.
       for (const [name, value] of [["message", input.message], ["context", input.context]] as const) {
-        if (typeof value === "string" && LONE_SURROGATE.test(value)) yield* invalid(`${name} must not hold half a UTF-16 surrogate pair`)
+        if (typeof value === "string" && StoredText.hasLoneSurrogate(value)) yield* invalid(`${name} must not hold half a UTF-16 surrogate pair`)
       }
       for (const [name, value] of [["encryption", input.encryption], ["sender_signature", input.senderSignature]] as const) {
         const problem = opaqueObjectProblem(name, value, config.maxPayloadBytes)

@@ -138,13 +138,13 @@ export const make = Effect.gen(function* () {
         if (filter.scope === "group" && filter.targetId !== undefined) {
           if (yield* canManageGroup(principal, filter.targetId)) return yield* policies.list(null, filter)
         }
-        const own = yield* stillManaged(principal, yield* policies.list(principal.userId, filter))
-        if (filter.targetId !== undefined || (filter.scope !== undefined && filter.scope !== "group")) return own
-        const ids = new Set(own.map((p) => p.id))
-        const others = (yield* managedGroupsPolicies(principal, filter)).filter((p) => !ids.has(p.id))
-        if (others.length === 0) return own
-        // One list, in the store's order: oldest first.
-        return [...own, ...others].sort((a, b) =>
+        if (filter.targetId !== undefined || (filter.scope !== undefined && filter.scope !== "group")) {
+          return yield* stillManaged(principal, yield* policies.list(principal.userId, filter))
+        }
+        // Without a target: the caller's own global and user policies, and every policy of the
+        // groups they manage now (their own among them), in the store's order: oldest first.
+        const own = filter.scope === "group" ? [] : (yield* policies.list(principal.userId, filter)).filter((p) => p.scope !== "group")
+        return [...own, ...(yield* managedGroupsPolicies(principal, filter))].sort((a, b) =>
           a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
         )
       }),

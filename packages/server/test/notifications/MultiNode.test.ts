@@ -13,13 +13,32 @@ import * as Notifications from "../support/Notifications.js"
 
 const promise = <A>(f: () => Promise<A>) => Effect.promise(f)
 
+/** Two server processes' worth of layers on one fresh PostgreSQL database, and the first one's SQL client. */
+const twoNodes = (config?: TestServer.Options["config"]) =>
+  Effect.gen(function* () {
+    const url = yield* TestDatabase.postgresUrl()
+    const database = Database.layer({ _tag: "Postgres", url, maxConnections: 5 })
+    const nodeA = yield* TestServer.make({ database, config })
+    const nodeB = yield* TestServer.make({ database, config })
+    return { nodeA, nodeB, sql: Context.get(nodeA.context, SqlClient.SqlClient) }
+  })
+
+/** How many connections listen for the relay's events on this database. */
+const listeners = (sql: SqlClient.SqlClient) =>
+  Effect.map(
+    sql`SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN "mahilo_events"'`,
+    (rows) => rows.length
+  )
+
+/** Ends every listening connection, as a database restart or a network cut would. */
+const cutListeners = (sql: SqlClient.SqlClient) =>
+  sql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+    WHERE datname = current_database() AND query = 'LISTEN "mahilo_events"'`
+
 describe.runIf(TestDatabase.adminUrl() !== undefined)("notifications across server processes", () => {
   it.scopedLive("a socket on one node hears events caused on another", () =>
     Effect.gen(function* () {
-      const url = yield* TestDatabase.postgresUrl()
-      const database = Database.layer({ _tag: "Postgres", url, maxConnections: 5 })
-      const nodeA = yield* TestServer.make({ database })
-      const nodeB = yield* TestServer.make({ database })
+      const { nodeA, nodeB } = yield* twoNodes()
       const aliceA = yield* Fixtures.user(nodeA, "alice")
       const bobA = yield* Fixtures.user(nodeA, "bob")
       // The same accounts, talking to node B.
@@ -53,20 +72,10 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("notifications across serv
 
   it.scopedLive("when the relay's listening connections are cut, each node listens again and events cross once more", () =>
     Effect.gen(function* () {
-      const url = yield* TestDatabase.postgresUrl()
-      const database = Database.layer({ _tag: "Postgres", url, maxConnections: 5 })
-      const config = { relayHeartbeatMs: 200 }
-      const nodeA = yield* TestServer.make({ database, config })
-      const nodeB = yield* TestServer.make({ database, config })
-      const sql = Context.get(nodeA.context, SqlClient.SqlClient)
-      const listeners = Effect.map(
-        sql<{ n: number }>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN "mahilo_events"'`,
-        (rows) => rows[0]!.n
-      )
-      yield* Fixtures.eventually(listeners, (n) => n === 2)
-      // As a database restart or a network cut would: both listening connections end.
-      yield* sql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-        WHERE datname = current_database() AND query = 'LISTEN "mahilo_events"'`
+      const { nodeA, nodeB, sql } = yield* twoNodes({ relayHeartbeatMs: 200 })
+      yield* Fixtures.eventually(listeners(sql), (n) => n === 2)
+      // Both listening connections end.
+      yield* cutListeners(sql)
       const erik = yield* Fixtures.user(nodeA, "erik")
       const erikOnB = yield* Notifications.open(nodeB.url, erik.apiKey)
       // Each node misses its heartbeat, lets the dead connection go and listens on a new one:
@@ -86,20 +95,13 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("notifications across serv
 
   it.scopedLive("a socket on a node that missed a key's revocation (its relay down) is still closed with 4001", () =>
     Effect.gen(function* () {
-      const url = yield* TestDatabase.postgresUrl()
-      const database = Database.layer({ _tag: "Postgres", url, maxConnections: 5 })
       // Relays that will not notice their listener is gone for the length of the test.
-      const config = { relayHeartbeatMs: 600_000, wsPingIntervalMs: 300 }
-      const nodeA = yield* TestServer.make({ database, config })
-      const nodeB = yield* TestServer.make({ database, config })
-      const sql = Context.get(nodeA.context, SqlClient.SqlClient)
-      const listening = sql`SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND query = 'LISTEN "mahilo_events"'`
-      yield* Fixtures.eventually(Effect.map(listening, (rows) => rows.length), (n) => n === 2)
+      const { nodeA, nodeB, sql } = yield* twoNodes({ relayHeartbeatMs: 600_000, wsPingIntervalMs: 300 })
+      yield* Fixtures.eventually(listeners(sql), (n) => n === 2)
       const fred = yield* Fixtures.user(nodeA, "fred")
       const fredOnB = yield* Notifications.open(nodeB.url, fred.apiKey)
-      yield* sql`SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-        WHERE datname = current_database() AND query = 'LISTEN "mahilo_events"'`
-      yield* Fixtures.eventually(Effect.map(listening, (rows) => rows.length), (n) => n === 0)
+      yield* cutListeners(sql)
+      yield* Fixtures.eventually(listeners(sql), (n) => n === 0)
       // Rotated on A: B hears nothing of it, and closes the socket at its next check of the key.
       yield* fred.api.auth.rotateKey()
       const code = yield* promise(() => fredOnB.closed).pipe(Effect.timeout("10 seconds"))
@@ -108,10 +110,7 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("notifications across serv
 
   it.scopedLive("a key rotated on one node is refused on another at once, also while that node has it cached", () =>
     Effect.gen(function* () {
-      const url = yield* TestDatabase.postgresUrl()
-      const database = Database.layer({ _tag: "Postgres", url, maxConnections: 5 })
-      const nodeA = yield* TestServer.make({ database })
-      const nodeB = yield* TestServer.make({ database })
+      const { nodeA, nodeB } = yield* twoNodes()
       const me = (node: TestServer.TestServer, key: string) =>
         Effect.promise(() => fetch(`${node.url}/api/v1/auth/me`, { headers: { authorization: `Bearer ${key}` } }).then((r) => r.status))
       for (let round = 0; round < 10; round++) {
