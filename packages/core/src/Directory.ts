@@ -42,8 +42,12 @@ export interface RemoteGroupMembership {
   readonly joinedAt: Date | null
 }
 
-/** What asking another registry can fail with, in the contract's terms. */
-export type RemoteFailure = Errors.NotFound | Errors.Conflict | Errors.Unavailable | SqlError
+/**
+ * What asking another registry can fail with, in the contract's terms: its
+ * refusal passed on with the status it answered (`403`, `404`; other refusals
+ * `409`), or `503` when it could not be asked or answered nonsense.
+ */
+export type RemoteFailure = Errors.Forbidden | Errors.NotFound | Errors.Conflict | Errors.Unavailable | SqlError
 
 export interface RemoteDirectoryService {
   /** This registry's instance name, if federation is configured. */

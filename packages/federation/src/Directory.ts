@@ -25,9 +25,17 @@ const unavailable = (peer: string, e: PeerCallError) =>
     `The registry ${peer} could not be reached: ${e.message}`
   )
 
-/** A peer's refusal in the contract's terms: 404 stays 404, other refusals conflict, the rest is unavailability. */
-const refused = (peer: string, response: PeerResponse): Errors.NotFound | Errors.Conflict | Errors.Unavailable => {
+/**
+ * A peer's refusal in the contract's terms, with the peer's code: 403 stays 403
+ * (its user blocked ours, an invitation is needed, it does not trust us…) and
+ * 404 stays 404; other refusals conflict, the rest is unavailability.
+ */
+const refused = (
+  peer: string,
+  response: PeerResponse
+): Errors.Forbidden | Errors.NotFound | Errors.Conflict | Errors.Unavailable => {
   const { code, error } = errorOf(response)
+  if (response.status === 403) return Errors.Forbidden.of(code, `${peer}: ${error}`)
   if (response.status === 404) return Errors.NotFound.of(code, error)
   if (response.status === 429) return Errors.Unavailable.of("PEER_RATE_LIMITED", `${peer} asks to slow down: ${error}`)
   if (response.status >= 400 && response.status < 500 && response.status !== 401 && response.status !== 408) {
@@ -64,10 +72,10 @@ export const make: Effect.Effect<
 
   const notTrusted = (instance: string) => `${instance} is not a registry this one trusts`
 
-  /** The trusted peer named `instance`, or a 409 for calls that cannot say 403. */
+  /** The trusted peer named `instance`, or 403, as the peer itself answers a registry it does not trust. */
   const peerFor = (instance: string) =>
     Effect.flatMap(peers.reachable(instance), Option.match({
-      onNone: () => Effect.fail(Errors.Conflict.of("PEER_NOT_TRUSTED", notTrusted(instance))),
+      onNone: () => Effect.fail(Errors.Forbidden.of("PEER_NOT_TRUSTED", notTrusted(instance))),
       onSome: (peer) => Effect.succeed(peer)
     }))
 
@@ -120,7 +128,7 @@ export const make: Effect.Effect<
 
     resolve: ({ instance, username }) =>
       Effect.gen(function* () {
-        const peer = yield* Effect.catchTag(peerFor(instance), "Conflict", (e) => Effect.fail(Errors.Forbidden.of(e.code, e.error)))
+        const peer = yield* peerFor(instance)
         const known = yield* users.findByUsername(`${username}@${instance}`)
         if (Option.isSome(known)) return known.value
         const response = yield* call(peer, "GET", Protocol.paths.user(username))
@@ -144,7 +152,7 @@ export const make: Effect.Effect<
     connections: (asker: Actor, user: Store.User) =>
       Effect.gen(function* () {
         const instance = user.instance ?? ""
-        const peer = yield* Effect.catchTag(peerFor(instance), "Conflict", (e) => Effect.fail(Errors.Forbidden.of(e.code, e.error)))
+        const peer = yield* peerFor(instance)
         const response = yield* call(peer, "GET", Protocol.paths.connections(localName(user), asker.username))
         if (response.status === 403 || response.status === 404) {
           const { code, error } = errorOf(response)
@@ -215,11 +223,7 @@ export const make: Effect.Effect<
           // Gone at its home (ended while this registry could not be told): forget it here too.
           yield* store.forgetRemoteGroup(membership.groupId, membership.userId)
         }
-        if (response.status === 404) return yield* refused(peer.name, response)
-        if (response.status === 403) {
-          const { code, error } = errorOf(response)
-          return yield* Errors.Forbidden.of(code, `${peer.name}: ${error}`)
-        }
+        if (response.status === 403 || response.status === 404) return yield* refused(peer.name, response)
         if (response.status !== 200) return yield* unavailableAnswer(peer.name, response)
         const entries = yield* decode(Protocol.GroupMembersAnswer, peer.name, response.body)
         const found = yield* usersNamed(peer.name, entries)

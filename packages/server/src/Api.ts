@@ -273,6 +273,9 @@ export class FriendsGroup extends HttpApiGroup.make("friends")
       .addSuccess(FriendList)
   )
   .middleware(Authentication)
+  // With a user of another registry, that registry's refusal is passed on as it answered it:
+  // 403 (say `BLOCKED`, `PEER_BLOCKED`) or 409.
+  .addError(Forbidden)
   .addError(Conflict)
   .addError(Unavailable)
   .prefix("/api/v1")

@@ -69,15 +69,8 @@ export const make = Effect.gen(function* () {
       const outcome = yield* Graph.request({ existing: Option.getOrUndefined(existing), requesterId: principal.userId, addresseeId: other.id })
       const id = Option.match(existing, { onNone: () => Ids.make("fr"), onSome: (f) => f.id })
       // Federation: a user of another registry hears of it there first (and may refuse).
-      if (other.instance !== null) {
-        yield* directory.mirrorFriendship({ action: "request", actor: principal, other }).pipe(
-          // The far side refuses a request to someone who blocked the asker as this registry does: 403 BLOCKED.
-          Effect.catchIf(
-            (e): e is Errors.Conflict => e._tag === "Conflict" && e.code === "BLOCKED",
-            (e) => Effect.fail(Errors.Forbidden.of("BLOCKED", e.error))
-          )
-        )
-      }
+      // Its refusal comes with its status and code (403 BLOCKED when its user blocked the asker, as here).
+      if (other.instance !== null) yield* directory.mirrorFriendship({ action: "request", actor: principal, other })
       yield* friendships.apply(outcome.change, id)
       yield* events.publish({
         _tag: "FriendRequest",

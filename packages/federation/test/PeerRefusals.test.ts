@@ -1,0 +1,121 @@
+/**
+ * A refusal by the other registry reaches the client with the status and code
+ * that registry answered: two real registries, each on its own port and
+ * database, trusted through the admin API; the answers are read over HTTP as
+ * a client gets them.
+ */
+import { Cluster, Fixtures } from "@mahilo/testkit"
+import { Effect, Exit, Scope } from "effect"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+
+let scope: Scope.CloseableScope
+let cluster: Cluster.Cluster
+let a: Cluster.Member
+let b: Cluster.Member
+
+const run = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>): Promise<A> =>
+  Effect.runPromise(Effect.scoped(effect) as Effect.Effect<A, unknown>)
+
+/** A call as a client makes it: the status and the JSON body. */
+const call = async (registry: Cluster.Member, person: Fixtures.Person, method: "POST" | "DELETE", path: string) => {
+  const response = await fetch(`${registry.url}/api/v1${path}`, {
+    method,
+    headers: { authorization: `Bearer ${person.apiKey}` }
+  })
+  return { status: response.status, body: (await response.json()) as any }
+}
+
+/** `registry`'s operator sets the trust it has in `peer`. */
+const setTrust = async (registry: Cluster.Member, peer: Cluster.Member, status: "trusted" | "blocked") => {
+  const peers = (await run(registry.admin("GET", "/peers"))).body as Array<{ instance_id: string; name: string }>
+  const id = peers.find((p) => p.name === peer.name)!.instance_id
+  const changed = await run(registry.admin("PATCH", `/peers/${id}`, { status }))
+  expect(changed.body.status).toBe(status)
+}
+
+/** A group of `owner`'s (on a) that `member` (on b) was invited to. */
+const groupWithInvitee = async (owner: Fixtures.Person, member: Fixtures.Person, name: string) => {
+  const group = await run(owner.client.groups.create({ payload: { name } }))
+  await run(owner.client.groups.invite({ path: { id: group.group_id }, payload: { username: `${member.username}@${b.name}` } }))
+  return group.group_id
+}
+
+const listed = async (person: Fixtures.Person) => (await run(person.client.groups.list())).map((g) => [g.group_id, g.status])
+
+beforeAll(async () => {
+  scope = await Effect.runPromise(Scope.make())
+  cluster = await Effect.runPromise(Scope.extend(Cluster.make({ size: 2 }), scope))
+  ;[a, b] = cluster.members as [Cluster.Member, Cluster.Member]
+  await Effect.runPromise(cluster.trustAll)
+}, 180_000)
+
+afterAll(async () => {
+  if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
+}, 60_000)
+
+describe("a refusal by the other registry", () => {
+  it("an accept the requester's registry refuses is 403 with its code, and nothing is accepted", async () => {
+    const alice = await run(Fixtures.person(a.server(), "alice"))
+    const bob = await run(Fixtures.person(b.server(), "bob"))
+    await run(alice.client.friends.request({ payload: { username: `bob@${b.name}` } }))
+    const pending = await run(bob.client.friends.list({ urlParams: { status: "pending" } }))
+    const id = pending[0]!.id
+
+    try {
+      // a's operator has blocked b: a refuses b's word of the accept, 403 PEER_BLOCKED, and b passes that on.
+      await setTrust(a, b, "blocked")
+      const refused = await call(b, bob, "POST", `/friends/${id}/accept`)
+      expect(refused).toEqual({ status: 403, body: { code: "PEER_BLOCKED", error: expect.stringContaining(a.name) } })
+      // b no longer trusts a itself: the same 403 and code, without asking a.
+      await setTrust(b, a, "blocked")
+      const untrusted = await call(b, bob, "POST", `/friends/${id}/accept`)
+      expect(untrusted).toEqual({ status: 403, body: { code: "PEER_NOT_TRUSTED", error: expect.any(String) } })
+      expect(await run(bob.client.friends.list({ urlParams: {} }))).toEqual([])
+      expect(await run(alice.client.friends.list({ urlParams: {} }))).toEqual([])
+    } finally {
+      // Trust restored on both sides (also for the tests after this one).
+      await setTrust(a, b, "trusted")
+      await setTrust(b, a, "trusted")
+    }
+    // The same accept now goes through.
+    const accepted = await call(b, bob, "POST", `/friends/${id}/accept`)
+    expect(accepted).toEqual({ status: 200, body: { friendship_id: id, status: "accepted" } })
+    expect((await run(alice.client.friends.list({ urlParams: {} }))).map((f) => f.username)).toEqual([`bob@${b.name}`])
+  })
+
+  it("joining a remote group whose home withdrew the invitation is 403 INVITE_REQUIRED, as the home answers", async () => {
+    const owner = await run(Fixtures.person(a.server(), "olga"))
+    const pia = await run(Fixtures.person(b.server(), "pia"))
+    const groupId = await groupWithInvitee(owner, pia, "withdrawn")
+    const atB = await run(b.sql((sql) => sql`SELECT * FROM remote_group_members WHERE group_id = ${groupId}`))
+    expect(atB).toHaveLength(1)
+
+    // The owner withdraws the invitation; b was told, but say b was down then and still holds it.
+    const invited = (await run(owner.client.groups.members({ path: { id: groupId } }))).find((m) => m.username === `pia@${b.name}`)!
+    await run(owner.client.groups.removeMember({ path: { id: groupId, user_id: invited.user_id } }))
+    await run(b.sql((sql) => sql`INSERT INTO remote_group_members ${sql.insert(atB[0]!)}`))
+    expect(await listed(pia)).toEqual([[groupId, "invited"]])
+
+    const refused = await call(b, pia, "POST", `/groups/${groupId}/join`)
+    expect(refused).toEqual({ status: 403, body: { code: "INVITE_REQUIRED", error: expect.stringContaining(a.name) } })
+    expect((await run(owner.client.groups.members({ path: { id: groupId } }))).map((m) => m.username)).toEqual(["olga"])
+  })
+
+  it("leaving a remote group the member owns is 403 OWNER_MUST_TRANSFER, as the home answers, and the membership stays", async () => {
+    const owner = await run(Fixtures.person(a.server(), "quinn"))
+    const rosa = await run(Fixtures.person(b.server(), "rosa"))
+    const groupId = await groupWithInvitee(owner, rosa, "handed-over")
+    await run(rosa.client.groups.join({ path: { id: groupId } }))
+    const rosaAtA = (await run(owner.client.groups.members({ path: { id: groupId } }))).find((m) => m.username === `rosa@${b.name}`)!
+    await run(owner.client.groups.transfer({ path: { id: groupId }, payload: { new_owner_user_id: rosaAtA.user_id } }))
+
+    const refused = await call(b, rosa, "DELETE", `/groups/${groupId}/leave`)
+    expect(refused).toEqual({ status: 403, body: { code: "OWNER_MUST_TRANSFER", error: expect.stringContaining(a.name) } })
+    expect(await listed(rosa)).toEqual([[groupId, "active"]])
+    const members = await run(owner.client.groups.members({ path: { id: groupId } }))
+    expect(members.map((m) => [m.username, m.role, m.status]).sort()).toEqual([
+      ["quinn", "admin", "active"],
+      [`rosa@${b.name}`, "owner", "active"]
+    ])
+  })
+})
