@@ -38,7 +38,18 @@ export type RegistryEvent =
   }
   | { readonly _tag: "GroupInvite"; readonly userId: string; readonly groupId: string; readonly groupName: string; readonly invitedBy: string }
   | { readonly _tag: "GroupJoin"; readonly userIds: ReadonlyArray<string>; readonly groupId: string; readonly groupName: string; readonly username: string }
-  | { readonly _tag: "GroupLeave"; readonly userIds: ReadonlyArray<string>; readonly groupId: string; readonly groupName: string; readonly username: string }
+  /**
+   * A membership or invitation ended: `username` left, declined the invitation, was removed
+   * (or their invitation withdrawn), or deleted the group.
+   */
+  | {
+    readonly _tag: "GroupLeave"
+    readonly userIds: ReadonlyArray<string>
+    readonly groupId: string
+    readonly groupName: string
+    readonly username: string
+    readonly reason: "left" | "declined" | "removed" | "deleted"
+  }
   /** An agent connection was registered, changed or removed. */
   | { readonly _tag: "Connection"; readonly userId: string; readonly connectionId: string; readonly change: "created" | "updated" | "deleted" | "seen" }
   /** These API keys stopped working: drop them from any cache at once. */

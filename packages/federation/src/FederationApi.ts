@@ -427,7 +427,8 @@ export const layer = HttpApiBuilder.Router.use((router) =>
               userIds: forgotten.map((r) => r.userId),
               groupId: ended.group_id,
               groupName: first.groupName,
-              username: `${ended.by.toLowerCase()}@${peer.name}`
+              username: `${ended.by.toLowerCase()}@${peer.name}`,
+              reason: "deleted"
             })
           }
           return json(200, { forgotten: forgotten.length })

@@ -50,6 +50,18 @@ export const make = (friends: Friends) =>
     /** Everyone active in the group, to tell about a join or leave. */
     const audience = (groupId: string) => groups.activeMemberIds(groupId)
 
+    /**
+     * Who hears that an invitation was declined: those who may invite (the active owner and
+     * admins), the inviter while still an active member, and the invitee. Plain members were
+     * not told of the invitation, so they are not told of its end either.
+     */
+    const declineAudience = (invitation: Graph.Membership) =>
+      Effect.map(groups.members(invitation.groupId), (members) => [
+        ...members.flatMap(({ membership: m }) =>
+          m.status === "active" && (m.role !== "member" || m.userId === invitation.invitedBy) ? [m.userId] : []),
+        invitation.userId
+      ])
+
     /** The group as the caller sees it: members (active or invited) only. */
     const view = (principal: Principal, groupId: string) =>
       Effect.gen(function* () {
@@ -193,17 +205,19 @@ export const make = (friends: Friends) =>
               return { groupDeleted: false }
             }
           }
-          const { before, change, group, remote } = yield* groups.exclusively(groupId, Effect.gen(function* () {
+          const { before, change, declined, group, remote } = yield* groups.exclusively(groupId, Effect.gen(function* () {
             // Read again under the lock: a transfer or another leave may have just changed it.
             const current = yield* membershipOf(groupId, principal.userId)
             const count = yield* groups.activeMemberCount(groupId)
             const change = yield* Graph.leave({ membership: current, activeMemberCount: count })
             const group = yield* groupOf(groupId)
-            const before = yield* audience(groupId)
+            // An invited user leaving declines the invitation.
+            const declined = current!.status === "invited"
+            const before = declined ? yield* declineAudience(current!) : yield* audience(groupId)
             // The last active member leaving deletes the group; invitations from elsewhere end with it.
             const remote = change._tag === "DeleteGroup" ? yield* remoteMembers(groupId) : []
             yield* apply(change)
-            return { before, change, group, remote }
+            return { before, change, declined, group, remote }
           }))
           yield* tellEnded(group, remote, "deleted", principal)
           yield* events.publish({
@@ -211,7 +225,8 @@ export const make = (friends: Friends) =>
             userIds: before,
             groupId,
             groupName: group.name,
-            username: principal.username
+            username: principal.username,
+            reason: declined ? "declined" : "left"
           })
           return { groupDeleted: change._tag === "DeleteGroup" }
         }),
@@ -262,7 +277,14 @@ export const make = (friends: Friends) =>
           }))
           yield* tellEnded(group, remote, "deleted", principal)
           if (before.length > 0) {
-            yield* events.publish({ _tag: "GroupLeave", userIds: before, groupId, groupName: group.name, username: principal.username })
+            yield* events.publish({
+              _tag: "GroupLeave",
+              userIds: before,
+              groupId,
+              groupName: group.name,
+              username: principal.username,
+              reason: "deleted"
+            })
           }
         }),
 
@@ -296,7 +318,8 @@ export const make = (friends: Friends) =>
               userIds: before.includes(userId) ? before : [...before, userId],
               groupId,
               groupName: group.name,
-              username: removed.value.username
+              username: removed.value.username,
+              reason: "removed"
             })
           }
         })

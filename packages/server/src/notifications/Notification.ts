@@ -71,7 +71,12 @@ export const fromEvent = (event: RegistryEvent, now: Date = new Date()): Readonl
       )
     case "GroupLeave":
       return event.userIds.map((userId) =>
-        to(userId, "group_leave", { group_id: event.groupId, group_name: event.groupName, username: event.username }, now)
+        to(userId, "group_leave", {
+          group_id: event.groupId,
+          group_name: event.groupName,
+          username: event.username,
+          reason: event.reason
+        }, now)
       )
     case "Connection":
       return [to(event.userId, "connection", { connection_id: event.connectionId, change: event.change }, now)]

@@ -178,14 +178,14 @@ describe("notification stream", () => {
       expect((yield* promise(() => bobSocket.waitFor("group_join"))).data).toEqual(joinedData)
 
       yield* bob!.api.groups.leave({ path: { id: group.group_id } })
-      expect((yield* promise(() => aliceSocket.waitFor("group_leave"))).data).toEqual(joinedData)
+      expect((yield* promise(() => aliceSocket.waitFor("group_leave"))).data).toEqual({ ...joinedData, reason: "left" })
 
       // Deleting the group tells the members who remained.
       yield* alice!.api.groups.invite({ path: { id: group.group_id }, payload: { username: "carol" } })
       yield* carol!.api.groups.join({ path: { id: group.group_id } })
       yield* alice!.api.groups.delete({ path: { id: group.group_id } })
       const gone = yield* promise(() => carolSocket.waitFor("group_leave"))
-      expect(gone.data).toEqual({ group_id: group.group_id, group_name: "hikers", username: "alice" })
+      expect(gone.data).toEqual({ group_id: group.group_id, group_name: "hikers", username: "alice", reason: "deleted" })
       // Carol was never told about bob's comings and goings before she was invited.
       expect(carolSocket.of("group_join").map((f) => f.data.username)).toEqual(["carol"])
     }))
@@ -203,8 +203,49 @@ describe("notification stream", () => {
         yield* Notifications.open(server.url, carol!.apiKey)
       ]
       yield* alice!.api.groups.removeMember({ path: { id: group.group_id, user_id: bob!.id } })
-      const removed = { group_id: group.group_id, group_name: "climbers", username: "bob" }
+      const removed = { group_id: group.group_id, group_name: "climbers", username: "bob", reason: "removed" }
       for (const socket of sockets) expect((yield* promise(() => socket.waitFor("group_leave"))).data).toEqual(removed)
+    }))
+
+  it.scopedLive("a declined invitation is told as a departure with reason declined, only to the owner, admins, inviter and invitee", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const [alice, bob, carol, dave, erin] = yield* Fixtures.users(server, "alice", "bob", "carol", "dave", "erin")
+      const group = yield* alice!.api.groups.create({ payload: { name: "readers" } })
+      for (const member of [bob!, carol!, dave!]) {
+        yield* alice!.api.groups.invite({ path: { id: group.group_id }, payload: { username: member.username } })
+        yield* member.api.groups.join({ path: { id: group.group_id } })
+      }
+      for (const admin of [bob!, carol!]) {
+        yield* alice!.api.groups.changeRole({ path: { id: group.group_id, user_id: admin.id }, payload: { role: "admin" } })
+      }
+      // Bob invites erin, and is a plain member again by the time she declines.
+      yield* bob!.api.groups.invite({ path: { id: group.group_id }, payload: { username: "erin" } })
+      yield* alice!.api.groups.changeRole({ path: { id: group.group_id, user_id: bob!.id }, payload: { role: "member" } })
+      const [aliceSocket, bobSocket, carolSocket, daveSocket, erinSocket] = [
+        yield* Notifications.open(server.url, alice!.apiKey),
+        yield* Notifications.open(server.url, bob!.apiKey),
+        yield* Notifications.open(server.url, carol!.apiKey),
+        yield* Notifications.open(server.url, dave!.apiKey),
+        yield* Notifications.open(server.url, erin!.apiKey)
+      ]
+
+      yield* erin!.api.groups.leave({ path: { id: group.group_id } })
+      const declined = { group_id: group.group_id, group_name: "readers", username: "erin", reason: "declined" }
+      for (const socket of [aliceSocket!, bobSocket!, carolSocket!, erinSocket!]) {
+        expect((yield* promise(() => socket.waitFor("group_leave"))).data).toEqual(declined)
+      }
+
+      // Dave, a plain member who did not invite her, hears the next departure, and only that one.
+      yield* carol!.api.groups.leave({ path: { id: group.group_id } })
+      const left = { group_id: group.group_id, group_name: "readers", username: "carol", reason: "left" }
+      expect((yield* promise(() => daveSocket!.waitFor("group_leave"))).data).toEqual(left)
+      expect(daveSocket!.of("group_leave").map((f) => f.data)).toEqual([left])
+      // The owner and the inviter hear both, in order.
+      for (const socket of [aliceSocket!, bobSocket!]) {
+        expect((yield* promise(() => socket.waitFor("group_leave", (d) => d.username === "carol"))).data).toEqual(left)
+        expect(socket.of("group_leave").map((f) => f.data)).toEqual([declined, left])
+      }
     }))
 
   it.scopedLive("tells the user about their agent connections", () =>
