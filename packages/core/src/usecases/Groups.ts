@@ -202,6 +202,15 @@ export const make = (friends: Friends) =>
             const remote = yield* remoteMembership(groupId, principal.userId)
             if (Option.isSome(remote)) {
               yield* directory.leaveRemoteGroup(remote.value, principal)
+              // The home tells its members; the user's own sockets here hear it as for a group of this registry.
+              yield* events.publish({
+                _tag: "GroupLeave",
+                userIds: [principal.userId],
+                groupId,
+                groupName: remote.value.groupName,
+                username: principal.username,
+                reason: remote.value.status === "invited" ? "declined" : "left"
+              })
               return { groupDeleted: false }
             }
           }
