@@ -46,6 +46,12 @@ export interface FederationOptions {
   readonly noncePurgeIntervalMs?: number | undefined
   /** The version published in the well-known document. */
   readonly version?: string | undefined
+  /**
+   * The back-off of notices queued for peers (a reject, block or unfriend; a
+   * group that ended), as for deliveries; made patient as a peer delivery's
+   * (`RetrySchedule.forPeers`). By default `RetrySchedule.defaults`.
+   */
+  readonly retrySchedule?: RetrySchedule.RetrySchedule | undefined
 }
 
 /** The options with every default filled in. */
@@ -65,6 +71,7 @@ export interface Settings {
   readonly keyMaxAgeMs: number
   readonly noncePurgeIntervalMs: number
   readonly version: string
+  readonly retrySchedule: RetrySchedule.RetrySchedule
 }
 
 export const settings = (options: FederationOptions): Settings => ({
@@ -81,7 +88,8 @@ export const settings = (options: FederationOptions): Settings => ({
   keyRefetchIntervalMs: options.keyRefetchIntervalMs ?? 30_000,
   keyMaxAgeMs: options.keyMaxAgeMs ?? 60 * 60_000,
   noncePurgeIntervalMs: options.noncePurgeIntervalMs ?? 60_000,
-  version: options.version ?? "0.1.0"
+  version: options.version ?? "0.1.0",
+  retrySchedule: options.retrySchedule ?? RetrySchedule.defaults
 })
 
 export class FederationConfig extends Context.Tag("@mahilo/federation/FederationConfig")<FederationConfig, Settings>() {}
