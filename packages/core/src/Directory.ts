@@ -61,8 +61,24 @@ export interface RemoteDirectoryService {
     asker: Actor,
     user: Store.User
   ) => Effect.Effect<ReadonlyArray<Store.AgentConnection>, Errors.NotFound | Errors.Forbidden | Errors.Unavailable | SqlError>
-  /** Tells the remote party's registry about a friendship change made here. */
+  /**
+   * Tells the remote party's registry about a request or an accept made here,
+   * which it must agree to first. Anything still queued for that registry
+   * (see `queueFriendshipChange`) is told before it, so it never lands on
+   * the newer state; when that cannot be done now, this fails unavailable.
+   */
   readonly mirrorFriendship: (change: FriendshipMirror) => Effect.Effect<void, RemoteFailure>
+  /**
+   * Queues, durably, telling the remote party's registry of a reject, block or
+   * unfriend made here, which takes effect here at once. Run it in the
+   * transaction of the change, so the change and the telling commit together.
+   * Answers what tries it at once: run that after the commit (it never fails;
+   * what it cannot tell now is retried, in order, while that registry cannot
+   * be reached).
+   */
+  readonly queueFriendshipChange: (
+    change: FriendshipMirror & { readonly action: "reject" | "block" | "unfriend" }
+  ) => Effect.Effect<Effect.Effect<void>, SqlError>
   /** Tells a remote invitee's registry that they were invited to a group of this registry. */
   readonly inviteToGroup: (
     input: { readonly group: { readonly id: string; readonly name: string }; readonly invitee: Store.User; readonly invitedBy: Actor; readonly memberCount: number }
@@ -81,10 +97,11 @@ export interface RemoteDirectoryService {
   /** Leaves (or declines) a remote group at its home registry. */
   readonly leaveRemoteGroup: (membership: RemoteGroupMembership, actor: Actor) => Effect.Effect<void, RemoteFailure>
   /**
-   * Tells the registries of members from elsewhere that their membership (or
-   * invitation) in a group of this registry ended: they were removed, or the
-   * group was deleted. Every registry concerned is told; the first failure is
-   * reported after all were tried.
+   * Queues, durably, telling the registries of members from elsewhere that their
+   * membership (or invitation) in a group of this registry ended: they were
+   * removed, or the group was deleted. Run it in the transaction of the change.
+   * Answers what tries it at once: run that after the commit (it never fails;
+   * a registry that cannot be told now is retried while it cannot be reached).
    */
   readonly endRemoteMemberships: (
     input: {
@@ -93,7 +110,7 @@ export interface RemoteDirectoryService {
       readonly reason: "removed" | "deleted"
       readonly by: Actor
     }
-  ) => Effect.Effect<void, RemoteFailure>
+  ) => Effect.Effect<Effect.Effect<void>, SqlError>
 }
 
 const notFederated = () =>
@@ -112,6 +129,8 @@ export class RemoteDirectory extends Context.Tag("@mahilo/core/RemoteDirectory")
       ),
     connections: () => Effect.fail(notFederated()),
     mirrorFriendship: () => Effect.fail(notFederated()),
+    // Without federation there is no user of another registry to tell.
+    queueFriendshipChange: () => Effect.succeed(Effect.void),
     inviteToGroup: () => Effect.fail(notFederated()),
     remoteGroupMembers: () => Effect.succeed([]),
     remoteGroupsOf: () => Effect.succeed([]),
@@ -119,6 +138,6 @@ export class RemoteDirectory extends Context.Tag("@mahilo/core/RemoteDirectory")
     remoteGroupMemberList: () => Effect.fail(notFederated()),
     leaveRemoteGroup: () => Effect.fail(notFederated()),
     // Without federation no group has members from elsewhere.
-    endRemoteMemberships: () => Effect.void
+    endRemoteMemberships: () => Effect.succeed(Effect.void)
   })
 }

@@ -141,6 +141,8 @@ export interface FriendshipsService {
     status: Graph.FriendshipStatus
   ) => Effect.Effect<ReadonlyArray<FriendListing>, SqlError>
   readonly areFriends: (a: string, b: string) => Effect.Effect<boolean, SqlError>
+  /** Runs `change` in one transaction: a friendship change and what it queues commit together, or neither. */
+  readonly atomically: <A, E, R>(change: Effect.Effect<A, E, R>) => Effect.Effect<A, E | SqlError, R>
   /**
    * Moves whenever any friend list may have changed (a friendship or a user
    * written): a list read at one version is still current while this reads the

@@ -4,7 +4,7 @@
  * only), and the friendship and group changes the other registry must mirror.
  * A peer that is not trusted is never asked.
  */
-import { type Actor, Errors, Ids, RemoteDirectory, type RemoteFailure, Store } from "@mahilo/core"
+import { type Actor, Errors, type FriendshipMirror, Ids, RemoteDirectory, type RemoteFailure, Store } from "@mahilo/core"
 import type { SqlError } from "@effect/sql/SqlError"
 import { type Context, Effect, Either, Layer, Option, Schema } from "effect"
 import { errorOf, PeerClient, type PeerCallError, type PeerResponse } from "./PeerClient.js"
@@ -12,6 +12,7 @@ import { type Peer, PeerStore } from "./PeerStore.js"
 import { Peers } from "./Peers.js"
 import * as Protocol from "./Protocol.js"
 import { FederationConfig } from "./FederationConfig.js"
+import { Notices } from "./Notices.js"
 
 /** The user's name on their own registry: `bob` for the shadow `bob@b.example`. */
 export const localName = (user: { readonly username: string }): string => {
@@ -62,8 +63,9 @@ const decode = <A, I>(schema: Schema.Schema<A, I>, peer: string, body: unknown) 
 export const make: Effect.Effect<
   Context.Tag.Service<RemoteDirectory>,
   never,
-  Peers | PeerClient | PeerStore | Store.Users | FederationConfig
+  Peers | PeerClient | PeerStore | Store.Users | FederationConfig | Notices
 > = Effect.gen(function* () {
+  const notices = yield* Notices
   const peers = yield* Peers
   const client = yield* PeerClient
   const store = yield* PeerStore
@@ -123,6 +125,22 @@ export const make: Effect.Effect<
       })
     })
 
+  /** The body telling the other party's registry of a friendship change made here. */
+  const friendshipChange = ({ action, actor, other }: FriendshipMirror) =>
+    Effect.map(users.findById(actor.userId), (me): Protocol.FriendshipChange => ({
+      action,
+      from: actor.username,
+      from_display_name: Option.getOrUndefined(me)?.displayName ?? null,
+      to: localName(other)
+    }))
+
+  /** Tries what is queued for these registries now; what cannot be told now waits for its retry. */
+  const tryNow = (instances: ReadonlyArray<string>): Effect.Effect<void> =>
+    Effect.forEach(instances, (instance) =>
+      notices.flush(instance).pipe(
+        Effect.catchAll((e) => Effect.logInfo(`Not told ${instance} yet; it is retried`, e))
+      ), { concurrency: 4, discard: true })
+
   const directory = RemoteDirectory.of({
     localInstance: config.instanceName,
 
@@ -181,25 +199,36 @@ export const make: Effect.Effect<
         }))
       }),
 
-    mirrorFriendship: ({ action, actor, other }) =>
+    mirrorFriendship: (change) =>
       Effect.gen(function* () {
-        const me = yield* users.findById(actor.userId)
-        yield* tell(other.instance ?? "", Protocol.paths.friendships, {
-          action,
-          from: actor.username,
-          from_display_name: Option.getOrUndefined(me)?.displayName ?? null,
-          to: localName(other)
-        } satisfies Protocol.FriendshipChange)
+        const instance = change.other.instance ?? ""
+        // What was queued for that registry goes first, so it does not land on this newer state.
+        yield* peerFor(instance)
+        yield* notices.flush(instance)
+        yield* tell(instance, Protocol.paths.friendships, yield* friendshipChange(change))
+      }),
+
+    queueFriendshipChange: (change) =>
+      Effect.gen(function* () {
+        const instance = change.other.instance ?? ""
+        yield* notices.enqueue(instance, { kind: "friendship", body: yield* friendshipChange(change) })
+        return tryNow([instance])
       }),
 
     inviteToGroup: ({ group, invitedBy, invitee, memberCount }) =>
-      Effect.asVoid(tell(invitee.instance ?? "", Protocol.paths.groupInvite, {
-        group_id: group.id,
-        group_name: group.name,
-        member_count: memberCount,
-        username: localName(invitee),
-        invited_by: invitedBy.username
-      } satisfies Protocol.GroupInvite)),
+      Effect.gen(function* () {
+        const instance = invitee.instance ?? ""
+        // An end of an earlier membership still queued for that registry goes first.
+        yield* peerFor(instance)
+        yield* notices.flush(instance)
+        yield* tell(instance, Protocol.paths.groupInvite, {
+          group_id: group.id,
+          group_name: group.name,
+          member_count: memberCount,
+          username: localName(invitee),
+          invited_by: invitedBy.username
+        } satisfies Protocol.GroupInvite)
+      }),
 
     remoteGroupMembers: (groupId) => store.remoteGroupMembers(groupId),
     remoteGroupsOf: (userId) => store.remoteGroupsOf(userId),
@@ -268,18 +297,16 @@ export const make: Effect.Effect<
           names.push(localName(member))
           byInstance.set(member.instance, names)
         }
-        // One request per registry (in chunks the protocol accepts); a registry that fails does not stop the others.
-        const calls = [...byInstance].flatMap(([instance, names]) =>
-          Array.from({ length: Math.ceil(names.length / 1000) }, (_, i) =>
-            tell(instance, Protocol.paths.groupEnded, {
-              group_id: group.id,
-              usernames: names.slice(i * 1000, (i + 1) * 1000),
-              reason,
-              by: by.username
-            } satisfies Protocol.GroupEnded)))
-        const outcomes = yield* Effect.all(calls, { concurrency: 4, mode: "either" })
-        const failed = outcomes.find(Either.isLeft)
-        if (failed !== undefined) return yield* Effect.fail(failed.left)
+        // One notice per registry (in chunks the protocol accepts), each sent and retried on its own.
+        for (const [instance, names] of byInstance) {
+          for (let i = 0; i < names.length; i += 1000) {
+            yield* notices.enqueue(instance, {
+              kind: "group_ended",
+              body: { group_id: group.id, usernames: names.slice(i, i + 1000), reason, by: by.username }
+            })
+          }
+        }
+        return tryNow([...byInstance.keys()])
       })
   })
   return directory

@@ -46,6 +46,16 @@ export interface FederationOptions {
   readonly noncePurgeIntervalMs?: number | undefined
   /** The version published in the well-known document. */
   readonly version?: string | undefined
+  /**
+   * The back-off of notices queued for peers (a reject, block or unfriend; a
+   * group that ended), as for deliveries; made patient as a peer delivery's
+   * (`RetrySchedule.forPeers`). By default `RetrySchedule.defaults`.
+   */
+  readonly retrySchedule?: RetrySchedule.RetrySchedule | undefined
+  /** How long a notice told (or given up) is kept for inspection before it is deleted. By default 7 days. */
+  readonly noticeKeepMs?: number | undefined
+  /** How often notices kept past `noticeKeepMs` are deleted. By default hourly. */
+  readonly noticePurgeIntervalMs?: number | undefined
 }
 
 /** The options with every default filled in. */
@@ -65,6 +75,9 @@ export interface Settings {
   readonly keyMaxAgeMs: number
   readonly noncePurgeIntervalMs: number
   readonly version: string
+  readonly retrySchedule: RetrySchedule.RetrySchedule
+  readonly noticeKeepMs: number
+  readonly noticePurgeIntervalMs: number
 }
 
 export const settings = (options: FederationOptions): Settings => ({
@@ -81,7 +94,10 @@ export const settings = (options: FederationOptions): Settings => ({
   keyRefetchIntervalMs: options.keyRefetchIntervalMs ?? 30_000,
   keyMaxAgeMs: options.keyMaxAgeMs ?? 60 * 60_000,
   noncePurgeIntervalMs: options.noncePurgeIntervalMs ?? 60_000,
-  version: options.version ?? "0.1.0"
+  version: options.version ?? "0.1.0",
+  retrySchedule: options.retrySchedule ?? RetrySchedule.defaults,
+  noticeKeepMs: options.noticeKeepMs ?? 7 * 24 * 60 * 60_000,
+  noticePurgeIntervalMs: options.noticePurgeIntervalMs ?? 60 * 60_000
 })
 
 export class FederationConfig extends Context.Tag("@mahilo/federation/FederationConfig")<FederationConfig, Settings>() {}

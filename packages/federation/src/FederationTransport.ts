@@ -10,15 +10,13 @@ import { type PeerOutcome, PeerTransport, type RetrySchedule, Store } from "@mah
 import { type Context, Effect, Either, Layer, Option, Schema } from "effect"
 import { localName } from "./Directory.js"
 import { FederationConfig } from "./FederationConfig.js"
-import * as FederationAuthError from "./FederationAuthError.js"
-import { errorOf, PeerClient } from "./PeerClient.js"
+import { PeerClient } from "./PeerClient.js"
+import { callFailure, refusalOutcome } from "./PeerOutcomes.js"
 import { PeerStore } from "./PeerStore.js"
 import { Peers } from "./Peers.js"
 import * as Protocol from "./Protocol.js"
 
 const refused = (reason: string): RetrySchedule.Outcome => ({ _tag: "Refused", reason })
-
-const authCodes = new Set(Object.keys(FederationAuthError.statusOf))
 
 const decodeAnswer = Schema.decodeUnknownEither(Protocol.ForwardAnswer)
 
@@ -97,20 +95,8 @@ export const make: Effect.Effect<
       if (Either.isLeft(body)) return refused(body.left)
 
       const sent = yield* Effect.either(client.signed(peer.value, "POST", Protocol.paths.messages, body.right))
-      if (Either.isLeft(sent)) {
-        const e = sent.left
-        switch (e.reason) {
-          case "timeout":
-            return { _tag: "Timeout", timeoutMs: config.requestTimeoutMs } as const
-          case "rate-limited":
-            // Our own limit: nothing was sent, so it is no attempt (and no failure of the peer).
-            return { _tag: "Deferred", retryAfterMs: e.retryAfterMs ?? 1_000 } as const
-          case "unreachable":
-            return { _tag: "NetworkError", message: e.message } as const
-        }
-      }
+      if (Either.isLeft(sent)) return callFailure(sent.left, config.requestTimeoutMs)
       const response = sent.right
-      const { code, error } = errorOf(response)
       if (response.status === 200 || response.status === 202) {
         const answer = decodeAnswer(response.body)
         if (Either.isLeft(answer)) return refused(`${name} answered the forward with something unexpected`)
@@ -121,16 +107,7 @@ export const make: Effect.Effect<
         }
         return { _tag: "Accepted", recheckAfterMs: config.statusRecheckMs } as const
       }
-      if (response.status === 429 || response.status === 408) {
-        return { _tag: "Response", status: response.status, retryAfterMs: response.retryAfterMs } as const
-      }
-      // Trust must be mutual: until the peer's operator adds us (or while a key rotation
-      // settles) our requests are refused; that may change, so it is retried.
-      if (authCodes.has(code)) return { _tag: "NetworkError", message: `${name} refused our request: ${code}` } as const
-      if (response.status >= 400 && response.status < 500) {
-        return refused(`${name} refused it: HTTP ${response.status} ${code}: ${error}`)
-      }
-      return { _tag: "Response", status: response.status } as const
+      return refusalOutcome(name, response)
     })
 
   return PeerTransport.of({

@@ -18,6 +18,7 @@ import { FederationConfig, type FederationOptions, settings } from "./Federation
 import * as FederationTransport from "./FederationTransport.js"
 import * as InboundAuth from "./InboundAuth.js"
 import * as InstanceKeys from "./InstanceKeys.js"
+import * as Notices from "./Notices.js"
 import * as PeerClient from "./PeerClient.js"
 import * as Peers from "./Peers.js"
 import * as PeerStore from "./PeerStore.js"
@@ -35,9 +36,10 @@ export type Internals =
   | Peers.Peers
   | InboundAuth.InboundAuth
   | Relay.Relay
+  | Notices.Notices
 
 const internals = (options: FederationOptions) =>
-  InboundAuth.layer.pipe(
+  Layer.merge(InboundAuth.layer, Notices.layer).pipe(
     Layer.provideMerge(Peers.layer),
     Layer.provideMerge(PeerClient.layer),
     Layer.provideMerge(InstanceKeys.layer),

@@ -669,6 +669,32 @@ describe("retired keys", () => {
     }))
   }, 60_000)
 
+  it("notices told or given up are deleted once kept for noticeKeepMs; pending ones stay however old", async () => {
+    await run(Effect.gen(function* () {
+      const pair = yield* Cluster.make({ size: 2, federation: { noticeKeepMs: 2_000, noticePurgeIntervalMs: 100 } })
+      const [x] = pair.members as [Cluster.Member, Cluster.Member]
+      yield* x.sql((sql) => sql`
+        INSERT INTO peer_notices (peer, kind, body, status, next_attempt_at, updated_at) VALUES
+          ('far.example', 'friendship', '{"n":"old-delivered"}', 'delivered', now(), now() - interval '1 minute'),
+          ('far.example', 'friendship', '{"n":"old-failed"}', 'failed', now(), now() - interval '1 minute'),
+          ('far.example', 'friendship', '{"n":"old-pending"}', 'pending', now() + interval '1 day', now() - interval '1 minute'),
+          ('far.example', 'friendship', '{"n":"new-delivered"}', 'delivered', now(), now())`)
+      const left = yield* Fixtures.eventually(
+        x.sql((sql) => Effect.map(sql<{ n: string }>`SELECT body->>'n' AS n FROM peer_notices ORDER BY seq`, (rows) => rows.map((r) => r.n))),
+        (names) => !names.includes("old-delivered") && !names.includes("old-failed"),
+        { timeoutMs: 5_000, label: "the old notices purged" }
+      )
+      expect(left).toEqual(["old-pending", "new-delivered"])
+      // Once it too is older than noticeKeepMs, the told one goes as well.
+      const later = yield* Fixtures.eventually(
+        x.sql((sql) => Effect.map(sql<{ n: string }>`SELECT body->>'n' AS n FROM peer_notices ORDER BY seq`, (rows) => rows.map((r) => r.n))),
+        (names) => !names.includes("new-delivered"),
+        { timeoutMs: 10_000, label: "the newer told notice purged" }
+      )
+      expect(later).toEqual(["old-pending"])
+    }))
+  }, 60_000)
+
   it("a peer whose document does not answer keeps its held keys: its requests are not held up by the check", async () => {
     await run(Effect.gen(function* () {
       const pair = yield* Cluster.make({ size: 2, federation: { keyMaxAgeMs: 300, requestTimeoutMs: 60_000 } })

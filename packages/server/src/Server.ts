@@ -188,6 +188,13 @@ export const app = (options: ServerOptions = {}) =>
       const base = Layer.mergeAll(database, NodeId.layer)
       const bus = EventBus.layerWith({ heartbeatMs: config.relayHeartbeatMs })
       const store = SqlStore.layer
+      const schedule = options.retrySchedule ?? RetrySchedule.RetrySchedule.make({
+        ...RetrySchedule.defaults,
+        baseDelayMs: config.retryBaseDelayMs,
+        maxDelayMs: config.retryMaxDelayMs,
+        maxAttempts: config.retryMaxAttempts,
+        horizonMs: config.retryHorizonMs
+      })
       // Federation is on when an instance name is configured. Its services feed the registry
       // (RemoteDirectory) and the engine (PeerTransport); its routes reuse the same layer.
       const federation: Federation.FederationOptions | undefined = config.instanceName !== undefined
@@ -197,6 +204,8 @@ export const app = (options: ServerOptions = {}) =>
           adminKey: config.adminKey,
           // Inbound forwards answer before the origin's own first-attempt wait runs out.
           inboundWaitMs: Math.floor(config.firstAttemptWaitMs / 2),
+          // Notices to peers (a reject, block or unfriend; a group that ended) back off as deliveries do.
+          retrySchedule: schedule,
           ...options.federation
         }
         : undefined
@@ -219,13 +228,7 @@ export const app = (options: ServerOptions = {}) =>
         leaseMs: Math.max(config.leaseMs, config.callbackTimeoutMs * 2),
         callbackTimeoutMs: config.callbackTimeoutMs,
         shutdownGraceMs: options.shutdownGraceMs ?? config.callbackTimeoutMs + 1_000,
-        schedule: options.retrySchedule ?? RetrySchedule.RetrySchedule.make({
-          ...RetrySchedule.defaults,
-          baseDelayMs: config.retryBaseDelayMs,
-          maxDelayMs: config.retryMaxDelayMs,
-          maxAttempts: config.retryMaxAttempts,
-          horizonMs: config.retryHorizonMs
-        }),
+        schedule,
         breakerThreshold: 5,
         breakerCooldownMs: 5_000
       }).pipe(Layer.provide(Layer.merge(store, remote)))

@@ -15,6 +15,7 @@ import * as path from "node:path"
 import { SqlClient } from "@effect/sql"
 import type { RetrySchedule } from "@mahilo/core"
 import { Signatures } from "@mahilo/federation"
+import { Database } from "@mahilo/server"
 import { Context, Effect, Exit, Redacted, Scope } from "effect"
 import * as TestDatabase from "./TestDatabase.js"
 import * as TestServer from "./TestServer.js"
@@ -79,6 +80,12 @@ export interface Options {
   readonly config?: TestServer.Options["config"]
   readonly federation?: TestServer.Options["federation"]
   readonly retrySchedule?: RetrySchedule.RetrySchedule | undefined
+  /**
+   * `"postgres"`: each member gets its own PostgreSQL database on the server
+   * `DATABASE_URL` names (kept across a restart, dropped with the cluster);
+   * default PGlite.
+   */
+  readonly backend?: "pglite" | "postgres" | undefined
 }
 
 /** A port nobody listens on right now. */
@@ -110,7 +117,11 @@ const member = (index: number, options: Options, tempDir: string | undefined): E
     const name = `127.0.0.1:${port}`
     const url = `http://${name}`
     const adminKey = `admin-${index}-${Math.random().toString(36).slice(2)}`
-    const database = tempDir !== undefined ? TestDatabase.pgliteAt(path.join(tempDir, `registry-${index}`)) : TestDatabase.pglite
+    const database = options.backend === "postgres"
+      ? Database.layer({ _tag: "Postgres", url: yield* TestDatabase.postgresUrl(), maxConnections: 5 })
+      : tempDir !== undefined
+      ? TestDatabase.pgliteAt(path.join(tempDir, `registry-${index}`))
+      : TestDatabase.pglite
     let state: { readonly scope: Scope.CloseableScope; readonly server: TestServer.TestServer } | undefined
 
     const start = Effect.gen(function* () {

@@ -212,12 +212,39 @@ const dropUnusedDeliveryIndex = run([`DROP INDEX IF EXISTS deliveries_connection
 /** Federation: a remote recipient's agent choice travels with the forward, so it is kept with the message. */
 const recipientRouting = run([`ALTER TABLE messages ADD COLUMN recipient_routing jsonb`])
 
+/**
+ * Federation: what this registry must tell another one about a change made here
+ * that cannot wait for it to be up (a reject, block or unfriend of its user; a
+ * group of this registry that ended for its users). Written in the transaction
+ * of the change; sent in `seq` order per peer, retried like a peer delivery.
+ */
+const peerNotices = run([
+  `CREATE TABLE peer_notices (
+    seq bigserial PRIMARY KEY,
+    peer text NOT NULL,
+    kind text NOT NULL,
+    body jsonb NOT NULL,
+    status text NOT NULL DEFAULT 'pending',
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    first_attempt_at timestamptz,
+    lease_owner text,
+    lease_until timestamptz,
+    last_error text,
+    last_status_code integer,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+  )`,
+  `CREATE INDEX peer_notices_pending_idx ON peer_notices (peer, seq) WHERE status = 'pending'`
+])
+
 /** Loader for `@effect/sql`'s Migrator. */
 export const loader = Migrator.fromRecord({
   "1_initial": initial,
   "2_remote_groups": remoteGroups,
   "3_drop_unused_delivery_index": dropUnusedDeliveryIndex,
-  "4_recipient_routing": recipientRouting
+  "4_recipient_routing": recipientRouting,
+  "5_peer_notices": peerNotices
 })
 
 export const table = "mahilo_migrations"

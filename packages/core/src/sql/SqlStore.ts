@@ -276,6 +276,7 @@ export const makeFriendships = Effect.gen(function* () {
         (rows) => Option.map(first(rows), Rows.friendship)
       ),
     apply: (change, id) => change._tag === "Unchanged" ? apply(change, id) : cache.write(apply(change, id)),
+    atomically: (change) => sql.withTransaction(change),
     listFor: (userId, status) =>
       cache.read(
         `list ${userId} ${status}`,

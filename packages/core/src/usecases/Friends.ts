@@ -39,7 +39,9 @@ export const make = Effect.gen(function* () {
   /**
    * Runs a transition on the row `id`, as `principal`. Federation: with a user
    * of another registry, an accept must be agreed there first; a reject, block
-   * or unfriend takes effect here at once and is told there as well as it can be.
+   * or unfriend takes effect here at once, and telling their registry is queued
+   * in the same transaction, to be retried until it is told (nothing to tell is
+   * lost if this process dies right after answering).
    */
   const transition = (
     principal: Principal,
@@ -53,12 +55,14 @@ export const make = Effect.gen(function* () {
       const remote = Option.isSome(row) ? yield* remoteParty(row.value, principal.userId) : Option.none()
       const mirror = Option.map(remote, (other): FriendshipMirror => ({ action, actor: principal, other }))
       if (Option.isSome(mirror) && action === "accept") yield* directory.mirrorFriendship(mirror.value)
-      const updated = yield* friendships.apply(change, id)
-      if (Option.isSome(mirror) && action !== "accept") {
-        yield* directory.mirrorFriendship(mirror.value).pipe(
-          Effect.catchAll((e) => Effect.logWarning(`Could not tell ${mirror.value.other.instance} about a friendship ${action}`, e))
-        )
-      }
+      const told = Option.filter(mirror, (m): m is FriendshipMirror & { readonly action: "reject" | "block" | "unfriend" } =>
+        m.action === "reject" || m.action === "block" || m.action === "unfriend")
+      if (Option.isNone(told)) return { row: Option.getOrUndefined(row)!, updated: yield* friendships.apply(change, id) }
+      const [updated, tellNow] = yield* friendships.atomically(
+        Effect.zip(friendships.apply(change, id), directory.queueFriendshipChange(told.value))
+      )
+      // Committed: the first try at telling their registry, as a send's first attempt is made inline.
+      yield* tellNow
       return { row: Option.getOrUndefined(row)!, updated }
     })
 

@@ -83,21 +83,17 @@ export const make = (friends: Friends) =>
       Effect.map(groups.members(groupId), (ms) => ms.map((m) => m.user).filter((u) => u.instance !== null))
 
     /**
-     * Federation: their registries hear that these memberships ended, as well as
-     * they can be told (a registry that is down keeps a stale listing until the
-     * member next acts on it, when the group's home answers that it is gone).
+     * Federation: their registries are to hear that these memberships ended.
+     * Called under the group's lock, in its transaction: the telling is queued
+     * with the change; what it answers tries it at once, to run after the commit
+     * (a registry that is down is retried later).
      */
     const tellEnded = (
       group: Graph.Group,
       members: ReadonlyArray<Store.User>,
       reason: "removed" | "deleted",
       by: Principal
-    ) =>
-      members.length === 0
-        ? Effect.void
-        : directory.endRemoteMemberships({ group, members, reason, by }).pipe(
-          Effect.catchAll((e) => Effect.logWarning(`Could not tell every member's registry that group ${group.id} was ${reason === "deleted" ? "deleted" : "left"}`, e))
-        )
+    ) => members.length === 0 ? Effect.succeed(Effect.void) : directory.endRemoteMemberships({ group, members, reason, by })
 
     return {
       createGroup: (
@@ -214,7 +210,7 @@ export const make = (friends: Friends) =>
               return { groupDeleted: false }
             }
           }
-          const { before, change, declined, group, remote } = yield* groups.exclusively(groupId, Effect.gen(function* () {
+          const { before, change, declined, group, tellNow } = yield* groups.exclusively(groupId, Effect.gen(function* () {
             // Read again under the lock: a transfer or another leave may have just changed it.
             const current = yield* membershipOf(groupId, principal.userId)
             const count = yield* groups.activeMemberCount(groupId)
@@ -226,9 +222,10 @@ export const make = (friends: Friends) =>
             // The last active member leaving deletes the group; invitations from elsewhere end with it.
             const remote = change._tag === "DeleteGroup" ? yield* remoteMembers(groupId) : []
             yield* apply(change)
-            return { before, change, declined, group, remote }
+            const tellNow = yield* tellEnded(group, remote, "deleted", principal)
+            return { before, change, declined, group, tellNow }
           }))
-          yield* tellEnded(group, remote, "deleted", principal)
+          yield* tellNow
           yield* events.publish({
             _tag: "GroupLeave",
             userIds: before,
@@ -275,16 +272,17 @@ export const make = (friends: Friends) =>
 
       deleteGroup: (principal: Principal, groupId: string) =>
         Effect.gen(function* () {
-          const { before, group, remote } = yield* groups.exclusively(groupId, Effect.gen(function* () {
+          const { before, group, tellNow } = yield* groups.exclusively(groupId, Effect.gen(function* () {
             const actor = yield* membershipOf(groupId, principal.userId)
             const change = yield* Graph.deleteGroup({ actor })
             const group = yield* groupOf(groupId)
             const before = (yield* audience(groupId)).filter((id) => id !== principal.userId)
             const remote = yield* remoteMembers(groupId)
             yield* apply(change)
-            return { before, group, remote }
+            const tellNow = yield* tellEnded(group, remote, "deleted", principal)
+            return { before, group, tellNow }
           }))
-          yield* tellEnded(group, remote, "deleted", principal)
+          yield* tellNow
           if (before.length > 0) {
             yield* events.publish({
               _tag: "GroupLeave",
@@ -309,17 +307,19 @@ export const make = (friends: Friends) =>
 
       removeMember: (principal: Principal, groupId: string, userId: string) =>
         Effect.gen(function* () {
-          const { before, group } = yield* groups.exclusively(groupId, Effect.gen(function* () {
+          const { before, group, removed, tellNow } = yield* groups.exclusively(groupId, Effect.gen(function* () {
             const actor = yield* membershipOf(groupId, principal.userId)
             const target = yield* membershipOf(groupId, userId)
             const before = yield* audience(groupId)
             yield* apply(yield* Graph.remove({ actor, target }))
-            return { before, group: yield* groupOf(groupId) }
+            const group = yield* groupOf(groupId)
+            const removed = yield* users.findById(userId)
+            const tellNow = Option.isSome(removed) && removed.value.instance !== null
+              ? yield* tellEnded(group, [removed.value], "removed", principal)
+              : Effect.void
+            return { before, group, removed, tellNow }
           }))
-          const removed = yield* users.findById(userId)
-          if (Option.isSome(removed) && removed.value.instance !== null) {
-            yield* tellEnded(group, [removed.value], "removed", principal)
-          }
+          yield* tellNow
           // As for a leave: everyone active before hears it, the removed member too (also when only invited).
           if (Option.isSome(removed)) {
             yield* events.publish({

@@ -1,0 +1,281 @@
+/**
+ * Notices to peer registries that must not be lost: a reject, block or
+ * unfriend of one of their users made here, and a group of this registry that
+ * ended for their users (removed, or the group deleted). The change takes
+ * effect here at once; its notice is written to `peer_notices` in the same
+ * transaction, and sent after the commit.
+ *
+ * - **In order, one at a time per peer.** Only the oldest pending notice of a
+ *   peer is attempted; the next waits behind it. So a peer applies the changes
+ *   of a pair in the order they were made here. A request or accept (which
+ *   the peer must agree to at once) and a group invitation first `flush` the
+ *   peer's queue, so no queued notice lands on a newer state there.
+ * - **Retried like a peer delivery.** The same back-off as a `peer` delivery
+ *   (`RetrySchedule.forPeers`: no attempt budget, up to 7 days); an answer a
+ *   retry cannot change (a 4xx other than 408 and 429) fails it at once, as
+ *   does a peer the operator blocked or removed; our own rate limit towards
+ *   the peer postpones it without counting an attempt. Only one attempt per
+ *   peer is ever in flight, so a peer that is down is probed, not hammered.
+ * - **Leased.** Several processes on one database share the queue: a notice is
+ *   leased (`lease_until`) while it is attempted, and an expired lease is
+ *   taken over. The receiver's handling is idempotent, so a notice sent again
+ *   after a lost answer changes nothing.
+ */
+import { SqlClient } from "@effect/sql"
+import type { SqlError } from "@effect/sql/SqlError"
+import { Errors, RetrySchedule } from "@mahilo/core"
+import { Context, Duration, Effect, Either, FiberSet, Layer, Option, Queue } from "effect"
+import { FederationConfig } from "./FederationConfig.js"
+import { callFailure, refusalOutcome } from "./PeerOutcomes.js"
+import { PeerClient } from "./PeerClient.js"
+import { Peers } from "./Peers.js"
+import * as Protocol from "./Protocol.js"
+
+/** What a notice tells, with the body it is sent with. */
+export type Notice =
+  | { readonly kind: "friendship"; readonly body: Protocol.FriendshipChange }
+  | { readonly kind: "group_ended"; readonly body: Protocol.GroupEnded }
+
+const pathOf = (kind: Notice["kind"]): string => kind === "friendship" ? Protocol.paths.friendships : Protocol.paths.groupEnded
+
+interface Row {
+  readonly seq: string
+  readonly peer: string
+  readonly kind: Notice["kind"]
+  readonly body: unknown
+  readonly attempts: number
+  readonly first_attempt_at: Date | string | null
+}
+
+/** How one attempt ended, as the queue records it. */
+type Attempted =
+  | { readonly _tag: "Delivered" }
+  | { readonly _tag: "Failed"; readonly error: string; readonly statusCode: number | null }
+  | { readonly _tag: "Retry"; readonly error: string; readonly statusCode: number | null; readonly at: Date }
+  /** Not sent (our own limit); not an attempt. */
+  | { readonly _tag: "Postponed"; readonly at: Date }
+
+const fromJson = (value: unknown): unknown => (typeof value === "string" ? JSON.parse(value) : value)
+const time = (value: Date | string | null): number | undefined =>
+  value === null ? undefined : value instanceof Date ? value.getTime() : new Date(value).getTime()
+
+export interface NoticesService {
+  /** Queues `notice` for `peer`; run it in the transaction of the change it tells. */
+  readonly enqueue: (peer: string, notice: Notice) => Effect.Effect<void, SqlError>
+  /**
+   * Sends every notice queued for `peer`, in order, now (due or not). Fails
+   * unavailable when one cannot be told now (the peer is down, or another
+   * process is telling it), so that nothing newer overtakes it.
+   */
+  readonly flush: (peer: string) => Effect.Effect<void, Errors.Unavailable | SqlError>
+  /** Looks for due notices now instead of at the next sweep. */
+  readonly wake: Effect.Effect<void>
+}
+
+export class Notices extends Context.Tag("@mahilo/federation/Notices")<Notices, NoticesService>() {}
+
+/** How often the queue is looked at when nothing woke it. */
+const SWEEP_MS = 1_000
+
+export const make = Effect.gen(function* () {
+  const sql = yield* SqlClient.SqlClient
+  const config = yield* FederationConfig
+  const peers = yield* Peers
+  const client = yield* PeerClient
+  const schedule = RetrySchedule.forPeers(config.retrySchedule)
+  const owner = `notices-${Math.random().toString(36).slice(2)}`
+  const leaseMs = config.requestTimeoutMs * 2 + 1_000
+
+  const fibers = yield* FiberSet.make<unknown, never>()
+  const signal = yield* Queue.sliding<void>(1)
+  const wake = Effect.asVoid(Queue.offer(signal, undefined))
+  const wakeIn = (ms: number) => FiberSet.run(fibers, Effect.delay(wake, Duration.millis(Math.max(0, ms))))
+
+  /** One turn per peer in this process: the sweep and a flush never attempt the same peer's notices at once. */
+  const turns = new Map<string, Effect.Semaphore>()
+  const turnOf = (peer: string) => {
+    let turn = turns.get(peer)
+    if (turn === undefined) {
+      turn = Effect.unsafeMakeSemaphore(1)
+      turns.set(peer, turn)
+    }
+    return turn
+  }
+
+  /**
+   * Leases the peer's oldest pending notice, if no one holds it (and, with
+   * `dueOnly`, if it is due). `Busy`: it is pending but leased elsewhere or
+   * not due; `None`: nothing is pending.
+   */
+  const claimHead = (peer: string, dueOnly: boolean) =>
+    Effect.gen(function* () {
+      const rows = yield* sql<Row & { readonly claimable: boolean }>`
+        SELECT seq::text AS seq, peer, kind, body, attempts, first_attempt_at,
+          ((lease_until IS NULL OR lease_until < now()) AND (${!dueOnly} OR next_attempt_at <= now())) AS claimable
+        FROM peer_notices WHERE peer = ${peer} AND status = 'pending' ORDER BY seq LIMIT 1`
+      const head = rows[0]
+      if (head === undefined) return { _tag: "None" } as const
+      if (!head.claimable) return { _tag: "Busy" } as const
+      const taken = yield* sql`
+        UPDATE peer_notices SET lease_owner = ${owner}, lease_until = now() + ${leaseMs} * interval '1 millisecond'
+        WHERE seq = ${head.seq}::bigint AND status = 'pending' AND (lease_until IS NULL OR lease_until < now())
+        RETURNING seq`
+      return taken.length === 0 ? { _tag: "Busy" } as const : { _tag: "Claimed", row: head } as const
+    })
+
+  const record = (row: Row, outcome: Attempted) => {
+    switch (outcome._tag) {
+      case "Delivered":
+        return sql`
+          UPDATE peer_notices SET status = 'delivered', attempts = attempts + 1,
+            first_attempt_at = COALESCE(first_attempt_at, now()), lease_owner = NULL, lease_until = NULL, updated_at = now()
+          WHERE seq = ${row.seq}::bigint AND lease_owner = ${owner}`
+      case "Failed":
+        return sql`
+          UPDATE peer_notices SET status = 'failed', attempts = attempts + 1, last_error = ${outcome.error},
+            last_status_code = COALESCE(${outcome.statusCode}, last_status_code),
+            first_attempt_at = COALESCE(first_attempt_at, now()), lease_owner = NULL, lease_until = NULL, updated_at = now()
+          WHERE seq = ${row.seq}::bigint AND lease_owner = ${owner}`
+      case "Retry":
+        return sql`
+          UPDATE peer_notices SET attempts = attempts + 1, last_error = ${outcome.error},
+            last_status_code = COALESCE(${outcome.statusCode}, last_status_code), next_attempt_at = ${outcome.at},
+            first_attempt_at = COALESCE(first_attempt_at, now()), lease_owner = NULL, lease_until = NULL, updated_at = now()
+          WHERE seq = ${row.seq}::bigint AND lease_owner = ${owner}`
+      case "Postponed":
+        return sql`
+          UPDATE peer_notices SET next_attempt_at = ${outcome.at}, lease_owner = NULL, lease_until = NULL, updated_at = now()
+          WHERE seq = ${row.seq}::bigint AND lease_owner = ${owner}`
+    }
+  }
+
+  /** One attempt of a leased notice, decided as a peer delivery's would be. */
+  const attempt = (row: Row): Effect.Effect<Attempted> =>
+    Effect.gen(function* () {
+      const peer = yield* peers.findByName(row.peer)
+      const refused = (reason: string): RetrySchedule.Outcome => ({ _tag: "Refused", reason })
+      const outcome: RetrySchedule.Outcome | { readonly _tag: "Deferred"; readonly retryAfterMs: number } = yield* Effect.gen(function* () {
+        if (Option.isNone(peer)) return refused(`${row.peer} is not on this registry's allowlist`)
+        if (peer.value.status === "blocked") return refused(`${row.peer} is blocked by this registry's operator`)
+        if (peer.value.status !== "trusted") return refused(`${row.peer} is not trusted`)
+        const sent = yield* Effect.either(client.signed(peer.value, "POST", pathOf(row.kind), fromJson(row.body)))
+        if (Either.isLeft(sent)) return callFailure(sent.left, config.requestTimeoutMs)
+        if (sent.right.status >= 200 && sent.right.status < 300) return { _tag: "Response", status: sent.right.status } as const
+        return refusalOutcome(row.peer, sent.right)
+      })
+      const now = Date.now()
+      if (outcome._tag === "Deferred") return { _tag: "Postponed", at: new Date(now + Math.max(1, outcome.retryAfterMs)) } as const
+      const statusCode = outcome._tag === "Response" ? outcome.status : null
+      const verdict = RetrySchedule.classify(outcome)
+      if (verdict === "delivered") return { _tag: "Delivered" } as const
+      const error = RetrySchedule.describe(outcome)
+      if (verdict === "permanent") return { _tag: "Failed", error, statusCode } as const
+      const delay = RetrySchedule.nextAttemptDelay(schedule, {
+        attempts: row.attempts + 1,
+        firstAttemptAt: time(row.first_attempt_at) ?? now,
+        now,
+        random: Math.random,
+        ...(outcome._tag === "Response" && outcome.retryAfterMs !== undefined ? { retryAfterMs: outcome.retryAfterMs } : {})
+      })
+      return Option.match(delay, {
+        onNone: () => ({ _tag: "Failed", error: `gave up after ${row.attempts + 1} attempts: ${error}`, statusCode }) as const,
+        onSome: (ms) => ({ _tag: "Retry", error, statusCode, at: new Date(now + ms) }) as const
+      })
+    })
+
+  /**
+   * Attempts the peer's notices in order until one must wait (answers when it
+   * is due again) or none is left (answers none); `Busy` when the head is held
+   * elsewhere or, with `dueOnly`, not due.
+   */
+  const drain = (peer: string, dueOnly: boolean) =>
+    turnOf(peer).withPermits(1)(Effect.gen(function* () {
+      while (true) {
+        const head = yield* claimHead(peer, dueOnly)
+        if (head._tag === "None") return { _tag: "Done" } as const
+        if (head._tag === "Busy") return { _tag: "Busy" } as const
+        const outcome = yield* attempt(head.row)
+        yield* record(head.row, outcome)
+        if (outcome._tag === "Retry" || outcome._tag === "Postponed") {
+          return { _tag: "Waiting", at: outcome.at, error: outcome._tag === "Retry" ? outcome.error : "rate limited" } as const
+        }
+        if (outcome._tag === "Failed") yield* Effect.logWarning(`A notice to ${peer} failed: ${outcome.error}`)
+      }
+    }))
+
+  const inProgress = new Set<string>()
+
+  /** Peers whose oldest pending notice is due and free. */
+  const duePeers = Effect.map(
+    sql<{ readonly peer: string }>`
+      SELECT n.peer FROM peer_notices n
+      WHERE n.status = 'pending' AND n.next_attempt_at <= now() AND (n.lease_until IS NULL OR n.lease_until < now())
+        AND n.seq = (SELECT min(h.seq) FROM peer_notices h WHERE h.peer = n.peer AND h.status = 'pending')`,
+    (rows) => rows.map((r) => r.peer)
+  )
+
+  // Told or given-up notices are kept a while for inspection (`status`, `last_error`), then
+  // deleted (`noticeKeepMs`, a week by default), so the table does not hold every change ever made.
+  let purgedAt = 0
+  const purge = Effect.suspend((): Effect.Effect<void, SqlError> => {
+    if (Date.now() - purgedAt < config.noticePurgeIntervalMs) return Effect.void
+    purgedAt = Date.now()
+    return Effect.asVoid(sql`DELETE FROM peer_notices WHERE status <> 'pending' AND updated_at < now() - ${config.noticeKeepMs} * interval '1 millisecond'`)
+  })
+
+  const sweep = Effect.gen(function* () {
+    yield* purge
+    for (const peer of yield* duePeers) {
+      if (inProgress.has(peer)) continue
+      inProgress.add(peer)
+      yield* FiberSet.run(
+        fibers,
+        drain(peer, true).pipe(
+          Effect.tap((result) => result._tag === "Waiting" ? wakeIn(result.at.getTime() - Date.now()) : Effect.void),
+          Effect.catchAllCause((cause) => Effect.logError(`Could not send the notices queued for ${peer}`, cause)),
+          Effect.ensuring(Effect.sync(() => inProgress.delete(peer)))
+        )
+      )
+    }
+  }).pipe(Effect.catchAllCause((cause) => Effect.logError("Could not look for due notices", cause)))
+
+  yield* Queue.take(signal).pipe(
+    Effect.timeout(Duration.millis(SWEEP_MS)),
+    Effect.ignore,
+    Effect.zipRight(sweep),
+    Effect.forever,
+    Effect.forkScoped
+  )
+
+  return Notices.of({
+    enqueue: (peer, notice) =>
+      Effect.zipRight(
+        sql`INSERT INTO peer_notices (peer, kind, body) VALUES (${peer}, ${notice.kind}, ${JSON.stringify(notice.body)}::jsonb)`,
+        // Looked for once the change's transaction has likely committed; the sweep catches it otherwise.
+        wakeIn(50)
+      ),
+    flush: (peer) =>
+      Effect.flatMap(drain(peer, false), (result) => {
+        switch (result._tag) {
+          case "Done":
+            return Effect.void
+          case "Busy":
+            return Effect.fail(Errors.Unavailable.of(
+              "PEER_UNAVAILABLE",
+              `An earlier change is still being told to ${peer}; try again shortly`
+            ))
+          case "Waiting":
+            return Effect.zipRight(
+              wakeIn(result.at.getTime() - Date.now()),
+              Effect.fail(Errors.Unavailable.of(
+                "PEER_UNAVAILABLE",
+                `The registry ${peer} could not be told now of a change queued for it (it is retried): ${result.error}`
+              ))
+            )
+        }
+      }),
+    wake
+  })
+})
+
+export const layer = Layer.scoped(Notices, make)

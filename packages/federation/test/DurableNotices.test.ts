@@ -1,0 +1,162 @@
+/**
+ * What a registry must tell another about a change made here — a reject,
+ * block or unfriend of its user, a group of ours that ended for its users —
+ * is queued durably with the change and told once that registry is back,
+ * without anyone acting again; and a newer change is never overtaken by an
+ * older notice still queued.
+ */
+import { Cluster, Fixtures, TestDatabase } from "@mahilo/testkit"
+import { Effect, Exit, Scope } from "effect"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+
+const run = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>): Promise<A> =>
+  Effect.runPromise(Effect.scoped(effect) as Effect.Effect<A, unknown>)
+
+/** The `code` a refused typed call carried. */
+const codeOf = (e: unknown): string | undefined => (e as { code?: string }).code
+
+/** `x` (on `rx`) asks `y` (on `ry`) and `y` accepts, each on their own registry. */
+const befriendAcross = async (x: Fixtures.Person, y: Fixtures.Person, ry: Cluster.Member) => {
+  await run(x.client.friends.request({ payload: { username: `${y.username}@${ry.name}` } }))
+  const pending = await run(y.client.friends.list({ urlParams: { status: "pending" } }))
+  const mine = pending.find((f) => f.username.startsWith(`${x.username}@`))!
+  await run(y.client.friends.accept({ path: { id: mine.id } }))
+}
+
+const friendNames = (person: Fixtures.Person, status: "accepted" | "pending") =>
+  run(Effect.map(person.client.friends.list({ urlParams: { status } }), (rows) => rows.map((f) => f.username)))
+
+/** The notices a registry queued, by status. */
+const noticeStatuses = (registry: Cluster.Member) =>
+  run(registry.sql((sql) =>
+    Effect.map(
+      sql<{ kind: string; status: string }>`SELECT kind, status FROM peer_notices ORDER BY seq`,
+      (rows) => rows.map((r) => `${r.kind}:${r.status}`)
+    )
+  ))
+
+// PGlite always; PostgreSQL too when DATABASE_URL is set.
+for (const { name: backend } of TestDatabase.backends) {
+  describe(`notices to a registry that is down (${backend})`, () => {
+    let scope: Scope.CloseableScope
+    let x: Cluster.Member
+    let y: Cluster.Member
+
+    beforeAll(async () => {
+      scope = await Effect.runPromise(Scope.make())
+      // y keeps its database across a restart.
+      const cluster = await Effect.runPromise(Scope.extend(Cluster.make({ size: 2, persistent: [1], backend }), scope))
+      ;[x, y] = cluster.members as [Cluster.Member, Cluster.Member]
+      await run(cluster.trustAll)
+    }, 120_000)
+
+    afterAll(async () => {
+      if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
+    }, 60_000)
+
+    it("an unfriend, a block and a reject made while the peer was down reach it once it is back", async () => {
+      const alice = await run(Fixtures.person(x.server(), "alice"))
+      const bob = await run(Fixtures.person(y.server(), "bob"))
+      const carol = await run(Fixtures.person(y.server(), "carol"))
+      const dan = await run(Fixtures.person(y.server(), "dan"))
+      await befriendAcross(alice, bob, y)
+      await befriendAcross(alice, carol, y)
+      await run(dan.client.friends.request({ payload: { username: `alice@${x.name}` } }))
+      expect((await friendNames(bob, "accepted"))).toEqual([`alice@${x.name}`])
+      expect((await friendNames(dan, "pending"))).toEqual([`alice@${x.name}`])
+
+      await run(y.stop)
+      const rows = await run(alice.client.friends.list({ urlParams: {} }))
+      const idOf = (name: string) => rows.find((f) => f.username === `${name}@${y.name}`)!.id
+      const pending = await run(alice.client.friends.list({ urlParams: { status: "pending" } }))
+      await run(alice.client.friends.unfriend({ path: { id: idOf("bob") } }))
+      await run(alice.client.friends.block({ path: { id: idOf("carol") } }))
+      await run(alice.client.friends.reject({ path: { id: pending.find((f) => f.username === `dan@${y.name}`)!.id } }))
+      // Here each took effect at once.
+      expect(await friendNames(alice, "accepted")).toEqual([])
+      expect(await friendNames(alice, "pending")).toEqual([])
+      expect(await noticeStatuses(x)).toEqual(["friendship:pending", "friendship:pending", "friendship:pending"])
+
+      // y comes back; nobody does anything more, and y's side follows.
+      await run(y.start)
+      await run(Fixtures.eventually(
+        Effect.promise(() => Promise.all([friendNames(bob, "accepted"), friendNames(carol, "accepted"), friendNames(dan, "pending")])),
+        (lists) => lists.every((list) => list.length === 0),
+        { timeoutMs: 20_000, label: "the friendships gone at y" }
+      ))
+      for (const sender of [bob, carol]) {
+        const refused = await run(Effect.flip(sender.client.messages.send({ payload: { recipient: `alice@${x.name}`, message: "still there?" } })))
+        expect(codeOf(refused)).toBe("NOT_FRIENDS")
+      }
+      expect(await noticeStatuses(x)).toEqual(["friendship:delivered", "friendship:delivered", "friendship:delivered"])
+    }, 90_000)
+
+    it("a removal and a deletion of a group made while a member's registry was down reach it once it is back", async () => {
+      await run(y.start)
+      const owner = await run(Fixtures.person(x.server(), "olga"))
+      const erin = await run(Fixtures.person(y.server(), "erin"))
+      const fred = await run(Fixtures.person(y.server(), "fred"))
+      const kept = await run(owner.client.groups.create({ payload: { name: "kept" } }))
+      const doomed = await run(owner.client.groups.create({ payload: { name: "doomed" } }))
+      await run(owner.client.groups.invite({ path: { id: kept.group_id }, payload: { username: `erin@${y.name}` } }))
+      await run(owner.client.groups.invite({ path: { id: doomed.group_id }, payload: { username: `fred@${y.name}` } }))
+      await run(erin.client.groups.join({ path: { id: kept.group_id } }))
+      const listed = async (person: Fixtures.Person) => (await run(person.client.groups.list())).map((g) => [g.group_id, g.status])
+      expect(await listed(erin)).toEqual([[kept.group_id, "active"]])
+      expect(await listed(fred)).toEqual([[doomed.group_id, "invited"]])
+      const erinHere = (await run(owner.client.groups.members({ path: { id: kept.group_id } }))).find((m) => m.username === `erin@${y.name}`)!
+
+      const before = (await noticeStatuses(x)).length
+      await run(y.stop)
+      await run(owner.client.groups.removeMember({ path: { id: kept.group_id, user_id: erinHere.user_id } }))
+      await run(owner.client.groups.delete({ path: { id: doomed.group_id } }))
+      expect((await run(owner.client.groups.members({ path: { id: kept.group_id } }))).map((m) => m.username)).toEqual(["olga"])
+      expect((await noticeStatuses(x)).slice(before)).toEqual(["group_ended:pending", "group_ended:pending"])
+
+      await run(y.start)
+      await run(Fixtures.eventually(
+        Effect.promise(() => Promise.all([listed(erin), listed(fred)])),
+        (lists) => lists.every((list) => list.length === 0),
+        { timeoutMs: 20_000, label: "the groups gone at y" }
+      ))
+      expect((await noticeStatuses(x)).slice(before)).toEqual(["group_ended:delivered", "group_ended:delivered"])
+    }, 90_000)
+  })
+
+  describe(`an older notice never lands on a newer state (${backend})`, () => {
+    it("unfriended while the peer was down, then befriended again before the retry: the peer applies both, in order", async () => {
+      await run(Effect.gen(function* () {
+        // The notice's retry is a minute away, so only the new request can get it told first.
+        const cluster = yield* Cluster.make({
+          size: 2,
+          persistent: [1],
+          backend,
+          retrySchedule: { ...Cluster.retrySchedule, baseDelayMs: 60_000, maxDelayMs: 60_000 }
+        })
+        const [x, y] = cluster.members as [Cluster.Member, Cluster.Member]
+        yield* cluster.trustAll
+        const alice = yield* Fixtures.person(x.server(), "alice")
+        const bob = yield* Fixtures.person(y.server(), "bob")
+        yield* Effect.promise(() => befriendAcross(alice, bob, y))
+
+        yield* y.stop
+        const [row] = yield* alice.client.friends.list({ urlParams: {} })
+        yield* alice.client.friends.unfriend({ path: { id: row!.id } })
+        yield* y.start
+        // Before the queued unfriend's retry is due, alice asks again and bob accepts.
+        const again = yield* alice.client.friends.request({ payload: { username: `bob@${y.name}` } })
+        expect(again.status).toBe("pending")
+        const asked = yield* bob.client.friends.list({ urlParams: { status: "pending" } })
+        expect(asked.map((f) => f.username)).toEqual([`alice@${x.name}`])
+        yield* bob.client.friends.accept({ path: { id: asked[0]!.id } })
+
+        // The unfriend was told before the request, and nothing older is left queued to undo it later.
+        expect(yield* Effect.promise(() => noticeStatuses(x))).toEqual(["friendship:delivered"])
+        expect(yield* Effect.promise(() => friendNames(bob, "accepted"))).toEqual([`alice@${x.name}`])
+        expect(yield* Effect.promise(() => friendNames(alice, "accepted"))).toEqual([`bob@${y.name}`])
+        const sent = yield* bob.client.messages.send({ payload: { recipient: `alice@${x.name}`, message: "friends again" } })
+        expect(sent.message_id).toMatch(/.+/)
+      }))
+    }, 120_000)
+  })
+}
