@@ -8,7 +8,10 @@
  * - `PATCH …/peers/:id {status: "blocked"|"trusted"}` and `DELETE …/peers/:id`
  *   (which blocks: the row stays, so the peer stays refused);
  * - `POST /api/v1/admin/federation/keys/rotate`: a new signing key; the old
- *   one keeps verifying for the grace period.
+ *   one keeps verifying for the grace period;
+ * - `GET …/notices?status=&peer=&limit=`: the notices queued for peers (a
+ *   reject, block or unfriend; a group's end), newest first, with their
+ *   attempts and last error.
  */
 import { createHash, timingSafeEqual } from "node:crypto"
 import { HttpApiBuilder, HttpRouter, HttpServerRequest, type HttpServerResponse } from "@effect/platform"
@@ -16,6 +19,7 @@ import { Effect, Option, Redacted, Schema } from "effect"
 import { answer, decodeBody, json } from "./FederationApi.js"
 import { FederationConfig } from "./FederationConfig.js"
 import { InstanceKeys } from "./InstanceKeys.js"
+import { Notices, type NoticeView } from "./Notices.js"
 import type { Peer } from "./PeerStore.js"
 import { Peers } from "./Peers.js"
 import { Refusal } from "./Refusal.js"
@@ -24,6 +28,25 @@ export const PREFIX = "/api/v1/admin/federation"
 
 const AddPeer = Schema.Struct({ base_url: Schema.String.pipe(Schema.maxLength(2000)) })
 const ChangeStatus = Schema.Struct({ status: Schema.Literal("blocked", "trusted") })
+const NoticeQuery = Schema.Struct({
+  status: Schema.optional(Schema.Literal("pending", "delivered", "failed")),
+  peer: Schema.optional(Schema.String.pipe(Schema.maxLength(255))),
+  limit: Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 1000)))
+})
+
+const noticeView = (notice: NoticeView) => ({
+  seq: notice.seq,
+  peer: notice.peer,
+  kind: notice.kind,
+  body: notice.body,
+  status: notice.status,
+  attempts: notice.attempts,
+  next_attempt_at: notice.nextAttemptAt.toISOString(),
+  last_error: notice.lastError,
+  last_status_code: notice.lastStatusCode,
+  created_at: notice.createdAt.toISOString(),
+  updated_at: notice.updatedAt.toISOString()
+})
 
 const peerView = (peer: Peer) => ({
   instance_id: peer.id,
@@ -42,6 +65,7 @@ export const layer = HttpApiBuilder.Router.use((router) =>
     const config = yield* FederationConfig
     const peers = yield* Peers
     const keys = yield* InstanceKeys
+    const notices = yield* Notices
     const expected = config.adminKey === undefined ? undefined : digest(Redacted.value(config.adminKey))
 
     /** An admin route: the bearer key must be the operator's. */
@@ -103,6 +127,21 @@ export const layer = HttpApiBuilder.Router.use((router) =>
           const peer = yield* peerById
           const updated = yield* peers.setStatus(peer.id, "blocked")
           return json(200, peerView(Option.getOrElse(updated, () => peer)))
+        }))
+    )
+
+    yield* router.get(
+      `${PREFIX}/notices`,
+      admin((request) =>
+        Effect.gen(function* () {
+          const url = new URL(request.url, "http://localhost")
+          const query = yield* Schema.decodeUnknown(NoticeQuery, { onExcessProperty: "error" })(Object.fromEntries(url.searchParams)).pipe(
+            Effect.mapError(() =>
+              Refusal.of(400, "INVALID_REQUEST", "status is pending, delivered or failed; peer a registry name; limit 1-1000")
+            )
+          )
+          const list = yield* notices.list({ status: query.status, peer: query.peer?.toLowerCase(), limit: query.limit ?? 100 })
+          return json(200, list.map(noticeView))
         }))
     )
 

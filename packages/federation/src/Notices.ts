@@ -70,6 +70,29 @@ export interface NoticesService {
   readonly flush: (peer: string) => Effect.Effect<void, Errors.Unavailable | SqlError>
   /** Looks for due notices now instead of at the next sweep. */
   readonly wake: Effect.Effect<void>
+  /** The operator's view: notices newest first, by status and peer if given. */
+  readonly list: (filter: ListFilter) => Effect.Effect<ReadonlyArray<NoticeView>, SqlError>
+}
+
+export interface ListFilter {
+  readonly status?: "pending" | "delivered" | "failed" | undefined
+  readonly peer?: string | undefined
+  readonly limit: number
+}
+
+/** A queued notice as the operator sees it. */
+export interface NoticeView {
+  readonly seq: string
+  readonly peer: string
+  readonly kind: Notice["kind"]
+  readonly body: unknown
+  readonly status: "pending" | "delivered" | "failed"
+  readonly attempts: number
+  readonly nextAttemptAt: Date
+  readonly lastError: string | null
+  readonly lastStatusCode: number | null
+  readonly createdAt: Date
+  readonly updatedAt: Date
 }
 
 export class Notices extends Context.Tag("@mahilo/federation/Notices")<Notices, NoticesService>() {}
@@ -274,7 +297,42 @@ export const make = Effect.gen(function* () {
             )
         }
       }),
-    wake
+    wake,
+    list: ({ limit, peer, status }) =>
+      Effect.map(
+        sql<{
+          readonly seq: string
+          readonly peer: string
+          readonly kind: Notice["kind"]
+          readonly body: unknown
+          readonly status: NoticeView["status"]
+          readonly attempts: number
+          readonly next_attempt_at: Date | string
+          readonly last_error: string | null
+          readonly last_status_code: number | null
+          readonly created_at: Date | string
+          readonly updated_at: Date | string
+        }>`
+          SELECT seq::text AS seq, peer, kind, body, status, attempts, next_attempt_at, last_error, last_status_code,
+            created_at, updated_at
+          FROM peer_notices
+          WHERE (${status ?? null}::text IS NULL OR status = ${status ?? null}) AND (${peer ?? null}::text IS NULL OR peer = ${peer ?? null})
+          ORDER BY seq DESC LIMIT ${limit}`,
+        (rows) =>
+          rows.map((r): NoticeView => ({
+            seq: r.seq,
+            peer: r.peer,
+            kind: r.kind,
+            body: fromJson(r.body),
+            status: r.status,
+            attempts: r.attempts,
+            nextAttemptAt: new Date(r.next_attempt_at),
+            lastError: r.last_error,
+            lastStatusCode: r.last_status_code,
+            createdAt: new Date(r.created_at),
+            updatedAt: new Date(r.updated_at)
+          }))
+      )
   })
 })
 

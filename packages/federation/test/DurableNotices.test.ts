@@ -76,6 +76,18 @@ for (const { name: backend } of TestDatabase.backends) {
       expect(await friendNames(alice, "accepted")).toEqual([])
       expect(await friendNames(alice, "pending")).toEqual([])
       expect(await noticeStatuses(x)).toEqual(["friendship:pending", "friendship:pending", "friendship:pending"])
+      // The operator sees what waits for y, newest first.
+      const waiting = await run(x.admin("GET", `/notices?status=pending&peer=${y.name.toUpperCase()}`))
+      expect(waiting.status).toBe(200)
+      const queued = waiting.body as Array<{ seq: string; peer: string; kind: string; status: string; body: { action: string } }>
+      expect(queued.map((n) => [n.peer, n.kind, n.status, n.body.action])).toEqual([
+        [y.name, "friendship", "pending", "reject"],
+        [y.name, "friendship", "pending", "block"],
+        [y.name, "friendship", "pending", "unfriend"]
+      ])
+      expect((await run(x.admin("GET", "/notices?peer=elsewhere.example"))).body).toEqual([])
+      const bad = await run(x.admin("GET", "/notices?status=lost"))
+      expect([bad.status, (bad.body as { code: string }).code]).toEqual([400, "INVALID_REQUEST"])
 
       // y comes back; nobody does anything more, and y's side follows.
       await run(y.start)
@@ -89,6 +101,9 @@ for (const { name: backend } of TestDatabase.backends) {
         expect(codeOf(refused)).toBe("NOT_FRIENDS")
       }
       expect(await noticeStatuses(x)).toEqual(["friendship:delivered", "friendship:delivered", "friendship:delivered"])
+      const told = (await run(x.admin("GET", `/notices?status=delivered&peer=${y.name}&limit=3`))).body as Array<{ seq: string; attempts: number }>
+      expect(told.map((n) => n.seq)).toEqual(queued.map((n) => n.seq))
+      expect(told.every((n) => n.attempts >= 1)).toBe(true)
     }, 90_000)
 
     it("a removal and a deletion of a group made while a member's registry was down reach it once it is back", async () => {
