@@ -143,6 +143,12 @@ export const make = Effect.gen(function* () {
       (rows): Head | undefined => rows[0]
     )
 
+  /** Gives a leased notice back untried. */
+  const release = (row: Row) =>
+    sql`
+      UPDATE peer_notices SET lease_owner = NULL, lease_until = NULL
+      WHERE seq = ${row.seq}::bigint AND lease_owner = ${owner} AND status = 'pending'`
+
   const record = (row: Row, outcome: Attempted) => {
     switch (outcome._tag) {
       case "Delivered":
@@ -215,7 +221,10 @@ export const make = Effect.gen(function* () {
         if (head._tag === "None") return { _tag: "Done" } as const
         if (head._tag === "Busy") return { _tag: "Busy" } as const
         if (head._tag === "JustTried") return { _tag: "JustTried" } as const
-        const outcome = yield* attempt(head.row)
+        // Interrupted (a client that gave up on the request making this first try, a shutdown):
+        // the lease is handed back, so the next flush or sweep tries it again at once instead of
+        // finding it held by no one until the lease runs out.
+        const outcome = yield* Effect.onInterrupt(attempt(head.row), () => Effect.ignore(release(head.row)))
         yield* record(head.row, outcome)
         if (outcome._tag === "Retry" || outcome._tag === "Postponed") {
           return { _tag: "Waiting", at: outcome.at, error: outcome._tag === "Retry" ? outcome.error : "rate limited" } as const

@@ -74,4 +74,52 @@ describe("flushes waiting behind a peer that does not answer", () => {
       expect(yield* attempts).toEqual([2])
     }))
   }, 120_000)
+
+  it("a client that gives up during the first try leaves the notice free for the next flush, not leased to no one", async () => {
+    await run(Effect.gen(function* () {
+      const cluster = yield* Cluster.make({
+        size: 2,
+        persistent: [1],
+        retrySchedule: { ...Cluster.retrySchedule, baseDelayMs: 60_000, maxDelayMs: 60_000 },
+        // A long lease (twice this, and a second): a lease left behind would be held all through the test.
+        federation: { ...Cluster.federationDefaults, requestTimeoutMs: 30_000 }
+      })
+      const [x, y] = cluster.members as [Cluster.Member, Cluster.Member]
+      yield* cluster.trustAll
+      const alice = yield* Fixtures.person(x.server(), "alice")
+      const bob = yield* Fixtures.person(y.server(), "bob")
+      const dan = yield* Fixtures.person(y.server(), "dan")
+      yield* alice.client.friends.request({ payload: { username: `bob@${y.name}` } })
+      const asked = yield* bob.client.friends.list({ urlParams: { status: "pending" } })
+      yield* bob.client.friends.accept({ path: { id: asked[0]!.id } })
+      yield* dan.client.friends.request({ payload: { username: `alice@${x.name}` } })
+
+      yield* y.stop
+      const silent = yield* silentAt(y.port)
+      const [bobRow] = yield* alice.client.friends.list({ urlParams: { status: "accepted" } })
+      // Alice's client gives up on the unfriend while its notice's first try hangs.
+      const notices = x.sql((sql) =>
+        sql<{ attempts: number; leased: boolean }>`SELECT attempts, lease_until IS NOT NULL AS leased FROM peer_notices WHERE status = 'pending'`)
+      const controller = new AbortController()
+      const unfriend = fetch(`${x.url}/api/v1/friends/${bobRow!.id}`, {
+        method: "DELETE",
+        headers: { authorization: `Bearer ${alice.apiKey}` },
+        signal: controller.signal
+      }).catch(() => "aborted")
+      yield* Fixtures.eventually(notices, (rows) => rows.length === 1 && rows[0]!.leased, { timeoutMs: 10_000, label: "the first try under way" })
+      controller.abort()
+      expect(yield* Effect.promise(() => unfriend)).toBe("aborted")
+      // Bob is unfriended here all the same.
+      expect(yield* alice.client.friends.list({ urlParams: { status: "accepted" } })).toEqual([])
+
+      // y answers again. Alice accepts dan: the queued unfriend is told first, then the accept.
+      yield* Effect.promise(() => silent.close())
+      yield* y.start
+      const [fromDan] = yield* alice.client.friends.list({ urlParams: { status: "pending" } })
+      yield* alice.client.friends.accept({ path: { id: fromDan!.id } })
+      expect(yield* Effect.map(bob.client.friends.list({ urlParams: { status: "accepted" } }), (rows) => rows.length)).toBe(0)
+      expect(yield* Effect.map(dan.client.friends.list({ urlParams: { status: "accepted" } }), (rows) => rows.map((f) => f.username)))
+        .toEqual([`alice@${x.name}`])
+    }))
+  }, 120_000)
 })
