@@ -143,6 +143,16 @@ export const make = Effect.gen(function* () {
       (rows): Head | undefined => rows[0]
     )
 
+  /** Whether the notice is still leased here; if so the lease starts again from now. */
+  const renew = (row: Row) =>
+    Effect.map(
+      sql`
+        UPDATE peer_notices SET lease_until = now() + ${leaseMs} * interval '1 millisecond'
+        WHERE seq = ${row.seq}::bigint AND lease_owner = ${owner} AND status = 'pending'
+        RETURNING seq`,
+      (rows) => rows.length > 0
+    )
+
   /** Gives a leased notice back untried. */
   const release = (row: Row) =>
     sql`
@@ -176,9 +186,13 @@ export const make = Effect.gen(function* () {
   }
 
   /** One attempt of a leased notice, decided as a peer delivery's would be. */
-  const attempt = (row: Row): Effect.Effect<Attempted> =>
+  const attempt = (row: Row): Effect.Effect<Attempted | { readonly _tag: "Lost" }, SqlError> =>
     Effect.gen(function* () {
       const peer = yield* peers.findByName(row.peer)
+      // Held up since the claim (a slow database), the lease may have run out and another process
+      // taken the notice over: it is sent only while still ours, and with a whole lease ahead, so
+      // the request ends (or times out) before anyone else may send it.
+      if (!(yield* renew(row))) return { _tag: "Lost" } as const
       const refused = (reason: string): RetrySchedule.Outcome => ({ _tag: "Refused", reason })
       const outcome: RetrySchedule.Outcome | { readonly _tag: "Deferred"; readonly retryAfterMs: number } = yield* Effect.gen(function* () {
         if (Option.isNone(peer)) return refused(`${row.peer} is not on this registry's allowlist`)
@@ -225,6 +239,8 @@ export const make = Effect.gen(function* () {
         // the lease is handed back, so the next flush or sweep tries it again at once instead of
         // finding it held by no one until the lease runs out.
         const outcome = yield* Effect.onInterrupt(attempt(head.row), () => Effect.ignore(release(head.row)))
+        // Taken over by another process while this one was held up: it sends it, and what follows.
+        if (outcome._tag === "Lost") return { _tag: "Busy" } as const
         yield* record(head.row, outcome)
         if (outcome._tag === "Retry" || outcome._tag === "Postponed") {
           return { _tag: "Waiting", at: outcome.at, error: outcome._tag === "Retry" ? outcome.error : "rate limited" } as const
