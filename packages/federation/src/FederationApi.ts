@@ -14,6 +14,7 @@ import { FederationConfig } from "./FederationConfig.js"
 import * as Handshake from "./Handshake.js"
 import { InboundAuth } from "./InboundAuth.js"
 import { InstanceKeys } from "./InstanceKeys.js"
+import { Notices } from "./Notices.js"
 import type { Peer } from "./PeerStore.js"
 import { PeerStore } from "./PeerStore.js"
 import { HANDSHAKE_PATH, WELL_KNOWN_PATH } from "./Peers.js"
@@ -99,6 +100,7 @@ export const layer = HttpApiBuilder.Router.use((router) =>
     const store = yield* PeerStore
     const relay = yield* Relay.Relay
     const events = yield* Events
+    const notices = yield* Notices
     const context = yield* Effect.context<Store.Messages | Store.Outbox | Events>()
     const handshakes = RateLimit.makeLimiter({ capacity: 30, refillPerSecond: 1 })
 
@@ -233,6 +235,10 @@ export const layer = HttpApiBuilder.Router.use((router) =>
           const target = yield* localUser(change.to)
           const from = yield* shadow(change.from, peer.name, change.from_display_name)
           const principal = shadowPrincipal(from)
+          // A request or accept from there starts a newer state there: what is still queued here
+          // for that registry (an unfriend, say) is told first, or it would land on that newer
+          // state and undo it. As for a request or accept made here: 503 when it cannot be told now.
+          if (change.action === "request" || change.action === "accept") yield* notices.flush(peer.name)
           if (change.action === "request") {
             const result = yield* registry.requestFriend(principal, target.username)
             return json(result.status === "pending" ? 201 : 200, { status: result.status })

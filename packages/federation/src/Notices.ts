@@ -47,6 +47,12 @@ interface Row {
   readonly first_attempt_at: Date | string | null
 }
 
+/** A peer's oldest pending notice, as seen at one moment. */
+interface Head {
+  readonly seq: string
+  readonly attempts: number
+}
+
 /** How one attempt ended, as the queue records it. */
 type Attempted =
   | { readonly _tag: "Delivered" }
@@ -65,7 +71,9 @@ export interface NoticesService {
   /**
    * Sends every notice queued for `peer`, in order, now (due or not). Fails
    * unavailable when one cannot be told now (the peer is down, or another
-   * process is telling it), so that nothing newer overtakes it.
+   * process is telling it), so that nothing newer overtakes it. A notice that
+   * was attempted (and not told) while this flush waited for its turn is not
+   * attempted again at once: flushes that pile up share one attempt.
    */
   readonly flush: (peer: string) => Effect.Effect<void, Errors.Unavailable | SqlError>
   /** Looks for due notices now instead of at the next sweep. */
@@ -130,21 +138,49 @@ export const make = Effect.gen(function* () {
    * `dueOnly`, if it is due). `Busy`: it is pending but leased elsewhere or
    * not due; `None`: nothing is pending.
    */
-  const claimHead = (peer: string, dueOnly: boolean) =>
+  const claimHead = (peer: string, dueOnly: boolean, seen?: Head) =>
     Effect.gen(function* () {
-      const rows = yield* sql<Row & { readonly claimable: boolean }>`
+      const rows = yield* sql<Row & { readonly free: boolean; readonly due: boolean }>`
         SELECT seq::text AS seq, peer, kind, body, attempts, first_attempt_at,
-          ((lease_until IS NULL OR lease_until < now()) AND (${!dueOnly} OR next_attempt_at <= now())) AS claimable
+          (lease_until IS NULL OR lease_until < now()) AS free, next_attempt_at <= now() AS due
         FROM peer_notices WHERE peer = ${peer} AND status = 'pending' ORDER BY seq LIMIT 1`
       const head = rows[0]
       if (head === undefined) return { _tag: "None" } as const
-      if (!head.claimable) return { _tag: "Busy" } as const
+      if (!head.free || (dueOnly && !head.due)) return { _tag: "Busy" } as const
+      // Attempted (and not told) while this flush waited for its turn: not again at once, so
+      // requests that pile up behind a peer that does not answer wait for one attempt, not one each.
+      if (!head.due && seen !== undefined && seen.seq === head.seq && head.attempts > seen.attempts) {
+        return { _tag: "JustTried" } as const
+      }
       const taken = yield* sql`
         UPDATE peer_notices SET lease_owner = ${owner}, lease_until = now() + ${leaseMs} * interval '1 millisecond'
         WHERE seq = ${head.seq}::bigint AND status = 'pending' AND (lease_until IS NULL OR lease_until < now())
         RETURNING seq`
       return taken.length === 0 ? { _tag: "Busy" } as const : { _tag: "Claimed", row: head } as const
     })
+
+  /** The peer's oldest pending notice and how often it was tried, as a flush found it before its turn. */
+  const headOf = (peer: string) =>
+    Effect.map(
+      sql<Head>`SELECT seq::text AS seq, attempts FROM peer_notices WHERE peer = ${peer} AND status = 'pending' ORDER BY seq LIMIT 1`,
+      (rows): Head | undefined => rows[0]
+    )
+
+  /** Whether the notice is still leased here; if so the lease starts again from now. */
+  const renew = (row: Row) =>
+    Effect.map(
+      sql`
+        UPDATE peer_notices SET lease_until = now() + ${leaseMs} * interval '1 millisecond'
+        WHERE seq = ${row.seq}::bigint AND lease_owner = ${owner} AND status = 'pending'
+        RETURNING seq`,
+      (rows) => rows.length > 0
+    )
+
+  /** Gives a leased notice back untried. */
+  const release = (row: Row) =>
+    sql`
+      UPDATE peer_notices SET lease_owner = NULL, lease_until = NULL
+      WHERE seq = ${row.seq}::bigint AND lease_owner = ${owner} AND status = 'pending'`
 
   const record = (row: Row, outcome: Attempted) => {
     switch (outcome._tag) {
@@ -173,9 +209,13 @@ export const make = Effect.gen(function* () {
   }
 
   /** One attempt of a leased notice, decided as a peer delivery's would be. */
-  const attempt = (row: Row): Effect.Effect<Attempted> =>
+  const attempt = (row: Row): Effect.Effect<Attempted | { readonly _tag: "Lost" }, SqlError> =>
     Effect.gen(function* () {
       const peer = yield* peers.findByName(row.peer)
+      // Held up since the claim (a slow database), the lease may have run out and another process
+      // taken the notice over: it is sent only while still ours, and with a whole lease ahead, so
+      // the request ends (or times out) before anyone else may send it.
+      if (!(yield* renew(row))) return { _tag: "Lost" } as const
       const refused = (reason: string): RetrySchedule.Outcome => ({ _tag: "Refused", reason })
       const outcome: RetrySchedule.Outcome | { readonly _tag: "Deferred"; readonly retryAfterMs: number } = yield* Effect.gen(function* () {
         if (Option.isNone(peer)) return refused(`${row.peer} is not on this registry's allowlist`)
@@ -211,13 +251,19 @@ export const make = Effect.gen(function* () {
    * is due again) or none is left (answers none); `Busy` when the head is held
    * elsewhere or, with `dueOnly`, not due.
    */
-  const drain = (peer: string, dueOnly: boolean) =>
+  const drain = (peer: string, dueOnly: boolean, seen?: Head) =>
     turnOf(peer).withPermits(1)(Effect.gen(function* () {
       while (true) {
-        const head = yield* claimHead(peer, dueOnly)
+        const head = yield* claimHead(peer, dueOnly, seen)
         if (head._tag === "None") return { _tag: "Done" } as const
         if (head._tag === "Busy") return { _tag: "Busy" } as const
-        const outcome = yield* attempt(head.row)
+        if (head._tag === "JustTried") return { _tag: "JustTried" } as const
+        // Interrupted (a client that gave up on the request making this first try, a shutdown):
+        // the lease is handed back, so the next flush or sweep tries it again at once instead of
+        // finding it held by no one until the lease runs out.
+        const outcome = yield* Effect.onInterrupt(attempt(head.row), () => Effect.ignore(release(head.row)))
+        // Taken over by another process while this one was held up: it sends it, and what follows.
+        if (outcome._tag === "Lost") return { _tag: "Busy" } as const
         yield* record(head.row, outcome)
         if (outcome._tag === "Retry" || outcome._tag === "Postponed") {
           return { _tag: "Waiting", at: outcome.at, error: outcome._tag === "Retry" ? outcome.error : "rate limited" } as const
@@ -278,10 +324,15 @@ export const make = Effect.gen(function* () {
         wakeIn(50)
       ),
     flush: (peer) =>
-      Effect.flatMap(drain(peer, false), (result) => {
+      Effect.flatMap(Effect.flatMap(headOf(peer), (seen) => drain(peer, false, seen)), (result) => {
         switch (result._tag) {
           case "Done":
             return Effect.void
+          case "JustTried":
+            return Effect.fail(Errors.Unavailable.of(
+              "PEER_UNAVAILABLE",
+              `The registry ${peer} could not be told just now of a change queued for it (it is retried)`
+            ))
           case "Busy":
             return Effect.fail(Errors.Unavailable.of(
               "PEER_UNAVAILABLE",
