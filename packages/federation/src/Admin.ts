@@ -101,6 +101,8 @@ export const layer = HttpApiBuilder.Router.use((router) =>
         Effect.gen(function* () {
           const input = yield* decodeBody(AddPeer, yield* body(request))
           const peer = yield* peers.add(input.base_url)
+          // Added again after a block: as for PATCH {status: "trusted"}.
+          yield* notices.resume(peer.name)
           return json(201, peerView(peer))
         }))
     )
@@ -116,6 +118,8 @@ export const layer = HttpApiBuilder.Router.use((router) =>
           const change = yield* decodeBody(ChangeStatus, yield* body(request))
           const peer = yield* peerById
           const updated = yield* peers.setStatus(peer.id, change.status)
+          // Trusted again: what was held for it while blocked is told now, not at its next retry.
+          if (change.status === "trusted") yield* notices.resume(peer.name)
           return json(200, peerView(Option.getOrElse(updated, () => peer)))
         }))
     )

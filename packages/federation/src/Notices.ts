@@ -12,9 +12,10 @@
  *   peer's queue, so no queued notice lands on a newer state there.
  * - **Retried like a peer delivery.** The same back-off as a `peer` delivery
  *   (`RetrySchedule.forPeers`: no attempt budget, up to 7 days); an answer a
- *   retry cannot change (a 4xx other than 408 and 429) fails it at once, as
- *   does a peer the operator blocked or removed; our own rate limit towards
- *   the peer postpones it without counting an attempt. Only one attempt per
+ *   retry cannot change (a 4xx other than 408 and 429) fails it at once; our
+ *   own rate limit towards the peer postpones it without counting an
+ *   attempt. A peer the operator blocked is not contacted: its notices are
+ *   held on the same back-off and sent once it is trusted again. Only one attempt per
  *   peer is ever in flight, so a peer that is down is probed, not hammered.
  * - **Leased.** Several processes on one database share the queue: a notice is
  *   leased (`lease_until`) while it is attempted, and an expired lease is
@@ -78,6 +79,8 @@ export interface NoticesService {
   readonly flush: (peer: string) => Effect.Effect<void, Errors.Unavailable | SqlError>
   /** Looks for due notices now instead of at the next sweep. */
   readonly wake: Effect.Effect<void>
+  /** Makes the notices held for `peer` due now (it was trusted again after a block). */
+  readonly resume: (peer: string) => Effect.Effect<void, SqlError>
   /** The operator's view: notices newest first, by status and peer if given. */
   readonly list: (filter: ListFilter) => Effect.Effect<ReadonlyArray<NoticeView>, SqlError>
 }
@@ -217,10 +220,14 @@ export const make = Effect.gen(function* () {
       // the request ends (or times out) before anyone else may send it.
       if (!(yield* renew(row))) return { _tag: "Lost" } as const
       const refused = (reason: string): RetrySchedule.Outcome => ({ _tag: "Refused", reason })
+      // A peer the operator blocked is not told now, but the change still stands here: the notice
+      // is held (retried on the same back-off, within the same horizon) and sent once the peer is
+      // trusted again, so the two registries agree again after a block is lifted.
+      const held = (reason: string): RetrySchedule.Outcome => ({ _tag: "NetworkError", message: `held: ${reason}` })
       const outcome: RetrySchedule.Outcome | { readonly _tag: "Deferred"; readonly retryAfterMs: number } = yield* Effect.gen(function* () {
         if (Option.isNone(peer)) return refused(`${row.peer} is not on this registry's allowlist`)
-        if (peer.value.status === "blocked") return refused(`${row.peer} is blocked by this registry's operator`)
-        if (peer.value.status !== "trusted") return refused(`${row.peer} is not trusted`)
+        if (peer.value.status === "blocked") return held(`${row.peer} is blocked by this registry's operator`)
+        if (peer.value.status !== "trusted") return held(`${row.peer} is not trusted`)
         const sent = yield* Effect.either(client.signed(peer.value, "POST", pathOf(row.kind), fromJson(row.body)))
         if (Either.isLeft(sent)) return callFailure(sent.left, config.requestTimeoutMs)
         if (sent.right.status >= 200 && sent.right.status < 300) return { _tag: "Response", status: sent.right.status } as const
@@ -349,6 +356,11 @@ export const make = Effect.gen(function* () {
         }
       }),
     wake,
+    resume: (peer) =>
+      Effect.zipRight(
+        sql`UPDATE peer_notices SET next_attempt_at = now() WHERE peer = ${peer} AND status = 'pending'`,
+        wake
+      ),
     list: ({ limit, peer, status }) =>
       Effect.map(
         sql<{

@@ -138,6 +138,48 @@ for (const { name: backend } of TestDatabase.backends) {
     }, 90_000)
   })
 
+  describe(`notices to a registry the operator blocked (${backend})`, () => {
+    it("are held, not failed, while it is blocked, and told once it is trusted again", async () => {
+      await run(Effect.gen(function* () {
+        // The held notice's next try is a minute away, so only lifting the block can send it sooner.
+        const cluster = yield* Cluster.make({
+          size: 2,
+          backend,
+          retrySchedule: { ...Cluster.retrySchedule, baseDelayMs: 60_000, maxDelayMs: 60_000 }
+        })
+        const [x, y] = cluster.members as [Cluster.Member, Cluster.Member]
+        yield* cluster.trustAll
+        const alice = yield* Fixtures.person(x.server(), "alice")
+        const bob = yield* Fixtures.person(y.server(), "bob")
+        yield* Effect.promise(() => befriendAcross(alice, bob, y))
+        const peersAtX = (yield* x.admin("GET", "/peers")).body as Array<{ instance_id: string; name: string }>
+        const yAtX = peersAtX.find((p) => p.name === y.name)!.instance_id
+
+        expect((yield* x.admin("PATCH", `/peers/${yAtX}`, { status: "blocked" })).status).toBe(200)
+        const [row] = yield* alice.client.friends.list({ urlParams: {} })
+        yield* alice.client.friends.unfriend({ path: { id: row!.id } })
+        // Tried, not sent, and kept: y still has the friendship meanwhile.
+        const held = yield* Fixtures.eventually(
+          Effect.map(x.admin("GET", "/notices"), (answer) => answer.body as Array<{ status: string; attempts: number; last_error: string | null }>),
+          (list) => list.length === 1 && list[0]!.attempts >= 1,
+          { timeoutMs: 10_000, label: "the notice tried while y is blocked" }
+        )
+        expect(held[0]!.status).toBe("pending")
+        expect(held[0]!.last_error).toContain("blocked")
+        expect(yield* Effect.promise(() => friendNames(bob, "accepted"))).toEqual([`alice@${x.name}`])
+
+        // Trusted again: told now, without anyone acting on the friendship again.
+        expect((yield* x.admin("PATCH", `/peers/${yAtX}`, { status: "trusted" })).status).toBe(200)
+        yield* Fixtures.eventually(
+          Effect.promise(() => friendNames(bob, "accepted")),
+          (names) => names.length === 0,
+          { timeoutMs: 10_000, label: "the friendship gone at y" }
+        )
+        expect(yield* Effect.promise(() => noticeStatuses(x))).toEqual(["friendship:delivered"])
+      }))
+    }, 120_000)
+  })
+
   describe(`an older notice never lands on a newer state (${backend})`, () => {
     it("unfriended while the peer was down, then befriended again before the retry: the peer applies both, in order", async () => {
       await run(Effect.gen(function* () {
