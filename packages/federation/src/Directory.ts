@@ -238,7 +238,15 @@ export const make: Effect.Effect<
         const response = yield* tell(membership.homeInstance, Protocol.paths.groupJoin, {
           group_id: membership.groupId,
           username: actor.username
-        } satisfies Protocol.GroupMember)
+        } satisfies Protocol.GroupMember).pipe(
+          Effect.tapError((e) =>
+            // The home no longer holds the invitation (withdrawn, or the group is gone, while this
+            // registry could not be told): the entry here is stale, so it goes, as a members
+            // listing answered GROUP_NOT_FOUND drops it.
+            (e._tag === "Forbidden" && e.code === "INVITE_REQUIRED") || (e._tag === "NotFound" && e.code === "GROUP_NOT_FOUND")
+              ? store.forgetRemoteGroup(membership.groupId, membership.userId)
+              : Effect.void)
+        )
         const answer = yield* decode(Protocol.GroupJoinAnswer, membership.homeInstance, response.body)
         const joined = yield* store.recordJoined(membership.groupId, membership.userId, answer.member_count)
         return Option.getOrElse(joined, () => ({ ...membership, status: "active" as const, memberCount: answer.member_count }))
