@@ -43,6 +43,43 @@ export interface RemoteGroupMembership {
 }
 
 /**
+ * A group as a client of this registry names it in `/groups/:id/…` or a send:
+ * a bare id, or `id@home` for the group `id` of registry `home`. Two registries
+ * may both name a group `id` to this one (ids are only unique at their home), so
+ * a remote group is known here by its home and id together; the bare id serves
+ * as long as it names one group for the user. `id@<this registry>` is the bare id.
+ */
+export interface GroupAddress {
+  readonly groupId: string
+  /** The home registry named, lowercased; undefined for a bare id or this registry. */
+  readonly home: string | undefined
+}
+
+/** Reads a client's group address (group ids never hold `@`; instance names may hold `:`). */
+export const parseGroupAddress = (address: string, localInstance: string | undefined): GroupAddress => {
+  const at = address.lastIndexOf("@")
+  if (at <= 0 || at === address.length - 1) return { groupId: address, home: undefined }
+  const home = address.slice(at + 1).toLowerCase()
+  return { groupId: address.slice(0, at), home: home === localInstance?.toLowerCase() ? undefined : home }
+}
+
+/** The qualified address of a remote group: `id@home`. */
+export const qualifiedGroupAddress = (r: { readonly groupId: string; readonly homeInstance: string }): string =>
+  `${r.groupId}@${r.homeInstance}`
+
+/**
+ * How a user's remote groups are addressed to them: the bare id, or `id@home`
+ * for each of several groups that share an id (from different homes).
+ */
+export const groupAddresses = <R extends { readonly groupId: string; readonly homeInstance: string }>(
+  rows: ReadonlyArray<R>
+): ReadonlyArray<{ readonly row: R; readonly address: string }> => {
+  const counts = new Map<string, number>()
+  for (const r of rows) counts.set(r.groupId, (counts.get(r.groupId) ?? 0) + 1)
+  return rows.map((row) => ({ row, address: (counts.get(row.groupId) ?? 0) > 1 ? qualifiedGroupAddress(row) : row.groupId }))
+}
+
+/**
  * What asking another registry can fail with, in the contract's terms: its
  * refusal passed on with the status it answered (`403`, `404`; other refusals
  * `409`), or `503` when it could not be asked or answered nonsense.
@@ -83,8 +120,15 @@ export interface RemoteDirectoryService {
   readonly inviteToGroup: (
     input: { readonly group: { readonly id: string; readonly name: string }; readonly invitee: Store.User; readonly invitedBy: Actor; readonly memberCount: number }
   ) => Effect.Effect<void, RemoteFailure>
-  /** Local users' invitations to and memberships in the remote group `groupId` (none: not a known remote group). */
-  readonly remoteGroupMembers: (groupId: string) => Effect.Effect<ReadonlyArray<RemoteGroupMembership>, SqlError>
+  /**
+   * Local users' invitations to and memberships in the group `groupId` homed at
+   * `homeInstance` (none: not a known remote group). Without a home, those of
+   * every home that named a group `groupId` here (only to tell whether any did).
+   */
+  readonly remoteGroupMembers: (
+    groupId: string,
+    homeInstance: string | undefined
+  ) => Effect.Effect<ReadonlyArray<RemoteGroupMembership>, SqlError>
   /** The remote groups `userId` is invited to or a member of. */
   readonly remoteGroupsOf: (userId: string) => Effect.Effect<ReadonlyArray<RemoteGroupMembership>, SqlError>
   /** Accepts an invitation at the group's home registry; answers the membership now active. */

@@ -2,7 +2,17 @@ export * as ApiKey from "./ApiKey.js"
 export * as Batcher from "./Batcher.js"
 export * as Callback from "./Callback.js"
 export { CallbackUrls } from "./CallbackUrls.js"
-export { type Actor, type FriendshipMirror, RemoteDirectory, type RemoteFailure, type RemoteGroupMembership } from "./Directory.js"
+export {
+  type Actor,
+  type FriendshipMirror,
+  type GroupAddress,
+  groupAddresses,
+  parseGroupAddress,
+  qualifiedGroupAddress,
+  RemoteDirectory,
+  type RemoteFailure,
+  type RemoteGroupMembership
+} from "./Directory.js"
 export * as Errors from "./Errors.js"
 export { Events, type RegistryEvent } from "./Events.js"
 export * as Graph from "./Graph.js"

@@ -230,7 +230,7 @@ export const make: Effect.Effect<
         } satisfies Protocol.GroupInvite)
       }),
 
-    remoteGroupMembers: (groupId) => store.remoteGroupMembers(groupId),
+    remoteGroupMembers: (groupId, homeInstance) => store.remoteGroupMembers(groupId, homeInstance),
     remoteGroupsOf: (userId) => store.remoteGroupsOf(userId),
 
     joinRemoteGroup: (membership, actor) =>
@@ -238,9 +238,17 @@ export const make: Effect.Effect<
         const response = yield* tell(membership.homeInstance, Protocol.paths.groupJoin, {
           group_id: membership.groupId,
           username: actor.username
-        } satisfies Protocol.GroupMember)
+        } satisfies Protocol.GroupMember).pipe(
+          Effect.tapError((e) =>
+            // The home no longer holds the invitation (withdrawn, or the group is gone, while this
+            // registry could not be told): the entry here is stale, so it goes, as a members
+            // listing answered GROUP_NOT_FOUND drops it.
+            (e._tag === "Forbidden" && e.code === "INVITE_REQUIRED") || (e._tag === "NotFound" && e.code === "GROUP_NOT_FOUND")
+              ? store.forgetRemoteGroup(membership)
+              : Effect.void)
+        )
         const answer = yield* decode(Protocol.GroupJoinAnswer, membership.homeInstance, response.body)
-        const joined = yield* store.recordJoined(membership.groupId, membership.userId, answer.member_count)
+        const joined = yield* store.recordJoined(membership, answer.member_count)
         return Option.getOrElse(joined, () => ({ ...membership, status: "active" as const, memberCount: answer.member_count }))
       }),
 
@@ -250,7 +258,7 @@ export const make: Effect.Effect<
         const response = yield* call(peer, "GET", Protocol.paths.groupMembers(membership.groupId, actor.username))
         if (response.status === 404 && errorOf(response).code === "GROUP_NOT_FOUND") {
           // Gone at its home (ended while this registry could not be told): forget it here too.
-          yield* store.forgetRemoteGroup(membership.groupId, membership.userId)
+          yield* store.forgetRemoteGroup(membership)
         }
         if (response.status === 403 || response.status === 404) return yield* refused(peer.name, response)
         if (response.status !== 200) return yield* unavailableAnswer(peer.name, response)
@@ -285,7 +293,7 @@ export const make: Effect.Effect<
           // Already gone at the home: forget it here too.
           Effect.catchTag("NotFound", () => Effect.void)
         )
-        yield* store.forgetRemoteGroup(membership.groupId, membership.userId)
+        yield* store.forgetRemoteGroup(membership)
       }),
 
     endRemoteMemberships: ({ by, group, members, reason }) =>

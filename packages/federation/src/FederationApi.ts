@@ -350,11 +350,11 @@ export const layer = HttpApiBuilder.Router.use((router) =>
         Effect.gen(function* () {
           const invite = yield* decodeBody(Protocol.GroupInvite, body)
           const user = yield* localUser(invite.username)
-          // Only a group's home speaks for it: not for a group homed here, nor one homed elsewhere.
-          const homedHere = Option.isSome(yield* groups.find(invite.group_id))
-          const home = homedHere ? config.instanceName : yield* store.remoteGroupHome(invite.group_id)
-          if (home !== undefined && home !== peer.name) {
-            return yield* Refusal.of(403, "NOT_GROUP_HOME", "That group's home is another registry")
+          // Only a group's home speaks for it, so no peer names a group homed here. A group of
+          // another registry is known here by its home and id together: a peer naming an id some
+          // other registry uses names a group of its own, and cannot touch that registry's.
+          if (Option.isSome(yield* groups.find(invite.group_id))) {
+            return yield* Refusal.of(403, "NOT_GROUP_HOME", "That group's home is this registry")
           }
           const invitedBy = `${invite.invited_by.toLowerCase()}@${peer.name}`
           yield* store.recordInvite({
@@ -365,16 +365,26 @@ export const layer = HttpApiBuilder.Router.use((router) =>
             memberCount: invite.member_count,
             invitedBy
           })
-          yield* events.publish({ _tag: "GroupInvite", userId: user.id, groupId: invite.group_id, groupName: invite.group_name, invitedBy })
+          // Named as the user addresses it: `id@home` when another registry's group has the same id.
+          const sameId = (yield* store.remoteGroupsOf(user.id)).filter((r) => r.groupId === invite.group_id)
+          const groupId = sameId.length > 1 ? `${invite.group_id}@${peer.name}` : invite.group_id
+          yield* events.publish({ _tag: "GroupInvite", userId: user.id, groupId, groupName: invite.group_name, invitedBy })
           return json(200, { status: "invited" })
         }))
     )
 
+    /**
+     * The calling registry's user, acting on a group homed here: a peer's join, leave or
+     * members listing never reaches a group of another registry this one knows.
+     */
     const memberOfHere = (peer: Peer, member: Protocol.GroupMember) =>
-      Effect.flatMap(users.findByUsername(`${member.username.toLowerCase()}@${peer.name}`), Option.match({
-        onNone: () => Effect.fail(Refusal.of(404, "GROUP_NOT_FOUND", "No such group, or that user was not invited to it")),
-        onSome: (user) => Effect.succeed(shadowPrincipal(user))
-      }))
+      Effect.gen(function* () {
+        const notFound = Refusal.of(404, "GROUP_NOT_FOUND", "No such group, or that user was not invited to it")
+        if (Option.isNone(yield* groups.find(member.group_id))) return yield* notFound
+        const user = yield* users.findByUsername(`${member.username.toLowerCase()}@${peer.name}`)
+        if (Option.isNone(user)) return yield* notFound
+        return shadowPrincipal(user.value)
+      })
 
     yield* router.get(
       `${Protocol.PREFIX}/groups/:id/members`,
@@ -425,17 +435,27 @@ export const layer = HttpApiBuilder.Router.use((router) =>
           const ended = yield* decodeBody(Protocol.GroupEnded, body)
           const found = yield* users.findByUsernames(ended.usernames.map((name) => name.toLowerCase()))
           const userIds = found.flatMap((u) => (u.instance === null ? [u.id] : []))
+          // Only this peer's group of that id: another registry's group of the same id stays.
           const forgotten = yield* store.endRemoteMemberships(ended.group_id, peer.name, userIds)
           const first = forgotten[0]
           if (ended.reason === "deleted" && first !== undefined) {
-            yield* events.publish({
-              _tag: "GroupLeave",
-              userIds: forgotten.map((r) => r.userId),
-              groupId: ended.group_id,
-              groupName: first.groupName,
-              username: `${ended.by.toLowerCase()}@${peer.name}`,
-              reason: "deleted"
-            })
+            // Those who still know another registry's group by this id knew this one as `id@home`.
+            const others = new Set((yield* store.remoteGroupMembers(ended.group_id, undefined)).map((r) => r.userId))
+            const told = forgotten.map((r) => r.userId)
+            for (const [userIds, groupId] of [
+              [told.filter((id) => !others.has(id)), ended.group_id],
+              [told.filter((id) => others.has(id)), `${ended.group_id}@${peer.name}`]
+            ] as const) {
+              if (userIds.length === 0) continue
+              yield* events.publish({
+                _tag: "GroupLeave",
+                userIds,
+                groupId,
+                groupName: first.groupName,
+                username: `${ended.by.toLowerCase()}@${peer.name}`,
+                reason: "deleted"
+              })
+            }
           }
           return json(200, { forgotten: forgotten.length })
         }))

@@ -73,10 +73,13 @@ export const make: Effect.Effect<
             : {})
         })
       }
-      const home = Option.isSome(yield* groups.find(m.recipientId))
-        ? config.instanceName
-        : yield* store.remoteGroupHome(m.recipientId)
-      if (home === undefined) return Either.left("the group no longer exists")
+      // A group homed here goes to its members' registries; one homed elsewhere only to its home,
+      // which is the peer this delivery is for (another registry may use the same id for a group of its own).
+      const homedHere = Option.isSome(yield* groups.find(m.recipientId))
+      if (!homedHere && (yield* store.remoteGroupMembers(m.recipientId, peer)).length === 0) {
+        return Either.left("the group no longer exists")
+      }
+      const home = homedHere ? config.instanceName : peer
       return Either.right<Protocol.ForwardedMessage>({
         ...base,
         recipient_type: "group",

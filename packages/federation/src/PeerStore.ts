@@ -2,7 +2,9 @@
  * Federation's tables on `@effect/sql` (PostgreSQL dialect, PGlite or
  * PostgreSQL): this registry's keys (`instance_keys`), the operator's
  * allowlist (`registry_instances`), seen request nonces (`federation_nonces`),
- * and local users' side of remote groups (`remote_group_members`).
+ * and local users' side of remote groups (`remote_group_members`), each
+ * known by its home and id together: two registries naming a group by the
+ * same id name two groups here, and a change from one never touches the other's.
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
@@ -154,16 +156,15 @@ export const make = Effect.gen(function* () {
 
     // -- remote groups -------------------------------------------------------
 
-    remoteGroupMembers: (groupId: string) =>
+    /** Local users' rows of the group `groupId` homed at `homeInstance` (without one: of any home). */
+    remoteGroupMembers: (groupId: string, homeInstance: string | undefined) =>
       Effect.map(
-        sql`SELECT * FROM remote_group_members WHERE group_id = ${groupId} ORDER BY created_at, user_id`,
+        homeInstance === undefined
+          ? sql`SELECT * FROM remote_group_members WHERE group_id = ${groupId} ORDER BY created_at, user_id`
+          : sql`
+            SELECT * FROM remote_group_members WHERE group_id = ${groupId} AND home_instance = ${homeInstance}
+            ORDER BY created_at, user_id`,
         (rows) => rows.map(remoteRow)
-      ),
-    /** The registry a remote group is homed at, as its rows here say (they all name the same one). */
-    remoteGroupHome: (groupId: string) =>
-      Effect.map(
-        sql<{ home_instance: string }>`SELECT home_instance FROM remote_group_members WHERE group_id = ${groupId} LIMIT 1`,
-        (rows) => rows[0]?.home_instance
       ),
     remoteGroupsOf: (userId: string) =>
       Effect.map(
@@ -171,7 +172,11 @@ export const make = Effect.gen(function* () {
         (rows) => rows.map(remoteRow)
       ),
 
-    /** An invitation arrived from the group's home; an existing row keeps its status. */
+    /**
+     * An invitation arrived from the group's home; an existing row keeps its status.
+     * Rows are keyed by home and id, so a registry naming another's group id only
+     * writes a row of its own.
+     */
     recordInvite: (input: {
       readonly groupId: string
       readonly groupName: string
@@ -184,21 +189,24 @@ export const make = Effect.gen(function* () {
         INSERT INTO remote_group_members (group_id, user_id, home_instance, group_name, status, member_count, invited_by)
         VALUES (${input.groupId}, ${input.userId}, ${input.homeInstance}, ${input.groupName}, 'invited',
           ${input.memberCount}, ${input.invitedBy})
-        ON CONFLICT (group_id, user_id) DO UPDATE SET group_name = EXCLUDED.group_name,
-          member_count = EXCLUDED.member_count
-        WHERE remote_group_members.home_instance = EXCLUDED.home_instance`),
+        ON CONFLICT (group_id, home_instance, user_id) DO UPDATE SET group_name = EXCLUDED.group_name,
+          member_count = EXCLUDED.member_count`),
 
-    recordJoined: (groupId: string, userId: string, memberCount: number) =>
+    recordJoined: (membership: { readonly groupId: string; readonly homeInstance: string; readonly userId: string }, memberCount: number) =>
       Effect.map(
         sql`
           UPDATE remote_group_members SET status = 'active', member_count = ${memberCount},
             joined_at = COALESCE(joined_at, now())
-          WHERE group_id = ${groupId} AND user_id = ${userId} RETURNING *`,
+          WHERE group_id = ${membership.groupId} AND home_instance = ${membership.homeInstance}
+            AND user_id = ${membership.userId}
+          RETURNING *`,
         (rows) => Option.map(Option.fromNullable(rows[0]), remoteRow)
       ),
 
-    forgetRemoteGroup: (groupId: string, userId: string) =>
-      Effect.asVoid(sql`DELETE FROM remote_group_members WHERE group_id = ${groupId} AND user_id = ${userId}`),
+    forgetRemoteGroup: (membership: { readonly groupId: string; readonly homeInstance: string; readonly userId: string }) =>
+      Effect.asVoid(sql`
+        DELETE FROM remote_group_members
+        WHERE group_id = ${membership.groupId} AND home_instance = ${membership.homeInstance} AND user_id = ${membership.userId}`),
 
     /** The group's home says these memberships ended; only rows of a group homed at `homeInstance` go. */
     endRemoteMemberships: (groupId: string, homeInstance: string, userIds: ReadonlyArray<string>) =>

@@ -326,8 +326,8 @@ describe("federation across three registries", () => {
     expect({ status: forged.status, code: forged.body.code }).toEqual({ status: 403, code: "NOT_GROUP_HOME" })
     expect(await counts(a)).toEqual(before)
 
-    // Nor can another registry rename the group through an invitation, at a member's registry
-    // or at the home itself.
+    // Nor can another registry rename the group through an invitation: the home refuses one naming
+    // its group, and at a member's registry the same id from b names b's own group, beside a's.
     const invite = (to: Cluster.Member, username: string) =>
       run(Cluster.send(Cluster.signedRequest({
         instance: b.name,
@@ -337,12 +337,15 @@ describe("federation across three registries", () => {
         path: Protocol.paths.groupInvite,
         body: { group_id: group.group_id, group_name: "renamed by b", member_count: 999, username, invited_by: "mallory" }
       })))
-    for (const [to, username] of [[c, "carol"], [a, "dave"]] as const) {
-      const refused = await invite(to, username)
-      expect({ status: refused.status, code: refused.body.code }).toEqual({ status: 403, code: "NOT_GROUP_HOME" })
-    }
-    const atCarol = (await run(carol.client.groups.list())).find((g) => g.group_id === group.group_id)
-    expect(atCarol).toMatchObject({ name: "trio", status: "active", member_count: 4 })
+    const refused = await invite(a, "dave")
+    expect({ status: refused.status, code: refused.body.code }).toEqual({ status: 403, code: "NOT_GROUP_HOME" })
+    expect((await invite(c, "carol")).status).toBe(200)
+    const atCarol = await run(carol.client.groups.list())
+    expect(atCarol.find((g) => g.group_id === `${group.group_id}@${a.name}`)).toMatchObject({ name: "trio", status: "active", member_count: 4 })
+    expect(atCarol.find((g) => g.group_id === `${group.group_id}@${b.name}`)).toMatchObject({ name: "renamed by b", status: "invited" })
+    // Carol declines b's; the bare id names a's group alone again.
+    await run(carol.client.groups.leave({ path: { id: `${group.group_id}@${b.name}` } }))
+    expect((await run(carol.client.groups.list())).find((g) => g.group_id === group.group_id)).toMatchObject({ name: "trio", status: "active" })
   })
 
   it("a group forward that reached no agent on the far side is failed at the origin, not delivered", async () => {

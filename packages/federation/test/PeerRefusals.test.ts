@@ -99,6 +99,11 @@ describe("a refusal by the other registry", () => {
     const refused = await call(b, pia, "POST", `/groups/${groupId}/join`)
     expect(refused).toEqual({ status: 403, body: { code: "INVITE_REQUIRED", error: expect.stringContaining(a.name) } })
     expect((await run(owner.client.groups.members({ path: { id: groupId } }))).map((m) => m.username)).toEqual(["olga"])
+    // The home's word stands at b too: the stale invitation is no longer listed there, nor kept.
+    expect(await listed(pia)).toEqual([])
+    expect(await run(b.sql((sql) => sql`SELECT * FROM remote_group_members WHERE group_id = ${groupId}`))).toEqual([])
+    const again = await call(b, pia, "POST", `/groups/${groupId}/join`)
+    expect(again).toEqual({ status: 404, body: { code: "GROUP_NOT_FOUND", error: expect.any(String) } })
   })
 
   it("leaving a remote group the member owns is 403 OWNER_MUST_TRANSFER, as the home answers, and the membership stays", async () => {

@@ -238,13 +238,24 @@ const peerNotices = run([
   `CREATE INDEX peer_notices_pending_idx ON peer_notices (peer, seq) WHERE status = 'pending'`
 ])
 
+/**
+ * Federation: a remote group is known by its home and id together. Keyed by id
+ * alone, the first registry to name an id here was taken as that group's home,
+ * and the real home's invitations were refused; now each home's group is its own.
+ */
+const remoteGroupsByHome = run([
+  `ALTER TABLE remote_group_members DROP CONSTRAINT remote_group_members_pkey`,
+  `ALTER TABLE remote_group_members ADD PRIMARY KEY (group_id, home_instance, user_id)`
+])
+
 /** Loader for `@effect/sql`'s Migrator. */
 export const loader = Migrator.fromRecord({
   "1_initial": initial,
   "2_remote_groups": remoteGroups,
   "3_drop_unused_delivery_index": dropUnusedDeliveryIndex,
   "4_recipient_routing": recipientRouting,
-  "5_peer_notices": peerNotices
+  "5_peer_notices": peerNotices,
+  "6_remote_groups_by_home": remoteGroupsByHome
 })
 
 export const table = "mahilo_migrations"

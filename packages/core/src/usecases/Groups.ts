@@ -1,6 +1,6 @@
 /** Groups: create, list, view, invite, join, leave, transfer, delete, members. */
 import { Effect, Option } from "effect"
-import { RemoteDirectory, type RemoteGroupMembership } from "../Directory.js"
+import { groupAddresses, parseGroupAddress, qualifiedGroupAddress, RemoteDirectory, type RemoteGroupMembership } from "../Directory.js"
 import * as Errors from "../Errors.js"
 import { Events } from "../Events.js"
 import * as Graph from "../Graph.js"
@@ -14,12 +14,15 @@ const groupNotFound = () => Errors.NotFound.of("GROUP_NOT_FOUND", "No such group
 
 type Friends = Effect.Effect.Success<typeof makeFriends>
 
-/** Federation: a remote group as the member sees it here (its home keeps the rest). */
-const remoteListing = (r: RemoteGroupMembership): Store.GroupListing => ({
-  group: { id: r.groupId, name: r.groupName, description: null, inviteOnly: true, createdAt: r.createdAt },
+/**
+ * Federation: a remote group as the member sees it here (its home keeps the rest),
+ * under the address they name it by (`id`, or `id@home` when two homes used that id).
+ */
+const remoteListing = (r: RemoteGroupMembership, address: string): Store.GroupListing => ({
+  group: { id: address, name: r.groupName, description: null, inviteOnly: true, createdAt: r.createdAt },
   membership: {
-    id: `${r.groupId}:${r.userId}`,
-    groupId: r.groupId,
+    id: `${address}:${r.userId}`,
+    groupId: address,
     userId: r.userId,
     role: "member",
     status: r.status,
@@ -37,9 +40,38 @@ export const make = (friends: Friends) =>
     const events = yield* Events
     const directory = yield* RemoteDirectory
 
-    /** Federation: the caller's invitation to or membership in a group of another registry. */
-    const remoteMembership = (groupId: string, userId: string) =>
-      Effect.map(directory.remoteGroupMembers(groupId), (rows) => Option.fromNullable(rows.find((r) => r.userId === userId)))
+    /**
+     * Federation: what a client's group address names for this user. `id@home` is the
+     * group `id` of registry `home` (404 unless the user was invited to it). A bare id is
+     * this registry's group when `here` says the user has it here, else the one group
+     * of another registry the user knows by that id; when two homes named the user a
+     * group with that id, the bare id is ambiguous (`409 GROUP_AMBIGUOUS`), never a guess.
+     */
+    const target = <E>(userId: string, address: string, here: (groupId: string) => Effect.Effect<boolean, E>) =>
+      Effect.gen(function* () {
+        const { groupId, home } = parseGroupAddress(address, directory.localInstance)
+        const local = { _tag: "Local" as const, groupId }
+        if (home === undefined && (yield* here(groupId))) return local
+        const sameId = (yield* directory.remoteGroupsOf(userId)).filter((r) => r.groupId === groupId)
+        const named = home === undefined ? sameId : sameId.filter((r) => r.homeInstance.toLowerCase() === home)
+        if (named.length === 0) return home === undefined ? local : yield* groupNotFound()
+        if (named.length > 1) {
+          return yield* Errors.Conflict.of(
+            "GROUP_AMBIGUOUS",
+            `Several registries named you a group ${groupId}; address one as ${named.map(qualifiedGroupAddress).join(" or ")}`
+          )
+        }
+        const membership = named[0]!
+        return {
+          _tag: "Remote" as const,
+          membership,
+          address: sameId.length > 1 ? qualifiedGroupAddress(membership) : groupId
+        }
+      })
+
+    /** The caller has a membership (active or invited) in a group of this registry. */
+    const hasMembership = (userId: string) => (groupId: string) =>
+      Effect.map(groups.findMembership(groupId, userId), Option.isSome)
 
     const membershipOf = (groupId: string, userId: string) =>
       Effect.map(groups.findMembership(groupId, userId), Option.getOrUndefined)
@@ -63,13 +95,12 @@ export const make = (friends: Friends) =>
       ])
 
     /** The group as the caller sees it: members (active or invited) only. */
-    const view = (principal: Principal, groupId: string) =>
+    const view = (principal: Principal, address: string) =>
       Effect.gen(function* () {
+        const at = yield* target(principal.userId, address, hasMembership(principal.userId))
+        if (at._tag === "Remote") return remoteListing(at.membership, at.address)
+        const groupId = at.groupId
         const membership = yield* membershipOf(groupId, principal.userId)
-        if (membership === undefined) {
-          const remote = yield* remoteMembership(groupId, principal.userId)
-          if (Option.isSome(remote)) return remoteListing(remote.value)
-        }
         if (!Graph.canView(membership)) return yield* groupNotFound()
         const group = yield* groupOf(groupId)
         const memberCount = yield* groups.activeMemberCount(groupId)
@@ -112,7 +143,10 @@ export const make = (friends: Friends) =>
         Effect.zipWith(
           groups.listForUser(principal.userId),
           directory.remoteGroupsOf(principal.userId),
-          (local, remote): ReadonlyArray<Store.GroupListing> => [...local, ...remote.map(remoteListing)]
+          (local, remote): ReadonlyArray<Store.GroupListing> => [
+            ...local,
+            ...groupAddresses(remote).map(({ address, row }) => remoteListing(row, address))
+          ]
         ),
 
       viewGroup: view,
@@ -151,20 +185,18 @@ export const make = (friends: Friends) =>
           return { membershipId, userId: invitee.id, username: invitee.username, status: "invited" as const }
         }),
 
-      join: (principal: Principal, groupId: string) =>
+      join: (principal: Principal, address: string) =>
         Effect.gen(function* () {
-          const group = yield* Effect.map(groups.find(groupId), Option.getOrUndefined)
-          if (group === undefined) {
+          const at = yield* target(principal.userId, address, (id) => Effect.map(groups.find(id), Option.isSome))
+          if (at._tag === "Remote") {
             // Federation: accepting an invitation to a group of another registry is done at its home.
-            const remote = yield* remoteMembership(groupId, principal.userId)
-            if (Option.isSome(remote)) {
-              if (remote.value.status === "active") {
-                return yield* Errors.Conflict.of("ALREADY_MEMBER", "You are already a member of this group")
-              }
-              const joined = remoteListing(yield* directory.joinRemoteGroup(remote.value, principal))
-              return { group: joined.group, membership: joined.membership }
+            if (at.membership.status === "active") {
+              return yield* Errors.Conflict.of("ALREADY_MEMBER", "You are already a member of this group")
             }
+            const joined = remoteListing(yield* directory.joinRemoteGroup(at.membership, principal), at.address)
+            return { group: joined.group, membership: joined.membership }
           }
+          const groupId = at.groupId
           const joined = yield* groups.exclusively(groupId, Effect.gen(function* () {
             // Read again under the lock: the group may have been deleted meanwhile.
             const current = yield* Effect.map(groups.find(groupId), Option.getOrUndefined)
@@ -190,26 +222,25 @@ export const make = (friends: Friends) =>
           return { group: joined.group, membership: joined.membership }
         }),
 
-      leave: (principal: Principal, groupId: string) =>
+      leave: (principal: Principal, address: string) =>
         Effect.gen(function* () {
-          const membership = yield* membershipOf(groupId, principal.userId)
-          if (membership === undefined) {
+          const at = yield* target(principal.userId, address, hasMembership(principal.userId))
+          if (at._tag === "Remote") {
             // Federation: leaving a group of another registry is done at its home.
-            const remote = yield* remoteMembership(groupId, principal.userId)
-            if (Option.isSome(remote)) {
-              yield* directory.leaveRemoteGroup(remote.value, principal)
-              // The home tells its members; the user's own sockets here hear it as for a group of this registry.
-              yield* events.publish({
-                _tag: "GroupLeave",
-                userIds: [principal.userId],
-                groupId,
-                groupName: remote.value.groupName,
-                username: principal.username,
-                reason: remote.value.status === "invited" ? "declined" : "left"
-              })
-              return { groupDeleted: false }
-            }
+            const remote = at.membership
+            yield* directory.leaveRemoteGroup(remote, principal)
+            // The home tells its members; the user's own sockets here hear it as for a group of this registry.
+            yield* events.publish({
+              _tag: "GroupLeave",
+              userIds: [principal.userId],
+              groupId: at.address,
+              groupName: remote.groupName,
+              username: principal.username,
+              reason: remote.status === "invited" ? "declined" : "left"
+            })
+            return { groupDeleted: false }
           }
+          const groupId = at.groupId
           const { before, change, declined, group, tellNow } = yield* groups.exclusively(groupId, Effect.gen(function* () {
             // Read again under the lock: a transfer or another leave may have just changed it.
             const current = yield* membershipOf(groupId, principal.userId)
@@ -237,18 +268,19 @@ export const make = (friends: Friends) =>
           return { groupDeleted: change._tag === "DeleteGroup" }
         }),
 
-      members: (principal: Principal, groupId: string) =>
+      members: (principal: Principal, address: string) =>
         Effect.gen(function* () {
-          const membership = yield* membershipOf(groupId, principal.userId)
-          if (membership === undefined) {
+          const at = yield* target(principal.userId, address, hasMembership(principal.userId))
+          if (at._tag === "Remote") {
             // Federation: a group of another registry is listed by its home.
-            const remote = yield* remoteMembership(groupId, principal.userId)
-            if (Option.isNone(remote)) return yield* groupNotFound()
-            if (remote.value.status !== "active") {
+            if (at.membership.status !== "active") {
               return yield* Errors.Forbidden.of("NOT_MEMBER", "Only active members can list the members")
             }
-            return yield* directory.remoteGroupMemberList(remote.value, principal)
+            return yield* directory.remoteGroupMemberList(at.membership, principal)
           }
+          const groupId = at.groupId
+          const membership = yield* membershipOf(groupId, principal.userId)
+          if (membership === undefined) return yield* groupNotFound()
           if (!Graph.canListMembers(membership)) {
             return yield* Errors.Forbidden.of("NOT_MEMBER", "Only active members can list the members")
           }

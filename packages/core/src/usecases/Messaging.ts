@@ -6,7 +6,7 @@
  * itself to make the first attempt at once.
  */
 import { Effect, Either, Option } from "effect"
-import { RemoteDirectory, type RemoteGroupMembership } from "../Directory.js"
+import { parseGroupAddress, qualifiedGroupAddress, RemoteDirectory, type RemoteGroupMembership } from "../Directory.js"
 import * as Errors from "../Errors.js"
 import { Events } from "../Events.js"
 import * as Graph from "../Graph.js"
@@ -455,11 +455,16 @@ export const make = Effect.gen(function* () {
 
   const sendToGroup = (principal: Principal, input: SendInput, payloadType: string, options: SendOptions) =>
     Effect.gen(function* () {
-      const found = yield* groups.find(input.recipient)
+      // A forward names the group by its bare id (the protocol allows no `@` in it); a client may say `id@home`.
+      const { groupId, home } = input.federated === undefined
+        ? parseGroupAddress(input.recipient, directory.localInstance)
+        : { groupId: input.recipient, home: undefined }
+      const found = home === undefined ? yield* groups.find(groupId) : Option.none()
       if (Option.isNone(found)) {
         // Federation: a group of another registry that local users belong to.
-        const remote = yield* directory.remoteGroupMembers(input.recipient)
-        if (remote.length > 0) return yield* sendToRemoteGroup(principal, input, payloadType, options, remote)
+        const remoteHome = yield* remoteGroupHome(principal, input, groupId, home)
+        const remote = yield* directory.remoteGroupMembers(groupId, remoteHome)
+        if (remote.length > 0) return yield* sendToRemoteGroup(principal, input, payloadType, options, remoteHome, remote)
         return yield* Errors.NotFound.of("GROUP_NOT_FOUND", "No group with that id")
       }
       const group = found.value
@@ -511,6 +516,28 @@ export const make = Effect.gen(function* () {
     })
 
   /**
+   * Federation: which registry's group `groupId` a send to a group not homed here is for.
+   * A forward is for the group of the registry it came from (only the home forwards to a
+   * member's registry), so no other registry's group of that id is touched. A local
+   * sender's is the one they named (`id@home`), or the one group of another registry they
+   * know by that id (several: `409 GROUP_AMBIGUOUS`; none: any home, only for the 403 a
+   * non-member gets).
+   */
+  const remoteGroupHome = (principal: Principal, input: SendInput, groupId: string, home: string | undefined) =>
+    Effect.gen(function* () {
+      if (input.federated !== undefined) return input.federated.originInstance
+      const mine = (yield* directory.remoteGroupsOf(principal.userId)).filter((r) =>
+        r.groupId === groupId && (home === undefined || r.homeInstance.toLowerCase() === home))
+      if (mine.length > 1) {
+        return yield* Errors.Conflict.of(
+          "GROUP_AMBIGUOUS",
+          `Several registries named you a group ${groupId}; address one as ${mine.map(qualifiedGroupAddress).join(" or ")}`
+        )
+      }
+      return mine[0]?.homeInstance ?? home
+    })
+
+  /**
    * Federation: a message to a group whose home is another registry. Local
    * members get it here; the home registry gets one forward and fans it out to
    * everyone else. A message the home forwarded here only goes to local members.
@@ -520,11 +547,13 @@ export const make = Effect.gen(function* () {
     input: SendInput,
     payloadType: string,
     options: SendOptions,
+    home: string | undefined,
     rows: ReadonlyArray<RemoteGroupMembership>
   ) =>
     Effect.gen(function* () {
       const { groupId, groupName, homeInstance } = rows[0]!
-      const fromHome = input.federated?.originInstance === homeInstance
+      // Only a forward from the group's own home is the home speaking (rows of any home are only read without one).
+      const fromHome = home !== undefined && input.federated?.originInstance === homeInstance
       if (!fromHome && !rows.some((r) => r.userId === principal.userId && r.status === "active")) {
         return yield* Errors.Forbidden.of("NOT_MEMBER", "Only active members can message this group")
       }

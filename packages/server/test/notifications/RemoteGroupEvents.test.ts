@@ -46,4 +46,48 @@ describe("group departures across registries", () => {
       expect((yield* promise(() => aliceSocket.waitFor("group_leave", (d) => d.username === "dave"))).data).toEqual(left)
       expect(aliceSocket.of("group_leave").map((f) => f.data)).toEqual([atHome, left])
     }), 120_000)
+
+  it.scopedLive("when two registries named a user a group of the same id, the user's events name each as id@home", () =>
+    Effect.gen(function* () {
+      const cluster = yield* Cluster.make({ size: 3 })
+      const [a, b, c] = cluster.members as [Cluster.Member, Cluster.Member, Cluster.Member]
+      yield* cluster.trustAll
+      const alice = yield* Fixtures.person(a.server(), "alice")
+      const mallory = yield* Fixtures.person(b.server(), "mallory")
+      const carol = yield* Fixtures.person(c.server(), "carol")
+      const real = yield* alice.client.groups.create({ payload: { name: "real" } })
+      const id = real.group_id
+      // b's operator gives a group of b's the id of a's group.
+      const decoy = yield* mallory.client.groups.create({ payload: { name: "decoy" } })
+      yield* b.sql((sql) =>
+        sql.withTransaction(Effect.gen(function* () {
+          yield* sql`INSERT INTO groups (id, name, description, invite_only, created_at)
+            SELECT ${id}, 'fake', description, invite_only, created_at FROM groups WHERE id = ${decoy.group_id}`
+          yield* sql`UPDATE group_memberships SET group_id = ${id} WHERE group_id = ${decoy.group_id}`
+          yield* sql`DELETE FROM groups WHERE id = ${decoy.group_id}`
+        })))
+      const carolSocket = yield* Notifications.open(c.url, carol.apiKey)
+      const invitedBy = (who: string) => (d: any) => d.invited_by === who
+
+      // b first: the only group of that id carol knows, so bare.
+      yield* mallory.client.groups.invite({ path: { id }, payload: { username: `carol@${c.name}` } })
+      expect((yield* promise(() => carolSocket.waitFor("group_invite", invitedBy(`mallory@${b.name}`)))).data)
+        .toMatchObject({ group_id: id, group_name: "fake" })
+      // Then a, the real home: a second group of that id, named with its home.
+      yield* alice.client.groups.invite({ path: { id }, payload: { username: `carol@${c.name}` } })
+      expect((yield* promise(() => carolSocket.waitFor("group_invite", invitedBy(`alice@${a.name}`)))).data)
+        .toMatchObject({ group_id: `${id}@${a.name}`, group_name: "real" })
+
+      // Declining b's is told under the address she used.
+      yield* carol.client.groups.leave({ path: { id: `${id}@${b.name}` } })
+      expect((yield* promise(() => carolSocket.waitFor("group_leave"))).data)
+        .toEqual({ group_id: `${id}@${b.name}`, group_name: "fake", username: "carol", reason: "declined" })
+
+      // Invited by b again, then a deletes its group: the end names a's group, not b's.
+      yield* mallory.client.groups.invite({ path: { id }, payload: { username: `carol@${c.name}` } })
+      yield* alice.client.groups.delete({ path: { id } })
+      expect((yield* promise(() => carolSocket.waitFor("group_leave", (d) => d.reason === "deleted"))).data)
+        .toEqual({ group_id: `${id}@${a.name}`, group_name: "real", username: `alice@${a.name}`, reason: "deleted" })
+      expect((yield* carol.client.groups.list()).map((g) => [g.group_id, g.name])).toEqual([[id, "fake"]])
+    }), 120_000)
 })
