@@ -308,7 +308,9 @@ export const make = (friends: Friends) =>
             const actor = yield* membershipOf(groupId, principal.userId)
             const change = yield* Graph.deleteGroup({ actor })
             const group = yield* groupOf(groupId)
-            const before = (yield* audience(groupId)).filter((id) => id !== principal.userId)
+            // The remaining members, and those invited: their invitation ends with the group.
+            const before = (yield* groups.members(groupId)).flatMap(({ membership: m }) =>
+              (m.status === "active" || m.status === "invited") && m.userId !== principal.userId ? [m.userId] : [])
             const remote = yield* remoteMembers(groupId)
             yield* apply(change)
             const tellNow = yield* tellEnded(group, remote, "deleted", principal)

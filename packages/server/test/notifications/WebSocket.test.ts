@@ -180,12 +180,14 @@ describe("notification stream", () => {
       yield* bob!.api.groups.leave({ path: { id: group.group_id } })
       expect((yield* promise(() => aliceSocket.waitFor("group_leave"))).data).toEqual({ ...joinedData, reason: "left" })
 
-      // Deleting the group tells the members who remained.
+      // Deleting the group tells the members who remained, and those invited (bob, again).
       yield* alice!.api.groups.invite({ path: { id: group.group_id }, payload: { username: "carol" } })
       yield* carol!.api.groups.join({ path: { id: group.group_id } })
+      yield* alice!.api.groups.invite({ path: { id: group.group_id }, payload: { username: "bob" } })
       yield* alice!.api.groups.delete({ path: { id: group.group_id } })
-      const gone = yield* promise(() => carolSocket.waitFor("group_leave"))
-      expect(gone.data).toEqual({ group_id: group.group_id, group_name: "hikers", username: "alice", reason: "deleted" })
+      const deleted = { group_id: group.group_id, group_name: "hikers", username: "alice", reason: "deleted" }
+      expect((yield* promise(() => carolSocket.waitFor("group_leave"))).data).toEqual(deleted)
+      expect((yield* promise(() => bobSocket.waitFor("group_leave", (d) => d.reason === "deleted"))).data).toEqual(deleted)
       // Carol was never told about bob's comings and goings before she was invited.
       expect(carolSocket.of("group_join").map((f) => f.data.username)).toEqual(["carol"])
     }))
