@@ -142,16 +142,7 @@ for (const { name: backend } of TestDatabase.backends) {
     it("are held, not failed, while it is blocked, and told once it is trusted again", async () => {
       await run(Effect.gen(function* () {
         // The held notice's next try is a minute away, so only lifting the block can send it sooner.
-        const cluster = yield* Cluster.make({
-          size: 2,
-          backend,
-          retrySchedule: { ...Cluster.retrySchedule, baseDelayMs: 60_000, maxDelayMs: 60_000 }
-        })
-        const [x, y] = cluster.members as [Cluster.Member, Cluster.Member]
-        yield* cluster.trustAll
-        const alice = yield* Fixtures.person(x.server(), "alice")
-        const bob = yield* Fixtures.person(y.server(), "bob")
-        yield* Effect.promise(() => befriendAcross(alice, bob, y))
+        const { alice, bob, x, y } = yield* Cluster.friendsAcross({ backend, retrySchedule: Cluster.slowRetrySchedule })
         const peersAtX = (yield* x.admin("GET", "/peers")).body as Array<{ instance_id: string; name: string }>
         const yAtX = peersAtX.find((p) => p.name === y.name)!.instance_id
 
@@ -184,17 +175,11 @@ for (const { name: backend } of TestDatabase.backends) {
     it("unfriended while the peer was down, then befriended again before the retry: the peer applies both, in order", async () => {
       await run(Effect.gen(function* () {
         // The notice's retry is a minute away, so only the new request can get it told first.
-        const cluster = yield* Cluster.make({
-          size: 2,
+        const { alice, bob, x, y } = yield* Cluster.friendsAcross({
           persistent: [1],
           backend,
-          retrySchedule: { ...Cluster.retrySchedule, baseDelayMs: 60_000, maxDelayMs: 60_000 }
+          retrySchedule: Cluster.slowRetrySchedule
         })
-        const [x, y] = cluster.members as [Cluster.Member, Cluster.Member]
-        yield* cluster.trustAll
-        const alice = yield* Fixtures.person(x.server(), "alice")
-        const bob = yield* Fixtures.person(y.server(), "bob")
-        yield* Effect.promise(() => befriendAcross(alice, bob, y))
 
         yield* y.stop
         const [row] = yield* alice.client.friends.list({ urlParams: {} })

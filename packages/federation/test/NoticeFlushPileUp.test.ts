@@ -39,7 +39,7 @@ describe("flushes waiting behind a peer that does not answer", () => {
       // The queued notice's retry is a minute away; only a flush tries it sooner.
       const cluster = yield* Cluster.make({
         size: 2,
-        retrySchedule: { ...Cluster.retrySchedule, baseDelayMs: 60_000, maxDelayMs: 60_000 },
+        retrySchedule: Cluster.slowRetrySchedule,
         federation: { ...Cluster.federationDefaults, requestTimeoutMs: 1_500 }
       })
       const [x, y] = cluster.members as [Cluster.Member, Cluster.Member]
@@ -80,7 +80,7 @@ describe("flushes waiting behind a peer that does not answer", () => {
       const cluster = yield* Cluster.make({
         size: 2,
         persistent: [1],
-        retrySchedule: { ...Cluster.retrySchedule, baseDelayMs: 60_000, maxDelayMs: 60_000 },
+        retrySchedule: Cluster.slowRetrySchedule,
         // A long lease (twice this, and a second): a lease left behind would be held all through the test.
         federation: { ...Cluster.federationDefaults, requestTimeoutMs: 30_000 }
       })

@@ -18,14 +18,7 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("a notice whose lease was 
 
   it("is not sent by the process that lost the lease while it was held up before sending", async () => {
     await run(Effect.gen(function* () {
-      const cluster = yield* Cluster.make({ size: 2, backend })
-      const [x, y] = cluster.members as [Cluster.Member, Cluster.Member]
-      yield* cluster.trustAll
-      const alice = yield* Fixtures.person(x.server(), "alice")
-      const bob = yield* Fixtures.person(y.server(), "bob")
-      yield* alice.client.friends.request({ payload: { username: `bob@${y.name}` } })
-      const asked = yield* bob.client.friends.list({ urlParams: { status: "pending" } })
-      yield* bob.client.friends.accept({ path: { id: asked[0]!.id } })
+      const { alice, bob, x } = yield* Cluster.friendsAcross({ backend })
 
       // Another session holds the allowlist table: x's attempt stops there, after it leased the notice.
       const locked = yield* Deferred.make<void>()

@@ -19,19 +19,11 @@ for (const { name: backend } of TestDatabase.backends) {
     it("unfriended here while the peer was down, then the peer's user asks again: the old unfriend does not undo the new request", async () => {
       await run(Effect.gen(function* () {
         // The queued notice's retry is a minute away: only a request or accept can get it told sooner.
-        const cluster = yield* Cluster.make({
-          size: 2,
+        const { alice, bob, x, y } = yield* Cluster.friendsAcross({
           persistent: [1],
           backend,
-          retrySchedule: { ...Cluster.retrySchedule, baseDelayMs: 60_000, maxDelayMs: 60_000 }
+          retrySchedule: Cluster.slowRetrySchedule
         })
-        const [x, y] = cluster.members as [Cluster.Member, Cluster.Member]
-        yield* cluster.trustAll
-        const alice = yield* Fixtures.person(x.server(), "alice")
-        const bob = yield* Fixtures.person(y.server(), "bob")
-        yield* alice.client.friends.request({ payload: { username: `bob@${y.name}` } })
-        const asked = yield* bob.client.friends.list({ urlParams: { status: "pending" } })
-        yield* bob.client.friends.accept({ path: { id: asked[0]!.id } })
 
         // y is down while alice unfriends bob: x queues the unfriend.
         yield* y.stop

@@ -17,6 +17,7 @@ import type { RetrySchedule } from "@mahilo/core"
 import { Signatures } from "@mahilo/federation"
 import { Database } from "@mahilo/server"
 import { Context, Effect, Exit, Redacted, Scope } from "effect"
+import * as Fixtures from "./Fixtures.js"
 import * as TestDatabase from "./TestDatabase.js"
 import * as TestServer from "./TestServer.js"
 
@@ -29,6 +30,9 @@ export const retrySchedule: RetrySchedule.RetrySchedule = {
   horizonMs: 60_000,
   jitter: 0.2
 }
+
+/** Retries a minute apart: within a test, only something other than the schedule gets a retry made. */
+export const slowRetrySchedule: RetrySchedule.RetrySchedule = { ...retrySchedule, baseDelayMs: 60_000, maxDelayMs: 60_000 }
 
 /** Federation settings that suit a cluster: quick rechecks and key re-fetches. */
 export const federationDefaults: NonNullable<TestServer.Options["federation"]> = {
@@ -269,4 +273,21 @@ export const send = (request: Signed): Effect.Effect<Answer> =>
     method: request.method,
     headers: request.headers,
     ...(request.method === "POST" ? { body: request.body } : {})
+  })
+
+/**
+ * Two registries that trust each other, `alice` on the first and `bob` on the
+ * second, friends (alice asked, bob accepted).
+ */
+export const friendsAcross = (options: Omit<Options, "size">) =>
+  Effect.gen(function* () {
+    const cluster = yield* make({ ...options, size: 2 })
+    const [x, y] = cluster.members as [Member, Member]
+    yield* cluster.trustAll
+    const alice = yield* Fixtures.person(x.server(), "alice")
+    const bob = yield* Fixtures.person(y.server(), "bob")
+    yield* alice.client.friends.request({ payload: { username: `bob@${y.name}` } })
+    const asked = yield* bob.client.friends.list({ urlParams: { status: "pending" } })
+    yield* bob.client.friends.accept({ path: { id: asked[0]!.id } })
+    return { cluster, x, y, alice, bob }
   })
