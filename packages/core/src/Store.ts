@@ -141,6 +141,11 @@ export interface FriendshipsService {
     status: Graph.FriendshipStatus
   ) => Effect.Effect<ReadonlyArray<FriendListing>, SqlError>
   readonly areFriends: (a: string, b: string) => Effect.Effect<boolean, SqlError>
+  /**
+   * The row, locked until the surrounding transaction ends (`atomically`): a
+   * change decided from it cannot be overtaken by another writer of the row.
+   */
+  readonly findLocked: (id: string) => Effect.Effect<Option.Option<Graph.Friendship>, SqlError>
   /** Runs `change` in one transaction: a friendship change and what it queues commit together, or neither. */
   readonly atomically: <A, E, R>(change: Effect.Effect<A, E, R>) => Effect.Effect<A, E | SqlError, R>
   /**

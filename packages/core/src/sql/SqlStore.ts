@@ -276,6 +276,8 @@ export const makeFriendships = Effect.gen(function* () {
         (rows) => Option.map(first(rows), Rows.friendship)
       ),
     apply: (change, id) => change._tag === "Unchanged" ? apply(change, id) : cache.write(apply(change, id)),
+    findLocked: (id) =>
+      Effect.map(sql`SELECT * FROM friendships WHERE id = ${id} FOR UPDATE`, (rows) => Option.map(first(rows), Rows.friendship)),
     atomically: (change) => sql.withTransaction(change),
     listFor: (userId, status) =>
       cache.read(

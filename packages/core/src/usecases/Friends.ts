@@ -58,9 +58,14 @@ export const make = Effect.gen(function* () {
       const told = Option.filter(mirror, (m): m is FriendshipMirror & { readonly action: "reject" | "block" | "unfriend" } =>
         m.action === "reject" || m.action === "block" || m.action === "unfriend")
       if (Option.isNone(told)) return { row: Option.getOrUndefined(row)!, updated: yield* friendships.apply(change, id) }
-      const [updated, tellNow] = yield* friendships.atomically(
-        Effect.zip(friendships.apply(change, id), directory.queueFriendshipChange(told.value))
-      )
+      // Decided again on the row as it is under the transaction's lock: a change that raced this one
+      // (the other registry's unfriend arriving, say) is seen, and no notice goes out for a change
+      // that did not take effect here.
+      const [updated, tellNow] = yield* friendships.atomically(Effect.gen(function* () {
+        const locked = Option.getOrUndefined(yield* friendships.findLocked(id))
+        const current = yield* decide(locked, principal.userId)
+        return yield* Effect.zip(friendships.apply(current, id), directory.queueFriendshipChange(told.value))
+      }))
       // Committed: the first try at telling their registry, as a send's first attempt is made inline.
       yield* tellNow
       return { row: Option.getOrUndefined(row)!, updated }
