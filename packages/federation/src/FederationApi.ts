@@ -438,23 +438,37 @@ export const layer = HttpApiBuilder.Router.use((router) =>
           // Only this peer's group of that id: another registry's group of the same id stays.
           const forgotten = yield* store.endRemoteMemberships(ended.group_id, peer.name, userIds)
           const first = forgotten[0]
-          if (ended.reason === "deleted" && first !== undefined) {
+          if (first !== undefined) {
             // Those who still know another registry's group by this id knew this one as `id@home`.
             const others = new Set((yield* store.remoteGroupMembers(ended.group_id, undefined)).map((r) => r.userId))
-            const told = forgotten.map((r) => r.userId)
-            for (const [userIds, groupId] of [
-              [told.filter((id) => !others.has(id)), ended.group_id],
-              [told.filter((id) => others.has(id)), `${ended.group_id}@${peer.name}`]
-            ] as const) {
-              if (userIds.length === 0) continue
-              yield* events.publish({
-                _tag: "GroupLeave",
-                userIds,
-                groupId,
-                groupName: first.groupName,
-                username: `${ended.by.toLowerCase()}@${peer.name}`,
-                reason: "deleted"
-              })
+            const addressOf = (userId: string) => (others.has(userId) ? `${ended.group_id}@${peer.name}` : ended.group_id)
+            if (ended.reason === "deleted") {
+              const told = forgotten.map((r) => r.userId)
+              for (const groupId of new Set(told.map(addressOf))) {
+                yield* events.publish({
+                  _tag: "GroupLeave",
+                  userIds: told.filter((id) => addressOf(id) === groupId),
+                  groupId,
+                  groupName: first.groupName,
+                  username: `${ended.by.toLowerCase()}@${peer.name}`,
+                  reason: "deleted"
+                })
+              }
+            } else {
+              // Removed (or their invitation withdrawn) at the home: each hears it on their own
+              // sockets here, named as at the home's for a removal (the removed member's name).
+              for (const r of forgotten) {
+                const user = found.find((u) => u.id === r.userId)
+                if (user === undefined) continue
+                yield* events.publish({
+                  _tag: "GroupLeave",
+                  userIds: [r.userId],
+                  groupId: addressOf(r.userId),
+                  groupName: r.groupName,
+                  username: user.username,
+                  reason: "removed"
+                })
+              }
             }
           }
           return json(200, { forgotten: forgotten.length })

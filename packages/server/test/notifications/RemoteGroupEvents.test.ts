@@ -47,6 +47,29 @@ describe("group departures across registries", () => {
       expect(aliceSocket.of("group_leave").map((f) => f.data)).toEqual([atHome, left])
     }), 120_000)
 
+  it.scopedLive("a member the home removes hears it at their own registry", () =>
+    Effect.gen(function* () {
+      const cluster = yield* Cluster.make({ size: 2 })
+      const [a, b] = cluster.members as [Cluster.Member, Cluster.Member]
+      yield* cluster.trustAll
+      const alice = yield* Fixtures.person(a.server(), "alice")
+      const bob = yield* Fixtures.person(b.server(), "bob")
+      const group = yield* alice.client.groups.create({ payload: { name: "crossing" } })
+      yield* alice.client.groups.invite({ path: { id: group.group_id }, payload: { username: `bob@${b.name}` } })
+      yield* bob.client.groups.join({ path: { id: group.group_id } })
+      const bobSocket = yield* Notifications.open(b.url, bob.apiKey)
+
+      const bobAtHome = (yield* alice.client.groups.members({ path: { id: group.group_id } })).find((m) => m.username === `bob@${b.name}`)!
+      yield* alice.client.groups.removeMember({ path: { id: group.group_id, user_id: bobAtHome.user_id } })
+      expect((yield* promise(() => bobSocket.waitFor("group_leave"))).data).toEqual({
+        group_id: group.group_id,
+        group_name: "crossing",
+        username: "bob",
+        reason: "removed"
+      })
+      expect(yield* bob.client.groups.list()).toEqual([])
+    }), 120_000)
+
   it.scopedLive("when two registries named a user a group of the same id, the user's events name each as id@home", () =>
     Effect.gen(function* () {
       const cluster = yield* Cluster.make({ size: 3 })
