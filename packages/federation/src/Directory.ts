@@ -245,11 +245,17 @@ export const make: Effect.Effect<
             // listing answered GROUP_NOT_FOUND drops it.
             (e._tag === "Forbidden" && e.code === "INVITE_REQUIRED") || (e._tag === "NotFound" && e.code === "GROUP_NOT_FOUND")
               ? store.forgetRemoteGroup(membership)
-              : Effect.void)
+              : Effect.void),
+          Effect.map(Option.some),
+          // The home holds them as a member already: an earlier join reached it, but its answer never
+          // got back here (a timeout, a restart). Its word stands, so the join is done here too.
+          Effect.catchIf((e) => e._tag === "Conflict" && e.code === "ALREADY_MEMBER", () => Effect.succeed(Option.none()))
         )
-        const answer = yield* decode(Protocol.GroupJoinAnswer, membership.homeInstance, response.body)
-        const joined = yield* store.recordJoined(membership, answer.member_count)
-        return Option.getOrElse(joined, () => ({ ...membership, status: "active" as const, memberCount: answer.member_count }))
+        const memberCount = Option.isSome(response)
+          ? (yield* decode(Protocol.GroupJoinAnswer, membership.homeInstance, response.value.body)).member_count
+          : membership.memberCount
+        const joined = yield* store.recordJoined(membership, memberCount)
+        return Option.getOrElse(joined, () => ({ ...membership, status: "active" as const, memberCount }))
       }),
 
     remoteGroupMemberList: (membership, actor) =>
