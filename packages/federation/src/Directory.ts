@@ -292,14 +292,22 @@ export const make: Effect.Effect<
 
     leaveRemoteGroup: (membership, actor) =>
       Effect.gen(function* () {
-        yield* tell(membership.homeInstance, Protocol.paths.groupLeave, {
+        const response = yield* tell(membership.homeInstance, Protocol.paths.groupLeave, {
           group_id: membership.groupId,
           username: actor.username
         } satisfies Protocol.GroupMember).pipe(
+          Effect.map(Option.some),
           // Already gone at the home: forget it here too.
-          Effect.catchTag("NotFound", () => Effect.void)
+          Effect.catchTag("NotFound", () => Effect.succeed(Option.none()))
+        )
+        // The home says whether the leave deleted the group (its last active member left), as a local leave
+        // answers. The leave is done there whatever else its answer says, so it is forgotten here regardless.
+        const groupDeleted = Option.isSome(response) && Option.exists(
+          Schema.decodeUnknownOption(Protocol.GroupLeaveAnswer)(response.value.body),
+          (answer) => answer.group_deleted
         )
         yield* store.forgetRemoteGroup(membership)
+        return { groupDeleted }
       }),
 
     endRemoteMemberships: ({ by, group, members, reason }) =>

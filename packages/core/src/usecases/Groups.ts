@@ -228,7 +228,7 @@ export const make = (friends: Friends) =>
           if (at._tag === "Remote") {
             // Federation: leaving a group of another registry is done at its home.
             const remote = at.membership
-            yield* directory.leaveRemoteGroup(remote, principal)
+            const { groupDeleted } = yield* directory.leaveRemoteGroup(remote, principal)
             // The home tells its members; the user's own sockets here hear it as for a group of this registry.
             yield* events.publish({
               _tag: "GroupLeave",
@@ -238,7 +238,7 @@ export const make = (friends: Friends) =>
               username: principal.username,
               reason: remote.status === "invited" ? "declined" : "left"
             })
-            return { groupDeleted: false }
+            return { groupDeleted }
           }
           const groupId = at.groupId
           const { before, change, declined, group, invited, tellNow } = yield* groups.exclusively(groupId, Effect.gen(function* () {
