@@ -138,8 +138,11 @@ export interface RemoteDirectoryService {
     membership: RemoteGroupMembership,
     actor: Actor
   ) => Effect.Effect<ReadonlyArray<Store.MemberListing>, RemoteFailure | Errors.Forbidden>
-  /** Leaves (or declines) a remote group at its home registry. */
-  readonly leaveRemoteGroup: (membership: RemoteGroupMembership, actor: Actor) => Effect.Effect<void, RemoteFailure>
+  /** Leaves (or declines) a remote group at its home registry; answers whether the home deleted the group with it. */
+  readonly leaveRemoteGroup: (
+    membership: RemoteGroupMembership,
+    actor: Actor
+  ) => Effect.Effect<{ readonly groupDeleted: boolean }, RemoteFailure>
   /**
    * Queues, durably, telling the registries of members from elsewhere that their
    * membership (or invitation) in a group of this registry ended: they were

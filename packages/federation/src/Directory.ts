@@ -245,11 +245,17 @@ export const make: Effect.Effect<
             // listing answered GROUP_NOT_FOUND drops it.
             (e._tag === "Forbidden" && e.code === "INVITE_REQUIRED") || (e._tag === "NotFound" && e.code === "GROUP_NOT_FOUND")
               ? store.forgetRemoteGroup(membership)
-              : Effect.void)
+              : Effect.void),
+          Effect.map(Option.some),
+          // The home holds them as a member already: an earlier join reached it, but its answer never
+          // got back here (a timeout, a restart). Its word stands, so the join is done here too.
+          Effect.catchIf((e) => e._tag === "Conflict" && e.code === "ALREADY_MEMBER", () => Effect.succeed(Option.none()))
         )
-        const answer = yield* decode(Protocol.GroupJoinAnswer, membership.homeInstance, response.body)
-        const joined = yield* store.recordJoined(membership, answer.member_count)
-        return Option.getOrElse(joined, () => ({ ...membership, status: "active" as const, memberCount: answer.member_count }))
+        const memberCount = Option.isSome(response)
+          ? (yield* decode(Protocol.GroupJoinAnswer, membership.homeInstance, response.value.body)).member_count
+          : membership.memberCount
+        const joined = yield* store.recordJoined(membership, memberCount)
+        return Option.getOrElse(joined, () => ({ ...membership, status: "active" as const, memberCount }))
       }),
 
     remoteGroupMemberList: (membership, actor) =>
@@ -286,14 +292,22 @@ export const make: Effect.Effect<
 
     leaveRemoteGroup: (membership, actor) =>
       Effect.gen(function* () {
-        yield* tell(membership.homeInstance, Protocol.paths.groupLeave, {
+        const response = yield* tell(membership.homeInstance, Protocol.paths.groupLeave, {
           group_id: membership.groupId,
           username: actor.username
         } satisfies Protocol.GroupMember).pipe(
+          Effect.map(Option.some),
           // Already gone at the home: forget it here too.
-          Effect.catchTag("NotFound", () => Effect.void)
+          Effect.catchTag("NotFound", () => Effect.succeed(Option.none()))
+        )
+        // The home says whether the leave deleted the group (its last active member left), as a local leave
+        // answers. The leave is done there whatever else its answer says, so it is forgotten here regardless.
+        const groupDeleted = Option.isSome(response) && Option.exists(
+          Schema.decodeUnknownOption(Protocol.GroupLeaveAnswer)(response.value.body),
+          (answer) => answer.group_deleted
         )
         yield* store.forgetRemoteGroup(membership)
+        return { groupDeleted }
       }),
 
     endRemoteMemberships: ({ by, group, members, reason }) =>

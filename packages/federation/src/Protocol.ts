@@ -166,6 +166,12 @@ export const GroupMemberEntry = Schema.Struct({
 export const GroupMembersAnswer = Schema.Array(GroupMemberEntry)
 export type GroupMemberEntry = typeof GroupMemberEntry.Type
 
+/** The home's answer to a leave: whether the group went with it (its last active member left). */
+export const GroupLeaveAnswer = Schema.Struct({
+  success: Schema.Literal(true),
+  group_deleted: Schema.Boolean
+})
+
 export const GroupJoinAnswer = Schema.Struct({
   group_id: Id,
   name: Text(100),

@@ -4,6 +4,7 @@
  * database, trusted through the admin API; the answers are read over HTTP as
  * a client gets them.
  */
+import { Protocol } from "@mahilo/federation"
 import { Cluster, Fixtures } from "@mahilo/testkit"
 import { Effect, Exit, Scope } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -104,6 +105,32 @@ describe("a refusal by the other registry", () => {
     expect(await run(b.sql((sql) => sql`SELECT * FROM remote_group_members WHERE group_id = ${groupId}`))).toEqual([])
     const again = await call(b, pia, "POST", `/groups/${groupId}/join`)
     expect(again).toEqual({ status: 404, body: { code: "GROUP_NOT_FOUND", error: expect.any(String) } })
+  })
+
+  it("a join the home took while its answer was lost on the way back is taken as done on the next try, not refused 409", async () => {
+    const owner = await run(Fixtures.person(a.server(), "sven"))
+    const tove = await run(Fixtures.person(b.server(), "tove"))
+    const groupId = await groupWithInvitee(owner, tove, "lost-answer")
+
+    // b's first join reaches the home, which makes tove a member; its answer never gets back to b
+    // (b's request timed out, or b stopped before it read it), so b still holds the invitation.
+    const joinedAtHome = await run(Cluster.send(Cluster.signedRequest({
+      instance: b.name,
+      key: await run(Cluster.signingKey(b)),
+      to: a.url,
+      method: "POST",
+      path: Protocol.paths.groupJoin,
+      body: { group_id: groupId, username: "tove" } satisfies Protocol.GroupMember
+    })))
+    expect(joinedAtHome.status).toBe(200)
+    expect(await listed(tove)).toEqual([[groupId, "invited"]])
+
+    // She tries again: the home already counts her in, and so does b now.
+    const again = await call(b, tove, "POST", `/groups/${groupId}/join`)
+    expect(again).toMatchObject({ status: 200, body: { group_id: groupId, status: "active" } })
+    expect(await listed(tove)).toEqual([[groupId, "active"]])
+    const members = await run(tove.client.groups.members({ path: { id: groupId } }))
+    expect(members.map((m) => [m.username, m.status]).sort()).toEqual([[`sven@${a.name}`, "active"], ["tove", "active"]])
   })
 
   it("leaving a remote group the member owns is 403 OWNER_MUST_TRANSFER, as the home answers, and the membership stays", async () => {

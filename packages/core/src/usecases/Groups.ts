@@ -228,7 +228,7 @@ export const make = (friends: Friends) =>
           if (at._tag === "Remote") {
             // Federation: leaving a group of another registry is done at its home.
             const remote = at.membership
-            yield* directory.leaveRemoteGroup(remote, principal)
+            const { groupDeleted } = yield* directory.leaveRemoteGroup(remote, principal)
             // The home tells its members; the user's own sockets here hear it as for a group of this registry.
             yield* events.publish({
               _tag: "GroupLeave",
@@ -238,10 +238,10 @@ export const make = (friends: Friends) =>
               username: principal.username,
               reason: remote.status === "invited" ? "declined" : "left"
             })
-            return { groupDeleted: false }
+            return { groupDeleted }
           }
           const groupId = at.groupId
-          const { before, change, declined, group, tellNow } = yield* groups.exclusively(groupId, Effect.gen(function* () {
+          const { before, change, declined, group, invited, tellNow } = yield* groups.exclusively(groupId, Effect.gen(function* () {
             // Read again under the lock: a transfer or another leave may have just changed it.
             const current = yield* membershipOf(groupId, principal.userId)
             const count = yield* groups.activeMemberCount(groupId)
@@ -250,11 +250,14 @@ export const make = (friends: Friends) =>
             // An invited user leaving declines the invitation.
             const declined = current!.status === "invited"
             const before = declined ? yield* declineAudience(current!) : yield* audience(groupId)
-            // The last active member leaving deletes the group; invitations from elsewhere end with it.
-            const remote = change._tag === "DeleteGroup" ? yield* remoteMembers(groupId) : []
+            // The last active member leaving deletes the group; invitations, here and from elsewhere,
+            // end with it (as for DELETE /groups/:id: those invited here hear the deletion).
+            const ending = change._tag === "DeleteGroup" ? yield* groups.members(groupId) : []
+            const remote = ending.map((m) => m.user).filter((u) => u.instance !== null)
+            const invited = ending.flatMap(({ membership: m }) => (m.status === "invited" ? [m.userId] : []))
             yield* apply(change)
             const tellNow = yield* tellEnded(group, remote, "deleted", principal)
-            return { before, change, declined, group, tellNow }
+            return { before, change, declined, group, invited, tellNow }
           }))
           yield* tellNow
           yield* events.publish({
@@ -265,6 +268,16 @@ export const make = (friends: Friends) =>
             username: principal.username,
             reason: declined ? "declined" : "left"
           })
+          if (invited.length > 0) {
+            yield* events.publish({
+              _tag: "GroupLeave",
+              userIds: invited,
+              groupId,
+              groupName: group.name,
+              username: principal.username,
+              reason: "deleted"
+            })
+          }
           return { groupDeleted: change._tag === "DeleteGroup" }
         }),
 

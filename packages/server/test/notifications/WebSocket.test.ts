@@ -192,6 +192,22 @@ describe("notification stream", () => {
       expect(carolSocket.of("group_join").map((f) => f.data.username)).toEqual(["carol"])
     }))
 
+  it.scopedLive("the last member leaving deletes the group: those invited hear the deletion, as for DELETE /groups/:id", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const [alice, bob] = yield* Fixtures.users(server, "alice", "bob")
+      const group = yield* alice!.api.groups.create({ payload: { name: "hikers" } })
+      yield* alice!.api.groups.invite({ path: { id: group.group_id }, payload: { username: "bob" } })
+      const bobSocket = yield* Notifications.open(server.url, bob!.apiKey)
+      expect((yield* bob!.api.groups.list()).map((g) => g.status)).toEqual(["invited"])
+
+      // Alice, the only active member, leaves: the group goes, and bob's invitation with it.
+      expect(yield* alice!.api.groups.leave({ path: { id: group.group_id } })).toEqual({ success: true, group_deleted: true })
+      expect(yield* bob!.api.groups.list()).toEqual([])
+      const gone = yield* promise(() => bobSocket.waitFor("group_leave"))
+      expect(gone.data).toEqual({ group_id: group.group_id, group_name: "hikers", username: "alice", reason: "deleted" })
+    }))
+
   it.scopedLive("a member's removal is told as a departure to everyone active before, the removed member included", () =>
     Effect.gen(function* () {
       const server = yield* TestServer.make()

@@ -1,0 +1,49 @@
+/**
+ * Leaving a group of another registry from the member's own registry: two real
+ * registries on their own ports and databases, trusted through the admin API,
+ * read over HTTP as clients get it.
+ */
+import { Cluster, Fixtures } from "@mahilo/testkit"
+import { Effect, Exit, Scope } from "effect"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+
+const run = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>): Promise<A> =>
+  Effect.runPromise(Effect.scoped(effect) as Effect.Effect<A, unknown>)
+
+let scope: Scope.CloseableScope
+let a: Cluster.Member
+let b: Cluster.Member
+
+beforeAll(async () => {
+  scope = await Effect.runPromise(Scope.make())
+  const cluster = await Effect.runPromise(Scope.extend(Cluster.make({ size: 2 }), scope))
+  ;[a, b] = cluster.members as [Cluster.Member, Cluster.Member]
+  await Effect.runPromise(cluster.trustAll)
+}, 180_000)
+
+afterAll(async () => {
+  if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
+}, 60_000)
+
+describe("leaving a group of another registry", () => {
+  it("answers group_deleted as the home does: true when the last active member's leave deleted the group there", async () => {
+    const alice = await run(Fixtures.person(a.server(), "alice"))
+    const bob = await run(Fixtures.person(b.server(), "bob"))
+    const carol = await run(Fixtures.person(b.server(), "carol"))
+    const group = (await run(alice.client.groups.create({ payload: { name: "handed-on" } }))).group_id
+    for (const who of [bob, carol]) {
+      await run(alice.client.groups.invite({ path: { id: group }, payload: { username: `${who.username}@${b.name}` } }))
+      await run(who.client.groups.join({ path: { id: group } }))
+    }
+    // Bob becomes the owner; alice leaves, so bob and carol (both on b) are its active members.
+    const bobAtA = (await run(alice.client.groups.members({ path: { id: group } }))).find((m) => m.username === `bob@${b.name}`)!
+    await run(alice.client.groups.transfer({ path: { id: group }, payload: { new_owner_user_id: bobAtA.user_id } }))
+    expect(await run(alice.client.groups.leave({ path: { id: group } }))).toEqual({ success: true, group_deleted: false })
+
+    // Carol leaves, the group stays; bob, the last active member, leaves and the home deletes it.
+    expect(await run(carol.client.groups.leave({ path: { id: group } }))).toEqual({ success: true, group_deleted: false })
+    expect(await run(bob.client.groups.leave({ path: { id: group } }))).toEqual({ success: true, group_deleted: true })
+    expect(await run(a.sql((sql) => sql`SELECT id FROM groups WHERE id = ${group}`))).toEqual([])
+    expect(await run(bob.client.groups.list())).toEqual([])
+  })
+})
