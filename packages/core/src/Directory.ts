@@ -47,20 +47,24 @@ export interface RemoteGroupMembership {
  * a bare id, or `id@home` for the group `id` of registry `home`. Two registries
  * may both name a group `id` to this one (ids are only unique at their home), so
  * a remote group is known here by its home and id together; the bare id serves
- * as long as it names one group for the user. `id@<this registry>` is the bare id.
+ * as long as it names one group for the user. `id@<this registry>` names this
+ * registry's group `id` only.
  */
 export interface GroupAddress {
   readonly groupId: string
   /** The home registry named, lowercased; undefined for a bare id or this registry. */
   readonly home: string | undefined
+  /** The address named this registry: its own group, never another registry's of that id. */
+  readonly here: boolean
 }
 
 /** Reads a client's group address (group ids never hold `@`; instance names may hold `:`). */
 export const parseGroupAddress = (address: string, localInstance: string | undefined): GroupAddress => {
   const at = address.lastIndexOf("@")
-  if (at <= 0 || at === address.length - 1) return { groupId: address, home: undefined }
+  if (at <= 0 || at === address.length - 1) return { groupId: address, home: undefined, here: false }
   const home = address.slice(at + 1).toLowerCase()
-  return { groupId: address.slice(0, at), home: home === localInstance?.toLowerCase() ? undefined : home }
+  const here = home === localInstance?.toLowerCase()
+  return { groupId: address.slice(0, at), home: here ? undefined : home, here }
 }
 
 /** The qualified address of a remote group: `id@home`. */

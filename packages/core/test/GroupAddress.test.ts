@@ -4,12 +4,12 @@ import { groupAddresses, parseGroupAddress } from "../src/Directory.js"
 
 describe("group addresses", () => {
   it("reads a bare id, a qualified one (instance names may hold a port), and this registry's own as bare", () => {
-    expect(parseGroupAddress("grp_01abc", "c.example")).toEqual({ groupId: "grp_01abc", home: undefined })
-    expect(parseGroupAddress("grp_01abc@127.0.0.1:8081", "c.example")).toEqual({ groupId: "grp_01abc", home: "127.0.0.1:8081" })
-    expect(parseGroupAddress("grp_01abc@A.Example", "c.example")).toEqual({ groupId: "grp_01abc", home: "a.example" })
-    expect(parseGroupAddress("grp_01abc@c.example", "c.example")).toEqual({ groupId: "grp_01abc", home: undefined })
+    expect(parseGroupAddress("grp_01abc", "c.example")).toEqual({ groupId: "grp_01abc", home: undefined, here: false })
+    expect(parseGroupAddress("grp_01abc@127.0.0.1:8081", "c.example")).toEqual({ groupId: "grp_01abc", home: "127.0.0.1:8081", here: false })
+    expect(parseGroupAddress("grp_01abc@A.Example", "c.example")).toEqual({ groupId: "grp_01abc", home: "a.example", here: false })
+    expect(parseGroupAddress("grp_01abc@C.example", "c.example")).toEqual({ groupId: "grp_01abc", home: undefined, here: true })
     // Not an address with a home: kept whole, so it names no group.
-    for (const odd of ["@a.example", "grp_01abc@"]) expect(parseGroupAddress(odd, undefined)).toEqual({ groupId: odd, home: undefined })
+    for (const odd of ["@a.example", "grp_01abc@"]) expect(parseGroupAddress(odd, undefined)).toEqual({ groupId: odd, home: undefined, here: false })
   })
 
   it("names a user's remote groups bare, and qualifies only the ones sharing an id", () => {

@@ -150,6 +150,13 @@ for (const { name: backend } of TestDatabase.backends) {
       expect(await call(c, carol, "DELETE", `/groups/${atB}/leave`)).toEqual({ status: 200, body: { success: true, group_deleted: false } })
       expect(await listed(carol)).toEqual([[id, "real", "active"]])
       expect((await run(carol.client.groups.get({ path: { id } }))).name).toBe("real")
+      // Named as c's own group, the id is c's alone: c has none by it, so a's is not it.
+      const atC = `${id}@${c.name}`
+      for (const [method, path] of [["GET", `/groups/${atC}`], ["GET", `/groups/${atC}/members`], ["POST", `/groups/${atC}/join`]] as const) {
+        expect((await call(c, carol, method, path)).status).toBe(404)
+      }
+      const sendAtC = await call(c, carol, "POST", "/messages/send", { recipient: atC, recipient_type: "group", message: "here?" })
+      expect([sendAtC.status, sendAtC.body.code]).toEqual([404, "GROUP_NOT_FOUND"])
 
       // b says its group of that id ended, for carol and dan: only b's entries go.
       const bKey = await run(Cluster.signingKey(b))

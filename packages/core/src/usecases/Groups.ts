@@ -49,9 +49,11 @@ export const make = (friends: Friends) =>
      */
     const target = <E>(userId: string, address: string, here: (groupId: string) => Effect.Effect<boolean, E>) =>
       Effect.gen(function* () {
-        const { groupId, home } = parseGroupAddress(address, directory.localInstance)
+        const parsed = parseGroupAddress(address, directory.localInstance)
+        const { groupId, home } = parsed
         const local = { _tag: "Local" as const, groupId }
-        if (home === undefined && (yield* here(groupId))) return local
+        // `id@<this registry>` is this registry's group, whether or not the user has it here.
+        if (parsed.here || (home === undefined && (yield* here(groupId)))) return local
         const sameId = (yield* directory.remoteGroupsOf(userId)).filter((r) => r.groupId === groupId)
         const named = home === undefined ? sameId : sameId.filter((r) => r.homeInstance.toLowerCase() === home)
         if (named.length === 0) return home === undefined ? local : yield* groupNotFound()

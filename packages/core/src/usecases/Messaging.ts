@@ -456,11 +456,13 @@ export const make = Effect.gen(function* () {
   const sendToGroup = (principal: Principal, input: SendInput, payloadType: string, options: SendOptions) =>
     Effect.gen(function* () {
       // A forward names the group by its bare id (the protocol allows no `@` in it); a client may say `id@home`.
-      const { groupId, home } = input.federated === undefined
+      const { groupId, here, home } = input.federated === undefined
         ? parseGroupAddress(input.recipient, directory.localInstance)
-        : { groupId: input.recipient, home: undefined }
+        : { groupId: input.recipient, home: undefined, here: false }
       const found = home === undefined ? yield* groups.find(groupId) : Option.none()
       if (Option.isNone(found)) {
+        // `id@<this registry>` names a group of this registry only.
+        if (here) return yield* Errors.NotFound.of("GROUP_NOT_FOUND", "No group with that id")
         // Federation: a group of another registry that local users belong to.
         const remoteHome = yield* remoteGroupHome(principal, input, groupId, home)
         const remote = yield* directory.remoteGroupMembers(groupId, remoteHome)
