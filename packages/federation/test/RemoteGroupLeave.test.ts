@@ -45,5 +45,10 @@ describe("leaving a group of another registry", () => {
     expect(await run(bob.client.groups.leave({ path: { id: group } }))).toEqual({ success: true, group_deleted: true })
     expect(await run(a.sql((sql) => sql`SELECT id FROM groups WHERE id = ${group}`))).toEqual([])
     expect(await run(bob.client.groups.list())).toEqual([])
+    // The home tells no one of the deletion but those still in it: not bob, who left (his registry
+    // would otherwise tell him "deleted" on top of "left").
+    const ended = await run(a.sql((sql) =>
+      sql<{ usernames: Array<string> }>`SELECT body->'usernames' AS usernames FROM peer_notices WHERE kind = 'group_ended' AND body->>'group_id' = ${group}`))
+    expect(ended.flatMap((n) => n.usernames)).not.toContain("bob")
   })
 })

@@ -255,7 +255,8 @@ export const make = (friends: Friends) =>
             // The last active member leaving deletes the group; invitations, here and from elsewhere,
             // end with it (as for DELETE /groups/:id: those invited here hear the deletion).
             const ending = change._tag === "DeleteGroup" ? yield* groups.members(groupId) : []
-            const remote = ending.map((m) => m.user).filter((u) => u.instance !== null)
+            // Not the leaver: their own registry asked for the leave and drops the group itself.
+            const remote = ending.map((m) => m.user).filter((u) => u.instance !== null && u.id !== principal.userId)
             const invited = ending.flatMap(({ membership: m }) => (m.status === "invited" ? [m.userId] : []))
             yield* apply(change)
             const tellNow = yield* tellEnded(group, remote, "deleted", principal)
