@@ -6,7 +6,7 @@
  * older notice still queued.
  */
 import { Cluster, Fixtures, TestDatabase } from "@mahilo/testkit"
-import { Effect, Exit, Scope } from "effect"
+import { Effect, Scope } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 
 const run = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>): Promise<A> =>
@@ -38,21 +38,18 @@ const noticeStatuses = (registry: Cluster.Member) =>
 // PGlite always; PostgreSQL too when DATABASE_URL is set.
 for (const { name: backend } of TestDatabase.backends) {
   describe(`notices to a registry that is down (${backend})`, () => {
-    let scope: Scope.CloseableScope
+    let close: () => Promise<void>
     let x: Cluster.Member
     let y: Cluster.Member
 
     beforeAll(async () => {
-      scope = await Effect.runPromise(Scope.make())
       // y keeps its database across a restart.
-      const cluster = await Effect.runPromise(Scope.extend(Cluster.make({ size: 2, persistent: [1], backend }), scope))
-      ;[x, y] = cluster.members as [Cluster.Member, Cluster.Member]
-      await run(cluster.trustAll)
+      const opened = await Cluster.open({ size: 2, persistent: [1], backend })
+      close = opened.close
+      ;[x, y] = opened.cluster.members as [Cluster.Member, Cluster.Member]
     }, 120_000)
 
-    afterAll(async () => {
-      if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
-    }, 60_000)
+    afterAll(() => close?.(), 60_000)
 
     it("an unfriend, a block and a reject made while the peer was down reach it once it is back", async () => {
       const alice = await run(Fixtures.person(x.server(), "alice"))

@@ -6,11 +6,10 @@
  */
 import { Protocol } from "@mahilo/federation"
 import { Cluster, Fixtures } from "@mahilo/testkit"
-import { Effect, Exit, Scope } from "effect"
+import { Effect, Scope } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 
-let scope: Scope.CloseableScope
-let cluster: Cluster.Cluster
+let close: () => Promise<void>
 let a: Cluster.Member
 let b: Cluster.Member
 
@@ -44,15 +43,12 @@ const groupWithInvitee = async (owner: Fixtures.Person, member: Fixtures.Person,
 const listed = async (person: Fixtures.Person) => (await run(person.client.groups.list())).map((g) => [g.group_id, g.status])
 
 beforeAll(async () => {
-  scope = await Effect.runPromise(Scope.make())
-  cluster = await Effect.runPromise(Scope.extend(Cluster.make({ size: 2 }), scope))
-  ;[a, b] = cluster.members as [Cluster.Member, Cluster.Member]
-  await Effect.runPromise(cluster.trustAll)
+  const opened = await Cluster.open({ size: 2 })
+  close = opened.close
+  ;[a, b] = opened.cluster.members as [Cluster.Member, Cluster.Member]
 }, 180_000)
 
-afterAll(async () => {
-  if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
-}, 60_000)
+afterAll(() => close?.(), 60_000)
 
 describe("a refusal by the other registry", () => {
   it("an accept the requester's registry refuses is 403 with its code, and nothing is accepted", async () => {

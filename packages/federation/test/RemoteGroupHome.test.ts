@@ -8,7 +8,7 @@
  */
 import { Protocol } from "@mahilo/federation"
 import { Cluster, FakeAgent, Fixtures, TestDatabase } from "@mahilo/testkit"
-import { Effect, Exit, Scope } from "effect"
+import { Effect, Scope } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 
 const agents: Array<FakeAgent.FakeAgent> = []
@@ -59,21 +59,18 @@ afterAll(async () => {
 // PGlite always; PostgreSQL too when DATABASE_URL is set (the key's migration must hold on both).
 for (const { name: backend } of TestDatabase.backends) {
   describe(`two registries naming a group of the same id to a third (${backend})`, () => {
-    let scope: Scope.CloseableScope
+    let close: () => Promise<void>
     let a: Cluster.Member
     let b: Cluster.Member
     let c: Cluster.Member
 
     beforeAll(async () => {
-      scope = await Effect.runPromise(Scope.make())
-      const cluster = await Effect.runPromise(Scope.extend(Cluster.make({ size: 3, backend }), scope))
-      ;[a, b, c] = cluster.members as [Cluster.Member, Cluster.Member, Cluster.Member]
-      await Effect.runPromise(cluster.trustAll)
+      const opened = await Cluster.open({ size: 3, backend })
+      close = opened.close
+      ;[a, b, c] = opened.cluster.members as [Cluster.Member, Cluster.Member, Cluster.Member]
     }, 180_000)
 
-    afterAll(async () => {
-      if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
-    }, 60_000)
+    afterAll(() => close?.(), 60_000)
 
     it("are two groups there: the first cannot take the id over, and each home's word touches its own group only", async () => {
       const { agent: aliceAgent, person: alice } = await personWithAgent(a, "alice")

@@ -4,26 +4,23 @@
  * read over HTTP as clients get it.
  */
 import { Cluster, Fixtures } from "@mahilo/testkit"
-import { Effect, Exit, Scope } from "effect"
+import { Effect, Scope } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 
 const run = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>): Promise<A> =>
   Effect.runPromise(Effect.scoped(effect) as Effect.Effect<A, unknown>)
 
-let scope: Scope.CloseableScope
+let close: () => Promise<void>
 let a: Cluster.Member
 let b: Cluster.Member
 
 beforeAll(async () => {
-  scope = await Effect.runPromise(Scope.make())
-  const cluster = await Effect.runPromise(Scope.extend(Cluster.make({ size: 2 }), scope))
-  ;[a, b] = cluster.members as [Cluster.Member, Cluster.Member]
-  await Effect.runPromise(cluster.trustAll)
+  const opened = await Cluster.open({ size: 2 })
+  close = opened.close
+  ;[a, b] = opened.cluster.members as [Cluster.Member, Cluster.Member]
 }, 180_000)
 
-afterAll(async () => {
-  if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
-}, 60_000)
+afterAll(() => close?.(), 60_000)
 
 describe("leaving a group of another registry", () => {
   it("answers group_deleted as the home does: true when the last active member's leave deleted the group there", async () => {

@@ -291,3 +291,18 @@ export const friendsAcross = (options: Omit<Options, "size">) =>
     yield* bob.client.friends.accept({ path: { id: asked[0]!.id } })
     return { cluster, x, y, alice, bob }
   })
+
+/**
+ * A cluster whose members trust each other, for a test file's `beforeAll`
+ * (outside any Effect scope): `close` stops it, for its `afterAll`.
+ */
+export const open = async (options: Options): Promise<{ readonly cluster: Cluster; readonly close: () => Promise<void> }> => {
+  const scope = Effect.runSync(Scope.make())
+  try {
+    const cluster = await Effect.runPromise(Scope.extend(Effect.tap(make(options), (c) => c.trustAll), scope))
+    return { cluster, close: () => Effect.runPromise(Scope.close(scope, Exit.void)) }
+  } catch (error) {
+    await Effect.runPromise(Scope.close(scope, Exit.void))
+    throw error
+  }
+}
