@@ -69,9 +69,14 @@ describe("MAHILO_PROCESSES", () => {
         const bob = yield* Fixtures.person(via, "bob")
         yield* Fixtures.befriend(alice, bob)
         yield* Fixtures.connect(bob, agent)
+        // As a client should: a send whose connection broke (it may have been kept alive to the
+        // process that died) is sent again with the same idempotency key, so it is never doubled.
         const sendSome = (prefix: string) =>
           Effect.forEach(Array.from({ length: 10 }, (_, i) => i), (i) =>
-            Effect.map(alice.client.messages.send({ payload: { recipient: "bob", message: `${prefix}${i}` } }), (a) => a.message_id), { concurrency: 4 })
+            alice.client.messages.send({ payload: { recipient: "bob", message: `${prefix}${i}`, idempotency_key: `${prefix}${i}` } }).pipe(
+              Effect.retry({ times: 3, while: (e) => e._tag === "RequestError" }),
+              Effect.map((a) => a.message_id)
+            ), { concurrency: 4 })
         const before = yield* sendSome("a")
 
         // One server process dies without warning; the primary starts another, and the port keeps answering.
