@@ -1,0 +1,133 @@
+/**
+ * `npm run bench:drive`: one scenario against a fresh server, for comparing two
+ * builds in alternation (this VM's speed drifts by a quarter within minutes, so
+ * only runs next to each other compare). Starts the registry from
+ * `BENCH_CHECKOUT` (default: this checkout; another worktree to compare) on a
+ * new embedded database, sets up 32 friend pairs (receivers with a fake agent),
+ * warms up for 3 s, drives for `BENCH_SECONDS` (10), and prints one JSON line:
+ * req/s, p50/p99, the server's CPU per request, and each busy thread's CPU and
+ * run-queue wait from `/proc` (`main` is the JavaScript thread, the busiest
+ * other thread is normally the database's, the rest V8's helpers).
+ *
+ * Knobs: BENCH_MODE `send` (default) | `health` | `friends` (GET /friends with
+ * no-cache: the whole framework), BENCH_SECONDS, BENCH_SENDERS (32),
+ * BENCH_NODE_ARGS (extra flags for the server's node, e.g. `--cpu-prof`).
+ */
+import { spawn } from "node:child_process"
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
+import http from "node:http"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import * as FakeAgent from "../packages/testkit/src/FakeAgent.js"
+import { freePort } from "../packages/testkit/src/ServerProcess.js"
+import { run, send, type Target, waitForHealth } from "./load.js"
+
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
+const SENDERS = Number(process.env.BENCH_SENDERS ?? 32)
+const MODE = process.env.BENCH_MODE ?? "send"
+const checkout = process.env.BENCH_CHECKOUT ?? join(import.meta.dirname, "..")
+const nodeArgs = (process.env.BENCH_NODE_ARGS ?? "").split(" ").filter((arg) => arg !== "")
+
+interface ThreadTimes {
+  readonly runMs: number
+  readonly waitMs: number
+}
+
+/** CPU time and time spent runnable but waiting for a core, per thread of `pid`. */
+const threadTimes = (pid: number): Map<string, ThreadTimes> => {
+  const times = new Map<string, ThreadTimes>()
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const [run, wait] = readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ").map(Number)
+      times.set(tid, { runMs: run! / 1e6, waitMs: wait! / 1e6 })
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return times
+}
+
+const port = await freePort()
+const dataDir = mkdtempSync(join(tmpdir(), "mahilo-drive-"))
+const server = spawn(process.execPath, [...nodeArgs, "--import", "tsx", join(checkout, "packages/server/src/main.ts")], {
+  cwd: checkout,
+  env: {
+    ...process.env,
+    PORT: String(port),
+    HOST: "127.0.0.1",
+    MAHILO_DATA_DIR: dataDir,
+    MAHILO_ALLOW_PRIVATE_CALLBACKS: "true",
+    MAHILO_LOG_LEVEL: "warning",
+    DATABASE_URL: ""
+  },
+  stdio: ["ignore", "inherit", "inherit"]
+})
+const target: Target = { port }
+const pool = new http.Agent({ keepAlive: true, maxSockets: 64 })
+const agents = await FakeAgent.startMany(SENDERS)
+try {
+  await waitForHealth(`http://127.0.0.1:${port}`)
+  const call = async (path: string, body?: unknown, key?: string) => {
+    const answer = await send(pool, target, {
+      method: "POST",
+      path,
+      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
+      ...(key !== undefined ? { headers: { authorization: `Bearer ${key}` } } : {})
+    })
+    if (answer.status >= 400) throw new Error(`${path} → ${answer.status} ${answer.body}`)
+    return JSON.parse(answer.body) as any
+  }
+  const senders: Array<string> = []
+  for (let i = 0; i < SENDERS; i++) {
+    senders.push((await call("/api/v1/auth/register", { username: `sender${i}` })).api_key)
+    const receiver = (await call("/api/v1/auth/register", { username: `receiver${i}` })).api_key as string
+    const request = await call("/api/v1/friends/request", { username: `receiver${i}` }, senders[i])
+    await call(`/api/v1/friends/${request.friendship_id}/accept`, undefined, receiver)
+    await call("/api/v1/agents", {
+      framework: "bench",
+      label: "main",
+      callback_url: agents.agents[i]!.url,
+      callback_secret: agents.agents[i]!.secret,
+      public_key: "cHVibGlj",
+      public_key_alg: "ed25519"
+    }, receiver)
+  }
+  const drive = (durationMs: number, label: string) =>
+    run({
+      target,
+      concurrency: SENDERS,
+      durationMs,
+      serverPid: server.pid,
+      next: (w, i) =>
+        MODE === "health"
+          ? { method: "GET", path: "/health" }
+          : MODE === "friends"
+          ? { method: "GET", path: "/api/v1/friends", headers: { authorization: `Bearer ${senders[w]}`, "cache-control": "no-cache" } }
+          : {
+            method: "POST",
+            path: "/api/v1/messages/send",
+            headers: { authorization: `Bearer ${senders[w]}` },
+            body: JSON.stringify({ recipient: `receiver${w}`, message: `${label} ${w}-${i}` })
+          }
+    })
+  await drive(3_000, "warm-up")
+  const before = threadTimes(server.pid!)
+  const result = await drive(SECONDS * 1000, "measured")
+  const after = threadTimes(server.pid!)
+  const threads = [...after].flatMap(([tid, t]) => {
+    const b = before.get(tid) ?? { runMs: 0, waitMs: 0 }
+    const cores = (t.runMs - b.runMs) / 1000 / result.seconds
+    return cores < 0.01 ? [] : [{
+      thread: tid === String(server.pid) ? "main" : tid,
+      cores: Math.round(cores * 100) / 100,
+      waitingMs: Math.round(t.waitMs - b.waitMs)
+    }]
+  }).sort((x, y) => y.cores - x.cores)
+  console.log(JSON.stringify({ mode: MODE, checkout, ...result, threads }))
+} finally {
+  server.kill("SIGINT")
+  await new Promise((resolve) => server.once("exit", resolve))
+  await agents.close()
+  pool.destroy()
+  rmSync(dataDir, { recursive: true, force: true })
+}
