@@ -223,8 +223,11 @@ export const make = Effect.gen(function* () {
       // A peer the operator blocked is not told now, but the change still stands here: the notice
       // is held (retried on the same back-off, within the same horizon) and sent once the peer is
       // trusted again, so the two registries agree again after a block is lifted.
-      const held = (reason: string): RetrySchedule.Outcome => ({ _tag: "NetworkError", message: `held: ${reason}` })
-      const outcome: RetrySchedule.Outcome | { readonly _tag: "Deferred"; readonly retryAfterMs: number } = yield* Effect.gen(function* () {
+      const held = (reason: string) => ({ _tag: "Held", reason }) as const
+      const outcome:
+        | RetrySchedule.Outcome
+        | { readonly _tag: "Deferred"; readonly retryAfterMs: number }
+        | { readonly _tag: "Held"; readonly reason: string } = yield* Effect.gen(function* () {
         if (Option.isNone(peer)) return refused(`${row.peer} is not on this registry's allowlist`)
         if (peer.value.status === "blocked") return held(`${row.peer} is blocked by this registry's operator`)
         if (peer.value.status !== "trusted") return held(`${row.peer} is not trusted`)
@@ -236,9 +239,9 @@ export const make = Effect.gen(function* () {
       const now = Date.now()
       if (outcome._tag === "Deferred") return { _tag: "Postponed", at: new Date(now + Math.max(1, outcome.retryAfterMs)) } as const
       const statusCode = outcome._tag === "Response" ? outcome.status : null
-      const verdict = RetrySchedule.classify(outcome)
+      const verdict = outcome._tag === "Held" ? "retry" : RetrySchedule.classify(outcome)
       if (verdict === "delivered") return { _tag: "Delivered" } as const
-      const error = RetrySchedule.describe(outcome)
+      const error = outcome._tag === "Held" ? `held: ${outcome.reason}` : RetrySchedule.describe(outcome)
       if (verdict === "permanent") return { _tag: "Failed", error, statusCode } as const
       const delay = RetrySchedule.nextAttemptDelay(schedule, {
         attempts: row.attempts + 1,

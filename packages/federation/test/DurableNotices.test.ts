@@ -153,7 +153,7 @@ for (const { name: backend } of TestDatabase.backends) {
           { timeoutMs: 10_000, label: "the notice tried while y is blocked" }
         )
         expect(held[0]!.status).toBe("pending")
-        expect(held[0]!.last_error).toContain("blocked")
+        expect(held[0]!.last_error).toBe(`held: ${y.name} is blocked by this registry's operator`)
         expect(yield* Effect.promise(() => friendNames(bob, "accepted"))).toEqual([`alice@${x.name}`])
 
         // Trusted again: told now, without anyone acting on the friendship again.
