@@ -159,3 +159,39 @@ export const parseRetryAfter = (header: string | null | undefined, nowMs: number
   if (!/[a-z]/i.test(value) || Number.isNaN(date)) return undefined
   return Math.max(0, date - nowMs)
 }
+
+/** What an attempt's outcome means for the work it was for: done, given up, or due again after `delayMs`. */
+export type Decision =
+  | { readonly _tag: "Delivered"; readonly statusCode: number | null }
+  | { readonly _tag: "Failed"; readonly error: string; readonly statusCode: number | null }
+  | { readonly _tag: "Retry"; readonly error: string; readonly statusCode: number | null; readonly delayMs: number }
+
+/**
+ * Decides an outcome against `schedule`, given the work's history (`attempts`
+ * made before this one, when the first was made): one rule for agent
+ * deliveries, peer deliveries and notices to peers alike. `description`, when
+ * given, is what the error says instead of `describe(outcome)`.
+ */
+export const decide = (
+  schedule: RetrySchedule,
+  outcome: Outcome,
+  history: { readonly attempts: number; readonly firstAttemptAt: number; readonly now: number; readonly random: () => number },
+  description?: string
+): Decision => {
+  const statusCode = outcome._tag === "Response" ? outcome.status : null
+  const verdict = classify(outcome)
+  if (verdict === "delivered") return { _tag: "Delivered", statusCode }
+  const error = description ?? describe(outcome)
+  if (verdict === "permanent") return { _tag: "Failed", error, statusCode }
+  const delay = nextAttemptDelay(schedule, {
+    attempts: history.attempts + 1,
+    firstAttemptAt: history.firstAttemptAt,
+    now: history.now,
+    random: history.random,
+    ...(outcome._tag === "Response" && outcome.retryAfterMs !== undefined ? { retryAfterMs: outcome.retryAfterMs } : {})
+  })
+  return Option.match(delay, {
+    onNone: (): Decision => ({ _tag: "Failed", error: `gave up after ${history.attempts + 1} attempts: ${error}`, statusCode }),
+    onSome: (delayMs): Decision => ({ _tag: "Retry", error, statusCode, delayMs })
+  })
+}

@@ -66,6 +66,14 @@ const fromJson = (value: unknown): unknown => (typeof value === "string" ? JSON.
 const time = (value: Date | string | null): number | undefined =>
   value === null ? undefined : value instanceof Date ? value.getTime() : new Date(value).getTime()
 
+/** A notice's history, as the retry schedule weighs it. */
+const history = (row: Row, now: number) => ({
+  attempts: row.attempts,
+  firstAttemptAt: time(row.first_attempt_at) ?? now,
+  now,
+  random: Math.random
+})
+
 export interface NoticesService {
   /** Queues `notice` for `peer`; run it in the transaction of the change it tells. */
   readonly enqueue: (peer: string, notice: Notice) => Effect.Effect<void, SqlError>
@@ -238,22 +246,18 @@ export const make = Effect.gen(function* () {
       })
       const now = Date.now()
       if (outcome._tag === "Deferred") return { _tag: "Postponed", at: new Date(now + Math.max(1, outcome.retryAfterMs)) } as const
-      const statusCode = outcome._tag === "Response" ? outcome.status : null
-      const verdict = outcome._tag === "Held" ? "retry" : RetrySchedule.classify(outcome)
-      if (verdict === "delivered") return { _tag: "Delivered" } as const
-      const error = outcome._tag === "Held" ? `held: ${outcome.reason}` : RetrySchedule.describe(outcome)
-      if (verdict === "permanent") return { _tag: "Failed", error, statusCode } as const
-      const delay = RetrySchedule.nextAttemptDelay(schedule, {
-        attempts: row.attempts + 1,
-        firstAttemptAt: time(row.first_attempt_at) ?? now,
-        now,
-        random: Math.random,
-        ...(outcome._tag === "Response" && outcome.retryAfterMs !== undefined ? { retryAfterMs: outcome.retryAfterMs } : {})
-      })
-      return Option.match(delay, {
-        onNone: () => ({ _tag: "Failed", error: `gave up after ${row.attempts + 1} attempts: ${error}`, statusCode }) as const,
-        onSome: (ms) => ({ _tag: "Retry", error, statusCode, at: new Date(now + ms) }) as const
-      })
+      // Held is retried as a peer that cannot be reached is, and says why.
+      const decision = outcome._tag === "Held"
+        ? RetrySchedule.decide(schedule, { _tag: "NetworkError", message: outcome.reason }, history(row, now), `held: ${outcome.reason}`)
+        : RetrySchedule.decide(schedule, outcome, history(row, now))
+      switch (decision._tag) {
+        case "Delivered":
+          return { _tag: "Delivered" } as const
+        case "Failed":
+          return { _tag: "Failed", error: decision.error, statusCode: decision.statusCode } as const
+        case "Retry":
+          return { _tag: "Retry", error: decision.error, statusCode: decision.statusCode, at: new Date(now + decision.delayMs) } as const
+      }
     })
 
   /**

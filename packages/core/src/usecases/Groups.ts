@@ -81,6 +81,18 @@ export const make = (friends: Friends) =>
     const groupOf = (groupId: string) =>
       Effect.flatMap(groups.find(groupId), Option.match({ onNone: () => Effect.fail(groupNotFound()), onSome: Effect.succeed }))
 
+    /** Tells `userIds` that `username`'s membership or invitation ended, and why; nobody to tell, nothing published. */
+    const announceLeave = (
+      userIds: ReadonlyArray<string>,
+      groupId: string,
+      groupName: string,
+      username: string,
+      reason: "left" | "declined" | "removed" | "deleted"
+    ) =>
+      userIds.length === 0
+        ? Effect.void
+        : events.publish({ _tag: "GroupLeave", userIds, groupId, groupName, username, reason })
+
     /** Everyone active in the group, to tell about a join or leave. */
     const audience = (groupId: string) => groups.activeMemberIds(groupId)
 
@@ -232,14 +244,7 @@ export const make = (friends: Friends) =>
             const remote = at.membership
             const { groupDeleted } = yield* directory.leaveRemoteGroup(remote, principal)
             // The home tells its members; the user's own sockets here hear it as for a group of this registry.
-            yield* events.publish({
-              _tag: "GroupLeave",
-              userIds: [principal.userId],
-              groupId: at.address,
-              groupName: remote.groupName,
-              username: principal.username,
-              reason: remote.status === "invited" ? "declined" : "left"
-            })
+            yield* announceLeave([principal.userId], at.address, remote.groupName, principal.username, remote.status === "invited" ? "declined" : "left")
             return { groupDeleted }
           }
           const groupId = at.groupId
@@ -263,24 +268,8 @@ export const make = (friends: Friends) =>
             return { before, change, declined, group, invited, tellNow }
           }))
           yield* tellNow
-          yield* events.publish({
-            _tag: "GroupLeave",
-            userIds: before,
-            groupId,
-            groupName: group.name,
-            username: principal.username,
-            reason: declined ? "declined" : "left"
-          })
-          if (invited.length > 0) {
-            yield* events.publish({
-              _tag: "GroupLeave",
-              userIds: invited,
-              groupId,
-              groupName: group.name,
-              username: principal.username,
-              reason: "deleted"
-            })
-          }
+          yield* announceLeave(before, groupId, group.name, principal.username, declined ? "declined" : "left")
+          yield* announceLeave(invited, groupId, group.name, principal.username, "deleted")
           return { groupDeleted: change._tag === "DeleteGroup" }
         }),
 
@@ -333,16 +322,7 @@ export const make = (friends: Friends) =>
             return { before, group, tellNow }
           }))
           yield* tellNow
-          if (before.length > 0) {
-            yield* events.publish({
-              _tag: "GroupLeave",
-              userIds: before,
-              groupId,
-              groupName: group.name,
-              username: principal.username,
-              reason: "deleted"
-            })
-          }
+          yield* announceLeave(before, groupId, group.name, principal.username, "deleted")
         }),
 
       /** The owner promotes or demotes a member, or an owner/admin removes one. */
@@ -372,14 +352,7 @@ export const make = (friends: Friends) =>
           yield* tellNow
           // As for a leave: everyone active before hears it, the removed member too (also when only invited).
           if (Option.isSome(removed)) {
-            yield* events.publish({
-              _tag: "GroupLeave",
-              userIds: before.includes(userId) ? before : [...before, userId],
-              groupId,
-              groupName: group.name,
-              username: removed.value.username,
-              reason: "removed"
-            })
+            yield* announceLeave(before.includes(userId) ? before : [...before, userId], groupId, group.name, removed.value.username, "removed")
           }
         })
     }

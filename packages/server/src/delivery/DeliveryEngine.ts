@@ -180,23 +180,22 @@ export const make = (settings: EngineSettings) =>
 
     /** What to record for an outcome, given the delivery's history. */
     const decide = (d: Store.Delivery, outcome: RetrySchedule.Outcome, now: number): Store.AttemptRecord => {
-      const statusCode = outcome._tag === "Response" ? outcome.status : null
-      const verdict = RetrySchedule.classify(outcome)
-      if (verdict === "delivered") return { _tag: "Delivered", statusCode, at: new Date(now) }
-      const error = RetrySchedule.describe(outcome)
-      if (verdict === "permanent") return { _tag: "Failed", error, statusCode }
-      const delay = RetrySchedule.nextAttemptDelay(d.targetKind === "peer" ? peerSchedule : settings.schedule, {
-        attempts: d.attempts + 1,
+      const decision = RetrySchedule.decide(d.targetKind === "peer" ? peerSchedule : settings.schedule, outcome, {
+        attempts: d.attempts,
         firstAttemptAt: d.firstAttemptAt?.getTime() ?? now,
         now,
-        random: Math.random,
-        ...(outcome._tag === "Response" && outcome.retryAfterMs !== undefined ? { retryAfterMs: outcome.retryAfterMs } : {})
+        random: Math.random
       })
-      return Option.match(delay, {
-        onNone: () => ({ _tag: "Failed", error: `gave up after ${d.attempts + 1} attempts: ${error}`, statusCode }),
-        onSome: (ms) => ({ _tag: "Retry", error, statusCode, nextAttemptAt: new Date(now + ms) })
-      })
+      switch (decision._tag) {
+        case "Delivered":
+          return { _tag: "Delivered", statusCode: decision.statusCode, at: new Date(now) }
+        case "Failed":
+          return decision
+        case "Retry":
+          return { _tag: "Retry", error: decision.error, statusCode: decision.statusCode, nextAttemptAt: new Date(now + decision.delayMs) }
+      }
     }
+
 
     const announce = (claimed: Store.ClaimedDelivery, rollup: Store.Rollup) =>
       Effect.gen(function* () {
