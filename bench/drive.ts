@@ -11,7 +11,9 @@
  *
  * Knobs: BENCH_MODE `send` (default) | `health` | `friends` (GET /friends with
  * no-cache: the whole framework), BENCH_SECONDS, BENCH_SENDERS (32),
- * BENCH_NODE_ARGS (extra flags for the server's node, e.g. `--cpu-prof`).
+ * BENCH_NODE_ARGS (extra flags for the server's node, e.g. `--cpu-prof`),
+ * BENCH_SIGNAL=true (send the server SIGUSR2 as the measured drive starts and
+ * again as it ends, for a profiler preloaded with `--import` to scope itself).
  */
 import { spawn } from "node:child_process"
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
@@ -27,6 +29,8 @@ const SENDERS = Number(process.env.BENCH_SENDERS ?? 32)
 const MODE = process.env.BENCH_MODE ?? "send"
 const checkout = process.env.BENCH_CHECKOUT ?? join(import.meta.dirname, "..")
 const nodeArgs = (process.env.BENCH_NODE_ARGS ?? "").split(" ").filter((arg) => arg !== "")
+const SIGNAL = process.env.BENCH_SIGNAL === "true"
+
 
 interface ThreadTimes {
   readonly runMs: number
@@ -112,7 +116,9 @@ try {
     })
   await drive(3_000, "warm-up")
   const before = threadTimes(server.pid!)
+  if (SIGNAL) server.kill("SIGUSR2")
   const result = await drive(SECONDS * 1000, "measured")
+  if (SIGNAL) server.kill("SIGUSR2")
   const after = threadTimes(server.pid!)
   const threads = [...after].flatMap(([tid, t]) => {
     const b = before.get(tid) ?? { runMs: 0, waitMs: 0 }
