@@ -27,15 +27,17 @@ const unavailable = (peer: string, e: PeerCallError) =>
   )
 
 /**
- * A peer's refusal in the contract's terms, with the peer's code: 403 stays 403
- * (its user blocked ours, an invitation is needed, it does not trust us…) and
- * 404 stays 404; other refusals conflict, the rest is unavailability.
+ * A peer's refusal in the contract's terms, with the peer's code: 400 stays 400
+ * (it judged the request invalid: a field it validates, a limit of its own), 403
+ * stays 403 (its user blocked ours, an invitation is needed, it does not trust
+ * us…) and 404 stays 404; other refusals conflict, the rest is unavailability.
  */
 const refused = (
   peer: string,
   response: PeerResponse
-): Errors.Forbidden | Errors.NotFound | Errors.Conflict | Errors.Unavailable => {
+): Errors.InvalidRequest | Errors.Forbidden | Errors.NotFound | Errors.Conflict | Errors.Unavailable => {
   const { code, error } = errorOf(response)
+  if (response.status === 400) return Errors.InvalidRequest.of(code, `${peer}: ${error}`)
   if (response.status === 403) return Errors.Forbidden.of(code, `${peer}: ${error}`)
   if (response.status === 404) return Errors.NotFound.of(code, error)
   if (response.status === 429) return Errors.Unavailable.of("PEER_RATE_LIMITED", `${peer} asks to slow down: ${error}`)

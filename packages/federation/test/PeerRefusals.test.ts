@@ -17,10 +17,14 @@ const run = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>): Promise<A> =>
   Effect.runPromise(Effect.scoped(effect) as Effect.Effect<A, unknown>)
 
 /** A call as a client makes it: the status and the JSON body. */
-const call = async (registry: Cluster.Member, person: Fixtures.Person, method: "POST" | "DELETE", path: string) => {
+const call = async (registry: Cluster.Member, person: Fixtures.Person, method: "POST" | "DELETE", path: string, body?: unknown) => {
   const response = await fetch(`${registry.url}/api/v1${path}`, {
     method,
-    headers: { authorization: `Bearer ${person.apiKey}` }
+    headers: {
+      authorization: `Bearer ${person.apiKey}`,
+      ...(body !== undefined ? { "content-type": "application/json" } : {})
+    },
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {})
   })
   return { status: response.status, body: (await response.json()) as any }
 }
@@ -78,6 +82,26 @@ describe("a refusal by the other registry", () => {
     const accepted = await call(b, bob, "POST", `/friends/${id}/accept`)
     expect(accepted).toEqual({ status: 200, body: { friendship_id: id, status: "accepted" } })
     expect((await run(alice.client.friends.list({ urlParams: {} }))).map((f) => f.username)).toEqual([`bob@${b.name}`])
+  })
+
+  it("a friend request the other registry judges invalid is 400 with its code, not 409, and neither side records it", async () => {
+    const uma = await run(Fixtures.person(a.server(), "uma"))
+    const vic = await run(Fixtures.person(b.server(), "vic"))
+    // b keeps a display name longer than the protocol carries (an operator's import, say; b's own
+    // API takes 100 characters): a validates the field and refuses b's word of the request 400.
+    await run(b.sql((sql) => sql`UPDATE users SET display_name = ${"v".repeat(201)} WHERE id = ${vic.userId}`))
+
+    const refused = await call(b, vic, "POST", "/friends/request", { username: `uma@${a.name}` })
+    expect(refused).toEqual({ status: 400, body: { code: "INVALID_REQUEST", error: expect.stringContaining(a.name) } })
+    expect(refused.body.error).toContain("from_display_name")
+    expect(await run(vic.client.friends.list({ urlParams: {} }))).toEqual([])
+    expect(await run(uma.client.friends.list({ urlParams: {} }))).toEqual([])
+
+    // With a name a carries, the same request goes through.
+    await run(b.sql((sql) => sql`UPDATE users SET display_name = ${"Vic"} WHERE id = ${vic.userId}`))
+    const asked = await call(b, vic, "POST", "/friends/request", { username: `uma@${a.name}` })
+    expect(asked).toMatchObject({ status: 201, body: { status: "pending" } })
+    expect((await run(uma.client.friends.list({ urlParams: { status: "pending" } }))).map((f) => f.username)).toEqual([`vic@${b.name}`])
   })
 
   it("joining a remote group whose home withdrew the invitation is 403 INVITE_REQUIRED, as the home answers", async () => {

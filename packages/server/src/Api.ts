@@ -274,7 +274,8 @@ export class FriendsGroup extends HttpApiGroup.make("friends")
   )
   .middleware(Authentication)
   // With a user of another registry, that registry's refusal is passed on as it answered it:
-  // 403 (say `BLOCKED`, `PEER_BLOCKED`) or 409.
+  // 400 (it judged the request invalid), 403 (say `BLOCKED`, `PEER_BLOCKED`) or 409.
+  .addError(InvalidRequest)
   .addError(Forbidden)
   .addError(Conflict)
   .addError(Unavailable)

@@ -37,11 +37,17 @@ export const make = Effect.gen(function* () {
     )
 
   /**
-   * Runs a transition on the row `id`, as `principal`. Federation: with a user
-   * of another registry, an accept must be agreed there first; a reject, block
-   * or unfriend takes effect here at once, and telling their registry is queued
-   * in the same transaction, to be retried until it is told (nothing to tell is
-   * lost if this process dies right after answering).
+   * Runs a transition on the row `id`, as `principal`. It is decided on the row
+   * as it is under the row's lock, in the transaction that writes it: of two
+   * changes to one friendship at once (a block and an unfriend, an accept and
+   * a withdrawal, the other registry's word arriving), the second sees what the
+   * first did and answers for that (404 when the row is gone), instead of both
+   * answering success with only the later write standing. Federation: with a
+   * user of another registry, an accept must be agreed there first (before the
+   * lock: no row stays locked over a network call); a reject, block or unfriend
+   * takes effect here at once, and telling their registry is queued in the same
+   * transaction, to be retried until it is told (nothing to tell is lost if
+   * this process dies right after answering), and only for a change made here.
    */
   const transition = (
     principal: Principal,
@@ -50,25 +56,25 @@ export const make = Effect.gen(function* () {
     action: FriendshipMirror["action"]
   ) =>
     Effect.gen(function* () {
+      // Decided first on a plain read, so nothing is asked of another registry for a change refused here.
       const row = yield* friendships.find(id)
-      const change = yield* decide(Option.getOrUndefined(row), principal.userId)
+      yield* decide(Option.getOrUndefined(row), principal.userId)
       const remote = Option.isSome(row) ? yield* remoteParty(row.value, principal.userId) : Option.none()
       const mirror = Option.map(remote, (other): FriendshipMirror => ({ action, actor: principal, other }))
       if (Option.isSome(mirror) && action === "accept") yield* directory.mirrorFriendship(mirror.value)
       const told = Option.filter(mirror, (m): m is FriendshipMirror & { readonly action: "reject" | "block" | "unfriend" } =>
         m.action === "reject" || m.action === "block" || m.action === "unfriend")
-      if (Option.isNone(told)) return { row: Option.getOrUndefined(row)!, updated: yield* friendships.apply(change, id) }
-      // Decided again on the row as it is under the transaction's lock: a change that raced this one
-      // (the other registry's unfriend arriving, say) is seen, and no notice goes out for a change
-      // that did not take effect here.
-      const [updated, tellNow] = yield* friendships.atomically(Effect.gen(function* () {
+      const { locked, tellNow, updated } = yield* friendships.atomically(Effect.gen(function* () {
         const locked = Option.getOrUndefined(yield* friendships.findLocked(id))
         const current = yield* decide(locked, principal.userId)
-        return yield* Effect.zip(friendships.apply(current, id), directory.queueFriendshipChange(told.value))
+        const updated = yield* friendships.apply(current, id)
+        const tellNow = Option.isSome(told) ? yield* directory.queueFriendshipChange(told.value) : Effect.void
+        // `decide` refuses a row that is not there, so `locked` is the row as it was before this change.
+        return { locked: locked!, tellNow, updated }
       }))
       // Committed: the first try at telling their registry, as a send's first attempt is made inline.
       yield* tellNow
-      return { row: Option.getOrUndefined(row)!, updated }
+      return { row: locked, updated }
     })
 
   const requestOnce = (principal: Principal, target: string) =>

@@ -1,0 +1,83 @@
+/**
+ * Two changes to one friendship between users of this registry at once: the
+ * second is decided on the row as the first left it, so it never answers
+ * success for a change that did not stand (or undo the first's, as an unfriend
+ * erasing the other side's block would).
+ */
+import { SqlClient } from "@effect/sql"
+import { TestDatabase, TestServer } from "@mahilo/testkit"
+import { describe, expect, it } from "@effect/vitest"
+import { Context, Deferred, Effect, Either, Fiber } from "effect"
+import * as Fixtures from "../support/Fixtures.js"
+
+interface Race {
+  readonly name: string
+  /** Whether bob accepts alice's request before the race. */
+  readonly accepted: boolean
+  /** The racing writer's change, made in another session while it holds the row. */
+  readonly first: (sql: SqlClient.SqlClient, row: string, bob: Fixtures.User) => Effect.Effect<unknown, unknown>
+  /** The change made over the API meanwhile, which waits for the row. */
+  readonly second: (users: { alice: Fixtures.User; bob: Fixtures.User }, row: string) => Effect.Effect<unknown, unknown>
+  /** The row once both are done. */
+  readonly after: (bob: Fixtures.User) => ReadonlyArray<{ status: string; blocked_by: string | null }>
+}
+
+const races: ReadonlyArray<Race> = [
+  {
+    name: "alice's unfriend waiting while bob blocks her is 404 FRIENDSHIP_NOT_FOUND, and bob's block stands",
+    accepted: true,
+    first: (sql, row, bob) => sql`UPDATE friendships SET status = 'blocked', blocked_by = ${bob.id}, updated_at = now() WHERE id = ${row}`,
+    second: ({ alice }, row) => alice.api.friends.unfriend({ path: { id: row } }),
+    after: (bob) => [{ status: "blocked", blocked_by: bob.id }]
+  },
+  {
+    name: "alice's block waiting while the friendship is removed (an unfriend) is 404 FRIENDSHIP_NOT_FOUND, and nothing is blocked",
+    accepted: true,
+    first: (sql, row) => sql`DELETE FROM friendships WHERE id = ${row}`,
+    second: ({ alice }, row) => alice.api.friends.block({ path: { id: row } }),
+    after: () => []
+  },
+  {
+    name: "bob's accept waiting while alice withdraws her request is 404 FRIENDSHIP_NOT_FOUND, and they are not friends",
+    accepted: false,
+    first: (sql, row) => sql`DELETE FROM friendships WHERE id = ${row}`,
+    second: ({ bob }, row) => bob.api.friends.accept({ path: { id: row } }),
+    after: () => []
+  }
+]
+
+// Needs a second session on the registry's database to hold the row: PostgreSQL only (when DATABASE_URL is set).
+describe.runIf(TestDatabase.adminUrl() !== undefined)("friendship changes racing on one row (postgres)", () => {
+  for (const race of races) {
+    it.scopedLive(race.name, () =>
+      Effect.gen(function* () {
+        const server = yield* TestServer.make({ database: TestDatabase.postgres })
+        const sql = Context.get(server.context, SqlClient.SqlClient)
+        const [alice, bob] = (yield* Fixtures.users(server, "alice", "bob")) as [Fixtures.User, Fixtures.User]
+        const { friendship_id: row } = yield* alice.api.friends.request({ payload: { username: "bob" } })
+        if (race.accepted) yield* bob.api.friends.accept({ path: { id: row } })
+
+        // Another session holds the row, as a racing writer would, while the second change is asked for.
+        const locked = yield* Deferred.make<void>()
+        const release = yield* Deferred.make<void>()
+        const holder = yield* Effect.fork(sql.withTransaction(Effect.gen(function* () {
+          yield* sql`SELECT id FROM friendships WHERE id = ${row} FOR UPDATE`
+          yield* Deferred.succeed(locked, undefined)
+          yield* Deferred.await(release)
+          yield* race.first(sql, row, bob)
+        })))
+        yield* Deferred.await(locked)
+        const second = yield* Effect.fork(Effect.either(race.second({ alice, bob }, row)))
+        const waiting = sql<{ n: number }>`
+          SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`
+        yield* Fixtures.eventually(waiting, (rows) => rows[0]!.n > 0)
+
+        // The first writer commits: the second finds the row as it left it.
+        yield* Deferred.succeed(release, undefined)
+        yield* Fiber.join(holder)
+        const answer = yield* Fiber.join(second)
+        expect(Either.isLeft(answer) ? (answer.left as { code?: string }).code : "answered success").toBe("FRIENDSHIP_NOT_FOUND")
+        expect(yield* sql`SELECT status, blocked_by FROM friendships WHERE id = ${row}`).toEqual(race.after(bob))
+      }), { timeout: 120_000 })
+  }
+})
