@@ -21,7 +21,7 @@ import type { RegistryConfig } from "./usecases/RegistryConfig.js"
 
 export type { Principal } from "./usecases/Accounts.js"
 export type { ConnectionInput, UpsertResult } from "./usecases/Agents.js"
-export { announceMoved } from "./usecases/Agents.js"
+export { announceMoved, announceRerouted, CONNECTION_DELETED, rerouteLeased, rerouteTarget } from "./usecases/Agents.js"
 export type { FederatedOrigin, MemberCounts, PlannedDelivery, SendInput, SendOptions, SendResult } from "./usecases/Messaging.js"
 export { CIPHERTEXT, countMembers, memberStatus } from "./usecases/Messaging.js"
 export type { PolicyInput } from "./usecases/Policies.js"

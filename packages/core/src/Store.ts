@@ -112,6 +112,13 @@ export interface ConnectionsService {
   readonly update: (connection: Omit<AgentConnection, "createdAt" | "updatedAt" | "lastSeen">) => Effect.Effect<void, SqlError>
   /** Deletes the user's connection; false if it was not theirs. */
   readonly delete: (userId: string, id: string) => Effect.Effect<boolean, SqlError>
+  /**
+   * The user's connections, locked until the surrounding transaction ends
+   * (`atomically`): of two changes decided from them, the second waits for the first.
+   */
+  readonly listLocked: (userId: string) => Effect.Effect<ReadonlyArray<AgentConnection>, SqlError>
+  /** Runs `change` in one transaction: a connection change and the deliveries it moves commit together, or neither. */
+  readonly atomically: <A, E, R>(change: Effect.Effect<A, E, R>) => Effect.Effect<A, E | SqlError, R>
   readonly touch: (id: string, at: Date) => Effect.Effect<void, SqlError>
 }
 
@@ -431,6 +438,50 @@ export interface OutboxService {
    * goes to the inbox instead of being attempted; none when the lease was lost.
    */
   readonly moveToInbox: (owner: string, deliveryId: string) => Effect.Effect<Option.Option<MovedDelivery>, SqlError>
+  /**
+   * The pending deliveries of a deleted connection (or one such delivery `owner`
+   * leased) go to `to`, where a new send to the recipient would go now; with no
+   * `to` they fail with `reason`. A group delivery whose recipient still has the
+   * message coming or delivered through another of their deliveries is dropped
+   * instead (the message counts one recipient delivery less). Deliveries of the
+   * connection in an attempt right now are left to that attempt: if it does not
+   * deliver, `record` leaves them pending and due (marked) for the
+   * engine to reroute (`Leased`).
+   */
+  readonly reroute: (
+    from: RerouteSource,
+    to: Option.Option<RerouteTarget>,
+    reason: string
+  ) => Effect.Effect<Rerouted, SqlError>
+}
+
+/** Whose deliveries `reroute` moves: a connection's (being deleted), or one leased delivery whose connection is gone. */
+export type RerouteSource =
+  | { readonly _tag: "Connection"; readonly connectionId: string }
+  | { readonly _tag: "Leased"; readonly owner: string; readonly deliveryId: string }
+
+/** A connection deliveries are moved to, and how it receives. */
+export interface RerouteTarget {
+  readonly connectionId: string
+  readonly kind: "agent" | "inbox"
+}
+
+/** What `reroute` did. */
+export interface Rerouted {
+  /** Moved to the target, with the kind each had before and has now. */
+  readonly moved: ReadonlyArray<MovedDelivery & { readonly from: "agent" | "inbox"; readonly to: "agent" | "inbox" }>
+  /** Group deliveries dropped as redundant, with their message's status after (final when they were its last pending one). */
+  readonly dropped: ReadonlyArray<{
+    readonly deliveryId: string
+    readonly messageId: string
+    readonly senderId: string
+    readonly recipientUserId: string | null
+    readonly messageStatus: MessageStatus
+  }>
+  /** Failed: the recipient had nowhere left. */
+  readonly failed: ReadonlyArray<Rollup>
+  /** In an attempt now, left to it. */
+  readonly held: number
 }
 
 /** A pending delivery that changed target kind, with what announcing it needs. */

@@ -248,6 +248,12 @@ const remoteGroupsByHome = run([
   `ALTER TABLE remote_group_members ADD PRIMARY KEY (group_id, home_instance, user_id)`
 ])
 
+/**
+ * A delivery in an attempt when its agent connection was deleted: the attempt
+ * finishes, and what it does not deliver is rerouted instead of retried or failed.
+ */
+const connectionDeleted = run([`ALTER TABLE deliveries ADD COLUMN connection_deleted boolean NOT NULL DEFAULT false`])
+
 /** Loader for `@effect/sql`'s Migrator. */
 export const loader = Migrator.fromRecord({
   "1_initial": initial,
@@ -255,7 +261,8 @@ export const loader = Migrator.fromRecord({
   "3_drop_unused_delivery_index": dropUnusedDeliveryIndex,
   "4_recipient_routing": recipientRouting,
   "5_peer_notices": peerNotices,
-  "6_remote_groups_by_home": remoteGroupsByHome
+  "6_remote_groups_by_home": remoteGroupsByHome,
+  "7_connection_deleted": connectionDeleted
 })
 
 export const table = "mahilo_migrations"

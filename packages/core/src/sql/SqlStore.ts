@@ -234,6 +234,9 @@ export const makeConnections = Effect.gen(function* () {
         sql`DELETE FROM agent_connections WHERE id = ${id} AND user_id = ${userId} RETURNING id`,
         (rows) => rows.length > 0
       )),
+    listLocked: (userId) =>
+      Effect.map(sql`SELECT * FROM agent_connections WHERE user_id = ${userId} ORDER BY created_at, id FOR UPDATE`, map),
+    atomically: (change) => sql.withTransaction(change),
     touch: (id, at) => cache.write(Effect.asVoid(sql`UPDATE agent_connections SET last_seen = ${at} WHERE id = ${id}`))
   })
 })
@@ -749,12 +752,15 @@ export const makeOutbox = Effect.gen(function* () {
             AS v(id, status, error, status_code, next_attempt_at)
         ), d AS (
           UPDATE deliveries d SET
-            status = v.status,
+            -- Its connection was deleted during this attempt: what the attempt did not deliver
+            -- stays pending, due now, for the engine to reroute.
+            status = CASE WHEN v.status <> 'delivered' AND d.connection_deleted THEN 'pending' ELSE v.status END,
             attempts = d.attempts + 1,
             first_attempt_at = COALESCE(d.first_attempt_at, now()),
             last_error = COALESCE(v.error, d.last_error),
             last_status_code = COALESCE(v.status_code, d.last_status_code),
-            next_attempt_at = COALESCE(v.next_attempt_at, d.next_attempt_at),
+            next_attempt_at = CASE WHEN v.status <> 'delivered' AND d.connection_deleted
+              THEN now() ELSE COALESCE(v.next_attempt_at, d.next_attempt_at) END,
             delivered_at = CASE WHEN v.status = 'delivered' THEN now() ELSE d.delivered_at END,
             lease_owner = NULL, lease_until = NULL, updated_at = now()
           FROM v
@@ -918,6 +924,103 @@ export const makeOutbox = Effect.gen(function* () {
           if (Option.isSome(moved) && moved.value.recipientUserId !== null) inboxes.bump([moved.value.recipientUserId])
           return moved
         }
+      ),
+    reroute: (from, to, reason) =>
+      Effect.tap(
+        sql.withTransaction(Effect.gen(function* () {
+          const selected = from._tag === "Connection"
+            ? sql`d.connection_id = ${from.connectionId} AND d.status = 'pending' AND d.target_kind IN ('agent', 'inbox')
+                AND NOT d.connection_deleted`
+            : sql`d.id = ${from.deliveryId} AND d.lease_owner = ${from.owner} AND d.status = 'pending' AND d.target_kind = 'agent'`
+          let held = 0
+          if (from._tag === "Connection") {
+            // In an attempt now: moving them could deliver twice. The attempt finishes; if it does
+            // not deliver, `record` leaves them due and the engine reroutes them (the connection is gone).
+            held = (yield* sql`
+              UPDATE deliveries d SET connection_deleted = true, updated_at = now()
+              WHERE ${selected} AND d.target_kind = 'agent' AND d.lease_until >= now() AND NOT d.connection_deleted
+              RETURNING d.id`).length
+          }
+          // A group member who still has the message coming (or has it) through another delivery
+          // needs no second one: a new send would not address the deleted connection either.
+          const gone = yield* sql<{ id: string; message_id: string; recipient_user_id: string | null; is_primary: boolean }>`
+            DELETE FROM deliveries d USING messages m
+            WHERE ${selected} AND m.id = d.message_id AND m.recipient_type = 'group'
+              AND EXISTS (
+                SELECT 1 FROM deliveries s
+                WHERE s.message_id = d.message_id AND s.recipient_user_id = d.recipient_user_id AND s.id <> d.id
+                  AND s.status IN ('pending', 'delivered'))
+            RETURNING d.id, d.message_id, d.recipient_user_id, d.is_primary`
+          const dropped: Array<Store.Rerouted["dropped"][number]> = []
+          if (gone.length > 0) {
+            const primary = gone.filter((g) => g.is_primary)
+            if (primary.length > 0) {
+              // Received history lists each member's primary delivery: another of theirs takes its place.
+              yield* sql`
+                UPDATE deliveries SET is_primary = true WHERE id IN (
+                  SELECT DISTINCT ON (s.message_id, s.recipient_user_id) s.id
+                  FROM deliveries s
+                  JOIN unnest(${primary.map((g) => g.message_id)}::text[], ${primary.map((g) => g.recipient_user_id)}::text[])
+                    AS p(message_id, user_id) ON s.message_id = p.message_id AND s.recipient_user_id = p.user_id
+                  ORDER BY s.message_id, s.recipient_user_id, (s.status = 'delivered') DESC, s.created_at, s.id)`
+            }
+            const perMessage = new Map<string, number>()
+            for (const g of gone) perMessage.set(g.message_id, (perMessage.get(g.message_id) ?? 0) + 1)
+            const updated = yield* sql<{ id: string; status: Store.MessageStatus; sender_id: string }>`
+              UPDATE messages m SET
+                recipients = m.recipients - c.n,
+                status = CASE
+                  WHEN m.status <> 'pending' THEN m.status
+                  WHEN m.delivered_count + m.failed_count >= m.recipients - c.n
+                    THEN CASE WHEN m.delivered_count > 0 THEN 'delivered' ELSE 'failed' END
+                  ELSE 'pending'
+                END
+              FROM unnest(${[...perMessage.keys()]}::text[], ${[...perMessage.values()]}::int[]) AS c(id, n)
+              WHERE m.id = c.id
+              RETURNING m.id, m.status, m.sender_id`
+            const byId = new Map(updated.map((u) => [u.id, u]))
+            for (const g of gone) {
+              const m = byId.get(g.message_id)
+              if (m === undefined) continue
+              dropped.push({
+                deliveryId: g.id,
+                messageId: g.message_id,
+                senderId: m.sender_id,
+                recipientUserId: g.recipient_user_id,
+                messageStatus: m.status
+              })
+            }
+          }
+          if (Option.isSome(to)) {
+            const rows = yield* sql`
+              WITH s AS (SELECT d.id, d.target_kind AS was FROM deliveries d WHERE ${selected} FOR UPDATE)
+              UPDATE deliveries d SET connection_id = ${to.value.connectionId}, target_kind = ${to.value.kind},
+                connection_deleted = false, next_attempt_at = now(), lease_owner = NULL, lease_until = NULL, updated_at = now()
+              FROM s, messages m
+              WHERE d.id = s.id AND m.id = d.message_id
+              RETURNING ${sql.literal(movedColumns)}, s.was`
+            return {
+              moved: rows.map((r: any) => ({ ...movedRow(r), from: r.was as "agent" | "inbox", to: to.value.kind })),
+              dropped,
+              failed: [],
+              held
+            } satisfies Store.Rerouted
+          }
+          const rows = yield* sql<FinishedRow>`
+            UPDATE deliveries d SET status = 'failed', last_error = ${reason}, lease_owner = NULL, lease_until = NULL,
+              updated_at = now()
+            FROM messages m
+            WHERE ${selected} AND m.id = d.message_id
+            RETURNING d.id, d.message_id, d.status, d.recipient_user_id, m.sender_id`
+          return { moved: [], dropped, failed: yield* rollup(rows), held } satisfies Store.Rerouted
+        })),
+        // An inbox may have gained or lost messages.
+        (done) =>
+          Effect.sync(() =>
+            inboxes.bump([...new Set([...done.moved, ...done.dropped, ...done.failed].flatMap((d) =>
+              d.recipientUserId !== null ? [d.recipientUserId] : []
+            ))])
+          )
       )
   })
 })

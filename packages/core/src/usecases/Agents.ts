@@ -75,6 +75,78 @@ export const announceMoved = (
     }
   })
 
+/** Why a deleted connection's delivery failed: as a send to a user without agents is refused, there is nowhere to go. */
+export const CONNECTION_DELETED = "the agent connection was deleted and the recipient has no other active agent connection"
+
+/**
+ * Where a new send to a recipient with these connections goes now (no hints:
+ * their preferred active connection), as a reroute target; none when a send
+ * would be refused (`NO_CONNECTIONS`).
+ */
+export const rerouteTarget = (connections: ReadonlyArray<Store.AgentConnection>): Option.Option<Store.RerouteTarget> =>
+  Either.match(Routing.selectOne(connections), {
+    onLeft: () => Option.none(),
+    onRight: (c) => Option.some({ connectionId: c.id, kind: (c as Store.AgentConnection).mode === "polling" ? "inbox" as const : "agent" as const })
+  })
+
+/**
+ * Tells about rerouted deliveries: the recipient, of those now in their inbox;
+ * the engines, of those now to be pushed; the sender, of those failed, and of
+ * messages a dropped delivery finished.
+ */
+export const announceRerouted = (publish: (event: RegistryEvent) => Effect.Effect<void>, rerouted: Store.Rerouted) =>
+  Effect.gen(function* () {
+    yield* announceMoved(publish, rerouted.moved.filter((d) => d.from === "agent" && d.to === "inbox"), "inbox")
+    yield* announceMoved(publish, rerouted.moved.filter((d) => d.to === "agent"), "agent")
+    for (const f of rerouted.failed) {
+      yield* publish({
+        _tag: "DeliveryStatus",
+        userId: f.senderId,
+        messageId: f.messageId,
+        deliveryStatus: f.deliveryStatus,
+        messageStatus: f.messageStatus,
+        recipientUserId: f.recipientUserId
+      })
+    }
+    for (const d of rerouted.dropped) {
+      if (d.messageStatus !== "delivered" && d.messageStatus !== "failed") continue
+      yield* publish({
+        _tag: "DeliveryStatus",
+        userId: d.senderId,
+        messageId: d.messageId,
+        deliveryStatus: d.messageStatus,
+        messageStatus: d.messageStatus,
+        recipientUserId: d.recipientUserId
+      })
+    }
+  })
+
+/**
+ * A delivery `owner` leased whose agent connection is gone (deleted after the
+ * delivery was queued, or while it was in an attempt): it goes where a new
+ * send to its recipient would go now, as the connection's other deliveries did
+ * when it was deleted; it fails only when the recipient has no agent left.
+ */
+export const rerouteLeased = (
+  services: {
+    readonly connections: Store.ConnectionsService
+    readonly outbox: Store.OutboxService
+    readonly publish: (event: RegistryEvent) => Effect.Effect<void>
+  },
+  owner: string,
+  delivery: Store.Delivery
+) =>
+  Effect.gen(function* () {
+    const theirs = delivery.recipientUserId === null ? [] : yield* services.connections.listActiveByUsers([delivery.recipientUserId])
+    const rerouted = yield* services.outbox.reroute(
+      { _tag: "Leased", owner, deliveryId: delivery.id },
+      rerouteTarget(theirs),
+      CONNECTION_DELETED
+    )
+    yield* announceRerouted(services.publish, rerouted)
+    return rerouted
+  })
+
 export const make = Effect.gen(function* () {
   const connections = yield* Store.Connections
   const outbox = yield* Store.Outbox
@@ -181,8 +253,17 @@ export const make = Effect.gen(function* () {
 
     deleteConnection: (principal: Principal, id: string) =>
       Effect.gen(function* () {
-        const deleted = yield* connections.delete(principal.userId, id)
-        if (!deleted) return yield* Errors.NotFound.of("CONNECTION_NOT_FOUND", "No agent connection with that id is yours")
+        // What was accepted for the connection and not yet delivered goes, in the same transaction,
+        // where a new send to the user would go now; it fails only if the user has no agent left.
+        // The user's connections are locked so that two deletes do not move deliveries to each other.
+        const rerouted = yield* connections.atomically(Effect.gen(function* () {
+          const mine = yield* connections.listLocked(principal.userId)
+          if (!(yield* connections.delete(principal.userId, id))) return Option.none()
+          const target = rerouteTarget(mine.filter((c) => c.id !== id))
+          return Option.some(yield* outbox.reroute({ _tag: "Connection", connectionId: id }, target, CONNECTION_DELETED))
+        }))
+        if (Option.isNone(rerouted)) return yield* Errors.NotFound.of("CONNECTION_NOT_FOUND", "No agent connection with that id is yours")
+        yield* announceRerouted(events.publish, rerouted.value)
         yield* events.publish({ _tag: "Connection", userId: principal.userId, connectionId: id, change: "deleted" })
       }),
 

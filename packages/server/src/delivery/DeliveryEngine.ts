@@ -104,6 +104,7 @@ interface Target {
 export const make = (settings: EngineSettings) =>
   Effect.gen(function* () {
     const outbox = yield* StoreTags.Outbox
+    const connections = yield* StoreTags.Connections
     const bus = yield* EventBus
     const nodeId = yield* NodeId
     const http = yield* HttpCallbackClient
@@ -265,6 +266,9 @@ export const make = (settings: EngineSettings) =>
         if (record._tag === "Retry") {
           // Come back for it when it is due, rather than at the next sweep.
           yield* wakeIn(record.nextAttemptAt.getTime() - Date.now())
+        } else if (record._tag === "Failed" && rolled.value.deliveryStatus === "pending") {
+          // Its connection was deleted during the attempt: it is due now, to be rerouted.
+          yield* wake
         }
         return rolled.value.deliveryStatus
       }).pipe(
@@ -279,6 +283,16 @@ export const make = (settings: EngineSettings) =>
      */
     const attemptClaimed = (claimed: Store.ClaimedDelivery): Effect.Effect<Store.DeliveryStatus> =>
       Effect.gen(function* () {
+        if (claimed.delivery.targetKind === "agent" && Option.isNone(claimed.connection)) {
+          // The connection was deleted after this was queued, or while it was in an attempt that did
+          // not deliver: it goes where a new send to the recipient would go now, as the connection's
+          // other deliveries did when it was deleted (it fails only if the recipient has no agent left).
+          const rerouted = yield* Registry.rerouteLeased({ connections, outbox, publish: bus.publish }, nodeId, claimed.delivery).pipe(
+            Effect.map(Option.some),
+            Effect.catchAll((e) => Effect.as(Effect.logError("Could not reroute a delivery of a deleted connection; its lease will expire", e), Option.none()))
+          )
+          return Option.exists(rerouted, (r) => r.failed.length > 0) ? "failed" as const : "pending" as const
+        }
         if (claimed.delivery.targetKind === "agent" && Option.exists(claimed.connection, (c) => c.mode === "polling")) {
           // The agent switched to polling after this was queued: it waits in the inbox instead.
           const moved = yield* outbox.moveToInbox(nodeId, claimed.delivery.id).pipe(
