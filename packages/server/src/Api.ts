@@ -45,7 +45,7 @@ export class SendRejected extends Schema.TaggedError<SendRejected>()("SendReject
   deduplicated: Schema.optional(Schema.Boolean)
 }) {}
 
-const SendRejectedWire = Schema.transform(
+export const SendRejectedWire = Schema.transform(
   Schema.Struct({
     message_id: Schema.String,
     status: Schema.Literal("rejected"),
@@ -364,7 +364,7 @@ export const SendPayload = Schema.Struct({
   })
 })
 
-const SendAnswer = Schema.Struct({
+export const SendAnswer = Schema.Struct({
   message_id: Schema.String,
   status: Schema.Literal("delivered", "pending", "failed"),
   deduplicated: Schema.optional(Schema.Boolean),

@@ -65,6 +65,8 @@ export interface ServerConfigShape {
   readonly adminKey: Redacted.Redacted<string> | undefined
   /** `MAHILO_TRACING`: build Effect spans for requests and statements. */
   readonly tracing: boolean
+  /** `MAHILO_SEND_LANE`: answer plain sends beside the HTTP framework (`http/SendLane.ts`); off while tracing. */
+  readonly sendLane: boolean
   /** `MAHILO_LOG_LEVEL`: minimum log level. */
   readonly logLevel: LogLevel.LogLevel
 }
@@ -195,6 +197,7 @@ export const config: Config.Config<ServerConfigShape> = Config.all({
   publicUrl: optional("MAHILO_PUBLIC_URL", httpUrl),
   adminKey: optional("MAHILO_ADMIN_KEY", (value) => Either.right(Redacted.make(value))),
   tracing: boolean("MAHILO_TRACING", false),
+  sendLane: boolean("MAHILO_SEND_LANE", true),
   logLevel: parsed("MAHILO_LOG_LEVEL", LogLevel.Info, (value) => {
     const level = LOG_LEVELS[value.toLowerCase()]
     return level !== undefined

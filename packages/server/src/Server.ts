@@ -24,6 +24,7 @@ import { MessagesLive } from "./http/MessagesHandlers.js"
 import * as NodeServer from "./http/NodeServer.js"
 import * as Replay from "./http/Replay.js"
 import * as RequestBody from "./http/RequestBody.js"
+import * as SendLane from "./http/SendLane.js"
 import { NodeId } from "./NodeId.js"
 import * as EventBus from "./notifications/EventBus.js"
 import * as NotificationRoutes from "./notifications/Routes.js"
@@ -63,21 +64,6 @@ const RegistryConfigLive = Layer.effect(
   Effect.map(ServerConfig, (config) => ({ maxPayloadBytes: config.maxPayloadBytes, trustedMode: config.trustedMode }))
 )
 
-/** "field.path: what is wrong" for each schema issue, in one sentence. */
-const describeIssues = (e: HttpApiDecodeError): string => {
-  const parts = e.issues.slice(0, 5).map((issue) =>
-    issue.path.length > 0 ? `${issue.path.join(".")}: ${issue.message}` : issue.message
-  )
-  return `Invalid request: ${parts.join("; ")}`.slice(0, 1000)
-}
-
-/** Bodies larger than this are refused before they are read. */
-const bodyLimit = (maxPayloadBytes: number) => maxPayloadBytes * 4 + 64 * 1024
-
-/** Whether a request comes with a body to check. */
-const hasBody = (method: string, contentLength: number, transferEncoding: string | undefined): boolean =>
-  method !== "GET" && method !== "HEAD" && (contentLength > 0 || transferEncoding !== undefined)
-
 /**
  * Makes every client mistake a `400 {error, code}`: schema failures, bodies
  * that are not JSON, bodies too large. Anything else unexpected is a defect:
@@ -88,16 +74,14 @@ const ClientErrors = HttpApiBuilder.middleware(
   Effect.map(ServerConfig, (config) => (app: HttpApp.Default): HttpApp.Default<Errors.InvalidRequest | Errors.NotFound, HttpServerRequest.HttpServerRequest> =>
     Effect.gen(function* () {
       const request = yield* HttpServerRequest.HttpServerRequest
-      // The API speaks JSON; a form post from a browser must not be taken as a payload.
-      const contentType = request.headers["content-type"]
-      if (contentType !== undefined && contentType !== "" && !/^application\/([a-z.+-]*\+)?json\b/i.test(contentType)) {
+      if (!RequestBody.isJsonContentType(request.headers["content-type"])) {
         return yield* Errors.InvalidRequest.of("INVALID_REQUEST", "The request body must be JSON (Content-Type: application/json)")
       }
       const length = Number(request.headers["content-length"] ?? "0")
       const tooLarge = () =>
-        Errors.InvalidRequest.of("PAYLOAD_TOO_LARGE", `The request body is larger than ${bodyLimit(config.maxPayloadBytes)} bytes`)
-      if (length > bodyLimit(config.maxPayloadBytes)) return yield* tooLarge()
-      if (hasBody(request.method, length, request.headers["transfer-encoding"])) {
+        Errors.InvalidRequest.of("PAYLOAD_TOO_LARGE", `The request body is larger than ${RequestBody.bodyLimit(config.maxPayloadBytes)} bytes`)
+      if (length > RequestBody.bodyLimit(config.maxPayloadBytes)) return yield* tooLarge()
+      if (RequestBody.hasBody(request.method, length, request.headers["transfer-encoding"])) {
         // Read before anything decodes it (its size, depth and escapes). The request keeps the
         // text, and every route reads its body as text (json is parsed from it); a route that read
         // the stream some other way would find it spent.
@@ -114,7 +98,7 @@ const ClientErrors = HttpApiBuilder.middleware(
       Effect.catchAll((e) =>
         Effect.fail(
           e instanceof HttpApiDecodeError
-            ? Errors.InvalidRequest.of("INVALID_REQUEST", describeIssues(e))
+            ? Errors.InvalidRequest.of("INVALID_REQUEST", RequestBody.describeIssues(e))
             : e instanceof RouteNotFound
             ? notFound()
             : e
@@ -152,8 +136,8 @@ const ReplayKeys = Layer.scopedDiscard(
 /** The server's node:http server (`NodeServer`) listening on `port`/`host`. */
 export const listen = (options: { readonly port: number; readonly host?: string | undefined }) =>
   Layer.unwrapEffect(
-    Effect.map(Effect.all([Replay.Replay, ServerConfig]), ([replay, config]) =>
-      NodeHttpServer.layer(() => NodeServer.make(replay, bodyLimit(config.maxPayloadBytes)), {
+    Effect.map(Effect.all([Replay.Replay, SendLane.SendLane, ServerConfig]), ([replay, lane, config]) =>
+      NodeHttpServer.layer(() => NodeServer.make(replay, lane, RequestBody.bodyLimit(config.maxPayloadBytes)), {
         port: options.port,
         ...(options.host !== undefined ? { host: options.host } : {})
       }))
@@ -178,8 +162,9 @@ const ApiLive = Layer.unwrapEffect(
 
 /**
  * Everything but the listening socket: registry, engine, event bus, API. It
- * needs the `Replay` cache that `listen` answers from (provide
- * `Replay.Replay.layer` under both, as `layer` and the test server do).
+ * needs the `Replay` cache and the `SendLane` slot that `listen` answers from
+ * (provide `Replay.Replay.layer` and `SendLane.SendLane.layer` under both, as
+ * `layer` and the test server do).
  */
 export const app = (options: ServerOptions = {}) =>
   Layer.unwrapEffect(
@@ -240,6 +225,7 @@ export const app = (options: ServerOptions = {}) =>
         Layer.provide(ClientErrors),
         Layer.provide(ApiLive),
         Layer.provide(ReplayKeys),
+        Layer.provide(SendLane.attach),
         // One key cache for the API, the WebSocket stream and replayed answers.
         Layer.provide(Auth.AuthenticatorService.layer)
       )
@@ -267,7 +253,7 @@ export const layer = (options: ServerOptions = {}) =>
       return app({ ...options, database: Layer.succeedContext(database) }).pipe(
         HttpServer.withLogAddress,
         Layer.provide(listen({ port: config.port, host: config.host })),
-        Layer.provide(Replay.Replay.layer)
+        Layer.provide(Layer.merge(Replay.Replay.layer, SendLane.SendLane.layer))
       )
     })
   )

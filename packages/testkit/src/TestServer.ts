@@ -6,7 +6,7 @@
 import { FetchHttpClient, HttpApiClient, HttpClient, HttpClientRequest, HttpServer } from "@effect/platform"
 import type { SqlClient } from "@effect/sql"
 import { type Errors, RetrySchedule } from "@mahilo/core"
-import { Api, Config, type Database, Replay, Server } from "@mahilo/server"
+import { Api, Config, type Database, Replay, SendLane, Server } from "@mahilo/server"
 import { Clock, Context, Effect, Layer, type Scope } from "effect"
 import * as TestDatabase from "./TestDatabase.js"
 
@@ -72,6 +72,7 @@ export const make = (options: Options = {}): Effect.Effect<TestServer, unknown, 
     }).pipe(
       Layer.provideMerge(Server.listen({ port: config.port, host: config.host })),
       Layer.provideMerge(Replay.Replay.layer),
+      Layer.provideMerge(SendLane.SendLane.layer),
       Layer.provide(Layer.succeed(Config.ServerConfig, config))
     )
     // The server keeps real time even inside `it.scoped` (whose TestClock would

@@ -130,9 +130,12 @@ export class AuthenticatorService extends Context.Tag("@mahilo/server/Authentica
   static readonly layer = Layer.scoped(AuthenticatorService, makeAuthenticator)
 }
 
+/** A bearer token's caller, as the API's middleware and the send lane check it. */
+export const bearer = (authenticator: Authenticator) => (token: string) =>
+  authenticator.authenticate(token).pipe(Effect.catchTag("InvalidRequest", () => unauthorized))
+
 /** The HttpApi middleware over an authenticator. */
-export const layer = (authenticator: Authenticator) =>
-  Layer.succeed(Authentication, {
-    bearer: (token: Redacted.Redacted<string>) =>
-      authenticator.authenticate(Redacted.value(token)).pipe(Effect.catchTag("InvalidRequest", () => unauthorized))
-  })
+export const layer = (authenticator: Authenticator) => {
+  const check = bearer(authenticator)
+  return Layer.succeed(Authentication, { bearer: (token: Redacted.Redacted<string>) => check(Redacted.value(token)) })
+}

@@ -2,7 +2,7 @@
 import { HttpApiBuilder } from "@effect/platform"
 import { Errors, Registry, type Store } from "@mahilo/core"
 import { Effect, Option } from "effect"
-import { CurrentPrincipal, Inbox, MahiloApi, SendRejected } from "../Api.js"
+import { CurrentPrincipal, Inbox, MahiloApi, type SendAnswer, type SendPayload, SendRejected } from "../Api.js"
 import { ServerConfig } from "../Config.js"
 import { DeliveryEngine } from "../delivery/DeliveryEngine.js"
 import { callbackBody } from "../delivery/CallbackBody.js"
@@ -34,57 +34,67 @@ const rejected = (message: Store.Message, deduplicated?: true) =>
 
 const inboxAnswer = Replay.replayable(Inbox)
 
+/**
+ * `POST /messages/send` once the caller is known and the payload decoded: the
+ * answer, or the failure the API answers with. The HttpApi handler and the
+ * send lane (`SendLane`) both answer with it.
+ */
+export const makeSend = Effect.gen(function* () {
+  const registry = yield* Registry.Registry
+  const engine = yield* DeliveryEngine
+  const config = yield* ServerConfig
+  return (principal: Registry.Principal, payload: typeof SendPayload.Type) =>
+    Effect.gen(function* () {
+      const result = yield* registry.send(principal, {
+        recipient: payload.recipient,
+        recipientType: payload.recipient_type,
+        recipientConnectionId: payload.recipient_connection_id ?? undefined,
+        routingHints: payload.routing_hints ?? undefined,
+        message: payload.message,
+        context: payload.context,
+        payloadType: payload.payload_type,
+        encryption: payload.encryption,
+        senderSignature: payload.sender_signature,
+        correlationId: payload.correlation_id,
+        idempotencyKey: payload.idempotency_key,
+        senderConnectionId: payload.sender_connection_id ?? undefined
+      }, { leaseOwner: engine.nodeId, leaseMs: engine.leaseMs })
+
+      if (result._tag === "Rejected") return yield* rejected(result.message)
+      if (result._tag === "Deduplicated") {
+        const m = result.message
+        if (m.status === "rejected") return yield* rejected(m, true)
+        const counts = "counts" in result ? result.counts : undefined
+        return { message_id: m.id, status: m.status as Status, deduplicated: true, ...counts } satisfies typeof SendAnswer.Type
+      }
+
+      // First attempts start now; wait briefly so a healthy agent answers "delivered".
+      const first = yield* engine.dispatch(result.message, result.deliveries)
+      const known = yield* first.within(config.firstAttemptWaitMs)
+
+      const counts = Registry.countMembers(
+        result.members.map((m) => Registry.memberStatus(m.deliveryIds.map((id) => known.get(id) ?? "pending")))
+      )
+      const status: Status = counts.recipients === 0
+        ? "delivered"
+        : counts.pending > 0
+        ? "pending"
+        : counts.delivered > 0
+        ? "delivered"
+        : "failed"
+      return (result.message.recipientType === "group"
+        ? { message_id: result.message.id, status, ...counts }
+        : { message_id: result.message.id, status }) satisfies typeof SendAnswer.Type
+    })
+})
+
 export const MessagesLive = HttpApiBuilder.group(MahiloApi, "messages", (handlers) =>
   Effect.gen(function* () {
     const registry = yield* Registry.Registry
-    const engine = yield* DeliveryEngine
-    const config = yield* ServerConfig
+    const send = yield* makeSend
 
     return handlers
-      .handle("send", ({ payload }) =>
-        Effect.gen(function* () {
-          const principal = yield* CurrentPrincipal
-          const result = yield* registry.send(principal, {
-            recipient: payload.recipient,
-            recipientType: payload.recipient_type,
-            recipientConnectionId: payload.recipient_connection_id ?? undefined,
-            routingHints: payload.routing_hints ?? undefined,
-            message: payload.message,
-            context: payload.context,
-            payloadType: payload.payload_type,
-            encryption: payload.encryption,
-            senderSignature: payload.sender_signature,
-            correlationId: payload.correlation_id,
-            idempotencyKey: payload.idempotency_key,
-            senderConnectionId: payload.sender_connection_id ?? undefined
-          }, { leaseOwner: engine.nodeId, leaseMs: engine.leaseMs })
-
-          if (result._tag === "Rejected") return yield* rejected(result.message)
-          if (result._tag === "Deduplicated") {
-            const m = result.message
-            if (m.status === "rejected") return yield* rejected(m, true)
-            const counts = "counts" in result ? result.counts : undefined
-            return { message_id: m.id, status: m.status as Status, deduplicated: true, ...counts }
-          }
-
-          // First attempts start now; wait briefly so a healthy agent answers "delivered".
-          const first = yield* engine.dispatch(result.message, result.deliveries)
-          const known = yield* first.within(config.firstAttemptWaitMs)
-
-          const counts = Registry.countMembers(
-            result.members.map((m) => Registry.memberStatus(m.deliveryIds.map((id) => known.get(id) ?? "pending")))
-          )
-          const status: Status = counts.recipients === 0
-            ? "delivered"
-            : counts.pending > 0
-            ? "pending"
-            : counts.delivered > 0
-            ? "delivered"
-            : "failed"
-          return result.message.recipientType === "group"
-            ? { message_id: result.message.id, status, ...counts }
-            : { message_id: result.message.id, status }
-        }))
+      .handle("send", ({ payload }) => Effect.flatMap(CurrentPrincipal, (principal) => send(principal, payload)))
       .handle("history", ({ urlParams }) =>
         Effect.gen(function* () {
           const since = yield* time("since", urlParams.since)

@@ -1,6 +1,7 @@
 /**
  * The server's node:http server, under the Effect server (`NodeHttpServer.layer`):
- * - it asks the replay cache first, which answers repeated reads itself (`Replay`);
+ * - it asks the replay cache first, which answers repeated reads itself (`Replay`),
+ *   then the send lane, which answers plain sends itself (`SendLane`);
  * - it keeps at most `maxBodyBytes` of a request body (`RequestBody.boundedRequests`);
  * - while nothing listens for requests (starting, or shutting down) a request
  *   that arrives on a kept-alive connection is answered 503 and its connection
@@ -14,15 +15,17 @@
 import * as http from "node:http"
 import type * as net from "node:net"
 import type { ReplayCache } from "./Replay.js"
+import type { SendLaneSlot } from "./SendLane.js"
 import * as RequestBody from "./RequestBody.js"
 
 /** How long connections still busy at shutdown get before they are closed. */
 const CLOSE_GRACE_MS = 3_000
 
-export const make = (replay: ReplayCache, maxBodyBytes: number): http.Server => new NodeServer(replay, maxBodyBytes)
+export const make = (replay: ReplayCache, lane: SendLaneSlot, maxBodyBytes: number): http.Server =>
+  new NodeServer(replay, lane, maxBodyBytes)
 
 class NodeServer extends http.Server {
-  constructor(private readonly replay: ReplayCache, maxBodyBytes: number) {
+  constructor(private readonly replay: ReplayCache, private readonly lane: SendLaneSlot, maxBodyBytes: number) {
     super({ IncomingMessage: RequestBody.boundedRequests(maxBodyBytes) })
     this.on("clientError", answerUnparsable)
   }
@@ -34,6 +37,7 @@ class NodeServer extends http.Server {
         refuseWhileClosed(args[1] as http.ServerResponse)
         return true
       }
+      if (this.lane.take(args[0], args[1])) return true
     }
     return super.emit(event as string, ...args)
   }

@@ -9,10 +9,35 @@
  * - no `\uXXXX` escape of half a surrogate pair (PostgreSQL cannot store one
  *   in a JSON column, and text columns would keep U+FFFD instead).
  */
+import type { HttpApiDecodeError } from "@effect/platform/HttpApiError"
 import * as http from "node:http"
 
 /** Nesting the API's bodies never need more than; deeper is refused. */
 export const MAX_DEPTH = 64
+
+/** Bodies larger than this are refused before they are read. */
+export const bodyLimit = (maxPayloadBytes: number): number => maxPayloadBytes * 4 + 64 * 1024
+
+/** Whether a request comes with a body to check. */
+export const hasBody = (method: string, contentLength: number, transferEncoding: string | undefined): boolean =>
+  method !== "GET" && method !== "HEAD" && (contentLength > 0 || transferEncoding !== undefined)
+
+/**
+ * The API speaks JSON: a body of another media type (a form post from a
+ * browser) is not taken as a payload. No `Content-Type` is taken as JSON.
+ * Only `application/json` itself (with parameters) is: the API's decoder
+ * reads other types, `+json` ones included, as bytes, which no endpoint takes.
+ */
+export const isJsonContentType = (contentType: string | undefined): boolean =>
+  contentType === undefined || contentType === "" || /^\s*application\/json\s*(;|$)/i.test(contentType)
+
+/** "field.path: what is wrong" for each schema issue of a payload, in one sentence. */
+export const describeIssues = (e: HttpApiDecodeError): string => {
+  const parts = e.issues.slice(0, 5).map((issue) =>
+    issue.path.length > 0 ? `${issue.path.join(".")}: ${issue.message}` : issue.message
+  )
+  return `Invalid request: ${parts.join("; ")}`.slice(0, 1000)
+}
 
 /** A request body that keeps at most `maxBytes`; see `boundedRequests`. */
 class BoundedIncomingMessage extends http.IncomingMessage {

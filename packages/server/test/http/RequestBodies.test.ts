@@ -54,6 +54,22 @@ const rawExchange = (url: string, raw: string): Promise<string> =>
   })
 
 layer(serverLayer(), layerOptions)("request bodies and paths at the edge", (it) => {
+  describe("media types", () => {
+    it.effect("only application/json (or no type) is read as JSON; a +json type is 400 at once, not a request left hanging", () =>
+      Effect.gen(function* () {
+        const body = { username: uniqueName("mt") }
+        for (const type of ["application/vnd.mahilo+json", "application/problem+json", "text/plain", "application/jsonx"]) {
+          const refused = yield* call("POST", "/api/v1/auth/register", { body, headers: { "content-type": type } }).pipe(
+            Effect.timeoutFail({ duration: "5 seconds", onTimeout: () => new Error(`${type}: no answer in 5 s`) })
+          )
+          expectError(refused, 400, "INVALID_REQUEST")
+          expect(refused.body.error, type).toMatch(/Content-Type: application\/json/)
+        }
+        const taken = yield* call("POST", "/api/v1/auth/register", { body, headers: { "content-type": "Application/JSON ; charset=utf-8" } })
+        expect(taken.status).toBe(201)
+      }))
+  })
+
   describe("nesting", () => {
     it.effect("a body nested thousands of levels deep is 400, not a crashed decoder", () =>
       Effect.gen(function* () {
