@@ -15,14 +15,11 @@
  * BENCH_SIGNAL=true (send the server SIGUSR2 as the measured drive starts and
  * again as it ends, for a profiler preloaded with `--import` to scope itself).
  */
-import { spawn } from "node:child_process"
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs"
-import http from "node:http"
-import { tmpdir } from "node:os"
+import { readdirSync, readFileSync } from "node:fs"
 import { join } from "node:path"
 import * as FakeAgent from "../packages/testkit/src/FakeAgent.js"
-import { freePort } from "../packages/testkit/src/ServerProcess.js"
-import { run, send, type Target, waitForHealth } from "./load.js"
+import { run } from "./load.js"
+import { senderPairs, startRegistry } from "./registry.js"
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
 const SENDERS = Number(process.env.BENCH_SENDERS ?? 32)
@@ -51,57 +48,17 @@ const threadTimes = (pid: number): Map<string, ThreadTimes> => {
   return times
 }
 
-const port = await freePort()
-const dataDir = mkdtempSync(join(tmpdir(), "mahilo-drive-"))
-const server = spawn(process.execPath, [...nodeArgs, "--import", "tsx", join(checkout, "packages/server/src/main.ts")], {
-  cwd: checkout,
-  env: {
-    ...process.env,
-    PORT: String(port),
-    HOST: "127.0.0.1",
-    MAHILO_DATA_DIR: dataDir,
-    MAHILO_ALLOW_PRIVATE_CALLBACKS: "true",
-    MAHILO_LOG_LEVEL: "warning",
-    DATABASE_URL: ""
-  },
-  stdio: ["ignore", "inherit", "inherit"]
-})
-const target: Target = { port }
-const pool = new http.Agent({ keepAlive: true, maxSockets: 64 })
+const registry = await startRegistry({ checkout, nodeArgs })
+const { target } = registry
 const agents = await FakeAgent.startMany(SENDERS)
 try {
-  await waitForHealth(`http://127.0.0.1:${port}`)
-  const call = async (path: string, body?: unknown, key?: string) => {
-    const answer = await send(pool, target, {
-      method: "POST",
-      path,
-      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-      ...(key !== undefined ? { headers: { authorization: `Bearer ${key}` } } : {})
-    })
-    if (answer.status >= 400) throw new Error(`${path} → ${answer.status} ${answer.body}`)
-    return JSON.parse(answer.body) as any
-  }
-  const senders: Array<string> = []
-  for (let i = 0; i < SENDERS; i++) {
-    senders.push((await call("/api/v1/auth/register", { username: `sender${i}` })).api_key)
-    const receiver = (await call("/api/v1/auth/register", { username: `receiver${i}` })).api_key as string
-    const request = await call("/api/v1/friends/request", { username: `receiver${i}` }, senders[i])
-    await call(`/api/v1/friends/${request.friendship_id}/accept`, undefined, receiver)
-    await call("/api/v1/agents", {
-      framework: "bench",
-      label: "main",
-      callback_url: agents.agents[i]!.url,
-      callback_secret: agents.agents[i]!.secret,
-      public_key: "cHVibGlj",
-      public_key_alg: "ed25519"
-    }, receiver)
-  }
+  const { senders } = await senderPairs(registry, agents.agents)
   const drive = (durationMs: number, label: string) =>
     run({
       target,
       concurrency: SENDERS,
       durationMs,
-      serverPid: server.pid,
+      serverPid: registry.pid,
       next: (w, i) =>
         MODE === "health"
           ? { method: "GET", path: "/health" }
@@ -115,25 +72,22 @@ try {
           }
     })
   await drive(3_000, "warm-up")
-  const before = threadTimes(server.pid!)
-  if (SIGNAL) server.kill("SIGUSR2")
+  const before = threadTimes(registry.pid)
+  if (SIGNAL) registry.server.kill("SIGUSR2")
   const result = await drive(SECONDS * 1000, "measured")
-  if (SIGNAL) server.kill("SIGUSR2")
-  const after = threadTimes(server.pid!)
+  if (SIGNAL) registry.server.kill("SIGUSR2")
+  const after = threadTimes(registry.pid)
   const threads = [...after].flatMap(([tid, t]) => {
     const b = before.get(tid) ?? { runMs: 0, waitMs: 0 }
     const cores = (t.runMs - b.runMs) / 1000 / result.seconds
     return cores < 0.01 ? [] : [{
-      thread: tid === String(server.pid) ? "main" : tid,
+      thread: tid === String(registry.pid) ? "main" : tid,
       cores: Math.round(cores * 100) / 100,
       waitingMs: Math.round(t.waitMs - b.waitMs)
     }]
   }).sort((x, y) => y.cores - x.cores)
   console.log(JSON.stringify({ mode: MODE, checkout, ...result, threads }))
 } finally {
-  server.kill("SIGINT")
-  await new Promise((resolve) => server.once("exit", resolve))
+  await registry.stop("SIGINT")
   await agents.close()
-  pool.destroy()
-  rmSync(dataDir, { recursive: true, force: true })
 }

@@ -18,17 +18,16 @@
  * BENCH_FANOUT (members, default 1000), BENCH_DATABASE_URL. MAHILO_* settings pass through to the
  * server (e.g. MAHILO_PROCESSES with BENCH_DATABASE_URL).
  */
-import { fork, spawn } from "node:child_process"
-import { mkdtempSync, readFileSync, rmSync } from "node:fs"
+import { fork } from "node:child_process"
+import { readFileSync } from "node:fs"
 import http from "node:http"
-import { tmpdir } from "node:os"
-import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { Effect, Exit, Scope } from "effect"
 import * as FakeAgent from "../packages/testkit/src/FakeAgent.js"
 import { freePort } from "../packages/testkit/src/ServerProcess.js"
 import * as TestDatabase from "../packages/testkit/src/TestDatabase.js"
 import { percentile, processTree, run, send, serveBare, type Target, waitForHealth } from "./load.js"
+import { connect, register, senderPairs, startRegistry } from "./registry.js"
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10)
 const SOAK_SECONDS = Number(process.env.BENCH_SOAK_SECONDS ?? 60)
@@ -115,64 +114,18 @@ async function main() {
   const databaseUrl = process.env.BENCH_DATABASE_URL
     ? await Effect.runPromise(Scope.extend(TestDatabase.postgresUrl(process.env.BENCH_DATABASE_URL), databaseScope))
     : ""
-  const port = await freePort()
-  const dataDir = mkdtempSync(join(tmpdir(), "mahilo-bench-"))
-  const started = Date.now()
-  const server = spawn(process.execPath, ["--import", "tsx", fileURLToPath(new URL("../packages/server/src/main.ts", import.meta.url))], {
-    env: {
-      ...process.env,
-      PORT: String(port),
-      HOST: "127.0.0.1",
-      MAHILO_DATA_DIR: dataDir,
-      MAHILO_ALLOW_PRIVATE_CALLBACKS: "true",
-      MAHILO_LOG_LEVEL: "warning",
-      DATABASE_URL: databaseUrl
-    },
-    stdio: ["ignore", "inherit", "inherit"]
-  })
-  const target: Target = { port }
-  const url = `http://127.0.0.1:${port}`
+  const registry = await startRegistry({ databaseUrl })
+  const { target, startupMs } = registry
+  const server = { pid: registry.pid }
+  const call = registry.call
   try {
-    await waitForHealth(url)
-    const startupMs = Date.now() - started
     log(`registry up in ${startupMs} ms (pid ${server.pid})`)
     const agentPool = new http.Agent({ keepAlive: true, maxSockets: 64 })
-    const call = async (method: "GET" | "POST", path: string, body?: unknown, key?: string) => {
-      const answer = await send(agentPool, target, {
-        method,
-        path,
-        ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
-        ...(key !== undefined ? { headers: { authorization: `Bearer ${key}` } } : {})
-      })
-      if (answer.status >= 400) throw new Error(`${method} ${path} → ${answer.status} ${answer.body}`)
-      return JSON.parse(answer.body) as any
-    }
-    const register = async (username: string) => (await call("POST", "/api/v1/auth/register", { username })).api_key as string
-    const connect = (key: string, agent: FakeAgent.FakeAgent) =>
-      call("POST", "/api/v1/agents", {
-        framework: "bench",
-        label: "main",
-        callback_url: agent.url,
-        callback_secret: agent.secret,
-        public_key: "cHVibGlj",
-        public_key_alg: "ed25519"
-      }, key)
-    const befriend = async (aKey: string, bName: string, bKey: string) => {
-      const request = await call("POST", "/api/v1/friends/request", { username: bName }, aKey)
-      await call("POST", `/api/v1/friends/${request.friendship_id}/accept`, undefined, bKey)
-    }
 
     // --- setup: SENDERS pairs (sender → receiver with one agent) -------------
     log("setup: users, friendships, agents")
     const agents = await FakeAgent.startMany(SENDERS)
-    const senders: Array<string> = []
-    const receivers: Array<string> = []
-    for (let i = 0; i < SENDERS; i++) {
-      senders.push(await register(`sender${i}`))
-      receivers.push(await register(`receiver${i}`))
-      await befriend(senders[i]!, `receiver${i}`, receivers[i]!)
-      await connect(receivers[i]!, agents.agents[i]!)
-    }
+    const { senders } = await senderPairs(registry, agents.agents)
 
     // --- the framework's floor: GET /health (no key, no database) ------------
     log("floor: GET /health through the registry")
@@ -232,6 +185,8 @@ async function main() {
         target,
         concurrency: SENDERS,
         durationMs,
+        // The send path's code is first run here: 3 s for the JIT to settle (as bench:drive warms up).
+        warmupMs: 3_000,
         next: (w, i) => {
           const text = `${label} ${w}-${i}`
           startedByText.set(text, performance.now())
@@ -298,9 +253,9 @@ async function main() {
     for (let i = 0; i < FANOUT; i += 16) {
       const batch = Array.from({ length: Math.min(16, FANOUT - i) }, (_, j) => i + j)
       await Promise.all(batch.map(async (m) => {
-        const key = await register(`member${m}`)
+        const key = await register(registry, `member${m}`)
         memberKeys[m] = key
-        await connect(key, members.agents[m]!)
+        await connect(registry, key, members.agents[m]!)
         await call("POST", `/api/v1/groups/${group.group_id}/join`, undefined, key)
       }))
     }
@@ -362,9 +317,7 @@ async function main() {
     await agents.close()
     agentPool.destroy()
   } finally {
-    server.kill("SIGTERM")
-    await new Promise((r) => server.once("exit", r))
-    rmSync(dataDir, { recursive: true, force: true })
+    await registry.stop("SIGTERM")
     await Effect.runPromise(Scope.close(databaseScope, Exit.void))
   }
 }
