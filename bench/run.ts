@@ -15,8 +15,9 @@
  *
  * Knobs (environment): BENCH_SECONDS (per scenario, default 10), BENCH_SOAK_SECONDS
  * (memory run, default 60), BENCH_CONCURRENCY (reads/ceiling, default 32),
- * BENCH_FANOUT (members, default 1000), BENCH_DATABASE_URL. MAHILO_* settings pass through to the
- * server (e.g. MAHILO_PROCESSES with BENCH_DATABASE_URL).
+ * BENCH_FANOUT (members, default 1000), BENCH_DATABASE_URL, BENCH_CHECKOUT (run the server of
+ * another checkout, a `git worktree` of an earlier commit, under this harness). MAHILO_* settings
+ * pass through to the server (e.g. MAHILO_PROCESSES with BENCH_DATABASE_URL).
  */
 import { fork } from "node:child_process"
 import { readFileSync } from "node:fs"
@@ -114,7 +115,7 @@ async function main() {
   const databaseUrl = process.env.BENCH_DATABASE_URL
     ? await Effect.runPromise(Scope.extend(TestDatabase.postgresUrl(process.env.BENCH_DATABASE_URL), databaseScope))
     : ""
-  const registry = await startRegistry({ databaseUrl })
+  const registry = await startRegistry({ databaseUrl, checkout: process.env.BENCH_CHECKOUT })
   const { target, startupMs } = registry
   const server = { pid: registry.pid }
   const call = registry.call
