@@ -85,8 +85,9 @@ export const groupAddresses = <R extends { readonly groupId: string; readonly ho
 
 /**
  * What asking another registry can fail with, in the contract's terms: its
- * refusal passed on with the status it answered (`400`, `403`, `404`; other
- * refusals `409`), or `503` when it could not be asked or answered nonsense.
+ * refusal passed on with the status it answered (`400`, `403`, `404`; its `413`
+ * as `400 PAYLOAD_TOO_LARGE`; other refusals `409`), or `503` when it could not
+ * be asked or answered nonsense.
  */
 export type RemoteFailure =
   | Errors.InvalidRequest

@@ -28,7 +28,9 @@ const unavailable = (peer: string, e: PeerCallError) =>
 
 /**
  * A peer's refusal in the contract's terms, with the peer's code: 400 stays 400
- * (it judged the request invalid: a field it validates, a limit of its own), 403
+ * (it judged the request invalid: a field it validates, a limit of its own), 413
+ * (our word was larger than its federation endpoints read) is the 400
+ * `PAYLOAD_TOO_LARGE` this registry answers for a body too large itself, 403
  * stays 403 (its user blocked ours, an invitation is needed, it does not trust
  * us…) and 404 stays 404; other refusals conflict, the rest is unavailability.
  */
@@ -38,6 +40,7 @@ const refused = (
 ): Errors.InvalidRequest | Errors.Forbidden | Errors.NotFound | Errors.Conflict | Errors.Unavailable => {
   const { code, error } = errorOf(response)
   if (response.status === 400) return Errors.InvalidRequest.of(code, `${peer}: ${error}`)
+  if (response.status === 413) return Errors.InvalidRequest.of("PAYLOAD_TOO_LARGE", `${peer}: ${error}`)
   if (response.status === 403) return Errors.Forbidden.of(code, `${peer}: ${error}`)
   if (response.status === 404) return Errors.NotFound.of(code, error)
   if (response.status === 429) return Errors.Unavailable.of("PEER_RATE_LIMITED", `${peer} asks to slow down: ${error}`)

@@ -104,6 +104,20 @@ describe("a refusal by the other registry", () => {
     expect((await run(uma.client.friends.list({ urlParams: { status: "pending" } }))).map((f) => f.username)).toEqual([`vic@${b.name}`])
   })
 
+  it("a request larger than the other registry's API takes is 400 PAYLOAD_TOO_LARGE, as it answers", async () => {
+    const wes = await run(Fixtures.person(a.server(), "wes"))
+    const xia = await run(Fixtures.person(b.server(), "xia"))
+    // b keeps a display name far beyond what its API takes (an operator's import, say). With its
+    // default MAHILO_MAX_PAYLOAD_BYTES, a's body limit for every request is below its federation
+    // limit, so a refuses b's word of the request as it refuses a client's: 400 PAYLOAD_TOO_LARGE.
+    await run(b.sql((sql) => sql`UPDATE users SET display_name = ${"x".repeat(600 * 1024)} WHERE id = ${xia.userId}`))
+
+    const refused = await call(b, xia, "POST", "/friends/request", { username: `wes@${a.name}` })
+    expect(refused).toEqual({ status: 400, body: { code: "PAYLOAD_TOO_LARGE", error: expect.stringContaining(a.name) } })
+    expect(await run(xia.client.friends.list({ urlParams: {} }))).toEqual([])
+    expect(await run(wes.client.friends.list({ urlParams: {} }))).toEqual([])
+  })
+
   it("joining a remote group whose home withdrew the invitation is 403 INVITE_REQUIRED, as the home answers", async () => {
     const owner = await run(Fixtures.person(a.server(), "olga"))
     const pia = await run(Fixtures.person(b.server(), "pia"))
@@ -169,5 +183,56 @@ describe("a refusal by the other registry", () => {
       ["quinn", "admin", "active"],
       [`rosa@${b.name}`, "owner", "active"]
     ])
+  })
+})
+
+describe("a request larger than the other registry's federation endpoints read", () => {
+  // Each registry takes client bodies of up to 4 × MAHILO_MAX_PAYLOAD_BYTES + 64 KiB; with a
+  // payload limit of 256 KiB that is above the 512 KiB its federation endpoints read
+  // (InboundAuth.MAX_BODY_BYTES), which then refuse a larger body unread: 413 PAYLOAD_TOO_LARGE.
+  let closeLarge: () => Promise<void>
+  let x: Cluster.Member
+  let y: Cluster.Member
+
+  beforeAll(async () => {
+    const opened = await Cluster.open({ size: 2, config: { maxPayloadBytes: 256 * 1024 } })
+    closeLarge = opened.close
+    ;[x, y] = opened.cluster.members as [Cluster.Member, Cluster.Member]
+  }, 180_000)
+
+  afterAll(() => closeLarge?.(), 60_000)
+
+  it("is refused 413 there, and reaches the client as 400 PAYLOAD_TOO_LARGE with its sentence, not 409; neither side records it", async () => {
+    const wes = await run(Fixtures.person(x.server(), "wes"))
+    const xia = await run(Fixtures.person(y.server(), "xia"))
+    const bulky = "x".repeat(600 * 1024)
+    // What x answers such a body, asked directly as y would ask it.
+    const direct = await run(Cluster.send(Cluster.signedRequest({
+      instance: y.name,
+      key: await run(Cluster.signingKey(y)),
+      to: x.url,
+      method: "POST",
+      path: Protocol.paths.friendships,
+      body: { action: "request", from: "xia", from_display_name: bulky, to: "wes" } satisfies Protocol.FriendshipChange
+    })))
+    expect(direct.status).toBe(413)
+    expect(direct.body).toEqual({ code: "PAYLOAD_TOO_LARGE", error: expect.any(String) })
+
+    // y keeps a display name far beyond what its API takes (an operator's import, say): y's word
+    // of xia's request is that large.
+    await run(y.sql((sql) => sql`UPDATE users SET display_name = ${bulky} WHERE id = ${xia.userId}`))
+    const refused = await call(y, xia, "POST", "/friends/request", { username: `wes@${x.name}` })
+    expect(refused).toEqual({
+      status: 400,
+      body: { code: "PAYLOAD_TOO_LARGE", error: `${x.name}: ${direct.body.error}` }
+    })
+    expect(await run(xia.client.friends.list({ urlParams: {} }))).toEqual([])
+    expect(await run(wes.client.friends.list({ urlParams: {} }))).toEqual([])
+
+    // With a name of ordinary size, the same request goes through.
+    await run(y.sql((sql) => sql`UPDATE users SET display_name = ${"Xia"} WHERE id = ${xia.userId}`))
+    const asked = await call(y, xia, "POST", "/friends/request", { username: `wes@${x.name}` })
+    expect(asked).toMatchObject({ status: 201, body: { status: "pending" } })
+    expect((await run(wes.client.friends.list({ urlParams: { status: "pending" } }))).map((f) => f.username)).toEqual([`xia@${y.name}`])
   })
 })

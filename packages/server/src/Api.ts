@@ -510,7 +510,9 @@ export class GroupsGroup extends HttpApiGroup.make("groups")
       .addError(Conflict)
   )
   .add(HttpApiEndpoint.get("list", "/groups").addSuccess(Schema.Array(GroupView)))
-  // `:id` is a group id, or `id@home` for a group of another registry (see README, Federation).
+  // `:id` is a group id, or `id@home` (see README, Federation): `id@<this registry>` is the group `id`
+  // on every endpoint; `id@<another registry>` is a group of that one, which only get, join, leave and
+  // members reach (the others change a group at its home only: 404 GROUP_NOT_FOUND).
   .add(HttpApiEndpoint.get("get", "/groups/:id").setPath(GroupPath).addSuccess(GroupView).addError(NotFound).addError(Conflict))
   .add(
     HttpApiEndpoint.post("invite", "/groups/:id/invite")

@@ -71,6 +71,22 @@ export const make = (friends: Friends) =>
         }
       })
 
+    /**
+     * The group of this registry that a local-only operation (invite, transfer, delete,
+     * role change, removal) names: a bare id, or `id@<this registry>`. Only a group's home
+     * changes it, so `id@<another registry>` names no group here: 404, as for any group
+     * the caller has no say in (what the sentence says holds whether or not it exists).
+     */
+    const localId = (address: string) => {
+      const { groupId, home } = parseGroupAddress(address, directory.localInstance)
+      return home === undefined
+        ? Effect.succeed(groupId)
+        : Effect.fail(Errors.NotFound.of(
+          "GROUP_NOT_FOUND",
+          `No such group on this registry: ${address} names a group of ${home}, which only that registry changes`
+        ))
+    }
+
     /** The caller has a membership (active or invited) in a group of this registry. */
     const hasMembership = (userId: string) => (groupId: string) =>
       Effect.map(groups.findMembership(groupId, userId), Option.isSome)
@@ -165,8 +181,9 @@ export const make = (friends: Friends) =>
 
       viewGroup: view,
 
-      invite: (principal: Principal, groupId: string, username: string) =>
+      invite: (principal: Principal, address: string, username: string) =>
         Effect.gen(function* () {
+          const groupId = yield* localId(address)
           const actor = yield* membershipOf(groupId, principal.userId)
           const invitee = yield* friends.resolveUser(username)
           const existing = yield* membershipOf(groupId, invitee.id)
@@ -292,8 +309,9 @@ export const make = (friends: Friends) =>
           return yield* groups.members(groupId)
         }),
 
-      transfer: (principal: Principal, groupId: string, newOwnerUserId: string) =>
+      transfer: (principal: Principal, address: string, newOwnerUserId: string) =>
         Effect.gen(function* () {
+          const groupId = yield* localId(address)
           // Accept a username too: clients often know names, not ids.
           const byName = yield* users.findByUsername(newOwnerUserId.toLowerCase())
           return yield* groups.exclusively(groupId, Effect.gen(function* () {
@@ -307,8 +325,9 @@ export const make = (friends: Friends) =>
           }))
         }),
 
-      deleteGroup: (principal: Principal, groupId: string) =>
+      deleteGroup: (principal: Principal, address: string) =>
         Effect.gen(function* () {
+          const groupId = yield* localId(address)
           const { before, group, tellNow } = yield* groups.exclusively(groupId, Effect.gen(function* () {
             const actor = yield* membershipOf(groupId, principal.userId)
             const change = yield* Graph.deleteGroup({ actor })
@@ -326,8 +345,9 @@ export const make = (friends: Friends) =>
         }),
 
       /** The owner promotes or demotes a member, or an owner/admin removes one. */
-      changeRole: (principal: Principal, groupId: string, userId: string, role: Graph.Role) =>
+      changeRole: (principal: Principal, address: string, userId: string, role: Graph.Role) =>
         Effect.gen(function* () {
+          const groupId = yield* localId(address)
           yield* groups.exclusively(groupId, Effect.gen(function* () {
             const actor = yield* membershipOf(groupId, principal.userId)
             const target = yield* membershipOf(groupId, userId)
@@ -335,8 +355,9 @@ export const make = (friends: Friends) =>
           }))
         }),
 
-      removeMember: (principal: Principal, groupId: string, userId: string) =>
+      removeMember: (principal: Principal, address: string, userId: string) =>
         Effect.gen(function* () {
+          const groupId = yield* localId(address)
           const { before, group, removed, tellNow } = yield* groups.exclusively(groupId, Effect.gen(function* () {
             const actor = yield* membershipOf(groupId, principal.userId)
             const target = yield* membershipOf(groupId, userId)
