@@ -1,5 +1,5 @@
 import { Registry, RetrySchedule } from "@mahilo/core"
-import { FakeAgent, Fixtures, TestServer } from "@mahilo/testkit"
+import { FakeAgent, Fixtures, TestDatabase, TestServer } from "@mahilo/testkit"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 
@@ -12,8 +12,8 @@ import { Effect } from "effect"
 // Retries keep coming for a minute: a failing agent's deliveries stay pending.
 const patient = RetrySchedule.RetrySchedule.make({ baseDelayMs: 100, factor: 1.5, maxDelayMs: 300, maxAttempts: 1000, horizonMs: 60_000, jitter: 0.2 })
 
-const setup = Effect.gen(function* () {
-  const server = yield* TestServer.make({ retrySchedule: patient, config: { firstAttemptWaitMs: 100 } })
+const setup = (database: TestDatabase.TestLayer) => Effect.gen(function* () {
+  const server = yield* TestServer.make({ database, retrySchedule: patient, config: { firstAttemptWaitMs: 100 } })
   const alice = yield* Fixtures.person(server, "alice")
   const bob = yield* Fixtures.person(server, "bob")
   yield* Fixtures.befriend(alice, bob)
@@ -25,10 +25,10 @@ const settled = (who: Fixtures.Person, id: string) =>
   Fixtures.eventually(detail(who, id), (m) => m.status !== "pending", { label: `message ${id} settled` })
 const promise = <A>(f: () => Promise<A>) => Effect.promise(f)
 
-describe("deleting an agent connection", () => {
+describe.each(TestDatabase.backends)("deleting an agent connection ($name)", ({ layer: database }) => {
   it.scopedLive("moves its pending messages to the user's other agent, which gets each exactly once", () =>
     Effect.gen(function* () {
-      const { alice, bob } = yield* setup
+      const { alice, bob } = yield* setup(database)
       // Sends prefer A (higher priority); A is down.
       const a = yield* FakeAgent.make()
       const b = yield* FakeAgent.make()
@@ -66,7 +66,7 @@ describe("deleting an agent connection", () => {
 
   it.scopedLive("moves them to the inbox when the user's remaining agent polls", () =>
     Effect.gen(function* () {
-      const { alice, bob } = yield* setup
+      const { alice, bob } = yield* setup(database)
       const a = yield* FakeAgent.make()
       const aId = yield* Fixtures.connect(bob, a, { label: "a", routingPriority: 10 })
       const pollingId = (yield* bob.client.agents.upsert({
@@ -88,7 +88,7 @@ describe("deleting an agent connection", () => {
 
   it.scopedLive("fails them, saying why, when the user has no agent left (as a send to them would be refused)", () =>
     Effect.gen(function* () {
-      const { alice, bob } = yield* setup
+      const { alice, bob } = yield* setup(database)
       const a = yield* FakeAgent.make()
       const aId = yield* Fixtures.connect(bob, a, { label: "a" })
       a.failAll(500)
@@ -110,7 +110,7 @@ describe("deleting an agent connection", () => {
 
   it.scopedLive("a delivery in an attempt when the connection is deleted: delivered there once, or moved if the attempt fails", () =>
     Effect.gen(function* () {
-      const { alice, bob } = yield* setup
+      const { alice, bob } = yield* setup(database)
       const a = yield* FakeAgent.make()
       const b = yield* FakeAgent.make()
       const aId = yield* Fixtures.connect(bob, a, { label: "a", routingPriority: 10 })
@@ -142,7 +142,7 @@ describe("deleting an agent connection", () => {
 
   it.scopedLive("group messages: a member who still gets it through another agent keeps one delivery; otherwise it moves", () =>
     Effect.gen(function* () {
-      const { server, alice, bob } = yield* setup
+      const { server, alice, bob } = yield* setup(database)
       const carol = yield* Fixtures.person(server, "carol")
       const group = yield* alice.client.groups.create({ payload: { name: "crew", invite_only: false } })
       yield* bob.client.groups.join({ path: { id: group.group_id } })
