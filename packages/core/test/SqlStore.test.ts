@@ -557,6 +557,38 @@ for (const backend of backends) {
           expect(yield* outbox.claim("me", 10, 60_000)).toEqual([])
         }))
 
+      it.effect("an attempt that does not deliver, to a connection deleted without marking the delivery, leaves it due for the engine", () =>
+        Effect.gen(function* () {
+          // A send read the connection just before its delete committed and wrote the delivery after:
+          // the delete never saw it. Delivered outcomes are recorded as always.
+          const { alice, bob } = yield* twoUsers
+          const messages = yield* Store.Messages
+          const outbox = yield* Store.Outbox
+          const sql = yield* SqlClient.SqlClient
+          const a = yield* connectionOf(bob.id, "a")
+          const [gone, retried, delivered] = [1, 2, 3].map(() => message({ senderId: alice.id, recipientId: bob.id }))
+          const [d1, d2, d3] = [to(a, bob.id), to(a, bob.id), to(a, bob.id)]
+          yield* sql`DELETE FROM agent_connections WHERE id = ${a}`
+          yield* messages.insert(gone!, [d1!], leased())
+          yield* messages.insert(retried!, [d2!], leased())
+          yield* messages.insert(delivered!, [d3!], leased())
+          const outcomes = yield* outbox.recordMany("me", [
+            { deliveryId: d1!.id, record: { _tag: "Failed", error: "HTTP 410", statusCode: 410 } },
+            { deliveryId: d2!.id, record: { _tag: "Retry", error: "HTTP 503", statusCode: 503, nextAttemptAt: new Date(Date.now() + 3_600_000) } },
+            { deliveryId: d3!.id, record: { _tag: "Delivered", statusCode: 200, at: new Date() } }
+          ])
+          expect(outcomes.map((o) => Option.map(o, (r) => [r.deliveryStatus, r.messageStatus]))).toEqual([
+            Option.some(["pending", "pending"]),
+            Option.some(["pending", "pending"]),
+            Option.some(["delivered", "delivered"])
+          ])
+          // Both due now, for the engine to reroute (their connection is gone).
+          const claimed = yield* outbox.claim("engine", 10, 60_000)
+          expect(claimed.map((c) => [c.delivery.id, c.delivery.lastError, Option.isNone(c.connection)]).sort()).toEqual(
+            [[d1!.id, "HTTP 410", true], [d2!.id, "HTTP 503", true]].sort()
+          )
+        }))
+
       if (backend.name === "postgres") {
         it.effect("reroute on PostgreSQL: a delivery leased by another worker while the reroute runs is left to that attempt, not moved", () =>
           Effect.gen(function* () {

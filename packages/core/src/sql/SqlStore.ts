@@ -752,6 +752,8 @@ export const makeOutbox = Effect.gen(function* () {
     const connectionGone = sql`CASE
       WHEN v.status = 'delivered' THEN false
       WHEN d.connection_deleted THEN true
+      WHEN d.target_kind = 'agent' AND d.connection_id IS NOT NULL
+        THEN NOT EXISTS (SELECT 1 FROM agent_connections c WHERE c.id = d.connection_id)
       ELSE false
     END`
     return Effect.map(
