@@ -6,7 +6,7 @@ import { SqlClient } from "@effect/sql"
 import { Graph, Ids, SqlStore, Store } from "@mahilo/core"
 import { TestDatabase } from "@mahilo/testkit"
 import { describe, expect, it as itBase } from "@effect/vitest"
-import { Effect, Layer, Option } from "effect"
+import { Clock, Deferred, Effect, Fiber, Layer, Option, Schedule } from "effect"
 
 const message = (over: Partial<Store.Message> & { readonly senderId: string; readonly recipientId: string }): Store.Message => ({
   id: Ids.make("msg"),
@@ -428,6 +428,220 @@ for (const backend of backends) {
           expect(yield* outbox.release("old")).toBe(1)
           expect(yield* outbox.claim("new", 5, 60_000)).toHaveLength(1)
         }))
+
+      // Deleting an agent connection: its pending deliveries go where a new send would go now.
+      const connectionOf = (userId: string, label: string) =>
+        Effect.gen(function* () {
+          const connections = yield* Store.Connections
+          const id = Ids.make("conn")
+          yield* connections.insert({
+            id, userId, framework: "test", label, description: null, capabilities: [], routingPriority: 0,
+            mode: "webhook", callbackUrl: "https://agent.example/cb", callbackSecret: "s".repeat(32), publicKey: null,
+            publicKeyAlg: null, status: "active"
+          })
+          return id
+        })
+      const to = (connectionId: string, userId: string, primary = true): Store.NewDelivery => ({ ...delivery(userId, primary), connectionId })
+      const leased = (owner = "me") => Option.some({ owner, until: new Date(Date.now() + 60_000) })
+      const rowsOf = (ids: ReadonlyArray<string>) =>
+        Effect.flatMap(SqlClient.SqlClient, (sql) =>
+          sql<{ id: string; connection_id: string; status: string; lease_owner: string | null; connection_deleted: boolean; is_primary: boolean; last_error: string | null }>`
+            SELECT id, connection_id, status, lease_owner, connection_deleted, is_primary, last_error
+            FROM deliveries WHERE id IN ${sql.in(ids)}`.pipe(
+            Effect.map((rows) => ids.map((id) => rows.find((r) => r.id === id)))
+          ))
+      const reason = "the agent connection was deleted and the recipient has no other active agent connection"
+
+      it.effect("reroute of a connection moves its pending agent deliveries to the target; delivered and failed ones stay", () =>
+        Effect.gen(function* () {
+          const { alice, bob } = yield* twoUsers
+          const messages = yield* Store.Messages
+          const outbox = yield* Store.Outbox
+          const a = yield* connectionOf(bob.id, "a")
+          const b = yield* connectionOf(bob.id, "b")
+          const [m1, m2, done, gaveUp] = [1, 2, 3, 4].map(() => message({ senderId: alice.id, recipientId: bob.id }))
+          const [d1, d2, d3, d4] = [to(a, bob.id), to(a, bob.id), to(a, bob.id), to(a, bob.id)]
+          yield* messages.insert(m1!, [d1!], Option.none())
+          yield* messages.insert(m2!, [d2!], Option.none())
+          yield* messages.insert(done!, [d3!], leased())
+          yield* messages.insert(gaveUp!, [d4!], leased())
+          yield* outbox.record("me", d3!.id, { _tag: "Delivered", statusCode: 200, at: new Date() })
+          yield* outbox.record("me", d4!.id, { _tag: "Failed", error: "HTTP 410", statusCode: 410 })
+
+          const rerouted = yield* outbox.reroute({ _tag: "Connection", connectionId: a }, Option.some({ connectionId: b, kind: "agent" }), reason)
+          expect(rerouted.moved.map((m) => [m.deliveryId, m.from, m.to]).sort()).toEqual([[d1!.id, "agent", "agent"], [d2!.id, "agent", "agent"]].sort())
+          expect([rerouted.dropped, rerouted.failed, rerouted.held]).toEqual([[], [], 0])
+          expect((yield* rowsOf([d1!.id, d2!.id, d3!.id, d4!.id])).map((r) => [r!.connection_id, r!.status, r!.last_error])).toEqual([
+            [b, "pending", null],
+            [b, "pending", null],
+            [a, "delivered", null],
+            [a, "failed", "HTTP 410"]
+          ])
+          // Due now, at the target.
+          const claimed = yield* outbox.claim("me", 10, 60_000)
+          expect(claimed.map((c) => [c.delivery.id, Option.map(c.connection, (x) => x.id)]).sort()).toEqual(
+            [[d1!.id, Option.some(b)], [d2!.id, Option.some(b)]].sort()
+          )
+          expect(Option.getOrThrow(yield* messages.find(gaveUp!.id)).status).toBe("failed")
+        }))
+
+      it.effect("reroute leaves a delivery in an attempt to it, marked; if the attempt does not deliver it stays due for the engine", () =>
+        Effect.gen(function* () {
+          const { alice, bob } = yield* twoUsers
+          const messages = yield* Store.Messages
+          const outbox = yield* Store.Outbox
+          const a = yield* connectionOf(bob.id, "a")
+          const b = yield* connectionOf(bob.id, "b")
+          const inAttempt = message({ senderId: alice.id, recipientId: bob.id })
+          const waiting = message({ senderId: alice.id, recipientId: bob.id })
+          const [d1, d2] = [to(a, bob.id), to(a, bob.id)]
+          yield* messages.insert(inAttempt, [d1!], leased())
+          yield* messages.insert(waiting, [d2!], Option.none())
+
+          const rerouted = yield* outbox.reroute({ _tag: "Connection", connectionId: a }, Option.some({ connectionId: b, kind: "agent" }), reason)
+          expect([rerouted.moved.map((m) => m.deliveryId), rerouted.held]).toEqual([[d2!.id], 1])
+          expect((yield* rowsOf([d1!.id])).map((r) => [r!.connection_id, r!.lease_owner, r!.connection_deleted])).toEqual([[a, "me", true]])
+          // Its attempt is refused for good: it stays pending, due now, still leased to nobody.
+          const outcome = yield* outbox.record("me", d1!.id, { _tag: "Failed", error: "HTTP 410", statusCode: 410 })
+          expect(Option.getOrThrow(outcome)).toMatchObject({ deliveryStatus: "pending", messageStatus: "pending" })
+          expect((yield* outbox.claim("me", 10, 60_000)).map((c) => c.delivery.id).sort()).toEqual([d1!.id, d2!.id].sort())
+        }))
+
+      it.effect("reroute drops a group member's delivery when another of theirs is live, and the message counts one recipient less", () =>
+        Effect.gen(function* () {
+          const { alice, bob } = yield* twoUsers
+          const users = yield* Store.Users
+          const messages = yield* Store.Messages
+          const outbox = yield* Store.Outbox
+          const carol = yield* users.create({ id: Ids.make("usr"), username: "carol", displayName: null, instance: null }, { kid: Ids.make("key"), hash: "h3" })
+          const a = yield* connectionOf(bob.id, "a")
+          const b = yield* connectionOf(bob.id, "b")
+          const c = yield* connectionOf(carol.id, "c")
+          const m = message({ senderId: alice.id, recipientId: Ids.make("grp"), recipientType: "group", recipients: 3 })
+          const [viaA, viaB, forCarol] = [to(a, bob.id, true), to(b, bob.id, false), to(c, carol.id, true)]
+          yield* messages.insert(m, [viaA!, viaB!, forCarol!], leased())
+          yield* outbox.record("me", viaB!.id, { _tag: "Delivered", statusCode: 200, at: new Date() })
+          yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql`UPDATE deliveries SET lease_owner = NULL, lease_until = NULL WHERE id = ${viaA!.id}`)
+
+          const rerouted = yield* outbox.reroute({ _tag: "Connection", connectionId: a }, Option.some({ connectionId: b, kind: "agent" }), reason)
+          expect(rerouted.moved).toEqual([])
+          expect(rerouted.dropped).toEqual([
+            { deliveryId: viaA!.id, messageId: m.id, senderId: alice.id, recipientUserId: bob.id, messageStatus: "pending" }
+          ])
+          expect(yield* rowsOf([viaA!.id])).toEqual([undefined])
+          // Bob's received history now lists the delivery he got.
+          expect((yield* rowsOf([viaB!.id]))[0]).toMatchObject({ status: "delivered", is_primary: true })
+          expect(Option.getOrThrow(yield* messages.find(m.id))).toMatchObject({ recipients: 2, deliveredCount: 1, status: "pending" })
+          // Carol's is the last one: the message is done when it is.
+          const last = yield* outbox.record("me", forCarol!.id, { _tag: "Delivered", statusCode: 200, at: new Date() })
+          expect(Option.getOrThrow(last)).toMatchObject({ deliveryStatus: "delivered", messageStatus: "delivered" })
+        }))
+
+      it.effect("reroute with nowhere to go fails the pending deliveries with the reason, and their messages roll up", () =>
+        Effect.gen(function* () {
+          const { alice, bob } = yield* twoUsers
+          const messages = yield* Store.Messages
+          const outbox = yield* Store.Outbox
+          const a = yield* connectionOf(bob.id, "a")
+          const m = message({ senderId: alice.id, recipientId: bob.id })
+          const d = to(a, bob.id)
+          yield* messages.insert(m, [d], Option.none())
+
+          const rerouted = yield* outbox.reroute({ _tag: "Connection", connectionId: a }, Option.none(), reason)
+          expect([rerouted.moved, rerouted.dropped, rerouted.held]).toEqual([[], [], 0])
+          expect(rerouted.failed).toEqual([
+            { messageId: m.id, messageStatus: "failed", deliveryStatus: "failed", senderId: alice.id, recipientUserId: bob.id }
+          ])
+          expect((yield* rowsOf([d.id]))[0]).toMatchObject({ status: "failed", last_error: reason, connection_id: a })
+          expect(Option.getOrThrow(yield* messages.find(m.id))).toMatchObject({ status: "failed", failedCount: 1, deliveredCount: 0 })
+          expect(yield* outbox.claim("me", 10, 60_000)).toEqual([])
+        }))
+
+      it.effect("an attempt that does not deliver, to a connection deleted without marking the delivery, leaves it due for the engine", () =>
+        Effect.gen(function* () {
+          // A send read the connection just before its delete committed and wrote the delivery after:
+          // the delete never saw it. Delivered outcomes are recorded as always.
+          const { alice, bob } = yield* twoUsers
+          const messages = yield* Store.Messages
+          const outbox = yield* Store.Outbox
+          const sql = yield* SqlClient.SqlClient
+          const a = yield* connectionOf(bob.id, "a")
+          const [gone, retried, delivered] = [1, 2, 3].map(() => message({ senderId: alice.id, recipientId: bob.id }))
+          const [d1, d2, d3] = [to(a, bob.id), to(a, bob.id), to(a, bob.id)]
+          yield* sql`DELETE FROM agent_connections WHERE id = ${a}`
+          yield* messages.insert(gone!, [d1!], leased())
+          yield* messages.insert(retried!, [d2!], leased())
+          yield* messages.insert(delivered!, [d3!], leased())
+          const outcomes = yield* outbox.recordMany("me", [
+            { deliveryId: d1!.id, record: { _tag: "Failed", error: "HTTP 410", statusCode: 410 } },
+            { deliveryId: d2!.id, record: { _tag: "Retry", error: "HTTP 503", statusCode: 503, nextAttemptAt: new Date(Date.now() + 3_600_000) } },
+            { deliveryId: d3!.id, record: { _tag: "Delivered", statusCode: 200, at: new Date() } }
+          ])
+          expect(outcomes.map((o) => Option.map(o, (r) => [r.deliveryStatus, r.messageStatus]))).toEqual([
+            Option.some(["pending", "pending"]),
+            Option.some(["pending", "pending"]),
+            Option.some(["delivered", "delivered"])
+          ])
+          // Both due now, for the engine to reroute (their connection is gone).
+          const claimed = yield* outbox.claim("engine", 10, 60_000)
+          expect(claimed.map((c) => [c.delivery.id, c.delivery.lastError, Option.isNone(c.connection)]).sort()).toEqual(
+            [[d1!.id, "HTTP 410", true], [d2!.id, "HTTP 503", true]].sort()
+          )
+        }))
+
+      if (backend.name === "postgres") {
+        it.effect("reroute on PostgreSQL: a delivery leased by another worker while the reroute runs is left to that attempt, not moved", () =>
+          Effect.gen(function* () {
+            const { alice, bob } = yield* twoUsers
+            const messages = yield* Store.Messages
+            const outbox = yield* Store.Outbox
+            const sql = yield* SqlClient.SqlClient
+            const a = yield* connectionOf(bob.id, "a")
+            const b = yield* connectionOf(bob.id, "b")
+            // x is held by another session, so the reroute waits on it part-way; y is free to be claimed meanwhile.
+            const [mx, my, mz] = [0, 1, 2].map((i) => message({ senderId: alice.id, recipientId: bob.id, createdAt: new Date(Date.now() - 60_000 + i) }))
+            const [x, y, z] = [to(a, bob.id), to(a, bob.id), to(a, bob.id)]
+            yield* messages.insert(mx!, [x!], Option.none())
+            yield* messages.insert(my!, [y!], Option.none())
+
+            const locked = yield* Deferred.make<void>()
+            const release = yield* Deferred.make<void>()
+            const holder = yield* Effect.fork(sql.withTransaction(Effect.gen(function* () {
+              yield* sql`SELECT id FROM deliveries WHERE id = ${x!.id} FOR UPDATE`
+              yield* Deferred.succeed(locked, undefined)
+              yield* Deferred.await(release)
+            })))
+            yield* Deferred.await(locked)
+            const reroute = yield* Effect.fork(
+              outbox.reroute({ _tag: "Connection", connectionId: a }, Option.some({ connectionId: b, kind: "agent" }), reason)
+            )
+            const waiting = sql<{ n: number }>`
+              SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`
+            // (it.effect runs a TestClock: the wait between looks is real time.)
+            yield* Effect.repeat(waiting, { until: (rows) => rows[0]!.n > 0, schedule: Schedule.spaced("20 millis") }).pipe(
+              Effect.withClock(Clock.make()),
+              Effect.timeoutFail({ duration: "20 seconds", onTimeout: () => new Error("the reroute never waited for the held row") })
+            )
+            // Meanwhile another worker claims what it can, and a send writes a delivery to the
+            // connection, leased for its first attempt (it read the connection before the delete).
+            const claimed = (yield* outbox.claim("other-node", 10, 60_000)).map((c) => c.delivery.id)
+            yield* messages.insert(mz!, [z!], leased("sender-node"))
+            yield* Deferred.succeed(release, undefined)
+            yield* Fiber.join(holder)
+            const rerouted = yield* Fiber.join(reroute)
+
+            // Whatever a worker leased is left to its attempt (marked, or its connection is gone
+            // when it records); the rest moved. Nothing is both moved and in an attempt to a.
+            const rows = yield* rowsOf([x!.id, y!.id, z!.id])
+            for (const row of rows) {
+              const inAttempt = row!.lease_owner !== null
+              expect([row!.id, row!.connection_id]).toEqual([row!.id, inAttempt ? a : b])
+            }
+            expect(rows[2]).toMatchObject({ connection_id: a, lease_owner: "sender-node" })
+            expect(rerouted.moved.map((m) => m.deliveryId).sort()).toEqual(rows.filter((r) => r!.lease_owner === null).map((r) => r!.id).sort())
+            for (const id of claimed) expect((yield* rowsOf([id]))[0]).toMatchObject({ connection_id: a, lease_owner: "other-node" })
+          }))
+      }
 
       it.effect("received history lists one entry per message even with several connections, newest first", () =>
         Effect.gen(function* () {

@@ -745,6 +745,17 @@ export const makeOutbox = Effect.gen(function* () {
     const errors = records.map(({ record }) => (record._tag === "Delivered" ? null : record.error))
     const codes = records.map(({ record }) => record.statusCode)
     const nextAttempts = records.map(({ record }) => (record._tag === "Retry" ? record.nextAttemptAt : null))
+    // An attempt that did not deliver, to an agent connection deleted meanwhile: marked by the delete
+    // if the delivery was in an attempt then; or not, when a send read the connection just before the
+    // delete committed and wrote the delivery after it (the delete never saw it). The connection's row
+    // is looked up only for such outcomes (CASE evaluates in order): never for a delivered one.
+    const connectionGone = sql`CASE
+      WHEN v.status = 'delivered' THEN false
+      WHEN d.connection_deleted THEN true
+      WHEN d.target_kind = 'agent' AND d.connection_id IS NOT NULL
+        THEN NOT EXISTS (SELECT 1 FROM agent_connections c WHERE c.id = d.connection_id)
+      ELSE false
+    END`
     return Effect.map(
       sql<FinishedRow & { readonly message_status: Store.MessageStatus }>`
         WITH v AS (
@@ -754,13 +765,12 @@ export const makeOutbox = Effect.gen(function* () {
           UPDATE deliveries d SET
             -- Its connection was deleted during this attempt: what the attempt did not deliver
             -- stays pending, due now, for the engine to reroute.
-            status = CASE WHEN v.status <> 'delivered' AND d.connection_deleted THEN 'pending' ELSE v.status END,
+            status = CASE WHEN ${connectionGone} THEN 'pending' ELSE v.status END,
             attempts = d.attempts + 1,
             first_attempt_at = COALESCE(d.first_attempt_at, now()),
             last_error = COALESCE(v.error, d.last_error),
             last_status_code = COALESCE(v.status_code, d.last_status_code),
-            next_attempt_at = CASE WHEN v.status <> 'delivered' AND d.connection_deleted
-              THEN now() ELSE COALESCE(v.next_attempt_at, d.next_attempt_at) END,
+            next_attempt_at = CASE WHEN ${connectionGone} THEN now() ELSE COALESCE(v.next_attempt_at, d.next_attempt_at) END,
             delivered_at = CASE WHEN v.status = 'delivered' THEN now() ELSE d.delivered_at END,
             lease_owner = NULL, lease_until = NULL, updated_at = now()
           FROM v
@@ -928,19 +938,30 @@ export const makeOutbox = Effect.gen(function* () {
     reroute: (from, to, reason) =>
       Effect.tap(
         sql.withTransaction(Effect.gen(function* () {
-          const selected = from._tag === "Connection"
+          const theirs = from._tag === "Connection"
             ? sql`d.connection_id = ${from.connectionId} AND d.status = 'pending' AND d.target_kind IN ('agent', 'inbox')
                 AND NOT d.connection_deleted`
             : sql`d.id = ${from.deliveryId} AND d.lease_owner = ${from.owner} AND d.status = 'pending' AND d.target_kind = 'agent'`
           let held = 0
           if (from._tag === "Connection") {
+            // Locked first: with several connections (PostgreSQL) a worker could otherwise lease one
+            // after the next statement found it free and before it is moved, and it would go to the
+            // target while that worker's attempt to the deleted connection is in flight (twice).
+            // Once locked, a claim skips them (SKIP LOCKED) until this commits.
+            yield* sql`SELECT d.id FROM deliveries d WHERE ${theirs} FOR UPDATE`
             // In an attempt now: moving them could deliver twice. The attempt finishes; if it does
             // not deliver, `record` leaves them due and the engine reroutes them (the connection is gone).
             held = (yield* sql`
               UPDATE deliveries d SET connection_deleted = true, updated_at = now()
-              WHERE ${selected} AND d.target_kind = 'agent' AND d.lease_until >= now() AND NOT d.connection_deleted
+              WHERE ${theirs} AND d.target_kind = 'agent' AND d.lease_until >= now()
               RETURNING d.id`).length
           }
+          // What is leased now is in an attempt: marked above, or written since (a send that read the
+          // connection before the delete, leased for its first attempt), which `record` treats the
+          // same way because the connection is gone by then. Neither is moved or failed here.
+          const selected = from._tag === "Connection"
+            ? sql`${theirs} AND (d.lease_until IS NULL OR d.lease_until < now())`
+            : theirs
           // A group member who still has the message coming (or has it) through another delivery
           // needs no second one: a new send would not address the deleted connection either.
           const gone = yield* sql<{ id: string; message_id: string; recipient_user_id: string | null; is_primary: boolean }>`

@@ -1,7 +1,8 @@
+import { SqlClient } from "@effect/sql"
 import { Registry, RetrySchedule } from "@mahilo/core"
-import { FakeAgent, Fixtures, TestServer } from "@mahilo/testkit"
+import { FakeAgent, Fixtures, TestDatabase, TestServer } from "@mahilo/testkit"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Context, Deferred, Effect, Fiber } from "effect"
 
 /**
  * Deleting an agent connection loses nothing the registry accepted: what was
@@ -12,8 +13,11 @@ import { Effect } from "effect"
 // Retries keep coming for a minute: a failing agent's deliveries stay pending.
 const patient = RetrySchedule.RetrySchedule.make({ baseDelayMs: 100, factor: 1.5, maxDelayMs: 300, maxAttempts: 1000, horizonMs: 60_000, jitter: 0.2 })
 
-const setup = Effect.gen(function* () {
-  const server = yield* TestServer.make({ retrySchedule: patient, config: { firstAttemptWaitMs: 100 } })
+// One attempt and no retry: an attempt that does not deliver is the delivery's last (it fails).
+const once = RetrySchedule.RetrySchedule.make({ baseDelayMs: 100, factor: 1, maxDelayMs: 100, maxAttempts: 1, horizonMs: 60_000, jitter: 0 })
+
+const setup = (database: TestDatabase.TestLayer, retrySchedule = patient) => Effect.gen(function* () {
+  const server = yield* TestServer.make({ database, retrySchedule, config: { firstAttemptWaitMs: 100 } })
   const alice = yield* Fixtures.person(server, "alice")
   const bob = yield* Fixtures.person(server, "bob")
   yield* Fixtures.befriend(alice, bob)
@@ -25,10 +29,10 @@ const settled = (who: Fixtures.Person, id: string) =>
   Fixtures.eventually(detail(who, id), (m) => m.status !== "pending", { label: `message ${id} settled` })
 const promise = <A>(f: () => Promise<A>) => Effect.promise(f)
 
-describe("deleting an agent connection", () => {
+describe.each(TestDatabase.backends)("deleting an agent connection ($name)", ({ layer: database }) => {
   it.scopedLive("moves its pending messages to the user's other agent, which gets each exactly once", () =>
     Effect.gen(function* () {
-      const { alice, bob } = yield* setup
+      const { alice, bob } = yield* setup(database)
       // Sends prefer A (higher priority); A is down.
       const a = yield* FakeAgent.make()
       const b = yield* FakeAgent.make()
@@ -66,7 +70,7 @@ describe("deleting an agent connection", () => {
 
   it.scopedLive("moves them to the inbox when the user's remaining agent polls", () =>
     Effect.gen(function* () {
-      const { alice, bob } = yield* setup
+      const { alice, bob } = yield* setup(database)
       const a = yield* FakeAgent.make()
       const aId = yield* Fixtures.connect(bob, a, { label: "a", routingPriority: 10 })
       const pollingId = (yield* bob.client.agents.upsert({
@@ -88,7 +92,7 @@ describe("deleting an agent connection", () => {
 
   it.scopedLive("fails them, saying why, when the user has no agent left (as a send to them would be refused)", () =>
     Effect.gen(function* () {
-      const { alice, bob } = yield* setup
+      const { alice, bob } = yield* setup(database)
       const a = yield* FakeAgent.make()
       const aId = yield* Fixtures.connect(bob, a, { label: "a" })
       a.failAll(500)
@@ -110,14 +114,14 @@ describe("deleting an agent connection", () => {
 
   it.scopedLive("a delivery in an attempt when the connection is deleted: delivered there once, or moved if the attempt fails", () =>
     Effect.gen(function* () {
-      const { alice, bob } = yield* setup
+      const { alice, bob } = yield* setup(database)
       const a = yield* FakeAgent.make()
       const b = yield* FakeAgent.make()
       const aId = yield* Fixtures.connect(bob, a, { label: "a", routingPriority: 10 })
       const bId = yield* Fixtures.connect(bob, b, { label: "b", routingPriority: 5 })
       const c = yield* FakeAgent.make()
       yield* Fixtures.connect(bob, c, { label: "c" })
-      // The first attempt is slow and then acknowledged; the second slow and then refused for good (410).
+      // The first attempt is slow and then acknowledged; the second slow and then refused (410).
       a.script(FakeAgent.delay(700), FakeAgent.delay(700, FakeAgent.status(410)))
       const first = yield* alice.client.messages.send({ payload: { recipient: "bob", message: "first" } })
       yield* promise(() => a.waitForAttempts(1))
@@ -130,7 +134,7 @@ describe("deleting an agent connection", () => {
       const second = yield* alice.client.messages.send({ payload: { recipient: "bob", message: "second" } })
       yield* promise(() => b.waitForAttempts(1))
       yield* bob.client.agents.delete({ path: { id: bId } })
-      // That attempt failed for good after the delete: the message goes to C instead of failing.
+      // That attempt did not deliver, after the delete: the message goes to C instead of being retried at B.
       yield* promise(() => c.waitForMessage(second.message_id))
       const message = yield* settled(alice, second.message_id)
       expect([message.status, message.deliveries.map((d) => d.status)]).toEqual(["delivered", ["delivered"]])
@@ -142,7 +146,7 @@ describe("deleting an agent connection", () => {
 
   it.scopedLive("group messages: a member who still gets it through another agent keeps one delivery; otherwise it moves", () =>
     Effect.gen(function* () {
-      const { server, alice, bob } = yield* setup
+      const { server, alice, bob } = yield* setup(database)
       const carol = yield* Fixtures.person(server, "carol")
       const group = yield* alice.client.groups.create({ payload: { name: "crew", invite_only: false } })
       yield* bob.client.groups.join({ path: { id: group.group_id } })
@@ -184,4 +188,48 @@ describe("deleting an agent connection", () => {
         expect(received.map((m) => [m.id, m.status])).toEqual([[sent.message_id, "delivered"]])
       }
     }))
+})
+
+// Needs a second session on the registry's database to hold the send's write back: PostgreSQL only (when DATABASE_URL is set).
+describe.runIf(TestDatabase.adminUrl() !== undefined)("deleting an agent connection while a send to it is being written (postgres)", () => {
+  it.scopedLive("the send read the connection before the delete and wrote its delivery after: its last attempt there fails, and it moves instead of failing", () =>
+    Effect.gen(function* () {
+      // Each delivery gets one attempt: the one to the deleted connection would be its last.
+      const { server, alice, bob } = yield* setup(TestDatabase.postgres, once)
+      const sql = Context.get(server.context, SqlClient.SqlClient)
+      const a = yield* FakeAgent.make()
+      const b = yield* FakeAgent.make()
+      const aId = yield* Fixtures.connect(bob, a, { label: "a", routingPriority: 10 })
+      const bId = yield* Fixtures.connect(bob, b, { label: "b" })
+      // A's address is gone: its attempt is answered 410.
+      a.failAll(410)
+
+      // Another session holds the messages table: the send has chosen A and waits to write.
+      const locked = yield* Deferred.make<void>()
+      const release = yield* Deferred.make<void>()
+      const holder = yield* Effect.fork(sql.withTransaction(Effect.gen(function* () {
+        yield* sql`LOCK TABLE messages IN SHARE MODE`
+        yield* Deferred.succeed(locked, undefined)
+        yield* Deferred.await(release)
+      })))
+      yield* Deferred.await(locked)
+      const send = yield* Effect.fork(alice.client.messages.send({ payload: { recipient: "bob", message: "just in time" } }))
+      const waiting = sql<{ n: number }>`
+        SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`
+      yield* Fixtures.eventually(waiting, (rows) => rows[0]!.n > 0, { label: "the send waiting to write" })
+
+      // A is deleted meanwhile: nothing of it to move yet. Then the send writes its delivery to A.
+      expect(yield* bob.client.agents.delete({ path: { id: aId } })).toEqual({ success: true })
+      yield* Deferred.succeed(release, undefined)
+      yield* Fiber.join(holder)
+      const sent = yield* Fiber.join(send)
+
+      // Its one attempt, at A, is refused; it goes to B instead of failing.
+      yield* promise(() => a.waitForAttempts(1))
+      const message = yield* settled(alice, sent.message_id)
+      expect([message.status, message.deliveries.map((d) => [d.status, d.recipient_connection_id])])
+        .toEqual(["delivered", [["delivered", bId]]])
+      yield* Effect.sleep("300 millis")
+      expect([a.attempts.length, b.countFor(sent.message_id)]).toEqual([1, 1])
+    }), { timeout: 60_000 })
 })
