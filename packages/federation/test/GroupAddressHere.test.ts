@@ -16,18 +16,7 @@ const run = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>): Promise<A> =>
 
 type Method = "GET" | "POST" | "PATCH" | "DELETE"
 
-/** A call as a client makes it: the status and the JSON body. */
-const call = async (registry: Cluster.Member, person: Fixtures.Person, method: Method, path: string, body?: unknown) => {
-  const response = await fetch(`${registry.url}/api/v1${path}`, {
-    method,
-    headers: {
-      authorization: `Bearer ${person.apiKey}`,
-      ...(body !== undefined ? { "content-type": "application/json" } : {})
-    },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {})
-  })
-  return { status: response.status, body: (await response.json()) as any }
-}
+const call = Cluster.apiCall
 
 let close: () => Promise<void>
 let a: Cluster.Member

@@ -16,18 +16,7 @@ let b: Cluster.Member
 const run = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>): Promise<A> =>
   Effect.runPromise(Effect.scoped(effect) as Effect.Effect<A, unknown>)
 
-/** A call as a client makes it: the status and the JSON body. */
-const call = async (registry: Cluster.Member, person: Fixtures.Person, method: "POST" | "DELETE", path: string, body?: unknown) => {
-  const response = await fetch(`${registry.url}/api/v1${path}`, {
-    method,
-    headers: {
-      authorization: `Bearer ${person.apiKey}`,
-      ...(body !== undefined ? { "content-type": "application/json" } : {})
-    },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {})
-  })
-  return { status: response.status, body: (await response.json()) as any }
-}
+const call = Cluster.apiCall
 
 /** `registry`'s operator sets the trust it has in `peer`. */
 const setTrust = async (registry: Cluster.Member, peer: Cluster.Member, status: "trusted" | "blocked") => {

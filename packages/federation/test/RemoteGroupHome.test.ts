@@ -25,18 +25,7 @@ const personWithAgent = async (registry: Cluster.Member, username: string) => {
   return { person, agent }
 }
 
-/** A call as a client makes it: the status and the JSON body. */
-const call = async (registry: Cluster.Member, person: Fixtures.Person, method: "GET" | "POST" | "DELETE", path: string, body?: unknown) => {
-  const response = await fetch(`${registry.url}/api/v1${path}`, {
-    method,
-    headers: {
-      authorization: `Bearer ${person.apiKey}`,
-      ...(body !== undefined ? { "content-type": "application/json" } : {})
-    },
-    ...(body !== undefined ? { body: JSON.stringify(body) } : {})
-  })
-  return { status: response.status, body: (await response.json()) as any }
-}
+const call = Cluster.apiCall
 
 const listed = async (person: Fixtures.Person) =>
   (await run(person.client.groups.list())).map((g) => [g.group_id, g.name, g.status]).sort()

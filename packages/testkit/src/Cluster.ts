@@ -306,3 +306,26 @@ export const open = async (options: Options): Promise<{ readonly cluster: Cluste
     throw error
   }
 }
+
+/**
+ * A plain API call to `registry` as `person`, as a client makes it (outside
+ * the typed client, so that any status and body can be seen): the status and
+ * the JSON body.
+ */
+export const apiCall = async (
+  registry: Pick<Member, "url">,
+  person: Pick<Fixtures.Person, "apiKey">,
+  method: "GET" | "POST" | "PATCH" | "DELETE",
+  path: string,
+  body?: unknown
+): Promise<{ readonly status: number; readonly body: any }> => {
+  const response = await fetch(`${registry.url}/api/v1${path}`, {
+    method,
+    headers: {
+      authorization: `Bearer ${person.apiKey}`,
+      ...(body !== undefined ? { "content-type": "application/json" } : {})
+    },
+    ...(body !== undefined ? { body: JSON.stringify(body) } : {})
+  })
+  return { status: response.status, body: (await response.json()) as any }
+}
