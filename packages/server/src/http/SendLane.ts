@@ -44,6 +44,8 @@ export class SendLaneSlot {
   private handler: Handler | undefined
   /** Sends the lane answered so far. */
   taken = 0
+  /** Sends the lane is running now (their answer not yet given, nor their client gone). */
+  inFlight = 0
 
   /** Answers the request if it is one the lane takes (then `true`). */
   take(request: http.IncomingMessage, response: http.ServerResponse): boolean {
@@ -176,8 +178,10 @@ export const attach = Layer.scopedDiscard(
         if (problem !== undefined) return invalid(response, "INVALID_REQUEST", problem)
         const fiber = Runtime.runFork(runtime)(program(token, text))
         running.add(fiber)
+        slot.inFlight++
         fiber.addObserver((exit) => {
           running.delete(fiber)
+          slot.inFlight--
           answer(response, exit)
         })
         // A client that goes away stops its wait, as the full path's request fiber is interrupted.

@@ -162,4 +162,50 @@ describe("send lane", () => {
         expect(w.agent.duplicates()).toEqual([])
       }
     }))
+
+  it.scopedLive("a client that goes away while its send waits for the first attempt stops only its wait: the message lands once", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ config: { firstAttemptWaitMs: 5_000, callbackTimeoutMs: 10_000 } })
+      const alice = yield* Fixtures.person(server, "alice")
+      const bob = yield* Fixtures.person(server, "bob")
+      yield* Fixtures.befriend(alice, bob)
+      const agent = yield* FakeAgent.make()
+      yield* Fixtures.connect(bob, agent)
+      const slot = Context.unsafeGet(server.context as unknown as Context.Context<SendLane.SendLane>, SendLane.SendLane)
+      agent.script(FakeAgent.delay(3_000))
+
+      // The client gives up after 200 ms, long before the agent answers.
+      const body = JSON.stringify({ recipient: "bob", message: "left behind" })
+      const gaveUp = yield* Effect.promise(() =>
+        new Promise<string>((resolve) => {
+          const req = http.request(new URL("/api/v1/messages/send", server.url), {
+            method: "POST",
+            headers: { authorization: `Bearer ${alice.apiKey}`, "content-type": "application/json", "content-length": String(Buffer.byteLength(body)) }
+          })
+          req.on("error", (e) => resolve(e.message))
+          req.on("response", () => resolve("answered"))
+          req.end(body)
+          setTimeout(() => req.destroy(new Error("client gave up")), 200)
+        }))
+      expect(gaveUp).toBe("client gave up")
+      expect(slot.taken).toBe(1)
+      // Its wait ends with the client, not with the agent's answer: the attempt is still open at the agent.
+      yield* Fixtures.eventually(Effect.sync(() => slot.inFlight), (n) => n === 0)
+      expect(agent.attempts).toHaveLength(1)
+      expect(agent.deliveries).toHaveLength(0)
+
+      // The send was accepted before the client left: the agent gets it, once, and it reads delivered.
+      const got = yield* Effect.promise(() => agent.waitFor(1))
+      expect(got[0]!.body.message).toBe("left behind")
+      const history = yield* Fixtures.eventually(
+        alice.client.messages.history({ urlParams: { direction: "sent" } }),
+        (h) => h[0]?.status === "delivered"
+      )
+      expect(history).toHaveLength(1)
+      // The server goes on answering sends through the lane.
+      const next = yield* alice.client.messages.send({ payload: { recipient: "bob", message: "still here" } })
+      expect(next.status).toBe("delivered")
+      expect(slot.taken).toBe(2)
+      expect(agent.duplicates()).toEqual([])
+    }))
 })
