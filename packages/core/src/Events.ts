@@ -4,7 +4,7 @@
  * cache invalidations; embedded users may subscribe or ignore them.
  */
 import { Context, Effect, Layer } from "effect"
-import type { DeliveryStatus, MessageStatus } from "./Store.js"
+import type { DeliveryStatus, MessageStatus, Rollup } from "./Store.js"
 
 export type RegistryEvent =
   /** New deliveries are due now: wake a worker. */
@@ -58,6 +58,16 @@ export type RegistryEvent =
 export interface EventsService {
   readonly publish: (event: RegistryEvent) => Effect.Effect<void>
 }
+
+/** The sender's `DeliveryStatus` for a delivery whose state the store just rolled up. */
+export const deliveryStatusEvent = (r: Rollup): RegistryEvent => ({
+  _tag: "DeliveryStatus",
+  userId: r.senderId,
+  messageId: r.messageId,
+  deliveryStatus: r.deliveryStatus,
+  messageStatus: r.messageStatus,
+  recipientUserId: r.recipientUserId
+})
 
 export class Events extends Context.Tag("@mahilo/core/Events")<Events, EventsService>() {
   /** Drops every event (embedded use without listeners). */

@@ -14,7 +14,7 @@ export {
   type RemoteGroupMembership
 } from "./Directory.js"
 export * as Errors from "./Errors.js"
-export { Events, type RegistryEvent } from "./Events.js"
+export { deliveryStatusEvent, Events, type RegistryEvent } from "./Events.js"
 export * as Graph from "./Graph.js"
 export * as Ids from "./Ids.js"
 export * as Migrations from "./sql/Migrations.js"

@@ -6,11 +6,10 @@
  * older notice still queued.
  */
 import { Cluster, Fixtures, TestDatabase } from "@mahilo/testkit"
-import { Effect, Scope } from "effect"
+import { Effect } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 
-const run = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>): Promise<A> =>
-  Effect.runPromise(Effect.scoped(effect) as Effect.Effect<A, unknown>)
+const run = Cluster.run
 
 /** The `code` a refused typed call carried. */
 const codeOf = (e: unknown): string | undefined => (e as { code?: string }).code
@@ -44,9 +43,7 @@ for (const { name: backend } of TestDatabase.backends) {
 
     beforeAll(async () => {
       // y keeps its database across a restart.
-      const opened = await Cluster.open({ size: 2, persistent: [1], backend })
-      close = opened.close
-      ;[x, y] = opened.cluster.members as [Cluster.Member, Cluster.Member]
+      ;({ a: x, b: y, close } = await Cluster.openPair({ persistent: [1], backend }))
     }, 120_000)
 
     afterAll(() => close?.(), 60_000)

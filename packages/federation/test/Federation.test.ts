@@ -16,8 +16,7 @@ let b: Cluster.Member
 let c: Cluster.Member
 const agents: Array<FakeAgent.FakeAgent> = []
 
-const run = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>): Promise<A> =>
-  Effect.runPromise(Effect.scoped(effect) as Effect.Effect<A, unknown>)
+const run = Cluster.run
 
 const agent = async () => {
   const started = await FakeAgent.start()

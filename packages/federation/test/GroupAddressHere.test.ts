@@ -8,11 +8,9 @@
  * HTTP as a client gets it.
  */
 import { Cluster, Fixtures } from "@mahilo/testkit"
-import { Effect, Scope } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 
-const run = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>): Promise<A> =>
-  Effect.runPromise(Effect.scoped(effect) as Effect.Effect<A, unknown>)
+const run = Cluster.run
 
 type Method = "GET" | "POST" | "PATCH" | "DELETE"
 
@@ -27,9 +25,7 @@ let dave: Fixtures.Person
 let bob: Fixtures.Person
 
 beforeAll(async () => {
-  const opened = await Cluster.open({ size: 2 })
-  close = opened.close
-  ;[a, b] = opened.cluster.members as [Cluster.Member, Cluster.Member]
+  ;({ a, b, close } = await Cluster.openPair())
   alice = await run(Fixtures.person(a.server(), "alice"))
   carol = await run(Fixtures.person(a.server(), "carol"))
   dave = await run(Fixtures.person(a.server(), "dave"))

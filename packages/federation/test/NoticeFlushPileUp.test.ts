@@ -5,11 +5,10 @@
  */
 import { createServer, type Socket } from "node:net"
 import { Cluster, Fixtures } from "@mahilo/testkit"
-import { Effect, Scope } from "effect"
+import { Effect } from "effect"
 import { describe, expect, it } from "vitest"
 
-const run = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>): Promise<A> =>
-  Effect.runPromise(Effect.scoped(effect) as Effect.Effect<A, unknown>)
+const run = Cluster.run
 
 /** A listener on `port` that takes connections and never answers, until the scope closes. */
 const silentAt = (port: number) =>

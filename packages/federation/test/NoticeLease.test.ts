@@ -9,11 +9,10 @@
  * for a change that did not take effect.
  */
 import { Cluster, Fixtures, TestDatabase } from "@mahilo/testkit"
-import { Deferred, Effect, Either, Fiber, Scope } from "effect"
+import { Deferred, Effect, Either, Fiber } from "effect"
 import { describe, expect, it } from "vitest"
 
-const run = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>): Promise<A> =>
-  Effect.runPromise(Effect.scoped(effect) as Effect.Effect<A, unknown>)
+const run = Cluster.run
 
 // Needs a second session on the registry's database: PostgreSQL only (when DATABASE_URL is set).
 describe.runIf(TestDatabase.adminUrl() !== undefined)("notices and other writers of the same database (postgres)", () => {

@@ -5,11 +5,10 @@
  * told, as one made here does.
  */
 import { Cluster, Fixtures, TestDatabase } from "@mahilo/testkit"
-import { Effect, Scope } from "effect"
+import { Effect } from "effect"
 import { describe, expect, it } from "vitest"
 
-const run = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>): Promise<A> =>
-  Effect.runPromise(Effect.scoped(effect) as Effect.Effect<A, unknown>)
+const run = Cluster.run
 
 const names = (person: Fixtures.Person, status: "accepted" | "pending") =>
   Effect.map(person.client.friends.list({ urlParams: { status } }), (rows) => rows.map((f) => f.username))

@@ -10,8 +10,7 @@ import { describe, expect, it } from "vitest"
 /** Spent in well under a second: an agent delivery would be failed after it. */
 const short = { baseDelayMs: 50, factor: 2, maxDelayMs: 200, maxAttempts: 4, horizonMs: 800, jitter: 0.2 }
 
-const run = <A>(effect: Effect.Effect<A, unknown, import("effect").Scope.Scope>): Promise<A> =>
-  Effect.runPromise(Effect.scoped(effect) as Effect.Effect<A, unknown>)
+const run = Cluster.run
 
 /** xena on `x` and yuri (with an agent) on `y`, friends across the two. */
 const pair = (x: Cluster.Member, y: Cluster.Member) =>

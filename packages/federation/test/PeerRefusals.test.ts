@@ -6,15 +6,13 @@
  */
 import { Protocol } from "@mahilo/federation"
 import { Cluster, Fixtures } from "@mahilo/testkit"
-import { Effect, Scope } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 
 let close: () => Promise<void>
 let a: Cluster.Member
 let b: Cluster.Member
 
-const run = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>): Promise<A> =>
-  Effect.runPromise(Effect.scoped(effect) as Effect.Effect<A, unknown>)
+const run = Cluster.run
 
 const call = Cluster.apiCall
 
@@ -36,9 +34,7 @@ const groupWithInvitee = async (owner: Fixtures.Person, member: Fixtures.Person,
 const listed = async (person: Fixtures.Person) => (await run(person.client.groups.list())).map((g) => [g.group_id, g.status])
 
 beforeAll(async () => {
-  const opened = await Cluster.open({ size: 2 })
-  close = opened.close
-  ;[a, b] = opened.cluster.members as [Cluster.Member, Cluster.Member]
+  ;({ a, b, close } = await Cluster.openPair())
 }, 180_000)
 
 afterAll(() => close?.(), 60_000)
@@ -184,9 +180,7 @@ describe("a request larger than the other registry's federation endpoints read",
   let y: Cluster.Member
 
   beforeAll(async () => {
-    const opened = await Cluster.open({ size: 2, config: { maxPayloadBytes: 256 * 1024 } })
-    closeLarge = opened.close
-    ;[x, y] = opened.cluster.members as [Cluster.Member, Cluster.Member]
+    ;({ a: x, b: y, close: closeLarge } = await Cluster.openPair({ config: { maxPayloadBytes: 256 * 1024 } }))
   }, 180_000)
 
   afterAll(() => closeLarge?.(), 60_000)

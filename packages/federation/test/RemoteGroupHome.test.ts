@@ -8,13 +8,12 @@
  */
 import { Protocol } from "@mahilo/federation"
 import { Cluster, FakeAgent, Fixtures, TestDatabase } from "@mahilo/testkit"
-import { Effect, Scope } from "effect"
+import { Effect } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 
 const agents: Array<FakeAgent.FakeAgent> = []
 
-const run = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>): Promise<A> =>
-  Effect.runPromise(Effect.scoped(effect) as Effect.Effect<A, unknown>)
+const run = Cluster.run
 
 /** A person with a connected agent. */
 const personWithAgent = async (registry: Cluster.Member, username: string) => {

@@ -4,20 +4,16 @@
  * read over HTTP as clients get it.
  */
 import { Cluster, Fixtures } from "@mahilo/testkit"
-import { Effect, Scope } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 
-const run = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>): Promise<A> =>
-  Effect.runPromise(Effect.scoped(effect) as Effect.Effect<A, unknown>)
+const run = Cluster.run
 
 let close: () => Promise<void>
 let a: Cluster.Member
 let b: Cluster.Member
 
 beforeAll(async () => {
-  const opened = await Cluster.open({ size: 2 })
-  close = opened.close
-  ;[a, b] = opened.cluster.members as [Cluster.Member, Cluster.Member]
+  ;({ a, b, close } = await Cluster.openPair())
 }, 180_000)
 
 afterAll(() => close?.(), 60_000)

@@ -329,3 +329,16 @@ export const apiCall = async (
   })
   return { status: response.status, body: (await response.json()) as any }
 }
+
+/** Runs a scoped Effect to its end, as a Promise (the body of a test written with async/await). */
+export const run = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>): Promise<A> =>
+  Effect.runPromise(Effect.scoped(effect) as Effect.Effect<A, unknown>)
+
+/** Two registries that trust each other, for a test file's `beforeAll`; `close` for its `afterAll`. */
+export const openPair = async (
+  options: Omit<Options, "size"> = {}
+): Promise<{ readonly a: Member; readonly b: Member; readonly close: () => Promise<void> }> => {
+  const opened = await open({ ...options, size: 2 })
+  const [a, b] = opened.cluster.members as [Member, Member]
+  return { a, b, close: opened.close }
+}

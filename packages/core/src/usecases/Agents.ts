@@ -4,7 +4,7 @@ import * as Callback from "../Callback.js"
 import { CallbackUrls } from "../CallbackUrls.js"
 import { RemoteDirectory } from "../Directory.js"
 import * as Errors from "../Errors.js"
-import { Events, type RegistryEvent } from "../Events.js"
+import { deliveryStatusEvent, Events, type RegistryEvent } from "../Events.js"
 import * as Ids from "../Ids.js"
 import * as Routing from "../Routing.js"
 import * as Store from "../Store.js"
@@ -98,26 +98,11 @@ export const announceRerouted = (publish: (event: RegistryEvent) => Effect.Effec
   Effect.gen(function* () {
     yield* announceMoved(publish, rerouted.moved.filter((d) => d.from === "agent" && d.to === "inbox"), "inbox")
     yield* announceMoved(publish, rerouted.moved.filter((d) => d.to === "agent"), "agent")
-    for (const f of rerouted.failed) {
-      yield* publish({
-        _tag: "DeliveryStatus",
-        userId: f.senderId,
-        messageId: f.messageId,
-        deliveryStatus: f.deliveryStatus,
-        messageStatus: f.messageStatus,
-        recipientUserId: f.recipientUserId
-      })
-    }
+    for (const f of rerouted.failed) yield* publish(deliveryStatusEvent(f))
     for (const d of rerouted.dropped) {
-      if (d.messageStatus !== "delivered" && d.messageStatus !== "failed") continue
-      yield* publish({
-        _tag: "DeliveryStatus",
-        userId: d.senderId,
-        messageId: d.messageId,
-        deliveryStatus: d.messageStatus,
-        messageStatus: d.messageStatus,
-        recipientUserId: d.recipientUserId
-      })
+      if (d.messageStatus === "delivered" || d.messageStatus === "failed") {
+        yield* publish(deliveryStatusEvent({ ...d, deliveryStatus: d.messageStatus }))
+      }
     }
   })
 

@@ -8,7 +8,7 @@
 import { Effect, Either, Option } from "effect"
 import { parseGroupAddress, qualifiedGroupAddress, RemoteDirectory, type RemoteGroupMembership } from "../Directory.js"
 import * as Errors from "../Errors.js"
-import { Events } from "../Events.js"
+import { deliveryStatusEvent, Events } from "../Events.js"
 import * as Graph from "../Graph.js"
 import * as Ids from "../Ids.js"
 import * as Policy from "../Policy.js"
@@ -708,16 +708,7 @@ export const make = Effect.gen(function* () {
       Effect.gen(function* () {
         if (messageIds.length > 100) return yield* invalid("At most 100 message ids per acknowledgement")
         const rolled = yield* outbox.acknowledge(principal.userId, messageIds)
-        for (const r of rolled) {
-          yield* events.publish({
-            _tag: "DeliveryStatus",
-            userId: r.senderId,
-            messageId: r.messageId,
-            deliveryStatus: r.deliveryStatus,
-            messageStatus: r.messageStatus,
-            recipientUserId: r.recipientUserId
-          })
-        }
+        for (const r of rolled) yield* events.publish(deliveryStatusEvent(r))
         return { acknowledged: [...new Set(rolled.map((r) => r.messageId))] }
       })
   }

@@ -13,7 +13,7 @@
  * - Closing the engine's scope stops claiming, lets attempts in flight finish
  *   (up to a grace period) and gives back any lease it still holds.
  */
-import { Batcher, Callback, type PeerOutcome, PeerTransport, Registry, RetrySchedule, type Store } from "@mahilo/core"
+import { Batcher, Callback, deliveryStatusEvent, type PeerOutcome, PeerTransport, Registry, RetrySchedule, type Store } from "@mahilo/core"
 import { Store as StoreTags } from "@mahilo/core"
 import { Context, Duration, Effect, Exit, FiberSet, Layer, Option, Queue } from "effect"
 import { callbackNetwork, ServerConfig } from "../Config.js"
@@ -201,14 +201,7 @@ export const make = (settings: EngineSettings) =>
     const announce = (claimed: Store.ClaimedDelivery, rollup: Store.Rollup) =>
       Effect.gen(function* () {
         if (rollup.deliveryStatus === "pending") return
-        yield* bus.publish({
-          _tag: "DeliveryStatus",
-          userId: rollup.senderId,
-          messageId: rollup.messageId,
-          deliveryStatus: rollup.deliveryStatus,
-          messageStatus: rollup.messageStatus,
-          recipientUserId: rollup.recipientUserId
-        })
+        yield* bus.publish(deliveryStatusEvent(rollup))
         if (rollup.deliveryStatus === "delivered" && rollup.recipientUserId !== null && claimed.delivery.targetKind === "agent") {
           yield* bus.publish({
             _tag: "MessageReceived",

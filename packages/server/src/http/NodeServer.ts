@@ -14,6 +14,7 @@
  */
 import * as http from "node:http"
 import type * as net from "node:net"
+import * as Answers from "./Answers.js"
 import type { ReplayCache } from "./Replay.js"
 import type { SendLaneSlot } from "./SendLane.js"
 import * as RequestBody from "./RequestBody.js"
@@ -34,7 +35,7 @@ class NodeServer extends http.Server {
     if (event === "request") {
       if (this.replay.serve(args[0], args[1])) return true
       if (this.listenerCount("request") === 0) {
-        refuseWhileClosed(args[1] as http.ServerResponse)
+        Answers.notServing(args[1] as http.ServerResponse)
         return true
       }
       if (this.lane.take(args[0], args[1])) return true
@@ -50,13 +51,6 @@ class NodeServer extends http.Server {
     this.once("close", () => clearTimeout(timer))
     return this
   }
-}
-
-const refuseWhileClosed = (response: http.ServerResponse): void => {
-  const body = JSON.stringify({ error: "The server is starting or shutting down; try again shortly", code: "UNAVAILABLE" })
-  response.shouldKeepAlive = false
-  response.writeHead(503, { "content-type": "application/json", "content-length": Buffer.byteLength(body), "retry-after": "1" })
-  response.end(body)
 }
 
 /** What node:http's parser errors mean for the client (anything else it could not parse is a 400). */

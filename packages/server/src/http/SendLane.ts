@@ -31,6 +31,7 @@ import { Errors, type Registry } from "@mahilo/core"
 import { Cause, Context, Effect, Exit, type Fiber, FiberId, Layer, Option, Runtime, Schema } from "effect"
 import { SendAnswer, SendPayload, SendRejected, SendRejectedWire } from "../Api.js"
 import { ServerConfig } from "../Config.js"
+import * as Answers from "./Answers.js"
 import * as Auth from "./Auth.js"
 import { makeSend } from "./MessagesHandlers.js"
 import * as RequestBody from "./RequestBody.js"
@@ -44,8 +45,12 @@ export class SendLaneSlot {
   private handler: Handler | undefined
   /** Sends the lane answered so far. */
   taken = 0
-  /** Sends the lane is running now (their answer not yet given, nor their client gone). */
-  inFlight = 0
+  /** The sends running now (their answer not yet given, nor their client gone). */
+  readonly running = new Set<Fiber.RuntimeFiber<unknown, unknown>>()
+
+  get inFlight(): number {
+    return this.running.size
+  }
 
   /** Answers the request if it is one the lane takes (then `true`). */
   take(request: http.IncomingMessage, response: http.ServerResponse): boolean {
@@ -90,20 +95,13 @@ const failureAnswer = (error: unknown): readonly [number, unknown] | undefined =
   return undefined
 }
 
-const write = (response: http.ServerResponse, status: number, body: unknown): void => {
-  if (response.headersSent || response.destroyed) return
-  const text = JSON.stringify(body)
-  response.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) })
-  response.end(text)
-}
-
 const writeEmpty = (response: http.ServerResponse, status: number): void => {
   if (response.headersSent || response.destroyed) return
   response.writeHead(status, { "content-length": 0 })
   response.end()
 }
 
-const invalid = (response: http.ServerResponse, code: string, error: string) => write(response, 400, { error, code })
+const invalid = (response: http.ServerResponse, code: string, error: string) => Answers.json(response, 400, { error, code })
 
 /** Whether the request is plainly a send the lane can answer exactly as the full path would. */
 const takes = (request: http.IncomingMessage, limit: number): boolean => {
@@ -128,7 +126,6 @@ export const attach = Layer.scopedDiscard(
     const send = yield* makeSend
     const runtime = yield* Effect.runtime<never>()
     const limit = RequestBody.bodyLimit(config.maxPayloadBytes)
-    const running = new Set<Fiber.RuntimeFiber<unknown, unknown>>()
 
     const program = (token: string, text: string) =>
       Effect.gen(function* () {
@@ -150,15 +147,12 @@ export const attach = Layer.scopedDiscard(
       )
 
     const answer = (response: http.ServerResponse, exit: Exit.Exit<unknown, unknown>) => {
-      if (Exit.isSuccess(exit)) return write(response, 200, exit.value)
+      if (Exit.isSuccess(exit)) return Answers.json(response, 200, exit.value)
       const failure = Cause.failureOption(exit.cause)
       const known = Option.isSome(failure) ? failureAnswer(failure.value) : undefined
-      if (known !== undefined) return write(response, known[0], known[1])
-      if (Cause.isInterruptedOnly(exit.cause)) {
-        // The server is shutting down (a client that went away reads nothing).
-        response.shouldKeepAlive = false
-        return write(response, 503, { error: "The server is shutting down; try again shortly", code: "UNAVAILABLE" })
-      }
+      if (known !== undefined) return Answers.json(response, known[0], known[1])
+      // The server is shutting down (a client that went away reads nothing).
+      if (Cause.isInterruptedOnly(exit.cause)) return Answers.notServing(response)
       return writeEmpty(response, 500)
     }
 
@@ -177,16 +171,14 @@ export const attach = Layer.scopedDiscard(
         const problem = RequestBody.jsonProblem(text)
         if (problem !== undefined) return invalid(response, "INVALID_REQUEST", problem)
         const fiber = Runtime.runFork(runtime)(program(token, text))
-        running.add(fiber)
-        slot.inFlight++
+        slot.running.add(fiber)
         fiber.addObserver((exit) => {
-          running.delete(fiber)
-          slot.inFlight--
+          slot.running.delete(fiber)
           answer(response, exit)
         })
         // A client that goes away stops its wait, as the full path's request fiber is interrupted.
         response.once("close", () => {
-          if (running.has(fiber)) fiber.unsafeInterruptAsFork(FiberId.none)
+          if (slot.running.has(fiber)) fiber.unsafeInterruptAsFork(FiberId.none)
         })
       })
       return true
@@ -196,7 +188,7 @@ export const attach = Layer.scopedDiscard(
     yield* Effect.addFinalizer(() =>
       Effect.sync(() => {
         slot.detach()
-        for (const fiber of running) fiber.unsafeInterruptAsFork(FiberId.none)
+        for (const fiber of slot.running) fiber.unsafeInterruptAsFork(FiberId.none)
       })
     )
   })
