@@ -26,10 +26,11 @@
  * get their spans from the stack) and when `MAHILO_SEND_LANE=false`.
  */
 import type * as http from "node:http"
+import { HttpApiSchema } from "@effect/platform"
 import { HttpApiDecodeError } from "@effect/platform/HttpApiError"
 import { Errors, type Registry } from "@mahilo/core"
 import { Cause, Context, Effect, Exit, type Fiber, FiberId, Layer, Option, Runtime, Schema } from "effect"
-import { SendAnswer, SendPayload, SendRejected, SendRejectedWire } from "../Api.js"
+import { MahiloApi, SendAnswer, SendPayload } from "../Api.js"
 import { ServerConfig } from "../Config.js"
 import * as Answers from "./Answers.js"
 import * as Auth from "./Auth.js"
@@ -72,25 +73,38 @@ export class SendLane extends Context.Tag("@mahilo/server/SendLane")<SendLane, S
   static readonly layer = Layer.sync(SendLane, () => new SendLaneSlot())
 }
 
-/** The wire errors the send endpoint, its group and its middleware declare, by class. */
-const DECLARED = [
-  Errors.InvalidRequest,
-  Errors.Unauthorized,
-  Errors.Forbidden,
-  Errors.NotFound,
-  Errors.Conflict,
-  Errors.Unavailable
-] as const
+/** An API group or endpoint, seen only for the errors it declares. */
+type Declares = { readonly errorSchema: Schema.Schema.Any }
+type GroupDeclares = Declares & { readonly endpoints: Readonly<Record<string, Declares>> }
+
+/**
+ * How the API answers each error it declares anywhere (API, groups, endpoints,
+ * middleware), in the order its error encoder tries them: the HTTP API
+ * encodes any failure with the union of all of them, so the lane does too,
+ * from the same schemas and status annotations. (Schemas are invariant, so the
+ * groups' precise types are set aside for this walk.)
+ */
+const declaredErrors = (() => {
+  const schemas = new Set<Schema.Schema.Any>()
+  HttpApiSchema.deunionize(schemas, MahiloApi.errorSchema)
+  for (const group of Object.values(MahiloApi.groups as Readonly<Record<string, unknown>>) as Array<GroupDeclares>) {
+    for (const endpoint of Object.values(group.endpoints)) HttpApiSchema.deunionize(schemas, endpoint.errorSchema)
+    HttpApiSchema.deunionize(schemas, group.errorSchema)
+  }
+  return Array.from(schemas, (schema) => ({
+    is: Schema.is(Schema.typeSchema(schema)),
+    encode: Schema.encodeUnknownSync(schema as Schema.Schema<unknown, unknown, never>),
+    status: HttpApiSchema.getStatusErrorAST(schema.ast)
+  }))
+})()
 
 const encodeAnswer = Schema.encodeSync(SendAnswer)
-const encodeRejected = Schema.encodeSync(SendRejectedWire)
 const decodePayload = Schema.decodeUnknown(SendPayload)
 
 /** Status and body of a failed send, as the HTTP API encodes them; `undefined` for a defect. */
 const failureAnswer = (error: unknown): readonly [number, unknown] | undefined => {
-  if (error instanceof SendRejected) return [403, encodeRejected(error)]
-  for (const cls of DECLARED) {
-    if (error instanceof cls) return [cls.status, { error: error.error, code: error.code }]
+  for (const declared of declaredErrors) {
+    if (declared.is(error)) return [declared.status, declared.encode(error)]
   }
   return undefined
 }
