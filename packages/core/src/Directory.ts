@@ -67,6 +67,26 @@ export const parseGroupAddress = (address: string, localInstance: string | undef
   return { groupId: address.slice(0, at), home: here ? undefined : home, here }
 }
 
+/**
+ * The group of this registry that an address names for something only a
+ * group's home does (invite, transfer, delete, role change, removal, a group's
+ * policies): a bare id, or `id@<this registry>`. `id@<another registry>` names
+ * no group here: 404, as for any group the caller has no say in (what the
+ * sentence says holds whether or not it exists).
+ */
+export const localGroupId = (
+  address: string,
+  localInstance: string | undefined
+): Effect.Effect<string, Errors.NotFound> => {
+  const { groupId, home } = parseGroupAddress(address, localInstance)
+  return home === undefined
+    ? Effect.succeed(groupId)
+    : Effect.fail(Errors.NotFound.of(
+      "GROUP_NOT_FOUND",
+      `No such group on this registry: ${address} names a group of ${home}, which only that registry changes`
+    ))
+}
+
 /** The qualified address of a remote group: `id@home`. */
 export const qualifiedGroupAddress = (r: { readonly groupId: string; readonly homeInstance: string }): string =>
   `${r.groupId}@${r.homeInstance}`

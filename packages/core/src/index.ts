@@ -7,6 +7,7 @@ export {
   type FriendshipMirror,
   type GroupAddress,
   groupAddresses,
+  localGroupId,
   parseGroupAddress,
   qualifiedGroupAddress,
   RemoteDirectory,

@@ -119,4 +119,38 @@ describe("a group of this registry named id@<this registry>", () => {
     const atHome = await run(bob.client.groups.members({ path: { id: bobs } }))
     expect(atHome.map((m) => m.username).sort()).toEqual([`alice@${a.name}`, "bob"])
   })
+
+  it("a group's policies take id@<this registry> as the group, and id@<another registry> is 404", async () => {
+    const id = (await run(alice.client.groups.create({ payload: { name: "guarded" } }))).group_id
+    await run(alice.client.groups.invite({ path: { id }, payload: { username: "carol" } }))
+    await run(carol.client.groups.join({ path: { id } }))
+    const created = await call(a, alice, "POST", "/policies", {
+      scope: "group",
+      target_id: `${id}@${a.name}`,
+      policy_type: "heuristic",
+      policy_content: JSON.stringify({ blockedPatterns: ["forbidden"] })
+    })
+    expect(created.status).toBe(201)
+    const policyId = (created.body as { policy_id: string }).policy_id
+
+    // Stored and listed under the group's own id, whichever form the filter names it by.
+    const byBare = await call(a, alice, "GET", `/policies?scope=group&target_id=${id}`)
+    const byHere = await call(a, alice, "GET", `/policies?scope=group&target_id=${encodeURIComponent(`${id}@${a.name}`)}`)
+    expect(byBare.status).toBe(200)
+    expect((byBare.body as Array<{ id: string; target_id: string }>).map((p) => [p.id, p.target_id])).toEqual([[policyId, id]])
+    expect(byHere).toEqual(byBare)
+
+    // Another registry's group keeps its policies at its home: 404 here, nothing stored.
+    const elsewhere = await call(a, alice, "POST", "/policies", {
+      scope: "group",
+      target_id: `${id}@${b.name}`,
+      policy_type: "heuristic",
+      policy_content: JSON.stringify({ maxLength: 10 })
+    })
+    expect(elsewhere).toEqual({ status: 404, body: { code: "GROUP_NOT_FOUND", error: expect.stringContaining(b.name) } })
+    const listedElsewhere = await call(a, alice, "GET", `/policies?scope=group&target_id=${encodeURIComponent(`${id}@${b.name}`)}`)
+    expect(listedElsewhere).toEqual({ status: 200, body: [] })
+    const all = await call(a, alice, "GET", "/policies")
+    expect((all.body as Array<{ id: string }>).map((p) => p.id)).toEqual([policyId])
+  })
 })

@@ -1,6 +1,6 @@
 /** Groups: create, list, view, invite, join, leave, transfer, delete, members. */
 import { Effect, Option } from "effect"
-import { groupAddresses, parseGroupAddress, qualifiedGroupAddress, RemoteDirectory, type RemoteGroupMembership } from "../Directory.js"
+import { groupAddresses, localGroupId, parseGroupAddress, qualifiedGroupAddress, RemoteDirectory, type RemoteGroupMembership } from "../Directory.js"
 import * as Errors from "../Errors.js"
 import { Events } from "../Events.js"
 import * as Graph from "../Graph.js"
@@ -71,21 +71,7 @@ export const make = (friends: Friends) =>
         }
       })
 
-    /**
-     * The group of this registry that a local-only operation (invite, transfer, delete,
-     * role change, removal) names: a bare id, or `id@<this registry>`. Only a group's home
-     * changes it, so `id@<another registry>` names no group here: 404, as for any group
-     * the caller has no say in (what the sentence says holds whether or not it exists).
-     */
-    const localId = (address: string) => {
-      const { groupId, home } = parseGroupAddress(address, directory.localInstance)
-      return home === undefined
-        ? Effect.succeed(groupId)
-        : Effect.fail(Errors.NotFound.of(
-          "GROUP_NOT_FOUND",
-          `No such group on this registry: ${address} names a group of ${home}, which only that registry changes`
-        ))
-    }
+    const localId = (address: string) => localGroupId(address, directory.localInstance)
 
     /** The caller has a membership (active or invited) in a group of this registry. */
     const hasMembership = (userId: string) => (groupId: string) =>

@@ -1,5 +1,6 @@
 /** Sender policies: create, list, change, delete; group-scope ones by the group's owners and admins. */
 import { Effect, Option } from "effect"
+import { localGroupId, parseGroupAddress, RemoteDirectory } from "../Directory.js"
 import * as Errors from "../Errors.js"
 import * as Graph from "../Graph.js"
 import * as Ids from "../Ids.js"
@@ -28,6 +29,7 @@ export const make = Effect.gen(function* () {
   const policies = yield* Store.Policies
   const groups = yield* Store.Groups
   const users = yield* Store.Users
+  const directory = yield* RemoteDirectory
 
   const canManageGroup = (principal: Principal, groupId: string) =>
     Effect.map(groups.findMembership(groupId, principal.userId), (m) => Graph.canManagePolicies(Option.getOrUndefined(m)))
@@ -88,9 +90,22 @@ export const make = Effect.gen(function* () {
   const lockingGroup = <A, E, R>(scope: Policy.PolicyScope, targetId: string | null | undefined, write: Effect.Effect<A, E, R>) =>
     scope === "group" && typeof targetId === "string" ? groups.exclusively(targetId, write) : write
 
-  /** A user-scope filter's target as stored (an id), when it names a user by username. */
+  /**
+   * A group-scope target as stored: the group's id, also when given as
+   * `id@<this registry>`. A group's policies are kept at its home, so
+   * `id@<another registry>` is 404 GROUP_NOT_FOUND.
+   */
+  const groupTarget = (scope: Policy.PolicyScope, targetId: string | null) =>
+    scope === "group" && targetId !== null ? localGroupId(targetId, directory.localInstance) : Effect.succeed(targetId)
+
+  /** A filter's target as stored: a user-scope one named by username as the user's id, a group's as its id. */
   const listedTarget = (filter: Store.PolicyFilter) =>
     Effect.gen(function* () {
+      if (filter.scope === "group" && filter.targetId !== undefined) {
+        const { groupId, home } = parseGroupAddress(filter.targetId, directory.localInstance)
+        // Another registry's group has no policies here: a filter naming it matches none.
+        return home === undefined ? groupId : filter.targetId
+      }
       if (filter.scope !== "user" || filter.targetId === undefined) return filter.targetId
       if (Option.isSome(yield* users.findById(filter.targetId))) return filter.targetId
       const byName = yield* users.findByUsername(filter.targetId.toLowerCase())
@@ -110,7 +125,9 @@ export const make = Effect.gen(function* () {
   return {
     createPolicy: (principal: Principal, input: PolicyInput) =>
       Effect.gen(function* () {
-        const target = yield* Policy.validateTarget({ scope: input.scope, targetId: input.targetId })
+        const target = yield* Policy.validateTarget({ scope: input.scope, targetId: input.targetId }).pipe(
+          Effect.flatMap((given) => groupTarget(input.scope, given))
+        )
         const content = yield* Policy.validate({ policyType: input.policyType, content: input.content })
         yield* checkPriority(input.priority)
         return yield* lockingGroup(input.scope, target, Effect.gen(function* () {
