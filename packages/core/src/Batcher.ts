@@ -5,7 +5,7 @@
  * so the requests or answers read in the same poll phase join it; calls that
  * arrive while a batch is being written form the next one.
  */
-import { Deferred, Effect, Exit, Queue, type Scope } from "effect"
+import { Effect, Exit, type Scope } from "effect"
 
 /** Resumes after the event loop has run the I/O callbacks that are ready now. */
 const afterIo: Effect.Effect<void> = Effect.async<void>((resume) => {
@@ -13,9 +13,10 @@ const afterIo: Effect.Effect<void> = Effect.async<void>((resume) => {
   return Effect.sync(() => clearImmediate(handle))
 })
 
-interface Pending<I, O, E> {
+interface Waiting<I, O, E> {
   readonly item: I
-  readonly done: Deferred.Deferred<O, E>
+  /** Resumes the caller's fiber with its item's result (ignored once it was interrupted). */
+  readonly resume: (result: Effect.Effect<O, E>) => void
 }
 
 /**
@@ -23,41 +24,66 @@ interface Pending<I, O, E> {
  * result. `writeMany` answers one exit per item, in order; if it fails as a
  * whole, every item of the batch gets that failure. At most `maxBatch` items
  * go into one call. When the scope closes, calls still waiting are interrupted.
+ *
+ * A call is one asynchronous wait on a plain list (no queue or deferred per
+ * call): sends go through three batchers, and those two structures cost about
+ * twenty runtime operations a call. A caller interrupted while it waits is
+ * simply not resumed; its item is still written, as it is once handed over.
  */
 export const make = <I, O, E>(
   writeMany: (items: ReadonlyArray<I>) => Effect.Effect<ReadonlyArray<Exit.Exit<O, E>>, E>,
   maxBatch: number
 ): Effect.Effect<(item: I) => Effect.Effect<O, E>, never, Scope.Scope> =>
   Effect.gen(function* () {
-    const queue = yield* Queue.unbounded<Pending<I, O, E>>()
-    let batch: ReadonlyArray<Pending<I, O, E>> = []
+    let waiting: Array<Waiting<I, O, E>> = []
+    let batch: ReadonlyArray<Waiting<I, O, E>> = []
+    let wakeWriter: (() => void) | undefined
+    let closed = false
+
+    /** Resumes the writer once there is something to write. */
+    const somethingWaits = Effect.async<void>((resume) => {
+      if (waiting.length > 0) return resume(Effect.void)
+      wakeWriter = () => {
+        wakeWriter = undefined
+        resume(Effect.void)
+      }
+    })
+
     yield* Effect.gen(function* () {
-      const first = yield* Queue.take(queue)
-      batch = [first]
+      yield* somethingWaits
       yield* afterIo
-      batch = [first, ...(yield* Queue.takeUpTo(queue, maxBatch - 1))]
+      batch = waiting.length <= maxBatch ? waiting : waiting.slice(0, maxBatch)
+      waiting = waiting.length <= maxBatch ? [] : waiting.slice(maxBatch)
+      const taken = batch
       // Suspended: a writer that throws while building its statement fails this batch's calls
       // (as a defect) instead of ending this fiber, which would leave every later call waiting.
-      const items = batch.map((p) => p.item)
-      const written = yield* Effect.exit(Effect.suspend(() => writeMany(items)))
-      for (let i = 0; i < batch.length; i++) {
-        const result: Exit.Exit<O, E> = Exit.isSuccess(written)
-          ? written.value[i] ?? Exit.die(new Error(`the batch writer answered ${written.value.length} of ${batch.length} items`))
-          : Exit.failCause(written.cause)
-        yield* Deferred.done(batch[i]!.done, result)
-      }
+      const written = yield* Effect.exit(Effect.suspend(() => writeMany(taken.map((w) => w.item))))
       batch = []
+      for (let i = 0; i < taken.length; i++) {
+        taken[i]!.resume(
+          Exit.isSuccess(written)
+            ? written.value[i] ?? Exit.die(new Error(`the batch writer answered ${written.value.length} of ${taken.length} items`))
+            : Exit.failCause(written.cause)
+        )
+      }
     }).pipe(
       Effect.forever,
       Effect.onInterrupt(() =>
-        Effect.gen(function* () {
-          const waiting = [...batch, ...(yield* Queue.takeAll(queue))]
-          for (const p of waiting) yield* Deferred.interrupt(p.done)
-          yield* Queue.shutdown(queue)
+        Effect.sync(() => {
+          closed = true
+          const left = [...batch, ...waiting]
+          batch = []
+          waiting = []
+          for (const w of left) w.resume(Effect.interrupt)
         })
       ),
       Effect.forkScoped
     )
+
     return (item: I) =>
-      Effect.flatMap(Deferred.make<O, E>(), (done) => Effect.zipRight(Queue.offer(queue, { item, done }), Deferred.await(done)))
+      Effect.async<O, E>((resume) => {
+        if (closed) return resume(Effect.interrupt)
+        waiting.push({ item, resume })
+        wakeWriter?.()
+      })
   })
