@@ -4,7 +4,7 @@
  */
 import { hash as argon2Hash, verify as argon2Verify } from "@node-rs/argon2"
 import type { Algorithm, Options } from "@node-rs/argon2"
-import { createHash, timingSafeEqual } from "node:crypto"
+import { createHash, hash as oneShotHash, timingSafeEqual } from "node:crypto"
 import { Effect, Option, Schema } from "effect"
 import { randomBase32 } from "./internal/randomText.js"
 
@@ -78,8 +78,15 @@ export const verify = (storedHash: string, secret: string): Effect.Effect<boolea
  * A fast SHA-256 hex digest of a secret, for an in-memory cache of keys already
  * verified with Argon2. Safe to use unsalted: the secret has 130 random bits.
  */
-export const fingerprint = (secret: string): string =>
-  createHash("sha256").update(secret, "utf8").digest("hex")
+export const fingerprint = (secret: string): string => sha256Hex(secret)
+
+/**
+ * One-shot `crypto.hash` (Node 20.12+; 0.6 µs against 3-4.7 µs for a Hash
+ * object, and every authenticated request takes one), else a Hash object.
+ */
+const sha256Hex: (text: string) => string = typeof oneShotHash === "function"
+  ? (text) => oneShotHash("sha256", text, "hex")
+  : (text) => createHash("sha256").update(text, "utf8").digest("hex")
 
 /** Constant-time equality of two fingerprints. */
 export const sameFingerprint = (a: string, b: string): boolean => {
