@@ -39,10 +39,13 @@ const MAX_CAPABILITY_LENGTH = 100
 
 const invalid = (error: string) => Effect.fail(Errors.InvalidRequest.of("INVALID_REQUEST", error))
 
-const text = (name: string, value: string | undefined | null, min: number, max: number) =>
-  value === undefined || value === null || value.trim().length < min || value.length > max
+/** A name kept trimmed, so judged trimmed too: `" main "` is `main`, whatever the limit. */
+const text = (name: string, value: string | undefined | null, min: number, max: number) => {
+  const trimmed = value?.trim()
+  return trimmed === undefined || trimmed.length < min || trimmed.length > max
     ? invalid(`${name} must be ${min}–${max} characters`)
-    : Effect.succeed(value.trim())
+    : Effect.succeed(trimmed)
+}
 
 /**
  * Tells about deliveries that changed target: the recipient, of those now
