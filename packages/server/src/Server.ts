@@ -92,6 +92,9 @@ const ClientErrors = HttpApiBuilder.middleware(
         if (RequestBody.isTooLarge(incoming)) return yield* tooLarge()
         const problem = RequestBody.jsonProblem(text)
         if (problem !== undefined) return yield* Errors.InvalidRequest.of("INVALID_REQUEST", problem)
+        // An endpoint without a payload never parses its body: a malformed one is refused here,
+        // before anything is done (a rotate-key with a garbled body would rotate the key).
+        if (RequestBody.notJson(text)) return yield* Errors.InvalidRequest.of("INVALID_REQUEST", RequestBody.NOT_JSON)
       }
       return yield* (app as HttpApp.Default<unknown>)
     }).pipe(
@@ -107,7 +110,7 @@ const ClientErrors = HttpApiBuilder.middleware(
       Effect.catchAllDefect((defect) => {
         const tag = typeof defect === "object" && defect !== null ? (defect as { _tag?: unknown })._tag : undefined
         if (tag === "RequestError" || tag === "MultipartError") {
-          return Effect.fail(Errors.InvalidRequest.of("INVALID_REQUEST", "The request body is not valid JSON"))
+          return Effect.fail(Errors.InvalidRequest.of("INVALID_REQUEST", RequestBody.NOT_JSON))
         }
         return Effect.zipRight(Effect.logError("Unhandled defect", Cause.die(defect)), Effect.die(defect))
       })

@@ -8,6 +8,7 @@ import { deliveryStatusEvent, Events, type RegistryEvent } from "../Events.js"
 import * as Ids from "../Ids.js"
 import * as Routing from "../Routing.js"
 import * as Store from "../Store.js"
+import * as Username from "../Username.js"
 import type { Principal } from "./Accounts.js"
 
 export interface ConnectionInput {
@@ -38,10 +39,13 @@ const MAX_CAPABILITY_LENGTH = 100
 
 const invalid = (error: string) => Effect.fail(Errors.InvalidRequest.of("INVALID_REQUEST", error))
 
-const text = (name: string, value: string | undefined | null, min: number, max: number) =>
-  value === undefined || value === null || value.trim().length < min || value.length > max
+/** A name kept trimmed, so judged trimmed too: `" main "` is `main`, whatever the limit. */
+const text = (name: string, value: string | undefined | null, min: number, max: number) => {
+  const trimmed = value?.trim()
+  return trimmed === undefined || trimmed.length < min || trimmed.length > max
     ? invalid(`${name} must be ${min}–${max} characters`)
-    : Effect.succeed(value.trim())
+    : Effect.succeed(trimmed)
+}
 
 /**
  * Tells about deliveries that changed target: the recipient, of those now
@@ -263,7 +267,14 @@ export const make = Effect.gen(function* () {
     /** A friend's active connections (labels, capabilities, public keys): accepted friends only. */
     contactConnections: (principal: Principal, username: string) =>
       Effect.gen(function* () {
-        const other = yield* Effect.flatMap(users.findByUsername(username.toLowerCase()), Option.match({
+        // The user as every endpoint that takes a username reads it: `name@<this registry>` is the
+        // local `name`; `name@<another>` is that registry's user, kept here as `name@instance`.
+        // Text that is no address names nobody (404, as before), not a malformed request.
+        const key = Either.match(Username.parseAddress(username, directory.localInstance), {
+          onLeft: () => username.toLowerCase(),
+          onRight: Username.formatAddress
+        })
+        const other = yield* Effect.flatMap(users.findByUsername(key), Option.match({
           onNone: () => Effect.fail(Errors.NotFound.of("USER_NOT_FOUND", `No user named "${username}"`)),
           onSome: Effect.succeed
         }))

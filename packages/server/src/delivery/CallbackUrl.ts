@@ -168,7 +168,7 @@ export const validate = (
     if ("address" in host) {
       if (!isPublicAddress(host.address)) {
         return refuse(
-          `The callback URL points to a ${describeRange(host.address)} address, which is not allowed unless private callbacks are enabled.`
+          `The callback URL points to ${describeRange(host.address)} address, which is not allowed unless private callbacks are enabled.`
         )
       }
     } else if (isLocalName(host.name)) {
@@ -192,9 +192,14 @@ const rangeDescriptions: Record<string, string> = {
   reserved: "reserved"
 }
 
+/** The kind of address with its article: "a loopback", "an unspecified". */
 const describeRange = (address: Address): string => {
   const range = unmap(address).range()
-  if (range === "linkLocal" && unmap(address).toString() === "169.254.169.254") return "cloud metadata (link-local)"
-  if (range === "unicast") return "non-public"
-  return rangeDescriptions[range] ?? `special-purpose (${range})`
+  const kind = range === "linkLocal" && unmap(address).toString() === "169.254.169.254"
+    ? "cloud metadata (link-local)"
+    : range === "unicast"
+    ? "non-public"
+    : rangeDescriptions[range] ?? `special-purpose (${range})`
+  // "unique-local" and "unicast" sound a consonant first.
+  return `${/^[aeio]|^u(?!ni)/.test(kind) ? "an" : "a"} ${kind}`
 }

@@ -7,7 +7,10 @@
  * - JSON no deeper than `MAX_DEPTH` (the schema decoder recurses once per
  *   level, and a few thousand levels would overflow the stack);
  * - no `\uXXXX` escape of half a surrogate pair (PostgreSQL cannot store one
- *   in a JSON column, and text columns would keep U+FFFD instead).
+ *   in a JSON column, and text columns would keep U+FFFD instead);
+ * - JSON at all (`notJson`), also for an endpoint that takes no payload and so
+ *   would never parse it: the contract answers malformed JSON `400`, and a
+ *   `POST /auth/rotate-key` with a garbled body must not rotate the key.
  */
 import type { HttpApiDecodeError } from "@effect/platform/HttpApiError"
 import * as http from "node:http"
@@ -88,6 +91,20 @@ export const boundedRequests = (maxBytes: number): typeof http.IncomingMessage =
 const hex = (text: string, at: number): number => {
   const digits = text.slice(at, at + 4)
   return /^[0-9a-fA-F]{4}$/.test(digits) ? Number.parseInt(digits, 16) : -1
+}
+
+/** The refusal of a body that does not parse as JSON, the same on every path that reads one. */
+export const NOT_JSON = "The request body is not valid JSON"
+
+/** Whether a body's text is not JSON (an empty text is no body, not a malformed one). */
+export const notJson = (text: string): boolean => {
+  if (text.length === 0) return false
+  try {
+    JSON.parse(text)
+    return false
+  } catch {
+    return true
+  }
 }
 
 /**

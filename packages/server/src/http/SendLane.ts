@@ -13,11 +13,11 @@
  *    `Content-Length` within the body limit and no `Transfer-Encoding`;
  *    anything else goes the full way, untouched, so every refusal of a
  *    malformed request is the HTTP API's own;
- * 2. the body's JSON problems (depth, unpaired surrogate escapes), as the
- *    client-error middleware checks them, before the key;
+ * 2. the body's JSON problems (depth, unpaired surrogate escapes, not JSON at
+ *    all), as the client-error middleware checks them, before the key;
  * 3. the key, with the API's authenticator (`Auth.bearer`);
- * 4. the JSON and the payload decoded with the endpoint's schema, an invalid
- *    one described as the API describes it;
+ * 4. the payload decoded with the endpoint's schema, an invalid one described
+ *    as the API describes it;
  * 5. the send (`MessagesHandlers.makeSend`, the handler the API runs too);
  * 6. the answer encoded with the endpoint's schemas: the same status, body
  *    and headers as the full path, failures included.
@@ -141,15 +141,9 @@ export const attach = Layer.scopedDiscard(
     const runtime = yield* Effect.runtime<never>()
     const limit = RequestBody.bodyLimit(config.maxPayloadBytes)
 
-    const program = (token: string, text: string) =>
+    const program = (token: string, json: unknown) =>
       Effect.gen(function* () {
         const principal: Registry.Principal = yield* bearer(token)
-        let json: unknown
-        try {
-          json = JSON.parse(text)
-        } catch {
-          return yield* Errors.InvalidRequest.of("INVALID_REQUEST", "The request body is not valid JSON")
-        }
         const payload = yield* decodePayload(json).pipe(
           Effect.catchAll((e) =>
             Effect.flatMap(HttpApiDecodeError.fromParseError(e), (decoded) =>
@@ -184,7 +178,14 @@ export const attach = Layer.scopedDiscard(
         const text = chunks.length === 1 ? chunks[0]!.toString("utf8") : Buffer.concat(chunks).toString("utf8")
         const problem = RequestBody.jsonProblem(text)
         if (problem !== undefined) return invalid(response, "INVALID_REQUEST", problem)
-        const fiber = Runtime.runFork(runtime)(program(token, text))
+        // Parsed once, here; as the middleware refuses it, a body that is not JSON is refused before the key.
+        let json: unknown
+        try {
+          json = JSON.parse(text)
+        } catch {
+          return invalid(response, "INVALID_REQUEST", RequestBody.NOT_JSON)
+        }
+        const fiber = Runtime.runFork(runtime)(program(token, json))
         slot.running.add(fiber)
         fiber.addObserver((exit) => {
           slot.running.delete(fiber)

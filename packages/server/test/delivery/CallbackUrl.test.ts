@@ -124,6 +124,16 @@ describe("CallbackUrl.validate", () => {
     expect(Either.isLeft(http) && http.left.error).toMatch(/https/)
   })
 
+  it.each([
+    ["https://0.0.0.0/cb", "points to an unspecified address"],
+    ["https://127.0.0.1/cb", "points to a loopback address"],
+    ["https://[fd00::1]/cb", "points to a unique-local address"],
+    ["https://10.0.0.1/cb", "points to a private (RFC 1918) address"]
+  ])("names the kind of address refused in a sentence: %s", (url, phrase) => {
+    const result = CallbackUrl.validate(url, strict)
+    expect(Either.isLeft(result) && result.left.error).toContain(phrase)
+  })
+
   it("returns the parsed URL", () => {
     const result = CallbackUrl.validate("https://Agent.Example.com/cb?q=1", strict)
     expect(Either.isRight(result) && result.right.href).toBe("https://agent.example.com/cb?q=1")

@@ -227,6 +227,19 @@ layer(serverLayer(), layerOptions)("agent connections over HTTP", (it) => {
         })
       }))
 
+    it.effect("framework and label are kept trimmed and judged trimmed: spaces around them name the same connection, whatever the length", () =>
+      Effect.gen(function* () {
+        const alice = yield* person("trimmed")
+        const [framework, label] = ["f".repeat(50), "l".repeat(50)]
+        const created = yield* call("POST", "/api/v1/agents", { key: alice.apiKey, body: connection({ framework, label }) })
+        expect(created.status, created.text).toBe(201)
+        // The same two names with spaces around them: they fit once trimmed, as they are stored.
+        const again = yield* call("POST", "/api/v1/agents", { key: alice.apiKey, body: connection({ framework: ` ${framework} `, label: `${label}  ` }) })
+        expect({ status: again.status, body: again.body }).toEqual({ status: 200, body: { connection_id: created.body.connection_id, updated: true } })
+        expect((yield* alice.client.agents.list()).map((c) => [c.framework, c.label])).toEqual([[framework, label]])
+        expectError(yield* call("POST", "/api/v1/agents", { key: alice.apiKey, body: connection({ label: ` ${label}x ` }) }), 400, "INVALID_REQUEST")
+      }))
+
     it.effect("another label or framework is another connection", () =>
       Effect.gen(function* () {
         const alice = yield* person("twoconns")

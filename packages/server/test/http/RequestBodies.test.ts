@@ -70,6 +70,29 @@ layer(serverLayer(), layerOptions)("request bodies and paths at the edge", (it) 
       }))
   })
 
+  describe("endpoints that take no payload", () => {
+    it.effect("a body that is not JSON is 400 there too, and nothing is done: rotate-key keeps the key", () =>
+      Effect.gen(function* () {
+        const alice = yield* person("nojson")
+        for (const body of ["{bad", "not json at all", "{\"a\":1", "   "]) {
+          // The key would have been rotated away (the old one 401) had the body been ignored.
+          const rotate = yield* call("POST", "/api/v1/auth/rotate-key", { key: alice.apiKey, body })
+          expectError(rotate, 400, "INVALID_REQUEST")
+          expect(rotate.body.error).toMatch(/not valid JSON/)
+          expectError(yield* call("POST", "/api/v1/agents/conn_nope/ping", { key: alice.apiKey, body }), 400, "INVALID_REQUEST")
+          expectError(yield* call("DELETE", "/api/v1/agents/conn_nope", { key: alice.apiKey, body }), 400, "INVALID_REQUEST")
+        }
+        expect((yield* call("GET", "/api/v1/auth/me", { key: alice.apiKey })).status).toBe(200)
+        // JSON of any shape is still taken (the contract's `{}`, and what clients send for "nothing").
+        let key = alice.apiKey
+        for (const body of ["{}", "null", "[]"]) {
+          const rotate = yield* call("POST", "/api/v1/auth/rotate-key", { key, body })
+          expect(rotate.status, body).toBe(200)
+          key = rotate.body.api_key
+        }
+      }))
+  })
+
   describe("nesting", () => {
     it.effect("a body nested thousands of levels deep is 400, not a crashed decoder", () =>
       Effect.gen(function* () {
