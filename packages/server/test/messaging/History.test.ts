@@ -1,0 +1,43 @@
+/**
+ * What the read side says about a message: received history and one message's
+ * detail speak for the caller's own deliveries, and history's time bounds are
+ * the times the README names or a 400.
+ */
+import { RetrySchedule } from "@mahilo/core"
+import { FakeAgent, Fixtures, TestServer } from "@mahilo/testkit"
+import { describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+
+/** One attempt and a retry, then failed: a delivery to an agent that refuses fails within a second. */
+const quickToFail = RetrySchedule.RetrySchedule.make({ baseDelayMs: 20, factor: 2, maxDelayMs: 50, maxAttempts: 2, horizonMs: 500, jitter: 0 })
+
+describe("message history", () => {
+  it.scopedLive("a group member whose first agent refused but whose second took the message has it delivered in their history", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ retrySchedule: quickToFail })
+      const alice = yield* Fixtures.person(server, "alice")
+      const bob = yield* Fixtures.person(server, "bob")
+      const down = yield* FakeAgent.make()
+      const up = yield* FakeAgent.make()
+      down.script(...Array.from({ length: 10 }, () => FakeAgent.status(400)))
+      // The preferred agent gets the primary delivery, the one received history lists.
+      yield* Fixtures.connect(bob, down, { label: "down", routingPriority: 90 })
+      yield* Fixtures.connect(bob, up, { label: "up", routingPriority: 10 })
+      const group = yield* alice.client.groups.create({ payload: { name: "pair", invite_only: false } })
+      yield* bob.client.groups.join({ path: { id: group.group_id } })
+
+      const sent = yield* alice.client.messages.send({ payload: { recipient: group.group_id, recipient_type: "group", message: "hi" } })
+      expect(sent).toMatchObject({ recipients: 1, delivered: 1 })
+      const detail = yield* Fixtures.eventually(
+        alice.client.messages.get({ path: { id: sent.message_id } }),
+        (d) => d.deliveries.every((x) => x.status !== "pending")
+      )
+      expect(detail.deliveries.map((d) => d.status).sort()).toEqual(["delivered", "failed"])
+      const deliveredAt = detail.deliveries.find((d) => d.status === "delivered")!.delivered_at
+
+      const received = yield* bob.client.messages.history({ urlParams: { direction: "received" } })
+      expect(received.map((m) => [m.id, m.status, m.delivered_at])).toEqual([[sent.message_id, "delivered", deliveredAt]])
+      const merged = yield* bob.client.messages.history({ urlParams: {} })
+      expect(merged.map((m) => [m.id, m.status])).toEqual([[sent.message_id, "delivered"]])
+    }), { timeout: 30_000 })
+})
