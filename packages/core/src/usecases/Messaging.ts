@@ -631,7 +631,9 @@ export const make = Effect.gen(function* () {
 
     /**
      * One message with its deliveries (status, attempts, last error), for its
-     * sender; a recipient sees only their own deliveries. Anyone else: 404.
+     * sender; a recipient sees only their own deliveries, and as the message's
+     * status and delivery time their own (as their received history shows
+     * it), not the other members'. Anyone else: 404.
      */
     messageDetail: (principal: Principal, messageId: string) =>
       Effect.gen(function* () {
@@ -644,8 +646,15 @@ export const make = Effect.gen(function* () {
         if (!isSender && visible.length === 0) return yield* notFound
         const recipientIds = [...new Set(visible.flatMap((d) => (d.recipientUserId === null ? [] : [d.recipientUserId])))]
         const names = new Map((yield* users.findByIds(recipientIds)).map((u) => [u.id, u.username]))
+        const delivered = visible.flatMap((d) => (d.deliveredAt === null ? [] : [d.deliveredAt.getTime()]))
         return {
           message: found.value,
+          /** For a recipient: their deliveries as one (delivered if any was), which the answer's status reports. */
+          own: isSender ? Option.none<Store.Delivery>() : Option.some<Store.Delivery>({
+            ...visible[0]!,
+            status: memberStatus(visible.map((d) => d.status)),
+            deliveredAt: delivered.length === 0 ? null : new Date(Math.min(...delivered))
+          }),
           deliveries: visible.map((delivery) => ({
             delivery,
             recipient: delivery.recipientUserId === null ? delivery.peerId : names.get(delivery.recipientUserId) ?? null

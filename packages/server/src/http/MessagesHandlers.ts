@@ -1,7 +1,7 @@
 /** Handlers for sending, history and the polling inbox. */
 import { HttpApiBuilder } from "@effect/platform"
 import { Errors, Registry, type Store } from "@mahilo/core"
-import { Effect, Option } from "effect"
+import { Effect } from "effect"
 import { CurrentPrincipal, Inbox, MahiloApi, type SendAnswer, type SendPayload, SendRejected } from "../Api.js"
 import { ServerConfig } from "../Config.js"
 import { DeliveryEngine } from "../delivery/DeliveryEngine.js"
@@ -113,7 +113,7 @@ export const MessagesLive = HttpApiBuilder.group(MahiloApi, "messages", (handler
         Effect.gen(function* () {
           const detail = yield* registry.messageDetail(yield* CurrentPrincipal, path.id)
           return {
-            ...Wire.historyEntry({ message: detail.message, delivery: Option.none() }),
+            ...Wire.historyEntry({ message: detail.message, delivery: detail.own }),
             deliveries: detail.deliveries.map(({ delivery: d, recipient }) => ({
               delivery_id: d.id,
               recipient,

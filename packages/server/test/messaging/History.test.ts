@@ -40,4 +40,34 @@ describe("message history", () => {
       const merged = yield* bob.client.messages.history({ urlParams: {} })
       expect(merged.map((m) => [m.id, m.status])).toEqual([[sent.message_id, "delivered"]])
     }), { timeout: 30_000 })
+
+  it.scopedLive("a group member's view of a message is their own delivery's, not another member's", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const [alice, bob, carol] = yield* Effect.forEach(["alice", "bob", "carol"], (name) => Fixtures.person(server, name))
+      for (const member of [bob!, carol!]) {
+        yield* member.client.agents.upsert({
+          payload: { framework: "f", label: "poll", mode: "polling", public_key: "cHVibGljLWtleQ==", public_key_alg: "ed25519" }
+        })
+      }
+      const group = yield* alice!.client.groups.create({ payload: { name: "trio", invite_only: false } })
+      yield* bob!.client.groups.join({ path: { id: group.group_id } })
+      yield* carol!.client.groups.join({ path: { id: group.group_id } })
+      const sent = yield* alice!.client.messages.send({ payload: { recipient: group.group_id, recipient_type: "group", message: "hi" } })
+      // Bob fetches and acknowledges; Carol has not yet.
+      yield* bob!.client.messages.ack({ payload: { message_ids: [sent.message_id] } })
+
+      const carols = yield* carol!.client.messages.get({ path: { id: sent.message_id } })
+      expect(carols.deliveries.map((d) => [d.recipient, d.status])).toEqual([["carol", "pending"]])
+      expect([carols.status, carols.delivered_at]).toEqual(["pending", null])
+      const [carolsHistory] = yield* carol!.client.messages.history({ urlParams: { direction: "received" } })
+      expect([carolsHistory!.status, carolsHistory!.delivered_at]).toEqual([carols.status, carols.delivered_at])
+
+      const bobs = yield* bob!.client.messages.get({ path: { id: sent.message_id } })
+      expect(bobs.status).toBe("delivered")
+      expect(bobs.delivered_at).toBe(bobs.deliveries[0]!.delivered_at)
+      // The sender still sees the message as a whole: pending while Carol's delivery is.
+      const alices = yield* alice!.client.messages.get({ path: { id: sent.message_id } })
+      expect([alices.status, alices.deliveries.length]).toEqual(["pending", 2])
+    }))
 })
