@@ -70,4 +70,35 @@ describe("message history", () => {
       const alices = yield* alice!.client.messages.get({ path: { id: sent.message_id } })
       expect([alices.status, alices.deliveries.length]).toEqual(["pending", 2])
     }))
+
+  it.scopedLive("history's time bounds are ISO-8601 or unix times: anything else is a 400, not a guess", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const alice = yield* Fixtures.person(server, "alice")
+      const bob = yield* Fixtures.person(server, "bob")
+      yield* Fixtures.befriend(alice, bob)
+      yield* Fixtures.connect(bob, yield* FakeAgent.make())
+      const sent = yield* alice.client.messages.send({ payload: { recipient: "bob", message: "hello" } })
+      const get = (query: string) =>
+        Effect.promise(async () => {
+          const response = await fetch(`${server.url}/api/v1/messages?${query}`, { headers: { authorization: `Bearer ${alice.apiKey}` } })
+          return { status: response.status, body: await response.json() as any }
+        })
+
+      // `Date` alone read these as 2001-01-01, 2001-01-05 and 2024-03-01, and answered with messages.
+      for (const query of ["since=-1", "since=Jan%205", "before=2024-02-30", "since=foo%2012", "before=2024-01-01T10:00:00%2B24:00"]) {
+        const answer = yield* get(query)
+        expect({ query, ...answer }).toMatchObject({ query, status: 400, body: { code: "INVALID_REQUEST", error: expect.any(String) } })
+      }
+      // ISO-8601 with an offset, or none (UTC), and unix times are read exactly.
+      const created = new Date((yield* alice.client.messages.get({ path: { id: sent.message_id } })).created_at)
+      const justBefore = new Date(created.getTime() - 1)
+      const inIndia = new Date(justBefore.getTime() + 330 * 60_000).toISOString().replace("Z", "+05:30")
+      for (const since of [inIndia, justBefore.toISOString().replace("Z", ""), String(justBefore.getTime())]) {
+        const answer = yield* get(`since=${encodeURIComponent(since)}`)
+        expect({ since, ids: answer.body.map((m: any) => m.id) }).toEqual({ since, ids: [sent.message_id] })
+      }
+      const atOrAfter = yield* get(`since=${encodeURIComponent(created.toISOString().replace("Z", "+00:00"))}`)
+      expect(atOrAfter.body).toEqual([])
+    }))
 })
