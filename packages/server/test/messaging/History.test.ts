@@ -4,17 +4,17 @@
  * the times the README names or a 400.
  */
 import { RetrySchedule } from "@mahilo/core"
-import { FakeAgent, Fixtures, TestServer } from "@mahilo/testkit"
+import { FakeAgent, Fixtures, TestDatabase, TestServer } from "@mahilo/testkit"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 
 /** One attempt and a retry, then failed: a delivery to an agent that refuses fails within a second. */
 const quickToFail = RetrySchedule.RetrySchedule.make({ baseDelayMs: 20, factor: 2, maxDelayMs: 50, maxAttempts: 2, horizonMs: 500, jitter: 0 })
 
-describe("message history", () => {
+describe.each(TestDatabase.backends)("message history ($name)", ({ layer: database }) => {
   it.scopedLive("a group member whose first agent refused but whose second took the message has it delivered in their history", () =>
     Effect.gen(function* () {
-      const server = yield* TestServer.make({ retrySchedule: quickToFail })
+      const server = yield* TestServer.make({ database, retrySchedule: quickToFail })
       const alice = yield* Fixtures.person(server, "alice")
       const bob = yield* Fixtures.person(server, "bob")
       const down = yield* FakeAgent.make()
@@ -43,7 +43,7 @@ describe("message history", () => {
 
   it.scopedLive("a group member's view of a message is their own delivery's, not another member's", () =>
     Effect.gen(function* () {
-      const server = yield* TestServer.make()
+      const server = yield* TestServer.make({ database })
       const [alice, bob, carol] = yield* Effect.forEach(["alice", "bob", "carol"], (name) => Fixtures.person(server, name))
       for (const member of [bob!, carol!]) {
         yield* member.client.agents.upsert({
@@ -73,7 +73,7 @@ describe("message history", () => {
 
   it.scopedLive("history's time bounds are ISO-8601 or unix times: anything else is a 400, not a guess", () =>
     Effect.gen(function* () {
-      const server = yield* TestServer.make()
+      const server = yield* TestServer.make({ database })
       const alice = yield* Fixtures.person(server, "alice")
       const bob = yield* Fixtures.person(server, "bob")
       yield* Fixtures.befriend(alice, bob)
