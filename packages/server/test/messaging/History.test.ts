@@ -7,6 +7,7 @@ import { RetrySchedule } from "@mahilo/core"
 import { FakeAgent, Fixtures, TestDatabase, TestServer } from "@mahilo/testkit"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
+import * as net from "node:net"
 
 /** One attempt and a retry, then failed: a delivery to an agent that refuses fails within a second. */
 const quickToFail = RetrySchedule.RetrySchedule.make({ baseDelayMs: 20, factor: 2, maxDelayMs: 50, maxAttempts: 2, horizonMs: 500, jitter: 0 })
@@ -100,5 +101,44 @@ describe.each(TestDatabase.backends)("message history ($name)", ({ layer: databa
       }
       const atOrAfter = yield* get(`since=${encodeURIComponent(created.toISOString().replace("Z", "+00:00"))}`)
       expect(atOrAfter.body).toEqual([])
+    }))
+
+  it.scopedLive("a sender sees why a delivery failed, but not where the recipient's agent listens", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database, retrySchedule: quickToFail })
+      const alice = yield* Fixtures.person(server, "alice")
+      const bob = yield* Fixtures.person(server, "bob")
+      yield* Fixtures.befriend(alice, bob)
+      // A port nothing listens on: every attempt is refused with the address in node's error.
+      const closed = yield* Effect.promise(() =>
+        new Promise<number>((resolve) => {
+          const probe = net.createServer().listen(0, "127.0.0.1", () => {
+            const { port } = probe.address() as net.AddressInfo
+            probe.close(() => resolve(port))
+          })
+        })
+      )
+      yield* bob.client.agents.upsert({
+        payload: {
+          framework: "f",
+          label: "home",
+          callback_url: `http://127.0.0.1:${closed}/mahilo`,
+          public_key: "cHVibGljLWtleQ==",
+          public_key_alg: "ed25519"
+        }
+      })
+      // GET /contacts/:username/connections never shows a friend the callback URL...
+      expect(JSON.stringify(yield* alice.client.agents.contactConnections({ path: { username: "bob" } }))).not.toContain(String(closed))
+      const sent = yield* alice.client.messages.send({ payload: { recipient: "bob", message: "anyone home?" } })
+      const failed = yield* Fixtures.eventually(alice.client.messages.get({ path: { id: sent.message_id } }), (d) => d.status === "failed")
+
+      // ...nor does the sender's view of the failed delivery: the kind of failure, not its address.
+      const seen = failed.deliveries[0]!.last_error
+      expect(seen).toMatch(/network error/)
+      expect(seen).not.toContain(String(closed))
+      expect(seen).not.toContain("127.0.0.1")
+      // Bob, whose agent it is, gets the whole story.
+      const own = yield* bob.client.messages.get({ path: { id: sent.message_id } })
+      expect(own.deliveries[0]!.last_error).toContain(`127.0.0.1:${closed}`)
     }))
 })
