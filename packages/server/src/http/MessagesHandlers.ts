@@ -123,7 +123,8 @@ export const MessagesLive = HttpApiBuilder.group(MahiloApi, "messages", (handler
               attempts: d.attempts,
               last_error: d.lastError,
               last_status_code: d.lastStatusCode,
-              next_attempt_at: d.status === "pending" ? d.nextAttemptAt.toISOString() : null,
+              // A polling agent's inbox delivery waits to be fetched: the registry never attempts it.
+              next_attempt_at: d.status === "pending" && d.targetKind !== "inbox" ? d.nextAttemptAt.toISOString() : null,
               delivered_at: d.deliveredAt?.toISOString() ?? null
             }))
           }

@@ -141,4 +141,20 @@ describe.each(TestDatabase.backends)("message history ($name)", ({ layer: databa
       const own = yield* bob.client.messages.get({ path: { id: sent.message_id } })
       expect(own.deliveries[0]!.last_error).toContain(`127.0.0.1:${closed}`)
     }))
+
+  it.scopedLive("a message waiting in a polling inbox has no next attempt: nobody will attempt it", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const alice = yield* Fixtures.person(server, "alice")
+      const bob = yield* Fixtures.person(server, "bob")
+      yield* Fixtures.befriend(alice, bob)
+      yield* bob.client.agents.upsert({
+        payload: { framework: "f", label: "poll", mode: "polling", public_key: "cHVibGljLWtleQ==", public_key_alg: "ed25519" }
+      })
+      const sent = yield* alice.client.messages.send({ payload: { recipient: "bob", message: "fetch me" } })
+      for (const who of [alice, bob]) {
+        const detail = yield* who.client.messages.get({ path: { id: sent.message_id } })
+        expect(detail.deliveries.map((d) => [d.target, d.status, d.attempts, d.next_attempt_at])).toEqual([["inbox", "pending", 0, null]])
+      }
+    }))
 })
