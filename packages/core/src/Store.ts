@@ -354,7 +354,10 @@ export interface HistoryQuery {
   readonly limit: number
 }
 
-/** A history entry: the message, and for received ones the caller's own delivery. */
+/**
+ * A history entry: the message, and for received ones the caller's own delivery
+ * (their primary one, with the status and time of all of theirs: delivered if any was).
+ */
 export interface HistoryEntry {
   readonly message: Message
   readonly delivery: Option.Option<Delivery>

@@ -626,15 +626,34 @@ export const makeMessages = Effect.gen(function* () {
       if (q.since !== undefined) conditions.push(sql`d.created_at > ${q.since}`)
       if (q.before !== undefined) conditions.push(sql`d.created_at < ${q.before}`)
       if (q.beforeId !== undefined) conditions.push(olderThan(q.beforeId))
-      // Ties in time go by message id, as the sent list and the merged list do.
+      // Ties in time go by message id, as the sent list and the merged list do. The primary
+      // delivery lists the message once; its status is the member's over all their deliveries
+      // (a group message goes to each of their agents): delivered if any was, pending while any
+      // is, as the send answer counts them. The primary's own could be `failed` while another
+      // agent of theirs has the message. Taken for the page's rows only, after the LIMIT.
       return Effect.map(
         sql`
-          SELECT m.*, ${sql.literal(deliveryColumnsSql)}
-          FROM deliveries d JOIN messages m ON m.id = d.message_id
-          WHERE ${sql.and(conditions)}
-          ORDER BY d.created_at DESC, m.id DESC
-          LIMIT ${q.limit}`,
-        (rows) => rows.map((r: any) => ({ message: Rows.message(r), delivery: Option.some(Rows.delivery(r, "d_")) }))
+          SELECT page.*, mine.status AS mine_status, mine.delivered_at AS mine_delivered_at
+          FROM (
+            SELECT m.*, ${sql.literal(deliveryColumnsSql)}
+            FROM deliveries d JOIN messages m ON m.id = d.message_id
+            WHERE ${sql.and(conditions)}
+            ORDER BY d.created_at DESC, m.id DESC
+            LIMIT ${q.limit}
+          ) page
+          CROSS JOIN LATERAL (
+            SELECT
+              CASE WHEN bool_or(o.status = 'delivered') THEN 'delivered'
+                WHEN bool_or(o.status = 'pending') THEN 'pending' ELSE 'failed' END AS status,
+              min(o.delivered_at) AS delivered_at
+            FROM deliveries o WHERE o.message_id = page.id AND o.recipient_user_id = page.d_recipient_user_id
+          ) mine
+          ORDER BY page.d_created_at DESC, page.id DESC`,
+        (rows) =>
+          rows.map((r: any) => ({
+            message: Rows.message(r),
+            delivery: Option.some({ ...Rows.delivery(r, "d_"), status: r.mine_status, deliveredAt: r.mine_delivered_at ?? null })
+          }))
       )
     }
   })

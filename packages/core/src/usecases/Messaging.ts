@@ -131,6 +131,16 @@ const opaqueObjectProblem = (name: string, value: unknown, maxBytes: number): st
   return undefined
 }
 
+/**
+ * A delivery's last error as someone other than its recipient (the sender)
+ * sees it: the kind of failure and any HTTP status, but not a network error's
+ * or a refusal's detail, which names where the recipient's agent listens (its
+ * host, address and port: "connect ECONNREFUSED 10.0.0.5:8443"), something the
+ * registry shows no one but the connection's owner.
+ */
+const othersError = (error: string | null): string | null =>
+  error === null ? null : error.replace(/\b(network error|refused): [\s\S]*$/, "$1")
+
 /** A page size as the use cases take it: absent, or an integer from 1 to 100. */
 const pageLimit = (limit: number | undefined) =>
   limit === undefined
@@ -631,7 +641,10 @@ export const make = Effect.gen(function* () {
 
     /**
      * One message with its deliveries (status, attempts, last error), for its
-     * sender; a recipient sees only their own deliveries. Anyone else: 404.
+     * sender, who sees what failed but not where a recipient's agent listens;
+     * a recipient sees only their own deliveries, and as the message's
+     * status and delivery time their own (as their received history shows
+     * it), not the other members'. Anyone else: 404.
      */
     messageDetail: (principal: Principal, messageId: string) =>
       Effect.gen(function* () {
@@ -644,10 +657,19 @@ export const make = Effect.gen(function* () {
         if (!isSender && visible.length === 0) return yield* notFound
         const recipientIds = [...new Set(visible.flatMap((d) => (d.recipientUserId === null ? [] : [d.recipientUserId])))]
         const names = new Map((yield* users.findByIds(recipientIds)).map((u) => [u.id, u.username]))
+        const delivered = visible.flatMap((d) => (d.deliveredAt === null ? [] : [d.deliveredAt.getTime()]))
         return {
           message: found.value,
+          /** For a recipient: their deliveries as one (delivered if any was), which the answer's status reports. */
+          own: isSender ? Option.none<Store.Delivery>() : Option.some<Store.Delivery>({
+            ...visible[0]!,
+            status: memberStatus(visible.map((d) => d.status)),
+            deliveredAt: delivered.length === 0 ? null : new Date(Math.min(...delivered))
+          }),
           deliveries: visible.map((delivery) => ({
-            delivery,
+            delivery: delivery.targetKind === "agent" && delivery.recipientUserId !== principal.userId
+              ? { ...delivery, lastError: othersError(delivery.lastError) }
+              : delivery,
             recipient: delivery.recipientUserId === null ? delivery.peerId : names.get(delivery.recipientUserId) ?? null
           }))
         }

@@ -1,7 +1,7 @@
 /** Handlers for sending, history and the polling inbox. */
 import { HttpApiBuilder } from "@effect/platform"
 import { Errors, Registry, type Store } from "@mahilo/core"
-import { Effect, Option } from "effect"
+import { Effect } from "effect"
 import { CurrentPrincipal, Inbox, MahiloApi, type SendAnswer, type SendPayload, SendRejected } from "../Api.js"
 import { ServerConfig } from "../Config.js"
 import { DeliveryEngine } from "../delivery/DeliveryEngine.js"
@@ -113,7 +113,7 @@ export const MessagesLive = HttpApiBuilder.group(MahiloApi, "messages", (handler
         Effect.gen(function* () {
           const detail = yield* registry.messageDetail(yield* CurrentPrincipal, path.id)
           return {
-            ...Wire.historyEntry({ message: detail.message, delivery: Option.none() }),
+            ...Wire.historyEntry({ message: detail.message, delivery: detail.own }),
             deliveries: detail.deliveries.map(({ delivery: d, recipient }) => ({
               delivery_id: d.id,
               recipient,
@@ -123,7 +123,8 @@ export const MessagesLive = HttpApiBuilder.group(MahiloApi, "messages", (handler
               attempts: d.attempts,
               last_error: d.lastError,
               last_status_code: d.lastStatusCode,
-              next_attempt_at: d.status === "pending" ? d.nextAttemptAt.toISOString() : null,
+              // A polling agent's inbox delivery waits to be fetched: the registry never attempts it.
+              next_attempt_at: d.status === "pending" && d.targetKind !== "inbox" ? d.nextAttemptAt.toISOString() : null,
               delivered_at: d.deliveredAt?.toISOString() ?? null
             }))
           }

@@ -92,6 +92,35 @@ export const historyEntry = (entry: Store.HistoryEntry) => {
   }
 }
 
+/** An ISO-8601 date, or date and time (`T` or a space between), with an optional fraction and offset. */
+const ISO_TIME = /^(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?([Zz]|([+-])(\d{2})(?::?(\d{2}))?)?)?$/
+
+/** The days of `month` (1–12) in `year`. */
+const daysIn = (year: number, month: number): number =>
+  month === 2
+    ? (year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0) ? 29 : 28)
+    : [31, 0, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month - 1]!
+
+/**
+ * An ISO-8601 time, read by its fields: `Date` alone would also take whatever
+ * its lenient parser guesses at (`-1` and `Jan 5` are days of 2001, February 30
+ * is March 1). A time without an offset is UTC, as the contract's times are.
+ */
+const isoTime = (input: string): Date | "invalid" => {
+  const match = ISO_TIME.exec(input)
+  if (match === null) return "invalid"
+  const [, y, mo, d, h = "0", mi = "0", sec = "0", fraction = "", zone = "", sign, offH = "0", offM = "0"] = match
+  const [year, month, day, hour, minute, second] = [y, mo, d, h, mi, sec].map(Number) as [number, number, number, number, number, number]
+  if (month < 1 || month > 12 || day < 1 || day > daysIn(year, month) || hour > 23 || minute > 59 || second > 59) return "invalid"
+  if (zone !== "" && (Number(offH) > 23 || Number(offM) > 59)) return "invalid"
+  const date = new Date(0)
+  // setUTCFullYear, unlike Date.UTC, does not read years 0–99 as 1900–1999.
+  date.setUTCFullYear(year, month - 1, day)
+  date.setUTCHours(hour, minute, second, fraction === "" ? 0 : Math.floor(Number(`0${fraction}`) * 1000))
+  const offsetMinutes = sign === undefined ? 0 : (sign === "-" ? -1 : 1) * (Number(offH) * 60 + Number(offM))
+  return new Date(date.getTime() - offsetMinutes * 60_000)
+}
+
 /** Parses `since`/`before`: ISO-8601, or unix seconds, or unix milliseconds. */
 export const parseTime = (input: string | undefined): Date | undefined | "invalid" => {
   if (input === undefined || input === "") return undefined
@@ -101,6 +130,5 @@ export const parseTime = (input: string | undefined): Date | undefined | "invali
     const date = new Date(n < 1e11 ? n * 1000 : n)
     return Number.isNaN(date.getTime()) ? "invalid" : date
   }
-  const date = new Date(input)
-  return Number.isNaN(date.getTime()) ? "invalid" : date
+  return isoTime(input)
 }
