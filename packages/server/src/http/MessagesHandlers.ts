@@ -19,8 +19,13 @@ const time = (name: string, input: string | undefined) => {
   return parsed === "invalid" ? Effect.fail(invalidTime(name)) : Effect.succeed(parsed)
 }
 
-/** The `limit` query parameter as a number; the use cases decide whether it is one they take. */
-const limitOf = (input: string | undefined) => (input === undefined || input === "" ? undefined : Number(input))
+/**
+ * The `limit` query parameter as a number; the use cases decide whether it is
+ * one they take. Only decimal digits are a number here (`Number` alone would
+ * read `0x10`, `1e1` or ` +5` as a page size); anything else is refused.
+ */
+const limitOf = (input: string | undefined) =>
+  input === undefined || input === "" ? undefined : /^[0-9]{1,6}$/.test(input) ? Number(input) : Number.NaN
 
 const rejected = (message: Store.Message, deduplicated?: true) =>
   new SendRejected({

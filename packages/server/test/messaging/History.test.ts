@@ -101,6 +101,13 @@ describe.each(TestDatabase.backends)("message history ($name)", ({ layer: databa
       }
       const atOrAfter = yield* get(`since=${encodeURIComponent(created.toISOString().replace("Z", "+00:00"))}`)
       expect(atOrAfter.body).toEqual([])
+
+      // A page size is a plain decimal number: Number() alone read 0x10, 1e1 and +5 as 16, 10 and 5.
+      for (const limit of ["0x10", "1e1", "%2B5", "5.0", "%205"]) {
+        const answer = yield* get(`limit=${limit}`)
+        expect({ limit, ...answer }).toMatchObject({ limit, status: 400, body: { code: "INVALID_REQUEST", error: expect.stringContaining("limit") } })
+      }
+      expect((yield* get("limit=05")).body.map((m: any) => m.id)).toEqual([sent.message_id])
     }))
 
   it.scopedLive("a sender sees why a delivery failed, but not where the recipient's agent listens", () =>
