@@ -60,7 +60,8 @@ describe("delivery", () => {
 
   it.scopedLive("an attempt that times out is retried", () =>
     Effect.gen(function* () {
-      const { agent, alice } = yield* pair({ config: { callbackTimeoutMs: 200, firstAttemptWaitMs: 500 } })
+      // The timeout leaves room for a loaded two-core machine: the retry that answers at once must not time out too.
+      const { agent, alice } = yield* pair({ config: { callbackTimeoutMs: 1_000, firstAttemptWaitMs: 2_000 } })
       agent.script(FakeAgent.hang())
       const sent = yield* alice.client.messages.send({ payload: { recipient: "bob", message: "slow" } })
       expect(sent.status).toBe("pending")
