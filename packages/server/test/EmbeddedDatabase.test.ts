@@ -1,6 +1,6 @@
 import { spawnSync } from "node:child_process"
 import { randomBytes } from "node:crypto"
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { SqlClient } from "@effect/sql"
@@ -130,5 +130,30 @@ describe("embedded database directory", () => {
         yield* withDatabase(dataDir, probe)
         expect(existsSync(`${dataDir}.lock`), stale).toBe(false)
       }
+    }), { timeout: 120_000 })
+  it.scopedLive("a lock from another pid namespace (a server in another container on the same volume) stands while it is touched, and is taken over once it is not", () =>
+    Effect.gen(function* () {
+      const root = yield* tempDir
+      const dataDir = join(root, "data")
+      const probe = Effect.flatMap(SqlClient.SqlClient, (sql) => sql`SELECT 1`)
+      yield* withDatabase(dataDir, probe)
+      const boot = readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim()
+      // Its pid means nothing here: one that does not run here, and this process's own. The other
+      // server is alive, touching its lock; a rolling deploy used to take it over and open the same files.
+      const gone = spawnSync(process.execPath, ["-e", ""]).pid!
+      for (const pid of [gone, process.pid]) {
+        writeFileSync(`${dataDir}.lock`, `${pid}\n${boot}\npid:[1]\n`)
+        const touching = setInterval(() => utimesSync(`${dataDir}.lock`, new Date(), new Date()), 500)
+        const refused = yield* Effect.flip(withDatabase(dataDir, probe)).pipe(Effect.ensuring(Effect.sync(() => clearInterval(touching))))
+        expect(String(refused)).toContain(`in use by another server (pid ${pid} in another pid namespace`)
+        expect(readFileSync(`${dataDir}.lock`, "utf8")).toBe(`${pid}\n${boot}\npid:[1]\n`)
+      }
+      // That server was killed: its lock, untouched, is taken over once it has been for a while.
+      const past = new Date(Date.now() - 8_000)
+      utimesSync(`${dataDir}.lock`, past, past)
+      const started = Date.now()
+      yield* withDatabase(dataDir, probe)
+      expect(Date.now() - started).toBeGreaterThanOrEqual(1_500)
+      expect(existsSync(`${dataDir}.lock`)).toBe(false)
     }), { timeout: 120_000 })
 })
