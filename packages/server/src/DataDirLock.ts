@@ -15,7 +15,8 @@
  * taken over only once it has not been touched for `STALE_MS`; a start waits
  * up to that long to see which it is.
  */
-import { closeSync, mkdirSync, openSync, readFileSync, readlinkSync, rmSync, statSync, utimesSync, writeSync } from "node:fs"
+import { randomBytes } from "node:crypto"
+import { closeSync, linkSync, mkdirSync, openSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, utimesSync, writeSync } from "node:fs"
 import { dirname, resolve } from "node:path"
 import { SqlError } from "@effect/sql/SqlError"
 import { Effect, Schedule, type Scope } from "effect"
@@ -24,9 +25,10 @@ import { Effect, Schedule, type Scope } from "effect"
 export const HEARTBEAT_MS = 2_000
 export const STALE_MS = 10_000
 
-// Locks this process holds: a lock naming this pid but not listed here was left by an earlier
-// process that had the same pid (a container's server is often pid 1 every time).
-const held = new Set<string>()
+// Locks this process holds, with what it wrote in each (its pid, and a nonce that tells this lock
+// from any other): a lock naming this pid but not listed here was left by an earlier process that
+// had the same pid (a container's server is often pid 1 every time).
+const held = new Map<string, string>()
 
 // This boot of the machine (Linux): a lock written before a reboot names a process that is gone,
 // whatever runs under that pid now.
@@ -61,14 +63,17 @@ interface Holder {
   readonly pid: number
   readonly boot: string
   readonly namespace: string
+  /** The lock file's whole text: one lock's, and no other's. */
+  readonly text: string
 }
 
 /** The pid in a lock file, the boot and the pid namespace it was written in. */
 const holderOf = (path: string): Holder | undefined => {
   try {
-    const [pidText = "", boot = "", namespace = ""] = readFileSync(path, "utf8").split("\n")
+    const text = readFileSync(path, "utf8")
+    const [pidText = "", boot = "", namespace = ""] = text.split("\n")
     const pid = Number.parseInt(pidText.trim(), 10)
-    return Number.isInteger(pid) && pid > 0 ? { pid, boot: boot.trim(), namespace: namespace.trim() } : undefined
+    return Number.isInteger(pid) && pid > 0 ? { pid, boot: boot.trim(), namespace: namespace.trim(), text } : undefined
   } catch {
     return undefined
   }
@@ -116,11 +121,13 @@ const watch = (path: string): Promise<boolean> =>
 const create = (path: string): boolean => {
   try {
     const fd = openSync(path, "wx")
+    const text = `${process.pid}\n${bootId}\n${pidNamespace}\n${randomBytes(8).toString("hex")}\n`
     try {
-      writeSync(fd, `${process.pid}\n${bootId}\n${pidNamespace}\n`)
+      writeSync(fd, text)
     } finally {
       closeSync(fd)
     }
+    held.set(path, text)
     return true
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "EEXIST") return false
@@ -155,25 +162,45 @@ const takeWith = (path: string, gone: Holder | undefined): Effect.Effect<void, S
       if (!create(path)) {
         // A lock with no pid yet is being written by a server starting this very moment.
         const holder = holderOf(path)
-        const same = holder !== undefined && gone !== undefined && holder.pid === gone.pid &&
-          holder.boot === gone.boot && holder.namespace === gone.namespace
-        if (holder === undefined || (!same && stillHeld(path, holder))) {
+        if (holder === undefined || (holder.text !== gone?.text && stillHeld(path, holder))) {
           throw inUse(path, holder)
         }
-        // Left by a process that is gone: take it over.
-        rmSync(path, { force: true })
+        // Left by a process that is gone: take it over. It is moved aside first (one rename wins)
+        // and only the lock judged stale is removed: two servers starting at once used to each
+        // remove the lock file and create their own, the second removing the first's new lock,
+        // and both held it.
+        const aside = `${path}.${randomBytes(6).toString("hex")}`
+        let moved = true
+        try {
+          renameSync(path, aside)
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e
+          moved = false // another server moved it first: whoever creates the lock next has it
+        }
+        if (moved) {
+          const found = holderOf(aside)
+          if (found?.text !== holder.text) {
+            // Not the lock judged stale: another server took it over meanwhile. Put it back.
+            try {
+              linkSync(aside, path)
+            } finally {
+              rmSync(aside, { force: true })
+            }
+            throw inUse(path, found)
+          }
+          rmSync(aside, { force: true })
+        }
         if (!create(path)) throw new SqlError({ message: `Another server took the lock ${path} at the same moment` })
       }
-      held.add(path)
     },
     catch: (e) => (e instanceof SqlError ? e : new SqlError({ message: `Could not lock the embedded database (${path})`, cause: e }))
   })
 
 const release = (path: string) =>
   Effect.sync(() => {
+    const mine = held.get(path)
     held.delete(path)
-    const holder = holderOf(path)
-    if (holder?.pid === process.pid && !elsewhere(holder)) rmSync(path, { force: true })
+    if (mine !== undefined && holderOf(path)?.text === mine) rmSync(path, { force: true })
   })
 
 /** Touches the lock: its holder still runs (for servers in other pid namespaces, see `watch`). */

@@ -1,8 +1,9 @@
-import { spawnSync } from "node:child_process"
+import { execFile, spawnSync } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { fileURLToPath } from "node:url"
 import { SqlClient } from "@effect/sql"
 import { Database } from "@mahilo/server"
 import { describe, expect, it } from "@effect/vitest"
@@ -156,4 +157,25 @@ describe("embedded database directory", () => {
       expect(Date.now() - started).toBeGreaterThanOrEqual(1_500)
       expect(existsSync(`${dataDir}.lock`)).toBe(false)
     }), { timeout: 120_000 })
+  it.scopedLive("servers starting at the same moment over a stale lock: exactly one takes it over", () =>
+    Effect.gen(function* () {
+      const root = yield* tempDir
+      const dataDir = join(root, "data")
+      const holder = fileURLToPath(new URL("./support/LockHolder.ts", import.meta.url))
+      const gone = spawnSync(process.execPath, ["-e", ""]).pid!
+      for (let round = 0; round < 8; round++) {
+        writeFileSync(`${dataDir}.lock`, `${gone}\n`)
+        const at = String(Date.now() + 4_000)
+        const outcomes = yield* Effect.promise(() =>
+          Promise.all([0, 1, 2, 3].map(() =>
+            new Promise<string>((resolve) =>
+              execFile(process.execPath, ["--import", "tsx", holder, dataDir, at], (_error, stdout) => resolve(stdout.trim()))
+            )
+          ))
+        )
+        // Each used to remove the stale lock and write its own, a later one removing an earlier one's: two held it.
+        expect(outcomes.filter((o) => o === "held"), `round ${round}: ${outcomes.join(", ")}`).toHaveLength(1)
+        expect(existsSync(`${dataDir}.lock`)).toBe(false)
+      }
+    }), { timeout: 180_000 })
 })
