@@ -3,24 +3,47 @@
  * files would both write them, and PGlite does not stop that (its
  * `postmaster.pid` is written but not checked), so a second `npm start` on the
  * same directory would silently corrupt the database. The server therefore
- * holds `<dataDir>.lock` (its pid and the machine's boot id) for as long as
- * the database is open; a lock left by a process that no longer runs (a
- * `kill -9`, a reboot, an earlier container with the same pid) is taken over.
+ * holds `<dataDir>.lock` (its pid, the machine's boot id and its pid
+ * namespace) for as long as the database is open; a lock left by a process
+ * that no longer runs (a `kill -9`, a reboot, an earlier container with the
+ * same pid) is taken over.
+ *
+ * A pid says nothing across pid namespaces: a server in another container on
+ * the same volume (a rolling deploy starts the new one before the old one
+ * stops) may have any pid here, this process's own included. So the holder
+ * touches the lock every `HEARTBEAT_MS`, and a lock from another namespace is
+ * taken over only once it has not been touched for `STALE_MS`; a start waits
+ * up to that long to see which it is.
  */
-import { closeSync, mkdirSync, openSync, readFileSync, rmSync, writeSync } from "node:fs"
+import { randomBytes } from "node:crypto"
+import { closeSync, linkSync, mkdirSync, openSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, utimesSync, writeSync } from "node:fs"
 import { dirname, resolve } from "node:path"
 import { SqlError } from "@effect/sql/SqlError"
-import { Effect, type Scope } from "effect"
+import { Effect, Schedule, type Scope } from "effect"
 
-// Locks this process holds: a lock naming this pid but not listed here was left by an earlier
-// process that had the same pid (a container's server is often pid 1 every time).
-const held = new Set<string>()
+/** How often the holder touches its lock, and after how long untouched a lock from another pid namespace is stale. */
+export const HEARTBEAT_MS = 2_000
+export const STALE_MS = 10_000
+
+// Locks this process holds, with what it wrote in each (its pid, and a nonce that tells this lock
+// from any other): a lock naming this pid but not listed here was left by an earlier process that
+// had the same pid (a container's server is often pid 1 every time).
+const held = new Map<string, string>()
 
 // This boot of the machine (Linux): a lock written before a reboot names a process that is gone,
 // whatever runs under that pid now.
 const bootId = (() => {
   try {
     return readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim()
+  } catch {
+    return ""
+  }
+})()
+
+// This process's pid namespace (Linux): pids in a lock from another one cannot be checked here.
+const pidNamespace = (() => {
+  try {
+    return readlinkSync("/proc/self/ns/pid")
   } catch {
     return ""
   }
@@ -36,33 +59,75 @@ const isRunning = (pid: number): boolean => {
   }
 }
 
-/** The pid in a lock file and the boot it was written in. */
-const holderOf = (path: string): { readonly pid: number; readonly boot: string } | undefined => {
+interface Holder {
+  readonly pid: number
+  readonly boot: string
+  readonly namespace: string
+  /** The lock file's whole text: one lock's, and no other's. */
+  readonly text: string
+}
+
+/** The pid in a lock file, the boot and the pid namespace it was written in. */
+const holderOf = (path: string): Holder | undefined => {
   try {
-    const [pidText = "", boot = ""] = readFileSync(path, "utf8").split("\n")
+    const text = readFileSync(path, "utf8")
+    const [pidText = "", boot = "", namespace = ""] = text.split("\n")
     const pid = Number.parseInt(pidText.trim(), 10)
-    return Number.isInteger(pid) && pid > 0 ? { pid, boot: boot.trim() } : undefined
+    return Number.isInteger(pid) && pid > 0 ? { pid, boot: boot.trim(), namespace: namespace.trim(), text } : undefined
   } catch {
     return undefined
   }
 }
 
-/** Whether the process a lock names may still hold it. */
-const stillHeld = (path: string, holder: { readonly pid: number; readonly boot: string }): boolean => {
+/** A lock written in another pid namespace (another container): its pid cannot be checked here. */
+const elsewhere = (holder: Holder): boolean =>
+  holder.namespace !== "" && pidNamespace !== "" && holder.namespace !== pidNamespace
+
+/** Whether the process a lock names may still hold it (for a lock from another pid namespace: see `watch`). */
+const stillHeld = (path: string, holder: Holder): boolean => {
   if (holder.boot !== "" && bootId !== "" && holder.boot !== bootId) return false
+  if (elsewhere(holder)) return true
   if (holder.pid === process.pid) return held.has(path)
   return isRunning(holder.pid)
 }
+
+const touchedAt = (path: string): number | undefined => {
+  try {
+    return statSync(path).mtimeMs
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * A lock from another pid namespace: watched (in real time) until it is
+ * touched again (its holder runs: true) or has gone untouched for `STALE_MS`
+ * (false). A lock that disappears meanwhile is no longer held.
+ */
+const watch = (path: string): Promise<boolean> =>
+  new Promise((done) => {
+    const first = touchedAt(path)
+    const check = () => {
+      const now = touchedAt(path)
+      if (now === undefined) return done(false)
+      if (now !== first) return done(true)
+      if (Date.now() - now >= STALE_MS) return done(false)
+      setTimeout(check, 250)
+    }
+    check()
+  })
 
 /** Creates the lock file with this process's pid; false if it exists. */
 const create = (path: string): boolean => {
   try {
     const fd = openSync(path, "wx")
+    const text = `${process.pid}\n${bootId}\n${pidNamespace}\n${randomBytes(8).toString("hex")}\n`
     try {
-      writeSync(fd, `${process.pid}\n${bootId}\n`)
+      writeSync(fd, text)
     } finally {
       closeSync(fd)
     }
+    held.set(path, text)
     return true
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "EEXIST") return false
@@ -70,35 +135,90 @@ const create = (path: string): boolean => {
   }
 }
 
+const inUse = (path: string, holder: Holder | undefined) =>
+  new SqlError({
+    message: `The embedded database is in use by another server (pid ${holder?.pid ?? "unknown"}${
+      holder !== undefined && elsewhere(holder) ? " in another pid namespace, such as another container" : ""
+    }). Stop it, or set MAHILO_DATA_DIR to another directory. (If no such server runs, delete ${path}.)`
+  })
+
 const take = (path: string): Effect.Effect<void, SqlError> =>
+  Effect.flatMap(
+    // Another container's lock: is its server alive (it keeps touching the lock)?
+    Effect.promise(async () => {
+      const holder = holderOf(path)
+      return holder !== undefined && elsewhere(holder) && (holder.boot === "" || bootId === "" || holder.boot === bootId)
+        ? { holder, alive: await watch(path) }
+        : undefined
+    }),
+    (other) => other?.alive === true ? Effect.fail(inUse(path, other.holder)) : takeWith(path, other?.holder)
+  )
+
+/** Takes the lock; a lock naming `gone` (from another pid namespace, found untouched) is stale. */
+const takeWith = (path: string, gone: Holder | undefined): Effect.Effect<void, SqlError> =>
   Effect.try({
     try: () => {
       mkdirSync(dirname(path), { recursive: true })
       if (!create(path)) {
         // A lock with no pid yet is being written by a server starting this very moment.
         const holder = holderOf(path)
-        if (holder === undefined || stillHeld(path, holder)) {
-          throw new SqlError({
-            message: `The embedded database is in use by another server (pid ${holder?.pid ?? "unknown"}). Stop it, or set MAHILO_DATA_DIR to another directory. (If no such server runs, delete ${path}.)`
-          })
+        if (holder === undefined || (holder.text !== gone?.text && stillHeld(path, holder))) {
+          throw inUse(path, holder)
         }
-        // Left by a process that is gone: take it over.
-        rmSync(path, { force: true })
+        // Left by a process that is gone: take it over. It is moved aside first (one rename wins)
+        // and only the lock judged stale is removed: two servers starting at once used to each
+        // remove the lock file and create their own, the second removing the first's new lock,
+        // and both held it.
+        const aside = `${path}.${randomBytes(6).toString("hex")}`
+        let moved = true
+        try {
+          renameSync(path, aside)
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e
+          moved = false // another server moved it first: whoever creates the lock next has it
+        }
+        if (moved) {
+          const found = holderOf(aside)
+          if (found?.text !== holder.text) {
+            // Not the lock judged stale: another server took it over meanwhile. Put it back.
+            try {
+              linkSync(aside, path)
+            } finally {
+              rmSync(aside, { force: true })
+            }
+            throw inUse(path, found)
+          }
+          rmSync(aside, { force: true })
+        }
         if (!create(path)) throw new SqlError({ message: `Another server took the lock ${path} at the same moment` })
       }
-      held.add(path)
     },
     catch: (e) => (e instanceof SqlError ? e : new SqlError({ message: `Could not lock the embedded database (${path})`, cause: e }))
   })
 
 const release = (path: string) =>
   Effect.sync(() => {
+    const mine = held.get(path)
     held.delete(path)
-    if (holderOf(path)?.pid === process.pid) rmSync(path, { force: true })
+    if (mine !== undefined && holderOf(path)?.text === mine) rmSync(path, { force: true })
   })
 
-/** Holds the lock of `dataDir` for the life of the scope. */
+/** Touches the lock: its holder still runs (for servers in other pid namespaces, see `watch`). */
+const touch = (path: string) =>
+  Effect.sync(() => {
+    try {
+      const now = new Date()
+      utimesSync(path, now, now)
+    } catch {
+      // Gone or unwritable: the next touch tries again.
+    }
+  })
+
+/** Holds the lock of `dataDir` for the life of the scope, touching it every `HEARTBEAT_MS`. */
 export const hold = (dataDir: string): Effect.Effect<void, SqlError, Scope.Scope> => {
   const path = `${resolve(dataDir)}.lock`
-  return Effect.acquireRelease(take(path), () => release(path))
+  return Effect.zipRight(
+    Effect.acquireRelease(take(path), () => release(path)),
+    Effect.asVoid(Effect.forkScoped(Effect.repeat(touch(path), Schedule.spaced(HEARTBEAT_MS))))
+  )
 }

@@ -1,8 +1,9 @@
-import { spawnSync } from "node:child_process"
+import { execFile, spawnSync } from "node:child_process"
 import { randomBytes } from "node:crypto"
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
+import { fileURLToPath } from "node:url"
 import { SqlClient } from "@effect/sql"
 import { Database } from "@mahilo/server"
 import { describe, expect, it } from "@effect/vitest"
@@ -131,4 +132,50 @@ describe("embedded database directory", () => {
         expect(existsSync(`${dataDir}.lock`), stale).toBe(false)
       }
     }), { timeout: 120_000 })
+  it.scopedLive("a lock from another pid namespace (a server in another container on the same volume) stands while it is touched, and is taken over once it is not", () =>
+    Effect.gen(function* () {
+      const root = yield* tempDir
+      const dataDir = join(root, "data")
+      const probe = Effect.flatMap(SqlClient.SqlClient, (sql) => sql`SELECT 1`)
+      yield* withDatabase(dataDir, probe)
+      const boot = readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim()
+      // Its pid means nothing here: one that does not run here, and this process's own. The other
+      // server is alive, touching its lock; a rolling deploy used to take it over and open the same files.
+      const gone = spawnSync(process.execPath, ["-e", ""]).pid!
+      for (const pid of [gone, process.pid]) {
+        writeFileSync(`${dataDir}.lock`, `${pid}\n${boot}\npid:[1]\n`)
+        const touching = setInterval(() => utimesSync(`${dataDir}.lock`, new Date(), new Date()), 500)
+        const refused = yield* Effect.flip(withDatabase(dataDir, probe)).pipe(Effect.ensuring(Effect.sync(() => clearInterval(touching))))
+        expect(String(refused)).toContain(`in use by another server (pid ${pid} in another pid namespace`)
+        expect(readFileSync(`${dataDir}.lock`, "utf8")).toBe(`${pid}\n${boot}\npid:[1]\n`)
+      }
+      // That server was killed: its lock, untouched, is taken over once it has been for a while.
+      const past = new Date(Date.now() - 8_000)
+      utimesSync(`${dataDir}.lock`, past, past)
+      const started = Date.now()
+      yield* withDatabase(dataDir, probe)
+      expect(Date.now() - started).toBeGreaterThanOrEqual(1_500)
+      expect(existsSync(`${dataDir}.lock`)).toBe(false)
+    }), { timeout: 120_000 })
+  it.scopedLive("servers starting at the same moment over a stale lock: exactly one takes it over", () =>
+    Effect.gen(function* () {
+      const root = yield* tempDir
+      const dataDir = join(root, "data")
+      const holder = fileURLToPath(new URL("./support/LockHolder.ts", import.meta.url))
+      const gone = spawnSync(process.execPath, ["-e", ""]).pid!
+      for (let round = 0; round < 8; round++) {
+        writeFileSync(`${dataDir}.lock`, `${gone}\n`)
+        const at = String(Date.now() + 4_000)
+        const outcomes = yield* Effect.promise(() =>
+          Promise.all([0, 1, 2, 3].map(() =>
+            new Promise<string>((resolve) =>
+              execFile(process.execPath, ["--import", "tsx", holder, dataDir, at], (_error, stdout) => resolve(stdout.trim()))
+            )
+          ))
+        )
+        // Each used to remove the stale lock and write its own, a later one removing an earlier one's: two held it.
+        expect(outcomes.filter((o) => o === "held"), `round ${round}: ${outcomes.join(", ")}`).toHaveLength(1)
+        expect(existsSync(`${dataDir}.lock`)).toBe(false)
+      }
+    }), { timeout: 180_000 })
 })
