@@ -11,7 +11,7 @@ while (Date.now() < Number(at)) {
   // Wait for the moment, busily: a timer would spread the starts apart.
 }
 const outcome = await Effect.runPromise(
-  Effect.scoped(Effect.zipRight(DataDirLock.hold(dir), Effect.sleep("1500 millis"))).pipe(
+  Effect.scoped(Effect.zipRight(DataDirLock.hold(dir), Effect.sleep("1 second"))).pipe(
     Effect.as("held"),
     Effect.orElseSucceed(() => "refused")
   )
