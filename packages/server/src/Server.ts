@@ -13,7 +13,7 @@ import { CallbackUrls, Errors, type Events, Registry, RemoteDirectory, RetrySche
 import { Cause, Effect, Layer } from "effect"
 import { Plug as Federation } from "@mahilo/federation"
 import { MahiloApi } from "./Api.js"
-import { databaseConfig, isDevelopment, ServerConfig } from "./Config.js"
+import { databaseConfig, isDevelopment, ServerConfig, type ServerConfigShape } from "./Config.js"
 import * as Database from "./Database.js"
 import * as CallbackUrl from "./delivery/CallbackUrl.js"
 import * as DeliveryEngine from "./delivery/DeliveryEngine.js"
@@ -163,6 +163,65 @@ const ApiLive = Layer.unwrapEffect(
     ))
 )
 
+/** The retry schedule: the given one, else the configured one (`MAHILO_RETRY_*`). */
+const scheduleOf = (config: ServerConfigShape, options: ServerOptions) =>
+  options.retrySchedule ?? RetrySchedule.RetrySchedule.make({
+    ...RetrySchedule.defaults,
+    baseDelayMs: config.retryBaseDelayMs,
+    maxDelayMs: config.retryMaxDelayMs,
+    maxAttempts: config.retryMaxAttempts,
+    horizonMs: config.retryHorizonMs
+  })
+
+/**
+ * The registry and its delivery engine over `remote` (federation's directory,
+ * or none), as the server and `embedded` assemble them from the configuration.
+ */
+const registryAndEngine = <E, R>(
+  config: ServerConfigShape,
+  options: ServerOptions,
+  remote: Layer.Layer<RemoteDirectory, E, R>
+) => {
+  const store = SqlStore.layer
+  const registry = Registry.layer.pipe(
+    Layer.provide(Layer.mergeAll(store, CallbackUrlsLive, RegistryConfigLive, remote))
+  )
+  const engine = DeliveryEngine.layer({
+    workers: config.deliveryWorkers,
+    maxInFlightPerTarget: config.maxInFlightPerConnection,
+    sweepIntervalMs: config.sweepIntervalMs,
+    leaseMs: Math.max(config.leaseMs, config.callbackTimeoutMs * 2),
+    callbackTimeoutMs: config.callbackTimeoutMs,
+    shutdownGraceMs: options.shutdownGraceMs ?? config.callbackTimeoutMs + 1_000,
+    schedule: scheduleOf(config, options),
+    breakerThreshold: 5,
+    breakerCooldownMs: 5_000
+  }).pipe(Layer.provide(Layer.merge(store, remote)))
+  return Layer.provideMerge(engine, registry)
+}
+
+/** What a registry runs on besides its store: the database, a node id, the event bus and the callback client. */
+const runtimeOf = (config: ServerConfigShape, options: ServerOptions) =>
+  Layer.provideMerge(
+    Layer.merge(HttpCallback.layer, EventBus.layerWith({ heartbeatMs: config.relayHeartbeatMs })),
+    Layer.mergeAll(options.database ?? DatabaseFromConfig, NodeId.layer)
+  )
+
+/**
+ * The registry with its delivery engine and event bus, and no HTTP: for a
+ * Node program that calls the use cases itself and wants callbacks pushed,
+ * retried and tracked as the server does (`Registry.Registry`, and
+ * `DeliveryEngine.DeliveryEngine` to wait for a send's first attempts). It
+ * needs `ServerConfig` (`ServerConfig.layer` reads the environment,
+ * `ServerConfig.layerWith({...})` takes settings). There is no federation
+ * without the HTTP server, which other registries call.
+ */
+export const embedded = (options: Omit<ServerOptions, "federation"> = {}) =>
+  Layer.unwrapEffect(
+    Effect.map(ServerConfig, (config) =>
+      registryAndEngine(config, options, RemoteDirectory.disabled).pipe(Layer.provideMerge(runtimeOf(config, options))))
+  )
+
 /**
  * Everything but the listening socket: registry, engine, event bus, API. It
  * needs the `Replay` cache and the `SendLane` slot that `listen` answers from
@@ -172,17 +231,7 @@ const ApiLive = Layer.unwrapEffect(
 export const app = (options: ServerOptions = {}) =>
   Layer.unwrapEffect(
     Effect.map(ServerConfig, (config) => {
-      const database = options.database ?? DatabaseFromConfig
-      const base = Layer.mergeAll(database, NodeId.layer)
-      const bus = EventBus.layerWith({ heartbeatMs: config.relayHeartbeatMs })
       const store = SqlStore.layer
-      const schedule = options.retrySchedule ?? RetrySchedule.RetrySchedule.make({
-        ...RetrySchedule.defaults,
-        baseDelayMs: config.retryBaseDelayMs,
-        maxDelayMs: config.retryMaxDelayMs,
-        maxAttempts: config.retryMaxAttempts,
-        horizonMs: config.retryHorizonMs
-      })
       // Federation is on when an instance name is configured. Its services feed the registry
       // (RemoteDirectory) and the engine (PeerTransport); its routes reuse the same layer.
       const federation: Federation.FederationOptions | undefined = config.instanceName !== undefined
@@ -193,7 +242,7 @@ export const app = (options: ServerOptions = {}) =>
           // Inbound forwards answer before the origin's own first-attempt wait runs out.
           inboundWaitMs: Math.floor(config.firstAttemptWaitMs / 2),
           // Notices to peers (a reject, block or unfriend; a group that ended) back off as deliveries do.
-          retrySchedule: schedule,
+          retrySchedule: scheduleOf(config, options),
           ...options.federation
         }
         : undefined
@@ -206,20 +255,6 @@ export const app = (options: ServerOptions = {}) =>
           Layer.provide(Layer.mergeAll(federated, store, FederationEvents))
         )
         : Layer.empty
-      const registry = Registry.layer.pipe(
-        Layer.provide(Layer.mergeAll(store, CallbackUrlsLive, RegistryConfigLive, remote))
-      )
-      const engine = DeliveryEngine.layer({
-        workers: config.deliveryWorkers,
-        maxInFlightPerTarget: config.maxInFlightPerConnection,
-        sweepIntervalMs: config.sweepIntervalMs,
-        leaseMs: Math.max(config.leaseMs, config.callbackTimeoutMs * 2),
-        callbackTimeoutMs: config.callbackTimeoutMs,
-        shutdownGraceMs: options.shutdownGraceMs ?? config.callbackTimeoutMs + 1_000,
-        schedule,
-        breakerThreshold: 5,
-        breakerCooldownMs: 5_000
-      }).pipe(Layer.provide(Layer.merge(store, remote)))
       const http = HttpApiBuilder.serve().pipe(
         Layer.provide(NotificationRoutes.layer),
         Layer.provide(federationRoutes),
@@ -235,11 +270,8 @@ export const app = (options: ServerOptions = {}) =>
       // With tracing off, skip the per-request span bookkeeping (URL parse, header redaction).
       const traced = config.tracing ? http : HttpMiddleware.withTracerDisabledWhen(http, () => true)
       return traced.pipe(
-        Layer.provideMerge(engine),
-        Layer.provideMerge(registry),
-        Layer.provideMerge(HttpCallback.layer),
-        Layer.provideMerge(bus),
-        Layer.provideMerge(base)
+        Layer.provideMerge(registryAndEngine(config, options, remote)),
+        Layer.provideMerge(runtimeOf(config, options))
       )
     })
   )

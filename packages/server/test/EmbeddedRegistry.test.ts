@@ -4,9 +4,10 @@
  * 400-kind `InvalidRequest`, never `Unavailable`.
  */
 import { CallbackUrls, Events, Registry, RemoteDirectory, SqlStore } from "@mahilo/core"
-import { TestDatabase } from "@mahilo/testkit"
+import { Config, Server } from "@mahilo/server"
+import { FakeAgent, TestDatabase } from "@mahilo/testkit"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Schedule } from "effect"
 
 const registryOn = (database: TestDatabase.TestLayer) =>
   Registry.layer.pipe(
@@ -126,4 +127,45 @@ describe.each(TestDatabase.backends)("the registry embedded ($name)", ({ layer: 
       const rejected = yield* registry.rejectFriend(e!, ce.friendshipId)
       expect(rejected.id).toBe(ce.friendshipId)
     }).pipe(Effect.provide(registryOn(database))), { timeout: 60_000 })
+
+  it.scopedLive("Server.embedded: a program's send is pushed to the agent, signed, and reads delivered, with no HTTP server", () =>
+    Effect.gen(function* () {
+      const registry = yield* Registry.Registry
+      const agent = yield* FakeAgent.make()
+      const person = (username: string) =>
+        Effect.flatMap(registry.register({ username }), ({ apiKey }) => registry.authenticate(apiKey))
+      const alice = yield* person("alice")
+      const bob = yield* person("bob")
+      const request = yield* registry.requestFriend(alice, "bob")
+      yield* registry.acceptFriend(bob, request.friendshipId)
+      yield* registry.upsertConnection(bob, {
+        framework: "embedded",
+        label: "main",
+        callbackUrl: agent.url,
+        callbackSecret: agent.secret,
+        publicKey: "cHVibGljLWtleQ==",
+        publicKeyAlg: "ed25519"
+      })
+
+      const sent = yield* registry.send(alice, { recipient: "bob", message: "pushed without HTTP" })
+      expect(sent._tag).toBe("Accepted")
+      const messageId = sent.message.id
+      // The fake agent verifies the signature of what it receives.
+      const received = yield* Effect.promise(() => agent.waitForMessage(messageId))
+      expect(received.body).toMatchObject({ message_id: messageId, sender: "alice", message: "pushed without HTTP" })
+      const detail = yield* registry.messageDetail(alice, messageId).pipe(
+        Effect.filterOrFail((d) => d.message.status !== "pending"),
+        Effect.retry(Schedule.spaced("20 millis")),
+        Effect.timeout("10 seconds")
+      )
+      expect(detail.message.status).toBe("delivered")
+      expect(detail.deliveries.map((d) => d.delivery.status)).toEqual(["delivered"])
+      expect(agent.deliveries).toHaveLength(1)
+    }).pipe(
+      Effect.provide(
+        Server.embedded({ database }).pipe(
+          Layer.provide(Config.ServerConfig.layerWith({ allowPrivateCallbacks: true }))
+        )
+      )
+    ), { timeout: 60_000 })
 })
