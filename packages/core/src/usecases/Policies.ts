@@ -34,6 +34,16 @@ export const make = Effect.gen(function* () {
   const canManageGroup = (principal: Principal, groupId: string) =>
     Effect.map(groups.findMembership(groupId, principal.userId), (m) => Graph.canManagePolicies(Option.getOrUndefined(m)))
 
+  /**
+   * A user named by username, as a send names them: `name`, `name@<this registry>`
+   * (the same user), or `name@instance` for a user of another registry known here.
+   */
+  const userByName = (name: string) => {
+    const lowered = name.toLowerCase()
+    const local = directory.localInstance === undefined ? undefined : `@${directory.localInstance.toLowerCase()}`
+    return users.findByUsername(local !== undefined && lowered.endsWith(local) ? lowered.slice(0, -local.length) : lowered)
+  }
+
   /** A user-scope target may be given as a user id or a username; it is stored as the id. */
   const resolveTarget = (principal: Principal, scope: Policy.PolicyScope, targetId: string | null) =>
     Effect.gen(function* () {
@@ -48,7 +58,7 @@ export const make = Effect.gen(function* () {
       }
       const byId = yield* users.findById(targetId)
       if (Option.isSome(byId)) return byId.value.id
-      const byName = yield* users.findByUsername(targetId.toLowerCase())
+      const byName = yield* userByName(targetId)
       if (Option.isSome(byName)) return byName.value.id
       return yield* Errors.NotFound.of("USER_NOT_FOUND", `No user "${targetId}" to target`)
     })
@@ -108,7 +118,7 @@ export const make = Effect.gen(function* () {
       }
       if (filter.scope !== "user" || filter.targetId === undefined) return filter.targetId
       if (Option.isSome(yield* users.findById(filter.targetId))) return filter.targetId
-      const byName = yield* users.findByUsername(filter.targetId.toLowerCase())
+      const byName = yield* userByName(filter.targetId)
       return Option.isSome(byName) ? byName.value.id : filter.targetId
     })
 

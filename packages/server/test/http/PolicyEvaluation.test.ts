@@ -52,4 +52,16 @@ layer(serverLayer({ trustedMode: true, instanceName: INSTANCE }), layerOptions)(
         expect(answer.body.status).toBe("pending")
       }))
   })
+
+  describe("user-scope targets", () => {
+    it.effect("a user-scope policy may name its target as name@<this registry>: stored as the user's id, listed and applied", () =>
+      Effect.gen(function* () {
+        const { alice, bob } = yield* friends
+        const created = yield* policy(alice, { maxLength: 2 }, { scope: "user", target_id: `${bob.username.toUpperCase()}@${INSTANCE}` })
+        expect(created.status).toBe(201)
+        const listed = yield* call("GET", `/api/v1/policies?scope=user&target_id=${bob.username}@${INSTANCE}`, { key: alice.apiKey })
+        expect(listed.body).toEqual([expect.objectContaining({ id: created.body.policy_id, target_id: bob.userId })])
+        expect((yield* send(alice, bob.username, "hello")).body).toMatchObject({ status: "rejected", code: "POLICY_REJECTED" })
+      }))
+  })
 })
