@@ -132,6 +132,18 @@ export const make = Effect.gen(function* () {
         policies.list(null, { ...filter, scope: "group", targetId: listing.group.id })).pipe(Effect.map((lists) => lists.flat()))
     })
 
+  /**
+   * Without a target: the caller's own global and user policies, and every policy of the
+   * groups they manage now (their own among them), in the store's order: oldest first.
+   */
+  const listAll = (principal: Principal, filter: Store.PolicyFilter) =>
+    Effect.gen(function* () {
+      const own = filter.scope === "group" ? [] : (yield* policies.list(principal.userId, filter)).filter((p) => p.scope !== "group")
+      return [...own, ...(yield* managedGroupsPolicies(principal, filter))].sort((a, b) =>
+        a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
+      )
+    })
+
   return {
     createPolicy: (principal: Principal, input: PolicyInput) =>
       Effect.gen(function* () {
@@ -160,6 +172,18 @@ export const make = Effect.gen(function* () {
 
     listPolicies: (principal: Principal, given: Store.PolicyFilter) =>
       Effect.gen(function* () {
+        // A target without a scope: whatever the caller sees unfiltered for it, as a user (by id or
+        // username) or as a group (by id or `id@<this registry>`).
+        if (given.scope === undefined && given.targetId !== undefined) {
+          const targets = new Set([
+            given.targetId,
+            yield* listedTarget({ ...given, scope: "user" }),
+            yield* listedTarget({ ...given, scope: "group" })
+          ])
+          return (yield* listAll(principal, { ...given, targetId: undefined })).filter((p) =>
+            p.targetId !== null && targets.has(p.targetId)
+          )
+        }
         const filter = { ...given, targetId: yield* listedTarget(given) }
         // A group's policies are listed for its owners and admins whoever wrote them.
         if (filter.scope === "group" && filter.targetId !== undefined) {
@@ -168,12 +192,7 @@ export const make = Effect.gen(function* () {
         if (filter.targetId !== undefined || (filter.scope !== undefined && filter.scope !== "group")) {
           return yield* stillManaged(principal, yield* policies.list(principal.userId, filter))
         }
-        // Without a target: the caller's own global and user policies, and every policy of the
-        // groups they manage now (their own among them), in the store's order: oldest first.
-        const own = filter.scope === "group" ? [] : (yield* policies.list(principal.userId, filter)).filter((p) => p.scope !== "group")
-        return [...own, ...(yield* managedGroupsPolicies(principal, filter))].sort((a, b) =>
-          a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
-        )
+        return yield* listAll(principal, filter)
       }),
 
     updatePolicy: (principal: Principal, id: string, patch: Store.PolicyPatch) =>
