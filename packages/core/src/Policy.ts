@@ -235,11 +235,16 @@ export const validateTarget = (input: {
 export const compile = (policy: Pick<Policy, "content">): Either.Either<HeuristicRules, Errors.InvalidRequest> =>
   parseHeuristic(policy.content)
 
-/** What a message is checked with. `recipient` is a username or address. */
+/**
+ * What a message is checked with. `recipient` is a username or address; a
+ * user of this registry may also be listed in a policy as
+ * `name@<localInstance>`, the address other registries know them by.
+ */
 export interface EvaluationInput {
   readonly message: string
   readonly context?: string | null | undefined
   readonly recipient: string
+  readonly localInstance?: string | undefined
 }
 
 /** One policy's answer. */
@@ -258,16 +263,22 @@ const characters = (n: number) => `${n} character${n === 1 ? "" : "s"}`
 
 /**
  * Checks a message against one policy. A blocked recipient rejects; a trusted
- * recipient skips the content checks; then come length, context, blocked
+ * recipient skips the content checks (a local recipient is also matched as
+ * `name@<localInstance>`); then come length, context, blocked
  * patterns (none may match) and required patterns (all must match). Lengths
  * count Unicode code points; patterns search the message, case-insensitively.
  */
 export const evaluate = (rules: HeuristicRules, input: EvaluationInput): Evaluation => {
   const recipient = input.recipient.trim().toLowerCase()
-  if (rules.blockedRecipients.includes(recipient)) {
+  const qualified = input.localInstance !== undefined && !recipient.includes("@")
+    ? `${recipient}@${input.localInstance.toLowerCase()}`
+    : undefined
+  const listed = (list: ReadonlyArray<string>) =>
+    list.includes(recipient) || (qualified !== undefined && list.includes(qualified))
+  if (listed(rules.blockedRecipients)) {
     return rejected(`Messages to ${quote(input.recipient)} are blocked by policy`)
   }
-  if (rules.trustedRecipients.includes(recipient)) return allowed
+  if (listed(rules.trustedRecipients)) return allowed
   if (rules.maxLength !== null || rules.minLength !== null) {
     const size = [...input.message].length
     if (rules.maxLength !== null && size > rules.maxLength) {

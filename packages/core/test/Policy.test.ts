@@ -220,6 +220,16 @@ describe("Policy.evaluate", () => {
     expect(Policy.evaluate(r, input("a long secret message", { recipient: "carol" }))._tag).toBe("Rejected")
   })
 
+  it("matches a local recipient listed as name@<this registry>, and only a local one", () => {
+    const r = rules({ blockedRecipients: ["Eve@A.example"], trustedRecipients: ["bob@a.example"], maxLength: 3 })
+    const local = { localInstance: "a.example" }
+    expect(Policy.evaluate(r, input("hi", { recipient: "eve", ...local }))._tag).toBe("Rejected")
+    expect(Policy.evaluate(r, input("a long message", { recipient: "BOB", ...local }))).toEqual({ _tag: "Allowed" })
+    // Without a local instance (a user of another registry, or no federation) the bare name is not that address.
+    expect(Policy.evaluate(r, input("hi", { recipient: "eve" }))).toEqual({ _tag: "Allowed" })
+    expect(Policy.evaluate(r, input("hi", { recipient: "eve@b.example", ...local }))).toEqual({ _tag: "Allowed" })
+  })
+
   it("checks length before context and patterns", () => {
     const r = rules({ maxLength: 5, requireContext: true, blockedPatterns: ["x"] })
     expect(Policy.evaluate(r, input("xxxxxxx"))).toEqual({

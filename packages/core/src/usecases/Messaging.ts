@@ -241,12 +241,17 @@ export const make = Effect.gen(function* () {
       return Routing.selectAll(own)[0] as Store.AgentConnection | undefined
     })
 
-  /** Runs the sender's applicable heuristic policies; the first failure rejects. */
+  /**
+   * Runs the sender's applicable heuristic policies; the first failure rejects.
+   * A user of this registry is also matched as `name@<this registry>` in the
+   * recipient lists, the address the registry hands out for them.
+   */
   const evaluate = (
     principal: Principal,
     scope: Policy.RecipientScope,
     input: SendInput,
-    recipientName: string
+    recipientName: string,
+    localInstance?: string
   ) =>
     Effect.gen(function* () {
       const candidates = yield* policies.forSend(principal.userId, scope)
@@ -263,7 +268,7 @@ export const make = Effect.gen(function* () {
         }
         rules.push({ id: policy.id, rules: compiledRules.right })
       }
-      return Policy.evaluateAll(rules, { message: input.message, context: input.context, recipient: recipientName })
+      return Policy.evaluateAll(rules, { message: input.message, context: input.context, recipient: recipientName, localInstance })
     })
 
   const baseMessage = (
@@ -434,7 +439,13 @@ export const make = Effect.gen(function* () {
       }
 
       if (config.trustedMode && !isCiphertext(payloadType)) {
-        const verdict = yield* evaluate(principal, { scope: "user", targetId: recipient.id }, input, recipient.username)
+        const verdict = yield* evaluate(
+          principal,
+          { scope: "user", targetId: recipient.id },
+          input,
+          recipient.username,
+          recipient.instance === null ? directory.localInstance : undefined
+        )
         if (verdict._tag === "Rejected") return yield* reject(principal, message, verdict.reason)
       }
 

@@ -34,6 +34,16 @@ export const make = Effect.gen(function* () {
   const canManageGroup = (principal: Principal, groupId: string) =>
     Effect.map(groups.findMembership(groupId, principal.userId), (m) => Graph.canManagePolicies(Option.getOrUndefined(m)))
 
+  /**
+   * A user named by username, as a send names them: `name`, `name@<this registry>`
+   * (the same user), or `name@instance` for a user of another registry known here.
+   */
+  const userByName = (name: string) => {
+    const lowered = name.toLowerCase()
+    const local = directory.localInstance === undefined ? undefined : `@${directory.localInstance.toLowerCase()}`
+    return users.findByUsername(local !== undefined && lowered.endsWith(local) ? lowered.slice(0, -local.length) : lowered)
+  }
+
   /** A user-scope target may be given as a user id or a username; it is stored as the id. */
   const resolveTarget = (principal: Principal, scope: Policy.PolicyScope, targetId: string | null) =>
     Effect.gen(function* () {
@@ -48,7 +58,7 @@ export const make = Effect.gen(function* () {
       }
       const byId = yield* users.findById(targetId)
       if (Option.isSome(byId)) return byId.value.id
-      const byName = yield* users.findByUsername(targetId.toLowerCase())
+      const byName = yield* userByName(targetId)
       if (Option.isSome(byName)) return byName.value.id
       return yield* Errors.NotFound.of("USER_NOT_FOUND", `No user "${targetId}" to target`)
     })
@@ -108,7 +118,7 @@ export const make = Effect.gen(function* () {
       }
       if (filter.scope !== "user" || filter.targetId === undefined) return filter.targetId
       if (Option.isSome(yield* users.findById(filter.targetId))) return filter.targetId
-      const byName = yield* users.findByUsername(filter.targetId.toLowerCase())
+      const byName = yield* userByName(filter.targetId)
       return Option.isSome(byName) ? byName.value.id : filter.targetId
     })
 
@@ -120,6 +130,18 @@ export const make = Effect.gen(function* () {
       )
       return yield* Effect.forEach(managed, (listing) =>
         policies.list(null, { ...filter, scope: "group", targetId: listing.group.id })).pipe(Effect.map((lists) => lists.flat()))
+    })
+
+  /**
+   * Without a target: the caller's own global and user policies, and every policy of the
+   * groups they manage now (their own among them), in the store's order: oldest first.
+   */
+  const listAll = (principal: Principal, filter: Store.PolicyFilter) =>
+    Effect.gen(function* () {
+      const own = filter.scope === "group" ? [] : (yield* policies.list(principal.userId, filter)).filter((p) => p.scope !== "group")
+      return [...own, ...(yield* managedGroupsPolicies(principal, filter))].sort((a, b) =>
+        a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
+      )
     })
 
   return {
@@ -150,6 +172,18 @@ export const make = Effect.gen(function* () {
 
     listPolicies: (principal: Principal, given: Store.PolicyFilter) =>
       Effect.gen(function* () {
+        // A target without a scope: whatever the caller sees unfiltered for it, as a user (by id or
+        // username) or as a group (by id or `id@<this registry>`).
+        if (given.scope === undefined && given.targetId !== undefined) {
+          const targets = new Set([
+            given.targetId,
+            yield* listedTarget({ ...given, scope: "user" }),
+            yield* listedTarget({ ...given, scope: "group" })
+          ])
+          return (yield* listAll(principal, { ...given, targetId: undefined })).filter((p) =>
+            p.targetId !== null && targets.has(p.targetId)
+          )
+        }
         const filter = { ...given, targetId: yield* listedTarget(given) }
         // A group's policies are listed for its owners and admins whoever wrote them.
         if (filter.scope === "group" && filter.targetId !== undefined) {
@@ -158,12 +192,7 @@ export const make = Effect.gen(function* () {
         if (filter.targetId !== undefined || (filter.scope !== undefined && filter.scope !== "group")) {
           return yield* stillManaged(principal, yield* policies.list(principal.userId, filter))
         }
-        // Without a target: the caller's own global and user policies, and every policy of the
-        // groups they manage now (their own among them), in the store's order: oldest first.
-        const own = filter.scope === "group" ? [] : (yield* policies.list(principal.userId, filter)).filter((p) => p.scope !== "group")
-        return [...own, ...(yield* managedGroupsPolicies(principal, filter))].sort((a, b) =>
-          a.createdAt.getTime() - b.createdAt.getTime() || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)
-        )
+        return yield* listAll(principal, filter)
       }),
 
     updatePolicy: (principal: Principal, id: string, patch: Store.PolicyPatch) =>

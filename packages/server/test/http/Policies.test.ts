@@ -268,6 +268,24 @@ layer(serverLayer(), layerOptions)("policies over HTTP", (it) => {
         expect(ids(yield* list(admin))).toEqual([])
         expect(ids(yield* list(owner))).toEqual([own, admins])
       }))
+
+    it.effect("target_id without a scope lists what the unfiltered list holds for that user (by id or username) or group", () =>
+      Effect.gen(function* () {
+        const owner = yield* person("glnoscope")
+        const admin = yield* person("glnoscopeadm")
+        const bob = yield* person("glnoscopebob")
+        const groupId = yield* groupOf(owner, admin)
+        yield* owner.client.groups.changeRole({ path: { id: groupId, user_id: admin.userId }, payload: { role: "admin" } })
+        const admins = (yield* create(admin, heuristic({ maxLength: 9 }, { scope: "group", target_id: groupId }))).body.policy_id
+        const forBob = (yield* create(owner, heuristic({ maxLength: 5 }, { scope: "user", target_id: bob.userId }))).body.policy_id
+        yield* create(owner, heuristic({ maxLength: 7 }))
+        const ids = (response: { body: ReadonlyArray<{ id: string }> }) => response.body.map((p) => p.id)
+        expect(ids(yield* list(owner, `?target_id=${groupId}`))).toEqual([admins])
+        expect(ids(yield* list(owner, `?target_id=${bob.userId}`))).toEqual([forBob])
+        expect(ids(yield* list(owner, `?target_id=${bob.username.toUpperCase()}`))).toEqual([forBob])
+        expect(ids(yield* list(owner, `?target_id=${bob.username}&policy_type=llm`))).toEqual([])
+        expect(ids(yield* list(bob, `?target_id=${groupId}`))).toEqual([])
+      }))
   })
 
   describe("PATCH /policies/:id", () => {
