@@ -179,12 +179,14 @@ export const make = Effect.gen(function* () {
       for (const text of early.splice(0)) subscriber.send(text)
       if (closeEarly !== undefined) subscriber.close(...closeEarly)
 
-      // Requests are answered in order.
+      // Requests are answered in order. Once the server has closed the socket (its key revoked, the
+      // server shutting down) what the client still sends is not acted on: a client that does not
+      // answer the close would otherwise go on acknowledging with a revoked key until it is cut.
       yield* Queue.take(requests).pipe(
-        Effect.flatMap((text) => answer(principal, text)),
+        Effect.flatMap((text) => live.readyState === WebSocket.OPEN ? answer(principal, text) : Effect.succeed(undefined)),
         Effect.tap((reply) =>
           Effect.sync(() => {
-            subscriber.send(reply)
+            if (reply !== undefined) subscriber.send(reply)
             if (--waiting <= PAUSE_AT_QUEUED / 2 && live.isPaused) live.resume()
           })
         ),

@@ -328,6 +328,26 @@ describe("notification stream", () => {
       expect(yield* promise(() => socket.closed)).toBe(4001)
     }))
 
+  it.scopedLive("a socket closed for its rotated key acts on nothing it sends afterwards, also when it ignores the close", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const [alice, bob] = yield* Fixtures.users(server, "alice", "bob")
+      yield* Fixtures.befriend(alice!, bob!)
+      yield* Fixtures.pollingConnection(bob!, "laptop")
+      // A client that never answers the server's close: its TCP connection stays up for a while.
+      const raw = yield* Notifications.openRaw(server.url, bob!.apiKey)
+      const sent = yield* alice!.api.messages.send({ payload: { recipient: "bob", message: "for bob" } })
+      yield* Fixtures.eventually(Effect.sync(() => raw.received().toString()), (text) => text.includes(sent.message_id))
+      yield* bob!.api.auth.rotateKey()
+      // The close frame (0x88) with code 4001 has arrived.
+      yield* Fixtures.eventually(Effect.sync(() => raw.received()), (bytes) => bytes.includes(Buffer.from([0x88, 0x11, 0x0f, 0xa1])))
+      raw.send(JSON.stringify({ type: "ack", message_ids: [sent.message_id] }))
+      raw.send(JSON.stringify({ type: "ping" }))
+      yield* promise(() => raw.closed)
+      const history = yield* alice!.api.messages.history({ urlParams: { direction: "sent" } })
+      expect(history.map((m) => [m.id, m.status])).toEqual([[sent.message_id, "pending"]])
+    }))
+
   it.scopedLive("sockets opened while their key is rotated are refused or closed with 4001: none stays open on the old key", () =>
     Effect.gen(function* () {
       const server = yield* TestServer.make()
