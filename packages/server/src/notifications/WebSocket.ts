@@ -74,8 +74,11 @@ export const make = Effect.gen(function* () {
     (wss) => Effect.async<void>((resume) => wss.close(() => resume(Effect.void)))
   )
 
-  /** Answers one client request. */
-  const answer = (principal: Registry.Principal, text: string): Effect.Effect<string> => {
+  /** Answers one client request (`null`: a binary frame). */
+  const answer = (principal: Registry.Principal, text: string | null): Effect.Effect<string> => {
+    if (text === null) {
+      return Effect.succeed(frame("error", { error: "Frames must be JSON text, not binary", code: "INVALID_REQUEST" }))
+    }
     let request: { type?: unknown; message_ids?: unknown }
     try {
       request = JSON.parse(text)
@@ -158,7 +161,7 @@ export const make = Effect.gen(function* () {
       yield* Effect.addFinalizer(() => Effect.sync(() => closeSocket(live, 1001, "Server shutting down")))
 
       const closed = yield* Deferred.make<void>()
-      const requests = yield* Queue.unbounded<string>()
+      const requests = yield* Queue.unbounded<string | null>()
       let waiting = 0
       let heard = true
       live.on("pong", () => {
@@ -166,9 +169,8 @@ export const make = Effect.gen(function* () {
       })
       live.on("message", (data, isBinary) => {
         heard = true
-        if (isBinary) return
         if (++waiting > MAX_QUEUED_REQUESTS) return closeSocket(live, 1008, "Too many requests in flight")
-        Queue.unsafeOffer(requests, data.toString())
+        Queue.unsafeOffer(requests, isBinary ? null : data.toString())
         // A client that sends faster than it is answered is slowed down, not dropped.
         if (waiting >= PAUSE_AT_QUEUED && !live.isPaused) live.pause()
       })

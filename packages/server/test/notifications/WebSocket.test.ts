@@ -408,6 +408,17 @@ describe("notification stream", () => {
       yield* promise(() => socket.waitFor("error", (d) => /message_ids/.test(d.error)))
       socket.send({ type: "subscribe" })
       yield* promise(() => socket.waitFor("error", (d) => /Unknown frame type/.test(d.error)))
+      // A binary frame is answered too, in its turn.
+      socket.ws.send(Buffer.from(JSON.stringify({ type: "ping" })), { binary: true })
+      socket.send({ type: "ping" })
+      yield* promise(() => socket.waitFor("pong"))
+      expect(socket.frames.map((f) => [f.type, f.data.error])).toEqual([
+        ["error", "Frames must be JSON objects"],
+        ["error", "message_ids must be an array of strings"],
+        ["error", "Unknown frame type; expected \"ack\" or \"ping\""],
+        ["error", "Frames must be JSON text, not binary"],
+        ["pong", undefined]
+      ])
       expect(socket.ws.readyState).toBe(socket.ws.OPEN)
     }))
 
