@@ -158,9 +158,17 @@ export const make = Effect.gen(function* () {
       if (opened === undefined) return undefined
       ws = opened
       const live = opened
-      yield* Effect.addFinalizer(() => Effect.sync(() => closeSocket(live, 1001, "Server shutting down")))
-
       const closed = yield* Deferred.make<void>()
+      // "close" comes after the TCP socket closed, so nothing more can be written to it.
+      live.on("close", () => Deferred.unsafeDone(closed, Exit.void))
+      if (live.readyState === WebSocket.CLOSED) Deferred.unsafeDone(closed, Exit.void)
+      // Interrupted (the server shutting down): closed with 1001, and the socket is waited for (at
+      // most the 2 s of `closeSocket`). Until it has closed the HTTP server would write its own
+      // answer to the interrupted request (a 503) on it, after the close frame.
+      yield* Effect.addFinalizer(() =>
+        Effect.zipRight(Effect.sync(() => closeSocket(live, 1001, "Server shutting down")), Deferred.await(closed))
+      )
+
       const requests = yield* Queue.unbounded<string | null>()
       let waiting = 0
       let heard = true
@@ -176,7 +184,6 @@ export const make = Effect.gen(function* () {
       })
       // Errors (bad frames, resets) are followed by "close"; nothing more to do with them.
       live.on("error", () => {})
-      live.on("close", () => Deferred.unsafeDone(closed, Exit.void))
 
       for (const text of early.splice(0)) subscriber.send(text)
       if (closeEarly !== undefined) subscriber.close(...closeEarly)
@@ -212,7 +219,6 @@ export const make = Effect.gen(function* () {
         }
       }).pipe(Effect.delay(interval), Effect.forever, Effect.forkScoped)
 
-      // "close" comes after the TCP socket closed, so nothing more can be written to it.
       yield* Deferred.await(closed)
       return undefined
     })

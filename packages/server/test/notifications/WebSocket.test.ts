@@ -429,7 +429,12 @@ describe("notification stream", () => {
       const alice = yield* Fixtures.user(server, "alice")
       // The client lives in the test's scope, beyond the server's.
       const socket = yield* Notifications.open(server.url, alice.apiKey)
+      // One that does not answer the close gets the close frame and nothing after it.
+      const raw = yield* Notifications.openRaw(server.url, alice.apiKey)
       yield* Scope.close(serverScope, Exit.void)
       expect(yield* promise(() => socket.closed)).toBe(1001)
+      yield* promise(() => raw.closed)
+      const reason = Buffer.from("Server shutting down")
+      expect(raw.received().toString("hex")).toBe(Buffer.concat([Buffer.from([0x88, 2 + reason.length, 0x03, 0xe9]), reason]).toString("hex"))
     }))
 })
