@@ -74,8 +74,11 @@ export const make = Effect.gen(function* () {
     (wss) => Effect.async<void>((resume) => wss.close(() => resume(Effect.void)))
   )
 
-  /** Answers one client request. */
-  const answer = (principal: Registry.Principal, text: string): Effect.Effect<string> => {
+  /** Answers one client request (`null`: a binary frame). */
+  const answer = (principal: Registry.Principal, text: string | null): Effect.Effect<string> => {
+    if (text === null) {
+      return Effect.succeed(frame("error", { error: "Frames must be JSON text, not binary", code: "INVALID_REQUEST" }))
+    }
     let request: { type?: unknown; message_ids?: unknown }
     try {
       request = JSON.parse(text)
@@ -155,10 +158,18 @@ export const make = Effect.gen(function* () {
       if (opened === undefined) return undefined
       ws = opened
       const live = opened
-      yield* Effect.addFinalizer(() => Effect.sync(() => closeSocket(live, 1001, "Server shutting down")))
-
       const closed = yield* Deferred.make<void>()
-      const requests = yield* Queue.unbounded<string>()
+      // "close" comes after the TCP socket closed, so nothing more can be written to it.
+      live.on("close", () => Deferred.unsafeDone(closed, Exit.void))
+      if (live.readyState === WebSocket.CLOSED) Deferred.unsafeDone(closed, Exit.void)
+      // Interrupted (the server shutting down): closed with 1001, and the socket is waited for (at
+      // most the 2 s of `closeSocket`). Until it has closed the HTTP server would write its own
+      // answer to the interrupted request (a 503) on it, after the close frame.
+      yield* Effect.addFinalizer(() =>
+        Effect.zipRight(Effect.sync(() => closeSocket(live, 1001, "Server shutting down")), Deferred.await(closed))
+      )
+
+      const requests = yield* Queue.unbounded<string | null>()
       let waiting = 0
       let heard = true
       live.on("pong", () => {
@@ -166,25 +177,25 @@ export const make = Effect.gen(function* () {
       })
       live.on("message", (data, isBinary) => {
         heard = true
-        if (isBinary) return
         if (++waiting > MAX_QUEUED_REQUESTS) return closeSocket(live, 1008, "Too many requests in flight")
-        Queue.unsafeOffer(requests, data.toString())
+        Queue.unsafeOffer(requests, isBinary ? null : data.toString())
         // A client that sends faster than it is answered is slowed down, not dropped.
         if (waiting >= PAUSE_AT_QUEUED && !live.isPaused) live.pause()
       })
       // Errors (bad frames, resets) are followed by "close"; nothing more to do with them.
       live.on("error", () => {})
-      live.on("close", () => Deferred.unsafeDone(closed, Exit.void))
 
       for (const text of early.splice(0)) subscriber.send(text)
       if (closeEarly !== undefined) subscriber.close(...closeEarly)
 
-      // Requests are answered in order.
+      // Requests are answered in order. Once the server has closed the socket (its key revoked, the
+      // server shutting down) what the client still sends is not acted on: a client that does not
+      // answer the close would otherwise go on acknowledging with a revoked key until it is cut.
       yield* Queue.take(requests).pipe(
-        Effect.flatMap((text) => answer(principal, text)),
+        Effect.flatMap((text) => live.readyState === WebSocket.OPEN ? answer(principal, text) : Effect.succeed(undefined)),
         Effect.tap((reply) =>
           Effect.sync(() => {
-            subscriber.send(reply)
+            if (reply !== undefined) subscriber.send(reply)
             if (--waiting <= PAUSE_AT_QUEUED / 2 && live.isPaused) live.resume()
           })
         ),
@@ -208,7 +219,6 @@ export const make = Effect.gen(function* () {
         }
       }).pipe(Effect.delay(interval), Effect.forever, Effect.forkScoped)
 
-      // "close" comes after the TCP socket closed, so nothing more can be written to it.
       yield* Deferred.await(closed)
       return undefined
     })

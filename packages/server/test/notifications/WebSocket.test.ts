@@ -328,6 +328,26 @@ describe("notification stream", () => {
       expect(yield* promise(() => socket.closed)).toBe(4001)
     }))
 
+  it.scopedLive("a socket closed for its rotated key acts on nothing it sends afterwards, also when it ignores the close", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const [alice, bob] = yield* Fixtures.users(server, "alice", "bob")
+      yield* Fixtures.befriend(alice!, bob!)
+      yield* Fixtures.pollingConnection(bob!, "laptop")
+      // A client that never answers the server's close: its TCP connection stays up for a while.
+      const raw = yield* Notifications.openRaw(server.url, bob!.apiKey)
+      const sent = yield* alice!.api.messages.send({ payload: { recipient: "bob", message: "for bob" } })
+      yield* Fixtures.eventually(Effect.sync(() => raw.received().toString()), (text) => text.includes(sent.message_id))
+      yield* bob!.api.auth.rotateKey()
+      // The close frame (0x88) with code 4001 has arrived.
+      yield* Fixtures.eventually(Effect.sync(() => raw.received()), (bytes) => bytes.includes(Buffer.from([0x88, 0x11, 0x0f, 0xa1])))
+      raw.send(JSON.stringify({ type: "ack", message_ids: [sent.message_id] }))
+      raw.send(JSON.stringify({ type: "ping" }))
+      yield* promise(() => raw.closed)
+      const history = yield* alice!.api.messages.history({ urlParams: { direction: "sent" } })
+      expect(history.map((m) => [m.id, m.status])).toEqual([[sent.message_id, "pending"]])
+    }))
+
   it.scopedLive("sockets opened while their key is rotated are refused or closed with 4001: none stays open on the old key", () =>
     Effect.gen(function* () {
       const server = yield* TestServer.make()
@@ -388,6 +408,17 @@ describe("notification stream", () => {
       yield* promise(() => socket.waitFor("error", (d) => /message_ids/.test(d.error)))
       socket.send({ type: "subscribe" })
       yield* promise(() => socket.waitFor("error", (d) => /Unknown frame type/.test(d.error)))
+      // A binary frame is answered too, in its turn.
+      socket.ws.send(Buffer.from(JSON.stringify({ type: "ping" })), { binary: true })
+      socket.send({ type: "ping" })
+      yield* promise(() => socket.waitFor("pong"))
+      expect(socket.frames.map((f) => [f.type, f.data.error])).toEqual([
+        ["error", "Frames must be JSON objects"],
+        ["error", "message_ids must be an array of strings"],
+        ["error", "Unknown frame type; expected \"ack\" or \"ping\""],
+        ["error", "Frames must be JSON text, not binary"],
+        ["pong", undefined]
+      ])
       expect(socket.ws.readyState).toBe(socket.ws.OPEN)
     }))
 
@@ -398,7 +429,12 @@ describe("notification stream", () => {
       const alice = yield* Fixtures.user(server, "alice")
       // The client lives in the test's scope, beyond the server's.
       const socket = yield* Notifications.open(server.url, alice.apiKey)
+      // One that does not answer the close gets the close frame and nothing after it.
+      const raw = yield* Notifications.openRaw(server.url, alice.apiKey)
       yield* Scope.close(serverScope, Exit.void)
       expect(yield* promise(() => socket.closed)).toBe(1001)
+      yield* promise(() => raw.closed)
+      const reason = Buffer.from("Server shutting down")
+      expect(raw.received().toString("hex")).toBe(Buffer.concat([Buffer.from([0x88, 2 + reason.length, 0x03, 0xe9]), reason]).toString("hex"))
     }))
 })

@@ -2,6 +2,8 @@
  * A real WebSocket client (`ws`) of the notification stream, for tests: it
  * records every frame and waits for the ones a test expects.
  */
+import * as crypto from "node:crypto"
+import * as net from "node:net"
 import { Effect, type Scope } from "effect"
 import { WebSocket } from "ws"
 
@@ -94,3 +96,58 @@ export const refusal = (httpUrl: string, apiKey: string): Promise<{ status: numb
     })
     ws.once("error", (e) => reject(e))
   })
+
+/** A stream client on a bare TCP socket: it answers nothing (no pong, no close) and sends only what it is told. */
+export interface RawSocket {
+  readonly socket: net.Socket
+  /** Every byte received after the handshake. */
+  received(): Buffer
+  /** Sends one masked frame (`0x1` text, `0x2` binary). */
+  send(payload: string | Buffer, opcode?: number): void
+  /** Resolves when the TCP connection closes. */
+  readonly closed: Promise<void>
+}
+
+/** Opens the stream from a bare socket (see `RawSocket`). */
+export const openRaw = (httpUrl: string, apiKey: string): Effect.Effect<RawSocket, Error, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.tryPromise({
+      try: () =>
+        new Promise<RawSocket>((resolve, reject) => {
+          const url = new URL(httpUrl)
+          const socket = net.connect(Number(url.port), url.hostname)
+          const closed = new Promise<void>((done) => socket.on("close", () => done()))
+          let buffer = Buffer.alloc(0)
+          let open = false
+          socket.on("error", reject)
+          socket.on("data", (chunk: Buffer) => {
+            buffer = Buffer.concat([buffer, chunk])
+            if (open) return
+            const end = buffer.indexOf("\r\n\r\n")
+            if (end < 0) return
+            const head = buffer.subarray(0, end).toString()
+            if (!head.startsWith("HTTP/1.1 101")) return reject(new Error(`refused: ${head.split("\r\n")[0]}`))
+            open = true
+            buffer = buffer.subarray(end + 4)
+            resolve({
+              socket,
+              received: () => buffer,
+              closed,
+              send: (payload, opcode = 0x1) => {
+                const bytes = typeof payload === "string" ? Buffer.from(payload) : payload
+                const mask = crypto.randomBytes(4)
+                const length = bytes.length < 126 ? Buffer.from([0x80 | bytes.length]) : Buffer.from([0x80 | 126, bytes.length >> 8, bytes.length & 255])
+                socket.write(Buffer.concat([Buffer.from([0x80 | opcode]), length, mask, bytes.map((b, i) => b ^ mask[i % 4]!)]))
+              }
+            })
+          })
+          socket.write(
+            `GET /api/v1/notifications/ws?api_key=${encodeURIComponent(apiKey)} HTTP/1.1\r\nHost: ${url.host}\r\n` +
+              `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${crypto.randomBytes(16).toString("base64")}\r\n` +
+              `Sec-WebSocket-Version: 13\r\n\r\n`
+          )
+        }),
+      catch: (e) => (e instanceof Error ? e : new Error(String(e)))
+    }),
+    (raw) => Effect.sync(() => raw.socket.destroy())
+  )
