@@ -97,3 +97,12 @@ export const parseAddress = (
 /** The address as text: `name`, or `name@instance` for a remote user. */
 export const formatAddress = (address: Address): string =>
   address.instance === undefined ? address.username : `${address.username}@${address.instance}`
+
+/**
+ * The name a user is stored under, for text that names one by username:
+ * `name` (also when written `name@<this registry>`), `name@instance` for a user
+ * of another registry known here. Text that is no address is only lowercased:
+ * it names nobody, and looking it up finds nothing.
+ */
+export const storedName = (input: string, localInstance: string | undefined): string =>
+  Either.match(parseAddress(input, localInstance), { onLeft: () => input.toLowerCase(), onRight: formatAddress })

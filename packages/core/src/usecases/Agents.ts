@@ -271,10 +271,7 @@ export const make = Effect.gen(function* () {
         // The user as every endpoint that takes a username reads it: `name@<this registry>` is the
         // local `name`; `name@<another>` is that registry's user, kept here as `name@instance`.
         // Text that is no address names nobody (404, as before), not a malformed request.
-        const key = Either.match(Username.parseAddress(username, directory.localInstance), {
-          onLeft: () => username.toLowerCase(),
-          onRight: Username.formatAddress
-        })
+        const key = Username.storedName(username, directory.localInstance)
         const other = yield* Effect.flatMap(users.findByUsername(key), Option.match({
           onNone: () => Effect.fail(Errors.NotFound.of("USER_NOT_FOUND", `No user named "${username}"`)),
           onSome: Effect.succeed

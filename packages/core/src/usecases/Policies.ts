@@ -6,6 +6,7 @@ import * as Graph from "../Graph.js"
 import * as Ids from "../Ids.js"
 import * as Policy from "../Policy.js"
 import * as Store from "../Store.js"
+import * as Username from "../Username.js"
 import type { Principal } from "./Accounts.js"
 
 
@@ -38,11 +39,7 @@ export const make = Effect.gen(function* () {
    * A user named by username, as a send names them: `name`, `name@<this registry>`
    * (the same user), or `name@instance` for a user of another registry known here.
    */
-  const userByName = (name: string) => {
-    const lowered = name.toLowerCase()
-    const local = directory.localInstance === undefined ? undefined : `@${directory.localInstance.toLowerCase()}`
-    return users.findByUsername(local !== undefined && lowered.endsWith(local) ? lowered.slice(0, -local.length) : lowered)
-  }
+  const userByName = (name: string) => users.findByUsername(Username.storedName(name, directory.localInstance))
 
   /** A user-scope target may be given as a user id or a username; it is stored as the id. */
   const resolveTarget = (principal: Principal, scope: Policy.PolicyScope, targetId: string | null) =>
