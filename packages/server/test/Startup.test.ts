@@ -1,0 +1,31 @@
+import { ServerProcess } from "@mahilo/testkit"
+import { describe, expect, it } from "@effect/vitest"
+
+/** What `npm start` printed before it stopped (ServerProcess.start throws with it). */
+const failedStart = async (env: Record<string, string>): Promise<string> => {
+  try {
+    const server = await ServerProcess.start(env, { timeoutMs: 20_000 })
+    await server.kill()
+    throw new Error("the server started")
+  } catch (e) {
+    return String(e)
+  }
+}
+
+describe("a start that cannot go on", () => {
+  it("says why in one line naming the variable, without a stack trace", async () => {
+    const output = await failedStart({ MAHILO_LOG_LEVEL: "verbose" })
+    expect(output).toContain("server exited with 1")
+    expect(output).toContain("Invalid configuration: MAHILO_LOG_LEVEL must be one of")
+    expect(output).not.toMatch(/^\s+at /m)
+  }, 30_000)
+
+  it("says why PostgreSQL could not be reached, without a stack trace", async () => {
+    const port = await ServerProcess.freePort()
+    const output = await failedStart({ DATABASE_URL: `postgres://mahilo:secret@127.0.0.1:${port}/mahilo` })
+    expect(output).toContain("server exited with 1")
+    expect(output).toContain(`Could not connect to PostgreSQL (DATABASE_URL): connect ECONNREFUSED 127.0.0.1:${port}`)
+    expect(output).not.toContain("secret")
+    expect(output).not.toMatch(/^\s+at /m)
+  }, 30_000)
+})
