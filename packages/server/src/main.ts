@@ -6,6 +6,7 @@
  * lease back, and the database closes. With MAHILO_PROCESSES > 1 (PostgreSQL
  * only) this process supervises that many server processes instead.
  */
+import { ServeError } from "@effect/platform/HttpServerError"
 import { NodeRuntime } from "@effect/platform-node"
 import { SqlError } from "@effect/sql/SqlError"
 import { Cause, Data, Effect, Layer, Logger, Option } from "effect"
@@ -16,12 +17,12 @@ import * as Server from "./Server.js"
 /** A start that cannot go on, for a reason the operator can act on: logged as one line, no stack trace. */
 class StartupFailure extends Data.TaggedError("StartupFailure")<{ readonly message: string }> {}
 
-/** Why a connection failed: pg's message (or each address's, when several were tried). */
+/** Why it failed: the cause's message (each address's, when pg tried several). */
 const reason = (cause: unknown): string => {
   if (cause instanceof AggregateError && cause.errors.length > 0) return [...new Set(cause.errors.map(reason))].join("; ")
-  if (cause instanceof Error && cause.message !== "") return cause.message
-  const code = typeof cause === "object" && cause !== null ? (cause as { readonly code?: unknown }).code : undefined
-  return typeof code === "string" ? code : String(cause)
+  const fields = typeof cause === "object" && cause !== null ? (cause as { readonly message?: unknown; readonly code?: unknown }) : {}
+  if (typeof fields.message === "string" && fields.message !== "") return fields.message
+  return typeof fields.code === "string" ? fields.code : String(cause)
 }
 
 const program = Effect.gen(function* () {
@@ -49,6 +50,11 @@ const program = Effect.gen(function* () {
     Effect.catchIf(
       (error): error is SqlError => error instanceof SqlError && error.message.startsWith("PgClient:"),
       (error) => new StartupFailure({ message: `Could not connect to PostgreSQL (DATABASE_URL): ${reason(error.cause)}` })
+    ),
+    // The port is taken, or HOST is no address of this machine.
+    Effect.catchIf(
+      (error): error is ServeError => error instanceof ServeError,
+      (error) => new StartupFailure({ message: `Could not listen on ${config.host}:${config.port} (HOST, PORT): ${reason(error.cause)}` })
     )
   )
 })

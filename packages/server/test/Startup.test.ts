@@ -1,4 +1,9 @@
-import { ServerProcess } from "@mahilo/testkit"
+import { ServerProcess, TestDatabase } from "@mahilo/testkit"
+import { Effect } from "effect"
+import { mkdtempSync, rmSync } from "node:fs"
+import { createServer } from "node:net"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 
 /** What `npm start` printed before it stopped (ServerProcess.start throws with it). */
@@ -28,4 +33,22 @@ describe("a start that cannot go on", () => {
     expect(output).not.toContain("secret")
     expect(output).not.toMatch(/^\s+at /m)
   }, 30_000)
+
+  it("says which address it could not listen on, without a stack trace", async () => {
+    const port = await ServerProcess.freePort()
+    const taken = createServer()
+    await new Promise<void>((resolve) => taken.listen(port, "127.0.0.1", resolve))
+    const dir = mkdtempSync(join(tmpdir(), "mahilo-startup-"))
+    try {
+      // A database ready to open, so the start gets to the port at once.
+      await Effect.runPromise(TestDatabase.seedDir(join(dir, "data")))
+      const output = await failedStart({ PORT: String(port), MAHILO_DATA_DIR: join(dir, "data") })
+      expect(output).toContain("server exited with 1")
+      expect(output).toContain(`Could not listen on 127.0.0.1:${port} (HOST, PORT): listen EADDRINUSE`)
+      expect(output).not.toMatch(/^\s+at /m)
+    } finally {
+      taken.close()
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }, 40_000)
 })
