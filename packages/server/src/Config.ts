@@ -146,6 +146,16 @@ const httpUrl = (value: string): Either.Either<string, string> => {
   return Either.left(`must be an http(s) URL, got ${JSON.stringify(value)}`)
 }
 
+/**
+ * Whether pg (pg-connection-string) can read `value`: it parses with `URL`, after %-encoding
+ * spaces and stray `%`, and allows an empty host before the path (`user@/db?host=/socket`).
+ * A URL it cannot read used to pass here and fail the start with pg's `Invalid URL`.
+ */
+const pgCanParse = (value: string): boolean => {
+  const text = / |%[^a-f0-9]|%[a-f0-9][^a-f0-9]/i.test(value) ? encodeURI(value).replace(/%25(\d\d)/g, "%$1") : value
+  return URL.canParse(text, "postgres://base") || URL.canParse(text.replace("@/", "@___DUMMY___/"), "postgres://base")
+}
+
 // ---------------------------------------------------------------------------
 
 /**
@@ -161,10 +171,12 @@ export const config: Config.Config<ServerConfigShape> = Config.all({
   port: integer("PORT", 8080, 0, 65535),
   host: parsed("HOST", "0.0.0.0", Either.right),
   databaseUrl: optional("DATABASE_URL", (value) =>
-    /^postgres(ql)?:\/\//i.test(value)
-      ? Either.right(Redacted.make(value))
-      // The value may hold a password: do not repeat it.
-      : Either.left("must be a postgres:// or postgresql:// URL (unset it to use the embedded database)")),
+    // The value may hold a password: do not repeat it.
+    !/^postgres(ql)?:\/\//i.test(value)
+      ? Either.left("must be a postgres:// or postgresql:// URL (unset it to use the embedded database)")
+      : !pgCanParse(value)
+      ? Either.left("is not a valid URL (check its host, and that special characters in the password are %-encoded)")
+      : Either.right(Redacted.make(value))),
   dataDir: parsed("MAHILO_DATA_DIR", "./data", Either.right),
   allowPrivateCallbacks: boolean("MAHILO_ALLOW_PRIVATE_CALLBACKS", false),
   trustedMode: boolean("MAHILO_TRUSTED_MODE", false),

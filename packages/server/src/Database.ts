@@ -21,7 +21,13 @@ import * as PGliteWorker from "./PGliteWorker.js"
 
 /** Where the data lives. */
 export type DatabaseConfig =
-  | { readonly _tag: "Postgres"; readonly url: string; readonly maxConnections?: number }
+  | {
+    readonly _tag: "Postgres"
+    readonly url: string
+    readonly maxConnections?: number
+    /** How long to wait for a connection (a new one, or a free one of the pool); default 5 s. */
+    readonly connectTimeoutMs?: number
+  }
   | { readonly _tag: "PGlite"; readonly dataDir: string | undefined }
 
 /** Which engine is underneath; the notification relay picks LISTEN/NOTIFY only on PostgreSQL. */
@@ -236,8 +242,14 @@ export const pglite = (dataDir: string | undefined) => {
     : Layer.provide(layer, Layer.scopedDiscard(Effect.zipRight(DataDirLock.hold(dataDir), EmbeddedCluster.ensure(dataDir))))
 }
 
-/** PostgreSQL layer over a connection pool. */
-export const postgres = (url: string, maxConnections = 10) =>
+/**
+ * PostgreSQL layer over a connection pool. Getting a connection gives up after
+ * `connectTimeoutMs`: without that bound, a database that stops answering
+ * without refusing (a host down, a network partition, a firewall that drops)
+ * held start-up, every request (instead of `503 STORE_UNAVAILABLE`) and the
+ * shutdown forever.
+ */
+export const postgres = (url: string, maxConnections = 10, connectTimeoutMs = 5_000) =>
   Layer.effectContext(
     Effect.gen(function* () {
       const client = yield* PgClient.PgClient
@@ -246,12 +258,12 @@ export const postgres = (url: string, maxConnections = 10) =>
       )
     })
   ).pipe(
-    Layer.provideMerge(PgClient.layer({ url: Redacted.make(url), maxConnections })),
+    Layer.provideMerge(PgClient.layer({ url: Redacted.make(url), maxConnections, connectTimeout: Duration.millis(connectTimeoutMs) })),
     Layer.map((context) => Context.omit(PgClient.PgClient)(context) as Context.Context<SqlClient.SqlClient | DatabaseEngine>)
   )
 
 /** The configured database with its migrations applied. */
 export const layer = (config: DatabaseConfig): Layer.Layer<SqlClient.SqlClient | DatabaseEngine, SqlError | Migrations.MigrationError> => {
-  const base = config._tag === "Postgres" ? postgres(config.url, config.maxConnections) : pglite(config.dataDir)
+  const base = config._tag === "Postgres" ? postgres(config.url, config.maxConnections, config.connectTimeoutMs) : pglite(config.dataDir)
   return Layer.tap(base, (context) => Effect.provide(Migrations.migrate, context))
 }

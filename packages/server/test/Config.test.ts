@@ -146,6 +146,17 @@ describe("Config", () => {
     expect(message).not.toContain("secret")
   })
 
+  it("refuses a DATABASE_URL that pg cannot read, without echoing it", () => {
+    for (const url of ["postgres://root:secret@", "postgres://root:sec#ret@db:5432/x", "postgresql://root:secret@db:port/x"]) {
+      const message = error({ DATABASE_URL: url })
+      expect(message).toContain("DATABASE_URL is not a valid URL")
+      expect(message).not.toContain("secret")
+    }
+    for (const url of ["postgres://u:p%20w@db/x", "postgres://u:p w@db/x", "postgres://u@/x?host=/var/run/postgresql", "postgresql://[::1]:5432/x"]) {
+      expect(Redacted.value(ok({ DATABASE_URL: url }).databaseUrl!)).toBe(url)
+    }
+  })
+
   it("reports every bad variable at once", () => {
     const message = error({ PORT: "x", MAHILO_LEASE_MS: "soon" })
     expect(message).toContain("PORT")

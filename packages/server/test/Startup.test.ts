@@ -1,0 +1,73 @@
+import { ServerProcess, TestDatabase } from "@mahilo/testkit"
+import { Effect, Exit, Scope } from "effect"
+import * as DataDirLock from "../src/DataDirLock.js"
+import { mkdtempSync, rmSync } from "node:fs"
+import { createServer } from "node:net"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
+import { describe, expect, it } from "@effect/vitest"
+
+/** A stack frame, on a line of its own or escaped inside a log line ("\\n    at f (file:1:2)"). */
+const STACK_FRAME = /(^|\\n)\s+at \S.*?:\d+:\d+/m
+
+/** What `npm start` printed before it stopped (ServerProcess.start throws with it). */
+const failedStart = async (env: Record<string, string>): Promise<string> => {
+  try {
+    const server = await ServerProcess.start(env, { timeoutMs: 20_000 })
+    await server.kill()
+    throw new Error("the server started")
+  } catch (e) {
+    return String(e)
+  }
+}
+
+describe("a start that cannot go on", () => {
+  it("says why in one line naming the variable, without a stack trace", async () => {
+    const output = await failedStart({ MAHILO_LOG_LEVEL: "verbose" })
+    expect(output).toContain("server exited with 1")
+    expect(output).toContain("Invalid configuration: MAHILO_LOG_LEVEL must be one of")
+    expect(output).not.toMatch(STACK_FRAME)
+  }, 30_000)
+
+  it("says why PostgreSQL could not be reached, without a stack trace", async () => {
+    const port = await ServerProcess.freePort()
+    const output = await failedStart({ DATABASE_URL: `postgres://mahilo:secret@127.0.0.1:${port}/mahilo` })
+    expect(output).toContain("server exited with 1")
+    expect(output).toContain(`Could not connect to PostgreSQL (DATABASE_URL): connect ECONNREFUSED 127.0.0.1:${port}`)
+    expect(output).not.toContain("secret")
+    expect(output).not.toMatch(STACK_FRAME)
+  }, 30_000)
+
+  it("says which address it could not listen on, without a stack trace", async () => {
+    const port = await ServerProcess.freePort()
+    const taken = createServer()
+    await new Promise<void>((resolve) => taken.listen(port, "127.0.0.1", resolve))
+    const dir = mkdtempSync(join(tmpdir(), "mahilo-startup-"))
+    try {
+      // A database ready to open, so the start gets to the port at once.
+      await Effect.runPromise(TestDatabase.seedDir(join(dir, "data")))
+      const output = await failedStart({ PORT: String(port), MAHILO_DATA_DIR: join(dir, "data") })
+      expect(output).toContain("server exited with 1")
+      expect(output).toContain(`Could not listen on 127.0.0.1:${port} (HOST, PORT): listen EADDRINUSE`)
+      expect(output).not.toMatch(STACK_FRAME)
+    } finally {
+      taken.close()
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }, 40_000)
+
+  it("says that another server holds the data directory, without a stack trace", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "mahilo-startup-"))
+    const scope = Effect.runSync(Scope.make())
+    try {
+      await Effect.runPromise(Scope.extend(DataDirLock.hold(join(dir, "data")), scope))
+      const output = await failedStart({ MAHILO_DATA_DIR: join(dir, "data") })
+      expect(output).toContain("server exited with 1")
+      expect(output).toContain(`The embedded database is in use by another server (pid ${process.pid})`)
+      expect(output).not.toMatch(STACK_FRAME)
+    } finally {
+      await Effect.runPromise(Scope.close(scope, Exit.void))
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }, 30_000)
+})
