@@ -7,6 +7,7 @@
  * all bad variables are reported together.
  */
 import { Config, ConfigError, ConfigProvider, Context, Effect, Either, Layer, LogLevel, Option, Redacted } from "effect"
+import { parse as parseConnectionString } from "pg-connection-string"
 import type { DatabaseConfig } from "./Database.js"
 
 /** `development` relaxes one rule: `http://` callback URLs on loopback are accepted. */
@@ -147,13 +148,17 @@ const httpUrl = (value: string): Either.Either<string, string> => {
 }
 
 /**
- * Whether pg (pg-connection-string) can read `value`: it parses with `URL`, after %-encoding
- * spaces and stray `%`, and allows an empty host before the path (`user@/db?host=/socket`).
- * A URL it cannot read used to pass here and fail the start with pg's `Invalid URL`.
+ * Whether pg can read `value`, asked of the parser pg itself uses
+ * (pg-connection-string). A URL it cannot read used to pass here and fail the
+ * start with pg's `Invalid URL`.
  */
 const pgCanParse = (value: string): boolean => {
-  const text = / |%[^a-f0-9]|%[a-f0-9][^a-f0-9]/i.test(value) ? encodeURI(value).replace(/%25(\d\d)/g, "%$1") : value
-  return URL.canParse(text, "postgres://base") || URL.canParse(text.replace("@/", "@___DUMMY___/"), "postgres://base")
+  try {
+    parseConnectionString(value)
+    return true
+  } catch {
+    return false
+  }
 }
 
 // ---------------------------------------------------------------------------
