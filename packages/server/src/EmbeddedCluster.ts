@@ -13,7 +13,7 @@
  * behind; the next start clears the leftover and begins again.
  */
 import { spawn } from "node:child_process"
-import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, rmdirSync } from "node:fs"
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, rmdirSync, statSync } from "node:fs"
 import { createRequire } from "node:module"
 import { dirname, join, resolve } from "node:path"
 import { SqlError } from "@effect/sql/SqlError"
@@ -71,6 +71,9 @@ export const ensure = (dataDir: string): Effect.Effect<void, SqlError> =>
   Effect.suspend(() => {
     const target = resolve(dataDir)
     if (exists(target)) return Effect.void
+    if (existsSync(target) && !statSync(target).isDirectory()) {
+      return Effect.fail(failure(`The embedded database's directory ${target} is a file (MAHILO_DATA_DIR must name a directory)`))
+    }
     if (existsSync(target) && !isEmptyDirectory(target)) return Effect.void
     const staging = `${target}.creating`
     const clean = Effect.sync(() => rmSync(staging, { recursive: true, force: true }))

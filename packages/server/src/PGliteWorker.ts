@@ -49,7 +49,24 @@ export const describeError = (error: unknown): ErrorDescription => {
       if (typeof value === "string" || typeof value === "number" || typeof value === "boolean") fields[key] = value
     }
   }
-  return { message: error instanceof Error ? error.message : String(error), fields }
+  return { message: messageOf(error), fields }
+}
+
+/**
+ * A sentence for what was thrown. Not everything thrown is an `Error`: the
+ * WASM file system throws `{name: "ErrnoError", errno}` (a data directory that
+ * is a file, say), which `String` turns into "[object Object]".
+ */
+const messageOf = (error: unknown): string => {
+  if (error instanceof Error) return error.message
+  if (typeof error === "object" && error !== null) {
+    const { message, name, code, errno } = error as Record<string, unknown>
+    if (typeof message === "string" && message !== "") return message
+    const parts = [name, code, errno === undefined ? undefined : `errno ${String(errno)}`]
+      .filter((part) => typeof part === "string" && part !== "")
+    if (parts.length > 0) return parts.join(", ")
+  }
+  return String(error)
 }
 
 const errorOf = (description: ErrorDescription): Error => Object.assign(new Error(description.message), description.fields)

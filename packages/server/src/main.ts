@@ -51,9 +51,11 @@ const program = Effect.gen(function* () {
       (error): error is SqlError => error instanceof SqlError && error.message.startsWith("PgClient:"),
       (error) => new StartupFailure({ message: `Could not connect to PostgreSQL (DATABASE_URL): ${reason(error.cause)}` })
     ),
-    // Another server holds the embedded database's directory (the message says what to do).
+    // Another server holds the embedded database's directory, or it is a file (the message says what to do).
     Effect.catchIf(
-      (error): error is SqlError => error instanceof SqlError && error.message.startsWith("The embedded database is in use"),
+      (error): error is SqlError =>
+        error instanceof SqlError &&
+        (error.message.startsWith("The embedded database is in use") || error.message.startsWith("The embedded database's directory")),
       (error) => new StartupFailure({ message: error.message })
     ),
     // The port is taken, or HOST is no address of this machine.

@@ -58,6 +58,9 @@ describe("embedded database directory", () => {
       const exit = yield* Effect.exit(withDatabase(join(root, "file", "data"), Effect.void))
       expect(Exit.isFailure(exit)).toBe(true)
       if (Exit.isFailure(exit)) expect(Cause.pretty(exit.cause)).toContain(join(root, "file"))
+      // The directory itself a file: said so, not a file system's "[object Object]".
+      const onFile = yield* Effect.exit(withDatabase(join(root, "file"), Effect.void))
+      expect(Exit.isFailure(onFile) && Cause.pretty(onFile.cause)).toContain(`${join(root, "file")} is a file`)
     }), { timeout: 120_000 })
 
   it.scopedLive("PGlite never checkpoints on its own; the server's policy does once enough log was written", () =>

@@ -1,7 +1,7 @@
 import { ServerProcess, TestDatabase } from "@mahilo/testkit"
 import { Effect, Exit, Scope } from "effect"
 import * as DataDirLock from "../src/DataDirLock.js"
-import { mkdtempSync, rmSync } from "node:fs"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -67,6 +67,20 @@ describe("a start that cannot go on", () => {
       expect(output).not.toMatch(STACK_FRAME)
     } finally {
       await Effect.runPromise(Scope.close(scope, Exit.void))
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }, 30_000)
+
+  it("says that the data directory is a file, without a stack trace", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "mahilo-startup-"))
+    try {
+      writeFileSync(join(dir, "data"), "not a directory")
+      const output = await failedStart({ MAHILO_DATA_DIR: join(dir, "data") })
+      expect(output).toContain("server exited with 1")
+      expect(output).toContain(`The embedded database's directory ${join(dir, "data")} is a file`)
+      expect(output).not.toContain("[object Object]")
+      expect(output).not.toMatch(STACK_FRAME)
+    } finally {
       rmSync(dir, { recursive: true, force: true })
     }
   }, 30_000)
