@@ -91,6 +91,18 @@ const stillHeld = (path: string, holder: Holder): boolean => {
   return isRunning(holder.pid)
 }
 
+/** How long a lock file may stay without a readable pid before it counts as left by a start that died. */
+export const UNWRITTEN_MS = 5_000
+
+/** A lock file's whole text, or `undefined` if it is gone. */
+const textOf = (path: string): string | undefined => {
+  try {
+    return readFileSync(path, "utf8")
+  } catch {
+    return undefined
+  }
+}
+
 const touchedAt = (path: string): number | undefined => {
   try {
     return statSync(path).mtimeMs
@@ -160,11 +172,14 @@ const takeWith = (path: string, gone: Holder | undefined): Effect.Effect<void, S
     try: () => {
       mkdirSync(dirname(path), { recursive: true })
       if (!create(path)) {
-        // A lock with no pid yet is being written by a server starting this very moment.
+        // A lock with no pid yet is being written by a server starting this very moment, unless it
+        // has stayed so for `UNWRITTEN_MS`: then a start died between making the file and writing it.
         const holder = holderOf(path)
-        if (holder === undefined || (holder.text !== gone?.text && stillHeld(path, holder))) {
+        const unwritten = holder === undefined && Date.now() - (touchedAt(path) ?? Date.now()) >= UNWRITTEN_MS
+        if (!unwritten && (holder === undefined || (holder.text !== gone?.text && stillHeld(path, holder)))) {
           throw inUse(path, holder)
         }
+        const judged = holder?.text ?? textOf(path)
         // Left by a process that is gone: take it over. It is moved aside first (one rename wins)
         // and only the lock judged stale is removed: two servers starting at once used to each
         // remove the lock file and create their own, the second removing the first's new lock,
@@ -178,9 +193,9 @@ const takeWith = (path: string, gone: Holder | undefined): Effect.Effect<void, S
           moved = false // another server moved it first: whoever creates the lock next has it
         }
         if (moved) {
-          const found = holderOf(aside)
-          if (found?.text !== holder.text) {
+          if (textOf(aside) !== judged) {
             // Not the lock judged stale: another server took it over meanwhile. Put it back.
+            const found = holderOf(aside)
             try {
               linkSync(aside, path)
             } finally {

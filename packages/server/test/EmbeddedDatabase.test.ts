@@ -6,6 +6,7 @@ import { join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { SqlClient } from "@effect/sql"
 import { Database } from "@mahilo/server"
+import * as DataDirLock from "../src/DataDirLock.js"
 import { describe, expect, it } from "@effect/vitest"
 import { PGlite } from "@electric-sql/pglite"
 import { Cause, Effect, Exit, Layer, Scope } from "effect"
@@ -134,6 +135,15 @@ describe("embedded database directory", () => {
         yield* withDatabase(dataDir, probe)
         expect(existsSync(`${dataDir}.lock`), stale).toBe(false)
       }
+
+      // A lock with no pid yet is a start in progress; one still without a pid after a few seconds
+      // was left by a start that died between making the file and writing it, and is taken over.
+      writeFileSync(`${dataDir}.lock`, "")
+      expect(String(yield* Effect.flip(withDatabase(dataDir, probe)))).toContain("in use by another server (pid unknown)")
+      const earlier = new Date(Date.now() - DataDirLock.UNWRITTEN_MS - 1_000)
+      utimesSync(`${dataDir}.lock`, earlier, earlier)
+      yield* withDatabase(dataDir, probe)
+      expect(existsSync(`${dataDir}.lock`)).toBe(false)
     }), { timeout: 120_000 })
   it.scopedLive("a lock from another pid namespace (a server in another container on the same volume) stands while it is touched, and is taken over once it is not", () =>
     Effect.gen(function* () {
