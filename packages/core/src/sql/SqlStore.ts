@@ -784,10 +784,7 @@ export const makeOutbox = Effect.gen(function* () {
           UPDATE deliveries d SET
             -- Its connection was deleted during this attempt: what the attempt did not deliver
             -- stays pending, due now, for the engine to reroute.
-            -- Moved to the inbox during this attempt (its agent switched to polling): what the
-            -- attempt did not deliver waits there to be fetched.
-            status = CASE WHEN ${connectionGone} THEN 'pending'
-              WHEN v.status <> 'delivered' AND d.target_kind = 'inbox' THEN 'pending' ELSE v.status END,
+            status = CASE WHEN ${connectionGone} THEN 'pending' ELSE v.status END,
             attempts = d.attempts + 1,
             first_attempt_at = COALESCE(d.first_attempt_at, now()),
             last_error = COALESCE(v.error, d.last_error),
@@ -930,11 +927,9 @@ export const makeOutbox = Effect.gen(function* () {
       ), Effect.sync(() => inboxes.bump([userId]))),
     retarget: (connectionId, to) =>
       Effect.map(
-        // A delivery in an attempt keeps its lease: the attempt's outcome is still recorded (one
-        // that delivered makes it delivered, and out of the inbox; see recordMany), and it is not
-        // claimed for another push meanwhile.
         sql`
-          UPDATE deliveries d SET target_kind = ${to}, next_attempt_at = now(), updated_at = now()
+          UPDATE deliveries d SET target_kind = ${to}, next_attempt_at = now(), lease_owner = NULL, lease_until = NULL,
+            updated_at = now()
           FROM messages m
           WHERE d.connection_id = ${connectionId} AND d.status = 'pending'
             AND d.target_kind = ${to === "inbox" ? "agent" : "inbox"} AND m.id = d.message_id
