@@ -16,7 +16,7 @@
  * up to that long to see which it is.
  */
 import { randomBytes } from "node:crypto"
-import { closeSync, linkSync, mkdirSync, openSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, utimesSync, writeSync } from "node:fs"
+import { closeSync, mkdirSync, openSync, readFileSync, readlinkSync, rmSync, statSync, utimesSync, writeSync } from "node:fs"
 import { dirname, resolve } from "node:path"
 import { SqlError } from "@effect/sql/SqlError"
 import { Effect, Schedule, type Scope } from "effect"
@@ -180,32 +180,28 @@ const takeWith = (path: string, gone: Holder | undefined): Effect.Effect<void, S
           throw inUse(path, holder)
         }
         const judged = holder?.text ?? textOf(path)
-        // Left by a process that is gone: take it over. It is moved aside first (one rename wins)
-        // and only the lock judged stale is removed: two servers starting at once used to each
-        // remove the lock file and create their own, the second removing the first's new lock,
-        // and both held it.
-        const aside = `${path}.${randomBytes(6).toString("hex")}`
-        let moved = true
+        // Left by a process that is gone: take it over, one server at a time. Whoever makes the
+        // takeover directory checks that the lock is still the one judged stale and removes it;
+        // the others are refused. (Two servers starting at once used to each remove the lock file
+        // and create their own, a later remove taking out an earlier one's new lock: both held it.)
+        const takeover = `${path}.takeover`
         try {
-          renameSync(path, aside)
+          mkdirSync(takeover)
         } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e
-          moved = false // another server moved it first: whoever creates the lock next has it
+          if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e
+          // A takeover lasts microseconds; one this old was left by a start that died in it.
+          if (Date.now() - (touchedAt(takeover) ?? Date.now()) < UNWRITTEN_MS) throw inUse(path, holder)
+          rmSync(takeover, { recursive: true, force: true })
+          mkdirSync(takeover)
         }
-        if (moved) {
-          if (textOf(aside) !== judged) {
-            // Not the lock judged stale: another server took it over meanwhile. Put it back.
-            const found = holderOf(aside)
-            try {
-              linkSync(aside, path)
-            } finally {
-              rmSync(aside, { force: true })
-            }
-            throw inUse(path, found)
-          }
-          rmSync(aside, { force: true })
+        try {
+          const now = textOf(path)
+          if (now !== undefined && now !== judged) throw inUse(path, holderOf(path))
+          if (now !== undefined) rmSync(path, { force: true })
+          if (!create(path)) throw new SqlError({ message: `Another server took the lock ${path} at the same moment` })
+        } finally {
+          rmSync(takeover, { recursive: true, force: true })
         }
-        if (!create(path)) throw new SqlError({ message: `Another server took the lock ${path} at the same moment` })
       }
     },
     catch: (e) => (e instanceof SqlError ? e : new SqlError({ message: `Could not lock the embedded database (${path})`, cause: e }))
