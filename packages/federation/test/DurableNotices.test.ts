@@ -128,7 +128,13 @@ for (const { name: backend } of TestDatabase.backends) {
         (lists) => lists.every((list) => list.length === 0),
         { timeoutMs: 20_000, label: "the groups gone at y" }
       ))
-      expect((await noticeStatuses(x)).slice(before)).toEqual(["group_ended:delivered", "group_ended:delivered"])
+      // y applies a notice before x hears y's answer and records it delivered: wait for the record.
+      const statuses = await run(Fixtures.eventually(
+        Effect.promise(() => noticeStatuses(x)),
+        (all) => all.slice(before).every((s) => s !== "group_ended:pending"),
+        { timeoutMs: 10_000, label: "the notices recorded at x" }
+      ))
+      expect(statuses.slice(before)).toEqual(["group_ended:delivered", "group_ended:delivered"])
     }, 90_000)
   })
 
