@@ -50,6 +50,12 @@ const twoUsers = Effect.gen(function* () {
   return { alice, bob }
 })
 
+/** Alice and Bob with the ports the outbox tests use. */
+const outboxSetup = Effect.gen(function* () {
+  const { alice, bob } = yield* twoUsers
+  return { alice, bob, messages: yield* Store.Messages, outbox: yield* Store.Outbox, sql: yield* SqlClient.SqlClient }
+})
+
 type Services = Store.Users | Store.Connections | Store.Friendships | Store.Groups | Store.Policies | Store.Messages | Store.Outbox | SqlClient.SqlClient
 
 // Also with PGlite on its own thread, as the server runs it: every statement and error crosses the thread boundary.
@@ -244,9 +250,7 @@ for (const backend of backends) {
 
       it.effect("a user's inbox version moves when a message for them is written, alone or in a batch, or acknowledged", () =>
         Effect.gen(function* () {
-          const { alice, bob } = yield* twoUsers
-          const messages = yield* Store.Messages
-          const outbox = yield* Store.Outbox
+          const { alice, bob, messages, outbox } = yield* outboxSetup
           const inboxFor = (userId: string): Store.NewDelivery => ({ ...delivery(userId), targetKind: "inbox" })
           const sole = backend.name !== "postgres"
           const bobAt = outbox.inboxVersion(bob.id)
@@ -328,10 +332,7 @@ for (const backend of backends) {
 
       it.effect("claims lease due rows to one owner; a live lease is skipped, an expired one is taken over", () =>
         Effect.gen(function* () {
-          const { alice, bob } = yield* twoUsers
-          const messages = yield* Store.Messages
-          const outbox = yield* Store.Outbox
-          const sql = yield* SqlClient.SqlClient
+          const { alice, bob, messages, outbox, sql } = yield* outboxSetup
           const m = message({ senderId: alice.id, recipientId: bob.id, recipients: 3 })
           yield* messages.insert(m, [delivery(bob.id), delivery(bob.id, false), delivery(bob.id, false)], Option.none())
           const first = yield* outbox.claim("node-a", 2, 60_000)
@@ -354,9 +355,7 @@ for (const backend of backends) {
 
       it.effect("outcomes roll up into the message: pending until all finish, then delivered or failed", () =>
         Effect.gen(function* () {
-          const { alice, bob } = yield* twoUsers
-          const messages = yield* Store.Messages
-          const outbox = yield* Store.Outbox
+          const { alice, bob, messages, outbox } = yield* outboxSetup
           const m = message({ senderId: alice.id, recipientId: bob.id, recipients: 2 })
           yield* messages.insert(m, [delivery(bob.id), delivery(bob.id, false)], Option.some({ owner: "me", until: new Date(Date.now() + 60_000) }))
           const [d1, d2] = yield* messages.deliveriesOf(m.id)
@@ -384,9 +383,7 @@ for (const backend of backends) {
 
       it.effect("a connection's pending deliveries move between pushed and inbox; a leased one only by its owner", () =>
         Effect.gen(function* () {
-          const { alice, bob } = yield* twoUsers
-          const messages = yield* Store.Messages
-          const outbox = yield* Store.Outbox
+          const { alice, bob, messages, outbox } = yield* outboxSetup
           const conn = "conn_switching"
           const toConn = (): Store.NewDelivery => ({ ...delivery(bob.id), connectionId: conn })
           const m1 = message({ senderId: alice.id, recipientId: bob.id })
@@ -420,9 +417,7 @@ for (const backend of backends) {
 
       it.effect("release gives a node's leases back at shutdown", () =>
         Effect.gen(function* () {
-          const { alice, bob } = yield* twoUsers
-          const messages = yield* Store.Messages
-          const outbox = yield* Store.Outbox
+          const { alice, bob, messages, outbox } = yield* outboxSetup
           yield* messages.insert(message({ senderId: alice.id, recipientId: bob.id }), [delivery(bob.id)], Option.some({ owner: "old", until: new Date(Date.now() + 60_000) }))
           expect(yield* outbox.claim("new", 5, 60_000)).toHaveLength(0)
           expect(yield* outbox.release("old")).toBe(1)
@@ -454,9 +449,7 @@ for (const backend of backends) {
 
       it.effect("reroute of a connection moves its pending agent deliveries to the target; delivered and failed ones stay", () =>
         Effect.gen(function* () {
-          const { alice, bob } = yield* twoUsers
-          const messages = yield* Store.Messages
-          const outbox = yield* Store.Outbox
+          const { alice, bob, messages, outbox } = yield* outboxSetup
           const a = yield* connectionOf(bob.id, "a")
           const b = yield* connectionOf(bob.id, "b")
           const [m1, m2, done, gaveUp] = [1, 2, 3, 4].map(() => message({ senderId: alice.id, recipientId: bob.id }))
@@ -487,9 +480,7 @@ for (const backend of backends) {
 
       it.effect("reroute leaves a delivery in an attempt to it, marked; if the attempt does not deliver it stays due for the engine", () =>
         Effect.gen(function* () {
-          const { alice, bob } = yield* twoUsers
-          const messages = yield* Store.Messages
-          const outbox = yield* Store.Outbox
+          const { alice, bob, messages, outbox } = yield* outboxSetup
           const a = yield* connectionOf(bob.id, "a")
           const b = yield* connectionOf(bob.id, "b")
           const inAttempt = message({ senderId: alice.id, recipientId: bob.id })
@@ -539,9 +530,7 @@ for (const backend of backends) {
 
       it.effect("reroute with nowhere to go fails the pending deliveries with the reason, and their messages roll up", () =>
         Effect.gen(function* () {
-          const { alice, bob } = yield* twoUsers
-          const messages = yield* Store.Messages
-          const outbox = yield* Store.Outbox
+          const { alice, bob, messages, outbox } = yield* outboxSetup
           const a = yield* connectionOf(bob.id, "a")
           const m = message({ senderId: alice.id, recipientId: bob.id })
           const d = to(a, bob.id)
@@ -561,10 +550,7 @@ for (const backend of backends) {
         Effect.gen(function* () {
           // A send read the connection just before its delete committed and wrote the delivery after:
           // the delete never saw it. Delivered outcomes are recorded as always.
-          const { alice, bob } = yield* twoUsers
-          const messages = yield* Store.Messages
-          const outbox = yield* Store.Outbox
-          const sql = yield* SqlClient.SqlClient
+          const { alice, bob, messages, outbox, sql } = yield* outboxSetup
           const a = yield* connectionOf(bob.id, "a")
           const [gone, retried, delivered] = [1, 2, 3].map(() => message({ senderId: alice.id, recipientId: bob.id }))
           const [d1, d2, d3] = [to(a, bob.id), to(a, bob.id), to(a, bob.id)]
@@ -592,10 +578,7 @@ for (const backend of backends) {
       if (backend.name === "postgres") {
         it.effect("reroute on PostgreSQL: a delivery leased by another worker while the reroute runs is left to that attempt, not moved", () =>
           Effect.gen(function* () {
-            const { alice, bob } = yield* twoUsers
-            const messages = yield* Store.Messages
-            const outbox = yield* Store.Outbox
-            const sql = yield* SqlClient.SqlClient
+            const { alice, bob, messages, outbox, sql } = yield* outboxSetup
             const a = yield* connectionOf(bob.id, "a")
             const b = yield* connectionOf(bob.id, "b")
             // x is held by another session, so the reroute waits on it part-way; y is free to be claimed meanwhile.
