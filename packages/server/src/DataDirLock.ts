@@ -20,6 +20,7 @@ import { closeSync, mkdirSync, openSync, readFileSync, readlinkSync, rmSync, sta
 import { dirname, resolve } from "node:path"
 import { SqlError } from "@effect/sql/SqlError"
 import { Effect, Schedule, type Scope } from "effect"
+import * as OperatorError from "./OperatorError.js"
 
 /** How often the holder touches its lock, and after how long untouched a lock from another pid namespace is stale. */
 export const HEARTBEAT_MS = 2_000
@@ -148,11 +149,11 @@ const create = (path: string): boolean => {
 }
 
 const inUse = (path: string, holder: Holder | undefined) =>
-  new SqlError({
-    message: `The embedded database is in use by another server (pid ${holder?.pid ?? "unknown"}${
+  OperatorError.make(
+    `The embedded database is in use by another server (pid ${holder?.pid ?? "unknown"}${
       holder !== undefined && elsewhere(holder) ? " in another pid namespace, such as another container" : ""
     }). Stop it, or set MAHILO_DATA_DIR to another directory. (If no such server runs, delete ${path}.)`
-  })
+  )
 
 const take = (path: string): Effect.Effect<void, SqlError> =>
   Effect.flatMap(

@@ -18,6 +18,7 @@ import { createRequire } from "node:module"
 import { dirname, join, resolve } from "node:path"
 import { SqlError } from "@effect/sql/SqlError"
 import { Effect } from "effect"
+import * as OperatorError from "./OperatorError.js"
 
 /** Whether `dataDir` already holds a cluster. */
 const exists = (dataDir: string): boolean => existsSync(join(dataDir, "PG_VERSION"))
@@ -72,7 +73,7 @@ export const ensure = (dataDir: string): Effect.Effect<void, SqlError> =>
     const target = resolve(dataDir)
     if (exists(target)) return Effect.void
     if (existsSync(target) && !statSync(target).isDirectory()) {
-      return Effect.fail(failure(`The embedded database's directory ${target} is a file (MAHILO_DATA_DIR must name a directory)`))
+      return Effect.fail(OperatorError.make(`The embedded database's directory ${target} is a file (MAHILO_DATA_DIR must name a directory)`))
     }
     if (existsSync(target) && !isEmptyDirectory(target)) return Effect.void
     const staging = `${target}.creating`

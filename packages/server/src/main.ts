@@ -11,6 +11,7 @@ import { NodeRuntime } from "@effect/platform-node"
 import { SqlError } from "@effect/sql/SqlError"
 import { Cause, Data, Effect, Layer, Logger, Option } from "effect"
 import { describeError, load, ServerConfig } from "./Config.js"
+import * as OperatorError from "./OperatorError.js"
 import * as Processes from "./Processes.js"
 import * as Server from "./Server.js"
 
@@ -53,9 +54,7 @@ const program = Effect.gen(function* () {
     ),
     // Another server holds the embedded database's directory, or it is a file (the message says what to do).
     Effect.catchIf(
-      (error): error is SqlError =>
-        error instanceof SqlError &&
-        (error.message.startsWith("The embedded database is in use") || error.message.startsWith("The embedded database's directory")),
+      OperatorError.is,
       (error) => new StartupFailure({ message: error.message })
     ),
     // The port is taken, or HOST is no address of this machine.
