@@ -10,10 +10,13 @@ const [dir = "", at = "0"] = process.argv.slice(2)
 while (Date.now() < Number(at)) {
   // Wait for the moment, busily: a timer would spread the starts apart.
 }
+// `held <from> <to>`: the wall-clock span it held the lock, so overlaps can be told from turns.
 const outcome = await Effect.runPromise(
-  Effect.scoped(Effect.zipRight(DataDirLock.hold(dir), Effect.sleep("1 second"))).pipe(
-    Effect.as("held"),
-    Effect.orElseSucceed(() => "refused")
-  )
+  Effect.scoped(Effect.gen(function* () {
+    yield* DataDirLock.hold(dir)
+    const from = Date.now()
+    yield* Effect.sleep("1 second")
+    return `held ${from} ${Date.now()}`
+  })).pipe(Effect.orElseSucceed(() => "refused"))
 )
 console.log(outcome)
