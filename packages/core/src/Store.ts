@@ -389,7 +389,9 @@ export interface OutboxService {
   readonly claim: (owner: string, limit: number, leaseMs: number) => Effect.Effect<ReadonlyArray<ClaimedDelivery>, SqlError>
   /**
    * Records an attempt if `owner` still holds the lease, rolling the outcome up
-   * into the message; none when the lease was lost.
+   * into the message; none when the lease was lost. A `Delivered` outcome is
+   * recorded while the delivery is pending whatever its lease (the agent has the
+   * message; it may have moved to the inbox meanwhile), and only once.
    */
   readonly record: (owner: string, deliveryId: string, record: AttemptRecord) => Effect.Effect<Option.Option<Rollup>, SqlError>
   /** `record` for many deliveries in one statement; answers in the order given. */

@@ -348,9 +348,19 @@ for (const backend of backends) {
           expect((yield* outbox.claim("node-c", 10, 60_000)).map((c) => c.delivery.id).sort()).toEqual(
             first.map((c) => c.delivery.id).sort()
           )
-          // node-a's late outcome is refused: it no longer holds the lease.
-          const late = yield* outbox.record("node-a", first[0]!.delivery.id, { _tag: "Delivered", statusCode: 200, at: new Date() })
-          expect(Option.isNone(late)).toBe(true)
+          // node-a's late failure is refused: it no longer holds the lease, and node-c's attempt decides.
+          const lateRetry = yield* outbox.record("node-a", first[0]!.delivery.id, {
+            _tag: "Retry", error: "HTTP 503", statusCode: 503, nextAttemptAt: new Date(Date.now() + 60_000)
+          })
+          expect(Option.isNone(lateRetry)).toBe(true)
+          // A late success counts (the agent has the message), once: node-c's outcome for it then is refused.
+          const lateDelivered = yield* outbox.record("node-a", first[1]!.delivery.id, { _tag: "Delivered", statusCode: 200, at: new Date() })
+          expect(Option.getOrThrow(lateDelivered)).toMatchObject({ deliveryStatus: "delivered", messageStatus: "pending" })
+          const again = yield* outbox.record("node-c", first[1]!.delivery.id, { _tag: "Delivered", statusCode: 200, at: new Date() })
+          expect(Option.isNone(again)).toBe(true)
+          expect(Option.getOrThrow(yield* messages.find(m.id))).toMatchObject({ deliveredCount: 1, failedCount: 0 })
+          const [firstNow] = (yield* messages.deliveriesOf(m.id)).filter((d) => d.id === first[0]!.delivery.id)
+          expect(firstNow).toMatchObject({ status: "pending", attempts: 0 })
         }))
 
       it.effect("outcomes roll up into the message: pending until all finish, then delivered or failed", () =>
@@ -413,6 +423,40 @@ for (const backend of backends) {
           expect(Option.getOrThrow(one).deliveryId).toBe(claimed[0]!.delivery.id)
           expect(Option.isNone(yield* outbox.moveToInbox("me", claimed[0]!.delivery.id))).toBe(true)
           expect((yield* outbox.inbox(bob.id, { since: undefined, limit: 10 })).map((e) => e.delivery.id)).toEqual([claimed[0]!.delivery.id])
+        }))
+
+      it.effect("a push in flight when its delivery moves to the inbox: delivered, it counts and leaves the inbox; otherwise the outcome is dropped and it waits there", () =>
+        Effect.gen(function* () {
+          const { alice, bob, messages, outbox } = yield* outboxSetup
+          const conn = "conn_in_flight"
+          const lease = Option.some({ owner: "me", until: new Date(Date.now() + 60_000) })
+          const toConn = (): Store.NewDelivery => ({ ...delivery(bob.id), connectionId: conn })
+          const landed = message({ senderId: alice.id, recipientId: bob.id })
+          const refused = message({ senderId: alice.id, recipientId: bob.id })
+          yield* messages.insert(landed, [toConn()], lease)
+          yield* messages.insert(refused, [toConn()], lease)
+          const [landedDelivery] = yield* messages.deliveriesOf(landed.id)
+          const [refusedDelivery] = yield* messages.deliveriesOf(refused.id)
+          // Both pushes are in flight when the agent switches to polling.
+          expect(yield* outbox.retarget(conn, "inbox")).toHaveLength(2)
+          const versionBefore = outbox.inboxVersion(bob.id)
+
+          const delivered = yield* outbox.record("me", landedDelivery!.id, { _tag: "Delivered", statusCode: 200, at: new Date() })
+          expect(Option.getOrThrow(delivered)).toMatchObject({ deliveryStatus: "delivered", messageStatus: "delivered" })
+          const retry = yield* outbox.record("me", refusedDelivery!.id, {
+            _tag: "Retry", error: "HTTP 503", statusCode: 503, nextAttemptAt: new Date(Date.now() + 60_000)
+          })
+          expect(Option.isNone(retry)).toBe(true)
+
+          expect((yield* outbox.inbox(bob.id, { since: undefined, limit: 10 })).map((e) => e.message.id)).toEqual([refused.id])
+          const [refusedNow] = yield* messages.deliveriesOf(refused.id)
+          expect(refusedNow).toMatchObject({ status: "pending", targetKind: "inbox", attempts: 0 })
+          expect(Option.getOrThrow(yield* messages.find(landed.id))).toMatchObject({ status: "delivered", deliveredCount: 1 })
+          // An inbox that changed is a new version of it (where versions are kept: the embedded store).
+          if (versionBefore !== undefined) expect(outbox.inboxVersion(bob.id)).not.toBe(versionBefore)
+          // Counted once: the same outcome again changes nothing.
+          expect(Option.isNone(yield* outbox.record("me", landedDelivery!.id, { _tag: "Delivered", statusCode: 200, at: new Date() }))).toBe(true)
+          expect(Option.getOrThrow(yield* messages.find(landed.id))).toMatchObject({ deliveredCount: 1 })
         }))
 
       it.effect("release gives a node's leases back at shutdown", () =>

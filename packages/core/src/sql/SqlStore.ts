@@ -776,7 +776,7 @@ export const makeOutbox = Effect.gen(function* () {
       ELSE false
     END`
     return Effect.map(
-      sql<FinishedRow & { readonly message_status: Store.MessageStatus }>`
+      sql<FinishedRow & { readonly message_status: Store.MessageStatus; readonly target_kind: string }>`
         WITH v AS (
           SELECT * FROM unnest(${ids}::text[], ${statuses}::text[], ${errors}::text[], ${codes}::int[], ${nextAttempts}::timestamptz[])
             AS v(id, status, error, status_code, next_attempt_at)
@@ -793,8 +793,13 @@ export const makeOutbox = Effect.gen(function* () {
             delivered_at = CASE WHEN v.status = 'delivered' THEN now() ELSE d.delivered_at END,
             lease_owner = NULL, lease_until = NULL, updated_at = now()
           FROM v
-          WHERE d.id = v.id AND d.lease_owner = ${owner} AND d.status = 'pending'
-          RETURNING d.id, d.message_id, d.status, d.recipient_user_id
+          -- An attempt counts while its delivery is still leased to this owner. One that
+          -- delivered counts whatever the lease: the agent has the message, so it is delivered
+          -- even if the delivery was moved meanwhile (its agent switched to polling, which puts
+          -- it in the inbox unleased) or its lease ran out; otherwise it would wait there to be
+          -- fetched a second time.
+          WHERE d.id = v.id AND d.status = 'pending' AND (d.lease_owner = ${owner} OR v.status = 'delivered')
+          RETURNING d.id, d.message_id, d.status, d.recipient_user_id, d.target_kind
         ), finished AS (
           SELECT message_id,
             count(*) FILTER (WHERE status = 'delivered')::int AS delivered,
@@ -814,10 +819,15 @@ export const makeOutbox = Effect.gen(function* () {
           FROM finished f WHERE m.id = f.message_id
           RETURNING m.id, m.status
         )
-        SELECT d.id, d.message_id, d.status, d.recipient_user_id, msg.sender_id,
+        SELECT d.id, d.message_id, d.status, d.recipient_user_id, d.target_kind, msg.sender_id,
           COALESCE(u.status, msg.status) AS message_status
         FROM d JOIN messages msg ON msg.id = d.message_id LEFT JOIN u ON u.id = d.message_id`,
       (rows) => {
+        // A delivered push that took its delivery out of an inbox changes that inbox.
+        const leftInboxes = rows.flatMap((row) =>
+          row.target_kind === "inbox" && row.recipient_user_id !== null ? [row.recipient_user_id] : []
+        )
+        if (leftInboxes.length > 0) inboxes.bump(leftInboxes)
         const byId = new Map(rows.map((row) => [row.id, row]))
         return ids.map((id) => {
           const row = byId.get(id)

@@ -212,7 +212,9 @@ export const make = Effect.gen(function* () {
       yield* connections.update({ ...current, ...fields, status: "active", callbackSecret: secret })
       if (fields.mode !== current.mode) {
         // What waited to be pushed now waits to be fetched, or the other way round; nothing is
-        // failed for it. (A delivery leased meanwhile is moved by the engine when it gets to it.)
+        // failed for it. (A push in flight finishes: if it delivers, the message is delivered and
+        // leaves the inbox; see Outbox.record. A delivery leased meanwhile is moved by the engine
+        // when it gets to it.)
         const to = fields.mode === "polling" ? "inbox" as const : "agent" as const
         yield* announceMoved(events.publish, yield* outbox.retarget(current.id, to), to)
       }

@@ -1,4 +1,4 @@
-import { TestDatabase, TestServer } from "@mahilo/testkit"
+import { FakeAgent, TestDatabase, TestServer } from "@mahilo/testkit"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import * as Fixtures from "../support/Fixtures.js"
@@ -109,6 +109,29 @@ describe.each(TestDatabase.backends)("polling connections ($name)", ({ layer: da
         const pushed = yield* Fixtures.eventually(alice!.api.messages.get({ path: { id } }), (m) => m.status !== "pending")
         expect([pushed.status, pushed.deliveries.map((d) => [d.status, d.target])]).toEqual(["delivered", [["delivered", "agent"]]])
       }
+    }))
+
+  it.scopedLive("an agent that switches to polling while a push to it is in flight: the push that lands makes the message delivered, once, and it is not in the inbox", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice, bob] = yield* Fixtures.users(server, "alice", "bob")
+      yield* Fixtures.befriend(alice!, bob!)
+      const { agent, connectionId } = yield* Fixtures.agent(bob!, "laptop")
+      agent.script(FakeAgent.delay(1_500))
+      const answer = yield* alice!.api.messages.send({ payload: { recipient: "bob", message: "slow" } })
+      expect(answer.status).toBe("pending")
+      yield* promise(() => agent.waitForAttempts(1))
+
+      // The push is in flight when the agent switches; the agent then takes it.
+      const switched = yield* bob!.api.agents.upsert({
+        payload: { framework: "test", label: "laptop", mode: "polling", public_key: "pk", public_key_alg: "ed25519" }
+      })
+      expect(switched).toMatchObject({ connection_id: connectionId, updated: true })
+      yield* promise(() => agent.waitForMessage(answer.message_id))
+      const detail = yield* Fixtures.eventually(alice!.api.messages.get({ path: { id: answer.message_id } }), (m) => m.status !== "pending")
+      expect([detail.status, detail.deliveries.map((d) => d.status)]).toEqual(["delivered", ["delivered"]])
+      // It was delivered: the polling agent does not get it a second time.
+      expect(yield* bob!.api.messages.inbox({ urlParams: {} })).toEqual([])
     }))
 
   it.scopedLive("pages the inbox oldest first with since and limit", () =>
