@@ -1,9 +1,9 @@
-import { PgClient } from "@effect/sql-pg"
 import { Database } from "@mahilo/server"
 import { TestDatabase, TestServer } from "@mahilo/testkit"
 import { describe, expect, it } from "@effect/vitest"
-import { Deferred, Effect, Fiber, Layer, Redacted } from "effect"
+import { Effect } from "effect"
 import * as Fixtures from "./support/Fixtures.js"
+import * as TableLock from "./support/TableLock.js"
 
 const hasPostgres = TestDatabase.adminUrl() !== undefined
 
@@ -16,26 +16,13 @@ describe("PostgreSQL with a statement timeout in DATABASE_URL", () => {
       const [alice] = yield* Fixtures.users(server, "alice")
       const get = Effect.promise(() => fetch(`${server.url}/api/v1/friends`, { headers: { authorization: `Bearer ${alice!.apiKey}` } }))
 
-      // Another client holds the friendships table in a transaction; a read of it waits, then times out.
-      const other = yield* Layer.build(PgClient.layer({ url: Redacted.make(url), maxConnections: 1 }))
-      const sql = PgClient.PgClient.pipe(Effect.provide(other))
-      const locked = yield* Deferred.make<void>()
-      const release = yield* Deferred.make<void>()
-      const holder = yield* Effect.fork(Effect.flatMap(sql, (sql) =>
-        sql.withTransaction(
-          sql`LOCK TABLE friendships IN ACCESS EXCLUSIVE MODE`.pipe(
-            Effect.zipRight(Deferred.succeed(locked, undefined)),
-            Effect.zipRight(Deferred.await(release))
-          )
-        )
-      ))
-      yield* Deferred.await(locked)
+      // Another client holds the friendships table; a read of it waits, then times out.
+      const release = yield* TableLock.hold(url, "friendships")
       const blocked = yield* get
       expect(blocked.status).toBe(503)
       expect(yield* Effect.promise(() => blocked.json())).toMatchObject({ code: "STORE_UNAVAILABLE" })
 
-      yield* Deferred.succeed(release, undefined)
-      yield* Fiber.join(holder)
+      yield* release
       const served = yield* get
       expect(served.status).toBe(200)
       expect(yield* Effect.promise(() => served.json())).toEqual([])

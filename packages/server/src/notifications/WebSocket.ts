@@ -9,7 +9,8 @@
  * from a quiet one. Every client library answers protocol pings by itself.
  *
  * A socket is pinged every `wsPingIntervalMs`; one that has sent nothing (no
- * pong, no message) since the previous ping is terminated. A socket that
+ * pong, no message) since the previous ping is terminated, unless the server
+ * has stopped reading it (too many of its requests waiting for answers). A socket that
  * cannot keep up (too much unsent data) is terminated too.
  *
  * The client may send `{"type":"ack","message_ids":[...]}` (same meaning as
@@ -207,7 +208,9 @@ export const make = Effect.gen(function* () {
       // On PostgreSQL the key is also checked again: a revocation made through another process
       // while this one's event relay was down was never heard here.
       yield* Effect.gen(function* () {
-        if (!heard) {
+        // While reading is paused (its requests wait on the database) its pongs are not read
+        // either: its silence is ours, so it is not held against it.
+        if (!heard && !live.isPaused) {
           live.terminate()
           return
         }

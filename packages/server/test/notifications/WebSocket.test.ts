@@ -1,10 +1,12 @@
-import { FakeAgent, TestServer } from "@mahilo/testkit"
+import { Database } from "@mahilo/server"
+import { FakeAgent, TestDatabase, TestServer } from "@mahilo/testkit"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Scope } from "effect"
 import * as http from "node:http"
 import { WebSocket } from "ws"
 import * as Fixtures from "../support/Fixtures.js"
 import * as Notifications from "../support/Notifications.js"
+import * as TableLock from "../support/TableLock.js"
 
 const promise = <A>(f: () => Promise<A>) => Effect.promise(f)
 
@@ -318,6 +320,32 @@ describe("notification stream", () => {
       live.send({ type: "ping" })
       yield* promise(() => live.waitFor("pong"))
     }))
+
+  it.scopedLive.skipIf(TestDatabase.adminUrl() === undefined)(
+    "a socket the server stopped reading (its acks wait on a stalled database) is not dropped for the pongs it could not read",
+    () =>
+      Effect.gen(function* () {
+        const url = yield* TestDatabase.postgresUrl()
+        const server = yield* TestServer.make({
+          database: Database.layer({ _tag: "Postgres", url, maxConnections: 5 }),
+          config: { wsPingIntervalMs: 300 }
+        })
+        const alice = yield* Fixtures.user(server, "alice")
+        const socket = yield* Notifications.open(server.url, alice.apiKey)
+        // The acks' statements wait for the deliveries table; 40 of them stop the server reading the socket.
+        const release = yield* TableLock.hold(url, "deliveries")
+        for (let i = 0; i < 40; i++) socket.send({ type: "ack", message_ids: [`msg_unknown_${i}`] })
+        // Several ping intervals with reading stopped: the client's pongs sit unread.
+        yield* Effect.sleep("2 seconds")
+        expect(socket.ws.readyState).toBe(socket.ws.OPEN)
+        yield* release
+        yield* promise(() => socket.waitFor("ack", () => socket.of("ack").length === 40, 10_000))
+        // Reading again, it is heard again: still open after more pings.
+        yield* Effect.sleep("1 second")
+        expect(socket.ws.readyState).toBe(socket.ws.OPEN)
+      }),
+    { timeout: 30_000 }
+  )
 
   it.scopedLive("closes a socket whose API key is rotated away", () =>
     Effect.gen(function* () {
