@@ -430,6 +430,14 @@ export interface OutboxService {
    * because other processes may write.
    */
   readonly inboxVersion: (userId: string) => number | undefined
+  /**
+   * The pending inbox deliveries of these (user, message) pairs, in inbox order,
+   * in one statement: what the notification hub pushes to users' sockets for
+   * many messages at once.
+   */
+  readonly waitingIn: (
+    pairs: ReadonlyArray<{ readonly userId: string; readonly messageId: string }>
+  ) => Effect.Effect<ReadonlyArray<InboxEntry>, SqlError>
   /** Marks the user's pending inbox deliveries of these messages delivered. */
   readonly acknowledge: (userId: string, messageIds: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<Rollup>, SqlError>
   /**

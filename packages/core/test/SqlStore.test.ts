@@ -459,6 +459,30 @@ for (const backend of backends) {
           expect(Option.getOrThrow(yield* messages.find(landed.id))).toMatchObject({ deliveredCount: 1 })
         }))
 
+      it.effect("waitingIn reads the pending inbox deliveries of exactly the (user, message) pairs asked, once each", () =>
+        Effect.gen(function* () {
+          const { alice, bob, messages, outbox } = yield* outboxSetup
+          const inInbox = (userId: string): Store.NewDelivery => ({ ...delivery(userId), connectionId: "conn_poll", targetKind: "inbox" })
+          const toBob = message({ senderId: alice.id, recipientId: bob.id })
+          const toAlice = message({ senderId: bob.id, recipientId: alice.id })
+          const pushed = message({ senderId: alice.id, recipientId: bob.id })
+          yield* messages.insert(toBob, [inInbox(bob.id)], Option.none())
+          yield* messages.insert(toAlice, [inInbox(alice.id)], Option.none())
+          yield* messages.insert(pushed, [delivery(bob.id)], Option.none())
+          const found = yield* outbox.waitingIn([
+            { userId: bob.id, messageId: toBob.id },
+            { userId: bob.id, messageId: toBob.id },
+            // Not bob's message, and not in an inbox:
+            { userId: bob.id, messageId: toAlice.id },
+            { userId: bob.id, messageId: pushed.id }
+          ])
+          expect(found.map((e) => [e.delivery.recipientUserId, e.message.id])).toEqual([[bob.id, toBob.id]])
+          expect(found[0]!.message).toMatchObject({ senderName: "alice" })
+          expect(yield* outbox.waitingIn([])).toEqual([])
+          yield* outbox.acknowledge(bob.id, [toBob.id])
+          expect(yield* outbox.waitingIn([{ userId: bob.id, messageId: toBob.id }])).toEqual([])
+        }))
+
       it.effect("release gives a node's leases back at shutdown", () =>
         Effect.gen(function* () {
           const { alice, bob, messages, outbox } = yield* outboxSetup

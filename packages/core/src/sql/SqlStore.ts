@@ -922,6 +922,20 @@ export const makeOutbox = Effect.gen(function* () {
       )
     },
     inboxVersion: inboxes.version,
+    waitingIn: (pairs) => {
+      const unique = [...new Map(pairs.map((p) => [`${p.userId} ${p.messageId}`, p])).values()]
+      if (unique.length === 0) return Effect.succeed([])
+      return Effect.map(
+        sql`
+          SELECT m.*, ${sql.literal(deliveryColumnsSql)}
+          FROM unnest(${unique.map((p) => p.userId)}::text[], ${unique.map((p) => p.messageId)}::text[]) AS p(user_id, message_id)
+          JOIN deliveries d ON d.message_id = p.message_id AND d.recipient_user_id = p.user_id
+          JOIN messages m ON m.id = d.message_id
+          WHERE d.target_kind = 'inbox' AND d.status = 'pending'
+          ORDER BY d.created_at, d.id`,
+        (rows) => rows.map((r: any) => ({ delivery: Rows.delivery(r, "d_"), message: Rows.message(r) }))
+      )
+    },
     acknowledge: (userId, messageIds) =>
       messageIds.length === 0 ? Effect.succeed([]) : Effect.ensuring(sql.withTransaction(
         Effect.gen(function* () {

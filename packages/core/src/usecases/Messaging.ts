@@ -736,6 +736,13 @@ export const make = Effect.gen(function* () {
         return yield* outbox.inbox(principal.userId, { since: query.since, after: query.after, limit, messageIds: query.messageIds })
       }),
 
+    /**
+     * Each caller's pending inbox deliveries of one message, for many callers and
+     * messages in one read, oldest first (the notification hub pushes them).
+     */
+    waitingInInboxes: (requests: ReadonlyArray<{ readonly principal: Principal; readonly messageId: string }>) =>
+      outbox.waitingIn(requests.map((r) => ({ userId: r.principal.userId, messageId: r.messageId }))),
+
     /** A polling agent confirms it has these messages; they count as delivered. */
     acknowledge: (principal: Principal, messageIds: ReadonlyArray<string>) =>
       Effect.gen(function* () {

@@ -222,6 +222,32 @@ describe.each(TestDatabase.backends)("polling connections ($name)", ({ layer: da
       expect(history[0]!.status).toBe("delivered")
     }))
 
+  it.scopedLive("a burst of messages to a user whose agent polls: each is pushed over the socket once, whole", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice, bob, carol] = yield* Fixtures.users(server, "alice", "bob", "carol")
+      yield* Fixtures.befriend(alice!, bob!)
+      yield* Fixtures.befriend(carol!, bob!)
+      const laptop = yield* Fixtures.pollingConnection(bob!, "laptop")
+      const bobSocket = yield* Notifications.open(server.url, bob!.apiKey)
+
+      // Sent concurrently, so the hub takes many of them together.
+      const sent = yield* Effect.forEach(
+        Array.from({ length: 40 }, (_, i) => ({ from: i % 2 === 0 ? alice! : carol!, text: `burst ${i}` })),
+        ({ from, text }) => Effect.map(from.api.messages.send({ payload: { recipient: "bob", message: text } }), (r) => ({ id: r.message_id, text })),
+        { concurrency: 40 }
+      )
+      yield* promise(() => bobSocket.waitFor("message_received", () => bobSocket.of("message_received").length >= sent.length, 15_000))
+      // Nothing more arrives for them.
+      yield* Effect.sleep("300 millis")
+      const pushed = bobSocket.of("message_received")
+      expect(pushed.map((f) => f.data.message_id).sort()).toEqual(sent.map((m) => m.id).sort())
+      const text = new Map(sent.map((m) => [m.id, m.text]))
+      for (const frame of pushed) {
+        expect(frame.data).toMatchObject({ message: text.get(frame.data.message_id), inbox: true, recipient_connection_ids: [laptop] })
+      }
+    }))
+
   it.scopedLive("a group member who polls gets the group message in the inbox; the answer counts them pending until they ack", () =>
     Effect.gen(function* () {
       const server = yield* TestServer.make({ database })
