@@ -6,6 +6,7 @@
  * on this process directly, on others through the event relay.
  */
 import { ApiKey, Batcher, Errors, Registry, type RegistryEvent } from "@mahilo/core"
+import { HttpServerRequest } from "@effect/platform"
 import { Context, Effect, Exit, Layer, Option, Queue, Redacted } from "effect"
 import { Authentication } from "../Api.js"
 import { ServerConfig } from "../Config.js"
@@ -130,6 +131,22 @@ export class AuthenticatorService extends Context.Tag("@mahilo/server/Authentica
   static readonly layer = Layer.scoped(AuthenticatorService, makeAuthenticator)
 }
 
+const BEARER = "bearer "
+
+/**
+ * Whether an `Authorization` header value is in the `Bearer` scheme: `Bearer`, in any case
+ * (scheme names are case-insensitive, RFC 9110 §11.1, RFC 6750 §2.1), then a space; the
+ * credentials are what follows its 7 characters. HttpApi's own bearer security slices those 7
+ * characters off whatever they are (`Xearer <key>` passed), so every reader of the header asks
+ * this first. Seven character-code compares, nothing allocated: it runs on every request.
+ */
+export const isBearer = (header: string | undefined): header is string => {
+  if (header === undefined || header.length < 7 || header.charCodeAt(6) !== 32) return false
+  // ORing 0x20 folds an ASCII capital to its small letter, and maps nothing else onto one.
+  for (let i = 0; i < 6; i++) if ((header.charCodeAt(i) | 0x20) !== BEARER.charCodeAt(i)) return false
+  return true
+}
+
 /** A bearer token's caller, as the API's middleware and the send lane check it. */
 export const bearer = (authenticator: Authenticator) => (token: string) =>
   authenticator.authenticate(token).pipe(Effect.catchTag("InvalidRequest", () => unauthorized))
@@ -137,5 +154,11 @@ export const bearer = (authenticator: Authenticator) => (token: string) =>
 /** The HttpApi middleware over an authenticator. */
 export const layer = (authenticator: Authenticator) => {
   const check = bearer(authenticator)
-  return Layer.succeed(Authentication, { bearer: (token: Redacted.Redacted<string>) => check(Redacted.value(token)) })
+  return Layer.succeed(Authentication, {
+    // The token HttpApi hands over is the header past its first 7 characters, whatever they
+    // were: the scheme is checked here, on the request, with the same answer as a bad key.
+    bearer: (token: Redacted.Redacted<string>) =>
+      Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
+        isBearer(request.headers.authorization) ? check(Redacted.value(token)) : unauthorized)
+  })
 }

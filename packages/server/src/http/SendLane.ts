@@ -166,8 +166,10 @@ export const attach = Layer.scopedDiscard(
 
     const handler: Handler = (request, response) => {
       if (!takes(request, limit)) return false
-      // As HttpApi's bearer security reads it: whatever follows the scheme's seven characters.
-      const token = request.headers.authorization!.slice(7)
+      // As the API's middleware reads it: what follows `Bearer `; another scheme is no key at
+      // all (401 UNAUTHORIZED), checked after the body's JSON problems as there.
+      const authorization = request.headers.authorization
+      const token = Auth.isBearer(authorization) ? authorization.slice(7) : ""
       const chunks: Array<Buffer> = []
       request.on("data", (chunk: Buffer) => chunks.push(chunk))
       request.on("error", () => response.destroy())

@@ -26,7 +26,7 @@ import { Errors, Registry } from "@mahilo/core"
 import { Deferred, Duration, Effect, Exit, Queue, type Scope } from "effect"
 import { WebSocket, WebSocketServer } from "ws"
 import { ServerConfig } from "../Config.js"
-import { AuthenticatorService } from "../http/Auth.js"
+import { AuthenticatorService, isBearer } from "../http/Auth.js"
 import { Hub, KEY_REVOKED, type Subscriber } from "./Hub.js"
 
 /** The path of the stream. */
@@ -52,7 +52,8 @@ const keyOf = (request: HttpServerRequest.HttpServerRequest): string | undefined
   const query = new URL(request.url, "http://localhost").searchParams.get("api_key")
   if (query !== null && query !== "") return query
   const header = request.headers["authorization"]
-  return header !== undefined && /^bearer\s+/i.test(header) ? header.replace(/^bearer\s+/i, "") : undefined
+  // The scheme as the HTTP API reads it (`Bearer`, any case, and a space); the authenticator trims the rest.
+  return isBearer(header) ? header.slice(7) : undefined
 }
 
 /** Closes with `code`, and cuts the socket if the peer does not finish the closing handshake soon. */

@@ -87,6 +87,36 @@ layer(serverLayer(), layerOptions)("authorization matrix over HTTP", (it) => {
         expect((yield* call("GET", "/api/v1/auth/me", { key: alice.apiKey })).status).toBe(200)
       }))
 
+    it.effect("with a valid key under a scheme other than Bearer", () =>
+      Effect.gen(function* () {
+        const alice = yield* person("scheme")
+        // HttpApi's bearer security slices off any 7 characters: these all carried the key through once.
+        const headers = [`Xearer ${alice.apiKey}`, `Bearer:${alice.apiKey}`, `Bearerx${alice.apiKey}`, `Bear3r ${alice.apiKey}`, `Basic  ${alice.apiKey}`]
+        for (const endpoint of endpoints(placeholders)) {
+          for (const authorization of headers) {
+            const response = yield* call(endpoint.method, endpoint.path, { body: endpoint.body, headers: { authorization } })
+            expectUnauthorized(response, `${endpoint.method} ${endpoint.path} with "${authorization}"`)
+          }
+        }
+        expect((yield* call("GET", "/api/v1/friends", { key: alice.apiKey })).status).toBe(200)
+      }))
+
+    it.effect("not when the Bearer scheme is spelled in another case: scheme names are case-insensitive (RFC 9110 §11.1)", () =>
+      Effect.gen(function* () {
+        const alice = yield* person("schemecase")
+        for (const scheme of ["bearer", "BEARER", "bEaReR"]) {
+          for (const path of ["/api/v1/friends", "/api/v1/auth/me"]) {
+            const response = yield* call("GET", path, { headers: { authorization: `${scheme} ${alice.apiKey}` } })
+            expect(response.status, `GET ${path} with "${scheme}" → ${response.text}`).toBe(200)
+          }
+        }
+        const created = yield* call("POST", "/api/v1/policies", {
+          body: { scope: "global", policy_type: "llm", policy_content: "be kind" },
+          headers: { authorization: `bearer ${alice.apiKey}` }
+        })
+        expect(created.status, created.text).toBe(201)
+      }))
+
     it.effect("with a well-formed key nobody holds, or a real key id with the wrong secret", () =>
       Effect.gen(function* () {
         const alice = yield* person("forged")

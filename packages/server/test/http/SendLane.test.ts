@@ -7,7 +7,7 @@
  * and the lane must have answered exactly the requests it is meant to take.
  */
 import { SendLane } from "@mahilo/server"
-import { FakeAgent, Fixtures, TestServer } from "@mahilo/testkit"
+import { FakeAgent, Fixtures, TestDatabase, TestServer } from "@mahilo/testkit"
 import { describe, expect, it } from "@effect/vitest"
 import { Context, Effect } from "effect"
 import * as http from "node:http"
@@ -160,6 +160,47 @@ describe("send lane", () => {
         expect(got.map((d) => d.body.message).sort()).toEqual(expected)
         expect(w.agent.rejected).toEqual([])
         expect(w.agent.duplicates()).toEqual([])
+      }
+    }))
+
+  it.scopedLive("takes the Bearer scheme in any case and no other, on the lane as on the full path", () =>
+    Effect.gen(function* () {
+      // The scheme is read before the key is looked up, on either database (PostgreSQL when DATABASE_URL is set).
+      for (const { name, layer: database } of TestDatabase.backends) for (const sendLane of [true, false]) {
+        const server = yield* TestServer.make({ database, config: { sendLane } })
+        const alice = yield* Fixtures.person(server, "alice")
+        const bob = yield* Fixtures.person(server, "bob")
+        yield* Fixtures.befriend(alice, bob)
+        const agent = yield* FakeAgent.make()
+        yield* Fixtures.connect(bob, agent)
+        const slot = Context.unsafeGet(server.context as unknown as Context.Context<SendLane.SendLane>, SendLane.SendLane)
+        const sendAs = (authorization: string, message: string) => {
+          const before = slot.taken
+          return Effect.map(
+            Effect.promise(() =>
+              raw(server.url, { headers: { "content-type": "application/json", authorization }, body: JSON.stringify({ recipient: "bob", message }) })),
+            (answer) => ({ answer, taken: slot.taken - before })
+          )
+        }
+        // A valid key under another scheme (any 7 characters once passed): the 401 of a bad key.
+        for (const authorization of [`Xearer ${alice.apiKey}`, `Bearer:${alice.apiKey}`, `Bear3r ${alice.apiKey}`]) {
+          const { answer, taken } = yield* sendAs(authorization, "not sent")
+          const what = `${authorization.slice(0, 7)}… on ${name}, the lane ${sendLane ? "on" : "off"}`
+          expect({ status: answer.status, body: JSON.parse(answer.body) }, what).toEqual({
+            status: 401,
+            body: { error: expect.any(String), code: "UNAUTHORIZED" }
+          })
+          expect(taken, what).toBe(sendLane ? 1 : 0)
+        }
+        // Scheme names are case-insensitive (RFC 9110 §11.1).
+        for (const scheme of ["bearer", "BEARER"]) {
+          const { answer, taken } = yield* sendAs(`${scheme} ${alice.apiKey}`, scheme)
+          expect(answer.status, `${scheme} on ${name}: ${answer.body}`).toBe(200)
+          expect(JSON.parse(answer.body)).toMatchObject({ status: "delivered" })
+          expect(taken, scheme).toBe(sendLane ? 1 : 0)
+        }
+        const got = yield* Effect.promise(() => agent.waitFor(2))
+        expect(got.map((d) => d.body.message).sort()).toEqual(["BEARER", "bearer"])
       }
     }))
 

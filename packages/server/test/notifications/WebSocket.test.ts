@@ -72,6 +72,46 @@ describe("notification stream", () => {
       expect(socket.ws.readyState).toBe(socket.ws.OPEN)
     }))
 
+  it.scopedLive("takes the key from an Authorization header in the Bearer scheme, in any case, and in no other scheme", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const alice = yield* Fixtures.user(server, "alice")
+      /** A well-formed upgrade with no `?api_key=`: the 101's status, or the refusal's. */
+      const upgrade = (authorization: string) =>
+        new Promise<{ status: number; body: string }>((resolve, reject) => {
+          const request = http.request(`${server.url}/api/v1/notifications/ws`, {
+            headers: {
+              connection: "Upgrade",
+              upgrade: "websocket",
+              "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+              "sec-websocket-version": "13",
+              authorization
+            }
+          })
+          request.on("upgrade", (res, socket) => {
+            socket.destroy()
+            resolve({ status: res.statusCode ?? 0, body: "" })
+          })
+          request.on("response", (res) => {
+            let body = ""
+            res.on("data", (chunk: Buffer) => (body += chunk.toString()))
+            res.on("end", () => resolve({ status: res.statusCode ?? 0, body }))
+          })
+          request.on("error", reject)
+          request.end()
+        })
+      for (const scheme of ["Bearer", "bearer", "BEARER"]) {
+        expect((yield* promise(() => upgrade(`${scheme} ${alice.apiKey}`))).status, scheme).toBe(101)
+      }
+      for (const authorization of [`Xearer ${alice.apiKey}`, `Bearer:${alice.apiKey}`, `Basic ${alice.apiKey}`]) {
+        const refused = yield* promise(() => upgrade(authorization))
+        expect({ status: refused.status, body: JSON.parse(refused.body) }, authorization).toEqual({
+          status: 401,
+          body: { error: expect.any(String), code: "UNAUTHORIZED" }
+        })
+      }
+    }))
+
   it.scopedLive("tells the addressee of a friend request, and the requester when it is accepted", () =>
     Effect.gen(function* () {
       const server = yield* TestServer.make()
