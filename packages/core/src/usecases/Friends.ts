@@ -80,13 +80,26 @@ export const make = Effect.gen(function* () {
   const requestOnce = (principal: Principal, target: string) =>
     Effect.gen(function* () {
       const other = yield* resolveUser(target)
+      const decide = (existing: Option.Option<Graph.Friendship>) =>
+        Graph.request({ existing: Option.getOrUndefined(existing), requesterId: principal.userId, addresseeId: other.id })
+      // Decided first on a plain read, so nothing is asked of another registry for a request refused here.
       const existing = yield* friendships.findPair(principal.userId, other.id)
-      const outcome = yield* Graph.request({ existing: Option.getOrUndefined(existing), requesterId: principal.userId, addresseeId: other.id })
-      const id = Option.match(existing, { onNone: () => Ids.make("fr"), onSome: (f) => f.id })
+      yield* decide(existing)
       // Federation: a user of another registry hears of it there first (and may refuse).
       // Its refusal comes with its status and code (403 BLOCKED when its user blocked the asker, as here).
       if (other.instance !== null) yield* directory.mirrorFriendship({ action: "request", actor: principal, other })
-      yield* friendships.apply(outcome.change, id)
+      // Decided again on the pair's row under its lock, as every other change to a friendship is: a
+      // crossed request accepts the other side's request only if it still stands. Decided on the plain
+      // read alone, it would overwrite a block made meanwhile (the blocked pair becoming friends) or
+      // answer "accepted" for a request withdrawn meanwhile (a friendship that does not exist). A row
+      // gone meanwhile makes this a new request; one made meanwhile is REQUEST_EXISTS, and retried.
+      const { id, outcome } = yield* friendships.atomically(Effect.gen(function* () {
+        const current = Option.isSome(existing) ? yield* friendships.findLocked(existing.value.id) : Option.none()
+        const outcome = yield* decide(current)
+        const id = Option.match(current, { onNone: () => Ids.make("fr"), onSome: (f) => f.id })
+        yield* friendships.apply(outcome.change, id)
+        return { id, outcome }
+      }))
       yield* events.publish({
         _tag: "FriendRequest",
         userId: other.id,

@@ -7,6 +7,7 @@ import * as Graph from "../Graph.js"
 import * as Ids from "../Ids.js"
 import * as Store from "../Store.js"
 import type { Principal } from "./Accounts.js"
+import { characters } from "./Agents.js"
 import type { make as makeFriends } from "./Friends.js"
 
 
@@ -148,7 +149,7 @@ export const make = (friends: Friends) =>
         input: { readonly name: string; readonly description?: string | null | undefined; readonly inviteOnly?: boolean | undefined }
       ) =>
         Effect.gen(function* () {
-          if (input.description !== undefined && input.description !== null && input.description.length > 1000) {
+          if (input.description !== undefined && input.description !== null && characters(input.description) > 1000) {
             return yield* Errors.InvalidRequest.of("INVALID_REQUEST", "description must be at most 1000 characters")
           }
           const decision = yield* Graph.create({ ...input, creatorId: principal.userId })

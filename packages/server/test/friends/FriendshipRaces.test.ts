@@ -19,7 +19,11 @@ interface Race {
   /** The change made over the API meanwhile, which waits for the row. */
   readonly second: (users: { alice: Fixtures.User; bob: Fixtures.User }, row: string) => Effect.Effect<unknown, unknown>
   /** The row once both are done. */
-  readonly after: (bob: Fixtures.User) => ReadonlyArray<{ status: string; blocked_by: string | null }>
+  readonly after: (bob: Fixtures.User, alice: Fixtures.User) => ReadonlyArray<{ status: string; blocked_by: string | null }>
+  /** What the second change answers: an error code, or its status (default `FRIENDSHIP_NOT_FOUND`). */
+  readonly answer?: string
+  /** The pair's rows once both are done, when the second change may make a new one. */
+  readonly pair?: (bob: Fixtures.User, alice: Fixtures.User) => ReadonlyArray<{ requester_id: string; status: string }>
 }
 
 const races: ReadonlyArray<Race> = [
@@ -43,6 +47,24 @@ const races: ReadonlyArray<Race> = [
     first: (sql, row) => sql`DELETE FROM friendships WHERE id = ${row}`,
     second: ({ bob }, row) => bob.api.friends.accept({ path: { id: row } }),
     after: () => []
+  },
+  {
+    name: "bob's crossed request waiting while alice blocks him is 403 BLOCKED, and alice's block stands (not turned into a friendship)",
+    accepted: false,
+    first: (sql, row) =>
+      sql`UPDATE friendships SET status = 'blocked', blocked_by = requester_id, updated_at = now() WHERE id = ${row}`,
+    second: ({ alice, bob }) => bob.api.friends.request({ payload: { username: alice.username } }),
+    after: (_bob, alice) => [{ status: "blocked", blocked_by: alice.id }],
+    answer: "BLOCKED"
+  },
+  {
+    name: "bob's crossed request waiting while alice withdraws hers is a new pending request of his, not an acceptance of a row that is gone",
+    accepted: false,
+    first: (sql, row) => sql`DELETE FROM friendships WHERE id = ${row}`,
+    second: ({ alice, bob }) => bob.api.friends.request({ payload: { username: alice.username } }),
+    after: () => [],
+    answer: "pending",
+    pair: (bob) => [{ requester_id: bob.id, status: "pending" }]
   }
 ]
 
@@ -76,8 +98,18 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("friendship changes racing
         yield* Deferred.succeed(release, undefined)
         yield* Fiber.join(holder)
         const answer = yield* Fiber.join(second)
-        expect(Either.isLeft(answer) ? (answer.left as { code?: string }).code : "answered success").toBe("FRIENDSHIP_NOT_FOUND")
-        expect(yield* sql`SELECT status, blocked_by FROM friendships WHERE id = ${row}`).toEqual(race.after(bob))
+        const answered = Either.isLeft(answer)
+          ? (answer.left as { code?: string }).code
+          : ((answer.right as { status?: string } | undefined)?.status ?? "answered success")
+        expect(answered).toBe(race.answer ?? "FRIENDSHIP_NOT_FOUND")
+        expect(yield* sql`SELECT status, blocked_by FROM friendships WHERE id = ${row}`).toEqual(race.after(bob, alice))
+        if (race.pair !== undefined) {
+          expect(
+            yield* sql`
+              SELECT requester_id, status FROM friendships
+              WHERE (requester_id = ${alice.id} AND addressee_id = ${bob.id}) OR (requester_id = ${bob.id} AND addressee_id = ${alice.id})`
+          ).toEqual(race.pair(bob, alice))
+        }
       }), { timeout: 120_000 })
   }
 })

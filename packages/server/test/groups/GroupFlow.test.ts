@@ -97,6 +97,16 @@ describe.each(TestDatabase.backends)("groups over HTTP ($name)", ({ layer: datab
       yield* carol!.api.groups.create({ payload: { name: "Open-House" } })
     }))
 
+  it.scopedLive("a description's 1000-character limit counts characters, not UTF-16 units", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice] = yield* Fixtures.users(server, "alice")
+      const created = yield* alice!.api.groups.create({ payload: { name: "Globe", description: "🌍".repeat(1000) } })
+      expect((yield* alice!.api.groups.get({ path: { id: created.group_id } })).description).toBe("🌍".repeat(1000))
+      const refused = yield* Fixtures.failure(alice!.api.groups.create({ payload: { name: "Globe2", description: "🌍".repeat(1001) } }))
+      expect([refused._tag, refused.code]).toEqual(["InvalidRequest", "INVALID_REQUEST"])
+    }), { timeout: 60_000 })
+
   it.scopedLive("a group message reaches every connection of every other member once; a failing member is retried", () =>
     Effect.gen(function* () {
       const server = yield* TestServer.make({ database })

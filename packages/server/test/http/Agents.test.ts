@@ -137,6 +137,18 @@ layer(serverLayer(), layerOptions)("agent connections over HTTP", (it) => {
         expect(third.status).toBe(201)
       }))
 
+    it.effect("limits count characters, not UTF-16 units: 50 emoji are a 50-character label, 500 a 500-character description; one more is refused", () =>
+      Effect.gen(function* () {
+        const alice = yield* person("emoji")
+        const register = (overrides: Record<string, unknown>) => call("POST", "/api/v1/agents", { key: alice.apiKey, body: connection(overrides) })
+        const created = yield* register({ framework: "😀".repeat(50), label: "🦜".repeat(50), description: "🌍".repeat(500), capabilities: ["🔑".repeat(100)] })
+        expect(created.status).toBe(201)
+        expect(yield* alice.client.agents.list()).toEqual([expect.objectContaining({ label: "🦜".repeat(50), description: "🌍".repeat(500) })])
+        expectError(yield* register({ label: "🦜".repeat(51) }), 400, "INVALID_REQUEST")
+        expectError(yield* register({ label: "x", description: "🌍".repeat(501) }), 400, "INVALID_REQUEST")
+        expectError(yield* register({ label: "y", capabilities: ["🔑".repeat(101)] }), 400, "INVALID_REQUEST")
+      }))
+
     it.effect("refuses a callback_url that is missing or not an absolute http(s) URL: 400", () =>
       Effect.gen(function* () {
         const alice = yield* person("badurl")
