@@ -87,6 +87,9 @@ const shadowPrincipal = (user: Store.User): Registry.Principal => ({ userId: use
 
 const ANSWER_POLL = [10, 20, 40, 80, 100] as const
 
+/** The error a forward a policy here refused is answered with. */
+const rejectedError = (reason: string) => `rejected by a policy: ${reason}`
+
 export const layer = HttpApiBuilder.Router.use((router) =>
   Effect.gen(function* () {
     const config = yield* FederationConfig
@@ -144,6 +147,11 @@ export const layer = HttpApiBuilder.Router.use((router) =>
         const deliveries = yield* messages.deliveriesOf(messageId)
         if (deliveries.length > 0) return Relay.statusOf({ failedCount: 0 }, deliveries) // not read then
         const message = yield* messages.find(messageId)
+        // Refused by a policy here (a group's, at its home): it has no delivery, and stays failed
+        // however often the forward is tried again.
+        if (Option.isSome(message) && message.value.status === "rejected") {
+          return { status: "failed" as const, error: rejectedError(message.value.rejectionReason ?? "rejected") }
+        }
         return Relay.statusOf({ failedCount: Option.isSome(message) ? message.value.failedCount : 0 }, deliveries)
       })
 
@@ -323,7 +331,7 @@ export const layer = HttpApiBuilder.Router.use((router) =>
           )
           if (result._tag === "Rejected") {
             yield* relay.markAnswered(forwarded.message_id)
-            return json(200, { message_id: forwarded.message_id, status: "failed", error: `rejected by a policy: ${result.reason}` })
+            return json(200, { message_id: forwarded.message_id, status: "failed", error: rejectedError(result.reason) })
           }
           if (result._tag === "Accepted") yield* settled(forwarded.message_id)
           return yield* forwardAnswer(forwarded.message_id)
