@@ -8,6 +8,7 @@
  * delivered again.
  */
 import { HttpApiBuilder, HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import type { SqlError } from "@effect/sql/SqlError"
 import { Errors, Events, Ids, Registry, Store } from "@mahilo/core"
 import { Cause, Duration, Effect, Either, Option, Schema } from "effect"
 import { FederationConfig } from "./FederationConfig.js"
@@ -49,12 +50,18 @@ const isRegistryError = (e: unknown): e is Errors.RegistryError =>
   typeof e === "object" && e !== null && typeof (e as { _tag?: unknown })._tag === "string" &&
   (e as { _tag: string })._tag in statusOfError && typeof (e as { code?: unknown }).code === "string"
 
+const isSqlError = (e: unknown): e is SqlError =>
+  typeof e === "object" && e !== null && (e as { _tag?: unknown })._tag === "SqlError"
+
 /** Runs a handler: refusals and registry errors become answers; anything else is logged and answered 500. */
 export const answer = <R>(handler: Effect.Effect<HttpServerResponse.HttpServerResponse, unknown, R>) =>
   handler.pipe(
     Effect.catchAll((e) => {
       if (e instanceof Refusal) return Effect.succeed(refusal(e))
       if (isRegistryError(e)) return Effect.succeed(refusal(fromRegistryError(e)))
+      // Text the database cannot take (a NUL in a path or query parameter, say) is the caller's input.
+      const unstorable = isSqlError(e) ? Registry.unstorableInput(e) : undefined
+      if (unstorable !== undefined) return Effect.succeed(refusal(fromRegistryError(unstorable)))
       return Effect.zipRight(
         Effect.logError("Federation request failed", e),
         Effect.succeed(refusal(Refusal.of(500, "INTERNAL", "The registry failed to handle this request")))
