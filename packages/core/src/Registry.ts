@@ -45,12 +45,24 @@ const UNSTORABLE_TEXT = new Set(["22021", "22P05"])
 const unstorableJson = (cause: { readonly code?: unknown; readonly message?: unknown } | undefined): boolean =>
   cause?.code === "22P02" && typeof cause.message === "string" && cause.message.includes("type json")
 
-const unavailable = (error: SqlError): Effect.Effect<never, Errors.InvalidRequest | Errors.Unavailable> => {
+/**
+ * The caller's input, when a statement failed because the database cannot keep
+ * (or compare) text it was given: `400 INVALID_REQUEST`, not an outage. For
+ * callers that use the store directly (the federation endpoints).
+ */
+export const unstorableInput = (error: SqlError): Errors.InvalidRequest | undefined => {
   const cause = error.cause as { readonly code?: unknown; readonly message?: unknown } | undefined
   return UNSTORABLE_TEXT.has(String(cause?.code))
-    ? Effect.fail(Errors.InvalidRequest.of("INVALID_REQUEST", "Text fields must not contain NUL characters"))
+    ? Errors.InvalidRequest.of("INVALID_REQUEST", "Text fields must not contain NUL characters")
     : unstorableJson(cause)
-    ? Effect.fail(Errors.InvalidRequest.of("INVALID_REQUEST", "Text fields must not hold half a UTF-16 surrogate pair"))
+    ? Errors.InvalidRequest.of("INVALID_REQUEST", "Text fields must not hold half a UTF-16 surrogate pair")
+    : undefined
+}
+
+const unavailable = (error: SqlError): Effect.Effect<never, Errors.InvalidRequest | Errors.Unavailable> => {
+  const refused = unstorableInput(error)
+  return refused !== undefined
+    ? Effect.fail(refused)
     : Effect.zipRight(
     Effect.logError("Store failure", error),
     Effect.fail(Errors.Unavailable.of("STORE_UNAVAILABLE", "The registry's database is unavailable; try again shortly"))

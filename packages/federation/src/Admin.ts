@@ -15,6 +15,7 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto"
 import { HttpApiBuilder, HttpRouter, HttpServerRequest, type HttpServerResponse } from "@effect/platform"
+import { StoredText } from "@mahilo/core"
 import { Effect, Option, Redacted, Schema } from "effect"
 import { answer, decodeBody, json } from "./FederationApi.js"
 import { FederationConfig } from "./FederationConfig.js"
@@ -90,6 +91,10 @@ export const layer = HttpApiBuilder.Router.use((router) =>
 
     const peerById = Effect.gen(function* () {
       const { id } = yield* HttpRouter.params
+      // As the client API answers such a path: no id holds it, and the database cannot compare it.
+      if (!StoredText.isStorable(id ?? "")) {
+        return yield* Refusal.of(400, "INVALID_REQUEST", "Text fields must not contain NUL characters or half a UTF-16 surrogate pair")
+      }
       const peer = yield* peers.find(id ?? "")
       if (Option.isNone(peer)) return yield* Refusal.of(404, "PEER_NOT_FOUND", "No peer with that id")
       return peer.value

@@ -8,6 +8,7 @@
  * delivered again.
  */
 import { HttpApiBuilder, HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import type { SqlError } from "@effect/sql/SqlError"
 import { Errors, Events, Ids, Registry, Store } from "@mahilo/core"
 import { Cause, Duration, Effect, Either, Option, Schema } from "effect"
 import { FederationConfig } from "./FederationConfig.js"
@@ -49,12 +50,18 @@ const isRegistryError = (e: unknown): e is Errors.RegistryError =>
   typeof e === "object" && e !== null && typeof (e as { _tag?: unknown })._tag === "string" &&
   (e as { _tag: string })._tag in statusOfError && typeof (e as { code?: unknown }).code === "string"
 
+const isSqlError = (e: unknown): e is SqlError =>
+  typeof e === "object" && e !== null && (e as { _tag?: unknown })._tag === "SqlError"
+
 /** Runs a handler: refusals and registry errors become answers; anything else is logged and answered 500. */
 export const answer = <R>(handler: Effect.Effect<HttpServerResponse.HttpServerResponse, unknown, R>) =>
   handler.pipe(
     Effect.catchAll((e) => {
       if (e instanceof Refusal) return Effect.succeed(refusal(e))
       if (isRegistryError(e)) return Effect.succeed(refusal(fromRegistryError(e)))
+      // Text the database cannot take (a NUL in a path or query parameter, say) is the caller's input.
+      const unstorable = isSqlError(e) ? Registry.unstorableInput(e) : undefined
+      if (unstorable !== undefined) return Effect.succeed(refusal(fromRegistryError(unstorable)))
       return Effect.zipRight(
         Effect.logError("Federation request failed", e),
         Effect.succeed(refusal(Refusal.of(500, "INTERNAL", "The registry failed to handle this request")))
@@ -86,6 +93,9 @@ export const decodeBody = <A, I>(schema: Schema.Schema<A, I>, text: string) =>
 const shadowPrincipal = (user: Store.User): Registry.Principal => ({ userId: user.id, username: user.username, kid: "federation" })
 
 const ANSWER_POLL = [10, 20, 40, 80, 100] as const
+
+/** The error a forward a policy here refused is answered with. */
+const rejectedError = (reason: string) => `rejected by a policy: ${reason}`
 
 export const layer = HttpApiBuilder.Router.use((router) =>
   Effect.gen(function* () {
@@ -144,6 +154,11 @@ export const layer = HttpApiBuilder.Router.use((router) =>
         const deliveries = yield* messages.deliveriesOf(messageId)
         if (deliveries.length > 0) return Relay.statusOf({ failedCount: 0 }, deliveries) // not read then
         const message = yield* messages.find(messageId)
+        // Refused by a policy here (a group's, at its home): it has no delivery, and stays failed
+        // however often the forward is tried again.
+        if (Option.isSome(message) && message.value.status === "rejected") {
+          return { status: "failed" as const, error: rejectedError(message.value.rejectionReason ?? "rejected") }
+        }
         return Relay.statusOf({ failedCount: Option.isSome(message) ? message.value.failedCount : 0 }, deliveries)
       })
 
@@ -323,7 +338,7 @@ export const layer = HttpApiBuilder.Router.use((router) =>
           )
           if (result._tag === "Rejected") {
             yield* relay.markAnswered(forwarded.message_id)
-            return json(200, { message_id: forwarded.message_id, status: "failed", error: `rejected by a policy: ${result.reason}` })
+            return json(200, { message_id: forwarded.message_id, status: "failed", error: rejectedError(result.reason) })
           }
           if (result._tag === "Accepted") yield* settled(forwarded.message_id)
           return yield* forwardAnswer(forwarded.message_id)
