@@ -13,6 +13,7 @@ import { Either, Schema } from "effect"
 import { RE2JS } from "re2js"
 import * as Errors from "./Errors.js"
 import * as RegexCost from "./internal/regexCost.js"
+import * as StoredText from "./StoredText.js"
 
 /** Whom a policy applies to: every recipient, one user, or one group. */
 export const PolicyScope = Schema.Literal("global", "user", "group")
@@ -108,7 +109,7 @@ const strings = (
   for (const item of value) {
     if (typeof item !== "string") return invalid(`${key} must be an array of strings`)
     if (item.length === 0) return invalid(`${key} must not contain empty strings`)
-    if (item.length > maxLength) return invalid(`${key} entries must be at most ${maxLength} characters`)
+    if (StoredText.characters(item) > maxLength) return invalid(`${key} entries must be at most ${maxLength} characters`)
   }
   return Either.right(value as ReadonlyArray<string>)
 }
@@ -208,7 +209,7 @@ export const validate = (input: {
 }): Either.Either<string, Errors.InvalidRequest> => {
   if (input.policyType === "heuristic") return Either.map(parseHeuristic(input.content), () => input.content)
   if (input.content.trim().length === 0) return invalid("An LLM policy needs a non-empty prompt")
-  if (input.content.length > MAX_PROMPT_LENGTH) {
+  if (StoredText.characters(input.content) > MAX_PROMPT_LENGTH) {
     return invalid(`An LLM policy prompt must be at most ${MAX_PROMPT_LENGTH.toLocaleString("en-US")} characters`)
   }
   return Either.right(input.content)
@@ -280,7 +281,7 @@ export const evaluate = (rules: HeuristicRules, input: EvaluationInput): Evaluat
   }
   if (listed(rules.trustedRecipients)) return allowed
   if (rules.maxLength !== null || rules.minLength !== null) {
-    const size = [...input.message].length
+    const size = StoredText.characters(input.message)
     if (rules.maxLength !== null && size > rules.maxLength) {
       return rejected(`Message exceeds the maximum length of ${characters(rules.maxLength)}`)
     }

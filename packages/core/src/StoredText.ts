@@ -11,3 +11,14 @@ export const hasLoneSurrogate = (text: string): boolean => LONE_SURROGATE.test(t
 
 /** Neither a NUL character nor half a surrogate pair. */
 export const isStorable = (text: string): boolean => !text.includes("\u0000") && !hasLoneSurrogate(text)
+
+/**
+ * Characters as a person counts them (code points), which is what every length
+ * limit counts: a character outside the BMP (an emoji, a CJK extension
+ * ideograph) is two UTF-16 units of `length`.
+ */
+export const characters = (value: string): number => {
+  let n = 0
+  for (const _ of value) n++
+  return n
+}

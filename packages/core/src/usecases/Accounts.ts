@@ -2,6 +2,7 @@
 import { Effect, Either, Option } from "effect"
 import * as ApiKey from "../ApiKey.js"
 import * as Errors from "../Errors.js"
+import * as StoredText from "../StoredText.js"
 import { Events } from "../Events.js"
 import * as Ids from "../Ids.js"
 import * as Store from "../Store.js"
@@ -28,7 +29,7 @@ export const make = Effect.gen(function* () {
       Effect.gen(function* () {
         const username = yield* Either.match(Username.parse(input.username), { onLeft: Effect.fail, onRight: Effect.succeed })
         const displayName = input.displayName?.trim() || null
-        if (displayName !== null && displayName.length > DISPLAY_NAME_MAX) {
+        if (displayName !== null && StoredText.characters(displayName) > DISPLAY_NAME_MAX) {
           return yield* Errors.InvalidRequest.of("INVALID_REQUEST", `display_name must be at most ${DISPLAY_NAME_MAX} characters`)
         }
         const key = ApiKey.generate()

@@ -4,6 +4,7 @@ import * as Callback from "../Callback.js"
 import { CallbackUrls } from "../CallbackUrls.js"
 import { RemoteDirectory } from "../Directory.js"
 import * as Errors from "../Errors.js"
+import * as StoredText from "../StoredText.js"
 import { deliveryStatusEvent, Events, type RegistryEvent } from "../Events.js"
 import * as Ids from "../Ids.js"
 import * as Routing from "../Routing.js"
@@ -39,20 +40,10 @@ const MAX_CAPABILITY_LENGTH = 100
 
 const invalid = (error: string) => Effect.fail(Errors.InvalidRequest.of("INVALID_REQUEST", error))
 
-/**
- * Characters as a person counts them (code points): the limits are in characters, and a
- * character outside the BMP (an emoji, a CJK extension ideograph) is two UTF-16 units.
- */
-export const characters = (value: string): number => {
-  let n = 0
-  for (const _ of value) n++
-  return n
-}
-
 /** A name kept trimmed, so judged trimmed too: `" main "` is `main`, whatever the limit. */
 const text = (name: string, value: string | undefined | null, min: number, max: number) => {
   const trimmed = value?.trim()
-  return trimmed === undefined || characters(trimmed) < min || characters(trimmed) > max
+  return trimmed === undefined || StoredText.characters(trimmed) < min || StoredText.characters(trimmed) > max
     ? invalid(`${name} must be ${min}–${max} characters`)
     : Effect.succeed(trimmed)
 }
@@ -160,7 +151,7 @@ export const make = Effect.gen(function* () {
       const framework = yield* text("framework", input.framework, 1, 50)
       const label = yield* text("label", input.label, 1, 50)
       const description = input.description ?? null
-      if (description !== null && characters(description) > 500) yield* invalid("description must be at most 500 characters")
+      if (description !== null && StoredText.characters(description) > 500) yield* invalid("description must be at most 500 characters")
       const routingPriority = input.routingPriority ?? 0
       if (!Number.isInteger(routingPriority) || routingPriority < 0 || routingPriority > 100) {
         yield* invalid("routing_priority must be an integer from 0 to 100")
@@ -190,7 +181,7 @@ export const make = Effect.gen(function* () {
         yield* invalid("capabilities must be a list of strings or a comma-separated string")
       }
       const capabilities = Routing.parseCapabilities(given)
-      if (capabilities.length > MAX_CAPABILITIES || capabilities.some((c) => characters(c) > MAX_CAPABILITY_LENGTH)) {
+      if (capabilities.length > MAX_CAPABILITIES || capabilities.some((c) => StoredText.characters(c) > MAX_CAPABILITY_LENGTH)) {
         yield* invalid(`capabilities: at most ${MAX_CAPABILITIES}, each at most ${MAX_CAPABILITY_LENGTH} characters`)
       }
       return {

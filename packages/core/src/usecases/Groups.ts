@@ -2,12 +2,12 @@
 import { Effect, Option } from "effect"
 import { groupAddresses, localGroupId, parseGroupAddress, qualifiedGroupAddress, RemoteDirectory, type RemoteGroupMembership } from "../Directory.js"
 import * as Errors from "../Errors.js"
+import * as StoredText from "../StoredText.js"
 import { Events } from "../Events.js"
 import * as Graph from "../Graph.js"
 import * as Ids from "../Ids.js"
 import * as Store from "../Store.js"
 import type { Principal } from "./Accounts.js"
-import { characters } from "./Agents.js"
 import type { make as makeFriends } from "./Friends.js"
 
 
@@ -149,7 +149,7 @@ export const make = (friends: Friends) =>
         input: { readonly name: string; readonly description?: string | null | undefined; readonly inviteOnly?: boolean | undefined }
       ) =>
         Effect.gen(function* () {
-          if (input.description !== undefined && input.description !== null && characters(input.description) > 1000) {
+          if (input.description !== undefined && input.description !== null && StoredText.characters(input.description) > 1000) {
             return yield* Errors.InvalidRequest.of("INVALID_REQUEST", "description must be at most 1000 characters")
           }
           const decision = yield* Graph.create({ ...input, creatorId: principal.userId })

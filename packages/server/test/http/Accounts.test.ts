@@ -43,6 +43,15 @@ layer(serverLayer(), layerOptions)("accounts over HTTP", (it) => {
         }
       }))
 
+    it.effect("display_name's 100-character limit counts characters: 100 emoji are accepted, 101 are 400", () =>
+      Effect.gen(function* () {
+        const registered = yield* call("POST", "/api/v1/auth/register", { body: { username: uniqueName("emoji"), display_name: "🦜".repeat(100) } })
+        expect(registered.status).toBe(201)
+        const me = yield* call("GET", "/api/v1/auth/me", { key: registered.body.api_key })
+        expect(me.body.display_name).toBe("🦜".repeat(100))
+        expectError(yield* call("POST", "/api/v1/auth/register", { body: { username: uniqueName("emoji"), display_name: "🦜".repeat(101) } }), 400, "INVALID_REQUEST")
+      }))
+
     it.effect("refuses a username already taken, in any case: 409 USERNAME_EXISTS", () =>
       Effect.gen(function* () {
         const name = uniqueName("taken")

@@ -97,7 +97,11 @@ layer(serverLayer(), layerOptions)("policies over HTTP", (it) => {
         const alice = yield* person("polllm")
         const ok = yield* create(alice, { scope: "global", policy_type: "llm", policy_content: "Never share my address." })
         expect(ok.status).toBe(201)
-        for (const policy_content of ["", "   \n\t", "x".repeat(10_001)]) {
+        // The limit counts characters: 10,000 emoji are 20,000 UTF-16 units.
+        const emoji = yield* create(alice, { scope: "global", policy_type: "llm", policy_content: "🦜".repeat(10_000), enabled: false })
+        expect(emoji.status).toBe(201)
+        yield* call("DELETE", `/api/v1/policies/${emoji.body.policy_id}`, { key: alice.apiKey })
+        for (const policy_content of ["", "   \n\t", "x".repeat(10_001), "🦜".repeat(10_001)]) {
           const response = yield* create(alice, { scope: "global", policy_type: "llm", policy_content })
           expectError(response, 400, "INVALID_POLICY")
         }
