@@ -38,6 +38,7 @@ export const make = (friends: Friends) =>
   Effect.gen(function* () {
     const groups = yield* Store.Groups
     const users = yield* Store.Users
+    const friendships = yield* Store.Friendships
     const events = yield* Events
     const directory = yield* RemoteDirectory
 
@@ -175,6 +176,12 @@ export const make = (friends: Friends) =>
           const invitee = yield* friends.resolveUser(username)
           const existing = yield* membershipOf(groupId, invitee.id)
           yield* Graph.invite({ actor, inviteeId: invitee.id, existing })
+          // A block, either way, stops invitations as it stops friend requests: blocking someone
+          // would otherwise leave them free to invite you, and notify you, again and again.
+          const pair = yield* friendships.findPair(principal.userId, invitee.id)
+          if (Option.isSome(pair) && pair.value.status === "blocked") {
+            return yield* Errors.Forbidden.of("BLOCKED", "A group invitation cannot be sent to this user")
+          }
           const group = yield* groupOf(groupId)
           if (invitee.instance !== null) {
             // Federation: the invitee's registry must hear of it, to let them join from there.
@@ -298,9 +305,15 @@ export const make = (friends: Friends) =>
 
       transfer: (principal: Principal, address: string, newOwnerUserId: string) =>
         Effect.gen(function* () {
+          if (newOwnerUserId.trim() === "") {
+            return yield* Errors.InvalidRequest.of("INVALID_REQUEST", "new_owner_user_id must name a member (a user id or username)")
+          }
           const groupId = yield* localId(address)
-          // Accept a username too: clients often know names, not ids.
-          const byName = yield* users.findByUsername(newOwnerUserId.toLowerCase())
+          // Accept a username too: clients often know names, not ids. A value that is some user's
+          // id names that user only: a username can look like an id (`usr_` and 26 characters),
+          // and must not take the group when the user meant is not a member.
+          const byId = yield* users.findById(newOwnerUserId)
+          const byName = Option.isSome(byId) ? Option.none() : yield* users.findByUsername(newOwnerUserId.toLowerCase())
           return yield* groups.exclusively(groupId, Effect.gen(function* () {
             const actor = yield* membershipOf(groupId, principal.userId)
             let target = yield* membershipOf(groupId, newOwnerUserId)

@@ -97,6 +97,52 @@ describe.each(TestDatabase.backends)("groups over HTTP ($name)", ({ layer: datab
       yield* carol!.api.groups.create({ payload: { name: "Open-House" } })
     }))
 
+  it.scopedLive("a block, either way, stops group invitations: 403 BLOCKED, and the blocked side is not invited", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice, bob, carol] = yield* Fixtures.users(server, "alice", "bob", "carol")
+      // bob blocks alice, who owns a group; alice blocks carol.
+      const asked = yield* alice!.api.friends.request({ payload: { username: "bob" } })
+      yield* bob!.api.friends.block({ path: { id: asked.friendship_id } })
+      const toCarol = yield* carol!.api.friends.request({ payload: { username: "alice" } })
+      yield* alice!.api.friends.block({ path: { id: toCarol.friendship_id } })
+      const group = yield* alice!.api.groups.create({ payload: { name: "club" } })
+
+      for (const username of ["bob", "carol"]) {
+        const refused = yield* Fixtures.failure(alice!.api.groups.invite({ path: { id: group.group_id }, payload: { username } }))
+        expect([refused._tag, refused.code], username).toEqual(["Forbidden", "BLOCKED"])
+      }
+      expect((yield* alice!.api.groups.members({ path: { id: group.group_id } })).map((m) => m.username)).toEqual(["alice"])
+      expect(yield* bob!.api.groups.list()).toEqual([])
+      // The block is between two people: alice still invites anyone else.
+      const [dave] = yield* Fixtures.users(server, "dave")
+      const daveIn = yield* alice!.api.groups.invite({ path: { id: group.group_id }, payload: { username: "dave" } })
+      expect(daveIn.status).toBe("invited")
+      yield* dave!.api.groups.join({ path: { id: group.group_id } })
+    }))
+
+  it.scopedLive("transfer names the new owner by id or username; an id names only its user, even if a member's username spells it", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice, bob, carol] = yield* Fixtures.users(server, "alice", "bob", "carol")
+      // A username that is exactly carol's id (ids are valid usernames: "usr_" and 26 characters).
+      const [lookalike] = yield* Fixtures.users(server, carol!.id)
+      const group = yield* alice!.api.groups.create({ payload: { name: "crew", invite_only: false } })
+      const id = group.group_id
+      yield* bob!.api.groups.join({ path: { id } })
+      yield* lookalike!.api.groups.join({ path: { id } })
+
+      // carol is not a member: her id does not hand the group to the member whose name spells it.
+      const notMember = yield* Fixtures.failure(alice!.api.groups.transfer({ path: { id }, payload: { new_owner_user_id: carol!.id } }))
+      expect([notMember._tag, notMember.code]).toEqual(["NotFound", "MEMBER_NOT_FOUND"])
+      const empty = yield* Fixtures.failure(alice!.api.groups.transfer({ path: { id }, payload: { new_owner_user_id: " " } }))
+      expect([empty._tag, empty.code]).toEqual(["InvalidRequest", "INVALID_REQUEST"])
+      expect((yield* alice!.api.groups.members({ path: { id } })).find((m) => m.role === "owner")?.username).toBe("alice")
+      // By username, as before.
+      expect(yield* alice!.api.groups.transfer({ path: { id }, payload: { new_owner_user_id: "BOB" } }))
+        .toEqual({ success: true, new_owner_user_id: bob!.id })
+    }))
+
   it.scopedLive("a description's 1000-character limit counts characters, not UTF-16 units", () =>
     Effect.gen(function* () {
       const server = yield* TestServer.make({ database })
