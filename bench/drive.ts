@@ -10,13 +10,16 @@
  * other thread is normally the database's, the rest V8's helpers).
  *
  * Knobs: BENCH_MODE `send` (default) | `health` | `friends` (GET /friends with
- * no-cache: the whole framework), BENCH_SECONDS, BENCH_SENDERS (32),
+ * no-cache: the whole framework) | `push` (sends to receivers whose agent polls
+ * and who hold a notification socket: also counts the `message_received` pushes
+ * that had arrived when the drive ended, and how long the rest took), BENCH_SECONDS, BENCH_SENDERS (32),
  * BENCH_NODE_ARGS (extra flags for the server's node, e.g. `--cpu-prof`),
  * BENCH_SIGNAL=true (send the server SIGUSR2 as the measured drive starts and
  * again as it ends, for a profiler preloaded with `--import` to scope itself).
  */
 import { readdirSync, readFileSync } from "node:fs"
 import { join } from "node:path"
+import { WebSocket } from "ws"
 import * as FakeAgent from "../packages/testkit/src/FakeAgent.js"
 import { run } from "./load.js"
 import { senderPairs, startRegistry } from "./registry.js"
@@ -52,7 +55,22 @@ const registry = await startRegistry({ checkout, nodeArgs })
 const { target } = registry
 const agents = await FakeAgent.startMany(SENDERS)
 try {
-  const { senders } = await senderPairs(registry, agents.agents)
+  const { senders, receivers } = await senderPairs(registry, agents.agents)
+  const pushes = { count: 0, lastAt: 0 }
+  const sockets: Array<WebSocket> = []
+  if (MODE === "push") {
+    for (const key of receivers) {
+      await registry.call("POST", "/api/v1/agents", { framework: "bench", label: "main", mode: "polling", public_key: "cHVibGlj", public_key_alg: "ed25519" }, key)
+      const socket = new WebSocket(`ws://127.0.0.1:${target.port}/api/v1/notifications/ws?api_key=${encodeURIComponent(key)}`)
+      await new Promise((opened, failed) => socket.once("open", opened).once("error", failed))
+      socket.on("message", (data) => {
+        if (JSON.parse(data.toString()).type !== "message_received") return
+        pushes.count++
+        pushes.lastAt = Date.now()
+      })
+      sockets.push(socket)
+    }
+  }
   const drive = (durationMs: number, label: string) =>
     run({
       target,
@@ -72,6 +90,7 @@ try {
           }
     })
   await drive(3_000, "warm-up")
+  pushes.count = 0
   const before = threadTimes(registry.pid)
   if (SIGNAL) registry.server.kill("SIGUSR2")
   const result = await drive(SECONDS * 1000, "measured")
@@ -86,7 +105,16 @@ try {
       waitingMs: Math.round(t.waitMs - b.waitMs)
     }]
   }).sort((x, y) => y.cores - x.cores)
-  console.log(JSON.stringify({ mode: MODE, checkout, ...result, threads }))
+  let push = {}
+  if (MODE === "push") {
+    // Pushes for sends answered before the end that arrive after it: how far behind the hub is.
+    const endedAt = Date.now()
+    const atEnd = pushes.count
+    while (Date.now() - Math.max(pushes.lastAt, endedAt) < 2_000) await new Promise((tick) => setTimeout(tick, 50))
+    push = { pushedByEnd: atEnd, pushed: pushes.count, lastPushAfterEndMs: Math.max(0, pushes.lastAt - endedAt) }
+    for (const socket of sockets) socket.terminate()
+  }
+  console.log(JSON.stringify({ mode: MODE, checkout, ...result, ...push, threads }))
 } finally {
   await registry.stop("SIGINT")
   await agents.close()
