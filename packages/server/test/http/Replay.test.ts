@@ -57,6 +57,23 @@ describe.each(TestDatabase.backends)("answers replayed from memory ($name)", ({ 
       expect(third).toEqual(first)
     }))
 
+  it.scopedLive("the Bearer scheme in any case is replayed like Bearer; another scheme is refused, never replayed", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice, bob] = yield* Fixtures.users(server, "alice", "bob")
+      yield* Fixtures.befriend(alice!, bob!)
+      const first = yield* get(server, "/api/v1/friends", alice!.apiKey)
+      const before = replayOf(server).served
+      const lower = yield* get(server, "/api/v1/friends", alice!.apiKey, { authorization: `bearer ${alice!.apiKey}` })
+      const upper = yield* get(server, "/api/v1/friends", alice!.apiKey, { authorization: `BEARER ${alice!.apiKey}` })
+      expectReplayed(server, before, 2)
+      expect(lower).toEqual(first)
+      expect(upper).toEqual(first)
+      const other = yield* get(server, "/api/v1/friends", alice!.apiKey, { authorization: `Xearer ${alice!.apiKey}` })
+      expect([other.status, other.body.code]).toEqual([401, "UNAUTHORIZED"])
+      expectReplayed(server, before, 2)
+    }))
+
   it.scopedLive("a change to a friend list is in the next answer", () =>
     Effect.gen(function* () {
       const server = yield* TestServer.make({ database })
