@@ -102,7 +102,15 @@ export class HealthGroup extends HttpApiGroup.make("health").add(
       federation: Schema.Boolean,
       instance: Schema.optional(Schema.String)
     })
-  )
+  ).annotate(OpenApi.Description, "Liveness: the process answers. Reads nothing from the database.")
+).add(
+  HttpApiEndpoint.get("ready", "/health/ready")
+    .addSuccess(Schema.Struct({ status: Schema.Literal("ready"), database: Schema.Literal("pglite", "postgres") }))
+    .addError(Unavailable)
+    .annotate(
+      OpenApi.Description,
+      "Beside the contract. Readiness: the database answers `SELECT 1` within 2 s; otherwise 503 STORE_UNAVAILABLE."
+    )
 ).annotate(OpenApi.Title, "Health") {}
 
 // ---------------------------------------------------------------------------

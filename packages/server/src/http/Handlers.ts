@@ -3,8 +3,9 @@
  * translations between the wire and the registry's use cases.
  */
 import { HttpApiBuilder } from "@effect/platform"
-import { Callback, Registry } from "@mahilo/core"
-import { Effect } from "effect"
+import { SqlClient } from "@effect/sql"
+import { Callback, Errors, Registry } from "@mahilo/core"
+import { Duration, Effect } from "effect"
 import { CurrentPrincipal, FriendList, MahiloApi } from "../Api.js"
 import { callbackNetwork, federationEnabled, ServerConfig } from "../Config.js"
 import { DatabaseEngine } from "../Database.js"
@@ -15,18 +16,35 @@ import * as Wire from "./Wire.js"
 
 const VERSION = "0.1.0"
 
+/** How long readiness waits for the database's `SELECT 1`. */
+const READY_TIMEOUT = Duration.seconds(2)
+
+const storeUnavailable = () =>
+  Errors.Unavailable.of("STORE_UNAVAILABLE", "The registry's database is unavailable; try again shortly")
+
 export const HealthLive = HttpApiBuilder.group(MahiloApi, "health", (handlers) =>
   Effect.gen(function* () {
     const engine = yield* DatabaseEngine
     const config = yield* ServerConfig
-    return handlers.handle("health", () =>
-      Effect.succeed({
-        status: "healthy" as const,
-        version: VERSION,
-        database: engine.kind,
-        federation: federationEnabled(config),
-        ...(config.instanceName !== undefined ? { instance: config.instanceName } : {})
-      }))
+    const sql = yield* SqlClient.SqlClient
+    return handlers
+      // Liveness: the process answers; the database is not asked.
+      .handle("health", () =>
+        Effect.succeed({
+          status: "healthy" as const,
+          version: VERSION,
+          database: engine.kind,
+          federation: federationEnabled(config),
+          ...(config.instanceName !== undefined ? { instance: config.instanceName } : {})
+        }))
+      // Readiness: the database answers a trivial statement in time (a pool that cannot get a
+      // connection, a connection that died, a PGlite held by a long statement all fail it).
+      .handle("ready", () =>
+        sql`SELECT 1`.pipe(
+          Effect.timeoutFail({ duration: READY_TIMEOUT, onTimeout: storeUnavailable }),
+          Effect.mapError(storeUnavailable),
+          Effect.as({ status: "ready" as const, database: engine.kind })
+        ))
   }))
 
 export const authLive = (authenticator: Authenticator) =>
