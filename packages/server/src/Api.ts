@@ -102,8 +102,34 @@ export class HealthGroup extends HttpApiGroup.make("health").add(
       federation: Schema.Boolean,
       instance: Schema.optional(Schema.String)
     })
-  )
+  ).annotate(OpenApi.Description, "Liveness: the process answers. Reads nothing from the database.")
+).add(
+  HttpApiEndpoint.get("ready", "/health/ready")
+    .addSuccess(Schema.Struct({ status: Schema.Literal("ready"), database: Schema.Literal("pglite", "postgres") }))
+    .addError(Unavailable)
+    .annotate(
+      OpenApi.Description,
+      "Beside the contract. Readiness: the database answers `SELECT 1` within 2 s; otherwise 503 STORE_UNAVAILABLE."
+    )
 ).annotate(OpenApi.Title, "Health") {}
+
+// ---------------------------------------------------------------------------
+// Metrics (beside the contract)
+
+/** Prometheus' text exposition format, as prom-client writes it. */
+export const PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+export class MetricsGroup extends HttpApiGroup.make("metrics").add(
+  HttpApiEndpoint.get("metrics", "/metrics")
+    .setHeaders(Schema.Struct({ authorization: Schema.optional(Schema.String) }))
+    .addSuccess(HttpApiSchema.Text({ contentType: PROMETHEUS_CONTENT_TYPE }))
+    .addError(Unauthorized)
+    .addError(NotFound)
+    .annotate(
+      OpenApi.Description,
+      "Beside the contract. Prometheus metrics of the process that answers, with `Authorization: Bearer <MAHILO_METRICS_TOKEN>`; 404 while that setting is unset."
+    )
+).annotate(OpenApi.Title, "Metrics") {}
 
 // ---------------------------------------------------------------------------
 // Auth
@@ -602,6 +628,7 @@ export class GroupsGroup extends HttpApiGroup.make("groups")
 /** The whole v1 API. Every error answers `{error, code}`; malformed input is `400 INVALID_REQUEST`. */
 export class MahiloApi extends HttpApi.make("mahilo")
   .add(HealthGroup)
+  .add(MetricsGroup)
   .add(AuthGroup)
   .add(AgentsGroup)
   .add(FriendsGroup)

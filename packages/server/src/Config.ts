@@ -64,6 +64,8 @@ export interface ServerConfigShape {
   readonly publicUrl: string | undefined
   /** `MAHILO_ADMIN_KEY`: secret for the federation admin endpoints. */
   readonly adminKey: Redacted.Redacted<string> | undefined
+  /** `MAHILO_METRICS_TOKEN`: bearer token for `GET /metrics` (Prometheus); the endpoint is off (404) while unset. */
+  readonly metricsToken: Redacted.Redacted<string> | undefined
   /** `MAHILO_TRACING`: build Effect spans for requests and statements. */
   readonly tracing: boolean
   /** `MAHILO_SEND_LANE`: answer plain sends beside the HTTP framework (`http/SendLane.ts`); off while tracing. */
@@ -171,6 +173,9 @@ const MAX_TIMER_MS = 2_147_483_647
 /** A retry horizon of ten years is plenty; more would overflow date arithmetic. */
 const MAX_HORIZON_MS = 10 * 365 * 24 * 60 * 60_000
 
+/** The shortest `MAHILO_METRICS_TOKEN` accepted. */
+export const MIN_METRICS_TOKEN = 16
+
 /** The whole configuration as one `Config`; resolve it against any `ConfigProvider`. */
 export const config: Config.Config<ServerConfigShape> = Config.all({
   port: integer("PORT", 8080, 0, 65535),
@@ -213,6 +218,12 @@ export const config: Config.Config<ServerConfigShape> = Config.all({
       : Either.left(`must be a host name or host:port, got ${JSON.stringify(value)}`)),
   publicUrl: optional("MAHILO_PUBLIC_URL", httpUrl),
   adminKey: optional("MAHILO_ADMIN_KEY", (value) => Either.right(Redacted.make(value))),
+  // A scrape token that can be guessed exposes the registry's traffic figures: at least 16 characters.
+  // The value is a secret: the message gives its length, never the value.
+  metricsToken: optional("MAHILO_METRICS_TOKEN", (value) =>
+    value.length >= MIN_METRICS_TOKEN
+      ? Either.right(Redacted.make(value))
+      : Either.left(`must be at least ${MIN_METRICS_TOKEN} characters, got ${value.length}`)),
   tracing: boolean("MAHILO_TRACING", false),
   sendLane: boolean("MAHILO_SEND_LANE", true),
   logLevel: parsed("MAHILO_LOG_LEVEL", LogLevel.Info, (value) => {

@@ -25,8 +25,10 @@ import * as NodeServer from "./http/NodeServer.js"
 import * as Replay from "./http/Replay.js"
 import * as RequestBody from "./http/RequestBody.js"
 import * as SendLane from "./http/SendLane.js"
+import * as Metrics from "./Metrics.js"
 import { NodeId } from "./NodeId.js"
 import * as EventBus from "./notifications/EventBus.js"
+import * as Hub from "./notifications/Hub.js"
 import * as NotificationRoutes from "./notifications/Routes.js"
 
 export interface ServerOptions {
@@ -152,6 +154,7 @@ const ApiLive = Layer.unwrapEffect(
     HttpApiBuilder.api(MahiloApi).pipe(
       Layer.provide([
         Handlers.HealthLive,
+        Handlers.MetricsLive,
         Handlers.authLive(authenticator),
         Handlers.AgentsLive,
         Handlers.FriendsLive,
@@ -159,7 +162,10 @@ const ApiLive = Layer.unwrapEffect(
         Handlers.GroupsLive,
         MessagesLive
       ]),
-      Layer.provide(Auth.layer(authenticator))
+      Layer.provide(Auth.layer(authenticator)),
+      // The same hub as the notification stream's (layers are shared by reference within a
+      // build): the metrics count its sockets.
+      Layer.provide(Hub.layer)
     ))
 )
 
@@ -203,7 +209,7 @@ const registryAndEngine = <E, R>(
 /** What a registry runs on besides its store: the database, a node id, the event bus and the callback client. */
 const runtimeOf = (config: ServerConfigShape, options: ServerOptions) =>
   Layer.provideMerge(
-    Layer.merge(HttpCallback.layer, EventBus.layerWith({ heartbeatMs: config.relayHeartbeatMs })),
+    Layer.mergeAll(HttpCallback.layer, EventBus.layerWith({ heartbeatMs: config.relayHeartbeatMs }), Metrics.layer),
     Layer.mergeAll(options.database ?? DatabaseFromConfig, NodeId.layer)
   )
 

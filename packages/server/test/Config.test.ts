@@ -133,6 +133,16 @@ describe("Config", () => {
     expect(message).toContain(JSON.stringify(value))
   })
 
+  it("takes a metrics token of at least 16 characters, and never repeats a short one", () => {
+    expect(Config.defaults.metricsToken).toBeUndefined()
+    const token = ok({ MAHILO_METRICS_TOKEN: "0123456789abcdef" }).metricsToken
+    expect(Redacted.value(token!)).toBe("0123456789abcdef")
+    expect(String(token)).not.toContain("0123456789abcdef")
+    const message = error({ MAHILO_METRICS_TOKEN: "short-secret" })
+    expect(message).toContain("MAHILO_METRICS_TOKEN must be at least 16 characters, got 12")
+    expect(message).not.toContain("short-secret")
+  })
+
   it("takes the longest timer Node can hold", () => {
     expect(ok({ MAHILO_CALLBACK_TIMEOUT_MS: "2147483647", MAHILO_LEASE_MS: "2147483647" })).toMatchObject({
       callbackTimeoutMs: 2147483647,

@@ -16,7 +16,9 @@
 import { Batcher, Callback, deliveryStatusEvent, type PeerOutcome, PeerTransport, Registry, RetrySchedule, type Store } from "@mahilo/core"
 import { Store as StoreTags } from "@mahilo/core"
 import { Context, Duration, Effect, Exit, FiberSet, Layer, Option, Queue } from "effect"
+import { performance } from "node:perf_hooks"
 import { callbackNetwork, ServerConfig } from "../Config.js"
+import { Metrics } from "../Metrics.js"
 import { EventBus } from "../notifications/EventBus.js"
 import { NodeId } from "../NodeId.js"
 import { callbackBody } from "./CallbackBody.js"
@@ -110,6 +112,8 @@ export const make = (settings: EngineSettings) =>
     const http = yield* HttpCallbackClient
     const config = yield* ServerConfig
     const peer = yield* Effect.serviceOption(PeerTransport)
+    // Counted with plain calls where outcomes are decided; absent when embedded without the server's metrics.
+    const metrics = Option.getOrUndefined(yield* Effect.serviceOption(Metrics))
 
     const fibers = yield* FiberSet.make<unknown, never>()
 
@@ -221,8 +225,11 @@ export const make = (settings: EngineSettings) =>
         const key = targetOf(claimed.delivery)
         const target = stateOf(key)
         target.inFlight++
+        const started = performance.now()
         const outcome = yield* transport(claimed).pipe(Effect.ensuring(Effect.sync(() => target.inFlight--)))
         const now = Date.now()
+        // A deferred delivery was not sent: no attempt to time or count.
+        if (metrics !== undefined && outcome._tag !== "Deferred") metrics.attemptSeconds.observe((performance.now() - started) / 1000)
         if (outcome._tag === "Deferred") {
           // Not sent (our own limit towards a peer): it waits its turn, and no attempt is counted.
           const until = now + Math.max(1, outcome.retryAfterMs)
@@ -235,11 +242,13 @@ export const make = (settings: EngineSettings) =>
           // itself; until then the delivery stays pending and is checked again later.
           target.failures = 0
           target.restMs = settings.breakerCooldownMs
+          metrics?.attempts.forwarded.inc()
           yield* outbox.postpone(nodeId, claimed.delivery.id, new Date(now + outcome.recheckAfterMs))
           yield* wakeIn(outcome.recheckAfterMs)
           return "pending" as const
         }
         const record = decide(claimed.delivery, outcome, now)
+        metrics?.attempts[record._tag === "Delivered" ? "delivered" : record._tag === "Retry" ? "retry" : "failed"].inc()
         if (record._tag === "Delivered") {
           target.failures = 0
           target.restMs = settings.breakerCooldownMs

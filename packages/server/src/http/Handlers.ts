@@ -2,31 +2,78 @@
  * Handlers for the account, agent, friend, policy and group endpoints: thin
  * translations between the wire and the registry's use cases.
  */
+import * as crypto from "node:crypto"
 import { HttpApiBuilder } from "@effect/platform"
-import { Callback, Registry } from "@mahilo/core"
-import { Effect } from "effect"
+import { SqlClient } from "@effect/sql"
+import { Callback, Errors, Registry } from "@mahilo/core"
+import { Duration, Effect, Redacted } from "effect"
 import { CurrentPrincipal, FriendList, MahiloApi } from "../Api.js"
 import { callbackNetwork, federationEnabled, ServerConfig } from "../Config.js"
 import { DatabaseEngine } from "../Database.js"
 import { HttpCallbackClient } from "../delivery/HttpCallback.js"
+import * as Metrics from "../Metrics.js"
+import { Hub } from "../notifications/Hub.js"
+import * as Auth from "./Auth.js"
 import type { Authenticator } from "./Auth.js"
 import * as Replay from "./Replay.js"
 import * as Wire from "./Wire.js"
 
 const VERSION = "0.1.0"
 
+/** How long readiness waits for the database's `SELECT 1`. */
+const READY_TIMEOUT = Duration.seconds(2)
+
+const storeUnavailable = () =>
+  Errors.Unavailable.of("STORE_UNAVAILABLE", "The registry's database is unavailable; try again shortly")
+
 export const HealthLive = HttpApiBuilder.group(MahiloApi, "health", (handlers) =>
   Effect.gen(function* () {
     const engine = yield* DatabaseEngine
     const config = yield* ServerConfig
-    return handlers.handle("health", () =>
-      Effect.succeed({
-        status: "healthy" as const,
-        version: VERSION,
-        database: engine.kind,
-        federation: federationEnabled(config),
-        ...(config.instanceName !== undefined ? { instance: config.instanceName } : {})
-      }))
+    const sql = yield* SqlClient.SqlClient
+    return handlers
+      // Liveness: the process answers; the database is not asked.
+      .handle("health", () =>
+        Effect.succeed({
+          status: "healthy" as const,
+          version: VERSION,
+          database: engine.kind,
+          federation: federationEnabled(config),
+          ...(config.instanceName !== undefined ? { instance: config.instanceName } : {})
+        }))
+      // Readiness: the database answers a trivial statement in time (a pool that cannot get a
+      // connection, a connection that died, a PGlite held by a long statement all fail it).
+      .handle("ready", () =>
+        sql`SELECT 1`.pipe(
+          Effect.timeoutFail({ duration: READY_TIMEOUT, onTimeout: storeUnavailable }),
+          Effect.mapError(storeUnavailable),
+          Effect.as({ status: "ready" as const, database: engine.kind })
+        ))
+  }))
+
+/** Whether `given` is `Bearer <token>`, compared in constant time (of the digests, so lengths do not show). */
+const bearerMatches = (given: string | undefined, token: string): boolean => {
+  if (given === undefined || !Auth.isBearer(given)) return false
+  const digest = (text: string) => crypto.createHash("sha256").update(text).digest()
+  return crypto.timingSafeEqual(digest(given.slice(7)), digest(token))
+}
+
+/**
+ * `GET /metrics` (Prometheus): answered only with `MAHILO_METRICS_TOKEN` set,
+ * to a caller that shows it; otherwise it is the `404` of an unknown route.
+ */
+export const MetricsLive = HttpApiBuilder.group(MahiloApi, "metrics", (handlers) =>
+  Effect.gen(function* () {
+    const config = yield* ServerConfig
+    const metrics = yield* Metrics.Metrics
+    const sample = Metrics.sample.pipe(Effect.provide(yield* Effect.context<Metrics.Metrics | SqlClient.SqlClient | ServerConfig | Hub>()))
+    const token = config.metricsToken !== undefined ? Redacted.value(config.metricsToken) : undefined
+    return handlers.handle("metrics", ({ headers }) =>
+      token === undefined
+        ? Effect.fail(Errors.NotFound.of("NOT_FOUND", "No such endpoint"))
+        : !bearerMatches(headers.authorization, token)
+        ? Effect.fail(Errors.Unauthorized.of("A valid metrics token is required (Authorization: Bearer <MAHILO_METRICS_TOKEN>)"))
+        : Effect.zipRight(sample, Metrics.render(metrics)))
   }))
 
 export const authLive = (authenticator: Authenticator) =>

@@ -6,6 +6,7 @@ import { CurrentPrincipal, Inbox, MahiloApi, type SendAnswer, type SendPayload, 
 import { ServerConfig } from "../Config.js"
 import { DeliveryEngine } from "../delivery/DeliveryEngine.js"
 import { callbackBody } from "../delivery/CallbackBody.js"
+import { Metrics } from "../Metrics.js"
 import * as Replay from "./Replay.js"
 import * as Wire from "./Wire.js"
 
@@ -48,6 +49,8 @@ export const makeSend = Effect.gen(function* () {
   const registry = yield* Registry.Registry
   const engine = yield* DeliveryEngine
   const config = yield* ServerConfig
+  // Counted with plain increments (no Effect operation): the API's handler and the send lane both come here.
+  const { sent } = yield* Metrics
   return (principal: Registry.Principal, payload: typeof SendPayload.Type) =>
     Effect.gen(function* () {
       const result = yield* registry.send(principal, {
@@ -65,7 +68,11 @@ export const makeSend = Effect.gen(function* () {
         senderConnectionId: payload.sender_connection_id ?? undefined
       }, { leaseOwner: engine.nodeId, leaseMs: engine.leaseMs })
 
-      if (result._tag === "Rejected") return yield* rejected(result.message)
+      if (result._tag === "Rejected") {
+        sent.rejected.inc()
+        return yield* rejected(result.message)
+      }
+      // A repeated idempotency key accepts nothing new: not counted again.
       if (result._tag === "Deduplicated") {
         const m = result.message
         if (m.status === "rejected") return yield* rejected(m, true)
@@ -87,6 +94,7 @@ export const makeSend = Effect.gen(function* () {
         : counts.delivered > 0
         ? "delivered"
         : "failed"
+      sent[status].inc()
       return (result.message.recipientType === "group"
         ? { message_id: result.message.id, status, ...counts }
         : { message_id: result.message.id, status }) satisfies typeof SendAnswer.Type

@@ -23,6 +23,8 @@ export interface HubService {
   readonly attach: (subscriber: Subscriber) => Effect.Effect<void, never, Scope.Scope>
   /** Sockets open on this process for a user. */
   readonly count: (userId: string) => number
+  /** Sockets open on this process, for everyone (the metrics' gauge). */
+  readonly open: () => number
 }
 
 export class Hub extends Context.Tag("@mahilo/server/notifications/Hub")<Hub, HubService>() {}
@@ -56,6 +58,7 @@ export const make = Effect.gen(function* () {
   const registry = yield* Registry.Registry
   const byUser = new Map<string, Set<Subscriber>>()
   const announced = new Recent(10_000)
+  let open = 0
 
   const deliver = (subscribers: Iterable<Subscriber>, notification: Notification.Notification) => {
     const text = JSON.stringify(notification)
@@ -141,16 +144,18 @@ export const make = Effect.gen(function* () {
           let set = byUser.get(userId)
           if (set === undefined) byUser.set(userId, set = new Set())
           set.add(subscriber)
+          open++
         }),
         () =>
           Effect.sync(() => {
             const userId = subscriber.principal.userId
             const set = byUser.get(userId)
-            set?.delete(subscriber)
+            if (set?.delete(subscriber) === true) open--
             if (set !== undefined && set.size === 0) byUser.delete(userId)
           })
       ),
-    count: (userId) => byUser.get(userId)?.size ?? 0
+    count: (userId) => byUser.get(userId)?.size ?? 0,
+    open: () => open
   })
 })
 
