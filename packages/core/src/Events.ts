@@ -18,6 +18,12 @@ export type RegistryEvent =
     readonly recipientType: "user" | "group"
     readonly groupId: string | null
     readonly payloadType: string
+    /**
+     * Whether it waits in the user's inbox (for their polling agents), so the
+     * notification can carry it whole; `false` when an agent was pushed it.
+     * Absent from events of earlier versions: then it may.
+     */
+    readonly inbox?: boolean | undefined
   }
   /** A delivery of the user's message changed state. */
   | {

@@ -74,7 +74,8 @@ export const announceMoved = (
           sender: d.message.senderName,
           recipientType: d.message.recipientType,
           groupId: d.message.recipientType === "group" ? d.message.recipientId : null,
-          payloadType: d.message.payloadType
+          payloadType: d.message.payloadType,
+          inbox: true
         })
       }
     }

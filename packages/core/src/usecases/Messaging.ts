@@ -407,7 +407,8 @@ export const make = Effect.gen(function* () {
             sender: message.senderName,
             recipientType: message.recipientType,
             groupId: message.recipientType === "group" ? message.recipientId : null,
-            payloadType: message.payloadType
+            payloadType: message.payloadType,
+            inbox: true
           })
         }
       }

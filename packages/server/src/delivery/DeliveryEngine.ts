@@ -214,7 +214,8 @@ export const make = (settings: EngineSettings) =>
             sender: claimed.message.senderName,
             recipientType: claimed.message.recipientType,
             groupId: claimed.message.recipientType === "group" ? claimed.message.recipientId : null,
-            payloadType: claimed.message.payloadType
+            payloadType: claimed.message.payloadType,
+            inbox: false
           })
         }
       })

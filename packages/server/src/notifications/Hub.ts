@@ -86,6 +86,8 @@ export const make = Effect.gen(function* () {
           const key = `${addressed.userId} ${event.messageId}`
           if (!announced.add(key)) continue
           fresh.add(key)
+          // Pushed to an agent: there is nothing in the inbox to read.
+          if (event.inbox === false) continue
           wanted.push({ principal: subscribers.values().next().value!.principal, messageId: event.messageId })
         }
       }
