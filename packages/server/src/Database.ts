@@ -140,6 +140,46 @@ export const checkpointIfDue = (client: SqlClient.SqlClient, policy: CheckpointP
     return due
   })
 
+/**
+ * When the embedded database's planner statistics are renewed between the
+ * periodic VACUUMs. PGlite runs no autovacuum, so statistics are only as new
+ * as the last `ANALYZE`, and prepared statements keep one plan
+ * (`force_generic_plan`) until statistics change. Statistics taken while a
+ * table was a few pages made seq-scan plans, among them the foreign-key checks
+ * of every insert, and those stayed while the table grew: analyzed 3 s into a
+ * drive, sends fell from about 1,300/s to about 620/s, the batch insert from
+ * 1.6 to 7 ms and the outcome update from 1.2 to 4 ms. So, as autovacuum
+ * would, a table is analyzed again once it is `growth` times the size its
+ * statistics were taken at (or, never analyzed, once it is `minPages` large;
+ * below that the planner's own assumption of ten pages serves). A plan made at
+ * `minPages` already takes the indexes, and growth only favours them more, so
+ * doubling is soon enough and costs a few ANALYZEs while a table grows.
+ */
+export interface AnalyzePolicy {
+  readonly checkEveryMs: number
+  readonly minPages: number
+  readonly growth: number
+}
+
+export const defaultAnalyze: AnalyzePolicy = { checkEveryMs: 5_000, minPages: 16, growth: 2 }
+
+/** Analyzes the tables that grew past their statistics (see `AnalyzePolicy`); answers their names. */
+export const analyzeIfGrown = (client: SqlClient.SqlClient, policy: AnalyzePolicy = defaultAnalyze) =>
+  Effect.gen(function* () {
+    const grown = yield* client<{ readonly name: string }>`
+      SELECT name FROM (
+        SELECT c.relname AS name, c.relpages, c.reltuples,
+          pg_relation_size(c.oid) / current_setting('block_size')::int AS pages
+        FROM pg_class c
+        WHERE c.relnamespace = 'public'::regnamespace AND c.relkind = 'r'
+      ) t
+      WHERE pages >= ${policy.minPages} AND (reltuples < 0 OR pages > relpages * ${policy.growth}::float8)
+      ORDER BY name`
+    const names = grown.map((t) => t.name)
+    if (names.length > 0) yield* client.unsafe(`ANALYZE ${names.map((n) => `"${n.replaceAll(`"`, `""`)}"`).join(", ")}`).unprepared
+    return names
+  })
+
 /** What the embedded database's SQL client runs on: PGlite in this thread or on a thread of its own. */
 export type Engine = PGliteEngine.Engine
 
@@ -152,7 +192,8 @@ export type Engine = PGliteEngine.Engine
 export const pgliteEngine = (
   open: () => Promise<PGliteEngine.Engine>,
   description: string,
-  checkpoints: CheckpointPolicy = defaultCheckpoints
+  checkpoints: CheckpointPolicy = defaultCheckpoints,
+  analyze: AnalyzePolicy = defaultAnalyze
 ) =>
   Layer.scopedContext(
     Effect.gen(function* () {
@@ -179,6 +220,12 @@ export const pgliteEngine = (
         Effect.forever,
         Effect.forkScoped
       )
+      yield* analyzeIfGrown(client, analyze).pipe(
+        Effect.catchAll((e) => Effect.logWarning("Could not analyze the embedded database", e)),
+        Effect.delay(Duration.millis(analyze.checkEveryMs)),
+        Effect.forever,
+        Effect.forkScoped
+      )
       yield* checkpointIfDue(client, checkpoints).pipe(
         Effect.catchAll((e) => Effect.logWarning("Could not checkpoint the embedded database", e)),
         Effect.delay(Duration.millis(checkpoints.checkEveryMs)),
@@ -202,9 +249,10 @@ export const pgliteEngine = (
 export const pgliteFrom = (
   open: () => Promise<PGlite>,
   description = "the embedded database",
-  checkpoints: CheckpointPolicy = defaultCheckpoints
+  checkpoints: CheckpointPolicy = defaultCheckpoints,
+  analyze: AnalyzePolicy = defaultAnalyze
 ) =>
-  pgliteEngine(async () => inProcessEngine(await open()), description, checkpoints)
+  pgliteEngine(async () => inProcessEngine(await open()), description, checkpoints, analyze)
 
 /** An engine over `db`, in this thread. */
 export const inProcessEngine = async (db: PGlite): Promise<PGliteEngine.Engine> =>

@@ -88,6 +88,38 @@ describe("embedded database directory", () => {
       }).pipe(Effect.provide(context))
     }), { timeout: 120_000 })
 
+  it.scopedLive("PGlite never analyzes on its own; the server analyzes a table once it is large enough, and again once it has doubled", () =>
+    Effect.gen(function* () {
+      // The server's own timers are kept out of the way: this test calls the policy itself.
+      const policy = { checkEveryMs: 3_600_000, minPages: 16, growth: 2 }
+      const hour = { checkEveryMs: 3_600_000, walBytes: 1024 * 1024 * 1024, maxAgeMs: 3_600_000 }
+      const context = yield* Layer.build(Database.pgliteFrom(() => PGlite.create(), "a test database", hour, policy))
+      yield* Effect.gen(function* () {
+        const sql = yield* SqlClient.SqlClient
+        const stats = Effect.map(
+          sql<{ pages: number; tuples: number }>`SELECT relpages AS pages, reltuples::float8 AS tuples FROM pg_class WHERE relname = 'filler'`,
+          (rows) => rows[0]!
+        )
+        const fill = (rows: number) => sql`INSERT INTO filler SELECT md5(i::text) || md5((i + 1)::text) FROM generate_series(1, ${rows}) AS i`
+        yield* sql`CREATE TABLE filler (v text)`
+        yield* fill(100)
+        // Small and never analyzed: left to the planner's own assumption.
+        expect(yield* Database.analyzeIfGrown(sql, policy)).toEqual([])
+        expect((yield* stats).tuples).toBe(-1)
+        yield* fill(2_000) // about 30 pages
+        expect(yield* Database.analyzeIfGrown(sql, policy)).toEqual(["filler"])
+        const first = yield* stats
+        expect(first.tuples).toBe(2_100)
+        expect(first.pages).toBeGreaterThanOrEqual(16)
+        // Not grown since: nothing to do; grown past double: analyzed again.
+        yield* fill(1_000)
+        expect(yield* Database.analyzeIfGrown(sql, policy)).toEqual([])
+        yield* fill(2_000)
+        expect(yield* Database.analyzeIfGrown(sql, policy)).toEqual(["filler"])
+        expect((yield* stats).tuples).toBe(5_100)
+      }).pipe(Effect.provide(context))
+    }), { timeout: 120_000 })
+
   it.scopedLive("a new write-ahead log segment is created without filling it first (no pause of the database's thread)", () =>
     Effect.gen(function* () {
       const dataDir = join(yield* tempDir, "data")
