@@ -176,7 +176,11 @@ export const analyzeIfGrown = (client: SqlClient.SqlClient, policy: AnalyzePolic
       WHERE pages >= ${policy.minPages} AND (reltuples < 0 OR pages > relpages * ${policy.growth}::float8)
       ORDER BY name`
     const names = grown.map((t) => t.name)
-    if (names.length > 0) yield* client.unsafe(`ANALYZE ${names.map((n) => `"${n.replaceAll(`"`, `""`)}"`).join(", ")}`).unprepared
+    // A small sample (3,000 rows, statistics target 10) gives the sizes and a rough picture, which
+    // is what the plans need, in 25-50 ms; the default target took 60-340 ms on the database's one
+    // thread. The 5-minute VACUUM ANALYZE still takes the full sample.
+    const tables = names.map((n) => `"${n.replaceAll(`"`, `""`)}"`).join(", ")
+    if (names.length > 0) yield* client.unsafe(`SET default_statistics_target = 10; ANALYZE ${tables}; RESET default_statistics_target`).unprepared
     return names
   })
 
