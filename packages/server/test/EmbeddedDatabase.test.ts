@@ -88,7 +88,7 @@ describe("embedded database directory", () => {
       }).pipe(Effect.provide(context))
     }), { timeout: 120_000 })
 
-  it.scopedLive("PGlite never analyzes on its own; the server analyzes a table once it is large enough, and again once it has doubled", () =>
+  it.scopedLive("PGlite never analyzes on its own; the server analyzes a table once it is large enough, again once it has doubled, and vacuums the outbox", () =>
     Effect.gen(function* () {
       // The server's own timers are kept out of the way: this test calls the policy itself.
       const policy = { checkEveryMs: 3_600_000, minPages: 16, growth: 2 }
@@ -117,6 +117,19 @@ describe("embedded database directory", () => {
         yield* fill(2_000)
         expect(yield* Database.analyzeIfGrown(sql, policy)).toEqual(["filler"])
         expect((yield* stats).tuples).toBe(5_100)
+        // The periodic vacuum analyzes the outbox tables with a small sample and leaves the
+        // session's setting as it was.
+        // (This database is not migrated: stand-ins for the three tables it names.)
+        for (const table of ["deliveries", "messages", "federation_nonces"]) {
+          yield* sql.unsafe(`CREATE TABLE ${table} (n int)`)
+          yield* sql.unsafe(`INSERT INTO ${table} SELECT generate_series(1, 50)`)
+        }
+        const analyzed = sql<{ name: string; tuples: number }>`
+          SELECT relname AS name, reltuples::float8 AS tuples FROM pg_class WHERE relname IN ('deliveries', 'messages') ORDER BY relname`
+        expect((yield* analyzed).map((t) => t.tuples)).toEqual([-1, -1])
+        yield* Database.vacuum(sql)
+        expect(yield* analyzed).toEqual([{ name: "deliveries", tuples: 50 }, { name: "messages", tuples: 50 }])
+        expect((yield* sql<{ target: string }>`SELECT current_setting('default_statistics_target') AS target`)[0]!.target).toBe("100")
       }).pipe(Effect.provide(context))
     }), { timeout: 120_000 })
 
