@@ -147,7 +147,7 @@ export const checkpointIfDue = (client: SqlClient.SqlClient, policy: CheckpointP
  * (`force_generic_plan`) until statistics change. Statistics taken while a
  * table was a few pages made seq-scan plans, among them the foreign-key checks
  * of every insert, and those stayed while the table grew: analyzed 3 s into a
- * drive, sends fell from about 1,300/s to 600-640/s, the batch insert from
+ * drive, sends fell from 1,000-1,480/s to 600-640/s, the batch insert from
  * 1.6 to 7 ms and the outcome update from 1.2 to 4 ms. So, as autovacuum
  * would, a table is analyzed again once it is `growth` times the size its
  * statistics were taken at (or, never analyzed, once it is `minPages` large;
