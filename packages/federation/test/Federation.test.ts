@@ -24,13 +24,8 @@ const agent = async () => {
   return started
 }
 
-/** A person with a connected agent. */
-const personWithAgent = async (registry: Cluster.Member, username: string) => {
-  const person = await run(Fixtures.person(registry.server(), username))
-  const theirAgent = await agent()
-  await run(Fixtures.connect(person, theirAgent))
-  return { person, agent: theirAgent }
-}
+/** A person with a connected agent (closed with the file's other agents). */
+const personWithAgent = (registry: Cluster.Member, username: string) => Cluster.personWithAgent(registry, username, agents)
 
 /** `x` (on `rx`) asks `y` (on `ry`) and `y` accepts, each on their own registry. */
 const befriendAcross = async (x: Fixtures.Person, y: Fixtures.Person, ry: Cluster.Member) => {

@@ -11,13 +11,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 const agents: Array<FakeAgent.FakeAgent> = []
 const run = Cluster.run
 
-const personWithAgent = async (registry: Cluster.Member, username: string) => {
-  const person = await run(Fixtures.person(registry.server(), username))
-  const agent = await FakeAgent.start()
-  agents.push(agent)
-  await run(Fixtures.connect(person, agent))
-  return { person, agent }
-}
+/** A person with a connected agent (closed with the file's other agents). */
+const personWithAgent = (registry: Cluster.Member, username: string) => Cluster.personWithAgent(registry, username, agents)
 
 afterAll(async () => {
   await Promise.all(agents.map((x) => x.close()))

@@ -15,14 +15,8 @@ const agents: Array<FakeAgent.FakeAgent> = []
 
 const run = Cluster.run
 
-/** A person with a connected agent. */
-const personWithAgent = async (registry: Cluster.Member, username: string) => {
-  const person = await run(Fixtures.person(registry.server(), username))
-  const agent = await FakeAgent.start()
-  agents.push(agent)
-  await run(Fixtures.connect(person, agent))
-  return { person, agent }
-}
+/** A person with a connected agent (closed with the file's other agents). */
+const personWithAgent = (registry: Cluster.Member, username: string) => Cluster.personWithAgent(registry, username, agents)
 
 const call = Cluster.apiCall
 

@@ -17,6 +17,7 @@ import type { RetrySchedule } from "@mahilo/core"
 import { Signatures } from "@mahilo/federation"
 import { Database } from "@mahilo/server"
 import { Context, Effect, Exit, Redacted, Scope } from "effect"
+import * as FakeAgent from "./FakeAgent.js"
 import * as Fixtures from "./Fixtures.js"
 import * as TestDatabase from "./TestDatabase.js"
 import * as TestServer from "./TestServer.js"
@@ -333,6 +334,18 @@ export const apiCall = async (
 /** Runs a scoped Effect to its end, as a Promise (the body of a test written with async/await). */
 export const run = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>): Promise<A> =>
   Effect.runPromise(Effect.scoped(effect) as Effect.Effect<A, unknown>)
+
+/**
+ * Registers `username` on `registry` with a FakeAgent connected as their agent;
+ * the agent is added to `agents`, which the test file closes in its `afterAll`.
+ */
+export const personWithAgent = async (registry: Member, username: string, agents: Array<FakeAgent.FakeAgent>) => {
+  const person = await run(Fixtures.person(registry.server(), username))
+  const agent = await FakeAgent.start()
+  agents.push(agent)
+  await run(Fixtures.connect(person, agent))
+  return { person, agent }
+}
 
 /** Two registries that trust each other, for a test file's `beforeAll`; `close` for its `afterAll`. */
 export const openPair = async (
