@@ -1,5 +1,6 @@
 export * as ApiKey from "./ApiKey.js"
 export * as Batcher from "./Batcher.js"
+export * as Bearer from "./Bearer.js"
 export * as Callback from "./Callback.js"
 export { CallbackUrls } from "./CallbackUrls.js"
 export {

@@ -13,9 +13,8 @@
  *   reject, block or unfriend; a group's end), newest first, with their
  *   attempts and last error.
  */
-import { createHash, timingSafeEqual } from "node:crypto"
 import { HttpApiBuilder, HttpRouter, HttpServerRequest, type HttpServerResponse } from "@effect/platform"
-import { StoredText } from "@mahilo/core"
+import { Bearer, StoredText } from "@mahilo/core"
 import { Effect, Option, Redacted, Schema } from "effect"
 import { answer, decodeBody, json } from "./FederationApi.js"
 import { FederationConfig } from "./FederationConfig.js"
@@ -59,15 +58,13 @@ const peerView = (peer: Peer) => ({
   updated_at: peer.updatedAt.toISOString()
 })
 
-const digest = (text: string) => createHash("sha256").update(text, "utf8").digest()
-
 export const layer = HttpApiBuilder.Router.use((router) =>
   Effect.gen(function* () {
     const config = yield* FederationConfig
     const peers = yield* Peers
     const keys = yield* InstanceKeys
     const notices = yield* Notices
-    const expected = config.adminKey === undefined ? undefined : digest(Redacted.value(config.adminKey))
+    const isAdmin = config.adminKey === undefined ? undefined : Bearer.matcher(Redacted.value(config.adminKey))
 
     /** An admin route: the bearer key must be the operator's. */
     const admin = (
@@ -75,12 +72,10 @@ export const layer = HttpApiBuilder.Router.use((router) =>
     ) =>
       answer(Effect.gen(function* () {
         const request = yield* HttpServerRequest.HttpServerRequest
-        if (expected === undefined) {
+        if (isAdmin === undefined) {
           return yield* Refusal.of(403, "ADMIN_DISABLED", "Set MAHILO_ADMIN_KEY to use the federation admin endpoints")
         }
-        const header = request.headers["authorization"] ?? ""
-        const given = /^Bearer (.+)$/i.exec(header)?.[1]
-        if (given === undefined || !timingSafeEqual(digest(given.trim()), expected)) {
+        if (!isAdmin(request.headers["authorization"])) {
           return yield* Refusal.of(401, "UNAUTHORIZED", "A valid admin key is required")
         }
         return yield* handle(request)

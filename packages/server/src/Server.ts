@@ -126,7 +126,7 @@ const ClientErrors = HttpApiBuilder.middleware(
  * bad %-encoding, a path parameter over 100 characters) answers `404 {error,
  * code}` instead of the router's empty body; `ClientErrors` maps it.
  */
-const notFound = () => Errors.NotFound.of("NOT_FOUND", "No such endpoint")
+const notFound = Handlers.noSuchEndpoint
 
 /** Replayed answers check keys with the server's authenticator, from the moment it exists. */
 const ReplayKeys = Layer.scopedDiscard(

@@ -5,7 +5,7 @@
  * and drops a key the moment a `KeysRevoked` event says it stopped working —
  * on this process directly, on others through the event relay.
  */
-import { ApiKey, Batcher, Errors, Registry, type RegistryEvent } from "@mahilo/core"
+import { ApiKey, Batcher, Bearer, Errors, Registry, type RegistryEvent } from "@mahilo/core"
 import { HttpServerRequest } from "@effect/platform"
 import { Context, Effect, Exit, Layer, Option, Queue, Redacted } from "effect"
 import { Authentication } from "../Api.js"
@@ -131,22 +131,6 @@ export class AuthenticatorService extends Context.Tag("@mahilo/server/Authentica
   static readonly layer = Layer.scoped(AuthenticatorService, makeAuthenticator)
 }
 
-const BEARER = "bearer "
-
-/**
- * Whether an `Authorization` header value is in the `Bearer` scheme: `Bearer`, in any case
- * (scheme names are case-insensitive, RFC 9110 §11.1, RFC 6750 §2.1), then a space; the
- * credentials are what follows its 7 characters. HttpApi's own bearer security slices those 7
- * characters off whatever they are (`Xearer <key>` passed), so every reader of the header asks
- * this first. Seven character-code compares, nothing allocated: it runs on every request.
- */
-export const isBearer = (header: string | undefined): header is string => {
-  if (header === undefined || header.length < 7 || header.charCodeAt(6) !== 32) return false
-  // ORing 0x20 folds an ASCII capital to its small letter, and maps nothing else onto one.
-  for (let i = 0; i < 6; i++) if ((header.charCodeAt(i) | 0x20) !== BEARER.charCodeAt(i)) return false
-  return true
-}
-
 /** A bearer token's caller, as the API's middleware and the send lane check it. */
 export const bearer = (authenticator: Authenticator) => (token: string) =>
   authenticator.authenticate(token).pipe(Effect.catchTag("InvalidRequest", () => unauthorized))
@@ -159,6 +143,6 @@ export const layer = (authenticator: Authenticator) => {
     // were: the scheme is checked here, on the request, with the same answer as a bad key.
     bearer: (token: Redacted.Redacted<string>) =>
       Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) =>
-        isBearer(request.headers.authorization) ? check(Redacted.value(token)) : unauthorized)
+        Bearer.isBearer(request.headers.authorization) ? check(Redacted.value(token)) : unauthorized)
   })
 }

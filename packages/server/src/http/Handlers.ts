@@ -2,10 +2,9 @@
  * Handlers for the account, agent, friend, policy and group endpoints: thin
  * translations between the wire and the registry's use cases.
  */
-import * as crypto from "node:crypto"
 import { HttpApiBuilder } from "@effect/platform"
 import { SqlClient } from "@effect/sql"
-import { Callback, Errors, Registry } from "@mahilo/core"
+import { Bearer, Callback, Errors, Registry } from "@mahilo/core"
 import { Duration, Effect, Redacted } from "effect"
 import { CurrentPrincipal, FriendList, MahiloApi } from "../Api.js"
 import { callbackNetwork, federationEnabled, ServerConfig } from "../Config.js"
@@ -13,12 +12,14 @@ import { DatabaseEngine } from "../Database.js"
 import { HttpCallbackClient } from "../delivery/HttpCallback.js"
 import * as Metrics from "../Metrics.js"
 import { Hub } from "../notifications/Hub.js"
-import * as Auth from "./Auth.js"
 import type { Authenticator } from "./Auth.js"
 import * as Replay from "./Replay.js"
 import * as Wire from "./Wire.js"
 
 const VERSION = "0.1.0"
+
+/** The answer to a request for no endpoint (`404 NOT_FOUND`), also where one is switched off. */
+export const noSuchEndpoint = () => Errors.NotFound.of("NOT_FOUND", "No such endpoint")
 
 /** How long readiness waits for the database's `SELECT 1`. */
 const READY_TIMEOUT = Duration.seconds(2)
@@ -51,13 +52,6 @@ export const HealthLive = HttpApiBuilder.group(MahiloApi, "health", (handlers) =
         ))
   }))
 
-/** Whether `given` is `Bearer <token>`, compared in constant time (of the digests, so lengths do not show). */
-const bearerMatches = (given: string | undefined, token: string): boolean => {
-  if (given === undefined || !Auth.isBearer(given)) return false
-  const digest = (text: string) => crypto.createHash("sha256").update(text).digest()
-  return crypto.timingSafeEqual(digest(given.slice(7)), digest(token))
-}
-
 /**
  * `GET /metrics` (Prometheus): answered only with `MAHILO_METRICS_TOKEN` set,
  * to a caller that shows it; otherwise it is the `404` of an unknown route.
@@ -67,11 +61,11 @@ export const MetricsLive = HttpApiBuilder.group(MahiloApi, "metrics", (handlers)
     const config = yield* ServerConfig
     const metrics = yield* Metrics.Metrics
     const sample = Metrics.sample.pipe(Effect.provide(yield* Effect.context<Metrics.Metrics | SqlClient.SqlClient | ServerConfig | Hub>()))
-    const token = config.metricsToken !== undefined ? Redacted.value(config.metricsToken) : undefined
+    const shows = config.metricsToken !== undefined ? Bearer.matcher(Redacted.value(config.metricsToken)) : undefined
     return handlers.handle("metrics", ({ headers }) =>
-      token === undefined
-        ? Effect.fail(Errors.NotFound.of("NOT_FOUND", "No such endpoint"))
-        : !bearerMatches(headers.authorization, token)
+      shows === undefined
+        ? Effect.fail(noSuchEndpoint())
+        : !shows(headers.authorization)
         ? Effect.fail(Errors.Unauthorized.of("A valid metrics token is required (Authorization: Bearer <MAHILO_METRICS_TOKEN>)"))
         : Effect.zipRight(sample, Metrics.render(metrics)))
   }))

@@ -23,10 +23,9 @@
  */
 import * as http from "node:http"
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { ApiKey, type Registry } from "@mahilo/core"
+import { ApiKey, Bearer, type Registry } from "@mahilo/core"
 import { Context, Effect, Layer, Option, Schema } from "effect"
 import { CurrentPrincipal } from "../Api.js"
-import { isBearer } from "./Auth.js"
 
 interface Entry {
   readonly body: Uint8Array
@@ -91,7 +90,7 @@ export class ReplayCache {
     if (this.entries.size === 0 || this.authenticate === undefined || request.method !== "GET") return false
     const headers = request.headers
     const authorization = headers.authorization
-    if (!isBearer(authorization)) return false
+    if (!Bearer.isBearer(authorization)) return false
     // A body, or a content type the full path would judge, takes the full path; so does a
     // client asking for a fresh answer (RFC 9111 `no-cache`).
     if (headers["content-length"] !== undefined || headers["transfer-encoding"] !== undefined || headers["content-type"] !== undefined) {

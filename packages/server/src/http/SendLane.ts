@@ -28,7 +28,7 @@
 import type * as http from "node:http"
 import { HttpApiSchema } from "@effect/platform"
 import { HttpApiDecodeError } from "@effect/platform/HttpApiError"
-import { Errors, type Registry } from "@mahilo/core"
+import { Bearer, Errors, type Registry } from "@mahilo/core"
 import { Cause, Context, Effect, Exit, type Fiber, FiberId, Layer, Option, Runtime, Schema } from "effect"
 import { MahiloApi, SendAnswer, SendPayload } from "../Api.js"
 import { ServerConfig } from "../Config.js"
@@ -169,7 +169,7 @@ export const attach = Layer.scopedDiscard(
       // As the API's middleware reads it: what follows `Bearer `; another scheme is no key at
       // all (401 UNAUTHORIZED), checked after the body's JSON problems as there.
       const authorization = request.headers.authorization
-      const token = Auth.isBearer(authorization) ? authorization.slice(7) : ""
+      const token = Bearer.isBearer(authorization) ? authorization.slice(7) : ""
       const chunks: Array<Buffer> = []
       request.on("data", (chunk: Buffer) => chunks.push(chunk))
       request.on("error", () => response.destroy())

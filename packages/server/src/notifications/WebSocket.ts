@@ -22,11 +22,11 @@ import type { IncomingMessage } from "node:http"
 import type { Duplex } from "node:stream"
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { NodeHttpServerRequest } from "@effect/platform-node"
-import { Errors, Registry } from "@mahilo/core"
+import { Bearer, Errors, Registry } from "@mahilo/core"
 import { Deferred, Duration, Effect, Exit, Queue, type Scope } from "effect"
 import { WebSocket, WebSocketServer } from "ws"
 import { ServerConfig } from "../Config.js"
-import { AuthenticatorService, isBearer } from "../http/Auth.js"
+import { AuthenticatorService } from "../http/Auth.js"
 import { Hub, KEY_REVOKED, type Subscriber } from "./Hub.js"
 
 /** The path of the stream. */
@@ -53,7 +53,7 @@ const keyOf = (request: HttpServerRequest.HttpServerRequest): string | undefined
   if (query !== null && query !== "") return query
   const header = request.headers["authorization"]
   // The scheme as the HTTP API reads it (`Bearer`, any case, and a space); the authenticator trims the rest.
-  return isBearer(header) ? header.slice(7) : undefined
+  return Bearer.isBearer(header) ? header.slice(7) : undefined
 }
 
 /** Closes with `code`, and cuts the socket if the peer does not finish the closing handshake soon. */
