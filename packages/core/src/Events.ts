@@ -4,7 +4,7 @@
  * cache invalidations; embedded users may subscribe or ignore them.
  */
 import { Context, Effect, Layer } from "effect"
-import type { DeliveryStatus, MessageStatus, Rollup } from "./Store.js"
+import type { DeliveryStatus, Message, MessageStatus, Rollup } from "./Store.js"
 
 export type RegistryEvent =
   /** New deliveries are due now: wake a worker. */
@@ -73,6 +73,22 @@ export const deliveryStatusEvent = (r: Rollup): RegistryEvent => ({
   deliveryStatus: r.deliveryStatus,
   messageStatus: r.messageStatus,
   recipientUserId: r.recipientUserId
+})
+
+/** `message` reached `userId`: waiting in their inbox (`inbox`), or pushed to one of their agents. */
+export const messageReceivedEvent = (
+  message: Pick<Message, "id" | "senderName" | "recipientType" | "recipientId" | "payloadType">,
+  userId: string,
+  inbox: boolean
+): RegistryEvent => ({
+  _tag: "MessageReceived",
+  userId,
+  messageId: message.id,
+  sender: message.senderName,
+  recipientType: message.recipientType,
+  groupId: message.recipientType === "group" ? message.recipientId : null,
+  payloadType: message.payloadType,
+  inbox
 })
 
 export class Events extends Context.Tag("@mahilo/core/Events")<Events, EventsService>() {

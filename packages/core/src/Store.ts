@@ -412,7 +412,7 @@ export interface OutboxService {
   readonly postpone: (owner: string, deliveryId: string, until: Date) => Effect.Effect<void, SqlError>
   /** Gives back this node's leases (shutdown): the rows become due again at once. */
   readonly release: (owner: string, ids?: ReadonlyArray<string>) => Effect.Effect<number, SqlError>
-  /** Pending inbox deliveries of a polling user with their messages, oldest first; only of `messageIds` when given. */
+  /** Pending inbox deliveries of a polling user with their messages, oldest first. */
   readonly inbox: (
     userId: string,
     query: {
@@ -421,7 +421,6 @@ export interface OutboxService {
       /** Deliveries after this one in inbox order (oldest first); an id that is not the user's is ignored. */
       readonly after?: string | undefined
       readonly limit: number
-      readonly messageIds?: ReadonlyArray<string> | undefined
     }
   ) => Effect.Effect<ReadonlyArray<InboxEntry>, SqlError>
   /**

@@ -900,7 +900,6 @@ export const makeOutbox = Effect.gen(function* () {
         (rows) => rows.length
       ),
     inbox: (userId, q) => {
-      if (q.messageIds !== undefined && q.messageIds.length === 0) return Effect.succeed([])
       const conditions = [sql`d.recipient_user_id = ${userId}`, sql`d.target_kind = 'inbox'`, sql`d.status = 'pending'`]
       if (q.since !== undefined) conditions.push(sql`d.created_at >= ${q.since}`)
       if (q.after !== undefined) {
@@ -909,7 +908,6 @@ export const makeOutbox = Effect.gen(function* () {
             SELECT 1 FROM deliveries a WHERE a.id = ${q.after} AND a.recipient_user_id = ${userId}
               AND (a.created_at, a.id) >= (d.created_at, d.id))`)
       }
-      if (q.messageIds !== undefined) conditions.push(sql`d.message_id IN ${sql.in(q.messageIds)}`)
       // One statement: the deliveries with their messages (the inbox needs no connection rows).
       return Effect.map(
         sql`

@@ -5,7 +5,7 @@ import { CallbackUrls } from "../CallbackUrls.js"
 import { RemoteDirectory } from "../Directory.js"
 import * as Errors from "../Errors.js"
 import * as StoredText from "../StoredText.js"
-import { deliveryStatusEvent, Events, type RegistryEvent } from "../Events.js"
+import { deliveryStatusEvent, Events, messageReceivedEvent, type RegistryEvent } from "../Events.js"
 import * as Ids from "../Ids.js"
 import * as Routing from "../Routing.js"
 import * as Store from "../Store.js"
@@ -67,16 +67,7 @@ export const announceMoved = (
       if (to === "agent") {
         yield* publish({ _tag: "DeliveriesQueued", messageId: d.message.id, count: 1 })
       } else if (d.recipientUserId !== null) {
-        yield* publish({
-          _tag: "MessageReceived",
-          userId: d.recipientUserId,
-          messageId: d.message.id,
-          sender: d.message.senderName,
-          recipientType: d.message.recipientType,
-          groupId: d.message.recipientType === "group" ? d.message.recipientId : null,
-          payloadType: d.message.payloadType,
-          inbox: true
-        })
+        yield* publish(messageReceivedEvent(d.message, d.recipientUserId, true))
       }
     }
   })

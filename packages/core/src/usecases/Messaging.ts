@@ -8,7 +8,7 @@
 import { Effect, Either, Option } from "effect"
 import { parseGroupAddress, qualifiedGroupAddress, RemoteDirectory, type RemoteGroupMembership } from "../Directory.js"
 import * as Errors from "../Errors.js"
-import { deliveryStatusEvent, Events } from "../Events.js"
+import { deliveryStatusEvent, Events, messageReceivedEvent } from "../Events.js"
 import * as Graph from "../Graph.js"
 import * as Ids from "../Ids.js"
 import * as Policy from "../Policy.js"
@@ -400,16 +400,7 @@ export const make = Effect.gen(function* () {
       for (const d of planned) {
         if (d.targetKind === "inbox" && d.recipientUserId !== null && !told.has(d.recipientUserId)) {
           told.add(d.recipientUserId)
-          yield* events.publish({
-            _tag: "MessageReceived",
-            userId: d.recipientUserId,
-            messageId: message.id,
-            sender: message.senderName,
-            recipientType: message.recipientType,
-            groupId: message.recipientType === "group" ? message.recipientId : null,
-            payloadType: message.payloadType,
-            inbox: true
-          })
+          yield* events.publish(messageReceivedEvent(message, d.recipientUserId, true))
         }
       }
       const queued = planned.filter((d) => d.targetKind !== "inbox").length
@@ -721,20 +712,19 @@ export const make = Effect.gen(function* () {
     /** Moves whenever the caller's inbox may have changed; `undefined` when this process cannot tell. */
     inboxVersion: (principal: Principal): number | undefined => outbox.inboxVersion(principal.userId),
 
-    /** Pending messages waiting in a polling agent's inbox, oldest first (only of `messageIds` when given). */
+    /** Pending messages waiting in a polling agent's inbox, oldest first. */
     inbox: (
       principal: Principal,
       query: {
         readonly since?: Date | undefined
         readonly after?: string | undefined
         readonly limit?: number | undefined
-        readonly messageIds?: ReadonlyArray<string> | undefined
       }
     ) =>
       Effect.gen(function* () {
         const limit = yield* pageLimit(query.limit)
         yield* validTime("since", query.since)
-        return yield* outbox.inbox(principal.userId, { since: query.since, after: query.after, limit, messageIds: query.messageIds })
+        return yield* outbox.inbox(principal.userId, { since: query.since, after: query.after, limit })
       }),
 
     /**

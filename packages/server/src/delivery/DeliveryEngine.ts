@@ -13,7 +13,7 @@
  * - Closing the engine's scope stops claiming, lets attempts in flight finish
  *   (up to a grace period) and gives back any lease it still holds.
  */
-import { Batcher, Callback, deliveryStatusEvent, type PeerOutcome, PeerTransport, Registry, RetrySchedule, type Store } from "@mahilo/core"
+import { Batcher, Callback, deliveryStatusEvent, messageReceivedEvent, type PeerOutcome, PeerTransport, Registry, RetrySchedule, type Store } from "@mahilo/core"
 import { Store as StoreTags } from "@mahilo/core"
 import { Context, Duration, Effect, Exit, FiberSet, Layer, Option, Queue } from "effect"
 import { performance } from "node:perf_hooks"
@@ -207,16 +207,7 @@ export const make = (settings: EngineSettings) =>
         if (rollup.deliveryStatus === "pending") return
         yield* bus.publish(deliveryStatusEvent(rollup))
         if (rollup.deliveryStatus === "delivered" && rollup.recipientUserId !== null && claimed.delivery.targetKind === "agent") {
-          yield* bus.publish({
-            _tag: "MessageReceived",
-            userId: rollup.recipientUserId,
-            messageId: rollup.messageId,
-            sender: claimed.message.senderName,
-            recipientType: claimed.message.recipientType,
-            groupId: claimed.message.recipientType === "group" ? claimed.message.recipientId : null,
-            payloadType: claimed.message.payloadType,
-            inbox: false
-          })
+          yield* bus.publish(messageReceivedEvent(claimed.message, rollup.recipientUserId, false))
         }
       })
 

@@ -75,21 +75,19 @@ export const make = Effect.gen(function* () {
   const routeAll = (batch: Iterable<RegistryEvent>): Effect.Effect<void> =>
     Effect.gen(function* () {
       const events = [...batch]
-      // Which (user, message) pairs are announced here: decided in order, once each.
-      const fresh = new Set<string>()
+      // Which messages are announced here (a message_received goes to the event's user): decided
+      // in order, once per user and message.
+      const fresh = new Set<RegistryEvent>()
       const wanted: Array<{ readonly principal: Registry.Principal; readonly messageId: string }> = []
       for (const event of events) {
         if (event._tag !== "MessageReceived") continue
-        for (const addressed of Notification.fromEvent(event)) {
-          const subscribers = byUser.get(addressed.userId)
-          if (subscribers === undefined || subscribers.size === 0) continue
-          const key = `${addressed.userId} ${event.messageId}`
-          if (!announced.add(key)) continue
-          fresh.add(key)
-          // Pushed to an agent: there is nothing in the inbox to read.
-          if (event.inbox === false) continue
-          wanted.push({ principal: subscribers.values().next().value!.principal, messageId: event.messageId })
-        }
+        const subscribers = byUser.get(event.userId)
+        if (subscribers === undefined || subscribers.size === 0) continue
+        if (!announced.add(`${event.userId} ${event.messageId}`)) continue
+        fresh.add(event)
+        // Pushed to an agent: there is nothing in the inbox to read.
+        if (event.inbox === false) continue
+        wanted.push({ principal: subscribers.values().next().value!.principal, messageId: event.messageId })
       }
       const waiting = new Map<string, Array<Store.InboxEntry>>()
       if (wanted.length > 0) {
@@ -106,7 +104,7 @@ export const make = Effect.gen(function* () {
       for (const event of events) route(event, fresh, waiting)
     })
 
-  const route = (event: RegistryEvent, fresh: Set<string>, waiting: Map<string, Array<Store.InboxEntry>>): void => {
+  const route = (event: RegistryEvent, fresh: Set<RegistryEvent>, waiting: Map<string, Array<Store.InboxEntry>>): void => {
     if (event._tag === "KeysRevoked") {
       const revoked = new Set(event.kids)
       for (const s of byUser.get(event.userId) ?? []) {
@@ -114,17 +112,12 @@ export const make = Effect.gen(function* () {
       }
       return
     }
+    if (event._tag === "MessageReceived" && !fresh.has(event)) return
     for (const addressed of Notification.fromEvent(event)) {
       const subscribers = byUser.get(addressed.userId)
       if (subscribers === undefined || subscribers.size === 0) continue
-      if (event._tag === "MessageReceived") {
-        const key = `${addressed.userId} ${event.messageId}`
-        if (!fresh.delete(key)) continue
-        const entries = waiting.get(key)
-        deliver(subscribers, entries !== undefined ? Notification.pushed(addressed.notification, entries) : addressed.notification)
-      } else {
-        deliver(subscribers, addressed.notification)
-      }
+      const entries = event._tag === "MessageReceived" ? waiting.get(`${event.userId} ${event.messageId}`) : undefined
+      deliver(subscribers, entries !== undefined ? Notification.pushed(addressed.notification, entries) : addressed.notification)
     }
   }
 
