@@ -50,6 +50,12 @@ export const make = (kind: IdKind, now: number = Date.now()): string => {
   return `${kind}_${encodeTime(now)}${encodeRandom(random)}`
 }
 
+/**
+ * The lowest id of `kind` made at `time`: every id made before that millisecond
+ * sorts below it, every one made at or after it does not.
+ */
+export const lowestAt = (kind: IdKind, time: number): string => `${kind}_${encodeTime(time)}${"0".repeat(16)}`
+
 const encodeTime = (time: number): string => {
   let out = ""
   for (let i = 0; i < 10; i++) {

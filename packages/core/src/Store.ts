@@ -363,6 +363,23 @@ export interface HistoryEntry {
   readonly delivery: Option.Option<Delivery>
 }
 
+/** One step of a retention pass: messages after `after` in id order, up to `limit` of them. */
+export interface PurgeStep {
+  /** Messages made before this time whose deliveries have all ended are deleted. */
+  readonly before: Date
+  /** Where the previous step stopped (the last id it looked at); from the start when undefined. */
+  readonly after: string | undefined
+  readonly limit: number
+}
+
+export interface PurgeStepResult {
+  /** Messages looked at; fewer than the limit when the pass has reached `before`. */
+  readonly scanned: number
+  readonly deleted: number
+  /** The last id looked at, for the next step's `after`. */
+  readonly last: string | undefined
+}
+
 export interface MessagesService {
   readonly findByIdempotencyKey: (senderId: string, key: string) => Effect.Effect<Option.Option<Message>, SqlError>
   readonly find: (id: string) => Effect.Effect<Option.Option<Message>, SqlError>
@@ -380,6 +397,13 @@ export interface MessagesService {
   ) => Effect.Effect<void, SqlError | Errors.Conflict>
   readonly deliveriesOf: (messageId: string) => Effect.Effect<ReadonlyArray<Delivery>, SqlError>
   readonly history: (userId: string, query: HistoryQuery) => Effect.Effect<ReadonlyArray<HistoryEntry>, SqlError>
+  /**
+   * Deletes, with their deliveries, the messages of one step that were made
+   * before `before` and have no pending delivery (a delivery never returns to
+   * pending once it has ended, so nothing waiting or still to be retried goes).
+   * Steps walk the messages in id order, which is creation order.
+   */
+  readonly purge: (step: PurgeStep) => Effect.Effect<PurgeStepResult, SqlError>
 }
 
 export class Messages extends Context.Tag("@mahilo/core/Messages")<Messages, MessagesService>() {}

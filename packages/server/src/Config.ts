@@ -54,6 +54,11 @@ export interface ServerConfigShape {
   readonly retryMaxAttempts: number
   /** `MAHILO_RETRY_HORIZON_MS`: no attempt starts later than this after the first. */
   readonly retryHorizonMs: number
+  /**
+   * `MAHILO_MESSAGE_RETENTION_MS`: messages older than this whose deliveries have all ended are
+   * deleted (0, the default: kept for ever).
+   */
+  readonly messageRetentionMs: number
   /** `MAHILO_WS_PING_INTERVAL_MS`: how often the notification stream pings each socket; a socket silent for two intervals is dropped. */
   readonly wsPingIntervalMs: number
   /** `MAHILO_RELAY_HEARTBEAT_MS` (PostgreSQL): how often the event relay proves its listener alive; a silent one is replaced. */
@@ -173,6 +178,9 @@ const MAX_TIMER_MS = 2_147_483_647
 /** A retry horizon of ten years is plenty; more would overflow date arithmetic. */
 const MAX_HORIZON_MS = 10 * 365 * 24 * 60 * 60_000
 
+/** The shortest `MAHILO_MESSAGE_RETENTION_MS` accepted (other than 0, off). */
+export const MIN_RETENTION_MS = 60_000
+
 /** The shortest `MAHILO_METRICS_TOKEN` accepted. */
 export const MIN_METRICS_TOKEN = 16
 
@@ -209,6 +217,13 @@ export const config: Config.Config<ServerConfigShape> = Config.all({
   retryMaxDelayMs: integer("MAHILO_RETRY_MAX_DELAY_MS", 300000, 1, MAX_TIMER_MS),
   retryMaxAttempts: integer("MAHILO_RETRY_MAX_ATTEMPTS", 8, 1, 1000),
   retryHorizonMs: integer("MAHILO_RETRY_HORIZON_MS", 3600000, 1, MAX_HORIZON_MS),
+  messageRetentionMs: parsed("MAHILO_MESSAGE_RETENTION_MS", 0, (value) => {
+    // A minute at least: a shorter time is more likely a unit mistake (seconds for milliseconds).
+    const n = /^[+]?\d+$/.test(value) ? Number(value) : NaN
+    return Number.isSafeInteger(n) && (n === 0 || (n >= MIN_RETENTION_MS && n <= MAX_HORIZON_MS))
+      ? Either.right(n)
+      : Either.left(`must be 0 (keep messages) or milliseconds between ${MIN_RETENTION_MS} and ${MAX_HORIZON_MS}, got ${JSON.stringify(value)}`)
+  }),
   wsPingIntervalMs: integer("MAHILO_WS_PING_INTERVAL_MS", 30000, 10, MAX_TIMER_MS),
   relayHeartbeatMs: integer("MAHILO_RELAY_HEARTBEAT_MS", 5000, 50, MAX_TIMER_MS),
   instanceName: optional("MAHILO_INSTANCE_NAME", (value) =>

@@ -30,6 +30,7 @@ import { NodeId } from "./NodeId.js"
 import * as EventBus from "./notifications/EventBus.js"
 import * as Hub from "./notifications/Hub.js"
 import * as NotificationRoutes from "./notifications/Routes.js"
+import * as Retention from "./Retention.js"
 
 export interface ServerOptions {
   /** The database; by default the one `DATABASE_URL` / `MAHILO_DATA_DIR` select. */
@@ -203,7 +204,8 @@ const registryAndEngine = <E, R>(
     breakerThreshold: 5,
     breakerCooldownMs: 5_000
   }).pipe(Layer.provide(Layer.merge(store, remote)))
-  return Layer.provideMerge(engine, registry)
+  // Retention runs wherever the engine does, embedded or behind HTTP.
+  return Layer.provideMerge(Layer.merge(engine, Retention.layer(config.messageRetentionMs)), registry)
 }
 
 /** What a registry runs on besides its store: the database, a node id, the event bus and the callback client. */

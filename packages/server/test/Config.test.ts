@@ -37,6 +37,7 @@ describe("Config", () => {
       sweepIntervalMs: 1000,
       leaseMs: 60000,
       authCacheSize: 10000,
+      messageRetentionMs: 0,
       instanceName: undefined,
       publicUrl: undefined,
       adminKey: undefined
@@ -101,6 +102,12 @@ describe("Config", () => {
     expect(ok({ MAHILO_INSTANCE_NAME: "localhost:8081" }).instanceName).toBe("localhost:8081")
   })
 
+  it("keeps messages unless a retention of a minute or more is set", () => {
+    expect(ok({ MAHILO_MESSAGE_RETENTION_MS: "0" }).messageRetentionMs).toBe(0)
+    expect(ok({ MAHILO_MESSAGE_RETENTION_MS: "60000" }).messageRetentionMs).toBe(60_000)
+    expect(ok({ MAHILO_MESSAGE_RETENTION_MS: "2592000000" }).messageRetentionMs).toBe(30 * 24 * 60 * 60_000)
+  })
+
   it("treats empty values as unset", () => {
     expect(ok({ PORT: "", DATABASE_URL: " ", MAHILO_INSTANCE_NAME: "" })).toEqual(Config.defaults)
   })
@@ -126,7 +133,12 @@ describe("Config", () => {
     ["MAHILO_SWEEP_INTERVAL_MS", "2147483648"],
     ["MAHILO_RETRY_MAX_DELAY_MS", "2147483648"],
     ["MAHILO_RETRY_HORIZON_MS", "9000000000000000"],
-    ["MAHILO_WS_PING_INTERVAL_MS", "2147483648"]
+    ["MAHILO_WS_PING_INTERVAL_MS", "2147483648"],
+    // Under a minute is more likely seconds written for milliseconds than a wish.
+    ["MAHILO_MESSAGE_RETENTION_MS", "30"],
+    ["MAHILO_MESSAGE_RETENTION_MS", "59999"],
+    ["MAHILO_MESSAGE_RETENTION_MS", "-1"],
+    ["MAHILO_MESSAGE_RETENTION_MS", "9000000000000000"]
   ])("rejects %s=%s with a message naming it", (name, value) => {
     const message = error({ [name]: value })
     expect(message).toContain(name)

@@ -7,6 +7,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import { Effect, Exit, Layer, Option, type Scope } from "effect"
 import * as Batcher from "../Batcher.js"
 import * as Errors from "../Errors.js"
+import * as Ids from "../Ids.js"
 import type * as Graph from "../Graph.js"
 import * as Store from "../Store.js"
 import * as ReadCache from "./ReadCache.js"
@@ -603,6 +604,26 @@ export const makeMessages = Effect.gen(function* () {
       Effect.map(
         sql`SELECT * FROM deliveries WHERE message_id = ${messageId} ORDER BY id`,
         (rows) => rows.map((r) => Rows.delivery(r))
+      ),
+    purge: (step) =>
+      Effect.map(
+        // Ids begin with their creation time, so the walk is a range of the primary key that
+        // ends at the first id of the cut-off's millisecond; the time itself decides (a peer's
+        // clock made a forwarded message's id). Deleting a message deletes its deliveries.
+        sql<{ readonly scanned: number; readonly deleted: number; readonly last: string | null }>`
+          WITH scanned AS (
+            SELECT id, created_at FROM messages
+            WHERE id > ${step.after ?? ""} AND id < ${Ids.lowestAt("msg", step.before.getTime())}
+            ORDER BY id LIMIT ${step.limit}
+          ), gone AS (
+            DELETE FROM messages m USING scanned s
+            WHERE m.id = s.id AND s.created_at < ${step.before}
+              AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.message_id = m.id AND d.status = 'pending')
+            RETURNING m.id
+          )
+          SELECT (SELECT count(*) FROM scanned)::int AS scanned, (SELECT count(*) FROM gone)::int AS deleted,
+            (SELECT max(id) FROM scanned) AS last`,
+        (rows) => ({ scanned: rows[0]!.scanned, deleted: rows[0]!.deleted, last: rows[0]!.last ?? undefined })
       ),
     history: (userId, q) => {
       // Keyset paging from a message the user sent or got (exact when several share a millisecond);

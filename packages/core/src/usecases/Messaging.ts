@@ -5,7 +5,7 @@
  * Delivering is the engine's job; the caller may lease the new deliveries to
  * itself to make the first attempt at once.
  */
-import { Effect, Either, Option } from "effect"
+import { type Duration, Effect, Either, Option } from "effect"
 import { parseGroupAddress, qualifiedGroupAddress, RemoteDirectory, type RemoteGroupMembership } from "../Directory.js"
 import * as Errors from "../Errors.js"
 import { deliveryStatusEvent, Events, messageReceivedEvent } from "../Events.js"
@@ -707,6 +707,33 @@ export const make = Effect.gen(function* () {
         return [...sent, ...received]
           .sort((a, b) => b.message.createdAt.getTime() - a.message.createdAt.getTime() || (a.message.id < b.message.id ? 1 : -1))
           .slice(0, limit)
+      }),
+
+    /**
+     * Retention, for the operator (no user's call): deletes the messages made
+     * before `before` whose deliveries have all ended (delivered, failed, or
+     * none: rejected), with their deliveries, `batch` messages per statement so
+     * that other statements are not held up for long. A message still waiting
+     * in an inbox or for a retry is kept, however old. One pass over the
+     * messages older than `before`; answers how many it deleted.
+     */
+    purgeMessages: (options: {
+      readonly before: Date
+      readonly batch?: number | undefined
+      /** A pause between statements, leaving the database to other work. */
+      readonly pause?: Duration.DurationInput | undefined
+    }) =>
+      Effect.gen(function* () {
+        const limit = Math.max(1, options.batch ?? 500)
+        let after: string | undefined
+        let deleted = 0
+        for (;;) {
+          const step = yield* messages.purge({ before: options.before, after, limit })
+          deleted += step.deleted
+          if (step.scanned < limit || step.last === undefined) return { deleted }
+          after = step.last
+          if (options.pause !== undefined) yield* Effect.sleep(options.pause)
+        }
       }),
 
     /** Moves whenever the caller's inbox may have changed; `undefined` when this process cannot tell. */
