@@ -4,7 +4,7 @@
  * let them go. When set, a pass deletes the messages older than the retention
  * whose deliveries have all ended; nothing still waiting in an inbox or for a
  * retry goes, however old. Passes run every ten minutes (or every retention
- * period when that is shorter), in statements of 500 messages with a short
+ * period when that is shorter), in statements of 200 messages with a short
  * pause between them so sends are not held up behind a long delete.
  */
 import { Registry } from "@mahilo/core"

@@ -712,7 +712,7 @@ export const make = Effect.gen(function* () {
     /**
      * Retention, for the operator (no user's call): deletes the messages made
      * before `before` whose deliveries have all ended (delivered, failed, or
-     * none: rejected), with their deliveries, `batch` messages per statement so
+     * none: rejected), with their deliveries, `batch` messages per statement (200 unless given) so
      * that other statements are not held up for long. A message still waiting
      * in an inbox or for a retry is kept, however old. One pass over the
      * messages older than `before`; answers how many it deleted.
@@ -724,7 +724,7 @@ export const make = Effect.gen(function* () {
       readonly pause?: Duration.DurationInput | undefined
     }) =>
       Effect.gen(function* () {
-        const limit = Math.max(1, options.batch ?? 500)
+        const limit = Math.max(1, options.batch ?? 200)
         let after: string | undefined
         let deleted = 0
         for (;;) {
