@@ -39,6 +39,8 @@ export interface ServerOptions {
   readonly retrySchedule?: RetrySchedule.RetrySchedule | undefined
   /** How long shutdown waits for attempts in flight. */
   readonly shutdownGraceMs?: number | undefined
+  /** Notification events waiting to be routed, at most, before every socket is closed to catch up (50,000). */
+  readonly notificationBacklog?: number | undefined
   /** Federation settings beside those the configuration gives (rate limits, rechecks; tests). */
   readonly federation?: Partial<Omit<Federation.FederationOptions, "instanceName" | "publicUrl" | "adminKey">> | undefined
 }
@@ -273,7 +275,8 @@ export const app = (options: ServerOptions = {}) =>
         Layer.provide(ReplayKeys),
         Layer.provide(SendLane.attach),
         // One key cache for the API, the WebSocket stream and replayed answers.
-        Layer.provide(Auth.AuthenticatorService.layer)
+        Layer.provide(Auth.AuthenticatorService.layer),
+        Layer.provide(options.notificationBacklog !== undefined ? Layer.succeed(Hub.MaxBacklog, options.notificationBacklog) : Layer.empty)
       )
       // With tracing off, skip the per-request span bookkeeping (URL parse, header redaction).
       const traced = config.tracing ? http : HttpMiddleware.withTracerDisabledWhen(http, () => true)

@@ -44,6 +44,7 @@ export interface Options {
   readonly shutdownGraceMs?: number | undefined
   /** Federation settings beside the configuration's (used when `config.instanceName` is set). */
   readonly federation?: Server.ServerOptions["federation"]
+  readonly notificationBacklog?: number | undefined
 }
 
 /** Settings that suit tests: loopback agents, fast sweeps, short waits. */
@@ -68,7 +69,8 @@ export const make = (options: Options = {}): Effect.Effect<TestServer, unknown, 
       database,
       retrySchedule: options.retrySchedule ?? RetrySchedule.testing,
       shutdownGraceMs: options.shutdownGraceMs ?? 2_000,
-      federation: options.federation
+      federation: options.federation,
+      notificationBacklog: options.notificationBacklog
     }).pipe(
       Layer.provideMerge(Server.listen({ port: config.port, host: config.host })),
       Layer.provideMerge(Replay.Replay.layer),

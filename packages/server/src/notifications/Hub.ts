@@ -36,6 +36,22 @@ const MAX_BATCH = 512
 export const KEY_REVOKED = 4001
 
 /**
+ * Close code for the sockets of a hub that fell behind (the standard "try again
+ * later"): what it had not routed was dropped, so each client should reconnect
+ * and read its inbox or history for what it may have missed.
+ */
+export const FELL_BEHIND = 1013
+
+/**
+ * Events waiting to be routed, at most, before the hub counts itself behind.
+ * Each is held in memory until routed: without a bound, a database that stalls
+ * the hub's reads under a burst of sends would hold every event meanwhile.
+ */
+export class MaxBacklog extends Context.Reference<MaxBacklog>()("@mahilo/server/notifications/Hub/MaxBacklog", {
+  defaultValue: () => 50_000
+}) {}
+
+/**
  * Recently announced (user, message) pairs. A message reaches a user once
  * however many of their agents got it (one event per delivery), and a
  * message pushed from the inbox is not announced again when an agent of the
@@ -122,10 +138,40 @@ export const make = Effect.gen(function* () {
   }
 
   // Subscribed before any socket can attach, so nothing published after an attach is missed.
-  // With no socket open here there is no one to tell: events are not even queued.
-  const events = yield* bus.subscribeTo(() => byUser.size > 0)
+  // With no socket open here there is no one to tell: events are not even queued. Past the
+  // backlog nothing more is queued either, until the hub has caught up (below).
+  const maxBacklog = yield* MaxBacklog
+  let backlog = 0
+  let behind = false
+  const events = yield* bus.subscribeTo(() => {
+    if (byUser.size === 0 || behind) return false
+    if (backlog >= maxBacklog) {
+      behind = true
+      return false
+    }
+    backlog++
+    return true
+  })
+  /**
+   * Events were dropped, so some socket may have missed one: everything still
+   * queued is dropped too and every socket closed, for its client to reconnect
+   * and catch up from the store. Nothing is queued meanwhile (`behind` holds).
+   */
+  const catchUp = Effect.gen(function* () {
+    const dropped = (yield* Queue.takeAll(events)).length
+    backlog = 0
+    behind = false
+    const sockets = [...byUser.values()].flatMap((set) => [...set])
+    yield* Effect.logWarning(
+      `Notifications fell behind (${maxBacklog} events waiting): dropped ${dropped} more and closed ${sockets.length} sockets for their clients to catch up`
+    )
+    for (const s of sockets) s.close(FELL_BEHIND, "Notifications fell behind; reconnect and read your inbox")
+  })
   yield* Queue.takeBetween(events, 1, MAX_BATCH).pipe(
-    Effect.flatMap(routeAll),
+    Effect.flatMap((batch) => {
+      backlog -= batch.length
+      return behind ? catchUp : routeAll(batch)
+    }),
     Effect.catchAllCause((cause) => Effect.logError("Could not route a notification", cause)),
     Effect.forever,
     Effect.forkScoped
