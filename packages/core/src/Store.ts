@@ -103,6 +103,10 @@ export interface ConnectionsService {
     userIds: ReadonlyArray<string>
   ) => Effect.Effect<Parties, SqlError>
   readonly find: (id: string) => Effect.Effect<Option.Option<AgentConnection>, SqlError>
+  /**
+   * The user's connection with this framework and label, labels compared as
+   * routing compares them (`Routing.labelKey`: `Work` is `work`).
+   */
   readonly findByIdentity: (
     userId: string,
     framework: string,

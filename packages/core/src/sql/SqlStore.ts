@@ -8,6 +8,7 @@ import { Effect, Exit, Layer, Option, type Scope } from "effect"
 import * as Batcher from "../Batcher.js"
 import * as Errors from "../Errors.js"
 import type * as Graph from "../Graph.js"
+import * as Routing from "../Routing.js"
 import * as Store from "../Store.js"
 import * as ReadCache from "./ReadCache.js"
 import * as Rows from "./Rows.js"
@@ -208,15 +209,23 @@ export const makeConnections = Effect.gen(function* () {
     find: (id) =>
       Effect.map(sql`SELECT * FROM agent_connections WHERE id = ${id}`, (rows) => Option.map(first(rows), Rows.connection)),
     findByIdentity: (userId, framework, label) =>
+      // Labels compare as routing compares them. Of connections kept from before that whose labels
+      // differ only in case (`label_duplicate`, see the migration), the one with this very label
+      // comes first, then the one holding the key, then the oldest.
       Effect.map(
-        sql`SELECT * FROM agent_connections WHERE user_id = ${userId} AND framework = ${framework} AND label = ${label}`,
+        sql`
+          SELECT * FROM agent_connections
+          WHERE user_id = ${userId} AND framework = ${framework} AND label_key = ${Routing.labelKey(label)}
+          ORDER BY label = ${label} DESC, label_duplicate, created_at, id
+          LIMIT 1`,
         (rows) => Option.map(first(rows), Rows.connection)
       ),
     insert: (c) =>
       cache.write(sql`
-        INSERT INTO agent_connections (id, user_id, framework, label, description, capabilities, routing_priority,
+        INSERT INTO agent_connections (id, user_id, framework, label, label_key, description, capabilities, routing_priority,
           mode, callback_url, callback_secret, public_key, public_key_alg, status)
-        VALUES (${c.id}, ${c.userId}, ${c.framework}, ${c.label}, ${c.description}, ${Rows.json(c.capabilities)}::jsonb,
+        VALUES (${c.id}, ${c.userId}, ${c.framework}, ${c.label}, ${Routing.labelKey(c.label)}, ${c.description},
+          ${Rows.json(c.capabilities)}::jsonb,
           ${c.routingPriority}, ${c.mode}, ${c.callbackUrl}, ${c.callbackSecret}, ${c.publicKey}, ${c.publicKeyAlg}, ${c.status})`
         .pipe(
           Effect.asVoid,
