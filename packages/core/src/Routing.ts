@@ -43,6 +43,13 @@ const best = (connections: ReadonlyArray<Connection>): Connection | undefined =>
     undefined
   )
 
+/**
+ * How labels compare: trimmed and lowercased, so `Work` and ` work ` are one
+ * label. A label hint finds a connection by it, and a user's labels are unique
+ * by it within a framework (the store keeps it beside the label).
+ */
+export const labelKey = (label: string): string => label.trim().toLowerCase()
+
 const normalize = (values: ReadonlyArray<string> | undefined): ReadonlyArray<string> =>
   (values ?? []).map((v) => v.trim().toLowerCase()).filter((v) => v.length > 0)
 
@@ -69,7 +76,7 @@ export const selectOne = (
     return Either.left(Errors.NotFound.of("NO_CONNECTIONS", "The recipient has no active agent connection"))
   }
   for (const label of normalize(hints.labels)) {
-    const match = best(active.filter((c) => c.label.toLowerCase() === label))
+    const match = best(active.filter((c) => labelKey(c.label) === label))
     if (match !== undefined) return Either.right(match)
   }
   const tags = normalize(hints.tags)

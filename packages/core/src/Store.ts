@@ -103,6 +103,10 @@ export interface ConnectionsService {
     userIds: ReadonlyArray<string>
   ) => Effect.Effect<Parties, SqlError>
   readonly find: (id: string) => Effect.Effect<Option.Option<AgentConnection>, SqlError>
+  /**
+   * The user's connection with this framework and label, labels compared as
+   * routing compares them (`Routing.labelKey`: `Work` is `work`).
+   */
   readonly findByIdentity: (
     userId: string,
     framework: string,
@@ -349,7 +353,11 @@ export interface HistoryQuery {
   readonly direction: "sent" | "received"
   readonly since: Date | undefined
   readonly before: Date | undefined
-  /** Messages older than this one (newest-first order), when it is a message the user sent or got. */
+  /**
+   * Messages older than this one (newest-first order). It must be a message the
+   * user sent or got: any other id, someone else's or none, fails the read with
+   * `400 INVALID_CURSOR` (the same for both, so it tells nothing of others).
+   */
   readonly beforeId?: string | undefined
   readonly limit: number
 }
@@ -396,7 +404,10 @@ export interface MessagesService {
     lease: Option.Option<{ readonly owner: string; readonly until: Date }>
   ) => Effect.Effect<void, SqlError | Errors.Conflict>
   readonly deliveriesOf: (messageId: string) => Effect.Effect<ReadonlyArray<Delivery>, SqlError>
-  readonly history: (userId: string, query: HistoryQuery) => Effect.Effect<ReadonlyArray<HistoryEntry>, SqlError>
+  readonly history: (
+    userId: string,
+    query: HistoryQuery
+  ) => Effect.Effect<ReadonlyArray<HistoryEntry>, SqlError | Errors.InvalidRequest>
   /**
    * Deletes, with their deliveries, the messages of one step that were made
    * before `before` and have no pending delivery (a delivery never returns to
@@ -442,11 +453,15 @@ export interface OutboxService {
     query: {
       /** Deliveries written at or after this instant. */
       readonly since: Date | undefined
-      /** Deliveries after this one in inbox order (oldest first); an id that is not the user's is ignored. */
+      /**
+       * Deliveries after this one in inbox order (oldest first). It must be a
+       * delivery to the user (still waiting or not): any other id fails the read
+       * with `400 INVALID_CURSOR`, the same for someone else's as for none.
+       */
       readonly after?: string | undefined
       readonly limit: number
     }
-  ) => Effect.Effect<ReadonlyArray<InboxEntry>, SqlError>
+  ) => Effect.Effect<ReadonlyArray<InboxEntry>, SqlError | Errors.InvalidRequest>
   /**
    * Moves whenever the user's inbox may have changed (a message for them
    * written, an acknowledgement); `undefined` when this store cannot tell,

@@ -454,7 +454,8 @@ export class MessagesGroup extends HttpApiGroup.make("messages")
         since: Schema.optional(Schema.String),
         before: Schema.optional(Schema.String).annotations({ description: "Beside the contract: page back from here" }),
         before_id: Schema.optional(Schema.String.pipe(Schema.maxLength(200))).annotations({
-          description: "Beside the contract: page back from this message (the last one of the previous page), exactly"
+          description:
+            "Beside the contract: page back from this message (the last one of the previous page), exactly. It must be a message you sent or received, else 400 INVALID_CURSOR"
         }),
         limit: Schema.optional(Schema.String),
         direction: Schema.optional(Schema.Literal("sent", "received"))
@@ -487,7 +488,9 @@ export class MessagesGroup extends HttpApiGroup.make("messages")
     HttpApiEndpoint.get("inbox", "/messages/inbox")
       .setUrlParams(Schema.Struct({
         since: Schema.optional(Schema.String),
-        after: Schema.optional(Schema.String.pipe(Schema.maxLength(200))),
+        after: Schema.optional(Schema.String.pipe(Schema.maxLength(200))).annotations({
+          description: "Page on after this delivery (the last item's delivery_id), exactly. It must be a delivery to you, else 400 INVALID_CURSOR"
+        }),
         limit: Schema.optional(Schema.String)
       }))
       .addSuccess(Inbox)

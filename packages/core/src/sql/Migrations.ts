@@ -254,6 +254,48 @@ const remoteGroupsByHome = run([
  */
 const connectionDeleted = run([`ALTER TABLE deliveries ADD COLUMN connection_deleted boolean NOT NULL DEFAULT false`])
 
+/**
+ * A user's agent labels are unique per framework case-insensitively, as label
+ * routing hints compare them: `Work` and `work` were two connections that one
+ * hint could not tell apart. `label_key` is the label as routing compares it,
+ * trimmed and lowercased by JavaScript's `toLowerCase` (the store writes it;
+ * SQL `lower()` follows the database's locale, and under `C` leaves `É` alone,
+ * so it is not used). Connections already registered whose labels differ only
+ * in case are kept as they are, labels, ids and all, since agents and senders
+ * know them by both: the oldest of each set (by created_at, then id) holds the
+ * key, the others are marked `label_duplicate` and left out of the unique
+ * index. Registering that label again in any case updates one of the set (see
+ * Connections.findByIdentity), so no new duplicate can be made. The exact
+ * (user, framework, label) index is dropped: the new one covers it.
+ */
+const agentLabelKey = Effect.gen(function* () {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql.unsafe(`ALTER TABLE agent_connections ADD COLUMN label_key text`)
+  yield* sql.unsafe(`ALTER TABLE agent_connections ADD COLUMN label_duplicate boolean NOT NULL DEFAULT false`)
+  const rows = yield* sql<{ id: string; user_id: string; framework: string; label: string }>`
+    SELECT id, user_id, framework, label FROM agent_connections ORDER BY user_id, framework, created_at, id`
+  const held = new Set<string>()
+  const keyed = rows.map((r) => {
+    // The rule as of this migration (Routing.labelKey then); a later change of it needs a migration of its own.
+    const key = r.label.trim().toLowerCase()
+    const identity = JSON.stringify([r.user_id, r.framework, key])
+    const duplicate = held.has(identity)
+    held.add(identity)
+    return { id: r.id, key, duplicate }
+  })
+  for (let i = 0; i < keyed.length; i += 1000) {
+    yield* sql`
+      UPDATE agent_connections a SET label_key = k.key, label_duplicate = k.duplicate
+      FROM jsonb_to_recordset(${JSON.stringify(keyed.slice(i, i + 1000))}::jsonb) AS k(id text, key text, duplicate boolean)
+      WHERE a.id = k.id`
+  }
+  yield* sql.unsafe(`ALTER TABLE agent_connections ALTER COLUMN label_key SET NOT NULL`)
+  yield* sql.unsafe(
+    `CREATE UNIQUE INDEX agent_connections_label_key ON agent_connections (user_id, framework, label_key) WHERE NOT label_duplicate`
+  )
+  yield* sql.unsafe(`DROP INDEX agent_connections_identity_key`)
+})
+
 /** Loader for `@effect/sql`'s Migrator. */
 export const loader = Migrator.fromRecord({
   "1_initial": initial,
@@ -262,7 +304,8 @@ export const loader = Migrator.fromRecord({
   "4_recipient_routing": recipientRouting,
   "5_peer_notices": peerNotices,
   "6_remote_groups_by_home": remoteGroupsByHome,
-  "7_connection_deleted": connectionDeleted
+  "7_connection_deleted": connectionDeleted,
+  "8_agent_label_key": agentLabelKey
 })
 
 export const table = "mahilo_migrations"

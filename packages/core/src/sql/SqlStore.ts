@@ -9,11 +9,33 @@ import * as Batcher from "../Batcher.js"
 import * as Errors from "../Errors.js"
 import * as Ids from "../Ids.js"
 import type * as Graph from "../Graph.js"
+import * as Routing from "../Routing.js"
 import * as Store from "../Store.js"
 import * as ReadCache from "./ReadCache.js"
 import * as Rows from "./Rows.js"
 
 const first = <A>(rows: ReadonlyArray<A>): Option.Option<A> => Option.fromNullable(rows[0])
+
+/**
+ * Keyset paging from a cursor in one statement that also tells whether the
+ * caller could see the cursor: `cursor` selects its row (`created_at, id`) only
+ * then, and `page`, which reads it as `cur`, is joined to it laterally, and it
+ * to one constant row. So the answer always has a row: `cursor_id` null in it
+ * when the cursor named nothing the caller can see, the page's columns null
+ * when the page is empty. `page` should test `cur.id IS NOT NULL` first, which
+ * PostgreSQL checks once, before reading anything.
+ */
+const fromCursor = (sql: SqlClient.SqlClient, cursor: Statement.Fragment, page: Statement.Fragment) =>
+  sql`(SELECT 1) one LEFT JOIN (${cursor}) cur ON true LEFT JOIN LATERAL (${page}) page ON true`
+
+/** The page's rows of a `fromCursor` answer (`id` is the page's); an unknown cursor fails with `INVALID_CURSOR`. */
+const cursorPage = (rows: ReadonlyArray<any>, parameter: string, names: string): Effect.Effect<ReadonlyArray<any>, Errors.InvalidRequest> =>
+  rows.length === 0 || rows[0].cursor_id === null
+    ? Effect.fail(Errors.InvalidRequest.of(
+      "INVALID_CURSOR",
+      `${parameter} names no ${names}; start again without it (the first page)`
+    ))
+    : Effect.succeed(rows.filter((r) => r.id !== null))
 
 /** Turns a unique violation into the given conflict; other errors pass through. */
 const onUnique = (conflict: () => Errors.Conflict) =>
@@ -209,15 +231,23 @@ export const makeConnections = Effect.gen(function* () {
     find: (id) =>
       Effect.map(sql`SELECT * FROM agent_connections WHERE id = ${id}`, (rows) => Option.map(first(rows), Rows.connection)),
     findByIdentity: (userId, framework, label) =>
+      // Labels compare as routing compares them. Of connections kept from before that whose labels
+      // differ only in case (`label_duplicate`, see the migration), the one with this very label
+      // comes first, then the one holding the key, then the oldest.
       Effect.map(
-        sql`SELECT * FROM agent_connections WHERE user_id = ${userId} AND framework = ${framework} AND label = ${label}`,
+        sql`
+          SELECT * FROM agent_connections
+          WHERE user_id = ${userId} AND framework = ${framework} AND label_key = ${Routing.labelKey(label)}
+          ORDER BY label = ${label} DESC, label_duplicate, created_at, id
+          LIMIT 1`,
         (rows) => Option.map(first(rows), Rows.connection)
       ),
     insert: (c) =>
       cache.write(sql`
-        INSERT INTO agent_connections (id, user_id, framework, label, description, capabilities, routing_priority,
+        INSERT INTO agent_connections (id, user_id, framework, label, label_key, description, capabilities, routing_priority,
           mode, callback_url, callback_secret, public_key, public_key_alg, status)
-        VALUES (${c.id}, ${c.userId}, ${c.framework}, ${c.label}, ${c.description}, ${Rows.json(c.capabilities)}::jsonb,
+        VALUES (${c.id}, ${c.userId}, ${c.framework}, ${c.label}, ${Routing.labelKey(c.label)}, ${c.description},
+          ${Rows.json(c.capabilities)}::jsonb,
           ${c.routingPriority}, ${c.mode}, ${c.callbackUrl}, ${c.callbackSecret}, ${c.publicKey}, ${c.publicKeyAlg}, ${c.status})`
         .pipe(
           Effect.asVoid,
@@ -626,55 +656,68 @@ export const makeMessages = Effect.gen(function* () {
         (rows) => ({ scanned: rows[0]!.scanned, deleted: rows[0]!.deleted, last: rows[0]!.last ?? undefined })
       ),
     history: (userId, q) => {
-      // Keyset paging from a message the user sent or got (exact when several share a millisecond);
-      // an id that is neither leaves the list unbounded.
-      const olderThan = (beforeId: string) =>
-        sql`NOT EXISTS (
-          SELECT 1 FROM messages b WHERE b.id = ${beforeId} AND (b.created_at, b.id) <= (m.created_at, m.id)
-            AND (b.sender_id = ${userId}
-              OR EXISTS (SELECT 1 FROM deliveries bd WHERE bd.message_id = b.id AND bd.recipient_user_id = ${userId})))`
+      // Keyset paging from a message the user sent or got (exact when several share a millisecond),
+      // with whether it is one in the same statement: any other id is refused, not read as none.
+      const cursor = q.beforeId === undefined ? undefined : sql`
+        SELECT b.created_at, b.id FROM messages b WHERE b.id = ${q.beforeId}
+          AND (b.sender_id = ${userId}
+            OR EXISTS (SELECT 1 FROM deliveries bd WHERE bd.message_id = b.id AND bd.recipient_user_id = ${userId}))`
+      const olderThanCursor = [sql`cur.id IS NOT NULL`, sql`(m.created_at, m.id) < (cur.created_at, cur.id)`]
+      const unknownCursor = (rows: ReadonlyArray<any>) => cursorPage(rows, "before_id", "message you sent or received")
       if (q.direction === "sent") {
         const conditions = [sql`m.sender_id = ${userId}`]
         if (q.since !== undefined) conditions.push(sql`m.created_at > ${q.since}`)
         if (q.before !== undefined) conditions.push(sql`m.created_at < ${q.before}`)
-        if (q.beforeId !== undefined) conditions.push(olderThan(q.beforeId))
-        return Effect.map(
-          sql`SELECT m.* FROM messages m WHERE ${sql.and(conditions)} ORDER BY m.created_at DESC, m.id DESC LIMIT ${q.limit}`,
-          (rows) => rows.map((r) => ({ message: Rows.message(r), delivery: Option.none() }))
-        )
+        const sent = (rows: ReadonlyArray<any>) => rows.map((r) => ({ message: Rows.message(r), delivery: Option.none() }))
+        if (cursor === undefined) {
+          return Effect.map(
+            sql`SELECT m.* FROM messages m WHERE ${sql.and(conditions)} ORDER BY m.created_at DESC, m.id DESC LIMIT ${q.limit}`,
+            sent
+          )
+        }
+        const page = sql`
+          SELECT m.* FROM messages m WHERE ${sql.and([...olderThanCursor, ...conditions])}
+          ORDER BY m.created_at DESC, m.id DESC LIMIT ${q.limit}`
+        return sql`
+          SELECT cur.id AS cursor_id, page.* FROM ${fromCursor(sql, cursor, page)}
+          ORDER BY page.created_at DESC, page.id DESC`.pipe(Effect.flatMap(unknownCursor), Effect.map(sent))
       }
       const conditions = [sql`d.recipient_user_id = ${userId}`, sql`d.is_primary`]
       if (q.since !== undefined) conditions.push(sql`d.created_at > ${q.since}`)
       if (q.before !== undefined) conditions.push(sql`d.created_at < ${q.before}`)
-      if (q.beforeId !== undefined) conditions.push(olderThan(q.beforeId))
       // Ties in time go by message id, as the sent list and the merged list do. The primary
       // delivery lists the message once; its status is the member's over all their deliveries
       // (a group message goes to each of their agents): delivered if any was, pending while any
       // is, as the send answer counts them. The primary's own could be `failed` while another
       // agent of theirs has the message. Taken for the page's rows only, after the LIMIT.
-      return Effect.map(
-        sql`
-          SELECT page.*, mine.status AS mine_status, mine.delivered_at AS mine_delivered_at
-          FROM (
-            SELECT m.*, ${sql.literal(deliveryColumnsSql)}
-            FROM deliveries d JOIN messages m ON m.id = d.message_id
-            WHERE ${sql.and(conditions)}
-            ORDER BY d.created_at DESC, m.id DESC
-            LIMIT ${q.limit}
-          ) page
-          CROSS JOIN LATERAL (
-            SELECT
-              CASE WHEN bool_or(o.status = 'delivered') THEN 'delivered'
-                WHEN bool_or(o.status = 'pending') THEN 'pending' ELSE 'failed' END AS status,
-              min(o.delivered_at) AS delivered_at
-            FROM deliveries o WHERE o.message_id = page.id AND o.recipient_user_id = page.d_recipient_user_id
-          ) mine
-          ORDER BY page.d_created_at DESC, page.id DESC`,
-        (rows) =>
+      const page = sql`
+        SELECT m.*, ${sql.literal(deliveryColumnsSql)}
+        FROM deliveries d JOIN messages m ON m.id = d.message_id
+        WHERE ${sql.and(cursor === undefined ? conditions : [...olderThanCursor, ...conditions])}
+        ORDER BY d.created_at DESC, m.id DESC
+        LIMIT ${q.limit}`
+      const read = sql`
+        SELECT ${cursor === undefined ? sql`` : sql`cur.id AS cursor_id,`}
+          page.*, mine.status AS mine_status, mine.delivered_at AS mine_delivered_at
+        FROM ${cursor === undefined ? sql`(${page}) page` : fromCursor(sql, cursor, page)}
+        CROSS JOIN LATERAL (
+          SELECT
+            CASE WHEN bool_or(o.status = 'delivered') THEN 'delivered'
+              WHEN bool_or(o.status = 'pending') THEN 'pending' ELSE 'failed' END AS status,
+            min(o.delivered_at) AS delivered_at
+          FROM deliveries o WHERE o.message_id = page.id AND o.recipient_user_id = page.d_recipient_user_id
+        ) mine
+        ORDER BY page.d_created_at DESC, page.id DESC`
+      const rows: Effect.Effect<ReadonlyArray<any>, SqlError | Errors.InvalidRequest> = cursor === undefined
+        ? read
+        : Effect.flatMap(read, unknownCursor)
+      return rows.pipe(
+        Effect.map((rows) =>
           rows.map((r: any) => ({
             message: Rows.message(r),
             delivery: Option.some({ ...Rows.delivery(r, "d_"), status: r.mine_status, deliveredAt: r.mine_delivered_at ?? null })
           }))
+        )
       )
     }
   })
@@ -923,21 +966,33 @@ export const makeOutbox = Effect.gen(function* () {
     inbox: (userId, q) => {
       const conditions = [sql`d.recipient_user_id = ${userId}`, sql`d.target_kind = 'inbox'`, sql`d.status = 'pending'`]
       if (q.since !== undefined) conditions.push(sql`d.created_at >= ${q.since}`)
-      if (q.after !== undefined) {
-        // Keyset paging: exact even when several deliveries share a millisecond.
-        conditions.push(sql`NOT EXISTS (
-            SELECT 1 FROM deliveries a WHERE a.id = ${q.after} AND a.recipient_user_id = ${userId}
-              AND (a.created_at, a.id) >= (d.created_at, d.id))`)
-      }
+      const entries = (rows: ReadonlyArray<any>) => rows.map((r) => ({ delivery: Rows.delivery(r, "d_"), message: Rows.message(r) }))
       // One statement: the deliveries with their messages (the inbox needs no connection rows).
-      return Effect.map(
-        sql`
-          SELECT m.*, ${sql.literal(deliveryColumnsSql)}
-          FROM deliveries d JOIN messages m ON m.id = d.message_id
-          WHERE ${sql.and(conditions)}
-          ORDER BY d.created_at, d.id
-          LIMIT ${q.limit}`,
-        (rows) => rows.map((r: any) => ({ delivery: Rows.delivery(r, "d_"), message: Rows.message(r) }))
+      if (q.after === undefined) {
+        return Effect.map(
+          sql`
+            SELECT m.*, ${sql.literal(deliveryColumnsSql)}
+            FROM deliveries d JOIN messages m ON m.id = d.message_id
+            WHERE ${sql.and(conditions)}
+            ORDER BY d.created_at, d.id
+            LIMIT ${q.limit}`,
+          entries
+        )
+      }
+      // Keyset paging from a delivery to the user (exact even when several share a millisecond),
+      // with whether it is one in the same statement: any other id is refused, not read as none.
+      const cursor = sql`SELECT a.created_at, a.id FROM deliveries a WHERE a.id = ${q.after} AND a.recipient_user_id = ${userId}`
+      const page = sql`
+        SELECT m.*, ${sql.literal(deliveryColumnsSql)}
+        FROM deliveries d JOIN messages m ON m.id = d.message_id
+        WHERE ${sql.and([sql`cur.id IS NOT NULL`, ...conditions, sql`(d.created_at, d.id) > (cur.created_at, cur.id)`])}
+        ORDER BY d.created_at, d.id
+        LIMIT ${q.limit}`
+      return sql`
+        SELECT cur.id AS cursor_id, page.* FROM ${fromCursor(sql, cursor, page)}
+        ORDER BY page.d_created_at, page.d_id`.pipe(
+        Effect.flatMap((rows) => cursorPage(rows, "after", "message delivery of yours")),
+        Effect.map(entries)
       )
     },
     inboxVersion: inboxes.version,

@@ -202,7 +202,8 @@ export const make = Effect.gen(function* () {
       }
       const current = existing.value
       const secret = input.callbackSecret ?? (input.rotateSecret === true ? Callback.generateSecret() : current.callbackSecret)
-      yield* connections.update({ ...current, ...fields, status: "active", callbackSecret: secret })
+      // The label keeps the spelling it was registered with: `work` updates the connection labelled `Work`.
+      yield* connections.update({ ...current, ...fields, label: current.label, status: "active", callbackSecret: secret })
       if (fields.mode !== current.mode) {
         // What waited to be pushed now waits to be fetched, or the other way round; nothing is
         // failed for it. (A push in flight finishes: if it delivers, the message is delivered and
@@ -226,7 +227,7 @@ export const make = Effect.gen(function* () {
         : Effect.fail(Errors.NotFound.of("CONNECTION_NOT_FOUND", "No agent connection with that id is yours")))
 
   return {
-    /** Registers an agent connection, or updates the one with the same framework and label. */
+    /** Registers an agent connection, or updates the one with the same framework and label (in any case). */
     upsertConnection: (principal: Principal, input: ConnectionInput) =>
       // Two first registrations racing: the loser updates the winner's row.
       Effect.catchIf(upsertOnce(principal, input), (e) => e._tag === "Conflict", () => upsertOnce(principal, input)),

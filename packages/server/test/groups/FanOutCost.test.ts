@@ -101,6 +101,7 @@ const seedMembers = (
           user_id: id,
           framework: "test",
           label: `agent${k}`,
+          label_key: `agent${k}`,
           mode: agent === undefined ? "polling" : "webhook",
           callback_url: agent?.url ?? null,
           callback_secret: agent?.secret ?? "s".repeat(32)

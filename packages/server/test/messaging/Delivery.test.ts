@@ -409,11 +409,12 @@ describe("delivery", () => {
         }
         expect(paged, `${direction ?? "both"}`).toEqual(whole.map((h) => h.id))
       }
-      // The id of a message carol neither sent nor got bounds nothing for her (and tells her nothing).
+      // The id of a message carol neither sent nor got is refused, as an id of nothing is (and tells her nothing).
       const carol = yield* Fixtures.person(server, "carol")
       yield* Fixtures.befriend(carol, bob)
       const own = yield* carol.client.messages.send({ payload: { recipient: "bob", message: "carol's" } })
-      const carols = yield* carol.client.messages.history({ urlParams: { before_id: all[all.length - 1]!.id } })
-      expect(carols.map((h) => h.id)).toEqual([own.message_id])
+      const refused = yield* Effect.flip(carol.client.messages.history({ urlParams: { before_id: all[all.length - 1]!.id } }))
+      expect(refused).toMatchObject({ _tag: "InvalidRequest", code: "INVALID_CURSOR" })
+      expect(yield* carol.client.messages.history({ urlParams: { before_id: own.message_id } })).toEqual([])
     }))
 })
