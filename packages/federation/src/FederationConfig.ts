@@ -2,7 +2,7 @@
  * What the server tells federation: who this registry is, the operator's
  * secret, and the knobs of signed traffic (rate limits, waits, rechecks).
  */
-import { RetrySchedule } from "@mahilo/core"
+import { RetrySchedule, Username } from "@mahilo/core"
 import { Context, Option, type Redacted } from "effect"
 import * as InstanceIdentity from "./InstanceIdentity.js"
 import * as RateLimit from "./RateLimit.js"
@@ -60,6 +60,7 @@ export interface FederationOptions {
 
 /** The options with every default filled in. */
 export interface Settings {
+  /** Canonical (see `Username.canonicalInstance`). */
   readonly instanceName: string
   /** Canonical (see `InstanceIdentity.normalizeBaseUrl`). */
   readonly publicUrl: string
@@ -81,7 +82,7 @@ export interface Settings {
 }
 
 export const settings = (options: FederationOptions): Settings => ({
-  instanceName: options.instanceName.toLowerCase(),
+  instanceName: Username.canonicalInstance(options.instanceName),
   publicUrl: Option.getOrElse(InstanceIdentity.normalizeBaseUrl(options.publicUrl), () => options.publicUrl),
   adminKey: options.adminKey,
   peerRateLimit: options.peerRateLimit ?? RateLimit.DEFAULT_PEER_POLICY,

@@ -5,6 +5,7 @@
  * re-fetched from the peer's own base URL when the key id is new to us (the
  * peer rotated its key).
  */
+import { Username } from "@mahilo/core"
 import { Context, Effect, Either, Fiber, Layer, Option, Schema } from "effect"
 import { FederationAuthError } from "./FederationAuthError.js"
 import { FederationConfig } from "./FederationConfig.js"
@@ -97,7 +98,7 @@ export const make = Effect.gen(function* () {
         return peer
       }
       const claimed = InstanceIdentity.normalizeBaseUrl(document.right.base_url)
-      if (document.right.name !== peer.name || Option.getOrUndefined(claimed) !== peer.baseUrl) {
+      if (Username.canonicalInstance(document.right.name) !== peer.name || Option.getOrUndefined(claimed) !== peer.baseUrl) {
         yield* Effect.logWarning(`${peer.baseUrl} now calls itself ${document.right.name}; its keys were not taken`)
         return peer
       }
@@ -110,7 +111,7 @@ export const make = Effect.gen(function* () {
   /** The trusted peer named `name`, or why a request from it is refused. */
   const trusted = (name: string | undefined) =>
     Effect.gen(function* () {
-      const peer = name === undefined ? Option.none<Peer>() : yield* Effect.orDie(store.findPeerByName(name.toLowerCase()))
+      const peer = name === undefined ? Option.none<Peer>() : yield* Effect.orDie(store.findPeerByName(Username.canonicalInstance(name)))
       if (Option.isNone(peer)) {
         return yield* FederationAuthError.of("PEER_NOT_TRUSTED", `${JSON.stringify(name ?? "")} is not a registry this one trusts`)
       }
@@ -150,11 +151,11 @@ export const make = Effect.gen(function* () {
     keyOf,
     list: Effect.orDie(store.listPeers),
     find: (id: string) => Effect.orDie(store.findPeer(id)),
-    findByName: (name: string) => Effect.orDie(store.findPeerByName(name)),
+    findByName: (name: string) => Effect.orDie(store.findPeerByName(Username.canonicalInstance(name))),
     setStatus: (id: string, status: PeerStatus) => Effect.orDie(store.setPeerStatus(id, status)),
     /** A peer outbound requests may go to: trusted, by name. */
     reachable: (name: string) =>
-      Effect.map(Effect.orDie(store.findPeerByName(name)), Option.filter((p) => p.status === "trusted"))
+      Effect.map(Effect.orDie(store.findPeerByName(Username.canonicalInstance(name))), Option.filter((p) => p.status === "trusted"))
   }
 })
 
