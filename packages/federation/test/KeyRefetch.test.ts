@@ -4,7 +4,7 @@
  * a peer's real rotation must not keep its new key out.
  */
 import { InstanceIdentity, KeyRefetch, Protocol } from "@mahilo/federation"
-import { Cluster, Fixtures } from "@mahilo/testkit"
+import { Cluster, Fixtures, TestDatabase } from "@mahilo/testkit"
 import { Effect } from "effect"
 import { describe, expect, it } from "vitest"
 
@@ -59,60 +59,63 @@ const lookup = (x: Cluster.Member, y: Cluster.Member, key: Key) =>
 const accepted = { status: 404, code: "USER_NOT_FOUND" }
 const unknownKey = { status: 401, code: "UNKNOWN_KEY" }
 
-describe("re-fetching a peer's keys over HTTP", () => {
-  it("takes a freshly rotated key promptly after a bogus key id, repeated, spent a re-fetch", async () => {
-    await Cluster.run(Effect.gen(function* () {
-      // An interval far longer than the test: only the burst and the absent ids are at work.
-      const pair = yield* Cluster.make({ size: 2, federation: { keyRefetchIntervalMs: 3_600_000, keyRefetchBurst: 2 } })
-      const [x, y] = pair.members as [Cluster.Member, Cluster.Member]
-      yield* pair.trustAll
-      // A stranger names x with a key id x never published, again and again.
-      const bogus = InstanceIdentity.generateKey()
-      for (let i = 0; i < 5; i++) expect(yield* lookup(x, y, bogus)).toEqual(unknownKey)
-      // x rotates just after: y takes its first request signed with the new key.
-      expect((yield* x.admin("POST", "/keys/rotate")).status).toBe(200)
-      const newKey = yield* Cluster.signingKey(x)
-      expect(yield* lookup(x, y, newKey)).toEqual(accepted)
-    }))
-  }, 90_000)
+// PGlite always; PostgreSQL too when DATABASE_URL is set.
+for (const { name: backend } of TestDatabase.backends) {
+  describe(`re-fetching a peer's keys over HTTP (${backend})`, () => {
+    it("takes a freshly rotated key promptly after a bogus key id, repeated, spent a re-fetch", async () => {
+      await Cluster.run(Effect.gen(function* () {
+        // An interval far longer than the test: only the burst and the absent ids are at work.
+        const pair = yield* Cluster.make({ size: 2, backend, federation: { keyRefetchIntervalMs: 3_600_000, keyRefetchBurst: 2 } })
+        const [x, y] = pair.members as [Cluster.Member, Cluster.Member]
+        yield* pair.trustAll
+        // A stranger names x with a key id x never published, again and again.
+        const bogus = InstanceIdentity.generateKey()
+        for (let i = 0; i < 5; i++) expect(yield* lookup(x, y, bogus)).toEqual(unknownKey)
+        // x rotates just after: y takes its first request signed with the new key.
+        expect((yield* x.admin("POST", "/keys/rotate")).status).toBe(200)
+        const newKey = yield* Cluster.signingKey(x)
+        expect(yield* lookup(x, y, newKey)).toEqual(accepted)
+      }))
+    }, 90_000)
 
-  it("bounds the re-fetches a stranger can cause: fresh bogus ids spend the burst, and then nothing is fetched", async () => {
-    await Cluster.run(Effect.gen(function* () {
-      const pair = yield* Cluster.make({ size: 2, federation: { keyRefetchIntervalMs: 3_600_000, keyRefetchBurst: 2 } })
-      const [x, y] = pair.members as [Cluster.Member, Cluster.Member]
-      yield* pair.trustAll
-      const oldKey = yield* Cluster.signingKey(x)
-      for (let i = 0; i < 2; i++) expect(yield* lookup(x, y, InstanceIdentity.generateKey())).toEqual(unknownKey)
-      // The budget is spent: a key x now publishes is not fetched (a fetch would have found it).
-      expect((yield* x.admin("POST", "/keys/rotate")).status).toBe(200)
-      const newKey = yield* Cluster.signingKey(x)
-      expect(yield* lookup(x, y, newKey)).toEqual(unknownKey)
-      expect(yield* lookup(x, y, InstanceIdentity.generateKey())).toEqual(unknownKey)
-      const keys = yield* y.sql((sql) => sql<{ keys: unknown }>`SELECT keys FROM registry_instances WHERE name = ${x.name}`)
-      const held = (typeof keys[0]!.keys === "string" ? JSON.parse(keys[0]!.keys) : keys[0]!.keys) as Array<{ key_id: string }>
-      expect(held.map((k) => k.key_id)).toEqual([oldKey.keyId])
-      // x is not cut off: y still takes its requests signed with the key it holds (in its grace period).
-      expect(yield* lookup(x, y, oldKey)).toEqual(accepted)
-    }))
-  }, 90_000)
+    it("bounds the re-fetches a stranger can cause: fresh bogus ids spend the burst, and then nothing is fetched", async () => {
+      await Cluster.run(Effect.gen(function* () {
+        const pair = yield* Cluster.make({ size: 2, backend, federation: { keyRefetchIntervalMs: 3_600_000, keyRefetchBurst: 2 } })
+        const [x, y] = pair.members as [Cluster.Member, Cluster.Member]
+        yield* pair.trustAll
+        const oldKey = yield* Cluster.signingKey(x)
+        for (let i = 0; i < 2; i++) expect(yield* lookup(x, y, InstanceIdentity.generateKey())).toEqual(unknownKey)
+        // The budget is spent: a key x now publishes is not fetched (a fetch would have found it).
+        expect((yield* x.admin("POST", "/keys/rotate")).status).toBe(200)
+        const newKey = yield* Cluster.signingKey(x)
+        expect(yield* lookup(x, y, newKey)).toEqual(unknownKey)
+        expect(yield* lookup(x, y, InstanceIdentity.generateKey())).toEqual(unknownKey)
+        const keys = yield* y.sql((sql) => sql<{ keys: unknown }>`SELECT keys FROM registry_instances WHERE name = ${x.name}`)
+        const held = (typeof keys[0]!.keys === "string" ? JSON.parse(keys[0]!.keys) : keys[0]!.keys) as Array<{ key_id: string }>
+        expect(held.map((k) => k.key_id)).toEqual([oldKey.keyId])
+        // x is not cut off: y still takes its requests signed with the key it holds (in its grace period).
+        expect(yield* lookup(x, y, oldKey)).toEqual(accepted)
+      }))
+    }, 90_000)
 
-  it("picks up a rotation met while the budget is spent once the budget has a fetch again, without another request", async () => {
-    await Cluster.run(Effect.gen(function* () {
-      const pair = yield* Cluster.make({ size: 2, federation: { keyRefetchIntervalMs: 1_000, keyRefetchBurst: 1 } })
-      const [x, y] = pair.members as [Cluster.Member, Cluster.Member]
-      yield* pair.trustAll
-      expect(yield* lookup(x, y, InstanceIdentity.generateKey())).toEqual(unknownKey)
-      expect((yield* x.admin("POST", "/keys/rotate")).status).toBe(200)
-      const newKey = yield* Cluster.signingKey(x)
-      // Refused while the budget is spent (or taken, if it already had a fetch again).
-      yield* lookup(x, y, newKey)
-      // No further request names the new key: the fetch scheduled for when the budget refills brings it.
-      yield* Fixtures.eventually(
-        y.sql((sql) => sql<{ keys: unknown }>`SELECT keys FROM registry_instances WHERE name = ${x.name}`),
-        (rows) => JSON.stringify(rows[0]?.keys ?? "").includes(newKey.keyId),
-        { timeoutMs: 20_000, label: "y holds x's new key" }
-      )
-      expect(yield* lookup(x, y, newKey)).toEqual(accepted)
-    }))
-  }, 90_000)
-})
+    it("picks up a rotation met while the budget is spent once the budget has a fetch again, without another request", async () => {
+      await Cluster.run(Effect.gen(function* () {
+        const pair = yield* Cluster.make({ size: 2, backend, federation: { keyRefetchIntervalMs: 1_000, keyRefetchBurst: 1 } })
+        const [x, y] = pair.members as [Cluster.Member, Cluster.Member]
+        yield* pair.trustAll
+        expect(yield* lookup(x, y, InstanceIdentity.generateKey())).toEqual(unknownKey)
+        expect((yield* x.admin("POST", "/keys/rotate")).status).toBe(200)
+        const newKey = yield* Cluster.signingKey(x)
+        // Refused while the budget is spent (or taken, if it already had a fetch again).
+        yield* lookup(x, y, newKey)
+        // No further request names the new key: the fetch scheduled for when the budget refills brings it.
+        yield* Fixtures.eventually(
+          y.sql((sql) => sql<{ keys: unknown }>`SELECT keys FROM registry_instances WHERE name = ${x.name}`),
+          (rows) => JSON.stringify(rows[0]?.keys ?? "").includes(newKey.keyId),
+          { timeoutMs: 20_000, label: "y holds x's new key" }
+        )
+        expect(yield* lookup(x, y, newKey)).toEqual(accepted)
+      }))
+    }, 90_000)
+  })
+}
