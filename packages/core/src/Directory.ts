@@ -10,6 +10,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import { Context, Effect, Layer } from "effect"
 import * as Errors from "./Errors.js"
 import type * as Store from "./Store.js"
+import * as Username from "./Username.js"
 
 /** Who acts here: a local user (or, for requests another registry forwarded, a shadow user). */
 export interface Actor {
@@ -62,8 +63,8 @@ export interface GroupAddress {
 export const parseGroupAddress = (address: string, localInstance: string | undefined): GroupAddress => {
   const at = address.lastIndexOf("@")
   if (at <= 0 || at === address.length - 1) return { groupId: address, home: undefined, here: false }
-  const home = address.slice(at + 1).toLowerCase()
-  const here = home === localInstance?.toLowerCase()
+  const home = Username.canonicalInstance(address.slice(at + 1))
+  const here = localInstance !== undefined && home === Username.canonicalInstance(localInstance)
   return { groupId: address.slice(0, at), home: here ? undefined : home, here }
 }
 

@@ -14,6 +14,7 @@ import { RE2JS } from "re2js"
 import * as Errors from "./Errors.js"
 import * as RegexCost from "./internal/regexCost.js"
 import * as StoredText from "./StoredText.js"
+import * as Username from "./Username.js"
 
 /** Whom a policy applies to: every recipient, one user, or one group. */
 export const PolicyScope = Schema.Literal("global", "user", "group")
@@ -148,10 +149,18 @@ const compilePatterns = (
     return Either.right(compiled)
   })
 
-// Recipients compare case-insensitively and ignore surrounding blanks, so they are kept normalized.
+/** A listed recipient as compared: lowercase, and `name@instance` with the instance canonical. */
+const normalizeRecipient = (recipient: string): string => {
+  const lower = recipient.trim().toLowerCase()
+  const at = lower.lastIndexOf("@")
+  return at === -1 ? lower : `${lower.slice(0, at)}@${Username.canonicalInstance(lower.slice(at + 1))}`
+}
+
+// Recipients compare case-insensitively, ignore surrounding blanks and a default port in the
+// instance (`bob@host:443` is `bob@host`), so they are kept normalized.
 const recipients = (key: string, value: unknown): Either.Either<ReadonlyArray<string>, Errors.InvalidRequest> =>
   Either.flatMap(strings(key, value, MAX_RECIPIENTS, MAX_RECIPIENT_LENGTH), (list) => {
-    const normalized = list.map((r) => r.trim().toLowerCase())
+    const normalized = list.map(normalizeRecipient)
     return normalized.includes("") ? invalid(`${key} must not contain blank entries`) : Either.right([...new Set(normalized)])
   })
 
@@ -270,9 +279,9 @@ const characters = (n: number) => `${n} character${n === 1 ? "" : "s"}`
  * count Unicode code points; patterns search the message, case-insensitively.
  */
 export const evaluate = (rules: HeuristicRules, input: EvaluationInput): Evaluation => {
-  const recipient = input.recipient.trim().toLowerCase()
+  const recipient = normalizeRecipient(input.recipient)
   const qualified = input.localInstance !== undefined && !recipient.includes("@")
-    ? `${recipient}@${input.localInstance.toLowerCase()}`
+    ? `${recipient}@${Username.canonicalInstance(input.localInstance)}`
     : undefined
   const listed = (list: ReadonlyArray<string>) =>
     list.includes(recipient) || (qualified !== undefined && list.includes(qualified))

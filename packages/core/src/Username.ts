@@ -47,6 +47,23 @@ export const isInstance = (input: string): boolean => {
   return host.length > 0 && host.length <= 253 && host.split(".").every((label) => LABEL.test(label))
 }
 
+/**
+ * The one spelling of an instance name: lowercase, and without port 443 or 80.
+ * An instance name carries no scheme, and a registry's name is the host (and
+ * port) of its base URL with the scheme's default port left out, so `host:443`
+ * and `host:80` name the registry at `https://host` or `http://host`: one
+ * registry, one name, however a user writes it. Text that is no instance name
+ * is only lowercased.
+ */
+export const canonicalInstance = (input: string): string => {
+  const instance = input.toLowerCase()
+  const match = /^(.*):(?:443|80)$/.exec(instance)
+  return match !== null && isInstance(instance) ? match[1]! : instance
+}
+
+/** Whether two instance names name the same registry (see `canonicalInstance`). */
+export const sameInstance = (a: string, b: string): boolean => canonicalInstance(a) === canonicalInstance(b)
+
 /** A registry's public name: lowercase `host` or `host:port`. */
 export const Instance = Schema.String.pipe(
   Schema.filter(isInstance, {
@@ -54,12 +71,11 @@ export const Instance = Schema.String.pipe(
   })
 )
 
-/** The canonical (lowercase) instance name, or `INVALID_ADDRESS`. */
+/** The canonical instance name (see `canonicalInstance`), or `INVALID_ADDRESS`. */
 export const parseInstance = (input: string): Either.Either<string, Errors.InvalidRequest> => {
-  // Hostnames are case-insensitive; the canonical spelling is lowercase.
   const instance = input.toLowerCase()
   return isInstance(instance)
-    ? Either.right(instance)
+    ? Either.right(canonicalInstance(instance))
     : Either.left(
       Errors.InvalidRequest.of(
         "INVALID_ADDRESS",
@@ -76,8 +92,9 @@ export const Address = Schema.Struct({
 export type Address = typeof Address.Type
 
 /**
- * The address for `name` or `name@instance`. An address naming `localInstance`
- * is local, so one user has one address however it is written.
+ * The address for `name` or `name@instance`, the instance in canonical form
+ * (`canonicalInstance`). An address naming `localInstance` is local, so one
+ * user has one address however it is written.
  */
 export const parseAddress = (
   input: string,
@@ -89,7 +106,7 @@ export const parseAddress = (
     if (at === -1) return Either.right({ username, instance: undefined })
     return Either.map(parseInstance(input.slice(at + 1)), (instance) => ({
       username,
-      instance: localInstance !== undefined && instance === localInstance.toLowerCase() ? undefined : instance
+      instance: localInstance !== undefined && instance === canonicalInstance(localInstance) ? undefined : instance
     }))
   })
 }

@@ -230,6 +230,14 @@ describe("Policy.evaluate", () => {
     expect(Policy.evaluate(r, input("hi", { recipient: "eve@b.example", ...local }))).toEqual({ _tag: "Allowed" })
   })
 
+  it("matches a listed name@instance written with a default port or another case as the same recipient", () => {
+    const r = rules({ blockedRecipients: ["bob@B.Example:443", "eve@a.example:80"] })
+    const local = { localInstance: "a.example" }
+    expect(Policy.evaluate(r, input("hi", { recipient: "bob@b.example", ...local }))._tag).toBe("Rejected")
+    expect(Policy.evaluate(r, input("hi", { recipient: "eve", ...local }))._tag).toBe("Rejected")
+    expect(Policy.evaluate(r, input("hi", { recipient: "bob@b.example:8443", ...local }))).toEqual({ _tag: "Allowed" })
+  })
+
   it("checks length before context and patterns", () => {
     const r = rules({ maxLength: 5, requireContext: true, blockedPatterns: ["x"] })
     expect(Policy.evaluate(r, input("xxxxxxx"))).toEqual({

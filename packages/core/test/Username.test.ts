@@ -120,3 +120,27 @@ describe("Username.parseInstance", () => {
     expect(errorOf(Username.parseInstance("https://registry.example"))?.code).toBe("INVALID_ADDRESS")
   })
 })
+
+describe("Username.canonicalInstance", () => {
+  it("spells one registry one way: lowercase, without port 443 or 80", () => {
+    for (const input of ["b.example", "B.Example", "b.example:443", "B.EXAMPLE:80"]) {
+      expect(Username.canonicalInstance(input), input).toBe("b.example")
+    }
+    for (const input of ["b.example:8443", "b.example:4430", "b.example:8080", "b.example:1"]) {
+      expect(Username.canonicalInstance(input), input).toBe(input)
+    }
+  })
+
+  it("makes an address with a default port or another case name the same user", () => {
+    for (const text of ["bob@b.example:443", "Bob@B.Example:80", "bob@B.EXAMPLE"]) {
+      expect(Username.parseAddress(text), text).toEqual(Either.right({ username: "bob", instance: "b.example" }))
+    }
+    expect(Username.parseAddress("bob@b.example:8443")).toEqual(Either.right({ username: "bob", instance: "b.example:8443" }))
+  })
+
+  it("treats this registry written with a default port as local", () => {
+    expect(Username.parseAddress("alice@a.example:443", "a.example")).toEqual(Either.right({ username: "alice", instance: undefined }))
+    expect(Username.parseAddress("alice@A.example", "a.example:80")).toEqual(Either.right({ username: "alice", instance: undefined }))
+    expect(Username.storedName("Bob@B.Example:443", "a.example")).toBe("bob@b.example")
+  })
+})

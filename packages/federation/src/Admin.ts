@@ -14,7 +14,7 @@
  *   attempts and last error.
  */
 import { HttpApiBuilder, HttpRouter, HttpServerRequest, type HttpServerResponse } from "@effect/platform"
-import { Bearer, StoredText } from "@mahilo/core"
+import { Bearer, StoredText, Username } from "@mahilo/core"
 import { Effect, Option, Redacted, Schema } from "effect"
 import { answer, decodeBody, json } from "./FederationApi.js"
 import { FederationConfig } from "./FederationConfig.js"
@@ -144,7 +144,7 @@ export const layer = HttpApiBuilder.Router.use((router) =>
               Refusal.of(400, "INVALID_REQUEST", "status is pending, delivered or failed; peer a registry name; limit 1-1000")
             )
           )
-          const list = yield* notices.list({ status: query.status, peer: query.peer?.toLowerCase(), limit: query.limit ?? 100 })
+          const list = yield* notices.list({ status: query.status, peer: query.peer === undefined ? undefined : Username.canonicalInstance(query.peer), limit: query.limit ?? 100 })
           return json(200, list.map(noticeView))
         }))
     )

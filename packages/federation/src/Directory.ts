@@ -4,7 +4,7 @@
  * only), and the friendship and group changes the other registry must mirror.
  * A peer that is not trusted is never asked.
  */
-import { type Actor, Errors, type FriendshipMirror, Ids, RemoteDirectory, type RemoteFailure, Store } from "@mahilo/core"
+import { type Actor, Errors, type FriendshipMirror, Ids, RemoteDirectory, type RemoteFailure, Store, Username } from "@mahilo/core"
 import type { SqlError } from "@effect/sql/SqlError"
 import { type Context, Effect, Either, Layer, Option, Schema } from "effect"
 import { errorOf, PeerClient, type PeerCallError, type PeerResponse } from "./PeerClient.js"
@@ -113,7 +113,7 @@ export const make: Effect.Effect<
       const named = entries.map((entry) => {
         const name = entry.username.toLowerCase()
         const at = name.lastIndexOf("@")
-        const instance = at === -1 ? from : name.slice(at + 1)
+        const instance = at === -1 ? from : Username.canonicalInstance(name.slice(at + 1))
         const local = at === -1 ? name : name.slice(0, at)
         return instance === config.instanceName
           ? { entry, username: local, instance: null }

@@ -9,7 +9,7 @@
  */
 import { HttpApiBuilder, HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Errors, Events, Ids, Registry, Store } from "@mahilo/core"
+import { Errors, Events, Ids, Registry, Store, Username } from "@mahilo/core"
 import { Cause, Duration, Effect, Either, Option, Schema } from "effect"
 import { FederationConfig } from "./FederationConfig.js"
 import * as Handshake from "./Handshake.js"
@@ -298,13 +298,14 @@ export const layer = HttpApiBuilder.Router.use((router) =>
           // Who sent it: a user of the calling registry, or (only from a group's home) of a third one.
           const at = forwarded.sender.indexOf("@")
           const senderName = at === -1 ? forwarded.sender : forwarded.sender.slice(0, at)
-          const senderInstance = at === -1 ? peer.name : forwarded.sender.slice(at + 1).toLowerCase()
+          const senderInstance = at === -1 ? peer.name : Username.canonicalInstance(forwarded.sender.slice(at + 1))
           const group = forwarded.group
           if (forwarded.recipient_type === "group") {
             if (group === undefined) return yield* Refusal.of(400, "INVALID_REQUEST", "A group message names its group")
             const toHome = Option.isSome(yield* groups.find(group.id))
-            const fromHome = !toHome && group.home === peer.name
-            if (toHome !== (group.home === config.instanceName) || (!fromHome && !toHome)) {
+            const home = Username.canonicalInstance(group.home)
+            const fromHome = !toHome && home === peer.name
+            if (toHome !== (home === config.instanceName) || (!fromHome && !toHome)) {
               return yield* Refusal.of(403, "NOT_GROUP_HOME", `${peer.name} is not the home of this group`)
             }
             if (toHome && at !== -1) return yield* Refusal.of(403, "SENDER_NOT_VOUCHED", "A member's registry speaks for its own users only")

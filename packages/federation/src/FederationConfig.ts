@@ -2,7 +2,7 @@
  * What the server tells federation: who this registry is, the operator's
  * secret, and the knobs of signed traffic (rate limits, waits, rechecks).
  */
-import { RetrySchedule } from "@mahilo/core"
+import { RetrySchedule, Username } from "@mahilo/core"
 import { Context, Option, type Redacted } from "effect"
 import * as InstanceIdentity from "./InstanceIdentity.js"
 import * as RateLimit from "./RateLimit.js"
@@ -34,8 +34,14 @@ export interface FederationOptions {
   readonly keyGraceMs?: number | undefined
   /** Accepted clock difference for signed requests, in seconds. */
   readonly maxSkewSeconds?: number | undefined
-  /** The least time between two re-fetches of one peer's keys (on meeting an unknown key id). */
+  /**
+   * How long it takes to regain one re-fetch of a peer's keys (made on meeting
+   * a key id we do not hold; see `KeyRefetch`); also how long a key id a fetch
+   * showed absent is not fetched for again. 0: no limit. By default 10 seconds.
+   */
   readonly keyRefetchIntervalMs?: number | undefined
+  /** How many re-fetches of one peer's keys may happen back to back. By default 3. */
+  readonly keyRefetchBurst?: number | undefined
   /**
    * How long a peer's keys are used before they are checked against its document
    * again: a key the peer no longer publishes (rotated out, grace over) stops
@@ -60,6 +66,7 @@ export interface FederationOptions {
 
 /** The options with every default filled in. */
 export interface Settings {
+  /** Canonical (see `Username.canonicalInstance`). */
   readonly instanceName: string
   /** Canonical (see `InstanceIdentity.normalizeBaseUrl`). */
   readonly publicUrl: string
@@ -72,6 +79,7 @@ export interface Settings {
   readonly keyGraceMs: number
   readonly maxSkewSeconds: number
   readonly keyRefetchIntervalMs: number
+  readonly keyRefetchBurst: number
   readonly keyMaxAgeMs: number
   readonly noncePurgeIntervalMs: number
   readonly version: string
@@ -81,7 +89,7 @@ export interface Settings {
 }
 
 export const settings = (options: FederationOptions): Settings => ({
-  instanceName: options.instanceName.toLowerCase(),
+  instanceName: Username.canonicalInstance(options.instanceName),
   publicUrl: Option.getOrElse(InstanceIdentity.normalizeBaseUrl(options.publicUrl), () => options.publicUrl),
   adminKey: options.adminKey,
   peerRateLimit: options.peerRateLimit ?? RateLimit.DEFAULT_PEER_POLICY,
@@ -91,7 +99,8 @@ export const settings = (options: FederationOptions): Settings => ({
   maxAwaitMs: options.maxAwaitMs ?? RetrySchedule.PEER_HORIZON_MS + 3 * 24 * 60 * 60_000,
   keyGraceMs: options.keyGraceMs ?? InstanceIdentity.DEFAULT_GRACE_MS,
   maxSkewSeconds: options.maxSkewSeconds ?? Signatures.DEFAULT_MAX_SKEW_SECONDS,
-  keyRefetchIntervalMs: options.keyRefetchIntervalMs ?? 30_000,
+  keyRefetchIntervalMs: options.keyRefetchIntervalMs ?? 10_000,
+  keyRefetchBurst: options.keyRefetchBurst ?? 3,
   keyMaxAgeMs: options.keyMaxAgeMs ?? 60 * 60_000,
   noncePurgeIntervalMs: options.noncePurgeIntervalMs ?? 60_000,
   version: options.version ?? "0.1.0",

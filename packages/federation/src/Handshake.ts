@@ -17,6 +17,7 @@
  * both URLs keeps an answer from being replayed to another challenger.
  */
 import { randomBytes } from "node:crypto"
+import { Username } from "@mahilo/core"
 import { Either, Option, Schema } from "effect"
 import * as InstanceIdentity from "./InstanceIdentity.js"
 
@@ -101,6 +102,7 @@ export class HandshakeError extends Schema.TaggedError<HandshakeError>()("Handsh
 
 /** A peer that passed the handshake: what to record in `registry_instances`. */
 export interface VerifiedPeer {
+  /** Canonical (see `Username.canonicalInstance`). */
   readonly name: string
   readonly baseUrl: string
   /** The key that answered the challenge. */
@@ -148,7 +150,7 @@ export const check = (options: {
   }
   if (options.nameMustMatchHost !== false) {
     const host = InstanceIdentity.instanceOfBaseUrl(expected.value)
-    if (Option.isNone(host) || host.value !== document.name) {
+    if (Option.isNone(host) || host.value !== Username.canonicalInstance(document.name)) {
       return Either.left(
         HandshakeError.of(
           "HANDSHAKE_URL_MISMATCH",
@@ -176,7 +178,8 @@ export const check = (options: {
     return Either.left(HandshakeError.of("HANDSHAKE_BAD_SIGNATURE", "The peer's signature does not verify"))
   }
   return Either.right({
-    name: document.name,
+    // A peer may publish `host:443`; it is recorded under the one name it has here.
+    name: Username.canonicalInstance(document.name),
     baseUrl: expected.value,
     keyId: answer.key_id,
     publicKey: publicKey.value,

@@ -5,7 +5,8 @@
  * window (`SIGNATURE_MISSING`, `SIGNATURE_INVALID`, `DIGEST_MISMATCH`,
  * `CLOCK_SKEW`); the instance named in `Mahilo-Instance` must be a trusted,
  * unblocked peer (`PEER_NOT_TRUSTED`, `PEER_BLOCKED`) that publishes the key
- * (`UNKNOWN_KEY`, after re-fetching its keys once); the nonce must be new
+ * (`UNKNOWN_KEY`, after re-fetching its keys within the budget `KeyRefetch`
+ * keeps, which a stranger naming bogus key ids cannot exhaust for long); the nonce must be new
  * (`REPLAYED`); and the peer must be within its rate limit (`429`).
  */
 import type { HttpServerRequest } from "@effect/platform"

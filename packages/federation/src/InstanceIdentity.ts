@@ -125,11 +125,14 @@ export const normalizeBaseUrl = (input: string): Option.Option<string> => {
   return Option.some(`${url.protocol}//${url.host}${path}`)
 }
 
-/** The instance name a base URL stands for: its `host[:port]` (default port omitted). */
+/**
+ * The instance name a base URL stands for: its `host[:port]`, canonical
+ * (`Username.canonicalInstance`: lowercase, port 443 or 80 omitted).
+ */
 export const instanceOfBaseUrl = (baseUrl: string): Option.Option<string> =>
   Option.flatMap(normalizeBaseUrl(baseUrl), (normalized) => {
     const host = new URL(normalized).host
-    return Username.isInstance(host) ? Option.some(host) : Option.none()
+    return Username.isInstance(host) ? Option.some(Username.canonicalInstance(host)) : Option.none()
   })
 
 /** A base URL as peers publish it; see `normalizeBaseUrl`. */

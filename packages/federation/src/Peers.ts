@@ -3,13 +3,15 @@
  * the handshake, record it as trusted), listing, blocking; and, for incoming
  * requests, the peer a request claims to come from and the key it names —
  * re-fetched from the peer's own base URL when the key id is new to us (the
- * peer rotated its key).
+ * peer rotated its key), within the budget `KeyRefetch` keeps.
  */
-import { Context, Effect, Either, Fiber, Layer, Option, Schema } from "effect"
+import { Username } from "@mahilo/core"
+import { Context, Deferred, Effect, Either, FiberId, Layer, Option, Schema } from "effect"
 import { FederationAuthError } from "./FederationAuthError.js"
 import { FederationConfig } from "./FederationConfig.js"
 import * as Handshake from "./Handshake.js"
 import * as InstanceIdentity from "./InstanceIdentity.js"
+import * as KeyRefetch from "./KeyRefetch.js"
 import { PeerClient } from "./PeerClient.js"
 import { type Peer, type PeerStatus, PeerStore } from "./PeerStore.js"
 import { Refusal } from "./Refusal.js"
@@ -29,7 +31,13 @@ export const make = Effect.gen(function* () {
   const store = yield* PeerStore
   const client = yield* PeerClient
   const config = yield* FederationConfig
-  const lastRefetch = new Map<string, number>()
+  // Fetches outlive the request that started them: others may be waiting on them.
+  const scope = yield* Effect.scope
+  const budget = KeyRefetch.make({ burst: config.keyRefetchBurst, intervalMs: config.keyRefetchIntervalMs })
+  /** Per peer id: the fetch of its keys in flight, which every caller meeting it shares. */
+  const inflight = new Map<string, Deferred.Deferred<Option.Option<Peer>>>()
+  /** Peer ids with a fetch scheduled for when their budget has one again. */
+  const scheduled = new Set<string>()
   /** When each peer's keys were last taken from its own document (in this process). */
   const confirmedAt = new Map<string, number>()
 
@@ -85,32 +93,70 @@ export const make = Effect.gen(function* () {
       return peer
     })
 
-  /** The peer's keys from its own base URL, when it still names itself the same; at most once per interval. */
-  const refetchKeys = (peer: Peer) =>
+  /** The peer with the keys its own base URL publishes now, if it still names itself the same; stored. */
+  const fetchKeys = (peer: Peer): Effect.Effect<Option.Option<Peer>> =>
     Effect.gen(function* () {
       const now = Date.now()
-      if (now - (lastRefetch.get(peer.id) ?? 0) < config.keyRefetchIntervalMs) return peer
-      lastRefetch.set(peer.id, now)
       const document = yield* Effect.either(fetchDocument(peer.baseUrl))
       if (Either.isLeft(document)) {
         yield* Effect.logWarning(`Could not re-fetch the keys of ${peer.name}: ${document.left.error}`)
-        return peer
+        return Option.none()
       }
       const claimed = InstanceIdentity.normalizeBaseUrl(document.right.base_url)
-      if (document.right.name !== peer.name || Option.getOrUndefined(claimed) !== peer.baseUrl) {
+      if (Username.canonicalInstance(document.right.name) !== peer.name || Option.getOrUndefined(claimed) !== peer.baseUrl) {
         yield* Effect.logWarning(`${peer.baseUrl} now calls itself ${document.right.name}; its keys were not taken`)
-        return peer
+        return Option.none()
       }
       const keys = document.right.keys.map((k) => ({ keyId: k.key_id, publicKey: k.public_key }))
-      yield* store.setPeerKeys(peer.id, keys)
+      yield* Effect.orDie(store.setPeerKeys(peer.id, keys))
       confirmedAt.set(peer.id, now)
-      return { ...peer, keys }
+      return Option.some({ ...peer, keys })
+    })
+
+  /**
+   * The peer's keys fetched afresh (`none`: not fetched now, or the document
+   * could not be had). A fetch in flight is shared; a new one spends from the
+   * peer's budget, and when that is spent, one fetch is scheduled for when it
+   * has one again, so a rotation met now is picked up then at the latest.
+   */
+  const refetchKeys = (peer: Peer): Effect.Effect<Option.Option<Peer>> =>
+    Effect.suspend(() => {
+      const running = inflight.get(peer.id)
+      if (running !== undefined) return Deferred.await(running)
+      const taken = budget.take(peer.id, Date.now())
+      if (!taken.allowed) return Effect.as(scheduleRefetch(peer.id, taken.retryAfterMs), Option.none())
+      const done = Deferred.unsafeMake<Option.Option<Peer>>(FiberId.none)
+      inflight.set(peer.id, done)
+      return fetchKeys(peer).pipe(
+        Effect.exit,
+        Effect.flatMap((exit) => Effect.zipRight(Effect.sync(() => inflight.delete(peer.id)), Deferred.done(done, exit))),
+        Effect.forkIn(scope),
+        Effect.zipRight(Deferred.await(done))
+      )
+    })
+
+  const scheduleRefetch = (peerId: string, afterMs: number): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      if (scheduled.has(peerId)) return Effect.void
+      scheduled.add(peerId)
+      return Effect.sleep(afterMs).pipe(
+        Effect.zipRight(Effect.sync(() => scheduled.delete(peerId))),
+        // The peer as it is now: still trusted, at the base URL it has now.
+        Effect.zipRight(Effect.orDie(store.findPeer(peerId))),
+        Effect.flatMap(Option.match({
+          onNone: () => Effect.void,
+          onSome: (peer) => (peer.status === "trusted" ? Effect.asVoid(refetchKeys(peer)) : Effect.void)
+        })),
+        Effect.ensuring(Effect.sync(() => scheduled.delete(peerId))),
+        Effect.forkIn(scope),
+        Effect.asVoid
+      )
     })
 
   /** The trusted peer named `name`, or why a request from it is refused. */
   const trusted = (name: string | undefined) =>
     Effect.gen(function* () {
-      const peer = name === undefined ? Option.none<Peer>() : yield* Effect.orDie(store.findPeerByName(name.toLowerCase()))
+      const peer = name === undefined ? Option.none<Peer>() : yield* Effect.orDie(store.findPeerByName(Username.canonicalInstance(name)))
       if (Option.isNone(peer)) {
         return yield* FederationAuthError.of("PEER_NOT_TRUSTED", `${JSON.stringify(name ?? "")} is not a registry this one trusts`)
       }
@@ -125,22 +171,30 @@ export const make = Effect.gen(function* () {
 
   /**
    * The public key `peer` signs with under `keyId`. Its document is fetched
-   * again for a key id we have not seen, and when the keys we hold are older
-   * than `keyMaxAgeMs`, so a key the peer retired stops verifying here too. If
-   * the document cannot be had, the keys we hold stay in use.
+   * again (within the `KeyRefetch` budget) for a key id we have not seen,
+   * unless a fetch just showed the peer does not publish it, and when the keys
+   * we hold are older than `keyMaxAgeMs`, so a key the peer retired stops
+   * verifying here too. If the document cannot be had, the keys we hold stay in use.
    */
   const keyOf = (peer: Peer, keyId: string) =>
     Effect.gen(function* () {
       const known = peer.keys.find((k) => k.keyId === keyId)
       const current = Date.now() - (confirmedAt.get(peer.id) ?? 0) < config.keyMaxAgeMs
       if (known !== undefined && current) return Option.some(known.publicKey)
-      const refresh = Effect.orDie(refetchKeys(peer))
+      if (known === undefined) {
+        if (budget.provedAbsent(peer.id, keyId, Date.now())) return Option.none()
+        const fresh = yield* refetchKeys(peer)
+        const found = Option.flatMap(fresh, (p) => Option.fromNullable(p.keys.find((k) => k.keyId === keyId)))
+        if (Option.isSome(fresh) && Option.isNone(found)) budget.recordAbsent(peer.id, keyId, Date.now())
+        return Option.map(found, (k) => k.publicKey)
+      }
       // A key we hold but have not checked lately: the check gets a short wait; a peer whose
       // document is slow keeps its held keys for this request while the check goes on.
-      const fresh = known === undefined
-        ? yield* refresh
-        : yield* Effect.flatMap(Effect.forkDaemon(refresh), (fiber) =>
-          Fiber.join(fiber).pipe(Effect.timeout(STALE_KEY_CHECK_WAIT), Effect.orElseSucceed(() => peer)))
+      const fresh = yield* refetchKeys(peer).pipe(
+        Effect.timeout(STALE_KEY_CHECK_WAIT),
+        Effect.orElseSucceed(() => Option.none<Peer>()),
+        Effect.map(Option.getOrElse(() => peer))
+      )
       return Option.map(Option.fromNullable(fresh.keys.find((k) => k.keyId === keyId)), (k) => k.publicKey)
     })
 
@@ -150,14 +204,14 @@ export const make = Effect.gen(function* () {
     keyOf,
     list: Effect.orDie(store.listPeers),
     find: (id: string) => Effect.orDie(store.findPeer(id)),
-    findByName: (name: string) => Effect.orDie(store.findPeerByName(name)),
+    findByName: (name: string) => Effect.orDie(store.findPeerByName(Username.canonicalInstance(name))),
     setStatus: (id: string, status: PeerStatus) => Effect.orDie(store.setPeerStatus(id, status)),
     /** A peer outbound requests may go to: trusted, by name. */
     reachable: (name: string) =>
-      Effect.map(Effect.orDie(store.findPeerByName(name)), Option.filter((p) => p.status === "trusted"))
+      Effect.map(Effect.orDie(store.findPeerByName(Username.canonicalInstance(name))), Option.filter((p) => p.status === "trusted"))
   }
 })
 
 export class Peers extends Context.Tag("@mahilo/federation/Peers")<Peers, Effect.Effect.Success<typeof make>>() {}
 
-export const layer = Layer.effect(Peers, make)
+export const layer = Layer.scoped(Peers, make)

@@ -92,6 +92,20 @@ describe("Handshake", () => {
     expect(codeOf(run({ expectedBaseUrl: "https://B.EXAMPLE:443/", document: documentOf(bKey, { base_url: "https://b.example/" }) }))).toBe("ok")
   })
 
+  it("records a peer that names itself with its default port under its one name", () => {
+    for (const name of ["b.example:443", "B.Example:80"]) {
+      const result = run({ document: documentOf(bKey, { name }) })
+      expect(Either.map(result, (peer) => peer.name), name).toEqual(Either.right("b.example"))
+    }
+    const plain = run({
+      identity: { ...bIdentity, baseUrl: "http://b.example:443" },
+      expectedBaseUrl: "http://b.example:443",
+      document: documentOf(bKey, { name: "b.example:443", base_url: "http://b.example:443" })
+    })
+    expect(Either.map(plain, (peer) => [peer.name, peer.baseUrl])).toEqual(Either.right(["b.example", "http://b.example:443"]))
+    expect(codeOf(run({ document: documentOf(bKey, { name: "b.example:8443" }) }))).toBe("HANDSHAKE_URL_MISMATCH")
+  })
+
   it("refuses an answer at or after the challenge's expiry: HANDSHAKE_EXPIRED", () => {
     expect(codeOf(run({ now: NOW + Handshake.DEFAULT_TTL_MS - 1 }))).toBe("ok")
     expect(codeOf(run({ now: NOW + Handshake.DEFAULT_TTL_MS }))).toBe("HANDSHAKE_EXPIRED")

@@ -84,6 +84,13 @@ describe("InstanceIdentity.normalizeBaseUrl", () => {
     expect(InstanceIdentity.instanceOfBaseUrl("https://A.example/")).toEqual(Option.some("a.example"))
     expect(InstanceIdentity.instanceOfBaseUrl("http://localhost:4001")).toEqual(Option.some("localhost:4001"))
   })
+
+  it("leaves ports 443 and 80 out of the instance name, whatever the scheme", () => {
+    for (const url of ["https://a.example:443", "http://a.example:80", "http://a.example:443", "https://A.example:80/"]) {
+      expect(InstanceIdentity.instanceOfBaseUrl(url), url).toEqual(Option.some("a.example"))
+    }
+    expect(InstanceIdentity.instanceOfBaseUrl("https://a.example:8443")).toEqual(Option.some("a.example:8443"))
+  })
 })
 
 describe("InstanceIdentity.WellKnownDocument", () => {

@@ -50,7 +50,7 @@ export interface Answer {
 }
 
 export interface Member {
-  /** The instance name, `127.0.0.1:<port>`. */
+  /** The instance name, `127.0.0.1:<port>` (or as `Options.listen` says). */
   readonly name: string
   readonly url: string
   readonly port: number
@@ -91,7 +91,22 @@ export interface Options {
    * default PGlite.
    */
   readonly backend?: "pglite" | "postgres" | undefined
+  /**
+   * Where members (by index) listen instead of `127.0.0.1` on a free port: a
+   * loopback address and port, e.g. `{ host: "127.80.0.7", port: 80 }` for a
+   * registry named by its host alone (`http://127.80.0.7`). Port 80 needs the
+   * privilege to bind it; see `canListen`.
+   */
+  readonly listen?: ReadonlyArray<{ readonly host: string; readonly port: number } | undefined> | undefined
 }
+
+/** Whether this process may listen on `host:port` right now (a port below 1024 may need privileges). */
+export const canListen = (host: string, port: number): Effect.Effect<boolean> =>
+  Effect.async<boolean>((resume) => {
+    const probe = createServer()
+    probe.once("error", () => resume(Effect.succeed(false)))
+    probe.listen(port, host, () => probe.close(() => resume(Effect.succeed(true))))
+  })
 
 /** A port nobody listens on right now. */
 export const freePort: Effect.Effect<number> = Effect.async<number>((resume) => {
@@ -118,9 +133,12 @@ const call = (url: string, init: RequestInit): Effect.Effect<Answer> =>
 
 const member = (index: number, options: Options, tempDir: string | undefined): Effect.Effect<Member, unknown, Scope.Scope> =>
   Effect.gen(function* () {
-    const port = yield* freePort
-    const name = `127.0.0.1:${port}`
-    const url = `http://${name}`
+    const listen = options.listen?.[index]
+    const host = listen?.host ?? "127.0.0.1"
+    const port = listen?.port ?? (yield* freePort)
+    // The URL leaves out port 80, and the instance name is the URL's host.
+    const url = new URL(`http://${host}:${port}`).origin
+    const name = new URL(url).host
     const adminKey = `admin-${index}-${Math.random().toString(36).slice(2)}`
     const database = options.backend === "postgres"
       ? Database.layer({ _tag: "Postgres", url: yield* TestDatabase.postgresUrl(), maxConnections: 5 })
@@ -136,6 +154,7 @@ const member = (index: number, options: Options, tempDir: string | undefined): E
         TestServer.make({
           config: {
             port,
+            host,
             instanceName: name,
             publicUrl: url,
             adminKey: Redacted.make(adminKey),

@@ -83,7 +83,9 @@ export const make = (options: Options = {}): Effect.Effect<TestServer, unknown, 
     const server = Context.get(context, HttpServer.HttpServer)
     const address = server.address
     if (address._tag !== "TcpAddress") return yield* Effect.dieMessage("expected a TCP address")
-    const url = `http://127.0.0.1:${address.port}`
+    // A server bound to one loopback address is reached there; one bound to every address, on 127.0.0.1.
+    const host = config.host === "0.0.0.0" || config.host === "::" ? "127.0.0.1" : config.host
+    const url = new URL(`http://${host}:${address.port}`).origin
     return {
       url,
       port: address.port,

@@ -4,7 +4,7 @@
  */
 import { HttpApiBuilder } from "@effect/platform"
 import { SqlClient } from "@effect/sql"
-import { Bearer, Callback, Errors, Registry } from "@mahilo/core"
+import { Bearer, Callback, Errors, Registry, Username } from "@mahilo/core"
 import { Duration, Effect, Redacted } from "effect"
 import { CurrentPrincipal, FriendList, MahiloApi } from "../Api.js"
 import { callbackNetwork, federationEnabled, ServerConfig } from "../Config.js"
@@ -40,7 +40,7 @@ export const HealthLive = HttpApiBuilder.group(MahiloApi, "health", (handlers) =
           version: VERSION,
           database: engine.kind,
           federation: federationEnabled(config),
-          ...(config.instanceName !== undefined ? { instance: config.instanceName } : {})
+          ...(config.instanceName !== undefined ? { instance: Username.canonicalInstance(config.instanceName) } : {})
         }))
       // Readiness: the database answers a trivial statement in time (a pool that cannot get a
       // connection, a connection that died, a PGlite held by a long statement all fail it).
