@@ -172,6 +172,14 @@ export class Friendships extends Context.Tag("@mahilo/core/Friendships")<Friends
 // ---------------------------------------------------------------------------
 // Groups
 
+/**
+ * A group as stored: with the version of its active membership, which moves
+ * whenever an active member leaves or is removed (a send checks it on writing).
+ */
+export interface StoredGroup extends Graph.Group {
+  readonly membersVersion: number
+}
+
 /** A group as one member sees it. */
 export interface GroupListing {
   readonly group: Graph.Group
@@ -190,7 +198,7 @@ export interface GroupsService {
   readonly create: (
     input: Graph.CreateGroup & { readonly id: string; readonly membershipId: string }
   ) => Effect.Effect<Graph.Group, SqlError | Errors.Conflict>
-  readonly find: (id: string) => Effect.Effect<Option.Option<Graph.Group>, SqlError>
+  readonly find: (id: string) => Effect.Effect<Option.Option<StoredGroup>, SqlError>
   readonly findMembership: (groupId: string, userId: string) => Effect.Effect<Option.Option<Graph.Membership>, SqlError>
   readonly findMembershipById: (id: string) => Effect.Effect<Option.Option<Graph.Membership>, SqlError>
   readonly listForUser: (userId: string) => Effect.Effect<ReadonlyArray<GroupListing>, SqlError>
@@ -198,7 +206,10 @@ export interface GroupsService {
   readonly activeMemberCount: (groupId: string) => Effect.Effect<number, SqlError>
   /** Active members' user ids. */
   readonly activeMemberIds: (groupId: string) => Effect.Effect<ReadonlyArray<string>, SqlError>
-  /** Persists a transition; an insert uses `membershipId`. */
+  /**
+   * Persists a transition; an insert uses `membershipId`. Deleting an active
+   * membership moves the group's `membersVersion` in the same statement.
+   */
   readonly apply: (change: Graph.MembershipChange, membershipId: string) => Effect.Effect<void, SqlError | Errors.Conflict>
   /** Persists several transitions (no inserts) in one transaction: all or none, e.g. an ownership transfer. */
   readonly applyAll: (changes: ReadonlyArray<Graph.MembershipChange>) => Effect.Effect<void, SqlError | Errors.Conflict>
@@ -308,6 +319,12 @@ export interface Delivery {
   readonly lastStatusCode: number | null
   readonly createdAt: Date
   readonly deliveredAt: Date | null
+  /**
+   * Set when the relationship the delivery was made for ended while it was in
+   * an attempt: the attempt finishes, and if it does not deliver, the delivery
+   * fails with this reason instead of being tried again.
+   */
+  readonly endReason?: string | null | undefined
 }
 
 /** A new delivery row; `leaseOwner` set means the inserting node attempts it at once. */
@@ -396,13 +413,17 @@ export interface MessagesService {
    * idempotency key is `409 DUPLICATE` (the caller re-reads the first message).
    * When `leaseOwner` is given, the deliveries are inserted already leased to it.
    * Concurrent calls may share one statement; each answers once its own rows
-   * are committed, with its own outcome.
+   * are committed, with its own outcome. With a `guard` (a group send), the
+   * message is written only if the group still exists with the members version
+   * the send read its members at, checked under a share lock on the group's row
+   * in the writing statement; answers whether it was written (always true without one).
    */
   readonly insert: (
     message: Message,
     deliveries: ReadonlyArray<NewDelivery>,
-    lease: Option.Option<{ readonly owner: string; readonly until: Date }>
-  ) => Effect.Effect<void, SqlError | Errors.Conflict>
+    lease: Option.Option<{ readonly owner: string; readonly until: Date }>,
+    guard?: MembersGuard
+  ) => Effect.Effect<boolean, SqlError | Errors.Conflict>
   readonly deliveriesOf: (messageId: string) => Effect.Effect<ReadonlyArray<Delivery>, SqlError>
   readonly history: (
     userId: string,
@@ -415,6 +436,12 @@ export interface MessagesService {
    * Steps walk the messages in id order, which is creation order.
    */
   readonly purge: (step: PurgeStep) => Effect.Effect<PurgeStepResult, SqlError>
+}
+
+/** The group members version a group send read its members at. */
+export interface MembersGuard {
+  readonly groupId: string
+  readonly membersVersion: number
 }
 
 export class Messages extends Context.Tag("@mahilo/core/Messages")<Messages, MessagesService>() {}
@@ -504,7 +531,24 @@ export interface OutboxService {
     to: Option.Option<RerouteTarget>,
     reason: string
   ) => Effect.Effect<Rerouted, SqlError>
+  /**
+   * A relationship ended: the pending deliveries to an agent or an inbox that
+   * it covered fail with `reason`, rolled up into their messages (peer
+   * forwards are left to the other registry, which hears of the change). One
+   * in an attempt right now is left to it, marked: if it does not deliver,
+   * `record` fails it with `reason`. Answers the deliveries failed.
+   */
+  readonly endPending: (scope: EndedRelationship, reason: string) => Effect.Effect<ReadonlyArray<Rollup>, SqlError>
 }
+
+/** Whose pending deliveries `endPending` ends. */
+export type EndedRelationship =
+  /** A member left or was removed: their deliveries of the group's messages. */
+  | { readonly _tag: "Member"; readonly groupId: string; readonly userId: string }
+  /** The group was deleted: every delivery of its messages. */
+  | { readonly _tag: "Group"; readonly groupId: string }
+  /** A pair blocked or unfriended: their deliveries to each other, of direct or group messages. */
+  | { readonly _tag: "Pair"; readonly a: string; readonly b: string; readonly recipientType: "user" | "group" }
 
 /** Whose deliveries `reroute` moves: a connection's (being deleted), or one leased delivery whose connection is gone. */
 export type RerouteSource =

@@ -742,6 +742,120 @@ for (const backend of backends) {
           expect(Option.isNone(yield* groups.find(g.id))).toBe(true)
           expect(yield* groups.listForUser(bob.id)).toEqual([])
         }))
+
+      /** Alice's group with Bob as an active member, and a group message to Bob. */
+      const groupWithBob = Effect.gen(function* () {
+        const { alice, bob } = yield* twoUsers
+        const groups = yield* Store.Groups
+        const g = yield* groups.create({
+          id: Ids.make("grp"),
+          membershipId: Ids.make("mem"),
+          name: "Team",
+          description: null,
+          inviteOnly: true,
+          owner: { userId: alice.id, role: "owner", status: "active" }
+        })
+        const membershipId = Ids.make("mem")
+        yield* groups.apply(
+          Graph.MembershipChange.Insert({ groupId: g.id, userId: bob.id, role: "member", status: "active", invitedBy: alice.id }),
+          membershipId
+        )
+        const toBob = () => message({ senderId: alice.id, recipientId: g.id, recipientType: "group", recipientName: "Team" })
+        return { alice, bob, g, membershipId, groups, toBob }
+      })
+
+      it.effect("a group send's write is refused once an active member left after it read the members, alone or in a batch", () =>
+        Effect.gen(function* () {
+          const { bob, g, groups, membershipId, toBob } = yield* groupWithBob
+          const messages = yield* Store.Messages
+          const read = Option.getOrThrow(yield* groups.find(g.id))
+          expect(read.membersVersion).toBe(0)
+          // Bob leaves after the send read the members.
+          yield* groups.apply(Graph.MembershipChange.Delete({ id: membershipId }), "")
+          expect(Option.getOrThrow(yield* groups.find(g.id)).membersVersion).toBe(1)
+          const stale = { groupId: g.id, membersVersion: read.membersVersion }
+          const alone = toBob()
+          expect(yield* messages.insert(alone, [delivery(bob.id)], Option.none(), stale)).toBe(false)
+          expect(Option.isNone(yield* messages.find(alone.id))).toBe(true)
+          // Sends written together: the stale one is left out, the others are written.
+          const batch = [toBob(), toBob(), message({ senderId: bob.id, recipientId: bob.id })]
+          const written = yield* Effect.all([
+            messages.insert(batch[0]!, [delivery(bob.id)], Option.none(), stale),
+            messages.insert(batch[1]!, [delivery(bob.id)], Option.none(), { groupId: g.id, membersVersion: 1 }),
+            messages.insert(batch[2]!, [delivery(bob.id)], Option.none())
+          ], { concurrency: "unbounded" })
+          expect(written).toEqual([false, true, true])
+          expect(Option.isNone(yield* messages.find(batch[0]!.id))).toBe(true)
+          expect(yield* messages.deliveriesOf(batch[1]!.id)).toHaveLength(1)
+          // A big fan-out (a transaction) is guarded the same way.
+          const many = Array.from({ length: 20 }, () => delivery(bob.id, false))
+          expect(yield* messages.insert(toBob(), many, Option.none(), stale)).toBe(false)
+          const current = toBob()
+          expect(yield* messages.insert(current, many, Option.none(), { groupId: g.id, membersVersion: 1 })).toBe(true)
+          expect(yield* messages.deliveriesOf(current.id)).toHaveLength(20)
+        }))
+
+      it.effect("a group send writing while a member's removal holds the group's lock writes nothing once the removal commits", () =>
+        Effect.gen(function* () {
+          const { bob, g, groups, membershipId, toBob } = yield* groupWithBob
+          const messages = yield* Store.Messages
+          const read = Option.getOrThrow(yield* groups.find(g.id))
+          const removed = yield* Deferred.make<void>()
+          const commit = yield* Deferred.make<void>()
+          // The removal: the group's lock, the membership deleted, then it waits before committing.
+          const removal = yield* Effect.fork(groups.exclusively(g.id, Effect.gen(function* () {
+            yield* groups.apply(Graph.MembershipChange.Delete({ id: membershipId }), "")
+            yield* Deferred.succeed(removed, undefined)
+            yield* Deferred.await(commit)
+          })))
+          yield* Deferred.await(removed)
+          // The send's write, with the members it read before the removal: on PostgreSQL it waits for
+          // the group's row (FOR SHARE); on PGlite for the removal's transaction to end.
+          const m = toBob()
+          const write = yield* Effect.fork(messages.insert(m, [delivery(bob.id)], Option.none(), {
+            groupId: g.id,
+            membersVersion: read.membersVersion
+          }))
+          // A moment (real time: these tests run on the test clock) for the write to reach the database.
+          yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 200)))
+          yield* Deferred.succeed(commit, undefined)
+          yield* Fiber.join(removal)
+          expect(yield* Fiber.join(write)).toBe(false)
+          expect(Option.isNone(yield* messages.find(m.id))).toBe(true)
+        }))
+
+      it.effect("endPending fails a relationship's pending deliveries with the reason, rolled up; one in an attempt only when it does not deliver", () =>
+        Effect.gen(function* () {
+          const { alice, bob } = yield* twoUsers
+          const messages = yield* Store.Messages
+          const outbox = yield* Store.Outbox
+          const queued = message({ senderId: alice.id, recipientId: bob.id })
+          const inAttempt = message({ senderId: alice.id, recipientId: bob.id })
+          const fromBob = message({ senderId: bob.id, recipientId: alice.id })
+          const [q, a, b] = [delivery(bob.id), delivery(bob.id), delivery(alice.id)]
+          yield* messages.insert(queued, [q], Option.none())
+          yield* messages.insert(inAttempt, [a], Option.some({ owner: "node-1", until: new Date(Date.now() + 60_000) }))
+          yield* messages.insert(fromBob, [b], Option.none())
+          const pair = { _tag: "Pair" as const, a: alice.id, b: bob.id, recipientType: "user" as const }
+          const ended = yield* outbox.endPending(pair, "no longer friends")
+          // The queued ones of both directions fail at once; the one in an attempt is left to it.
+          expect(ended.map((r) => r.messageId).sort()).toEqual([queued.id, fromBob.id].sort())
+          expect(ended.every((r) => r.deliveryStatus === "failed" && r.messageStatus === "failed")).toBe(true)
+          expect((yield* messages.deliveriesOf(queued.id))[0]).toMatchObject({ status: "failed", lastError: "no longer friends" })
+          expect((yield* messages.deliveriesOf(inAttempt.id))[0]).toMatchObject({ status: "pending", endReason: "no longer friends" })
+          // Its attempt fails: it is not retried but failed with the reason.
+          const rolled = yield* outbox.record("node-1", a.id, {
+            _tag: "Retry",
+            error: "HTTP 503",
+            statusCode: 503,
+            nextAttemptAt: new Date(Date.now() + 1_000)
+          })
+          expect(Option.getOrThrow(rolled)).toMatchObject({ deliveryStatus: "failed", messageStatus: "failed" })
+          expect((yield* messages.deliveriesOf(inAttempt.id))[0]).toMatchObject({ status: "failed", lastError: "no longer friends" })
+          expect(Option.getOrThrow(yield* messages.find(inAttempt.id))).toMatchObject({ status: "failed", failedCount: 1 })
+          // Nothing pending is left to end; a group scope does not touch direct messages.
+          expect(yield* outbox.endPending(pair, "again")).toEqual([])
+        }))
     }
   })
 }

@@ -296,6 +296,19 @@ const agentLabelKey = Effect.gen(function* () {
   yield* sql.unsafe(`DROP INDEX agent_connections_identity_key`)
 })
 
+/**
+ * When a relationship ends (a member leaves or is removed, a pair blocks or unfriends), pending
+ * deliveries it covered end too. `members_version` moves whenever an active member leaves or is
+ * removed: a group send writes its deliveries only if the version it read its members at still
+ * stands (checked under a share lock on the group's row, the row every membership change locks).
+ * `end_reason` marks a delivery that was in an attempt when its relationship ended: the attempt
+ * finishes, and what it does not deliver fails with that reason instead of being retried.
+ */
+const relationshipEnds = run([
+  `ALTER TABLE groups ADD COLUMN members_version integer NOT NULL DEFAULT 0`,
+  `ALTER TABLE deliveries ADD COLUMN end_reason text`
+])
+
 /** Loader for `@effect/sql`'s Migrator. */
 export const loader = Migrator.fromRecord({
   "1_initial": initial,
@@ -305,7 +318,8 @@ export const loader = Migrator.fromRecord({
   "5_peer_notices": peerNotices,
   "6_remote_groups_by_home": remoteGroupsByHome,
   "7_connection_deleted": connectionDeleted,
-  "8_agent_label_key": agentLabelKey
+  "8_agent_label_key": agentLabelKey,
+  "9_relationship_ends": relationshipEnds
 })
 
 export const table = "mahilo_migrations"

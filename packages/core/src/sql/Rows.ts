@@ -60,12 +60,13 @@ export const friendship = (r: Row): Graph.Friendship => ({
   updatedAt: r.updated_at
 })
 
-export const group = (r: Row): Graph.Group => ({
+export const group = (r: Row): Store.StoredGroup => ({
   id: r.id,
   name: r.name,
   description: r.description ?? null,
   inviteOnly: r.invite_only,
-  createdAt: r.created_at
+  createdAt: r.created_at,
+  membersVersion: r.members_version ?? 0
 })
 
 export const membership = (r: Row): Graph.Membership => ({
@@ -133,5 +134,6 @@ export const delivery = (r: Row, p = ""): Store.Delivery => ({
   lastError: r[`${p}last_error`] ?? null,
   lastStatusCode: r[`${p}last_status_code`] ?? null,
   createdAt: r[`${p}created_at`],
-  deliveredAt: r[`${p}delivered_at`] ?? null
+  deliveredAt: r[`${p}delivered_at`] ?? null,
+  endReason: r[`${p}end_reason`] ?? null
 })

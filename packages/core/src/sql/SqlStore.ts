@@ -351,7 +351,12 @@ export const makeGroups = Effect.gen(function* () {
       case "SetRole":
         return Effect.asVoid(sql`UPDATE group_memberships SET role = ${change.role} WHERE id = ${change.id}`)
       case "Delete":
-        return Effect.asVoid(sql`DELETE FROM group_memberships WHERE id = ${change.id}`)
+        // An active member leaving (or removed) moves the group's members version, in the same
+        // statement: a send that read its members before this cannot write deliveries after it.
+        return Effect.asVoid(sql`
+          WITH gone AS (DELETE FROM group_memberships WHERE id = ${change.id} RETURNING group_id, status)
+          UPDATE groups g SET members_version = g.members_version + 1
+          FROM gone WHERE g.id = gone.group_id AND gone.status = 'active'`)
       case "DeleteGroup":
         // Group-scope policies go with the group, in the same transaction.
         return sql.withTransaction(
@@ -496,6 +501,7 @@ interface NewMessage {
   readonly message: Store.Message
   readonly deliveries: ReadonlyArray<Store.NewDelivery>
   readonly lease: Option.Option<{ readonly owner: string; readonly until: Date }>
+  readonly guard: Store.MembersGuard | undefined
 }
 
 /** A send with at most this many deliveries joins its concurrent sends' batch; a bigger one is written alone. */
@@ -534,7 +540,7 @@ export const makeMessages = Effect.gen(function* () {
   const inboxes = yield* ReadCache.keyedVersions(sql, "inboxes")
 
   /** One message and its deliveries, in one statement (or a transaction, for a big fan-out). */
-  const insertOne = (item: NewMessage): Effect.Effect<void, SqlError | Errors.Conflict> => {
+  const insertOne = (item: NewMessage): Effect.Effect<boolean, SqlError | Errors.Conflict> => {
     const m = item.message
     const insertMessage = sql`
       INSERT INTO messages (id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
@@ -553,16 +559,122 @@ export const makeMessages = Effect.gen(function* () {
       (batch) => sql`INSERT INTO deliveries ${sql.insert(batch)}`,
       { discard: true }
     )
+    const guard = item.guard
     // Up to one batch of deliveries, message and deliveries are a single statement (atomic by
-    // itself, no BEGIN/COMMIT round trips); a bigger fan-out takes a transaction.
-    const write = rows.length === 0
-      ? Effect.asVoid(insertMessage)
+    // itself, no BEGIN/COMMIT round trips); a bigger fan-out takes a transaction. A group send's
+    // guard is checked in that same statement (see `manyStatement`), or, in the transaction, by
+    // its first statement, whose share lock on the group's row is held until the commit.
+    const write: Effect.Effect<boolean, SqlError> = guard !== undefined && rows.length <= DELIVERY_BATCH
+      ? Effect.map(manyStatement([item], true), (written) => written.length > 0)
+      : guard !== undefined
+      ? sql.withTransaction(Effect.gen(function* () {
+        const standing = yield* sql`
+          SELECT id FROM groups WHERE id = ${guard.groupId} AND members_version = ${guard.membersVersion} FOR SHARE`
+        if (standing.length === 0) return false
+        yield* insertMessage
+        yield* insertDeliveries
+        return true
+      }))
+      : rows.length === 0
+      ? Effect.as(insertMessage, true)
       : rows.length <= DELIVERY_BATCH
-      ? sql`WITH message AS (${insertMessage} RETURNING id) INSERT INTO deliveries ${sql.insert(rows)}`
-      : sql.withTransaction(Effect.zipRight(insertMessage, insertDeliveries))
-    return Effect.asVoid(write).pipe(
+      ? Effect.as(sql`WITH message AS (${insertMessage} RETURNING id) INSERT INTO deliveries ${sql.insert(rows)}`, true)
+      : Effect.as(sql.withTransaction(Effect.zipRight(insertMessage, insertDeliveries)), true)
+    return write.pipe(
       unique,
-      Effect.ensuring(Effect.sync(() => inboxes.bump(inboxesOf(item))))
+      Effect.tap((written) => Effect.sync(() => written && inboxes.bump(inboxesOf(item))))
+    )
+  }
+
+  /**
+   * Messages with their deliveries in one statement. Unguarded, the message
+   * rows and then the delivery rows are inserted as given. Guarded (some are
+   * group sends), each group's row is read under a share lock first (`FOR
+   * SHARE`, the lock every membership change's `FOR UPDATE` waits for, and
+   * waits for), and a group message, with its deliveries, is written only if
+   * its group still has the members version the send read; answers the ids of
+   * the messages written. Why that is race-free: a removal locks the group's
+   * row, deletes the membership, moves the version and ends the member's pending
+   * deliveries in one transaction. If this statement locks the row first, the
+   * removal waits until these deliveries are committed, and then ends them
+   * (its statements each see what committed before them: READ COMMITTED). If the
+   * removal locks it first, this statement waits, and PostgreSQL then reads
+   * the row as the removal left it (a locked row is fetched again at its newest
+   * version), so it sees the new version (or no group) and writes nothing. On
+   * PGlite statements and transactions take turns, so the removal comes wholly
+   * before or after this statement.
+   */
+  const manyStatement = (items: ReadonlyArray<NewMessage>, guarded: boolean) => {
+    const ms = items.map((i) => i.message)
+    const ds = items.flatMap(deliveryRows)
+    const col = <A>(f: (m: Store.Message) => A) => ms.map(f)
+    const dcol = <K extends keyof (typeof ds)[number]>(k: K) => ds.map((d) => d[k])
+    const guardGroups = items.map((i) => i.guard?.groupId ?? null)
+    const messageValues = sql`
+        SELECT id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
+          recipient_name, correlation_id, idempotency_key, payload_type, message, context, encryption::jsonb,
+          sender_signature::jsonb, status, rejection_reason, recipients, delivered_count, failed_count, origin_instance,
+          recipient_routing::jsonb, created_at, delivered_at${guarded ? sql`, guard_group, guard_version` : sql``}
+        FROM unnest(${col((m) => m.id)}::text[], ${col((m) => m.senderId)}::text[], ${col((m) => m.senderName)}::text[],
+          ${col((m) => m.senderConnectionId)}::text[], ${col((m) => m.senderAgent)}::text[], ${col((m) => m.recipientType)}::text[],
+          ${col((m) => m.recipientId)}::text[], ${col((m) => m.recipientName)}::text[], ${col((m) => m.correlationId)}::text[],
+          ${col((m) => m.idempotencyKey)}::text[], ${col((m) => m.payloadType)}::text[], ${col((m) => m.message)}::text[],
+          ${col((m) => m.context)}::text[], ${col((m) => Rows.json(m.encryption))}::text[],
+          ${col((m) => Rows.json(m.senderSignature))}::text[], ${col((m) => m.status)}::text[],
+          ${col((m) => m.rejectionReason)}::text[], ${col((m) => m.recipients)}::int[], ${col((m) => m.deliveredCount)}::int[],
+          ${col((m) => m.failedCount)}::int[], ${col((m) => m.originInstance)}::text[],
+          ${col((m) => Rows.json(m.recipientRouting))}::text[], ${col((m) => m.createdAt)}::timestamptz[],
+          ${col((m) => m.deliveredAt)}::timestamptz[]${
+      guarded ? sql`, ${guardGroups}::text[], ${items.map((i) => i.guard?.membersVersion ?? null)}::int[]` : sql``
+    })
+          AS v(id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
+            recipient_name, correlation_id, idempotency_key, payload_type, message, context, encryption, sender_signature,
+            status, rejection_reason, recipients, delivered_count, failed_count, origin_instance, recipient_routing,
+            created_at, delivered_at${guarded ? sql`, guard_group, guard_version` : sql``})`
+    const messageColumns = sql`id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
+          recipient_name, correlation_id, idempotency_key, payload_type, message, context, encryption, sender_signature,
+          status, rejection_reason, recipients, delivered_count, failed_count, origin_instance, recipient_routing,
+          created_at, delivered_at`
+    const deliveryColumns = sql`id, message_id, target_kind, recipient_user_id, connection_id, peer_id, is_primary, status,
+        next_attempt_at, lease_owner, lease_until, created_at`
+    const deliveryValues = sql`unnest(${dcol("id")}::text[], ${dcol("message_id")}::text[], ${dcol("target_kind")}::text[],
+        ${dcol("recipient_user_id")}::text[], ${dcol("connection_id")}::text[], ${dcol("peer_id")}::text[],
+        ${dcol("is_primary")}::bool[], ${dcol("status")}::text[], ${dcol("next_attempt_at")}::timestamptz[],
+        ${dcol("lease_owner")}::text[], ${dcol("lease_until")}::timestamptz[], ${dcol("created_at")}::timestamptz[])`
+    if (!guarded) {
+      return Effect.as(
+        sql`
+          WITH message AS (
+            INSERT INTO messages (${messageColumns})
+            ${messageValues}
+            RETURNING id
+          )
+          INSERT INTO deliveries (${deliveryColumns})
+          SELECT * FROM ${deliveryValues}`,
+        ms.map((m) => m.id)
+      )
+    }
+    // A guarded message always has deliveries (see `insert`): it was written if they were.
+    return Effect.map(
+      sql<{ message_id: string }>`
+        WITH g AS (
+          SELECT id, members_version FROM groups
+          WHERE id IN (SELECT unnest(${guardGroups}::text[])) FOR SHARE
+        ), message AS (
+          INSERT INTO messages (${messageColumns})
+          SELECT ${messageColumns} FROM (${messageValues}) v
+          WHERE v.guard_group IS NULL
+            OR EXISTS (SELECT 1 FROM g WHERE g.id = v.guard_group AND g.members_version = v.guard_version)
+          RETURNING id
+        )
+        INSERT INTO deliveries (${deliveryColumns})
+        SELECT * FROM ${deliveryValues} AS x(${deliveryColumns})
+        WHERE x.message_id IN (SELECT id FROM message)
+        RETURNING message_id`,
+      (rows) => {
+        const written = new Set(rows.map((r) => r.message_id))
+        return items.flatMap((i) => (i.guard === undefined || written.has(i.message.id) ? [i.message.id] : []))
+      }
     )
   }
 
@@ -574,51 +686,15 @@ export const makeMessages = Effect.gen(function* () {
    * by an earlier send or within the batch), each message is written alone so
    * each gets its own answer.
    */
-  const insertMany = (items: ReadonlyArray<NewMessage>) => {
-    const ms = items.map((i) => i.message)
-    const ds = items.flatMap(deliveryRows)
-    const col = <A>(f: (m: Store.Message) => A) => ms.map(f)
-    const dcol = <K extends keyof (typeof ds)[number]>(k: K) => ds.map((d) => d[k])
-    const write = sql`
-      WITH message AS (
-        INSERT INTO messages (id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
-          recipient_name, correlation_id, idempotency_key, payload_type, message, context, encryption, sender_signature,
-          status, rejection_reason, recipients, delivered_count, failed_count, origin_instance, recipient_routing,
-          created_at, delivered_at)
-        SELECT id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
-          recipient_name, correlation_id, idempotency_key, payload_type, message, context, encryption::jsonb,
-          sender_signature::jsonb, status, rejection_reason, recipients, delivered_count, failed_count, origin_instance,
-          recipient_routing::jsonb, created_at, delivered_at
-        FROM unnest(${col((m) => m.id)}::text[], ${col((m) => m.senderId)}::text[], ${col((m) => m.senderName)}::text[],
-          ${col((m) => m.senderConnectionId)}::text[], ${col((m) => m.senderAgent)}::text[], ${col((m) => m.recipientType)}::text[],
-          ${col((m) => m.recipientId)}::text[], ${col((m) => m.recipientName)}::text[], ${col((m) => m.correlationId)}::text[],
-          ${col((m) => m.idempotencyKey)}::text[], ${col((m) => m.payloadType)}::text[], ${col((m) => m.message)}::text[],
-          ${col((m) => m.context)}::text[], ${col((m) => Rows.json(m.encryption))}::text[],
-          ${col((m) => Rows.json(m.senderSignature))}::text[], ${col((m) => m.status)}::text[],
-          ${col((m) => m.rejectionReason)}::text[], ${col((m) => m.recipients)}::int[], ${col((m) => m.deliveredCount)}::int[],
-          ${col((m) => m.failedCount)}::int[], ${col((m) => m.originInstance)}::text[],
-          ${col((m) => Rows.json(m.recipientRouting))}::text[], ${col((m) => m.createdAt)}::timestamptz[],
-          ${col((m) => m.deliveredAt)}::timestamptz[])
-          AS v(id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
-            recipient_name, correlation_id, idempotency_key, payload_type, message, context, encryption, sender_signature,
-            status, rejection_reason, recipients, delivered_count, failed_count, origin_instance, recipient_routing,
-            created_at, delivered_at)
-        RETURNING id
-      )
-      INSERT INTO deliveries (id, message_id, target_kind, recipient_user_id, connection_id, peer_id, is_primary, status,
-        next_attempt_at, lease_owner, lease_until, created_at)
-      SELECT * FROM unnest(${dcol("id")}::text[], ${dcol("message_id")}::text[], ${dcol("target_kind")}::text[],
-        ${dcol("recipient_user_id")}::text[], ${dcol("connection_id")}::text[], ${dcol("peer_id")}::text[],
-        ${dcol("is_primary")}::bool[], ${dcol("status")}::text[], ${dcol("next_attempt_at")}::timestamptz[],
-        ${dcol("lease_owner")}::text[], ${dcol("lease_until")}::timestamptz[], ${dcol("created_at")}::timestamptz[])`
-    return Effect.catchAll(
-      Effect.map(write, () => {
-        inboxes.bump(items.flatMap(inboxesOf))
-        return items.map(() => Exit.void)
+  const insertMany = (items: ReadonlyArray<NewMessage>) =>
+    Effect.catchAll(
+      Effect.map(manyStatement(items, items.some((i) => i.guard !== undefined)), (ids) => {
+        const written = new Set(ids)
+        inboxes.bump(items.flatMap((i) => (written.has(i.message.id) ? inboxesOf(i) : [])))
+        return items.map((i) => Exit.succeed(written.has(i.message.id)))
       }),
       () => Effect.forEach(items, (item) => Effect.exit(insertOne(item)))
     )
-  }
   const insertTogether = yield* coalesced(insertOne, insertMany, MESSAGE_BATCH)
 
   return Store.Messages.of({
@@ -628,8 +704,14 @@ export const makeMessages = Effect.gen(function* () {
         (rows) => Option.map(first(rows), Rows.message)
       ),
     find: (id) => Effect.map(sql`SELECT * FROM messages WHERE id = ${id}`, (rows) => Option.map(first(rows), Rows.message)),
-    insert: (m, deliveries, lease) =>
-      (deliveries.length > BATCHED_DELIVERIES ? insertOne : insertTogether)({ message: m, deliveries, lease }),
+    insert: (m, deliveries, lease, guard) =>
+      (deliveries.length > BATCHED_DELIVERIES ? insertOne : insertTogether)({
+        message: m,
+        deliveries,
+        lease,
+        // A message with no deliveries delivers nothing: there is nothing for a removal to race.
+        guard: deliveries.length > 0 ? guard : undefined
+      }),
     deliveriesOf: (messageId) =>
       Effect.map(
         sql`SELECT * FROM deliveries WHERE message_id = ${messageId} ORDER BY id`,
@@ -848,10 +930,19 @@ export const makeOutbox = Effect.gen(function* () {
           UPDATE deliveries d SET
             -- Its connection was deleted during this attempt: what the attempt did not deliver
             -- stays pending, due now, for the engine to reroute.
-            status = CASE WHEN ${connectionGone} THEN 'pending' ELSE v.status END,
+            -- Its relationship ended during this attempt (endPending): what the attempt did not
+            -- deliver fails with that reason instead of being tried again.
+            status = CASE
+              WHEN v.status <> 'delivered' AND d.end_reason IS NOT NULL THEN 'failed'
+              WHEN ${connectionGone} THEN 'pending'
+              ELSE v.status
+            END,
             attempts = d.attempts + 1,
             first_attempt_at = COALESCE(d.first_attempt_at, now()),
-            last_error = COALESCE(v.error, d.last_error),
+            last_error = CASE
+              WHEN v.status <> 'delivered' AND d.end_reason IS NOT NULL THEN d.end_reason
+              ELSE COALESCE(v.error, d.last_error)
+            END,
             last_status_code = COALESCE(v.status_code, d.last_status_code),
             next_attempt_at = CASE WHEN ${connectionGone} THEN now() ELSE COALESCE(v.next_attempt_at, d.next_attempt_at) END,
             delivered_at = CASE WHEN v.status = 'delivered' THEN now() ELSE d.delivered_at END,
@@ -909,7 +1000,69 @@ export const makeOutbox = Effect.gen(function* () {
     )
   }
 
+  /**
+   * Ends the pending agent and inbox deliveries `scope` covers: failed with
+   * `reason` and rolled up into their messages, in one statement; one in an
+   * attempt now (leased, lease running) is only marked, for `recordMany` to fail
+   * if the attempt does not deliver. Answers the deliveries failed.
+   */
+  const endPending = (scope: Store.EndedRelationship, reason: string) => {
+    const covered = scope._tag === "Member"
+      ? sql`d.recipient_user_id = ${scope.userId} AND m.recipient_type = 'group' AND m.recipient_id = ${scope.groupId}`
+      : scope._tag === "Group"
+      ? sql`m.recipient_type = 'group' AND m.recipient_id = ${scope.groupId}`
+      : sql`((m.sender_id = ${scope.a} AND d.recipient_user_id = ${scope.b})
+          OR (m.sender_id = ${scope.b} AND d.recipient_user_id = ${scope.a})) AND m.recipient_type = ${scope.recipientType}`
+    return Effect.map(
+      sql<FinishedRow & { readonly message_status: Store.MessageStatus; readonly target_kind: string }>`
+        WITH d AS (
+          UPDATE deliveries d SET
+            status = CASE WHEN d.lease_until >= now() THEN 'pending' ELSE 'failed' END,
+            end_reason = ${reason},
+            last_error = CASE WHEN d.lease_until >= now() THEN d.last_error ELSE ${reason} END,
+            lease_owner = CASE WHEN d.lease_until >= now() THEN d.lease_owner END,
+            lease_until = CASE WHEN d.lease_until >= now() THEN d.lease_until END,
+            updated_at = now()
+          FROM messages m
+          WHERE m.id = d.message_id AND d.status = 'pending' AND d.target_kind IN ('agent', 'inbox') AND ${covered}
+          RETURNING d.id, d.message_id, d.status, d.recipient_user_id, d.target_kind
+        ), finished AS (
+          SELECT message_id, count(*)::int AS failed FROM d WHERE status = 'failed' GROUP BY message_id
+        ), u AS (
+          UPDATE messages m SET
+            failed_count = m.failed_count + f.failed,
+            status = CASE
+              WHEN m.status = 'rejected' THEN 'rejected'
+              WHEN m.delivered_count + m.failed_count + f.failed >= m.recipients
+                THEN CASE WHEN m.delivered_count > 0 THEN 'delivered' ELSE 'failed' END
+              ELSE 'pending'
+            END
+          FROM finished f WHERE m.id = f.message_id
+          RETURNING m.id, m.status
+        )
+        SELECT d.id, d.message_id, d.status, d.recipient_user_id, d.target_kind, msg.sender_id,
+          COALESCE(u.status, msg.status) AS message_status
+        FROM d JOIN messages msg ON msg.id = d.message_id LEFT JOIN u ON u.id = d.message_id
+        WHERE d.status = 'failed'`,
+      (rows) => {
+        // Messages waiting in an inbox left it.
+        const leftInboxes = rows.flatMap((row) =>
+          row.target_kind === "inbox" && row.recipient_user_id !== null ? [row.recipient_user_id] : []
+        )
+        if (leftInboxes.length > 0) inboxes.bump(leftInboxes)
+        return rows.map((row): Store.Rollup => ({
+          messageId: row.message_id,
+          messageStatus: row.message_status,
+          deliveryStatus: "failed",
+          senderId: row.sender_id,
+          recipientUserId: row.recipient_user_id
+        }))
+      }
+    )
+  }
+
   return Store.Outbox.of({
+    endPending,
     claim: (owner, limit, leaseMs) =>
       Effect.flatMap(
         sql`

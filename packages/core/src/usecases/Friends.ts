@@ -2,7 +2,7 @@
 import { Effect, Either, Option } from "effect"
 import { type FriendshipMirror, RemoteDirectory } from "../Directory.js"
 import * as Errors from "../Errors.js"
-import { Events } from "../Events.js"
+import { deliveryStatusEvent, Events } from "../Events.js"
 import * as Graph from "../Graph.js"
 import * as Ids from "../Ids.js"
 import * as Store from "../Store.js"
@@ -10,9 +10,13 @@ import * as Username from "../Username.js"
 import type { Principal } from "./Accounts.js"
 
 
+/** Why a direct message still pending when its pair unfriended or blocked was not delivered. */
+const NO_LONGER_FRIENDS = "the sender and the recipient are no longer friends"
+
 export const make = Effect.gen(function* () {
   const users = yield* Store.Users
   const friendships = yield* Store.Friendships
+  const outbox = yield* Store.Outbox
   const directory = yield* RemoteDirectory
   const events = yield* Events
 
@@ -35,6 +39,26 @@ export const make = Effect.gen(function* () {
       users.findById(row.requesterId === actorId ? row.addresseeId : row.requesterId),
       (other) => Option.filter(other, (u) => u.instance !== null)
     )
+
+  /**
+   * What the pair still had coming to each other ends with the change, in its
+   * transaction (deliveries in an attempt right now are left to it): an
+   * unfriending ends their direct messages (a send between them now would be
+   * refused), a block their direct and group messages (neither hears from the
+   * other again). The reasons do not say who blocked whom: a sender learns no
+   * more than a send to the blocker would tell them (`NOT_FRIENDS`).
+   */
+  const endDeliveries = (action: FriendshipMirror["action"], before: Graph.Friendship) =>
+    Effect.gen(function* () {
+      const pair = { _tag: "Pair" as const, a: before.requesterId, b: before.addresseeId }
+      if (action === "unfriend" && before.status === "accepted") {
+        return yield* outbox.endPending({ ...pair, recipientType: "user" }, NO_LONGER_FRIENDS)
+      }
+      if (action !== "block" || before.status === "blocked") return []
+      const direct = yield* outbox.endPending({ ...pair, recipientType: "user" }, NO_LONGER_FRIENDS)
+      const group = yield* outbox.endPending({ ...pair, recipientType: "group" }, "the recipient no longer receives this sender's messages")
+      return [...direct, ...group]
+    })
 
   /**
    * Runs a transition on the row `id`, as `principal`. It is decided on the row
@@ -64,16 +88,18 @@ export const make = Effect.gen(function* () {
       if (Option.isSome(mirror) && action === "accept") yield* directory.mirrorFriendship(mirror.value)
       const told = Option.filter(mirror, (m): m is FriendshipMirror & { readonly action: "reject" | "block" | "unfriend" } =>
         m.action === "reject" || m.action === "block" || m.action === "unfriend")
-      const { locked, tellNow, updated } = yield* friendships.atomically(Effect.gen(function* () {
+      const { ended, locked, tellNow, updated } = yield* friendships.atomically(Effect.gen(function* () {
         const locked = Option.getOrUndefined(yield* friendships.findLocked(id))
         const current = yield* decide(locked, principal.userId)
         const updated = yield* friendships.apply(current, id)
+        const ended = yield* endDeliveries(action, locked!)
         const tellNow = Option.isSome(told) ? yield* directory.queueFriendshipChange(told.value) : Effect.void
         // `decide` refuses a row that is not there, so `locked` is the row as it was before this change.
-        return { locked: locked!, tellNow, updated }
+        return { ended, locked: locked!, tellNow, updated }
       }))
       // Committed: the first try at telling their registry, as a send's first attempt is made inline.
       yield* tellNow
+      for (const r of ended) yield* events.publish(deliveryStatusEvent(r))
       return { row: locked, updated }
     })
 

@@ -3,7 +3,7 @@ import { Effect, Option } from "effect"
 import { groupAddresses, localGroupId, parseGroupAddress, qualifiedGroupAddress, RemoteDirectory, type RemoteGroupMembership } from "../Directory.js"
 import * as Errors from "../Errors.js"
 import * as StoredText from "../StoredText.js"
-import { Events } from "../Events.js"
+import { deliveryStatusEvent, Events } from "../Events.js"
 import * as Graph from "../Graph.js"
 import * as Ids from "../Ids.js"
 import * as Store from "../Store.js"
@@ -39,6 +39,7 @@ export const make = (friends: Friends) =>
     const groups = yield* Store.Groups
     const users = yield* Store.Users
     const friendships = yield* Store.Friendships
+    const outbox = yield* Store.Outbox
     const events = yield* Events
     const directory = yield* RemoteDirectory
 
@@ -126,6 +127,18 @@ export const make = (friends: Friends) =>
       })
 
     const apply = (change: Graph.MembershipChange) => groups.apply(change, Ids.make("mem"))
+
+    /**
+     * A membership ended (or the group): what was still to be delivered to that member (or to
+     * anyone, of the group's messages) fails with `reason`, in the change's transaction. A
+     * member only invited had nothing coming.
+     */
+    const endDeliveries = (change: Graph.MembershipChange, scope: Store.EndedRelationship, reason: string) =>
+      change._tag === "Delete" || change._tag === "DeleteGroup" ? outbox.endPending(scope, reason) : Effect.succeed([])
+
+    /** The senders hear that those deliveries failed, once the change committed. */
+    const announceEnded = (rollups: ReadonlyArray<Store.Rollup>) =>
+      Effect.forEach(rollups, (r) => events.publish(deliveryStatusEvent(r)), { discard: true })
 
     /** Federation: the members (active or invited) who are users of other registries. */
     const remoteMembers = (groupId: string) =>
@@ -259,7 +272,7 @@ export const make = (friends: Friends) =>
             return { groupDeleted }
           }
           const groupId = at.groupId
-          const { before, change, declined, group, invited, tellNow } = yield* groups.exclusively(groupId, Effect.gen(function* () {
+          const { before, change, declined, ended, group, invited, tellNow } = yield* groups.exclusively(groupId, Effect.gen(function* () {
             // Read again under the lock: a transfer or another leave may have just changed it.
             const current = yield* membershipOf(groupId, principal.userId)
             const count = yield* groups.activeMemberCount(groupId)
@@ -275,10 +288,14 @@ export const make = (friends: Friends) =>
             const remote = ending.map((m) => m.user).filter((u) => u.instance !== null && u.id !== principal.userId)
             const invited = ending.flatMap(({ membership: m }) => (m.status === "invited" ? [m.userId] : []))
             yield* apply(change)
+            const ended = declined ? [] : change._tag === "DeleteGroup"
+              ? yield* endDeliveries(change, { _tag: "Group", groupId }, "the group was deleted")
+              : yield* endDeliveries(change, { _tag: "Member", groupId, userId: principal.userId }, "the recipient left the group")
             const tellNow = yield* tellEnded(group, remote, "deleted", principal)
-            return { before, change, declined, group, invited, tellNow }
+            return { before, change, declined, ended, group, invited, tellNow }
           }))
           yield* tellNow
+          yield* announceEnded(ended)
           yield* announceLeave(before, groupId, group.name, principal.username, declined ? "declined" : "left")
           yield* announceLeave(invited, groupId, group.name, principal.username, "deleted")
           return { groupDeleted: change._tag === "DeleteGroup" }
@@ -328,7 +345,7 @@ export const make = (friends: Friends) =>
       deleteGroup: (principal: Principal, address: string) =>
         Effect.gen(function* () {
           const groupId = yield* localId(address)
-          const { before, group, tellNow } = yield* groups.exclusively(groupId, Effect.gen(function* () {
+          const { before, ended, group, tellNow } = yield* groups.exclusively(groupId, Effect.gen(function* () {
             const actor = yield* membershipOf(groupId, principal.userId)
             const change = yield* Graph.deleteGroup({ actor })
             const group = yield* groupOf(groupId)
@@ -337,10 +354,12 @@ export const make = (friends: Friends) =>
               (m.status === "active" || m.status === "invited") && m.userId !== principal.userId ? [m.userId] : [])
             const remote = yield* remoteMembers(groupId)
             yield* apply(change)
+            const ended = yield* endDeliveries(change, { _tag: "Group", groupId }, "the group was deleted")
             const tellNow = yield* tellEnded(group, remote, "deleted", principal)
-            return { before, group, tellNow }
+            return { before, ended, group, tellNow }
           }))
           yield* tellNow
+          yield* announceEnded(ended)
           yield* announceLeave(before, groupId, group.name, principal.username, "deleted")
         }),
 
@@ -358,19 +377,24 @@ export const make = (friends: Friends) =>
       removeMember: (principal: Principal, address: string, userId: string) =>
         Effect.gen(function* () {
           const groupId = yield* localId(address)
-          const { before, group, removed, tellNow } = yield* groups.exclusively(groupId, Effect.gen(function* () {
+          const { before, ended, group, removed, tellNow } = yield* groups.exclusively(groupId, Effect.gen(function* () {
             const actor = yield* membershipOf(groupId, principal.userId)
             const target = yield* membershipOf(groupId, userId)
             const before = yield* audience(groupId)
-            yield* apply(yield* Graph.remove({ actor, target }))
+            const change = yield* Graph.remove({ actor, target })
+            yield* apply(change)
+            const ended = target?.status === "active"
+              ? yield* endDeliveries(change, { _tag: "Member", groupId, userId }, "the recipient was removed from the group")
+              : []
             const group = yield* groupOf(groupId)
             const removed = yield* users.findById(userId)
             const tellNow = Option.isSome(removed) && removed.value.instance !== null
               ? yield* tellEnded(group, [removed.value], "removed", principal)
               : Effect.void
-            return { before, group, removed, tellNow }
+            return { before, ended, group, removed, tellNow }
           }))
           yield* tellNow
+          yield* announceEnded(ended)
           // As for a leave: everyone active before hears it, the removed member too (also when only invited).
           if (Option.isSome(removed)) {
             yield* announceLeave(before.includes(userId) ? before : [...before, userId], groupId, group.name, removed.value.username, "removed")

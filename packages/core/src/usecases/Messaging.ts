@@ -5,7 +5,7 @@
  * Delivering is the engine's job; the caller may lease the new deliveries to
  * itself to make the first attempt at once.
  */
-import { type Duration, Effect, Either, Option } from "effect"
+import { Data, type Duration, Effect, Either, Option } from "effect"
 import { parseGroupAddress, qualifiedGroupAddress, RemoteDirectory, type RemoteGroupMembership } from "../Directory.js"
 import * as Errors from "../Errors.js"
 import { deliveryStatusEvent, Events, messageReceivedEvent } from "../Events.js"
@@ -106,6 +106,16 @@ export type SendResult =
     /** Each addressed member (for a group: every active member but the sender) and their deliveries. */
     readonly members: ReadonlyArray<{ readonly userId: string; readonly deliveryIds: ReadonlyArray<string> }>
   }
+
+/**
+ * A group send read its members before a member left or was removed, and the
+ * write found the group's members version moved (or the group gone): nothing
+ * was written, and the send starts again from the members as they are now.
+ */
+class MembersChanged extends Data.TaggedError("MembersChanged")<{}> {}
+
+/** How often a group send starts again when members keep leaving under it. */
+const MEMBERS_CHANGED_RETRIES = 5
 
 const PAYLOAD_TYPE = /^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}\/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}$/i
 const MAX_ID_LENGTH = 200
@@ -353,7 +363,8 @@ export const make = Effect.gen(function* () {
     principal: Principal,
     message: Store.Message,
     planned: ReadonlyArray<PlannedDelivery & { readonly primary: boolean }>,
-    options: SendOptions
+    options: SendOptions,
+    guard?: Store.MembersGuard
   ) =>
     Effect.gen(function* () {
       const lease = options.leaseOwner !== undefined
@@ -369,9 +380,10 @@ export const make = Effect.gen(function* () {
           peerId: d.peerId,
           primary: d.primary
         })),
-        lease
+        lease,
+        guard
       ).pipe(
-        Effect.as(Option.none<Store.Message>()),
+        Effect.flatMap((written) => (written ? Effect.succeed(Option.none<Store.Message>()) : Effect.fail(new MembersChanged()))),
         Effect.catchTag("Conflict", (conflict) =>
           Effect.flatMap(deduplicated(principal, message.idempotencyKey), (first) =>
             Option.isSome(first) ? Effect.succeed(first) : Effect.fail(conflict)))
@@ -527,7 +539,9 @@ export const make = Effect.gen(function* () {
           : planned.filter((d) => d.recipientUserId === user.id).map((d) => d.id)
       }))
 
-      return yield* accept(principal, message, planned, perMember, options)
+      // Written only if no active member left or was removed since the members were read (see
+      // Messages.insert): otherwise this send starts again from the members as they are now.
+      return yield* accept(principal, message, planned, perMember, options, { groupId: group.id, membersVersion: group.membersVersion })
     })
 
   /**
@@ -604,7 +618,8 @@ export const make = Effect.gen(function* () {
     message: Store.Message,
     planned: ReadonlyArray<PlannedDelivery & { readonly primary: boolean }>,
     members: Extract<SendResult, { _tag: "Accepted" }>["members"],
-    options: SendOptions
+    options: SendOptions,
+    guard?: Store.MembersGuard
   ) =>
     Effect.gen(function* () {
       // Members no agent can reach count as recipients that failed already, so the
@@ -616,7 +631,7 @@ export const make = Effect.gen(function* () {
         failedCount: unreachable,
         status: planned.length > 0 ? "pending" as const : unreachable > 0 ? "failed" as const : "delivered" as const
       }
-      const first = yield* write(principal, accepted, planned, options)
+      const first = yield* write(principal, accepted, planned, options, guard)
       if (Option.isSome(first)) return yield* repeated(first.value)
       yield* announce(accepted, planned, options)
       return { _tag: "Accepted", message: accepted, deliveries: planned, members } satisfies SendResult
@@ -640,7 +655,12 @@ export const make = Effect.gen(function* () {
         return yield* (input.recipientType === "group"
           ? sendToGroup(principal, input, payloadType, options)
           : sendToUser(principal, input, payloadType, options))
-      }),
+      }).pipe(
+        // A group send started again while members leave under it (only a guarded write fails so).
+        Effect.retry({ while: (e) => e._tag === "MembersChanged", times: MEMBERS_CHANGED_RETRIES }),
+        Effect.catchTag("MembersChanged", () =>
+          Effect.fail(Errors.Conflict.of("GROUP_CHANGED", "The group's members kept changing during the send; send it again")))
+      ),
 
     /**
      * One message with its deliveries (status, attempts, last error), for its

@@ -277,6 +277,18 @@ export const make = (settings: EngineSettings) =>
      */
     const attemptClaimed = (claimed: Store.ClaimedDelivery): Effect.Effect<Store.DeliveryStatus> =>
       Effect.gen(function* () {
+        const ended = claimed.delivery.endReason
+        if (ended !== undefined && ended !== null) {
+          // Its relationship ended (the recipient left the group, a block) while it was leased to an
+          // attempt that never reported (a process that died): it is not attempted again, and fails
+          // with the reason the relationship's end gave it.
+          const rolled = yield* recordOutcome(claimed.delivery.id, { _tag: "Failed", error: ended, statusCode: null }).pipe(
+            Effect.catchAll((e) => Effect.as(Effect.logError("Could not fail a delivery whose relationship ended; its lease will expire", e), Option.none()))
+          )
+          if (Option.isNone(rolled)) return "pending" as const
+          yield* announce(claimed, rolled.value)
+          return rolled.value.deliveryStatus
+        }
         if (claimed.delivery.targetKind === "agent" && Option.isNone(claimed.connection)) {
           // The connection was deleted after this was queued, or while it was in an attempt that did
           // not deliver: it goes where a new send to the recipient would go now, as the connection's
