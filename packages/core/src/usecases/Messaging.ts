@@ -176,6 +176,7 @@ export const make = Effect.gen(function* () {
   const groups = yield* Store.Groups
   const policies = yield* Store.Policies
   const messages = yield* Store.Messages
+  const friendships = yield* Store.Friendships
   const outbox = yield* Store.Outbox
   const directory = yield* RemoteDirectory
   const events = yield* Events
@@ -322,6 +323,15 @@ export const make = Effect.gen(function* () {
   /** A group's active members other than `senderId`, as users (local, or shadows of other registries'). */
   const othersIn = (groupId: string, senderId: string) =>
     Effect.flatMap(groups.activeMemberIds(groupId), (ids) => users.findByIds(ids.filter((id) => id !== senderId)))
+
+  /**
+   * The users in a block with `userId`, either way. A group message skips them:
+   * a block stops what one of the pair sends the other, in a group as directly
+   * (what was pending at the block ended with it). Their list is kept in memory
+   * on the embedded database until a friendship changes.
+   */
+  const blockedWith = (userId: string) =>
+    Effect.map(friendships.listFor(userId, "blocked"), (rows) => new Set(rows.map((r) => r.other.id)))
 
   /**
    * The answer to a repeated idempotency key. For a group message, its members
@@ -508,8 +518,9 @@ export const make = Effect.gen(function* () {
       }
 
       // Federation: members on the registry a message came from were served there already.
+      const blocked = yield* blockedWith(principal.userId)
       const members = (yield* othersIn(group.id, principal.userId)).filter((u) =>
-        input.federated === undefined || u.instance !== input.federated.originInstance
+        (input.federated === undefined || u.instance !== input.federated.originInstance) && !blocked.has(u.id)
       )
       const local = members.filter((u) => u.instance === null)
       const remoteInstances = [...new Set(members.flatMap((u) => (u.instance === null ? [] : [u.instance])))]
@@ -592,7 +603,9 @@ export const make = Effect.gen(function* () {
         const verdict = yield* evaluate(principal, { scope: "group", targetId: groupId }, input, groupName)
         if (verdict._tag === "Rejected") return yield* reject(principal, message, verdict.reason)
       }
-      const local = rows.filter((r) => r.status === "active" && r.userId !== principal.userId).map((r) => r.userId)
+      const blocked = yield* blockedWith(principal.userId)
+      const local = rows.filter((r) => r.status === "active" && r.userId !== principal.userId && !blocked.has(r.userId))
+        .map((r) => r.userId)
       const theirConnections = yield* connections.listActiveByUsers(local)
       const planned: Array<PlannedDelivery & { readonly primary: boolean }> = []
       for (const userId of local) {

@@ -98,6 +98,28 @@ describe.each(TestDatabase.backends)("pending deliveries end with the relationsh
       expect(g.bobAgent.countFor(messageId)).toBe(0)
     }), { timeout: 60_000 })
 
+  it.scopedLive("after a block, neither of the pair's new group messages goes to the other; the rest of the group has them", () =>
+    Effect.gen(function* () {
+      const g = yield* group
+      const friendship = yield* g.alice.api.friends.request({ payload: { username: "bob" } })
+      yield* g.bob.api.friends.block({ path: { id: friendship.friendship_id } })
+      const fromAlice = yield* g.alice.api.messages.send({
+        payload: { recipient: g.id, recipient_type: "group", message: "from the owner" }
+      })
+      expect(fromAlice).toMatchObject({ status: "delivered", recipients: 1, delivered: 1, pending: 0, failed: 0 })
+      const fromBob = yield* g.bob.api.messages.send({
+        payload: { recipient: g.id, recipient_type: "group", message: "from the blocker" }
+      })
+      expect(fromBob).toMatchObject({ status: "delivered", recipients: 1, delivered: 1 })
+      expect(g.carolAgent.countFor(fromAlice.message_id)).toBe(1)
+      expect(g.carolAgent.countFor(fromBob.message_id)).toBe(1)
+      expect(g.bobAgent.countFor(fromAlice.message_id)).toBe(0)
+      expect((yield* g.alice.api.messages.get({ path: { id: fromAlice.message_id } })).deliveries.map((d) => d.recipient)).toEqual(["carol"])
+      const alicesReceived = yield* g.alice.api.messages.history({ urlParams: { direction: "received" } })
+      expect(alicesReceived.map((m) => m.id)).not.toContain(fromBob.message_id)
+      expect(g.bobAgent.attempts).toHaveLength(0)
+    }), { timeout: 60_000 })
+
   it.scopedLive("deleting the group ends its pending deliveries", () =>
     Effect.gen(function* () {
       const g = yield* group
