@@ -549,6 +549,30 @@ export type EndedRelationship =
   | { readonly _tag: "Group"; readonly groupId: string }
   /** A pair blocked or unfriended: their deliveries to each other, of direct or group messages. */
   | { readonly _tag: "Pair"; readonly a: string; readonly b: string; readonly recipientType: "user" | "group" }
+  /**
+   * Local users' memberships in a group of another registry ended (they left it, or its home
+   * removed them or deleted the group): their deliveries here of that group's messages, those
+   * its home forwarded here and those a local member sent it (which went to the home as well).
+   * Another registry's group of the same id, and a group of this registry, are not touched.
+   */
+  | {
+    readonly _tag: "RemoteMembers"
+    readonly groupId: string
+    readonly homeInstance: string
+    readonly userIds: ReadonlyArray<string>
+  }
+
+/**
+ * Why a pending delivery ended with its relationship (its `last_error`), the
+ * same whether the change was made here or told by another registry.
+ */
+export const EndReason = {
+  left: "the recipient left the group",
+  removed: "the recipient was removed from the group",
+  groupDeleted: "the group was deleted",
+  notFriends: "the sender and the recipient are no longer friends",
+  blocked: "the recipient no longer receives this sender's messages"
+} as const
 
 /** Whose deliveries `reroute` moves: a connection's (being deleted), or one leased delivery whose connection is gone. */
 export type RerouteSource =

@@ -856,6 +856,75 @@ for (const backend of backends) {
           // Nothing pending is left to end; a group scope does not touch direct messages.
           expect(yield* outbox.endPending(pair, "again")).toEqual([])
         }))
+
+      it.effect("endPending of a remote group's members ends that home's group's messages only: forwarded from it, or sent it from here", () =>
+        Effect.gen(function* () {
+          const { alice, bob } = yield* twoUsers
+          const users = yield* Store.Users
+          const messages = yield* Store.Messages
+          const outbox = yield* Store.Outbox
+          const groups = yield* Store.Groups
+          const shadow = (username: string, instance: string) =>
+            users.ensureShadow({ id: Ids.make("usr"), username: `${username}@${instance}`, displayName: null, instance })
+          const carol = yield* shadow("carol", "b.example")
+          const dave = yield* shadow("dave", "c.example")
+          // Two registries both name a group `grp_shared` to this one.
+          const groupId = "grp_shared"
+          const toGroup = (senderId: string, originInstance: string | null) =>
+            message({ senderId, recipientId: groupId, recipientType: "group", recipientName: "Shared", originInstance })
+          const forward = (peer: string): Store.NewDelivery => ({
+            id: Ids.make("dlv"),
+            targetKind: "peer",
+            recipientUserId: null,
+            connectionId: null,
+            peerId: peer,
+            primary: false
+          })
+          const fromHome = toGroup(carol.id, "b.example")
+          const fromHere = toGroup(alice.id, null)
+          const fromOtherHome = toGroup(dave.id, "c.example")
+          const fromHereToOther = toGroup(alice.id, null)
+          const [homeToBob, homeToAlice, hereToBob, otherToBob, hereToOtherToBob] = [
+            delivery(bob.id), delivery(alice.id), delivery(bob.id), delivery(bob.id), delivery(bob.id)
+          ]
+          yield* messages.insert(fromHome, [homeToBob, homeToAlice], Option.none())
+          yield* messages.insert(fromHere, [hereToBob, forward("b.example")], Option.none())
+          yield* messages.insert(fromOtherHome, [otherToBob], Option.none())
+          yield* messages.insert(fromHereToOther, [hereToOtherToBob, forward("c.example")], Option.none())
+
+          const scope = { _tag: "RemoteMembers" as const, groupId, homeInstance: "b.example", userIds: [bob.id] }
+          const ended = yield* outbox.endPending(scope, "the recipient was removed from the group")
+          expect(ended.map((r) => r.messageId).sort()).toEqual([fromHome.id, fromHere.id].sort())
+          const statusOf = (messageId: string, deliveryId: string) =>
+            Effect.map(messages.deliveriesOf(messageId), (ds) => ds.find((d) => d.id === deliveryId)!)
+          expect(yield* statusOf(fromHome.id, homeToBob.id)).toMatchObject({ status: "failed", lastError: "the recipient was removed from the group" })
+          expect(yield* statusOf(fromHere.id, hereToBob.id)).toMatchObject({ status: "failed", lastError: "the recipient was removed from the group" })
+          // Alice, still a member, keeps hers; the other home's group of that id is not touched.
+          expect(yield* statusOf(fromHome.id, homeToAlice.id)).toMatchObject({ status: "pending" })
+          expect(yield* statusOf(fromOtherHome.id, otherToBob.id)).toMatchObject({ status: "pending" })
+          expect(yield* statusOf(fromHereToOther.id, hereToOtherToBob.id)).toMatchObject({ status: "pending" })
+          expect(yield* outbox.endPending({ ...scope, userIds: [] }, "nobody")).toEqual([])
+
+          // A peer naming a group of this registry as its own reaches none of its deliveries.
+          const local = yield* groups.create({
+            id: Ids.make("grp"),
+            membershipId: Ids.make("mem"),
+            name: "Team",
+            description: null,
+            inviteOnly: true,
+            owner: { userId: alice.id, role: "owner", status: "active" }
+          })
+          const forwardedToLocal = message({
+            senderId: carol.id,
+            recipientId: local.id,
+            recipientType: "group",
+            recipientName: "Team",
+            originInstance: "b.example"
+          })
+          yield* messages.insert(forwardedToLocal, [delivery(bob.id)], Option.none())
+          expect(yield* outbox.endPending({ ...scope, groupId: local.id }, "removed")).toEqual([])
+          expect((yield* messages.deliveriesOf(forwardedToLocal.id))[0]).toMatchObject({ status: "pending" })
+        }))
     }
   })
 }

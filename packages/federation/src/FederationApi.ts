@@ -9,7 +9,7 @@
  */
 import { HttpApiBuilder, HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Errors, Events, Ids, Registry, Store, Username } from "@mahilo/core"
+import { deliveryStatusEvent, Errors, Events, Ids, Registry, Store, Username } from "@mahilo/core"
 import { Cause, Duration, Effect, Either, Option, Schema } from "effect"
 import { FederationConfig } from "./FederationConfig.js"
 import * as Handshake from "./Handshake.js"
@@ -107,6 +107,7 @@ export const layer = HttpApiBuilder.Router.use((router) =>
     const friendships = yield* Store.Friendships
     const groups = yield* Store.Groups
     const messages = yield* Store.Messages
+    const outbox = yield* Store.Outbox
     const store = yield* PeerStore
     const relay = yield* Relay.Relay
     const events = yield* Events
@@ -443,7 +444,9 @@ export const layer = HttpApiBuilder.Router.use((router) =>
         }))
     )
 
-    // The home removed some of our users from its group, or deleted the group: forget it for them.
+    // The home removed some of our users from its group, or deleted the group: forget it for them,
+    // and end what was still to be delivered to them here of its messages, as a removal or deletion
+    // of a group of this registry does (see Outbox.endPending).
     yield* router.post(
       Protocol.paths.groupEnded,
       signed(({ body, peer }) =>
@@ -451,8 +454,19 @@ export const layer = HttpApiBuilder.Router.use((router) =>
           const ended = yield* decodeBody(Protocol.GroupEnded, body)
           const found = yield* users.findByUsernames(ended.usernames.map((name) => name.toLowerCase()))
           const userIds = found.flatMap((u) => (u.instance === null ? [u.id] : []))
-          // Only this peer's group of that id: another registry's group of the same id stays.
-          const forgotten = yield* store.endRemoteMemberships(ended.group_id, peer.name, userIds)
+          const { forgotten, rollups } = yield* store.atomically(Effect.gen(function* () {
+            // Only this peer's group of that id: another registry's group of the same id stays.
+            const forgotten = yield* store.endRemoteMemberships(ended.group_id, peer.name, userIds)
+            // An invitation withdrawn had nothing coming.
+            const members = forgotten.flatMap((r) => (r.status === "active" ? [r.userId] : []))
+            const rollups = yield* outbox.endPending(
+              { _tag: "RemoteMembers", groupId: ended.group_id, homeInstance: peer.name, userIds: members },
+              ended.reason === "deleted" ? Store.EndReason.groupDeleted : Store.EndReason.removed
+            )
+            return { forgotten, rollups }
+          }))
+          // Committed: the senders hear it (and the relay reports it to where a message came from).
+          for (const r of rollups) yield* events.publish(deliveryStatusEvent(r))
           const first = forgotten[0]
           if (first !== undefined) {
             // Those who still know another registry's group by this id knew this one as `id@home`.

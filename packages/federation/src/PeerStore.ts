@@ -73,6 +73,9 @@ export const make = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
 
   return {
+    /** Runs `change` in one transaction (with the core store's statements it makes, on the same database). */
+    atomically: <A, E, R>(change: Effect.Effect<A, E, R>) => sql.withTransaction(change),
+
     // -- this registry's keys ------------------------------------------------
 
     keys: Effect.map(sql`SELECT * FROM instance_keys ORDER BY created_at DESC`, (rows) => rows.map(keyRow)),

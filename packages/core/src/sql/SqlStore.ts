@@ -1007,10 +1007,21 @@ export const makeOutbox = Effect.gen(function* () {
    * if the attempt does not deliver. Answers the deliveries failed.
    */
   const endPending = (scope: Store.EndedRelationship, reason: string) => {
+    if (scope._tag === "RemoteMembers" && scope.userIds.length === 0) return Effect.succeed([])
     const covered = scope._tag === "Member"
       ? sql`d.recipient_user_id = ${scope.userId} AND m.recipient_type = 'group' AND m.recipient_id = ${scope.groupId}`
       : scope._tag === "Group"
       ? sql`m.recipient_type = 'group' AND m.recipient_id = ${scope.groupId}`
+      : scope._tag === "RemoteMembers"
+      // A group of another registry: its messages are those its home forwarded here, and those a
+      // local member sent it, which carry a forward to the home. Its id names no group of this
+      // registry (a peer cannot reach those deliveries by naming one).
+      ? sql`d.recipient_user_id IN ${sql.in(scope.userIds)} AND m.recipient_type = 'group' AND m.recipient_id = ${scope.groupId}
+          AND NOT EXISTS (SELECT 1 FROM groups g WHERE g.id = ${scope.groupId})
+          AND (m.origin_instance = ${scope.homeInstance}
+            OR (m.origin_instance IS NULL AND EXISTS (
+              SELECT 1 FROM deliveries f
+              WHERE f.message_id = m.id AND f.target_kind = 'peer' AND f.peer_id = ${scope.homeInstance})))`
       : sql`((m.sender_id = ${scope.a} AND d.recipient_user_id = ${scope.b})
           OR (m.sender_id = ${scope.b} AND d.recipient_user_id = ${scope.a})) AND m.recipient_type = ${scope.recipientType}`
     return Effect.map(

@@ -11,7 +11,7 @@ import type { Principal } from "./Accounts.js"
 
 
 /** Why a direct message still pending when its pair unfriended or blocked was not delivered. */
-const NO_LONGER_FRIENDS = "the sender and the recipient are no longer friends"
+const NO_LONGER_FRIENDS = Store.EndReason.notFriends
 
 export const make = Effect.gen(function* () {
   const users = yield* Store.Users
@@ -56,7 +56,7 @@ export const make = Effect.gen(function* () {
       }
       if (action !== "block" || before.status === "blocked") return []
       const direct = yield* outbox.endPending({ ...pair, recipientType: "user" }, NO_LONGER_FRIENDS)
-      const group = yield* outbox.endPending({ ...pair, recipientType: "group" }, "the recipient no longer receives this sender's messages")
+      const group = yield* outbox.endPending({ ...pair, recipientType: "group" }, Store.EndReason.blocked)
       return [...direct, ...group]
     })
 

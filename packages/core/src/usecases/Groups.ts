@@ -267,6 +267,15 @@ export const make = (friends: Friends) =>
             // Federation: leaving a group of another registry is done at its home.
             const remote = at.membership
             const { groupDeleted } = yield* directory.leaveRemoteGroup(remote, principal)
+            // Done at the home and forgotten here: what was still to be delivered here to the member
+            // of the group's messages ends, as for a group of this registry (a leave that deleted it
+            // there: the group was deleted). An invitation declined had nothing coming.
+            if (remote.status === "active") {
+              yield* announceEnded(yield* outbox.endPending(
+                { _tag: "RemoteMembers", groupId: remote.groupId, homeInstance: remote.homeInstance, userIds: [principal.userId] },
+                groupDeleted ? Store.EndReason.groupDeleted : Store.EndReason.left
+              ))
+            }
             // The home tells its members; the user's own sockets here hear it as for a group of this registry.
             yield* announceLeave([principal.userId], at.address, remote.groupName, principal.username, remote.status === "invited" ? "declined" : "left")
             return { groupDeleted }
@@ -289,8 +298,8 @@ export const make = (friends: Friends) =>
             const invited = ending.flatMap(({ membership: m }) => (m.status === "invited" ? [m.userId] : []))
             yield* apply(change)
             const ended = declined ? [] : change._tag === "DeleteGroup"
-              ? yield* endDeliveries(change, { _tag: "Group", groupId }, "the group was deleted")
-              : yield* endDeliveries(change, { _tag: "Member", groupId, userId: principal.userId }, "the recipient left the group")
+              ? yield* endDeliveries(change, { _tag: "Group", groupId }, Store.EndReason.groupDeleted)
+              : yield* endDeliveries(change, { _tag: "Member", groupId, userId: principal.userId }, Store.EndReason.left)
             const tellNow = yield* tellEnded(group, remote, "deleted", principal)
             return { before, change, declined, ended, group, invited, tellNow }
           }))
@@ -354,7 +363,7 @@ export const make = (friends: Friends) =>
               (m.status === "active" || m.status === "invited") && m.userId !== principal.userId ? [m.userId] : [])
             const remote = yield* remoteMembers(groupId)
             yield* apply(change)
-            const ended = yield* endDeliveries(change, { _tag: "Group", groupId }, "the group was deleted")
+            const ended = yield* endDeliveries(change, { _tag: "Group", groupId }, Store.EndReason.groupDeleted)
             const tellNow = yield* tellEnded(group, remote, "deleted", principal)
             return { before, ended, group, tellNow }
           }))
@@ -384,7 +393,7 @@ export const make = (friends: Friends) =>
             const change = yield* Graph.remove({ actor, target })
             yield* apply(change)
             const ended = target?.status === "active"
-              ? yield* endDeliveries(change, { _tag: "Member", groupId, userId }, "the recipient was removed from the group")
+              ? yield* endDeliveries(change, { _tag: "Member", groupId, userId }, Store.EndReason.removed)
               : []
             const group = yield* groupOf(groupId)
             const removed = yield* users.findById(userId)
