@@ -666,11 +666,14 @@ export const make = Effect.gen(function* () {
         const earlier = yield* deduplicated(principal, input.idempotencyKey)
         if (Option.isSome(earlier)) return yield* repeated(earlier.value)
         return yield* (input.recipientType === "group"
-          ? sendToGroup(principal, input, payloadType, options)
+          // A group send starts again while members leave under it (only its guarded write fails so).
+          // Retried here only: building a retry costs every call, and direct sends are the hot path.
+          ? Effect.retry(sendToGroup(principal, input, payloadType, options), {
+            while: (e) => e._tag === "MembersChanged",
+            times: MEMBERS_CHANGED_RETRIES
+          })
           : sendToUser(principal, input, payloadType, options))
       }).pipe(
-        // A group send started again while members leave under it (only a guarded write fails so).
-        Effect.retry({ while: (e) => e._tag === "MembersChanged", times: MEMBERS_CHANGED_RETRIES }),
         Effect.catchTag("MembersChanged", () =>
           Effect.fail(Errors.Conflict.of("GROUP_CHANGED", "The group's members kept changing during the send; send it again")))
       ),
