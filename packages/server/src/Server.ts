@@ -242,6 +242,9 @@ export const app = (options: ServerOptions = {}) =>
   Layer.unwrapEffect(
     Effect.map(ServerConfig, (config) => {
       const store = SqlStore.layer
+      // One schedule for the engine's deliveries and federation's notices (it was built for each).
+      const schedule = scheduleOf(config, options)
+      const withSchedule: ServerOptions = { ...options, retrySchedule: schedule }
       // Federation is on when an instance name is configured. Its services feed the registry
       // (RemoteDirectory) and the engine (PeerTransport); its routes reuse the same layer.
       const federation: Federation.FederationOptions | undefined = config.instanceName !== undefined
@@ -252,7 +255,7 @@ export const app = (options: ServerOptions = {}) =>
           // Inbound forwards answer before the origin's own first-attempt wait runs out.
           inboundWaitMs: Math.floor(config.firstAttemptWaitMs / 2),
           // Notices to peers (a reject, block or unfriend; a group that ended) back off as deliveries do.
-          retrySchedule: scheduleOf(config, options),
+          retrySchedule: schedule,
           ...options.federation
         }
         : undefined
@@ -281,7 +284,7 @@ export const app = (options: ServerOptions = {}) =>
       // With tracing off, skip the per-request span bookkeeping (URL parse, header redaction).
       const traced = config.tracing ? http : HttpMiddleware.withTracerDisabledWhen(http, () => true)
       return traced.pipe(
-        Layer.provideMerge(registryAndEngine(config, options, remote)),
+        Layer.provideMerge(registryAndEngine(config, withSchedule, remote)),
         Layer.provideMerge(runtimeOf(config, options))
       )
     })
