@@ -75,6 +75,10 @@ export const deliveryStatusEvent = (r: Rollup): RegistryEvent => ({
   recipientUserId: r.recipientUserId
 })
 
+/** Tells each rolled-up delivery's sender of its new state (`deliveryStatusEvent`), in order. */
+export const publishStatuses = (events: EventsService, rollups: ReadonlyArray<Rollup>): Effect.Effect<void> =>
+  Effect.forEach(rollups, (r) => events.publish(deliveryStatusEvent(r)), { discard: true })
+
 /** `message` reached `userId`: waiting in their inbox (`inbox`), or pushed to one of their agents. */
 export const messageReceivedEvent = (
   message: Pick<Message, "id" | "senderName" | "recipientType" | "recipientId" | "payloadType">,

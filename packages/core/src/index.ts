@@ -16,7 +16,7 @@ export {
   type RemoteGroupMembership
 } from "./Directory.js"
 export * as Errors from "./Errors.js"
-export { deliveryStatusEvent, Events, messageReceivedEvent, type RegistryEvent } from "./Events.js"
+export { deliveryStatusEvent, Events, messageReceivedEvent, publishStatuses, type RegistryEvent } from "./Events.js"
 export * as Graph from "./Graph.js"
 export * as Ids from "./Ids.js"
 export * as Migrations from "./sql/Migrations.js"

@@ -43,6 +43,17 @@ const delivery = (recipientUserId: string, primary = true): Store.NewDelivery =>
   primary
 })
 
+/** A new invite-only group named `name`, owned by `ownerId`. */
+const createGroup = (groups: Store.GroupsService, ownerId: string, name: string) =>
+  groups.create({
+    id: Ids.make("grp"),
+    membershipId: Ids.make("mem"),
+    name,
+    description: null,
+    inviteOnly: true,
+    owner: { userId: ownerId, role: "owner", status: "active" }
+  })
+
 const twoUsers = Effect.gen(function* () {
   const users = yield* Store.Users
   const alice = yield* users.create({ id: Ids.make("usr"), username: "alice", displayName: "Alice", instance: null }, { kid: Ids.make("key"), hash: "h1" })
@@ -713,22 +724,8 @@ for (const backend of backends) {
         Effect.gen(function* () {
           const { alice, bob } = yield* twoUsers
           const groups = yield* Store.Groups
-          const g = yield* groups.create({
-            id: Ids.make("grp"),
-            membershipId: Ids.make("mem"),
-            name: "Team",
-            description: null,
-            inviteOnly: true,
-            owner: { userId: alice.id, role: "owner", status: "active" }
-          })
-          const taken = yield* Effect.flip(groups.create({
-            id: Ids.make("grp"),
-            membershipId: Ids.make("mem"),
-            name: "TEAM",
-            description: null,
-            inviteOnly: true,
-            owner: { userId: bob.id, role: "owner", status: "active" }
-          }))
+          const g = yield* createGroup(groups, alice.id, "Team")
+          const taken = yield* Effect.flip(createGroup(groups, bob.id, "TEAM"))
           expect(taken).toMatchObject({ code: "GROUP_EXISTS" })
           const invite = Graph.MembershipChange.Insert({ groupId: g.id, userId: bob.id, role: "member", status: "invited", invitedBy: alice.id })
           yield* groups.apply(invite, Ids.make("mem"))
@@ -747,14 +744,7 @@ for (const backend of backends) {
       const groupWithBob = Effect.gen(function* () {
         const { alice, bob } = yield* twoUsers
         const groups = yield* Store.Groups
-        const g = yield* groups.create({
-          id: Ids.make("grp"),
-          membershipId: Ids.make("mem"),
-          name: "Team",
-          description: null,
-          inviteOnly: true,
-          owner: { userId: alice.id, role: "owner", status: "active" }
-        })
+        const g = yield* createGroup(groups, alice.id, "Team")
         const membershipId = Ids.make("mem")
         yield* groups.apply(
           Graph.MembershipChange.Insert({ groupId: g.id, userId: bob.id, role: "member", status: "active", invitedBy: alice.id }),
@@ -906,14 +896,7 @@ for (const backend of backends) {
           expect(yield* outbox.endPending({ ...scope, userIds: [] }, "nobody")).toEqual([])
 
           // A peer naming a group of this registry as its own reaches none of its deliveries.
-          const local = yield* groups.create({
-            id: Ids.make("grp"),
-            membershipId: Ids.make("mem"),
-            name: "Team",
-            description: null,
-            inviteOnly: true,
-            owner: { userId: alice.id, role: "owner", status: "active" }
-          })
+          const local = yield* createGroup(groups, alice.id, "Team")
           const forwardedToLocal = message({
             senderId: carol.id,
             recipientId: local.id,

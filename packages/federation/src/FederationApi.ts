@@ -9,7 +9,7 @@
  */
 import { HttpApiBuilder, HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import type { SqlError } from "@effect/sql/SqlError"
-import { deliveryStatusEvent, Errors, Events, Ids, Registry, Store, Username } from "@mahilo/core"
+import { Errors, Events, Ids, publishStatuses, Registry, Store, Username } from "@mahilo/core"
 import { Cause, Duration, Effect, Either, Option, Schema } from "effect"
 import { FederationConfig } from "./FederationConfig.js"
 import * as Handshake from "./Handshake.js"
@@ -466,7 +466,7 @@ export const layer = HttpApiBuilder.Router.use((router) =>
             return { forgotten, rollups }
           }))
           // Committed: the senders hear it (and the relay reports it to where a message came from).
-          for (const r of rollups) yield* events.publish(deliveryStatusEvent(r))
+          yield* publishStatuses(events, rollups)
           const first = forgotten[0]
           if (first !== undefined) {
             // Those who still know another registry's group by this id knew this one as `id@home`.

@@ -140,6 +140,7 @@ export const make = Effect.gen(function* () {
       if (scheduled.has(peerId)) return Effect.void
       scheduled.add(peerId)
       return Effect.sleep(afterMs).pipe(
+        // Unmarked before the fetch: if its token was spent meanwhile, the fetch schedules the next one.
         Effect.zipRight(Effect.sync(() => scheduled.delete(peerId))),
         // The peer as it is now: still trusted, at the base URL it has now.
         Effect.zipRight(Effect.orDie(store.findPeer(peerId))),
@@ -147,7 +148,6 @@ export const make = Effect.gen(function* () {
           onNone: () => Effect.void,
           onSome: (peer) => (peer.status === "trusted" ? Effect.asVoid(refetchKeys(peer)) : Effect.void)
         })),
-        Effect.ensuring(Effect.sync(() => scheduled.delete(peerId))),
         Effect.forkIn(scope),
         Effect.asVoid
       )

@@ -188,11 +188,13 @@ export const analyzeIfGrown = (client: SqlClient.SqlClient, policy: AnalyzePolic
  * Vacuums and analyzes the outbox tables, every 5 minutes. PGlite runs
  * PostgreSQL without its background workers, so nothing autovacuums: the
  * outbox tables, updated once or twice per delivery, would only ever grow. It
- * is a short pause for other statements (it shares the one connection). The
- * statistics come from a 3,000-row sample (target 10), enough for these plans:
- * with 100,000 to 300,000 rows the pause was 190-250 ms against 430-610 ms
- * with the default sample. VACUUM cannot run in a multi-statement call, so the
- * setting is a call of its own.
+ * is a pause for other statements (it shares the one connection): for
+ * 100,000 to 300,000 rows in isolation 190-250 ms (430-610 ms with the
+ * default statistics sample), but about 1.2 s at 280,000 messages under sends,
+ * where every row was updated once after its insert (deliveries 637 ms,
+ * messages 551 ms, the analyze 101 ms; BENCHMARKS.md). The statistics come from
+ * a 3,000-row sample (target 10), enough for these plans. VACUUM cannot run in
+ * a multi-statement call, so the setting is a call of its own.
  */
 export const vacuum = (client: SqlClient.SqlClient) =>
   Effect.all([

@@ -5,7 +5,7 @@ import { CallbackUrls } from "../CallbackUrls.js"
 import { RemoteDirectory } from "../Directory.js"
 import * as Errors from "../Errors.js"
 import * as StoredText from "../StoredText.js"
-import { deliveryStatusEvent, Events, messageReceivedEvent, type RegistryEvent } from "../Events.js"
+import { deliveryStatusEvent, Events, messageReceivedEvent, publishStatuses, type RegistryEvent } from "../Events.js"
 import * as Ids from "../Ids.js"
 import * as Routing from "../Routing.js"
 import * as Store from "../Store.js"
@@ -95,7 +95,7 @@ export const announceRerouted = (publish: (event: RegistryEvent) => Effect.Effec
   Effect.gen(function* () {
     yield* announceMoved(publish, rerouted.moved.filter((d) => d.from === "agent" && d.to === "inbox"), "inbox")
     yield* announceMoved(publish, rerouted.moved.filter((d) => d.to === "agent"), "agent")
-    for (const f of rerouted.failed) yield* publish(deliveryStatusEvent(f))
+    yield* publishStatuses({ publish }, rerouted.failed)
     for (const d of rerouted.dropped) {
       if (d.messageStatus === "delivered" || d.messageStatus === "failed") {
         yield* publish(deliveryStatusEvent({ ...d, deliveryStatus: d.messageStatus }))

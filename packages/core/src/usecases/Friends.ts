@@ -2,16 +2,13 @@
 import { Effect, Either, Option } from "effect"
 import { type FriendshipMirror, RemoteDirectory } from "../Directory.js"
 import * as Errors from "../Errors.js"
-import { deliveryStatusEvent, Events } from "../Events.js"
+import { Events, publishStatuses } from "../Events.js"
 import * as Graph from "../Graph.js"
 import * as Ids from "../Ids.js"
 import * as Store from "../Store.js"
 import * as Username from "../Username.js"
 import type { Principal } from "./Accounts.js"
 
-
-/** Why a direct message still pending when its pair unfriended or blocked was not delivered. */
-const NO_LONGER_FRIENDS = Store.EndReason.notFriends
 
 export const make = Effect.gen(function* () {
   const users = yield* Store.Users
@@ -52,10 +49,10 @@ export const make = Effect.gen(function* () {
     Effect.gen(function* () {
       const pair = { _tag: "Pair" as const, a: before.requesterId, b: before.addresseeId }
       if (action === "unfriend" && before.status === "accepted") {
-        return yield* outbox.endPending({ ...pair, recipientType: "user" }, NO_LONGER_FRIENDS)
+        return yield* outbox.endPending({ ...pair, recipientType: "user" }, Store.EndReason.notFriends)
       }
       if (action !== "block" || before.status === "blocked") return []
-      const direct = yield* outbox.endPending({ ...pair, recipientType: "user" }, NO_LONGER_FRIENDS)
+      const direct = yield* outbox.endPending({ ...pair, recipientType: "user" }, Store.EndReason.notFriends)
       const group = yield* outbox.endPending({ ...pair, recipientType: "group" }, Store.EndReason.blocked)
       return [...direct, ...group]
     })
@@ -99,7 +96,7 @@ export const make = Effect.gen(function* () {
       }))
       // Committed: the first try at telling their registry, as a send's first attempt is made inline.
       yield* tellNow
-      for (const r of ended) yield* events.publish(deliveryStatusEvent(r))
+      yield* publishStatuses(events, ended)
       return { row: locked, updated }
     })
 

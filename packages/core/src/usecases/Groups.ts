@@ -3,7 +3,7 @@ import { Effect, Option } from "effect"
 import { groupAddresses, localGroupId, parseGroupAddress, qualifiedGroupAddress, RemoteDirectory, type RemoteGroupMembership } from "../Directory.js"
 import * as Errors from "../Errors.js"
 import * as StoredText from "../StoredText.js"
-import { deliveryStatusEvent, Events } from "../Events.js"
+import { Events, publishStatuses } from "../Events.js"
 import * as Graph from "../Graph.js"
 import * as Ids from "../Ids.js"
 import * as Store from "../Store.js"
@@ -136,10 +136,6 @@ export const make = (friends: Friends) =>
     const endDeliveries = (change: Graph.MembershipChange, scope: Store.EndedRelationship, reason: string) =>
       change._tag === "Delete" || change._tag === "DeleteGroup" ? outbox.endPending(scope, reason) : Effect.succeed([])
 
-    /** The senders hear that those deliveries failed, once the change committed. */
-    const announceEnded = (rollups: ReadonlyArray<Store.Rollup>) =>
-      Effect.forEach(rollups, (r) => events.publish(deliveryStatusEvent(r)), { discard: true })
-
     /** Federation: the members (active or invited) who are users of other registries. */
     const remoteMembers = (groupId: string) =>
       Effect.map(groups.members(groupId), (ms) => ms.map((m) => m.user).filter((u) => u.instance !== null))
@@ -271,7 +267,7 @@ export const make = (friends: Friends) =>
             // of the group's messages ends, as for a group of this registry (a leave that deleted it
             // there: the group was deleted). An invitation declined had nothing coming.
             if (remote.status === "active") {
-              yield* announceEnded(yield* outbox.endPending(
+              yield* publishStatuses(events, yield* outbox.endPending(
                 { _tag: "RemoteMembers", groupId: remote.groupId, homeInstance: remote.homeInstance, userIds: [principal.userId] },
                 groupDeleted ? Store.EndReason.groupDeleted : Store.EndReason.left
               ))
@@ -304,7 +300,7 @@ export const make = (friends: Friends) =>
             return { before, change, declined, ended, group, invited, tellNow }
           }))
           yield* tellNow
-          yield* announceEnded(ended)
+          yield* publishStatuses(events, ended)
           yield* announceLeave(before, groupId, group.name, principal.username, declined ? "declined" : "left")
           yield* announceLeave(invited, groupId, group.name, principal.username, "deleted")
           return { groupDeleted: change._tag === "DeleteGroup" }
@@ -368,7 +364,7 @@ export const make = (friends: Friends) =>
             return { before, ended, group, tellNow }
           }))
           yield* tellNow
-          yield* announceEnded(ended)
+          yield* publishStatuses(events, ended)
           yield* announceLeave(before, groupId, group.name, principal.username, "deleted")
         }),
 
@@ -403,7 +399,7 @@ export const make = (friends: Friends) =>
             return { before, ended, group, removed, tellNow }
           }))
           yield* tellNow
-          yield* announceEnded(ended)
+          yield* publishStatuses(events, ended)
           // As for a leave: everyone active before hears it, the removed member too (also when only invited).
           if (Option.isSome(removed)) {
             yield* announceLeave(before.includes(userId) ? before : [...before, userId], groupId, group.name, removed.value.username, "removed")

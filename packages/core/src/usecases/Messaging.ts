@@ -8,7 +8,7 @@
 import { Data, type Duration, Effect, Either, Option } from "effect"
 import { parseGroupAddress, qualifiedGroupAddress, RemoteDirectory, type RemoteGroupMembership } from "../Directory.js"
 import * as Errors from "../Errors.js"
-import { deliveryStatusEvent, Events, messageReceivedEvent } from "../Events.js"
+import { Events, messageReceivedEvent, publishStatuses } from "../Events.js"
 import * as Graph from "../Graph.js"
 import * as Ids from "../Ids.js"
 import * as Policy from "../Policy.js"
@@ -802,7 +802,7 @@ export const make = Effect.gen(function* () {
       Effect.gen(function* () {
         if (messageIds.length > 100) return yield* invalid("At most 100 message ids per acknowledgement")
         const rolled = yield* outbox.acknowledge(principal.userId, messageIds)
-        for (const r of rolled) yield* events.publish(deliveryStatusEvent(r))
+        yield* publishStatuses(events, rolled)
         return { acknowledged: [...new Set(rolled.map((r) => r.messageId))] }
       })
   }
