@@ -413,16 +413,17 @@ export interface MessagesService {
    * idempotency key is `409 DUPLICATE` (the caller re-reads the first message).
    * When `leaseOwner` is given, the deliveries are inserted already leased to it.
    * Concurrent calls may share one statement; each answers once its own rows
-   * are committed, with its own outcome. With a `guard` (a group send), the
-   * message is written only if the group still exists with the members version
-   * the send read its members at, checked under a share lock on the group's row
-   * in the writing statement; answers whether it was written (always true without one).
+   * are committed, with its own outcome. With a `guard`, the message is
+   * written only if the relationship the send was decided on still stands
+   * (see `SendGuard`), checked under a share lock on its rows in the writing
+   * statement or transaction; answers whether it was written (always true
+   * without one).
    */
   readonly insert: (
     message: Message,
     deliveries: ReadonlyArray<NewDelivery>,
     lease: Option.Option<{ readonly owner: string; readonly until: Date }>,
-    guard?: MembersGuard
+    guard?: SendGuard
   ) => Effect.Effect<boolean, SqlError | Errors.Conflict>
   readonly deliveriesOf: (messageId: string) => Effect.Effect<ReadonlyArray<Delivery>, SqlError>
   readonly history: (
@@ -438,10 +439,39 @@ export interface MessagesService {
   readonly purge: (step: PurgeStep) => Effect.Effect<PurgeStepResult, SqlError>
 }
 
-/** The group members version a group send read its members at. */
+/**
+ * What a send read and decided on, checked again where its message is written,
+ * so that a relationship ending meanwhile (a block, an unfriend, a member
+ * leaving or removed) either comes after the write, and ends its deliveries,
+ * or before it, and the send is decided again. The rows read are share-locked
+ * by the write; the statements that end a relationship lock them for update.
+ */
+export type SendGuard = MembersGuard | FriendsGuard | RemoteMembersGuard
+
+/** A group send: the group still has the members version the send read its members at. */
 export interface MembersGuard {
+  readonly _tag: "Members"
   readonly groupId: string
   readonly membersVersion: number
+}
+
+/** A direct send: the sender and the recipient are still friends. */
+export interface FriendsGuard {
+  readonly _tag: "Friends"
+  readonly a: string
+  readonly b: string
+}
+
+/**
+ * A send to a group of another registry: these local users are still its
+ * active members here (the home has not removed them nor deleted the group,
+ * and they have not left it).
+ */
+export interface RemoteMembersGuard {
+  readonly _tag: "RemoteMembers"
+  readonly groupId: string
+  readonly homeInstance: string
+  readonly userIds: ReadonlyArray<string>
 }
 
 export class Messages extends Context.Tag("@mahilo/core/Messages")<Messages, MessagesService>() {}

@@ -763,7 +763,7 @@ for (const backend of backends) {
           // Bob leaves after the send read the members.
           yield* groups.apply(Graph.MembershipChange.Delete({ id: membershipId }), "")
           expect(Option.getOrThrow(yield* groups.find(g.id)).membersVersion).toBe(1)
-          const stale = { groupId: g.id, membersVersion: read.membersVersion }
+          const stale = { _tag: "Members" as const, groupId: g.id, membersVersion: read.membersVersion }
           const alone = toBob()
           expect(yield* messages.insert(alone, [delivery(bob.id)], Option.none(), stale)).toBe(false)
           expect(Option.isNone(yield* messages.find(alone.id))).toBe(true)
@@ -771,7 +771,7 @@ for (const backend of backends) {
           const batch = [toBob(), toBob(), message({ senderId: bob.id, recipientId: bob.id })]
           const written = yield* Effect.all([
             messages.insert(batch[0]!, [delivery(bob.id)], Option.none(), stale),
-            messages.insert(batch[1]!, [delivery(bob.id)], Option.none(), { groupId: g.id, membersVersion: 1 }),
+            messages.insert(batch[1]!, [delivery(bob.id)], Option.none(), { _tag: "Members", groupId: g.id, membersVersion: 1 }),
             messages.insert(batch[2]!, [delivery(bob.id)], Option.none())
           ], { concurrency: "unbounded" })
           expect(written).toEqual([false, true, true])
@@ -781,7 +781,7 @@ for (const backend of backends) {
           const many = Array.from({ length: 20 }, () => delivery(bob.id, false))
           expect(yield* messages.insert(toBob(), many, Option.none(), stale)).toBe(false)
           const current = toBob()
-          expect(yield* messages.insert(current, many, Option.none(), { groupId: g.id, membersVersion: 1 })).toBe(true)
+          expect(yield* messages.insert(current, many, Option.none(), { _tag: "Members", groupId: g.id, membersVersion: 1 })).toBe(true)
           expect(yield* messages.deliveriesOf(current.id)).toHaveLength(20)
         }))
 
@@ -803,6 +803,7 @@ for (const backend of backends) {
           // the group's row (FOR SHARE); on PGlite for the removal's transaction to end.
           const m = toBob()
           const write = yield* Effect.fork(messages.insert(m, [delivery(bob.id)], Option.none(), {
+            _tag: "Members",
             groupId: g.id,
             membersVersion: read.membersVersion
           }))
@@ -812,6 +813,123 @@ for (const backend of backends) {
           yield* Fiber.join(removal)
           expect(yield* Fiber.join(write)).toBe(false)
           expect(Option.isNone(yield* messages.find(m.id))).toBe(true)
+        }))
+
+      /** Alice and Bob as friends (Alice asked), with the row's id. */
+      const friendsAliceBob = Effect.gen(function* () {
+        const { alice, bob } = yield* twoUsers
+        const friendships = yield* Store.Friendships
+        const id = Ids.make("fr")
+        yield* friendships.apply(Graph.FriendshipChange.Insert({ requesterId: alice.id, addresseeId: bob.id, status: "pending" }), id)
+        yield* friendships.apply(Graph.FriendshipChange.Update({ id, status: "accepted", blockedBy: null }), id)
+        return { alice, bob, friendships, id }
+      })
+
+      it.effect("a direct send's write is refused once the pair is no longer friends, alone or in a batch, either side named first", () =>
+        Effect.gen(function* () {
+          const { alice, bob, friendships, id } = yield* friendsAliceBob
+          const { g } = yield* Effect.gen(function* () {
+            const groups = yield* Store.Groups
+            return { g: yield* createGroup(groups, alice.id, "Side") }
+          })
+          const messages = yield* Store.Messages
+          const toBob = () => message({ senderId: alice.id, recipientId: bob.id })
+          const pair = { _tag: "Friends" as const, a: alice.id, b: bob.id }
+          const reversed = { _tag: "Friends" as const, a: bob.id, b: alice.id }
+          // Friends: written, whichever of the two the guard names first.
+          expect(yield* messages.insert(toBob(), [delivery(bob.id)], Option.none(), pair)).toBe(true)
+          expect(yield* messages.insert(toBob(), [delivery(bob.id)], Option.none(), reversed)).toBe(true)
+          // Bob blocks Alice: a send decided before that writes nothing, alone or in a batch with
+          // a send of another pair, a group send and an unguarded one.
+          yield* friendships.apply(Graph.FriendshipChange.Update({ id, status: "blocked", blockedBy: bob.id }), id)
+          const alone = toBob()
+          expect(yield* messages.insert(alone, [delivery(bob.id)], Option.none(), pair)).toBe(false)
+          expect(Option.isNone(yield* messages.find(alone.id))).toBe(true)
+          const users = yield* Store.Users
+          const carol = yield* users.create({ id: Ids.make("usr"), username: "carol", displayName: null, instance: null }, {
+            kid: Ids.make("key"),
+            hash: "h3"
+          })
+          const other = Ids.make("fr")
+          yield* friendships.apply(Graph.FriendshipChange.Insert({ requesterId: carol.id, addresseeId: alice.id, status: "pending" }), other)
+          yield* friendships.apply(Graph.FriendshipChange.Update({ id: other, status: "accepted", blockedBy: null }), other)
+          const batch = [
+            toBob(),
+            message({ senderId: alice.id, recipientId: carol.id }),
+            message({ senderId: alice.id, recipientId: g.id, recipientType: "group", recipientName: "Side" }),
+            message({ senderId: bob.id, recipientId: bob.id })
+          ]
+          const written = yield* Effect.all([
+            messages.insert(batch[0]!, [delivery(bob.id)], Option.none(), pair),
+            messages.insert(batch[1]!, [delivery(carol.id)], Option.none(), { _tag: "Friends", a: alice.id, b: carol.id }),
+            messages.insert(batch[2]!, [delivery(carol.id)], Option.none(), { _tag: "Members", groupId: g.id, membersVersion: 0 }),
+            messages.insert(batch[3]!, [delivery(bob.id)], Option.none())
+          ], { concurrency: "unbounded" })
+          expect(written).toEqual([false, true, true, true])
+          expect(Option.isNone(yield* messages.find(batch[0]!.id))).toBe(true)
+          for (const m of batch.slice(1)) expect(yield* messages.deliveriesOf(m.id)).toHaveLength(1)
+          // Unfriended (the row gone): refused too.
+          yield* friendships.apply(Graph.FriendshipChange.Delete({ id: other }), other)
+          expect(yield* messages.insert(message({ senderId: alice.id, recipientId: carol.id }), [delivery(carol.id)], Option.none(), {
+            _tag: "Friends",
+            a: carol.id,
+            b: alice.id
+          })).toBe(false)
+        }))
+
+      it.effect("a direct send writing while a block holds the friendship's row writes nothing once the block commits", () =>
+        Effect.gen(function* () {
+          const { alice, bob, friendships, id } = yield* friendsAliceBob
+          const messages = yield* Store.Messages
+          const locked = yield* Deferred.make<void>()
+          const commit = yield* Deferred.make<void>()
+          // The block: the row locked and changed, then it waits before committing.
+          const block = yield* Effect.fork(friendships.atomically(Effect.gen(function* () {
+            yield* friendships.findLocked(id)
+            yield* friendships.apply(Graph.FriendshipChange.Update({ id, status: "blocked", blockedBy: bob.id }), id)
+            yield* Deferred.succeed(locked, undefined)
+            yield* Deferred.await(commit)
+          })))
+          yield* Deferred.await(locked)
+          // The send's write, decided while they were friends: on PostgreSQL it waits for the
+          // friendship's row (FOR SHARE); on PGlite for the block's transaction to end.
+          const m = message({ senderId: alice.id, recipientId: bob.id })
+          const write = yield* Effect.fork(messages.insert(m, [delivery(bob.id)], Option.none(), { _tag: "Friends", a: alice.id, b: bob.id }))
+          // A moment (real time: these tests run on the test clock) for the write to reach the database.
+          yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 200)))
+          yield* Deferred.succeed(commit, undefined)
+          yield* Fiber.join(block)
+          expect(yield* Fiber.join(write)).toBe(false)
+          expect(Option.isNone(yield* messages.find(m.id))).toBe(true)
+        }))
+
+      it.effect("a send to a remote group's local members is refused once one of them is no longer an active member here", () =>
+        Effect.gen(function* () {
+          const { alice, bob } = yield* twoUsers
+          const messages = yield* Store.Messages
+          const sql = yield* SqlClient.SqlClient
+          const member = (userId: string, status: "active" | "invited") =>
+            sql`
+              INSERT INTO remote_group_members (group_id, user_id, home_instance, group_name, status, member_count, invited_by)
+              VALUES ('grp_far', ${userId}, 'far.example', 'Far', ${status}, 3, 'zed')`
+          yield* member(alice.id, "active")
+          yield* member(bob.id, "active")
+          const toGroup = () => message({ senderId: alice.id, recipientId: "grp_far", recipientType: "group", recipientName: "Far" })
+          const guard = (userIds: ReadonlyArray<string>, homeInstance = "far.example") =>
+            ({ _tag: "RemoteMembers" as const, groupId: "grp_far", homeInstance, userIds })
+          const both = toGroup()
+          expect(yield* messages.insert(both, [delivery(alice.id), delivery(bob.id)], Option.none(), guard([alice.id, bob.id]))).toBe(true)
+          expect(yield* messages.deliveriesOf(both.id)).toHaveLength(2)
+          // Another registry's group of the same id does not stand for it.
+          expect(yield* messages.insert(toGroup(), [delivery(bob.id)], Option.none(), guard([bob.id], "near.example"))).toBe(false)
+          // Bob was removed at the home (his row here gone), or is only invited.
+          yield* sql`DELETE FROM remote_group_members WHERE user_id = ${bob.id}`
+          const stale = toGroup()
+          expect(yield* messages.insert(stale, [delivery(alice.id), delivery(bob.id)], Option.none(), guard([alice.id, bob.id]))).toBe(false)
+          expect(Option.isNone(yield* messages.find(stale.id))).toBe(true)
+          yield* member(bob.id, "invited")
+          expect(yield* messages.insert(toGroup(), [delivery(bob.id)], Option.none(), guard([bob.id]))).toBe(false)
+          expect(yield* messages.insert(toGroup(), [delivery(alice.id)], Option.none(), guard([alice.id]))).toBe(true)
         }))
 
       it.effect("endPending fails a relationship's pending deliveries with the reason, rolled up; one in an attempt only when it does not deliver", () =>

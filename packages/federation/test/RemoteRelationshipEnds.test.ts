@@ -134,6 +134,47 @@ for (const { name: backend } of TestDatabase.backends) {
       expect(g.carolAgent.countFor(forwarded)).toBe(1)
     }, 60_000)
 
+    // Needs the removal's transaction held open in another session of b's database: PostgreSQL only.
+    it.runIf(backend === "postgres")("a forward the home sends while its removal of a member here is being written skips that member", async () => {
+      const g = await remoteGroup()
+      // On b, the removal notice's transaction: bob's membership row deleted, not yet committed.
+      let locked!: () => void
+      const isLocked = new Promise<void>((resolve) => (locked = resolve))
+      let release!: () => void
+      const released = new Promise<void>((resolve) => (release = resolve))
+      const removal = run(b.sql((sql) =>
+        sql.withTransaction(Effect.gen(function* () {
+          yield* sql`
+            DELETE FROM remote_group_members
+            WHERE group_id = ${g.id} AND user_id = (SELECT id FROM users WHERE username = ${g.bob.username})`
+          locked()
+          yield* Effect.promise(() => released)
+        }))
+      ))
+      await isLocked
+      // The home's forward reads bob and carol as members (the removal is not committed) and waits
+      // to write for bob's row.
+      const sending = fromHome(g, "who is in?")()
+      await run(Fixtures.eventually(
+        b.sql((sql) =>
+          sql<{ n: number }>`
+            SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`
+        ),
+        (rows) => rows[0]!.n > 0,
+        { label: "the forward's write waits for bob's membership row" }
+      ))
+      release()
+      await removal
+      const messageId = await sending
+      // Decided again without bob: carol has it, bob has nothing of it here.
+      await run(Fixtures.eventually(Effect.sync(() => g.carolAgent.countFor(messageId)), (n) => n === 1, {
+        label: "carol has the message"
+      }))
+      await pastTheRetry()
+      expect(g.bobAgent.countFor(messageId)).toBe(0)
+      expect(await run(bobsView(g.bob, messageId))).toBeUndefined()
+    }, 60_000)
+
     it("the home deleting the group ends what is pending of its messages here", async () => {
       const g = await remoteGroup()
       const messageId = await queuedForBob(g.bob, g.bobAgent, fromHome(g, "last trip"))

@@ -501,7 +501,7 @@ interface NewMessage {
   readonly message: Store.Message
   readonly deliveries: ReadonlyArray<Store.NewDelivery>
   readonly lease: Option.Option<{ readonly owner: string; readonly until: Date }>
-  readonly guard: Store.MembersGuard | undefined
+  readonly guard: Store.SendGuard | undefined
 }
 
 /** A send with at most this many deliveries joins its concurrent sends' batch; a bigger one is written alone. */
@@ -539,7 +539,38 @@ export const makeMessages = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
   const inboxes = yield* ReadCache.keyedVersions(sql, "inboxes")
 
-  /** One message and its deliveries, in one statement (or a transaction, for a big fan-out). */
+  /**
+   * Whether a guard's relationship still stands, share-locking its rows until
+   * the transaction this runs in ends (see `manyStatement` for why that is
+   * race-free).
+   */
+  const stands = (guard: Store.SendGuard): Effect.Effect<boolean, SqlError> => {
+    switch (guard._tag) {
+      case "Members":
+        return Effect.map(
+          sql`SELECT id FROM groups WHERE id = ${guard.groupId} AND members_version = ${guard.membersVersion} FOR SHARE`,
+          (rows) => rows.length > 0
+        )
+      case "Friends":
+        return Effect.map(
+          sql`SELECT id FROM friendships WHERE ${acceptedPair(sql, guard.a, guard.b)} FOR SHARE`,
+          (rows) => rows.length > 0
+        )
+      case "RemoteMembers": {
+        const userIds = [...new Set(guard.userIds)]
+        return userIds.length === 0 ? Effect.succeed(true) : Effect.map(
+          sql`
+            SELECT user_id FROM remote_group_members
+            WHERE group_id = ${guard.groupId} AND home_instance = ${guard.homeInstance} AND user_id IN ${sql.in(userIds)}
+              AND status = 'active'
+            FOR SHARE`,
+          (rows) => rows.length === userIds.length
+        )
+      }
+    }
+  }
+
+  /** One message and its deliveries, in one statement (or a transaction, for a big fan-out or a remote group's members). */
   const insertOne = (item: NewMessage): Effect.Effect<boolean, SqlError | Errors.Conflict> => {
     const m = item.message
     const insertMessage = sql`
@@ -561,16 +592,16 @@ export const makeMessages = Effect.gen(function* () {
     )
     const guard = item.guard
     // Up to one batch of deliveries, message and deliveries are a single statement (atomic by
-    // itself, no BEGIN/COMMIT round trips); a bigger fan-out takes a transaction. A group send's
-    // guard is checked in that same statement (see `manyStatement`), or, in the transaction, by
-    // its first statement, whose share lock on the group's row is held until the commit.
-    const write: Effect.Effect<boolean, SqlError> = guard !== undefined && rows.length <= DELIVERY_BATCH
+    // itself, no BEGIN/COMMIT round trips); a bigger fan-out takes a transaction. A group's or a
+    // friendship's guard is checked in that same statement (see `manyStatement`); in the
+    // transaction, and for a remote group's members always, by its first statement, whose share
+    // locks are held until the commit.
+    const write: Effect.Effect<boolean, SqlError> = guard !== undefined && guard._tag !== "RemoteMembers" &&
+        rows.length <= DELIVERY_BATCH
       ? Effect.map(manyStatement([item], true), (written) => written.length > 0)
       : guard !== undefined
       ? sql.withTransaction(Effect.gen(function* () {
-        const standing = yield* sql`
-          SELECT id FROM groups WHERE id = ${guard.groupId} AND members_version = ${guard.membersVersion} FOR SHARE`
-        if (standing.length === 0) return false
+        if (!(yield* stands(guard))) return false
         yield* insertMessage
         yield* insertDeliveries
         return true
@@ -588,33 +619,39 @@ export const makeMessages = Effect.gen(function* () {
 
   /**
    * Messages with their deliveries in one statement. Unguarded, the message
-   * rows and then the delivery rows are inserted as given. Guarded (some are
-   * group sends), each group's row is read under a share lock first (`FOR
-   * SHARE`, the lock every membership change's `FOR UPDATE` waits for, and
-   * waits for), and a group message, with its deliveries, is written only if
-   * its group still has the members version the send read; answers the ids of
-   * the messages written. Why that is race-free: a removal locks the group's
-   * row, deletes the membership, moves the version and ends the member's pending
-   * deliveries in one transaction. If this statement locks the row first, the
-   * removal waits until these deliveries are committed, and then ends them
-   * (its statements each see what committed before them: READ COMMITTED). If the
-   * removal locks it first, this statement waits, and PostgreSQL then reads
-   * the row as the removal left it (a locked row is fetched again at its newest
-   * version), so it sees the new version (or no group) and writes nothing. On
-   * PGlite statements and transactions take turns, so the removal comes wholly
-   * before or after this statement.
+   * rows and then the delivery rows are inserted as given. Guarded (group
+   * sends, direct sends), the rows a guard names are read under a share lock
+   * first (`FOR SHARE`: each group's row, each pair's friendship row; the lock
+   * every change of them waits for, and waits for), and a message, with its
+   * deliveries, is written only if what its send read still stands: its
+   * group has the members version the send read, its pair is still friends.
+   * Answers the ids of the messages written. Why that is race-free: a removal
+   * (or a block, an unfriend) locks the group's (the friendship's) row,
+   * changes it and ends the pending deliveries it covered in one
+   * transaction. If this statement locks the row first, the change waits
+   * until these deliveries are committed, and then ends them (its statements
+   * each see what committed before them: READ COMMITTED). If the change locks
+   * it first, this statement waits, and PostgreSQL then reads the row as the
+   * change left it (a locked row is fetched again at its newest version), so
+   * it sees the new version (or no group, no friendship) and writes nothing.
+   * On PGlite statements and transactions take turns, so the change comes
+   * wholly before or after this statement.
    */
   const manyStatement = (items: ReadonlyArray<NewMessage>, guarded: boolean) => {
     const ms = items.map((i) => i.message)
     const ds = items.flatMap(deliveryRows)
     const col = <A>(f: (m: Store.Message) => A) => ms.map(f)
     const dcol = <K extends keyof (typeof ds)[number]>(k: K) => ds.map((d) => d[k])
-    const guardGroups = items.map((i) => i.guard?.groupId ?? null)
+    const members = items.map((i) => (i.guard?._tag === "Members" ? i.guard : undefined))
+    const friends = items.map((i) => (i.guard?._tag === "Friends" ? i.guard : undefined))
+    const byGroup = members.some((g) => g !== undefined)
+    const byPair = friends.some((f) => f !== undefined)
+    const guardColumns = guarded ? sql`, guard_group, guard_version, guard_a, guard_b` : sql``
     const messageValues = sql`
         SELECT id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
           recipient_name, correlation_id, idempotency_key, payload_type, message, context, encryption::jsonb,
           sender_signature::jsonb, status, rejection_reason, recipients, delivered_count, failed_count, origin_instance,
-          recipient_routing::jsonb, created_at, delivered_at${guarded ? sql`, guard_group, guard_version` : sql``}
+          recipient_routing::jsonb, created_at, delivered_at${guardColumns}
         FROM unnest(${col((m) => m.id)}::text[], ${col((m) => m.senderId)}::text[], ${col((m) => m.senderName)}::text[],
           ${col((m) => m.senderConnectionId)}::text[], ${col((m) => m.senderAgent)}::text[], ${col((m) => m.recipientType)}::text[],
           ${col((m) => m.recipientId)}::text[], ${col((m) => m.recipientName)}::text[], ${col((m) => m.correlationId)}::text[],
@@ -625,12 +662,15 @@ export const makeMessages = Effect.gen(function* () {
           ${col((m) => m.failedCount)}::int[], ${col((m) => m.originInstance)}::text[],
           ${col((m) => Rows.json(m.recipientRouting))}::text[], ${col((m) => m.createdAt)}::timestamptz[],
           ${col((m) => m.deliveredAt)}::timestamptz[]${
-      guarded ? sql`, ${guardGroups}::text[], ${items.map((i) => i.guard?.membersVersion ?? null)}::int[]` : sql``
+      guarded
+        ? sql`, ${members.map((g) => g?.groupId ?? null)}::text[], ${members.map((g) => g?.membersVersion ?? null)}::int[],
+          ${friends.map((f) => f?.a ?? null)}::text[], ${friends.map((f) => f?.b ?? null)}::text[]`
+        : sql``
     })
           AS v(id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
             recipient_name, correlation_id, idempotency_key, payload_type, message, context, encryption, sender_signature,
             status, rejection_reason, recipients, delivered_count, failed_count, origin_instance, recipient_routing,
-            created_at, delivered_at${guarded ? sql`, guard_group, guard_version` : sql``})`
+            created_at, delivered_at${guardColumns})`
     const messageColumns = sql`id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
           recipient_name, correlation_id, idempotency_key, payload_type, message, context, encryption, sender_signature,
           status, rejection_reason, recipients, delivered_count, failed_count, origin_instance, recipient_routing,
@@ -654,17 +694,36 @@ export const makeMessages = Effect.gen(function* () {
         ms.map((m) => m.id)
       )
     }
-    // A guarded message always has deliveries (see `insert`): it was written if they were.
+    // Only the guards a batch holds are read: direct sends alone (the usual batch) lock their
+    // friendships and read no group. A guarded message always has deliveries (see `insert`): it
+    // was written if they were.
+    const groupLock = byGroup
+      ? sql`g AS (
+          SELECT id, members_version FROM groups
+          WHERE id IN (SELECT unnest(${members.map((g) => g?.groupId ?? null)}::text[])) FOR SHARE
+        ), `
+      : sql``
+    const pairLock = byPair
+      ? sql`f AS (
+          SELECT fr.requester_id, fr.addressee_id FROM friendships fr
+          JOIN unnest(${friends.map((f) => f?.a ?? null)}::text[], ${friends.map((f) => f?.b ?? null)}::text[]) AS p(a, b)
+            ON ${acceptedBetween(sql, sql`p.a`, sql`p.b`)}
+          FOR SHARE OF fr
+        ), `
+      : sql``
+    const groupStands = byGroup
+      ? sql`(v.guard_group IS NULL OR EXISTS (SELECT 1 FROM g WHERE g.id = v.guard_group AND g.members_version = v.guard_version))`
+      : sql`v.guard_group IS NULL`
+    const pairStands = byPair
+      ? sql`(v.guard_a IS NULL OR EXISTS (SELECT 1 FROM f
+          WHERE (f.requester_id = v.guard_a AND f.addressee_id = v.guard_b) OR (f.requester_id = v.guard_b AND f.addressee_id = v.guard_a)))`
+      : sql`v.guard_a IS NULL`
     return Effect.map(
       sql<{ message_id: string }>`
-        WITH g AS (
-          SELECT id, members_version FROM groups
-          WHERE id IN (SELECT unnest(${guardGroups}::text[])) FOR SHARE
-        ), message AS (
+        WITH ${groupLock}${pairLock}message AS (
           INSERT INTO messages (${messageColumns})
           SELECT ${messageColumns} FROM (${messageValues}) v
-          WHERE v.guard_group IS NULL
-            OR EXISTS (SELECT 1 FROM g WHERE g.id = v.guard_group AND g.members_version = v.guard_version)
+          WHERE ${groupStands} AND ${pairStands}
           RETURNING id
         )
         INSERT INTO deliveries (${deliveryColumns})
@@ -705,7 +764,9 @@ export const makeMessages = Effect.gen(function* () {
       ),
     find: (id) => Effect.map(sql`SELECT * FROM messages WHERE id = ${id}`, (rows) => Option.map(first(rows), Rows.message)),
     insert: (m, deliveries, lease, guard) =>
-      (deliveries.length > BATCHED_DELIVERIES ? insertOne : insertTogether)({
+      // A remote group's members are checked in a transaction of the send's own (a send to such a
+      // group is rare, and its guard names any number of rows).
+      (deliveries.length > BATCHED_DELIVERIES || guard?._tag === "RemoteMembers" ? insertOne : insertTogether)({
         message: m,
         deliveries,
         lease,

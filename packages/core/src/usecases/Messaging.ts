@@ -108,14 +108,20 @@ export type SendResult =
   }
 
 /**
- * A group send read its members before a member left or was removed, and the
- * write found the group's members version moved (or the group gone): nothing
- * was written, and the send starts again from the members as they are now.
+ * What a send was decided on changed before its message was written: a group
+ * send read its members before a member left or was removed (the group's
+ * members version moved, or the group is gone), a direct send read a
+ * friendship that has since been blocked or ended, a send to another
+ * registry's group read local members the home has since removed. Nothing was
+ * written, and the send is decided again from what stands now.
  */
-class MembersChanged extends Data.TaggedError("MembersChanged")<{}> {}
+class RelationshipChanged extends Data.TaggedError("RelationshipChanged")<{}> {}
 
-/** How often a group send starts again when members keep leaving under it. */
-const MEMBERS_CHANGED_RETRIES = 5
+/** How often a send is decided again when what it was decided on keeps changing under it. */
+const RELATIONSHIP_CHANGED_RETRIES = 5
+
+const retryWhileChanged = <A, E extends { readonly _tag: string }, R>(send: Effect.Effect<A, E, R>) =>
+  Effect.retry(send, { while: (e) => e._tag === "RelationshipChanged", times: RELATIONSHIP_CHANGED_RETRIES })
 
 const PAYLOAD_TYPE = /^[a-z0-9][a-z0-9!#$&^_.+-]{0,63}\/[a-z0-9][a-z0-9!#$&^_.+-]{0,63}$/i
 const MAX_ID_LENGTH = 200
@@ -374,7 +380,7 @@ export const make = Effect.gen(function* () {
     message: Store.Message,
     planned: ReadonlyArray<PlannedDelivery & { readonly primary: boolean }>,
     options: SendOptions,
-    guard?: Store.MembersGuard
+    guard?: Store.SendGuard
   ) =>
     Effect.gen(function* () {
       const lease = options.leaseOwner !== undefined
@@ -393,7 +399,7 @@ export const make = Effect.gen(function* () {
         lease,
         guard
       ).pipe(
-        Effect.flatMap((written) => (written ? Effect.succeed(Option.none<Store.Message>()) : Effect.fail(new MembersChanged()))),
+        Effect.flatMap((written) => (written ? Effect.succeed(Option.none<Store.Message>()) : Effect.fail(new RelationshipChanged()))),
         Effect.catchTag("Conflict", (conflict) =>
           Effect.flatMap(deduplicated(principal, message.idempotencyKey), (first) =>
             Option.isSome(first) ? Effect.succeed(first) : Effect.fail(conflict)))
@@ -477,7 +483,9 @@ export const make = Effect.gen(function* () {
         planned = plan(recipient.id, chosen as Store.AgentConnection, true, null)
       }
       const accepted = { ...message, recipients: 1 }
-      const first = yield* write(principal, accepted, [planned], options)
+      // Written only if the two are still friends (see Messages.insert): a block or an unfriend
+      // since the check above comes first, and this send is decided again.
+      const first = yield* write(principal, accepted, [planned], options, { _tag: "Friends", a: principal.userId, b: recipient.id })
       if (Option.isSome(first)) return { _tag: "Deduplicated", message: first.value } satisfies SendResult
       yield* announce(accepted, [planned], options)
       return {
@@ -552,7 +560,11 @@ export const make = Effect.gen(function* () {
 
       // Written only if no active member left or was removed since the members were read (see
       // Messages.insert): otherwise this send starts again from the members as they are now.
-      return yield* accept(principal, message, planned, perMember, options, { groupId: group.id, membersVersion: group.membersVersion })
+      return yield* accept(principal, message, planned, perMember, options, {
+        _tag: "Members",
+        groupId: group.id,
+        membersVersion: group.membersVersion
+      })
     })
 
   /**
@@ -622,7 +634,13 @@ export const make = Effect.gen(function* () {
         planned.push(forward)
         perMember.push({ userId: homeInstance, deliveryIds: [forward.id] })
       }
-      return yield* accept(principal, message, planned, perMember, options)
+      // Written only if the local members it goes to are still members here (see Messages.insert):
+      // the home removing one, or deleting the group, since they were read comes first, and this
+      // send is decided again.
+      const guard: Store.SendGuard | undefined = local.length > 0
+        ? { _tag: "RemoteMembers", groupId, homeInstance, userIds: local }
+        : undefined
+      return yield* accept(principal, message, planned, perMember, options, guard)
     })
 
   /** Writes a group message with its deliveries and tells who must know; a racing duplicate answers the first. */
@@ -632,7 +650,7 @@ export const make = Effect.gen(function* () {
     planned: ReadonlyArray<PlannedDelivery & { readonly primary: boolean }>,
     members: Extract<SendResult, { _tag: "Accepted" }>["members"],
     options: SendOptions,
-    guard?: Store.MembersGuard
+    guard?: Store.SendGuard
   ) =>
     Effect.gen(function* () {
       // Members no agent can reach count as recipients that failed already, so the
@@ -666,16 +684,21 @@ export const make = Effect.gen(function* () {
         const earlier = yield* deduplicated(principal, input.idempotencyKey)
         if (Option.isSome(earlier)) return yield* repeated(earlier.value)
         return yield* (input.recipientType === "group"
-          // A group send starts again while members leave under it (only its guarded write fails so).
-          // Retried here only: building a retry costs every call, and direct sends are the hot path.
-          ? Effect.retry(sendToGroup(principal, input, payloadType, options), {
-            while: (e) => e._tag === "MembersChanged",
-            times: MEMBERS_CHANGED_RETRIES
-          })
-          : sendToUser(principal, input, payloadType, options))
+          ? retryWhileChanged(sendToGroup(principal, input, payloadType, options))
+          // Building a retry costs every call, and direct sends are the hot path: one is built only
+          // when a friendship changed under a send.
+          : Effect.catchTag(
+            sendToUser(principal, input, payloadType, options),
+            "RelationshipChanged",
+            () => retryWhileChanged(sendToUser(principal, input, payloadType, options))
+          ))
       }).pipe(
-        Effect.catchTag("MembersChanged", () =>
-          Effect.fail(Errors.Conflict.of("GROUP_CHANGED", "The group's members kept changing during the send; send it again")))
+        Effect.catchTag("RelationshipChanged", () =>
+          Effect.fail(
+            input.recipientType === "group"
+              ? Errors.Conflict.of("GROUP_CHANGED", "The group's members kept changing during the send; send it again")
+              : Errors.Conflict.of("FRIENDSHIP_CHANGED", "The friendship kept changing during the send; send it again")
+          ))
       ),
 
     /**

@@ -112,4 +112,36 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("friendship changes racing
         }
       }), { timeout: 120_000 })
   }
+
+  it.scopedLive("a direct send decided while a block holds the friendship's row is refused 403 NOT_FRIENDS once the block commits; nothing is written", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database: TestDatabase.postgres })
+      const sql = Context.get(server.context, SqlClient.SqlClient)
+      const [alice, bob] = (yield* Fixtures.users(server, "alice", "bob")) as [Fixtures.User, Fixtures.User]
+      yield* Fixtures.pollingConnection(bob, "poller")
+      const { friendship_id: row } = yield* alice.api.friends.request({ payload: { username: "bob" } })
+      yield* bob.api.friends.accept({ path: { id: row } })
+
+      // Bob's block, in another session: the row changed but not yet committed while Alice sends.
+      const locked = yield* Deferred.make<void>()
+      const release = yield* Deferred.make<void>()
+      const block = yield* Effect.fork(sql.withTransaction(Effect.gen(function* () {
+        yield* sql`UPDATE friendships SET status = 'blocked', blocked_by = ${bob.id}, updated_at = now() WHERE id = ${row}`
+        yield* Deferred.succeed(locked, undefined)
+        yield* Deferred.await(release)
+      })))
+      yield* Deferred.await(locked)
+      // The send reads the friendship as last committed (friends) and waits to write for the row.
+      const send = yield* Effect.fork(Effect.either(alice.api.messages.send({ payload: { recipient: "bob", message: "hi" } })))
+      const waiting = sql<{ n: number }>`
+        SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`
+      yield* Fixtures.eventually(waiting, (rows) => rows[0]!.n > 0)
+      yield* Deferred.succeed(release, undefined)
+      yield* Fiber.join(block)
+
+      const answer = yield* Fiber.join(send)
+      expect(Either.isLeft(answer) ? (answer.left as { code?: string }).code : answer.right).toBe("NOT_FRIENDS")
+      expect(yield* sql`SELECT id FROM messages WHERE sender_id = ${alice.id}`).toEqual([])
+      expect(yield* bob.api.messages.inbox({ urlParams: {} })).toEqual([])
+    }), { timeout: 120_000 })
 })
