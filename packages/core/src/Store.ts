@@ -600,6 +600,8 @@ export const EndReason = {
   left: "the recipient left the group",
   removed: "the recipient was removed from the group",
   groupDeleted: "the group was deleted",
+  /** Another registry's group answered that it has no such group, or not with the recipient in it (no notice came). */
+  goneAtHome: "the group's home registry no longer has the recipient as a member",
   notFriends: "the sender and the recipient are no longer friends",
   blocked: "the recipient no longer receives this sender's messages"
 } as const

@@ -4,7 +4,18 @@
  * only), and the friendship and group changes the other registry must mirror.
  * A peer that is not trusted is never asked.
  */
-import { type Actor, Errors, type FriendshipMirror, Ids, RemoteDirectory, type RemoteFailure, Store, Username } from "@mahilo/core"
+import {
+  type Actor,
+  Errors,
+  Events,
+  type FriendshipMirror,
+  Ids,
+  publishStatuses,
+  RemoteDirectory,
+  type RemoteFailure,
+  Store,
+  Username
+} from "@mahilo/core"
 import type { SqlError } from "@effect/sql/SqlError"
 import { type Context, Effect, Either, Layer, Option, Schema } from "effect"
 import { errorOf, PeerClient, type PeerCallError, type PeerResponse } from "./PeerClient.js"
@@ -68,13 +79,15 @@ const decode = <A, I>(schema: Schema.Schema<A, I>, peer: string, body: unknown) 
 export const make: Effect.Effect<
   Context.Tag.Service<RemoteDirectory>,
   never,
-  Peers | PeerClient | PeerStore | Store.Users | FederationConfig | Notices
+  Peers | PeerClient | PeerStore | Store.Users | Store.Outbox | Events | FederationConfig | Notices
 > = Effect.gen(function* () {
   const notices = yield* Notices
   const peers = yield* Peers
   const client = yield* PeerClient
   const store = yield* PeerStore
   const users = yield* Store.Users
+  const outbox = yield* Store.Outbox
+  const events = yield* Events
   const config = yield* FederationConfig
 
   const notTrusted = (instance: string) => `${instance} is not a registry this one trusts`
@@ -268,8 +281,19 @@ export const make: Effect.Effect<
         const peer = yield* peerFor(membership.homeInstance)
         const response = yield* call(peer, "GET", Protocol.paths.groupMembers(membership.groupId, actor.username))
         if (response.status === 404 && errorOf(response).code === "GROUP_NOT_FOUND") {
-          // Gone at its home (ended while this registry could not be told): forget it here too.
-          yield* store.forgetRemoteGroup(membership)
+          // Gone at its home (ended while this registry could not be told): forget it here too, and
+          // end what was still to be delivered to them here of its messages, as the home's notice
+          // would have (its reason unknown: deleted, or they were removed).
+          const rollups = yield* store.atomically(Effect.gen(function* () {
+            const forgotten = yield* store.endRemoteMemberships(membership.groupId, membership.homeInstance, [membership.userId])
+            // An invitation had nothing coming.
+            const members = forgotten.flatMap((r) => (r.status === "active" ? [r.userId] : []))
+            return yield* outbox.endPending(
+              { _tag: "RemoteMembers", groupId: membership.groupId, homeInstance: membership.homeInstance, userIds: members },
+              Store.EndReason.goneAtHome
+            )
+          }))
+          yield* publishStatuses(events, rollups)
         }
         if (response.status === 403 || response.status === 404) return yield* refused(peer.name, response)
         if (response.status !== 200) return yield* unavailableAnswer(peer.name, response)

@@ -53,7 +53,7 @@ export const services = (
 ): Layer.Layer<
   RemoteDirectory | PeerTransport | Internals,
   never,
-  SqlClient.SqlClient | HttpClient.HttpClient | Store.Users | Store.Groups
+  SqlClient.SqlClient | HttpClient.HttpClient | Store.Users | Store.Groups | Store.Outbox | Events
 > =>
   Layer.mergeAll(Directory.layer, FederationTransport.layer).pipe(
     Layer.provideMerge(internals(options))

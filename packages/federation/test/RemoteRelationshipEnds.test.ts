@@ -185,6 +185,24 @@ for (const { name: backend } of TestDatabase.backends) {
       expect(g.bobAgent.attempts).toHaveLength(1)
     }, 60_000)
 
+    it("a group its home no longer has (no notice came) ends what is pending of it here once a members listing finds it gone", async () => {
+      const g = await remoteGroup()
+      const messageId = await queuedForBob(g.bob, g.bobAgent, fromHome(g, "anyone there?"))
+      // The home loses the group without telling bob's registry (as if its notice were lost).
+      await run(a.sql((sql) => sql`DELETE FROM groups WHERE id = ${g.id}`))
+      const listing = await run(Effect.flip(g.bob.client.groups.members({ path: { id: g.id } })))
+      expect(listing).toMatchObject({ code: "GROUP_NOT_FOUND" })
+      expect(await bobsDelivery(g.bob, messageId)).toMatchObject({
+        status: "failed",
+        last_error: "the group's home registry no longer has the recipient as a member"
+      })
+      // Forgotten here: bob's groups no longer list it.
+      expect((await run(g.bob.client.groups.list())).map((x) => x.id)).not.toContain(g.id)
+      await pastTheRetry()
+      expect(g.bobAgent.countFor(messageId)).toBe(0)
+      expect(g.bobAgent.attempts).toHaveLength(1)
+    }, 60_000)
+
     it("a member here who leaves a group of another registry is not sent the retry", async () => {
       const g = await remoteGroup()
       const messageId = await queuedForBob(g.bob, g.bobAgent, fromHome(g, "who is in?"))
