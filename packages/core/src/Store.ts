@@ -174,7 +174,8 @@ export class Friendships extends Context.Tag("@mahilo/core/Friendships")<Friends
 
 /**
  * A group as stored: with the version of its active membership, which moves
- * whenever an active member leaves or is removed (a send checks it on writing).
+ * whenever an active member leaves or is removed, or two active members block
+ * each other (a send checks it on writing).
  */
 export interface StoredGroup extends Graph.Group {
   readonly membersVersion: number
@@ -213,6 +214,13 @@ export interface GroupsService {
   readonly apply: (change: Graph.MembershipChange, membershipId: string) => Effect.Effect<void, SqlError | Errors.Conflict>
   /** Persists several transitions (no inserts) in one transaction: all or none, e.g. an ownership transfer. */
   readonly applyAll: (changes: ReadonlyArray<Graph.MembershipChange>) => Effect.Effect<void, SqlError | Errors.Conflict>
+  /**
+   * Two users blocked each other: the groups where both are active members
+   * get a new `membersVersion` (locked in id order), as their group sends now
+   * skip the pair, so a group send that read its members before the block
+   * cannot write deliveries between the two after it.
+   */
+  readonly pairBlocked: (a: string, b: string) => Effect.Effect<void, SqlError>
   /**
    * Runs `change` in one transaction that first locks the group's row, so the
    * membership changes of one group run one at a time and each decides from

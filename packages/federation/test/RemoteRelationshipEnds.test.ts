@@ -197,7 +197,7 @@ for (const { name: backend } of TestDatabase.backends) {
         last_error: "the group's home registry no longer has the recipient as a member"
       })
       // Forgotten here: bob's groups no longer list it.
-      expect((await run(g.bob.client.groups.list())).map((x) => x.id)).not.toContain(g.id)
+      expect((await run(g.bob.client.groups.list())).map((x) => x.group_id)).not.toContain(g.id)
       await pastTheRetry()
       expect(g.bobAgent.countFor(messageId)).toBe(0)
       expect(g.bobAgent.attempts).toHaveLength(1)

@@ -446,6 +446,18 @@ export const makeGroups = Effect.gen(function* () {
     applyAll: (changes) =>
       sql.withTransaction(Effect.forEach(changes, (change) =>
         change._tag === "Insert" ? Effect.dieMessage("applyAll does not insert memberships") : applyOne(change, ""), { discard: true })),
+    pairBlocked: (a, b) =>
+      Effect.asVoid(sql`
+        WITH shared AS (
+          SELECT id FROM groups
+          WHERE id IN (
+            SELECT m.group_id FROM group_memberships m JOIN group_memberships o ON o.group_id = m.group_id
+            WHERE m.user_id = ${a} AND o.user_id = ${b} AND m.status = 'active' AND o.status = 'active'
+          )
+          ORDER BY id
+          FOR UPDATE
+        )
+        UPDATE groups g SET members_version = g.members_version + 1 FROM shared WHERE g.id = shared.id`),
     exclusively: (groupId, change) =>
       sql.withTransaction(Effect.zipRight(sql`SELECT id FROM groups WHERE id = ${groupId} FOR UPDATE`, change))
   })

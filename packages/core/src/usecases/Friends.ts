@@ -13,6 +13,7 @@ import type { Principal } from "./Accounts.js"
 export const make = Effect.gen(function* () {
   const users = yield* Store.Users
   const friendships = yield* Store.Friendships
+  const groups = yield* Store.Groups
   const outbox = yield* Store.Outbox
   const directory = yield* RemoteDirectory
   const events = yield* Events
@@ -42,7 +43,7 @@ export const make = Effect.gen(function* () {
    * transaction (deliveries in an attempt right now are left to it): an
    * unfriending ends their direct messages (a send between them now would be
    * refused), a block their direct and group messages (neither hears from the
-   * other again). The reasons do not say who blocked whom: a sender learns no
+   * other again), and moves their shared groups' members version. The reasons do not say who blocked whom: a sender learns no
    * more than a send to the blocker would tell them (`NOT_FRIENDS`).
    */
   const endDeliveries = (action: FriendshipMirror["action"], before: Graph.Friendship) =>
@@ -52,6 +53,9 @@ export const make = Effect.gen(function* () {
         return yield* outbox.endPending({ ...pair, recipientType: "user" }, Store.EndReason.notFriends)
       }
       if (action !== "block" || before.status === "blocked") return []
+      // Their shared groups' sends now skip the pair: one that read the members before this waits, or
+      // is decided again (see Messages.insert).
+      yield* groups.pairBlocked(before.requesterId, before.addresseeId)
       const direct = yield* outbox.endPending({ ...pair, recipientType: "user" }, Store.EndReason.notFriends)
       const group = yield* outbox.endPending({ ...pair, recipientType: "group" }, Store.EndReason.blocked)
       return [...direct, ...group]

@@ -4,10 +4,11 @@
  * push, a message waiting in a polling inbox) is not delivered any more: it fails with a reason
  * the sender sees, in the same transaction as the change.
  */
+import { SqlClient } from "@effect/sql"
 import { RetrySchedule } from "@mahilo/core"
 import { FakeAgent, TestDatabase, TestServer } from "@mahilo/testkit"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Context, Effect } from "effect"
 import * as Fixtures from "../support/Fixtures.js"
 
 // The retry after a failed first push comes 1.5 s later: time for the relationship to end first.
@@ -118,6 +119,28 @@ describe.each(TestDatabase.backends)("pending deliveries end with the relationsh
       const alicesReceived = yield* g.alice.api.messages.history({ urlParams: { direction: "received" } })
       expect(alicesReceived.map((m) => m.id)).not.toContain(fromBob.message_id)
       expect(g.bobAgent.attempts).toHaveLength(0)
+    }), { timeout: 60_000 })
+
+  it.scopedLive("a block moves the members version of the groups where both are active members, which a group send checks on writing", () =>
+    Effect.gen(function* () {
+      const g = yield* group
+      const sql = Context.get(g.server.context, SqlClient.SqlClient)
+      // Alice's other groups: one with Carol only, one where Bob is only invited.
+      const { group_id: withCarol } = yield* g.alice.api.groups.create({ payload: { name: "Climbers" } })
+      yield* g.alice.api.groups.invite({ path: { id: withCarol }, payload: { username: "carol" } })
+      yield* g.carol.api.groups.join({ path: { id: withCarol } })
+      const { group_id: bobInvited } = yield* g.alice.api.groups.create({ payload: { name: "Cyclists" } })
+      yield* g.alice.api.groups.invite({ path: { id: bobInvited }, payload: { username: "bob" } })
+      const versions = Effect.map(
+        sql<{ id: string; members_version: number }>`SELECT id, members_version FROM groups ORDER BY id`,
+        (rows) => Object.fromEntries(rows.map((r) => [r.id, r.members_version]))
+      )
+      const before = yield* versions
+      const friendship = yield* g.alice.api.friends.request({ payload: { username: "bob" } })
+      yield* g.bob.api.friends.block({ path: { id: friendship.friendship_id } })
+      const after = yield* versions
+      // Only the group they share as active members (a group send checks it: SqlStore.test).
+      expect(after).toEqual({ ...before, [g.id]: before[g.id]! + 1 })
     }), { timeout: 60_000 })
 
   it.scopedLive("deleting the group ends its pending deliveries", () =>
