@@ -6,7 +6,7 @@ import { SqlClient } from "@effect/sql"
 import { Graph, Ids, SqlStore, Store } from "@mahilo/core"
 import { TestDatabase } from "@mahilo/testkit"
 import { describe, expect, it as itBase } from "@effect/vitest"
-import { Clock, Deferred, Effect, Fiber, Layer, Option, Schedule } from "effect"
+import { Clock, Deferred, Effect, Either, Fiber, Layer, Option, Schedule } from "effect"
 
 const message = (over: Partial<Store.Message> & { readonly senderId: string; readonly recipientId: string }): Store.Message => ({
   id: Ids.make("msg"),
@@ -901,6 +901,56 @@ for (const backend of backends) {
           yield* Fiber.join(block)
           expect(yield* Fiber.join(write)).toBe(false)
           expect(Option.isNone(yield* messages.find(m.id))).toBe(true)
+        }))
+
+      it.effect("a batch holding a group send and a direct send of the pair waits for a block holding no group (no deadlock); neither is written", () =>
+        Effect.gen(function* () {
+          const { alice, bob, friendships, id } = yield* friendsAliceBob
+          const groups = yield* Store.Groups
+          const messages = yield* Store.Messages
+          const sql = yield* SqlClient.SqlClient
+          const g = yield* createGroup(groups, alice.id, "Both")
+          yield* groups.apply(
+            Graph.MembershipChange.Insert({ groupId: g.id, userId: bob.id, role: "member", status: "active", invitedBy: alice.id }),
+            Ids.make("mem")
+          )
+          const read = Option.getOrThrow(yield* groups.find(g.id))
+          const locked = yield* Deferred.make<void>()
+          const proceed = yield* Deferred.make<void>()
+          // The block holds the friendship's row, then (once the batch waits) locks the groups the pair share.
+          const block = yield* Effect.fork(friendships.atomically(Effect.gen(function* () {
+            yield* friendships.findLocked(id)
+            yield* friendships.apply(Graph.FriendshipChange.Update({ id, status: "blocked", blockedBy: bob.id }), id)
+            yield* Deferred.succeed(locked, undefined)
+            yield* Deferred.await(proceed)
+            yield* groups.pairBlocked(alice.id, bob.id)
+          })))
+          yield* Deferred.await(locked)
+          const toGroup = message({ senderId: alice.id, recipientId: g.id, recipientType: "group", recipientName: "Both" })
+          const direct = message({ senderId: alice.id, recipientId: bob.id })
+          const batch = yield* Effect.fork(Effect.all([
+            messages.insert(toGroup, [delivery(bob.id)], Option.none(), { _tag: "Members", groupId: g.id, membersVersion: read.membersVersion }),
+            messages.insert(direct, [delivery(bob.id)], Option.none(), { _tag: "Friends", a: alice.id, b: bob.id })
+          ], { concurrency: "unbounded" }))
+          if (backend.name === "postgres") {
+            // The batch's statement waits for the friendship's row, holding no group.
+            const waiting = sql<{ n: number }>`
+              SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`
+            for (let i = 0; i < 200 && (yield* waiting)[0]!.n === 0; i++) {
+              yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 25)))
+            }
+            expect((yield* waiting)[0]!.n).toBeGreaterThan(0)
+            // ...holding no group: the block can take the group's row (here a third session takes it and lets go).
+            const free = yield* Effect.either(sql.withTransaction(sql`SELECT id FROM groups WHERE id = ${g.id} FOR UPDATE NOWAIT`))
+            expect(Either.isRight(free)).toBe(true)
+          } else {
+            yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 200)))
+          }
+          yield* Deferred.succeed(proceed, undefined)
+          yield* Fiber.join(block)
+          expect(yield* Fiber.join(batch)).toEqual([false, false])
+          expect(Option.isNone(yield* messages.find(toGroup.id))).toBe(true)
+          expect(Option.isNone(yield* messages.find(direct.id))).toBe(true)
         }))
 
       it.effect("a send to a remote group's local members is refused once one of them is no longer an active member here", () =>

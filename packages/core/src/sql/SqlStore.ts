@@ -575,6 +575,7 @@ export const makeMessages = Effect.gen(function* () {
             SELECT user_id FROM remote_group_members
             WHERE group_id = ${guard.groupId} AND home_instance = ${guard.homeInstance} AND user_id IN ${sql.in(userIds)}
               AND status = 'active'
+            ORDER BY user_id
             FOR SHARE`,
           (rows) => rows.length === userIds.length
         )
@@ -708,19 +709,26 @@ export const makeMessages = Effect.gen(function* () {
     }
     // Only the guards a batch holds are read: direct sends alone (the usual batch) lock their
     // friendships and read no group. A guarded message always has deliveries (see `insert`): it
-    // was written if they were.
-    const groupLock = byGroup
-      ? sql`g AS (
-          SELECT id, members_version FROM groups
-          WHERE id IN (SELECT unnest(${members.map((g) => g?.groupId ?? null)}::text[])) FOR SHARE
-        ), `
-      : sql``
+    // was written if they were. Locks are taken in the order a block takes them (its friendship,
+    // then the groups the pair share, in id order: `Groups.pairBlocked`), so the two never wait
+    // for each other in a circle: every friendship first (the count reads them all before the
+    // first group), then the groups in id order.
     const pairLock = byPair
       ? sql`f AS (
           SELECT fr.requester_id, fr.addressee_id FROM friendships fr
           JOIN unnest(${friends.map((f) => f?.a ?? null)}::text[], ${friends.map((f) => f?.b ?? null)}::text[]) AS p(a, b)
             ON ${acceptedBetween(sql, sql`p.a`, sql`p.b`)}
           FOR SHARE OF fr
+        ), `
+      : sql``
+    const groupLock = byGroup
+      ? sql`g AS (
+          SELECT id, members_version FROM groups
+          WHERE id IN (SELECT unnest(${members.map((g) => g?.groupId ?? null)}::text[]))${
+        byPair ? sql` AND (SELECT count(*) FROM f) >= 0` : sql``
+      }
+          ORDER BY id
+          FOR SHARE
         ), `
       : sql``
     const groupStands = byGroup
@@ -732,7 +740,7 @@ export const makeMessages = Effect.gen(function* () {
       : sql`v.guard_a IS NULL`
     return Effect.map(
       sql<{ message_id: string }>`
-        WITH ${groupLock}${pairLock}message AS (
+        WITH ${pairLock}${groupLock}message AS (
           INSERT INTO messages (${messageColumns})
           SELECT ${messageColumns} FROM (${messageValues}) v
           WHERE ${groupStands} AND ${pairStands}

@@ -43,8 +43,9 @@ export const make = Effect.gen(function* () {
    * transaction (deliveries in an attempt right now are left to it): an
    * unfriending ends their direct messages (a send between them now would be
    * refused), a block their direct and group messages (neither hears from the
-   * other again), and moves their shared groups' members version. The reasons do not say who blocked whom: a sender learns no
-   * more than a send to the blocker would tell them (`NOT_FRIENDS`).
+   * other again) and moves their shared groups' members version. The reasons
+   * do not say who blocked whom: a sender learns no more than a send to the
+   * blocker would tell them (`NOT_FRIENDS`).
    */
   const endDeliveries = (action: FriendshipMirror["action"], before: Graph.Friendship) =>
     Effect.gen(function* () {
