@@ -376,7 +376,12 @@ export const make = (settings: EngineSettings) =>
           Effect.flatMap((n) => (n === 0 ? Effect.succeed(true) : Effect.as(FiberSet.awaitEmpty(fibers), true))),
           Effect.timeoutOption(Duration.millis(settings.shutdownGraceMs))
         )
-        if (Option.isNone(finished)) yield* Effect.logWarning("Shutting down with delivery attempts still in flight")
+        if (Option.isNone(finished)) {
+          // Stopped before their leases go back: another node may push them as soon as they do, and
+          // must not while this one's request is still open.
+          yield* Effect.logWarning("Shutting down with delivery attempts still in flight: stopping them")
+          yield* FiberSet.clear(fibers)
+        }
         const released = yield* outbox.release(nodeId).pipe(Effect.orElseSucceed(() => 0))
         if (released > 0) yield* Effect.logInfo(`Released ${released} delivery lease(s) for other nodes`)
       })
