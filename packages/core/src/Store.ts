@@ -473,12 +473,14 @@ export interface FriendsGuard {
 /**
  * A send to a group of another registry: these local users are still its
  * active members here (the home has not removed them nor deleted the group,
- * and they have not left it).
+ * and they have not left it), and none of them and the sender has blocked
+ * the other (this registry keeps no members version for another's group).
  */
 export interface RemoteMembersGuard {
   readonly _tag: "RemoteMembers"
   readonly groupId: string
   readonly homeInstance: string
+  readonly senderId: string
   readonly userIds: ReadonlyArray<string>
 }
 

@@ -953,33 +953,51 @@ for (const backend of backends) {
           expect(Option.isNone(yield* messages.find(direct.id))).toBe(true)
         }))
 
-      it.effect("a send to a remote group's local members is refused once one of them is no longer an active member here", () =>
+      it.effect("a send to a remote group's local members is refused once one of them is no longer an active member here, or blocked the sender", () =>
         Effect.gen(function* () {
           const { alice, bob } = yield* twoUsers
+          const users = yield* Store.Users
+          const friendships = yield* Store.Friendships
           const messages = yield* Store.Messages
           const sql = yield* SqlClient.SqlClient
+          const carol = yield* users.create({ id: Ids.make("usr"), username: "carol", displayName: null, instance: null }, {
+            kid: Ids.make("key"),
+            hash: "h3"
+          })
           const member = (userId: string, status: "active" | "invited") =>
             sql`
               INSERT INTO remote_group_members (group_id, user_id, home_instance, group_name, status, member_count, invited_by)
               VALUES ('grp_far', ${userId}, 'far.example', 'Far', ${status}, 3, 'zed')`
           yield* member(alice.id, "active")
           yield* member(bob.id, "active")
-          const toGroup = () => message({ senderId: alice.id, recipientId: "grp_far", recipientType: "group", recipientName: "Far" })
+          yield* member(carol.id, "active")
+          // Carol sends to the group: it goes to alice and bob here.
+          const toGroup = () => message({ senderId: carol.id, recipientId: "grp_far", recipientType: "group", recipientName: "Far" })
           const guard = (userIds: ReadonlyArray<string>, homeInstance = "far.example") =>
-            ({ _tag: "RemoteMembers" as const, groupId: "grp_far", homeInstance, userIds })
+            ({ _tag: "RemoteMembers" as const, groupId: "grp_far", homeInstance, senderId: carol.id, userIds })
           const both = toGroup()
           expect(yield* messages.insert(both, [delivery(alice.id), delivery(bob.id)], Option.none(), guard([alice.id, bob.id]))).toBe(true)
           expect(yield* messages.deliveriesOf(both.id)).toHaveLength(2)
           // Another registry's group of the same id does not stand for it.
           expect(yield* messages.insert(toGroup(), [delivery(bob.id)], Option.none(), guard([bob.id], "near.example"))).toBe(false)
+          // A friend request between carol and alice stands; alice blocking carol refuses a send to her.
+          const row = Ids.make("fr")
+          yield* friendships.apply(Graph.FriendshipChange.Insert({ requesterId: carol.id, addresseeId: alice.id, status: "pending" }), row)
+          expect(yield* messages.insert(toGroup(), [delivery(alice.id)], Option.none(), guard([alice.id]))).toBe(true)
+          yield* friendships.apply(Graph.FriendshipChange.Update({ id: row, status: "blocked", blockedBy: alice.id }), row)
+          const blocked = toGroup()
+          expect(yield* messages.insert(blocked, [delivery(alice.id), delivery(bob.id)], Option.none(), guard([bob.id, alice.id]))).toBe(false)
+          expect(Option.isNone(yield* messages.find(blocked.id))).toBe(true)
+          expect(yield* messages.insert(toGroup(), [delivery(bob.id)], Option.none(), guard([bob.id]))).toBe(true)
           // Bob was removed at the home (his row here gone), or is only invited.
           yield* sql`DELETE FROM remote_group_members WHERE user_id = ${bob.id}`
           const stale = toGroup()
-          expect(yield* messages.insert(stale, [delivery(alice.id), delivery(bob.id)], Option.none(), guard([alice.id, bob.id]))).toBe(false)
+          expect(yield* messages.insert(stale, [delivery(bob.id)], Option.none(), guard([bob.id]))).toBe(false)
           expect(Option.isNone(yield* messages.find(stale.id))).toBe(true)
           yield* member(bob.id, "invited")
           expect(yield* messages.insert(toGroup(), [delivery(bob.id)], Option.none(), guard([bob.id]))).toBe(false)
-          expect(yield* messages.insert(toGroup(), [delivery(alice.id)], Option.none(), guard([alice.id]))).toBe(true)
+          yield* sql`UPDATE remote_group_members SET status = 'active' WHERE user_id = ${bob.id}`
+          expect(yield* messages.insert(toGroup(), [delivery(bob.id)], Option.none(), guard([bob.id]))).toBe(true)
         }))
 
       it.effect("endPending fails a relationship's pending deliveries with the reason, rolled up; one in an attempt only when it does not deliver", () =>

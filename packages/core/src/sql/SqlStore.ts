@@ -111,11 +111,14 @@ export const makeUsers = Effect.gen(function* () {
   })
 })
 
+/** The row of the pair `a`, `b` (SQL expressions), whoever asked first and whatever its state. */
+const pairRow = (sql: SqlClient.SqlClient, a: Statement.Fragment, b: Statement.Fragment) => sql`
+  LEAST(requester_id, addressee_id) = LEAST(${a}, ${b})
+    AND GREATEST(requester_id, addressee_id) = GREATEST(${a}, ${b})`
+
 /** The friendship check's condition: the row of the pair `a`, `b` (SQL expressions), accepted (either may have asked). */
 const acceptedBetween = (sql: SqlClient.SqlClient, a: Statement.Fragment, b: Statement.Fragment) => sql`
-  LEAST(requester_id, addressee_id) = LEAST(${a}, ${b})
-    AND GREATEST(requester_id, addressee_id) = GREATEST(${a}, ${b})
-    AND status = 'accepted'`
+  ${pairRow(sql, a, b)} AND status = 'accepted'`
 
 /** The friendship check's condition for two user ids. */
 const acceptedPair = (sql: SqlClient.SqlClient, a: string, b: string) =>
@@ -570,7 +573,17 @@ export const makeMessages = Effect.gen(function* () {
         )
       case "RemoteMembers": {
         const userIds = [...new Set(guard.userIds)]
-        return userIds.length === 0 ? Effect.succeed(true) : Effect.map(
+        if (userIds.length === 0) return Effect.succeed(true)
+        // As a batch locks: friendships first (any state: a block changes the row), then the members.
+        const unblocked = Effect.map(
+          sql<{ status: string }>`
+            SELECT fr.status FROM friendships fr
+            JOIN unnest(${userIds}::text[]) AS u(id) ON ${pairRow(sql, sql`${guard.senderId}::text`, sql`u.id`)}
+            ORDER BY fr.id
+            FOR SHARE OF fr`,
+          (rows) => rows.every((r) => r.status !== "blocked")
+        )
+        const members = Effect.map(
           sql`
             SELECT user_id FROM remote_group_members
             WHERE group_id = ${guard.groupId} AND home_instance = ${guard.homeInstance} AND user_id IN ${sql.in(userIds)}
@@ -579,6 +592,7 @@ export const makeMessages = Effect.gen(function* () {
             FOR SHARE`,
           (rows) => rows.length === userIds.length
         )
+        return Effect.flatMap(unblocked, (ok) => (ok ? members : Effect.succeed(false)))
       }
     }
   }

@@ -634,11 +634,11 @@ export const make = Effect.gen(function* () {
         planned.push(forward)
         perMember.push({ userId: homeInstance, deliveryIds: [forward.id] })
       }
-      // Written only if the local members it goes to are still members here (see Messages.insert):
-      // the home removing one, or deleting the group, since they were read comes first, and this
-      // send is decided again.
+      // Written only if the local members it goes to are still members here and none of them and
+      // the sender blocked the other (see Messages.insert): the home removing one, or deleting the
+      // group, or a block since they were read comes first, and this send is decided again.
       const guard: Store.SendGuard | undefined = local.length > 0
-        ? { _tag: "RemoteMembers", groupId, homeInstance, userIds: local }
+        ? { _tag: "RemoteMembers", groupId, homeInstance, senderId: principal.userId, userIds: local }
         : undefined
       return yield* accept(principal, message, planned, perMember, options, guard)
     })
