@@ -4,11 +4,14 @@
  * let them go. When set, a pass deletes the messages older than the retention
  * whose deliveries have all ended; nothing still waiting in an inbox or for a
  * retry goes, however old. Passes run every ten minutes (or every retention
- * period when that is shorter), in statements of 200 messages with a short
+ * period when that is shorter; the first a minute after start), in statements of 200 messages with a short
  * pause between them so sends are not held up behind a long delete.
  */
 import { Registry } from "@mahilo/core"
 import { Duration, Effect, Layer } from "effect"
+
+/** When the first pass runs after start, at the latest. */
+const FIRST_PASS_AFTER_MS = 60_000
 
 /** How often a pass runs for a retention of `retentionMs`. */
 export const passEveryMs = (retentionMs: number): number => Math.min(retentionMs, 10 * 60_000)
@@ -24,5 +27,12 @@ export const layer = (retentionMs: number): Layer.Layer<never, never, Registry.R
           deleted > 0 ? Effect.logInfo(`Retention: deleted ${deleted} message${deleted === 1 ? "" : "s"} older than ${retentionMs} ms`) : Effect.void),
         Effect.catchAll((e) => Effect.logWarning("Could not delete old messages", e))
       )
-      yield* pass.pipe(Effect.delay(Duration.millis(passEveryMs(retentionMs))), Effect.forever, Effect.forkScoped)
+      // The first pass a minute after start (or sooner, for a shorter period), not a whole period
+      // later: a server restarted more often than every ten minutes would otherwise never purge.
+      const every = passEveryMs(retentionMs)
+      yield* pass.pipe(
+        Effect.delay(Duration.millis(Math.min(every, FIRST_PASS_AFTER_MS))),
+        Effect.zipRight(pass.pipe(Effect.delay(Duration.millis(every)), Effect.forever)),
+        Effect.forkScoped
+      )
     }))
