@@ -80,5 +80,21 @@ for (const { name: backend } of TestDatabase.backends) {
       const delivery = await aliceAgent.waitForMessage(sent.body.message_id)
       expect(delivery.body.sender).toBe(`bob@${bHost}`)
     })
+
+    it("takes a group invitation and an ownership transfer to bob@host:80 and bob@host:443 to the same member", async () => {
+      const group = await Cluster.apiCall(a, alice, "POST", "/groups", { name: "crew" })
+      const id = group.body.group_id as string
+      const invited = await Cluster.apiCall(a, alice, "POST", `/groups/${id}/invite`, { username: `BOB@${bHost}:80` })
+      expect(invited.status, JSON.stringify(invited.body)).toBeLessThan(300)
+      const joined = await Cluster.apiCall(b, bob, "POST", `/groups/${id}/join`, {})
+      expect(joined.status, JSON.stringify(joined.body)).toBe(200)
+      const moved = await Cluster.apiCall(a, alice, "POST", `/groups/${id}/transfer`, { new_owner_user_id: `bob@${bHost}:443` })
+      expect({ status: moved.status, body: moved.body }).toEqual({ status: 200, body: { success: true, new_owner_user_id: invited.body.user_id } })
+      const members = await Cluster.apiCall(a, alice, "GET", `/groups/${id}/members`)
+      expect(members.body.map((m: { username: string; role: string }) => [m.username, m.role]))
+        .toEqual([["alice", "admin"], [`bob@${bHost}`, "owner"]])
+      const shadows = await run(a.sql((sql) => sql<{ username: string }>`SELECT username FROM users WHERE instance IS NOT NULL`))
+      expect(shadows.map((u) => u.username)).toEqual([`bob@${bHost}`])
+    })
   })
 }

@@ -7,6 +7,7 @@ import { Events, publishStatuses } from "../Events.js"
 import * as Graph from "../Graph.js"
 import * as Ids from "../Ids.js"
 import * as Store from "../Store.js"
+import * as Username from "../Username.js"
 import type { Principal } from "./Accounts.js"
 import type { make as makeFriends } from "./Friends.js"
 
@@ -333,9 +334,13 @@ export const make = (friends: Friends) =>
           const groupId = yield* localId(address)
           // Accept a username too: clients often know names, not ids. A value that is some user's
           // id names that user only: a username can look like an id (`usr_` and 26 characters),
-          // and must not take the group when the user meant is not a member.
+          // and must not take the group when the user meant is not a member. A username is read as
+          // every endpoint that takes one reads it: `name@<this registry>` is the local `name`, and
+          // `name@instance` (case, port 443 or 80 aside) a member of another registry.
           const byId = yield* users.findById(newOwnerUserId)
-          const byName = Option.isSome(byId) ? Option.none() : yield* users.findByUsername(newOwnerUserId.toLowerCase())
+          const byName = Option.isSome(byId)
+            ? Option.none()
+            : yield* users.findByUsername(Username.storedName(newOwnerUserId, directory.localInstance))
           return yield* groups.exclusively(groupId, Effect.gen(function* () {
             const actor = yield* membershipOf(groupId, principal.userId)
             let target = yield* membershipOf(groupId, newOwnerUserId)

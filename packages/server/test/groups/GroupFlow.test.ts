@@ -143,6 +143,25 @@ describe.each(TestDatabase.backends)("groups over HTTP ($name)", ({ layer: datab
         .toEqual({ success: true, new_owner_user_id: bob!.id })
     }))
 
+  it.scopedLive("transfer takes a local member's username also as name@<this registry>, in any case and with port 443 or 80, as invites do", () =>
+    Effect.gen(function* () {
+      const here = "here.test"
+      const server = yield* TestServer.make({ database, config: { instanceName: here, publicUrl: `http://${here}` } })
+      const [alice, bob] = yield* Fixtures.users(server, "alice", "bob")
+      const group = yield* alice!.api.groups.create({ payload: { name: "crew" } })
+      const id = group.group_id
+      // The invitation already reads the full address.
+      yield* alice!.api.groups.invite({ path: { id }, payload: { username: `BOB@${here.toUpperCase()}:443` } })
+      yield* bob!.api.groups.join({ path: { id } })
+      const owner = () => Effect.map(alice!.api.groups.members({ path: { id } }), (ms) => ms.find((m) => m.role === "owner")?.username)
+      expect(yield* alice!.api.groups.transfer({ path: { id }, payload: { new_owner_user_id: `Bob@${here.toUpperCase()}:80` } }))
+        .toEqual({ success: true, new_owner_user_id: bob!.id })
+      expect(yield* owner()).toBe("bob")
+      expect(yield* bob!.api.groups.transfer({ path: { id }, payload: { new_owner_user_id: `alice@${here}` } }))
+        .toEqual({ success: true, new_owner_user_id: alice!.id })
+      expect(yield* owner()).toBe("alice")
+    }))
+
   it.scopedLive("a description's 1000-character limit counts characters, not UTF-16 units", () =>
     Effect.gen(function* () {
       const server = yield* TestServer.make({ database })
