@@ -552,6 +552,12 @@ export interface OutboxService {
    */
   readonly retarget: (connectionId: string, to: "inbox" | "agent") => Effect.Effect<ReadonlyArray<MovedDelivery>, SqlError>
   /**
+   * A connection was registered again (its agent is back, or its callback
+   * changed): its pending pushes waiting for a retry are due now instead of
+   * at the end of their backoff. Answers how many.
+   */
+  readonly dueNow: (connectionId: string) => Effect.Effect<number, SqlError>
+  /**
    * A delivery `owner` leased for an agent that has since switched to polling
    * goes to the inbox instead of being attempted; none when the lease was lost.
    */

@@ -1306,6 +1306,16 @@ export const makeOutbox = Effect.gen(function* () {
           return moved
         }
       ),
+    dueNow: (connectionId) =>
+      Effect.map(
+        // Through the due index (pending, by time): only deliveries waiting for a later attempt are read.
+        sql`
+          UPDATE deliveries SET next_attempt_at = now(), updated_at = now()
+          WHERE status = 'pending' AND next_attempt_at > now() AND connection_id = ${connectionId}
+            AND target_kind = 'agent' AND (lease_until IS NULL OR lease_until < now())
+          RETURNING id`,
+        (rows) => rows.length
+      ),
     moveToInbox: (owner, deliveryId) =>
       Effect.map(
         sql`

@@ -211,6 +211,11 @@ export const make = Effect.gen(function* () {
         // when it gets to it.)
         const to = fields.mode === "polling" ? "inbox" as const : "agent" as const
         yield* announceMoved(events.publish, yield* outbox.retarget(current.id, to), to)
+      } else if (fields.mode === "webhook") {
+        // Registered again (its agent started, or its callback changed): what waits for a retry is
+        // pushed now rather than at the end of its backoff. The engines hear of it from the
+        // `updated` event below, which also ends the connection's rest after failures.
+        yield* outbox.dueNow(current.id)
       }
       yield* events.publish({ _tag: "Connection", userId: principal.userId, connectionId: current.id, change: "updated" })
       return {

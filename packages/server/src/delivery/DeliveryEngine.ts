@@ -361,10 +361,22 @@ export const make = (settings: EngineSettings) =>
       Effect.forkScoped
     )
 
-    // Work queued on other nodes wakes us too.
-    const events = yield* bus.subscribeTo((event) => event._tag === "DeliveriesQueued")
+    // Work queued on other nodes wakes us too. A connection registered again is given a fresh
+    // start: its rest after failures ends (its agent is back, or its callback changed) and the
+    // deliveries the registration made due are claimed.
+    const events = yield* bus.subscribeTo((event) =>
+      event._tag === "DeliveriesQueued" || (event._tag === "Connection" && event.change === "updated"))
     yield* Queue.take(events).pipe(
-      Effect.flatMap(() => wake),
+      Effect.flatMap((event) => {
+        const target = event._tag === "Connection" ? targets.get(event.connectionId) : undefined
+        if (target !== undefined) {
+          // In place: attempts in flight count down on this state.
+          target.failures = 0
+          target.restUntil = 0
+          target.restMs = settings.breakerCooldownMs
+        }
+        return wake
+      }),
       Effect.forever,
       Effect.forkScoped
     )

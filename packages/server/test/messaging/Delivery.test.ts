@@ -130,6 +130,36 @@ describe("delivery", () => {
       expect(agent.duplicates()).toEqual([])
     }), { timeout: 60_000 })
 
+  it.scopedLive("an agent registered again gets what waits for a retry at once, at its callback as before or at a new one", () =>
+    Effect.gen(function* () {
+      // Retries a minute and more apart: within the waits below, only the registration brings them.
+      const schedule = RetrySchedule.RetrySchedule.make({ baseDelayMs: 60_000, factor: 2, maxDelayMs: 600_000, maxAttempts: 5, horizonMs: 3_600_000, jitter: 0 })
+      const { agent, alice, bob } = yield* pair({ retrySchedule: schedule })
+      agent.failAll(503)
+      const waiting = yield* Effect.all(
+        Array.from({ length: 6 }, (_, i) => alice.client.messages.send({ payload: { recipient: "bob", message: `w${i}` } })),
+        { concurrency: "unbounded" }
+      )
+      for (const s of waiting) expect(s.status).toBe("pending")
+      // The agent starts again and registers as it did before.
+      agent.recover()
+      yield* Fixtures.connect(bob, agent)
+      for (const s of waiting) yield* Effect.promise(() => agent.waitForMessage(s.message_id, { timeoutMs: 20_000 }))
+      expect(agent.duplicates()).toEqual([])
+
+      // Down again; it comes back at another callback URL (with its own secret).
+      agent.failAll(503)
+      const later = yield* alice.client.messages.send({ payload: { recipient: "bob", message: "over here" } })
+      expect(later.status).toBe("pending")
+      const moved = yield* FakeAgent.make()
+      yield* Fixtures.connect(bob, moved)
+      yield* Effect.promise(() => moved.waitForMessage(later.message_id, { timeoutMs: 20_000 }))
+      const d = yield* Fixtures.eventually(detail(alice, later.message_id), (x) => x.status === "delivered")
+      expect(d.deliveries[0]).toMatchObject({ status: "delivered", attempts: 2 })
+      // The old callback failed it once and never had it.
+      expect(agent.countFor(later.message_id)).toBe(0)
+    }), { timeout: 90_000 })
+
   it.scopedLive("an agent that answers 400 to everything is given up after the schedule, keeping the error", () =>
     Effect.gen(function* () {
       const { agent, alice } = yield* pair()
