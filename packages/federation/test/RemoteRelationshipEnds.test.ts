@@ -175,6 +175,60 @@ for (const { name: backend } of TestDatabase.backends) {
       expect(await run(bobsView(g.bob, messageId))).toBeUndefined()
     }, 60_000)
 
+    // Needs the send's write held up in another session of b's database: PostgreSQL only.
+    it.runIf(backend === "postgres")("a member here who blocks the sender while the sender's message to the group is being written is not sent it", async () => {
+      const g = await remoteGroup()
+      // Carol and bob, both of b, are friends there.
+      await run(g.carol.client.friends.request({ payload: { username: g.bob.username } }))
+      const asked = await run(g.bob.client.friends.list({ urlParams: { status: "pending" } }))
+      const row = asked.find((f) => f.username === g.carol.username)!.id
+      await run(g.bob.client.friends.accept({ path: { id: row } }))
+      const waiting = b.sql((sql) =>
+        sql<{ n: number }>`
+          SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`
+      )
+      // Another session of b holds bob's membership row, so that carol's send, decided while
+      // the two are friends, waits to write for it.
+      let locked!: () => void
+      const isLocked = new Promise<void>((resolve) => (locked = resolve))
+      let release!: () => void
+      const released = new Promise<void>((resolve) => (release = resolve))
+      const holder = run(b.sql((sql) =>
+        sql.withTransaction(Effect.gen(function* () {
+          yield* sql`
+            SELECT user_id FROM remote_group_members
+            WHERE group_id = ${g.id} AND user_id = (SELECT id FROM users WHERE username = ${g.bob.username}) FOR UPDATE`
+          locked()
+          yield* Effect.promise(() => released)
+        }))
+      ))
+      await isLocked
+      // Should the write get through, its first push fails: a block after it ends the retry.
+      g.bobAgent.script(FakeAgent.status(503))
+      const sending = run(g.carol.client.messages.send({ payload: { recipient: g.id, recipient_type: "group", message: "psst" } }))
+      await run(Fixtures.eventually(waiting, (rows) => rows[0]!.n > 0, { label: "carol's write waits for bob's membership row" }))
+      // Meanwhile bob blocks carol: done at once, or it waits for carol's write.
+      let blocked = false
+      const blocking = run(g.bob.client.friends.block({ path: { id: row } })).then(() => (blocked = true))
+      await run(Fixtures.eventually(
+        Effect.map(waiting, (rows) => blocked || rows[0]!.n > 1),
+        (done) => done,
+        { label: "bob's block done or waiting for carol's write" }
+      ))
+      release()
+      await holder
+      await blocking
+      const sent = await sending
+      await pastTheRetry()
+      // Either the send came after the block, and was decided again without bob, or before it,
+      // and the block ended bob's delivery: bob never has the message.
+      expect(g.bobAgent.countFor(sent.message_id)).toBe(0)
+      const bobs = await run(bobsView(g.bob, sent.message_id))
+      if (bobs !== undefined) {
+        expect(bobs).toMatchObject({ status: "failed", last_error: "the recipient no longer receives this sender's messages" })
+      }
+    }, 60_000)
+
     it("the home deleting the group ends what is pending of its messages here", async () => {
       const g = await remoteGroup()
       const messageId = await queuedForBob(g.bob, g.bobAgent, fromHome(g, "last trip"))

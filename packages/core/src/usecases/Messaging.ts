@@ -526,8 +526,12 @@ export const make = Effect.gen(function* () {
       }
 
       // Federation: members on the registry a message came from were served there already.
+      // The members before the blocks: a member only invited when the members version was read
+      // who blocks the sender (the version does not move for them) and then joins is either not yet
+      // among the members read, or their block is among the blocks read after.
+      const others = yield* othersIn(group.id, principal.userId)
       const blocked = yield* blockedWith(principal.userId)
-      const members = (yield* othersIn(group.id, principal.userId)).filter((u) =>
+      const members = others.filter((u) =>
         (input.federated === undefined || u.instance !== input.federated.originInstance) && !blocked.has(u.id)
       )
       const local = members.filter((u) => u.instance === null)
