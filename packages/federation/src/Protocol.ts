@@ -5,7 +5,7 @@
  * users, `name@instance` someone elsewhere (only a group's home registry may
  * speak for users of a third registry).
  */
-import { StoredText } from "@mahilo/core"
+import { StoredText, Username } from "@mahilo/core"
 import { Schema } from "effect"
 
 export const PREFIX = "/federation/v1"
@@ -36,8 +36,19 @@ export const paths = {
 } as const
 
 const Name = Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_-]{3,30}$/))
-/** `name` or `name@instance`. */
-const Address = Schema.String.pipe(Schema.maxLength(300), Schema.pattern(/^[A-Za-z0-9_-]{3,30}(@[a-z0-9.:-]{1,260})?$/))
+/**
+ * `name` or `name@instance`, the instance a registry name (`Username.isInstance`: no trailing dot,
+ * no port 0 or with leading zeros), so that no peer can name one user two ways and make a second
+ * user of them here.
+ */
+const Address = Schema.String.pipe(
+  Schema.maxLength(300),
+  Schema.pattern(/^[A-Za-z0-9_-]{3,30}(@[a-z0-9.:-]{1,260})?$/),
+  Schema.filter((address) => {
+    const at = address.indexOf("@")
+    return at === -1 || Username.isInstance(address.slice(at + 1))
+  }, { message: () => "the instance must be a hostname, optionally with :port (1–65535)" })
+)
 const Id = Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9_:-]{1,200}$/))
 /** Text of at most `max` characters that the store keeps as given (see StoredText). */
 const Text = (max: number) =>

@@ -45,5 +45,35 @@ for (const { name: backend } of TestDatabase.backends) {
       expect(peers.body.map((p: { status: string }) => p.status)).toEqual(["trusted"])
       expect((await get("/federation/v1/users/bob")).status).toBe(200)
     })
+
+    it("a forward naming its sender at an instance no registry can have (a trailing dot, a port written with a zero first) is 400, and no user is made of it", async () => {
+      await run(Fixtures.person(b.server(), "dana"))
+      const key = await run(Cluster.signingKey(a))
+      const forward = (sender: string, i: number) =>
+        run(Cluster.send(Cluster.signedRequest({
+          instance: a.name,
+          key,
+          to: b.url,
+          method: "POST",
+          path: "/federation/v1/messages",
+          body: {
+            message_id: `msg_odd_${i}`,
+            sender,
+            sender_agent: null,
+            recipient_type: "group",
+            group: { id: "grp_nowhere", name: "Nowhere", home: a.name },
+            message: "hi",
+            context: null,
+            payload_type: "text/plain",
+            correlation_id: null
+          }
+        })))
+      const answers = [await forward("carol@c.example.", 1), await forward("carol@c.example:0443", 2), await forward("carol@c..example", 3)]
+      expect(answers.map((x) => [x.status, x.body?.code])).toEqual(answers.map(() => [400, "INVALID_REQUEST"]))
+      const made = await run(b.sql((sql) => sql<{ n: number }>`SELECT count(*)::int AS n FROM users WHERE username LIKE 'carol@%'`))
+      expect(made[0]!.n).toBe(0)
+      // A well-formed name gets past the schema (and is then judged on what it asks).
+      expect((await forward("carol@c.example", 4)).body?.code).not.toBe("INVALID_REQUEST")
+    })
   })
 }
