@@ -4,8 +4,9 @@
  * let them go. When set, a pass deletes the messages older than the retention
  * whose deliveries have all ended; nothing still waiting in an inbox or for a
  * retry goes, however old. Passes run every ten minutes (or every retention
- * period when that is shorter; the first a minute after start), in statements of 200 messages with a short
- * pause between them so sends are not held up behind a long delete.
+ * period when that is shorter; the first a minute after start), in statements
+ * of 200 messages with a short pause between them so sends are not held up
+ * behind a long delete.
  */
 import { Registry } from "@mahilo/core"
 import { Duration, Effect, Layer } from "effect"
