@@ -113,7 +113,8 @@ export interface ConnectionsService {
     label: string
   ) => Effect.Effect<Option.Option<AgentConnection>, SqlError>
   readonly insert: (connection: Omit<AgentConnection, "createdAt" | "updatedAt" | "lastSeen">) => Effect.Effect<void, SqlError | Errors.Conflict>
-  readonly update: (connection: Omit<AgentConnection, "createdAt" | "updatedAt" | "lastSeen">) => Effect.Effect<void, SqlError>
+  /** Answers whether the connection was still there to update (a delete may have come first). */
+  readonly update: (connection: Omit<AgentConnection, "createdAt" | "updatedAt" | "lastSeen">) => Effect.Effect<boolean, SqlError>
   /** Deletes the user's connection; false if it was not theirs. */
   readonly delete: (userId: string, id: string) => Effect.Effect<boolean, SqlError>
   /**

@@ -257,12 +257,16 @@ export const makeConnections = Effect.gen(function* () {
           onUnique(() => Errors.Conflict.of("CONNECTION_EXISTS", "A connection with this framework and label exists"))
         )),
     update: (c) =>
-      cache.write(Effect.asVoid(sql`
-        UPDATE agent_connections SET description = ${c.description}, capabilities = ${Rows.json(c.capabilities)}::jsonb,
-          routing_priority = ${c.routingPriority}, mode = ${c.mode}, callback_url = ${c.callbackUrl},
-          callback_secret = ${c.callbackSecret}, public_key = ${c.publicKey}, public_key_alg = ${c.publicKeyAlg},
-          status = ${c.status}, updated_at = now()
-        WHERE id = ${c.id}`)),
+      cache.write(Effect.map(
+        sql`
+          UPDATE agent_connections SET description = ${c.description}, capabilities = ${Rows.json(c.capabilities)}::jsonb,
+            routing_priority = ${c.routingPriority}, mode = ${c.mode}, callback_url = ${c.callbackUrl},
+            callback_secret = ${c.callbackSecret}, public_key = ${c.publicKey}, public_key_alg = ${c.publicKeyAlg},
+            status = ${c.status}, updated_at = now()
+          WHERE id = ${c.id}
+          RETURNING id`,
+        (rows) => rows.length > 0
+      )),
     delete: (userId, id) =>
       cache.write(Effect.map(
         sql`DELETE FROM agent_connections WHERE id = ${id} AND user_id = ${userId} RETURNING id`,

@@ -203,7 +203,9 @@ export const make = Effect.gen(function* () {
       const current = existing.value
       const secret = input.callbackSecret ?? (input.rotateSecret === true ? Callback.generateSecret() : current.callbackSecret)
       // The label keeps the spelling it was registered with: `work` updates the connection labelled `Work`.
-      yield* connections.update({ ...current, ...fields, label: current.label, status: "active", callbackSecret: secret })
+      const updated = yield* connections.update({ ...current, ...fields, label: current.label, status: "active", callbackSecret: secret })
+      // Deleted since it was read: this registration is decided again, and makes a new connection.
+      if (!updated) return yield* Errors.Conflict.of("CONNECTION_CHANGED", "The connection was deleted during the registration; send it again")
       if (fields.mode !== current.mode) {
         // What waited to be pushed now waits to be fetched, or the other way round; nothing is
         // failed for it. (A push in flight finishes: if it delivers, the message is delivered and
@@ -234,7 +236,8 @@ export const make = Effect.gen(function* () {
   return {
     /** Registers an agent connection, or updates the one with the same framework and label (in any case). */
     upsertConnection: (principal: Principal, input: ConnectionInput) =>
-      // Two first registrations racing: the loser updates the winner's row.
+      // Two first registrations racing: the loser updates the winner's row. An update racing a
+      // delete of the row: it registers the connection anew.
       Effect.catchIf(upsertOnce(principal, input), (e) => e._tag === "Conflict", () => upsertOnce(principal, input)),
 
     listConnections: (principal: Principal) => connections.listByUser(principal.userId),
