@@ -170,11 +170,17 @@ export interface RemoteDirectoryService {
     membership: RemoteGroupMembership,
     actor: Actor
   ) => Effect.Effect<ReadonlyArray<Store.MemberListing>, RemoteFailure | Errors.Forbidden>
-  /** Leaves (or declines) a remote group at its home registry; answers whether the home deleted the group with it. */
+  /**
+   * Leaves (or declines) a remote group at its home registry, then forgets it
+   * here and ends what was still to be delivered here to the member of its
+   * messages, in one transaction (`Outbox.endPending`: left, or deleted when
+   * the leave deleted the group at its home). Answers whether the home deleted
+   * the group with it, and the deliveries ended (for their senders to hear).
+   */
   readonly leaveRemoteGroup: (
     membership: RemoteGroupMembership,
     actor: Actor
-  ) => Effect.Effect<{ readonly groupDeleted: boolean }, RemoteFailure>
+  ) => Effect.Effect<{ readonly groupDeleted: boolean; readonly ended: ReadonlyArray<Store.Rollup> }, RemoteFailure>
   /**
    * Queues, durably, telling the registries of members from elsewhere that their
    * membership (or invitation) in a group of this registry ended: they were

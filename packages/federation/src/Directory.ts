@@ -335,8 +335,18 @@ export const make: Effect.Effect<
           Schema.decodeUnknownOption(Protocol.GroupLeaveAnswer)(response.value.body),
           (answer) => answer.group_deleted
         )
-        yield* store.forgetRemoteGroup(membership)
-        return { groupDeleted }
+        // Forgotten here, and what was still to be delivered here to the member ends with it, in one
+        // transaction: a process that dies between the two cannot leave deliveries of a group no
+        // longer known here (nothing left to leave again). An invitation declined had nothing coming.
+        const ended = yield* store.atomically(Effect.gen(function* () {
+          const forgotten = yield* store.endRemoteMemberships(membership.groupId, membership.homeInstance, [membership.userId])
+          const members = forgotten.flatMap((r) => (r.status === "active" ? [r.userId] : []))
+          return yield* outbox.endPending(
+            { _tag: "RemoteMembers", groupId: membership.groupId, homeInstance: membership.homeInstance, userIds: members },
+            groupDeleted ? Store.EndReason.groupDeleted : Store.EndReason.left
+          )
+        }))
+        return { groupDeleted, ended }
       }),
 
     endRemoteMemberships: ({ by, group, members, reason }) =>

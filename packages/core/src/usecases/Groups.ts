@@ -263,16 +263,11 @@ export const make = (friends: Friends) =>
           if (at._tag === "Remote") {
             // Federation: leaving a group of another registry is done at its home.
             const remote = at.membership
-            const { groupDeleted } = yield* directory.leaveRemoteGroup(remote, principal)
-            // Done at the home and forgotten here: what was still to be delivered here to the member
-            // of the group's messages ends, as for a group of this registry (a leave that deleted it
-            // there: the group was deleted). An invitation declined had nothing coming.
-            if (remote.status === "active") {
-              yield* publishStatuses(events, yield* outbox.endPending(
-                { _tag: "RemoteMembers", groupId: remote.groupId, homeInstance: remote.homeInstance, userIds: [principal.userId] },
-                groupDeleted ? Store.EndReason.groupDeleted : Store.EndReason.left
-              ))
-            }
+            // Done at the home, then forgotten here with what was still to be delivered here to the
+            // member of the group's messages, as for a group of this registry (a leave that deleted
+            // it there: the group was deleted); their senders hear it.
+            const { ended, groupDeleted } = yield* directory.leaveRemoteGroup(remote, principal)
+            yield* publishStatuses(events, ended)
             // The home tells its members; the user's own sockets here hear it as for a group of this registry.
             yield* announceLeave([principal.userId], at.address, remote.groupName, principal.username, remote.status === "invited" ? "declined" : "left")
             return { groupDeleted }
