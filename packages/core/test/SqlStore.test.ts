@@ -655,6 +655,50 @@ for (const backend of backends) {
         }))
 
       if (backend.name === "postgres") {
+        it.effect("outcomes rolled up into messages another session locks the other way round: PostgreSQL ends the batch for the deadlock, and it is run again", () =>
+          Effect.gen(function* () {
+            const { alice, bob, messages, outbox, sql } = yield* outboxSetup
+            const lease = Option.some({ owner: "me", until: new Date(Date.now() + 60_000) })
+            // Two messages, the first with the lower id; one delivery each, leased to this worker.
+            const [first, second] = [message({ senderId: alice.id, recipientId: bob.id }), message({ senderId: alice.id, recipientId: bob.id })]
+              .sort((x, y) => (x.id < y.id ? -1 : 1)) as [Store.Message, Store.Message]
+            const [d1, d2] = [delivery(bob.id), delivery(bob.id)]
+            yield* messages.insert(first, [d1], lease)
+            yield* messages.insert(second, [d2], lease)
+            // Another session locks the second message, then (once the batch waits for it) the first.
+            const holding = yield* Deferred.make<void>()
+            const proceed = yield* Deferred.make<void>()
+            const other = yield* Effect.fork(sql.withTransaction(Effect.gen(function* () {
+              yield* sql`SELECT id FROM messages WHERE id = ${second.id} FOR UPDATE`
+              yield* Deferred.succeed(holding, undefined)
+              yield* Deferred.await(proceed)
+              yield* sql`SELECT id FROM messages WHERE id = ${first.id} FOR UPDATE`
+            })))
+            yield* Deferred.await(holding)
+            // The batch locks the first message (id order), then waits for the second.
+            const batch = yield* Effect.fork(outbox.recordMany("me", [
+              { deliveryId: d2.id, record: { _tag: "Delivered", statusCode: 200, at: new Date() } },
+              { deliveryId: d1.id, record: { _tag: "Delivered", statusCode: 200, at: new Date() } }
+            ]))
+            const waiting = sql<{ n: number }>`
+              SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`
+            for (let i = 0; i < 200 && (yield* waiting)[0]!.n === 0; i++) {
+              yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 25)))
+            }
+            expect((yield* waiting)[0]!.n).toBeGreaterThan(0)
+            // Now the circle closes: PostgreSQL ends one side (the batch, which waited first).
+            yield* Deferred.succeed(proceed, undefined)
+            yield* Fiber.join(other)
+            const outcomes = yield* Fiber.join(batch)
+            expect(outcomes.map((o) => Option.map(o, (r) => [r.messageId, r.deliveryStatus, r.messageStatus]))).toEqual([
+              Option.some([second.id, "delivered", "delivered"]),
+              Option.some([first.id, "delivered", "delivered"])
+            ])
+            for (const m of [first, second]) {
+              expect(Option.getOrThrow(yield* messages.find(m.id))).toMatchObject({ status: "delivered", deliveredCount: 1 })
+            }
+          }))
+
         it.effect("reroute on PostgreSQL: a delivery leased by another worker while the reroute runs is left to that attempt, not moved", () =>
           Effect.gen(function* () {
             const { alice, bob, messages, outbox, sql } = yield* outboxSetup

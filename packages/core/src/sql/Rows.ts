@@ -16,6 +16,12 @@ export const isUniqueViolation = (error: SqlError): boolean => {
   return cause !== undefined && cause !== null && cause.code === "23505"
 }
 
+/** Whether PostgreSQL ended the statement to break a deadlock (it was rolled back whole; PGlite never does). */
+export const isDeadlock = (error: SqlError): boolean => {
+  const cause = error.cause as { code?: unknown } | undefined
+  return cause !== undefined && cause !== null && cause.code === "40P01"
+}
+
 export const json = (value: unknown): string | null =>
   value === undefined || value === null ? null : JSON.stringify(value)
 

@@ -43,6 +43,18 @@ const onUnique = (conflict: () => Errors.Conflict) =>
   Effect.catchAll(effect, (e): Effect.Effect<never, SqlError | Errors.Conflict> =>
     Rows.isUniqueViolation(e) ? Effect.fail(conflict()) : Effect.fail(e))
 
+/**
+ * A statement of its own (not in a transaction) that PostgreSQL chose to end
+ * to break a deadlock is run again, up to twice: it was rolled back whole, and
+ * the other side has its locks by then. Inside a transaction it fails as is
+ * (the transaction is aborted; only its caller can start it again).
+ */
+const againAfterDeadlock = <A>(statement: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> =>
+  Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) =>
+    Option.isSome(transaction)
+      ? statement
+      : Effect.catchIf(statement, Rows.isDeadlock, () => Effect.catchIf(statement, Rows.isDeadlock, () => statement)))
+
 export const makeUsers = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
   // Friend lists show the other user's display name, which a shadow user's update changes.
@@ -1021,7 +1033,7 @@ export const makeOutbox = Effect.gen(function* () {
       ELSE false
     END`
     return Effect.map(
-      sql<FinishedRow & { readonly message_status: Store.MessageStatus; readonly target_kind: string }>`
+      againAfterDeadlock(sql<FinishedRow & { readonly message_status: Store.MessageStatus; readonly target_kind: string }>`
         WITH v AS (
           SELECT * FROM unnest(${ids}::text[], ${statuses}::text[], ${errors}::text[], ${codes}::int[], ${nextAttempts}::timestamptz[])
             AS v(id, status, error, status_code, next_attempt_at)
@@ -1059,6 +1071,9 @@ export const makeOutbox = Effect.gen(function* () {
             count(*) FILTER (WHERE status = 'delivered')::int AS delivered,
             count(*) FILTER (WHERE status = 'failed')::int AS failed
           FROM d WHERE status <> 'pending' GROUP BY message_id
+          -- Messages are locked in id order, so two batches rolling up into the same messages
+          -- never wait for each other in a circle.
+          ORDER BY message_id
         ), u AS (
           UPDATE messages m SET
             delivered_count = m.delivered_count + f.delivered,
@@ -1075,7 +1090,7 @@ export const makeOutbox = Effect.gen(function* () {
         )
         SELECT d.id, d.message_id, d.status, d.recipient_user_id, d.target_kind, msg.sender_id,
           COALESCE(u.status, msg.status) AS message_status
-        FROM d JOIN messages msg ON msg.id = d.message_id LEFT JOIN u ON u.id = d.message_id`,
+        FROM d JOIN messages msg ON msg.id = d.message_id LEFT JOIN u ON u.id = d.message_id`),
       (rows) => {
         // A delivered push that took its delivery out of an inbox changes that inbox.
         const leftInboxes = rows.flatMap((row) =>
