@@ -6,7 +6,7 @@ import { SqlClient } from "@effect/sql"
 import { Graph, Ids, SqlStore, Store } from "@mahilo/core"
 import { TestDatabase } from "@mahilo/testkit"
 import { describe, expect, it as itBase } from "@effect/vitest"
-import { Clock, Deferred, Effect, Either, Fiber, Layer, Option, Schedule } from "effect"
+import { Deferred, Effect, Either, Fiber, Layer, Option } from "effect"
 
 const message = (over: Partial<Store.Message> & { readonly senderId: string; readonly recipientId: string }): Store.Message => ({
   id: Ids.make("msg"),
@@ -680,12 +680,7 @@ for (const backend of backends) {
               { deliveryId: d2.id, record: { _tag: "Delivered", statusCode: 200, at: new Date() } },
               { deliveryId: d1.id, record: { _tag: "Delivered", statusCode: 200, at: new Date() } }
             ]))
-            const waiting = sql<{ n: number }>`
-              SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`
-            for (let i = 0; i < 200 && (yield* waiting)[0]!.n === 0; i++) {
-              yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 25)))
-            }
-            expect((yield* waiting)[0]!.n).toBeGreaterThan(0)
+            expect(yield* TestDatabase.someoneWaitsForALock(sql)).toBeGreaterThan(0)
             // Now the circle closes: PostgreSQL ends one side (the batch, which waited first).
             yield* Deferred.succeed(proceed, undefined)
             yield* Fiber.join(other)
@@ -721,13 +716,7 @@ for (const backend of backends) {
             const reroute = yield* Effect.fork(
               outbox.reroute({ _tag: "Connection", connectionId: a }, Option.some({ connectionId: b, kind: "agent" }), reason)
             )
-            const waiting = sql<{ n: number }>`
-              SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`
-            // (it.effect runs a TestClock: the wait between looks is real time.)
-            yield* Effect.repeat(waiting, { until: (rows) => rows[0]!.n > 0, schedule: Schedule.spaced("20 millis") }).pipe(
-              Effect.withClock(Clock.make()),
-              Effect.timeoutFail({ duration: "20 seconds", onTimeout: () => new Error("the reroute never waited for the held row") })
-            )
+            yield* TestDatabase.someoneWaitsForALock(sql, { timeoutMs: 20_000, label: "the reroute waiting for the held row" })
             // Meanwhile another worker claims what it can, and a send writes a delivery to the
             // connection, leased for its first attempt (it read the connection before the delete).
             const claimed = (yield* outbox.claim("other-node", 10, 60_000)).map((c) => c.delivery.id)
@@ -978,12 +967,7 @@ for (const backend of backends) {
           ], { concurrency: "unbounded" }))
           if (backend.name === "postgres") {
             // The batch's statement waits for the friendship's row, holding no group.
-            const waiting = sql<{ n: number }>`
-              SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`
-            for (let i = 0; i < 200 && (yield* waiting)[0]!.n === 0; i++) {
-              yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 25)))
-            }
-            expect((yield* waiting)[0]!.n).toBeGreaterThan(0)
+            expect(yield* TestDatabase.someoneWaitsForALock(sql)).toBeGreaterThan(0)
             // ...holding no group: the block can take the group's row (here a third session takes it and lets go).
             const free = yield* Effect.either(sql.withTransaction(sql`SELECT id FROM groups WHERE id = ${g.id} FOR UPDATE NOWAIT`))
             expect(Either.isRight(free)).toBe(true)

@@ -19,7 +19,7 @@ import {
 import type { SqlError } from "@effect/sql/SqlError"
 import { type Context, Effect, Either, Layer, Option, Schema } from "effect"
 import { errorOf, PeerClient, type PeerCallError, type PeerResponse } from "./PeerClient.js"
-import { type Peer, PeerStore } from "./PeerStore.js"
+import { endMembershipsHere, type Peer, PeerStore } from "./PeerStore.js"
 import { Peers } from "./Peers.js"
 import * as Protocol from "./Protocol.js"
 import { FederationConfig } from "./FederationConfig.js"
@@ -284,15 +284,7 @@ export const make: Effect.Effect<
           // Gone at its home (ended while this registry could not be told): forget it here too, and
           // end what was still to be delivered to them here of its messages, as the home's notice
           // would have (its reason unknown: deleted, or they were removed).
-          const rollups = yield* store.atomically(Effect.gen(function* () {
-            const forgotten = yield* store.endRemoteMemberships(membership.groupId, membership.homeInstance, [membership.userId])
-            // An invitation had nothing coming.
-            const members = forgotten.flatMap((r) => (r.status === "active" ? [r.userId] : []))
-            return yield* outbox.endPending(
-              { _tag: "RemoteMembers", groupId: membership.groupId, homeInstance: membership.homeInstance, userIds: members },
-              Store.EndReason.goneAtHome
-            )
-          }))
+          const { rollups } = yield* endMembershipsHere(store, outbox, membership, [membership.userId], Store.EndReason.goneAtHome)
           yield* publishStatuses(events, rollups)
         }
         if (response.status === 403 || response.status === 404) return yield* refused(peer.name, response)
@@ -337,16 +329,15 @@ export const make: Effect.Effect<
         )
         // Forgotten here, and what was still to be delivered here to the member ends with it, in one
         // transaction: a process that dies between the two cannot leave deliveries of a group no
-        // longer known here (nothing left to leave again). An invitation declined had nothing coming.
-        const ended = yield* store.atomically(Effect.gen(function* () {
-          const forgotten = yield* store.endRemoteMemberships(membership.groupId, membership.homeInstance, [membership.userId])
-          const members = forgotten.flatMap((r) => (r.status === "active" ? [r.userId] : []))
-          return yield* outbox.endPending(
-            { _tag: "RemoteMembers", groupId: membership.groupId, homeInstance: membership.homeInstance, userIds: members },
-            groupDeleted ? Store.EndReason.groupDeleted : Store.EndReason.left
-          )
-        }))
-        return { groupDeleted, ended }
+        // longer known here (nothing left to leave again).
+        const { rollups } = yield* endMembershipsHere(
+          store,
+          outbox,
+          membership,
+          [membership.userId],
+          groupDeleted ? Store.EndReason.groupDeleted : Store.EndReason.left
+        )
+        return { groupDeleted, ended: rollups }
       }),
 
     endRemoteMemberships: ({ by, group, members, reason }) =>

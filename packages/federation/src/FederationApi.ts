@@ -17,7 +17,7 @@ import { InboundAuth } from "./InboundAuth.js"
 import { InstanceKeys } from "./InstanceKeys.js"
 import { Notices } from "./Notices.js"
 import type { Peer } from "./PeerStore.js"
-import { PeerStore } from "./PeerStore.js"
+import { endMembershipsHere, PeerStore } from "./PeerStore.js"
 import { HANDSHAKE_PATH, WELL_KNOWN_PATH } from "./Peers.js"
 import * as Protocol from "./Protocol.js"
 import * as RateLimit from "./RateLimit.js"
@@ -454,17 +454,14 @@ export const layer = HttpApiBuilder.Router.use((router) =>
           const ended = yield* decodeBody(Protocol.GroupEnded, body)
           const found = yield* users.findByUsernames(ended.usernames.map((name) => name.toLowerCase()))
           const userIds = found.flatMap((u) => (u.instance === null ? [u.id] : []))
-          const { forgotten, rollups } = yield* store.atomically(Effect.gen(function* () {
-            // Only this peer's group of that id: another registry's group of the same id stays.
-            const forgotten = yield* store.endRemoteMemberships(ended.group_id, peer.name, userIds)
-            // An invitation withdrawn had nothing coming.
-            const members = forgotten.flatMap((r) => (r.status === "active" ? [r.userId] : []))
-            const rollups = yield* outbox.endPending(
-              { _tag: "RemoteMembers", groupId: ended.group_id, homeInstance: peer.name, userIds: members },
-              ended.reason === "deleted" ? Store.EndReason.groupDeleted : Store.EndReason.removed
-            )
-            return { forgotten, rollups }
-          }))
+          // Only this peer's group of that id: another registry's group of the same id stays.
+          const { forgotten, rollups } = yield* endMembershipsHere(
+            store,
+            outbox,
+            { groupId: ended.group_id, homeInstance: peer.name },
+            userIds,
+            ended.reason === "deleted" ? Store.EndReason.groupDeleted : Store.EndReason.removed
+          )
           // Committed: the senders hear it (and the relay reports it to where a message came from).
           yield* publishStatuses(events, rollups)
           const first = forgotten[0]

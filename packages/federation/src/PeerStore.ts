@@ -8,7 +8,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Ids, type RemoteGroupMembership } from "@mahilo/core"
+import { Ids, type RemoteGroupMembership, type Store } from "@mahilo/core"
 import { Context, Effect, Layer, Option } from "effect"
 import type * as InstanceIdentity from "./InstanceIdentity.js"
 
@@ -224,6 +224,31 @@ export const make = Effect.gen(function* () {
         )
   }
 })
+
+/**
+ * Local users' memberships in a group of another registry end here (they left
+ * it, or its home removed them, deleted it, or no longer has it): their rows
+ * of that home's group go, and what was still to be delivered to them here of
+ * its messages ends with `reason` (`Outbox.endPending`; an invitation had
+ * nothing coming), in one transaction. Answers the rows forgotten and the
+ * deliveries ended, for their senders to hear once this has committed.
+ */
+export const endMembershipsHere = (
+  store: Effect.Effect.Success<typeof make>,
+  outbox: Store.OutboxService,
+  group: { readonly groupId: string; readonly homeInstance: string },
+  userIds: ReadonlyArray<string>,
+  reason: string
+) =>
+  store.atomically(Effect.gen(function* () {
+    const forgotten = yield* store.endRemoteMemberships(group.groupId, group.homeInstance, userIds)
+    const members = forgotten.flatMap((r) => (r.status === "active" ? [r.userId] : []))
+    const rollups = yield* outbox.endPending(
+      { _tag: "RemoteMembers", groupId: group.groupId, homeInstance: group.homeInstance, userIds: members },
+      reason
+    )
+    return { forgotten, rollups }
+  }))
 
 export class PeerStore extends Context.Tag("@mahilo/federation/PeerStore")<
   PeerStore,

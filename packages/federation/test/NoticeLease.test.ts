@@ -68,9 +68,7 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("notices and other writers
         }))))
       yield* Deferred.await(locked)
       const block = yield* Effect.fork(Effect.either(alice.client.friends.block({ path: { id: row!.id } })))
-      const waiting = x.sql((sql) =>
-        sql<{ n: number }>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`)
-      yield* Fixtures.eventually(waiting, (rows) => rows[0]!.n > 0, { label: "the block waiting for the row" })
+      yield* x.sql((sql) => TestDatabase.someoneWaitsForALock(sql, { label: "the block waiting for the row" }))
 
       // The other writer removes the friendship and commits: the block finds nothing to block.
       yield* Deferred.succeed(release, undefined)

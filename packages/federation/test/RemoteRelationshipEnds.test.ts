@@ -6,6 +6,7 @@
  * registries (PGlite, and PostgreSQL when DATABASE_URL is set), fake agents that fail their first
  * push, so that a delivery waits for its retry, 2.5 s later, when the change comes.
  */
+import type { SqlClient } from "@effect/sql"
 import type { RetrySchedule } from "@mahilo/core"
 import { Cluster, FakeAgent, Fixtures, TestDatabase } from "@mahilo/testkit"
 import { Effect } from "effect"
@@ -26,6 +27,26 @@ const schedule: RetrySchedule.RetrySchedule = {
   maxAttempts: 5,
   horizonMs: 60_000,
   jitter: 0
+}
+
+/**
+ * Runs `statement` in a transaction of another session of `registry`'s database, once it has run,
+ * held open (its row locks with it) until `release` is called; `done` settles when it has committed.
+ */
+const holdOpen = async (registry: Cluster.Member, statement: (sql: SqlClient.SqlClient) => Effect.Effect<unknown, unknown>) => {
+  let locked!: () => void
+  const isLocked = new Promise<void>((resolve) => (locked = resolve))
+  let release!: () => void
+  const released = new Promise<void>((resolve) => (release = resolve))
+  const done = run(registry.sql((sql) =>
+    sql.withTransaction(Effect.gen(function* () {
+      yield* statement(sql)
+      locked()
+      yield* Effect.promise(() => released)
+    }))
+  ))
+  await isLocked
+  return { release, done }
 }
 
 /** Past the retry's due time: a delivery still pending would have been attempted again. */
@@ -138,33 +159,15 @@ for (const { name: backend } of TestDatabase.backends) {
     it.runIf(backend === "postgres")("a forward the home sends while its removal of a member here is being written skips that member", async () => {
       const g = await remoteGroup()
       // On b, the removal notice's transaction: bob's membership row deleted, not yet committed.
-      let locked!: () => void
-      const isLocked = new Promise<void>((resolve) => (locked = resolve))
-      let release!: () => void
-      const released = new Promise<void>((resolve) => (release = resolve))
-      const removal = run(b.sql((sql) =>
-        sql.withTransaction(Effect.gen(function* () {
-          yield* sql`
-            DELETE FROM remote_group_members
-            WHERE group_id = ${g.id} AND user_id = (SELECT id FROM users WHERE username = ${g.bob.username})`
-          locked()
-          yield* Effect.promise(() => released)
-        }))
-      ))
-      await isLocked
+      const removal = await holdOpen(b, (sql) => sql`
+        DELETE FROM remote_group_members
+        WHERE group_id = ${g.id} AND user_id = (SELECT id FROM users WHERE username = ${g.bob.username})`)
       // The home's forward reads bob and carol as members (the removal is not committed) and waits
       // to write for bob's row.
       const sending = fromHome(g, "who is in?")()
-      await run(Fixtures.eventually(
-        b.sql((sql) =>
-          sql<{ n: number }>`
-            SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`
-        ),
-        (rows) => rows[0]!.n > 0,
-        { label: "the forward's write waits for bob's membership row" }
-      ))
-      release()
-      await removal
+      await run(b.sql((sql) => TestDatabase.someoneWaitsForALock(sql, { label: "the forward's write waiting for bob's membership row" })))
+      removal.release()
+      await removal.done
       const messageId = await sending
       // Decided again without bob: carol has it, bob has nothing of it here.
       await run(Fixtures.eventually(Effect.sync(() => g.carolAgent.countFor(messageId)), (n) => n === 1, {
@@ -183,40 +186,26 @@ for (const { name: backend } of TestDatabase.backends) {
       const asked = await run(g.bob.client.friends.list({ urlParams: { status: "pending" } }))
       const row = asked.find((f) => f.username === g.carol.username)!.id
       await run(g.bob.client.friends.accept({ path: { id: row } }))
-      const waiting = b.sql((sql) =>
-        sql<{ n: number }>`
-          SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`
-      )
+      const waiting = b.sql(TestDatabase.lockWaiters)
       // Another session of b holds bob's membership row, so that carol's send, decided while
       // the two are friends, waits to write for it.
-      let locked!: () => void
-      const isLocked = new Promise<void>((resolve) => (locked = resolve))
-      let release!: () => void
-      const released = new Promise<void>((resolve) => (release = resolve))
-      const holder = run(b.sql((sql) =>
-        sql.withTransaction(Effect.gen(function* () {
-          yield* sql`
-            SELECT user_id FROM remote_group_members
-            WHERE group_id = ${g.id} AND user_id = (SELECT id FROM users WHERE username = ${g.bob.username}) FOR UPDATE`
-          locked()
-          yield* Effect.promise(() => released)
-        }))
-      ))
-      await isLocked
+      const holder = await holdOpen(b, (sql) => sql`
+        SELECT user_id FROM remote_group_members
+        WHERE group_id = ${g.id} AND user_id = (SELECT id FROM users WHERE username = ${g.bob.username}) FOR UPDATE`)
       // Should the write get through, its first push fails: a block after it ends the retry.
       g.bobAgent.script(FakeAgent.status(503))
       const sending = run(g.carol.client.messages.send({ payload: { recipient: g.id, recipient_type: "group", message: "psst" } }))
-      await run(Fixtures.eventually(waiting, (rows) => rows[0]!.n > 0, { label: "carol's write waits for bob's membership row" }))
+      await run(Fixtures.eventually(waiting, (n) => n > 0, { label: "carol's write waits for bob's membership row" }))
       // Meanwhile bob blocks carol: done at once, or it waits for carol's write.
       let blocked = false
       const blocking = run(g.bob.client.friends.block({ path: { id: row } })).then(() => (blocked = true))
       await run(Fixtures.eventually(
-        Effect.map(waiting, (rows) => blocked || rows[0]!.n > 1),
+        Effect.map(waiting, (n) => blocked || n > 1),
         (done) => done,
         { label: "bob's block done or waiting for carol's write" }
       ))
-      release()
-      await holder
+      holder.release()
+      await holder.done
       await blocking
       const sent = await sending
       await pastTheRetry()

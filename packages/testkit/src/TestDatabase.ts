@@ -292,6 +292,35 @@ export const pgliteThread: TestLayer = migrated(
 // ---------------------------------------------------------------------------
 // PostgreSQL
 
+/** PostgreSQL: how many sessions of `sql`'s database wait for a lock now. */
+export const lockWaiters = (sql: SqlClient.SqlClient): Effect.Effect<number, SqlError> =>
+  Effect.map(
+    sql<{ n: number }>`
+      SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`,
+    (rows) => rows[0]!.n
+  )
+
+/**
+ * PostgreSQL: until a session of `sql`'s database waits for a lock (a
+ * statement has reached a row another session holds), polled in real time
+ * also under a test clock; fails after `timeoutMs`. Answers how many wait.
+ */
+export const someoneWaitsForALock = (
+  sql: SqlClient.SqlClient,
+  options: { readonly timeoutMs?: number; readonly label?: string } = {}
+): Effect.Effect<number, SqlError | Error> =>
+  Effect.gen(function* () {
+    const deadline = Date.now() + (options.timeoutMs ?? 10_000)
+    for (;;) {
+      const waiting = yield* lockWaiters(sql)
+      if (waiting > 0) return waiting
+      if (Date.now() >= deadline) {
+        return yield* Effect.fail(new Error(`${options.label ?? "a session waiting for a lock"}: none in ${options.timeoutMs ?? 10_000} ms`))
+      }
+      yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, 25)))
+    }
+  })
+
 /** The admin `DATABASE_URL`, if set. */
 export const adminUrl = (): string | undefined => {
   const url = process.env["DATABASE_URL"]

@@ -68,14 +68,6 @@ const races: ReadonlyArray<Race> = [
   }
 ]
 
-/** Until a session of the registry's database waits for a lock (the change asked for meanwhile has reached the held row). */
-const someoneWaitsForALock = (sql: SqlClient.SqlClient) =>
-  Fixtures.eventually(
-    sql<{ n: number }>`
-      SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`,
-    (rows) => rows[0]!.n > 0
-  )
-
 // Needs a second session on the registry's database to hold the row: PostgreSQL only (when DATABASE_URL is set).
 describe.runIf(TestDatabase.adminUrl() !== undefined)("friendship changes racing on one row (postgres)", () => {
   for (const race of races) {
@@ -98,7 +90,7 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("friendship changes racing
         })))
         yield* Deferred.await(locked)
         const second = yield* Effect.fork(Effect.either(race.second({ alice, bob }, row)))
-        yield* someoneWaitsForALock(sql)
+        yield* TestDatabase.someoneWaitsForALock(sql)
 
         // The first writer commits: the second finds the row as it left it.
         yield* Deferred.succeed(release, undefined)
@@ -139,7 +131,7 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("friendship changes racing
       yield* Deferred.await(locked)
       // The send reads the friendship as last committed (friends) and waits to write for the row.
       const send = yield* Effect.fork(Effect.either(alice.api.messages.send({ payload: { recipient: "bob", message: "hi" } })))
-      yield* someoneWaitsForALock(sql)
+      yield* TestDatabase.someoneWaitsForALock(sql)
       yield* Deferred.succeed(release, undefined)
       yield* Fiber.join(block)
 

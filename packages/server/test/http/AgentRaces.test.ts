@@ -31,11 +31,7 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("agent registration racing
       yield* Deferred.await(deleted)
       // The registration reads the connection as last committed and waits to update it.
       const again = yield* Effect.fork(alice.api.agents.upsert({ payload: { ...payload, description: "second" } }))
-      yield* Fixtures.eventually(
-        sql<{ n: number }>`
-          SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`,
-        (rows) => rows[0]!.n > 0
-      )
+      yield* TestDatabase.someoneWaitsForALock(sql)
       yield* Deferred.succeed(commit, undefined)
       yield* Fiber.join(remover)
 

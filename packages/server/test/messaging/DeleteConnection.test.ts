@@ -214,9 +214,7 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("deleting an agent connect
       })))
       yield* Deferred.await(locked)
       const send = yield* Effect.fork(alice.client.messages.send({ payload: { recipient: "bob", message: "just in time" } }))
-      const waiting = sql<{ n: number }>`
-        SELECT count(*)::int AS n FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()`
-      yield* Fixtures.eventually(waiting, (rows) => rows[0]!.n > 0, { label: "the send waiting to write" })
+      yield* TestDatabase.someoneWaitsForALock(sql, { label: "the send waiting to write" })
 
       // A is deleted meanwhile: nothing of it to move yet. Then the send writes its delivery to A.
       expect(yield* bob.client.agents.delete({ path: { id: aId } })).toEqual({ success: true })
