@@ -15,7 +15,10 @@
  * that had arrived when the drive ended, and how long the rest took), BENCH_SECONDS, BENCH_SENDERS (32),
  * BENCH_NODE_ARGS (extra flags for the server's node, e.g. `--cpu-prof`),
  * BENCH_SIGNAL=true (send the server SIGUSR2 as the measured drive starts and
- * again as it ends, for a profiler preloaded with `--import` to scope itself).
+ * again as it ends, for a profiler preloaded with `--import` to scope itself),
+ * BENCH_WINDOW_SECONDS (also report the measured run in slices of this many
+ * seconds: req/s, p50/p99 and the slowest answer of each, so that a pause
+ * in a long run, such as the embedded database's vacuum, shows).
  */
 import { readdirSync, readFileSync } from "node:fs"
 import { join } from "node:path"
@@ -30,6 +33,7 @@ const MODE = process.env.BENCH_MODE ?? "send"
 const checkout = process.env.BENCH_CHECKOUT ?? join(import.meta.dirname, "..")
 const nodeArgs = (process.env.BENCH_NODE_ARGS ?? "").split(" ").filter((arg) => arg !== "")
 const SIGNAL = process.env.BENCH_SIGNAL === "true"
+const WINDOW = process.env.BENCH_WINDOW_SECONDS === undefined ? undefined : Number(process.env.BENCH_WINDOW_SECONDS) * 1000
 
 
 interface ThreadTimes {
@@ -71,12 +75,13 @@ try {
       sockets.push(socket)
     }
   }
-  const drive = (durationMs: number, label: string) =>
+  const drive = (durationMs: number, label: string, windowMs?: number) =>
     run({
       target,
       concurrency: SENDERS,
       durationMs,
       serverPid: registry.pid,
+      windowMs,
       next: (w, i) =>
         MODE === "health"
           ? { method: "GET", path: "/health" }
@@ -93,7 +98,7 @@ try {
   pushes.count = 0
   const before = threadTimes(registry.pid)
   if (SIGNAL) registry.server.kill("SIGUSR2")
-  const result = await drive(SECONDS * 1000, "measured")
+  const result = await drive(SECONDS * 1000, "measured", WINDOW)
   if (SIGNAL) registry.server.kill("SIGUSR2")
   const after = threadTimes(registry.pid)
   const threads = [...after].flatMap(([tid, t]) => {

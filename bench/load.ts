@@ -29,6 +29,15 @@ export interface Result {
   readonly maxMs: number
 }
 
+/** One slice of a long run (`windowMs`): when it ended, seconds into the measured run. */
+export interface Window {
+  readonly endS: number
+  readonly rps: number
+  readonly p50Ms: number
+  readonly p99Ms: number
+  readonly maxMs: number
+}
+
 export const percentile = (sorted: ReadonlyArray<number>, p: number): number =>
   sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!
 
@@ -75,9 +84,13 @@ export const run = async (options: {
   readonly onAnswer?: (worker: number, body: string, startedAt: number) => void
   /** The server's process: its CPU over the measured window is reported too. */
   readonly serverPid?: number | undefined
-}): Promise<Result & CpuFigures> => {
+  /** Also reports the run in slices of this length, by when each answer came (pauses show in a long run). */
+  readonly windowMs?: number | undefined
+}): Promise<Result & CpuFigures & { readonly windows?: ReadonlyArray<Window> }> => {
   const agent = new http.Agent({ keepAlive: true, maxSockets: options.concurrency })
   const latencies: Array<number> = []
+  const slices: Array<Array<number>> = []
+  let began = 0
   let errors = 0
   let measuring = false
   let stop = false
@@ -88,8 +101,11 @@ export const run = async (options: {
         const answer = await send(agent, options.target, options.next(w, i))
         const ok = options.check === undefined ? answer.status < 400 : options.check(answer.status, answer.body, w)
         if (measuring) {
-          if (ok) latencies.push(performance.now() - started)
-          else errors++
+          const now = performance.now()
+          if (ok) {
+            latencies.push(now - started)
+            if (options.windowMs !== undefined) (slices[Math.floor((now - began) / options.windowMs)] ??= []).push(now - started)
+          } else errors++
         }
         if (ok) options.onAnswer?.(w, answer.body, started)
       } catch {
@@ -101,7 +117,7 @@ export const run = async (options: {
   await new Promise((r) => setTimeout(r, options.warmupMs ?? 1_000))
   const cpu = cpuWindow(options.serverPid)
   measuring = true
-  const began = performance.now()
+  began = performance.now()
   await new Promise((r) => setTimeout(r, options.durationMs))
   measuring = false
   const cpuFigures = cpu.end(latencies.length)
@@ -110,7 +126,20 @@ export const run = async (options: {
   await Promise.all(workers)
   agent.destroy()
   latencies.sort((a, b) => a - b)
+  const windowMs = options.windowMs
+  const windows = windowMs === undefined ? undefined : Array.from(slices, (slice = [], i) => {
+    const sorted = [...slice].sort((a, b) => a - b)
+    const length = Math.min(windowMs, seconds * 1000 - i * windowMs) / 1000
+    return {
+      endS: round((i * windowMs) / 1000 + length),
+      rps: Math.round(sorted.length / length),
+      p50Ms: round(percentile(sorted, 50)),
+      p99Ms: round(percentile(sorted, 99)),
+      maxMs: round(sorted.at(-1) ?? 0)
+    }
+  })
   return {
+    ...(windows !== undefined ? { windows } : {}),
     requests: latencies.length,
     errors,
     seconds: round(seconds),

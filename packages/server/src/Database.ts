@@ -185,23 +185,81 @@ export const analyzeIfGrown = (client: SqlClient.SqlClient, policy: AnalyzePolic
   })
 
 /**
- * Vacuums and analyzes the outbox tables, every 5 minutes. PGlite runs
- * PostgreSQL without its background workers, so nothing autovacuums: the
- * outbox tables, updated once or twice per delivery, would only ever grow. It
- * is a pause for other statements (it shares the one connection): for
- * 100,000 to 300,000 rows in isolation 190-250 ms (430-610 ms with the
- * default statistics sample), but about 1.2 s at 280,000 messages under sends,
- * where every row was updated once after its insert (deliveries 637 ms,
- * messages 551 ms, the analyze 101 ms; BENCHMARKS.md). The statistics come from
- * a 3,000-row sample (target 10), enough for these plans. VACUUM cannot run in
- * a multi-statement call, so the setting is a call of its own.
+ * When the embedded database vacuums. PGlite runs PostgreSQL without its
+ * background workers, so nothing autovacuums: the dead rows every delivery's
+ * outcome and every message's roll-up leave behind would only ever pile up,
+ * and so would transaction ids, until PostgreSQL stops taking writes to avoid
+ * wrapping them around (about two billion write transactions; a send is about
+ * one). A vacuum takes the one connection for as long as it runs, about 4 µs
+ * for each dead row with its index entries, so the server vacuums as
+ * autovacuum would, little and often, each table in a statement of its own:
+ * checked every `checkEveryMs`, a table once its dead rows reach `deadRows`
+ * plus `scale` times its live rows (autovacuum's threshold and scale factor,
+ * the threshold small enough for a short pause), and any table, the catalog's
+ * among them, whose oldest unfrozen transaction is `freezeAge` old (at
+ * PostgreSQL's `vacuum_freeze_table_age`, 150 million, a vacuum is an
+ * aggressive one that freezes old rows and moves the table's horizon on).
+ * Every 5 minutes before, the vacuum of five minutes of sends held every
+ * statement for 1.2-2.3 s.
  */
-export const vacuum = (client: SqlClient.SqlClient) =>
+export interface VacuumPolicy {
+  readonly checkEveryMs: number
+  readonly deadRows: number
+  readonly scale: number
+  readonly freezeAge: number
+}
+
+export const defaultVacuum: VacuumPolicy = { checkEveryMs: 5_000, deadRows: 10_000, scale: 0.05, freezeAge: 150_000_000 }
+
+/** Vacuums the tables the policy says are due (see `VacuumPolicy`), one at a time; answers their names. */
+export const vacuumIfDue = (client: SqlClient.SqlClient, policy: VacuumPolicy = defaultVacuum) =>
+  Effect.gen(function* () {
+    // A backend hands on its counts of rows at most once a second (when next idle); this
+    // makes the statement before the check hand them on, so the check counts every row so far.
+    yield* client`SELECT pg_stat_force_next_flush()`
+    const due = yield* client<{ readonly name: string }>`
+      SELECT c.oid::regclass::text AS name
+      FROM pg_class c LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
+      WHERE c.relkind = 'r' AND (
+        coalesce(s.n_dead_tup, 0) >= ${policy.deadRows} + ${policy.scale}::float8 * coalesce(s.n_live_tup, 0)
+        OR age(c.relfrozenxid) >= ${policy.freezeAge}
+      )
+      ORDER BY name`
+    for (const { name } of due) {
+      const [took] = yield* Effect.timed(client.unsafe(`VACUUM ${name}`).unprepared)
+      yield* Effect.logDebug("Vacuumed", { table: name, ms: Duration.toMillis(took) })
+    }
+    return due.map((t) => t.name)
+  })
+
+/**
+ * Analyzes the outbox tables, every 5 minutes, so that their statistics follow
+ * what their rows are (pending or ended), not only how many there are (see
+ * `AnalyzePolicy`): from a 3,000-row sample (target 10), one table to a
+ * statement. ANALYZE cannot share a multi-statement call with the setting's
+ * change, so each is a call of its own.
+ */
+export const analyzeOutbox = (client: SqlClient.SqlClient) =>
   Effect.all([
     client.unsafe("SET default_statistics_target = 10").unprepared,
-    client.unsafe("VACUUM (ANALYZE) deliveries, messages, federation_nonces").unprepared,
+    client.unsafe("ANALYZE deliveries").unprepared,
+    client.unsafe("ANALYZE messages").unprepared,
+    client.unsafe("ANALYZE federation_nonces").unprepared,
     client.unsafe("RESET default_statistics_target").unprepared
   ], { discard: true })
+
+/** When the embedded database checkpoints, analyzes and vacuums; each unset one is the default. */
+export interface MaintenancePolicies {
+  readonly checkpoints?: CheckpointPolicy
+  readonly analyze?: AnalyzePolicy
+  readonly vacuum?: VacuumPolicy
+}
+
+const maintenanceOf = (policies: MaintenancePolicies) => ({
+  checkpoints: policies.checkpoints ?? defaultCheckpoints,
+  analyze: policies.analyze ?? defaultAnalyze,
+  vacuum: policies.vacuum ?? defaultVacuum
+})
 
 /** What the embedded database's SQL client runs on: PGlite in this thread or on a thread of its own. */
 export type Engine = PGliteEngine.Engine
@@ -215,11 +273,11 @@ export type Engine = PGliteEngine.Engine
 export const pgliteEngine = (
   open: () => Promise<PGliteEngine.Engine>,
   description: string,
-  checkpoints: CheckpointPolicy = defaultCheckpoints,
-  analyze: AnalyzePolicy = defaultAnalyze
+  policies: MaintenancePolicies = {}
 ) =>
   Layer.scopedContext(
     Effect.gen(function* () {
+      const maintenance = maintenanceOf(policies)
       const engine = yield* Effect.acquireRelease(
         Effect.tryPromise({
           try: open,
@@ -234,21 +292,27 @@ export const pgliteEngine = (
       // fill secured nothing). Unfilled, the file is created at once. What is logged, and
       // when, is unchanged; only the up-front fill goes.
       yield* client.unsafe("SET wal_init_zero = off").unprepared
-      yield* vacuum(client).pipe(
+      yield* vacuumIfDue(client, maintenance.vacuum).pipe(
         Effect.catchAll((e) => Effect.logWarning("Could not vacuum the embedded database", e)),
+        Effect.delay(Duration.millis(maintenance.vacuum.checkEveryMs)),
+        Effect.forever,
+        Effect.forkScoped
+      )
+      yield* analyzeOutbox(client).pipe(
+        Effect.catchAll((e) => Effect.logWarning("Could not analyze the embedded database's outbox", e)),
         Effect.delay(Duration.minutes(5)),
         Effect.forever,
         Effect.forkScoped
       )
-      yield* analyzeIfGrown(client, analyze).pipe(
+      yield* analyzeIfGrown(client, maintenance.analyze).pipe(
         Effect.catchAll((e) => Effect.logWarning("Could not analyze the embedded database", e)),
-        Effect.delay(Duration.millis(analyze.checkEveryMs)),
+        Effect.delay(Duration.millis(maintenance.analyze.checkEveryMs)),
         Effect.forever,
         Effect.forkScoped
       )
-      yield* checkpointIfDue(client, checkpoints).pipe(
+      yield* checkpointIfDue(client, maintenance.checkpoints).pipe(
         Effect.catchAll((e) => Effect.logWarning("Could not checkpoint the embedded database", e)),
-        Effect.delay(Duration.millis(checkpoints.checkEveryMs)),
+        Effect.delay(Duration.millis(maintenance.checkpoints.checkEveryMs)),
         Effect.forever,
         Effect.forkScoped
       )
@@ -269,10 +333,9 @@ export const pgliteEngine = (
 export const pgliteFrom = (
   open: () => Promise<PGlite>,
   description = "the embedded database",
-  checkpoints: CheckpointPolicy = defaultCheckpoints,
-  analyze: AnalyzePolicy = defaultAnalyze
+  policies: MaintenancePolicies = {}
 ) =>
-  pgliteEngine(async () => inProcessEngine(await open()), description, checkpoints, analyze)
+  pgliteEngine(async () => inProcessEngine(await open()), description, policies)
 
 /** An engine over `db`, in this thread. */
 export const inProcessEngine = async (db: PGlite): Promise<PGliteEngine.Engine> =>
@@ -291,8 +354,8 @@ export const threadEngine = async (options: PGliteWorker.Options): Promise<PGlit
 export const pgliteThread = (
   options: PGliteWorker.Options,
   description = "the embedded database",
-  checkpoints: CheckpointPolicy = defaultCheckpoints
-) => pgliteEngine(() => threadEngine(options), description, checkpoints)
+  policies: MaintenancePolicies = {}
+) => pgliteEngine(() => threadEngine(options), description, policies)
 
 /**
  * PGlite layer, on its own thread: persistent when `dataDir` is set, in memory

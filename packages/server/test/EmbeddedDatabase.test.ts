@@ -9,12 +9,26 @@ import { Database } from "@mahilo/server"
 import * as DataDirLock from "../src/DataDirLock.js"
 import { describe, expect, it } from "@effect/vitest"
 import { PGlite } from "@electric-sql/pglite"
-import { Cause, Effect, Exit, Layer, Scope } from "effect"
+import { Cause, Effect, Exit, Layer, Schedule, Scope } from "effect"
 
 const tempDir = Effect.acquireRelease(
   Effect.sync(() => mkdtempSync(join(tmpdir(), "mahilo-embedded-"))),
   (dir) => Effect.sync(() => rmSync(dir, { recursive: true, force: true }))
 )
+
+/** The server's own maintenance timers, an hour apart: tests that call a policy themselves. */
+const outOfTheWay = {
+  checkpoints: { checkEveryMs: 3_600_000, walBytes: 1024 * 1024 * 1024, maxAgeMs: 3_600_000 },
+  analyze: { checkEveryMs: 3_600_000, minPages: 16, growth: 2 },
+  vacuum: { checkEveryMs: 3_600_000, deadRows: 10_000, scale: 0.05, freezeAge: 150_000_000 }
+}
+
+/** A table's dead rows, as counted so far (a backend hands its counts on at most once a second unless told to). */
+const deadRows = (sql: SqlClient.SqlClient, table: string) =>
+  Effect.zipRight(
+    sql`SELECT pg_stat_force_next_flush()`,
+    Effect.map(sql<{ n: number }>`SELECT n_dead_tup::int AS n FROM pg_stat_all_tables WHERE relname = ${table}`, (rows) => rows[0]!.n)
+  )
 
 /** Runs `use` against the embedded database at `dataDir`, migrated, and closes it. */
 const withDatabase = <A, E>(dataDir: string, use: Effect.Effect<A, E, SqlClient.SqlClient>) =>
@@ -68,7 +82,7 @@ describe("embedded database directory", () => {
     Effect.gen(function* () {
       // The server's own timer is kept out of the way: this test calls the policy itself.
       const never = { checkEveryMs: 3_600_000, walBytes: 1024 * 1024, maxAgeMs: 3_600_000 }
-      const context = yield* Layer.build(Database.pgliteFrom(() => PGlite.create(), "a test database", never))
+      const context = yield* Layer.build(Database.pgliteFrom(() => PGlite.create(), "a test database", { checkpoints: never }))
       yield* Effect.gen(function* () {
         const sql = yield* SqlClient.SqlClient
         const redo = Effect.map(sql<{ lsn: string }>`SELECT redo_lsn::text AS lsn FROM pg_control_checkpoint()`, (rows) => rows[0]!.lsn)
@@ -88,12 +102,11 @@ describe("embedded database directory", () => {
       }).pipe(Effect.provide(context))
     }), { timeout: 120_000 })
 
-  it.scopedLive("PGlite never analyzes on its own; the server analyzes a table once it is large enough, again once it has doubled, and vacuums the outbox", () =>
+  it.scopedLive("PGlite never analyzes on its own; the server analyzes a table once it is large enough, again once it has doubled, and the outbox's every so often", () =>
     Effect.gen(function* () {
       // The server's own timers are kept out of the way: this test calls the policy itself.
       const policy = { checkEveryMs: 3_600_000, minPages: 16, growth: 2 }
-      const hour = { checkEveryMs: 3_600_000, walBytes: 1024 * 1024 * 1024, maxAgeMs: 3_600_000 }
-      const context = yield* Layer.build(Database.pgliteFrom(() => PGlite.create(), "a test database", hour, policy))
+      const context = yield* Layer.build(Database.pgliteFrom(() => PGlite.create(), "a test database", { ...outOfTheWay, analyze: policy }))
       yield* Effect.gen(function* () {
         const sql = yield* SqlClient.SqlClient
         const stats = Effect.map(
@@ -117,7 +130,7 @@ describe("embedded database directory", () => {
         yield* fill(2_000)
         expect(yield* Database.analyzeIfGrown(sql, policy)).toEqual(["filler"])
         expect((yield* stats).tuples).toBe(5_100)
-        // The periodic vacuum analyzes the outbox tables with a small sample and leaves the
+        // The periodic analyze of the outbox tables takes a small sample and leaves the
         // session's setting as it was.
         // (This database is not migrated: stand-ins for the three tables it names.)
         for (const table of ["deliveries", "messages", "federation_nonces"]) {
@@ -127,11 +140,73 @@ describe("embedded database directory", () => {
         const analyzed = sql<{ name: string; tuples: number }>`
           SELECT relname AS name, reltuples::float8 AS tuples FROM pg_class WHERE relname IN ('deliveries', 'messages') ORDER BY relname`
         expect((yield* analyzed).map((t) => t.tuples)).toEqual([-1, -1])
-        yield* Database.vacuum(sql)
+        yield* Database.analyzeOutbox(sql)
         expect(yield* analyzed).toEqual([{ name: "deliveries", tuples: 50 }, { name: "messages", tuples: 50 }])
         expect((yield* sql<{ target: string }>`SELECT current_setting('default_statistics_target') AS target`)[0]!.target).toBe("100")
       }).pipe(Effect.provide(context))
     }), { timeout: 120_000 })
+
+  it.scopedLive("PGlite never vacuums on its own; the server vacuums a table once its dead rows pass the threshold, each table alone", () =>
+    Effect.gen(function* () {
+      const context = yield* Layer.build(Database.pgliteFrom(() => PGlite.create(), "a test database", outOfTheWay))
+      yield* Effect.gen(function* () {
+        const sql = yield* SqlClient.SqlClient
+        // No transaction ids' age is near the threshold here: only dead rows decide.
+        const policy = { checkEveryMs: 3_600_000, deadRows: 1_000, scale: 0.5, freezeAge: 1_000_000_000 }
+        const dead = (table: string) => deadRows(sql, table)
+        for (const table of ["kept", "churned"]) {
+          yield* sql.unsafe(`CREATE TABLE ${table} (id int PRIMARY KEY, v int)`)
+          yield* sql.unsafe(`INSERT INTO ${table} SELECT i, 0 FROM generate_series(1, 2000) AS i`)
+        }
+        // 1,000 dead of 2,000 live: under 1,000 + 0.5 × 2,000.
+        yield* sql`UPDATE churned SET v = 1 WHERE id <= 1000`
+        expect(yield* dead("churned")).toBe(1_000)
+        expect(yield* Database.vacuumIfDue(sql, policy)).toEqual([])
+        // 2,000 dead: due; the other table, untouched, is not.
+        yield* sql`UPDATE churned SET v = 2 WHERE id <= 1000`
+        yield* sql`UPDATE kept SET v = 1 WHERE id <= 10`
+        expect(yield* Database.vacuumIfDue(sql, policy)).toEqual(["churned"])
+        expect(yield* dead("churned")).toBe(0)
+        expect(yield* dead("kept")).toBe(10)
+        expect(yield* Database.vacuumIfDue(sql, policy)).toEqual([])
+      }).pipe(Effect.provide(context))
+    }), { timeout: 120_000 })
+
+  it.scopedLive("against transaction id wraparound, any table whose oldest unfrozen transaction is old enough is vacuumed, the catalog's included, and its horizon moves on", () =>
+    Effect.gen(function* () {
+      const context = yield* Layer.build(Database.pgliteFrom(() => PGlite.create(), "a test database", outOfTheWay))
+      yield* Effect.gen(function* () {
+        const sql = yield* SqlClient.SqlClient
+        const age = Effect.map(sql<{ age: number }>`SELECT age(relfrozenxid)::int AS age FROM pg_class WHERE relname = 'aging'`, (rows) => rows[0]!.age)
+        yield* sql`CREATE TABLE aging (id int PRIMARY KEY, v int)`
+        yield* sql`INSERT INTO aging SELECT i, 0 FROM generate_series(1, 100) AS i`
+        for (let i = 0; i < 5; i++) yield* sql`UPDATE aging SET v = v + 1 WHERE id = 1`
+        const before = yield* age
+        expect(before).toBeGreaterThanOrEqual(6)
+        // No table has that many dead rows; only age decides.
+        const policy = { checkEveryMs: 3_600_000, deadRows: 1_000_000, scale: 0, freezeAge: before }
+        const vacuumed = yield* Database.vacuumIfDue(sql, policy)
+        expect(vacuumed).toContain("aging")
+        expect(vacuumed).toContain("pg_class")
+        expect(yield* age).toBeLessThan(before)
+      }).pipe(Effect.provide(context))
+    }), { timeout: 120_000 })
+
+  it.scopedLive("the server's own timer vacuums a table that churns", () =>
+    Effect.gen(function* () {
+      const vacuum = { checkEveryMs: 100, deadRows: 500, scale: 0, freezeAge: 1_000_000_000 }
+      const context = yield* Layer.build(Database.pgliteFrom(() => PGlite.create(), "a test database", { ...outOfTheWay, vacuum }))
+      yield* Effect.gen(function* () {
+        const sql = yield* SqlClient.SqlClient
+        yield* sql`CREATE TABLE churned (id int PRIMARY KEY, v int)`
+        yield* sql`INSERT INTO churned SELECT i, 0 FROM generate_series(1, 1000) AS i`
+        yield* sql`UPDATE churned SET v = 1`
+        const dead = deadRows(sql, "churned")
+        // Waits (up to the test's timeout) for the timer to have vacuumed it.
+        yield* dead.pipe(Effect.repeat({ until: (n) => n === 0, schedule: Schedule.spaced("50 millis") }))
+        expect(yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM churned WHERE v = 1`).toEqual([{ n: 1000 }])
+      }).pipe(Effect.provide(context))
+    }), { timeout: 60_000 })
 
   it.scopedLive("a new write-ahead log segment is created without filling it first (no pause of the database's thread)", () =>
     Effect.gen(function* () {
