@@ -694,6 +694,40 @@ for (const backend of backends) {
             }
           }))
 
+        it.effect("an acknowledgement's transaction that PostgreSQL ends for a deadlock with another session is run again whole", () =>
+          Effect.gen(function* () {
+            const { alice, bob, messages, outbox, sql } = yield* outboxSetup
+            const inInbox = (): Store.NewDelivery => ({ ...delivery(bob.id), connectionId: "conn_poll", targetKind: "inbox" })
+            const [first, second] = [message({ senderId: alice.id, recipientId: bob.id }), message({ senderId: alice.id, recipientId: bob.id })]
+            const [d1, d2] = [inInbox(), inInbox()]
+            yield* messages.insert(first, [d1], Option.none())
+            yield* messages.insert(second, [d2], Option.none())
+            // Another session locks the second message, then (once the acknowledgement waits for it) the first delivery.
+            const holding = yield* Deferred.make<void>()
+            const proceed = yield* Deferred.make<void>()
+            const other = yield* Effect.fork(sql.withTransaction(Effect.gen(function* () {
+              yield* sql`SELECT id FROM messages WHERE id = ${second.id} FOR UPDATE`
+              yield* Deferred.succeed(holding, undefined)
+              yield* Deferred.await(proceed)
+              yield* sql`SELECT id FROM deliveries WHERE id = ${d1.id} FOR UPDATE`
+            })))
+            yield* Deferred.await(holding)
+            // The acknowledgement's transaction marks both deliveries (their rows locked), then waits
+            // to roll them up into the second message.
+            const acknowledged = yield* Effect.fork(outbox.acknowledge(bob.id, [first.id, second.id]))
+            expect(yield* TestDatabase.someoneWaitsForALock(sql)).toBeGreaterThan(0)
+            // The circle closes: PostgreSQL ends one side (the acknowledgement, which waited first).
+            yield* Deferred.succeed(proceed, undefined)
+            yield* Fiber.join(other)
+            const rollups = yield* Fiber.join(acknowledged)
+            expect(rollups.map((r) => [r.messageId, r.deliveryStatus, r.messageStatus]).sort()).toEqual(
+              [[first.id, "delivered", "delivered"], [second.id, "delivered", "delivered"]].sort()
+            )
+            for (const m of [first, second]) {
+              expect(Option.getOrThrow(yield* messages.find(m.id))).toMatchObject({ status: "delivered", deliveredCount: 1 })
+            }
+          }))
+
         it.effect("reroute on PostgreSQL: a delivery leased by another worker while the reroute runs is left to that attempt, not moved", () =>
           Effect.gen(function* () {
             const { alice, bob, messages, outbox, sql } = yield* outboxSetup

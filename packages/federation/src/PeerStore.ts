@@ -8,7 +8,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Ids, type RemoteGroupMembership, type Store } from "@mahilo/core"
+import { Ids, type RemoteGroupMembership, SqlStore, type Store } from "@mahilo/core"
 import { Context, Effect, Layer, Option } from "effect"
 import type * as InstanceIdentity from "./InstanceIdentity.js"
 
@@ -74,7 +74,7 @@ export const make = Effect.gen(function* () {
 
   return {
     /** Runs `change` in one transaction (with the core store's statements it makes, on the same database). */
-    atomically: <A, E, R>(change: Effect.Effect<A, E, R>) => sql.withTransaction(change),
+    atomically: <A, E, R>(change: Effect.Effect<A, E, R>) => SqlStore.transaction(sql)(change),
 
     // -- this registry's keys ------------------------------------------------
 
@@ -90,7 +90,7 @@ export const make = Effect.gen(function* () {
 
     /** Retires every current key and makes `key` current, atomically. */
     rotateKey: (key: InstanceIdentity.InstanceKey) =>
-      sql.withTransaction(
+      SqlStore.transaction(sql)(
         Effect.zipRight(
           sql`UPDATE instance_keys SET retired_at = now() WHERE retired_at IS NULL`,
           sql`INSERT INTO instance_keys (key_id, public_key, private_key) VALUES (${key.keyId}, ${key.publicKey}, ${key.privateKey})`
@@ -114,7 +114,7 @@ export const make = Effect.gen(function* () {
       readonly baseUrl: string
       readonly keys: ReadonlyArray<{ readonly keyId: string; readonly publicKey: string }>
     }): Effect.Effect<Peer, SqlError> =>
-      sql.withTransaction(
+      SqlStore.transaction(sql)(
         Effect.gen(function* () {
           const existing = yield* sql`
             SELECT * FROM registry_instances WHERE name = ${peer.name} OR base_url = ${peer.baseUrl} ORDER BY created_at`

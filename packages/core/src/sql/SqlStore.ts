@@ -43,17 +43,32 @@ const onUnique = (conflict: () => Errors.Conflict) =>
   Effect.catchAll(effect, (e): Effect.Effect<never, SqlError | Errors.Conflict> =>
     Rows.isUniqueViolation(e) ? Effect.fail(conflict()) : Effect.fail(e))
 
+const endedForDeadlock = (error: unknown): boolean =>
+  typeof error === "object" && error !== null && (error as { readonly _tag?: unknown })._tag === "SqlError" &&
+  Rows.isDeadlock(error as SqlError)
+
 /**
- * A statement of its own (not in a transaction) that PostgreSQL chose to end
- * to break a deadlock is run again, up to twice: it was rolled back whole, and
- * the other side has its locks by then. Inside a transaction it fails as is
- * (the transaction is aborted; only its caller can start it again).
+ * A statement or transaction of its own (not inside a transaction) that
+ * PostgreSQL chose to end to break a deadlock is run again, up to twice: it was
+ * rolled back whole, and the other side has its locks by then. Inside a
+ * transaction it fails as is (the transaction is aborted; only the outermost
+ * can start it again).
  */
-const againAfterDeadlock = <A>(statement: Effect.Effect<A, SqlError>): Effect.Effect<A, SqlError> =>
-  Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (transaction) =>
-    Option.isSome(transaction)
-      ? statement
-      : Effect.catchIf(statement, Rows.isDeadlock, () => Effect.catchIf(statement, Rows.isDeadlock, () => statement)))
+const againAfterDeadlock = <A, E, R>(work: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.flatMap(Effect.serviceOption(SqlClient.TransactionConnection), (outer) =>
+    Option.isSome(outer)
+      ? work
+      : Effect.catchIf(work, endedForDeadlock, () => Effect.catchIf(work, endedForDeadlock, () => work)))
+
+/**
+ * `body` in a transaction, run again whole if PostgreSQL ends it to break a
+ * deadlock (see `againAfterDeadlock`); inside another transaction, a savepoint
+ * of it. Every transaction of the store, and every change the use cases make
+ * `atomically`, is statements and what they answer, with what is told to
+ * others done after the commit, so it can run again.
+ */
+export const transaction = (sql: SqlClient.SqlClient) => <A, E, R>(body: Effect.Effect<A, E, R>): Effect.Effect<A, E | SqlError, R> =>
+  againAfterDeadlock(sql.withTransaction(body))
 
 export const makeUsers = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
@@ -61,7 +76,7 @@ export const makeUsers = Effect.gen(function* () {
   const graph = yield* ReadCache.of(sql, "friendships")
   return Store.Users.of({
     create: (user, key) =>
-      sql.withTransaction(
+      transaction(sql)(
         Effect.gen(function* () {
           const rows = yield* sql`
             INSERT INTO users (id, username, display_name, instance)
@@ -104,7 +119,7 @@ export const makeUsers = Effect.gen(function* () {
           (rows) => rows.map((r) => ({ kid: r.id as string, userId: r.user_id as string }))
         ),
     rotateKey: (userId, currentKid, key) =>
-      sql.withTransaction(
+      transaction(sql)(
         Effect.gen(function* () {
           // The asking key's row is locked first: of two rotations with the same key, the second
           // waits here, then finds the key revoked by the first and changes nothing.
@@ -286,7 +301,7 @@ export const makeConnections = Effect.gen(function* () {
       )),
     listLocked: (userId) =>
       Effect.map(sql`SELECT * FROM agent_connections WHERE user_id = ${userId} ORDER BY created_at, id FOR UPDATE`, map),
-    atomically: (change) => sql.withTransaction(change),
+    atomically: (change) => transaction(sql)(change),
     touch: (id, at) => cache.write(Effect.asVoid(sql`UPDATE agent_connections SET last_seen = ${at} WHERE id = ${id}`))
   })
 })
@@ -331,7 +346,7 @@ export const makeFriendships = Effect.gen(function* () {
     apply: (change, id) => change._tag === "Unchanged" ? apply(change, id) : cache.write(apply(change, id)),
     findLocked: (id) =>
       Effect.map(sql`SELECT * FROM friendships WHERE id = ${id} FOR UPDATE`, (rows) => Option.map(first(rows), Rows.friendship)),
-    atomically: (change) => sql.withTransaction(change),
+    atomically: (change) => transaction(sql)(change),
     listFor: (userId, status) =>
       cache.read(
         `list ${userId} ${status}`,
@@ -378,7 +393,7 @@ export const makeGroups = Effect.gen(function* () {
           FROM gone WHERE g.id = gone.group_id AND gone.status = 'active'`)
       case "DeleteGroup":
         // Group-scope policies go with the group, in the same transaction.
-        return sql.withTransaction(
+        return transaction(sql)(
           Effect.asVoid(
             Effect.zipRight(
               sql`DELETE FROM policies WHERE scope = 'group' AND target_id = ${change.groupId}`,
@@ -392,7 +407,7 @@ export const makeGroups = Effect.gen(function* () {
   }
   return Store.Groups.of({
     create: (input) =>
-      sql.withTransaction(
+      transaction(sql)(
         Effect.gen(function* () {
           const rows = yield* sql`
             INSERT INTO groups (id, name, description, invite_only)
@@ -463,7 +478,7 @@ export const makeGroups = Effect.gen(function* () {
       ),
     apply: applyOne,
     applyAll: (changes) =>
-      sql.withTransaction(Effect.forEach(changes, (change) =>
+      transaction(sql)(Effect.forEach(changes, (change) =>
         change._tag === "Insert" ? Effect.dieMessage("applyAll does not insert memberships") : applyOne(change, ""), { discard: true })),
     pairBlocked: (a, b) =>
       Effect.asVoid(sql`
@@ -478,7 +493,7 @@ export const makeGroups = Effect.gen(function* () {
         )
         UPDATE groups g SET members_version = g.members_version + 1 FROM shared WHERE g.id = shared.id`),
     exclusively: (groupId, change) =>
-      sql.withTransaction(Effect.zipRight(sql`SELECT id FROM groups WHERE id = ${groupId} FOR UPDATE`, change))
+      transaction(sql)(Effect.zipRight(sql`SELECT id FROM groups WHERE id = ${groupId} FOR UPDATE`, change))
   })
 })
 
@@ -643,7 +658,7 @@ export const makeMessages = Effect.gen(function* () {
         rows.length <= DELIVERY_BATCH
       ? Effect.map(manyStatement([item], true), (written) => written.length > 0)
       : guard !== undefined
-      ? sql.withTransaction(Effect.gen(function* () {
+      ? transaction(sql)(Effect.gen(function* () {
         if (!(yield* stands(guard))) return false
         yield* insertMessage
         yield* insertDeliveries
@@ -653,7 +668,7 @@ export const makeMessages = Effect.gen(function* () {
       ? Effect.as(insertMessage, true)
       : rows.length <= DELIVERY_BATCH
       ? Effect.as(sql`WITH message AS (${insertMessage} RETURNING id) INSERT INTO deliveries ${sql.insert(rows)}`, true)
-      : Effect.as(sql.withTransaction(Effect.zipRight(insertMessage, insertDeliveries)), true)
+      : Effect.as(transaction(sql)(Effect.zipRight(insertMessage, insertDeliveries)), true)
     return write.pipe(
       unique,
       Effect.tap((written) => Effect.sync(() => written && inboxes.bump(inboxesOf(item))))
@@ -1207,7 +1222,7 @@ export const makeOutbox = Effect.gen(function* () {
       Effect.map(recordMany(owner, [{ deliveryId, record }]), (results) => results[0]!),
     recordMany: (owner, records) => recordMany(owner, records),
     settle: (deliveryId, record) =>
-      sql.withTransaction(
+      transaction(sql)(
         Effect.gen(function* () {
           const status = record._tag === "Delivered" ? "delivered" : "failed"
           const error = record._tag === "Failed" ? record.error : null
@@ -1298,7 +1313,7 @@ export const makeOutbox = Effect.gen(function* () {
       )
     },
     acknowledge: (userId, messageIds) =>
-      messageIds.length === 0 ? Effect.succeed([]) : Effect.ensuring(sql.withTransaction(
+      messageIds.length === 0 ? Effect.succeed([]) : Effect.ensuring(transaction(sql)(
         Effect.gen(function* () {
           const rows = yield* sql<FinishedRow>`
             UPDATE deliveries d SET status = 'delivered', attempts = d.attempts + 1, delivered_at = now(),
@@ -1351,7 +1366,7 @@ export const makeOutbox = Effect.gen(function* () {
       ),
     reroute: (from, to, reason) =>
       Effect.tap(
-        sql.withTransaction(Effect.gen(function* () {
+        transaction(sql)(Effect.gen(function* () {
           const theirs = from._tag === "Connection"
             ? sql`d.connection_id = ${from.connectionId} AND d.status = 'pending' AND d.target_kind IN ('agent', 'inbox')
                 AND NOT d.connection_deleted`
