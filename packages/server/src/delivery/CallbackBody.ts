@@ -7,6 +7,14 @@ import type { Store } from "@mahilo/core"
 
 const iso = (d: Date): string => d.toISOString()
 
+/**
+ * `sender_agent` when the sender has no agent of their own (a script, the CLI): the contract's
+ * callback body has no `?` on the field, and existing agents (the OpenClaw plugin among them)
+ * refuse a callback whose `sender_agent` is not a non-empty string. The Mahilo server they were
+ * written against sent `"agent"` in this case.
+ */
+export const UNKNOWN_SENDER_AGENT = "agent"
+
 export const callbackBody = (
   m: Store.Message,
   d: { readonly id: string; readonly connectionId: string | null },
@@ -17,7 +25,7 @@ export const callbackBody = (
   ...(m.correlationId !== null ? { correlation_id: m.correlationId } : {}),
   recipient_connection_id: d.connectionId,
   sender: m.senderName,
-  sender_agent: m.senderAgent,
+  sender_agent: m.senderAgent !== null && m.senderAgent !== "" ? m.senderAgent : UNKNOWN_SENDER_AGENT,
   message: m.message,
   payload_type: m.payloadType,
   ...(m.encryption !== null ? { encryption: m.encryption } : {}),

@@ -32,7 +32,7 @@ describe("delivery", () => {
         correlation_id: "c-1",
         recipient_connection_id: connectionId,
         sender: "alice",
-        sender_agent: null,
+        sender_agent: "agent",
         message: "Hello!",
         payload_type: "text/plain",
         context: "greeting",
