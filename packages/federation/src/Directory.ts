@@ -136,10 +136,12 @@ export const make: Effect.Effect<
       return yield* Effect.forEach(named, ({ entry, instance, username }): Effect.Effect<Option.Option<Store.User>, SqlError> => {
         const user = known.get(username)
         if (instance === null) return Effect.succeed(Option.filter(Option.fromNullable(user), (u) => u.instance === null))
-        if (user !== undefined && (entry.display_name === null || entry.display_name === user.displayName)) {
+        // `from` names its own users' display names, not a third registry's users'.
+        const displayName = instance === from ? entry.display_name : null
+        if (user !== undefined && (displayName === null || displayName === user.displayName)) {
           return Effect.succeed(Option.some(user))
         }
-        return Effect.map(users.ensureShadow({ id: Ids.make("usr"), username, displayName: entry.display_name, instance }), Option.some)
+        return Effect.map(users.ensureShadow({ id: Ids.make("usr"), username, displayName, instance }), Option.some)
       })
     })
 

@@ -318,7 +318,9 @@ export const layer = HttpApiBuilder.Router.use((router) =>
           if (senderInstance === config.instanceName) {
             return yield* Refusal.of(403, "SENDER_NOT_VOUCHED", "A peer cannot speak for this registry's users")
           }
-          const sender = yield* shadow(senderName, senderInstance, forwarded.sender_display_name)
+          // A registry names its own users only: a home speaking for a member of a third registry
+          // vouches for who sent it, not for how that registry's user is shown here.
+          const sender = yield* shadow(senderName, senderInstance, senderInstance === peer.name ? forwarded.sender_display_name : null)
 
           const result = yield* registry.send(shadowPrincipal(sender), {
             recipient: forwarded.recipient_type === "group" ? group!.id : forwarded.recipient!,

@@ -613,6 +613,15 @@ export const make = Effect.gen(function* () {
       if (!fromHome && !rows.some((r) => r.userId === principal.userId && r.status === "active")) {
         return yield* Errors.Forbidden.of("NOT_MEMBER", "Only active members can message this group")
       }
+      // The home forwards only for members it holds as active here; if none is active here yet, a
+      // join the home took is still being recorded (or its answer was lost on the way back). Written
+      // now, the message would reach nobody and be answered delivered: the home tries again later.
+      if (fromHome && !rows.some((r) => r.status === "active")) {
+        return yield* Errors.Unavailable.of(
+          "MEMBERS_NOT_SETTLED",
+          "No member of this group is active here yet (a join is still being recorded); try again later"
+        )
+      }
       const sender = yield* senderAgent(principal, input.senderConnectionId)
       const message = baseMessage(principal, input, payloadType, sender, { type: "group", id: groupId, name: groupName })
       if (config.trustedMode && !isCiphertext(payloadType) && !fromHome) {

@@ -1,0 +1,86 @@
+/**
+ * A member's registry whose record of a join lags the home's. Bob, on b, joins a group homed on
+ * a: b tells the home, the home takes the join, and only then does b mark bob active. A group
+ * message the home forwards meanwhile (or while the home's answer is lost on the way back) finds
+ * bob only invited on b: it must not be taken as delivered to nobody, but wait on the home's side
+ * until b knows bob as a member, and then reach bob's agent.
+ *
+ * The lag is made by holding bob's membership row on b in another session (PostgreSQL only).
+ */
+import type { SqlClient } from "@effect/sql"
+import { Cluster, type FakeAgent, Fixtures, TestDatabase } from "@mahilo/testkit"
+import { Effect } from "effect"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+
+const agents: Array<FakeAgent.FakeAgent> = []
+const run = Cluster.run
+const postgres = TestDatabase.backends.some((backend) => backend.name === "postgres")
+
+/** Runs `statement` in a transaction of another session of `registry`'s database, held open until `release`. */
+const holdOpen = async (registry: Cluster.Member, statement: (sql: SqlClient.SqlClient) => Effect.Effect<unknown, unknown>) => {
+  let locked!: () => void
+  const isLocked = new Promise<void>((resolve) => (locked = resolve))
+  let release!: () => void
+  const released = new Promise<void>((resolve) => (release = resolve))
+  const done = run(registry.sql((sql) =>
+    sql.withTransaction(Effect.gen(function* () {
+      yield* statement(sql)
+      locked()
+      yield* Effect.promise(() => released)
+    }))
+  ))
+  await isLocked
+  return { release, done }
+}
+
+describe.runIf(postgres)("a group message the home forwards while a join is still being recorded on the member's registry", () => {
+  let close: () => Promise<void>
+  let a: Cluster.Member
+  let b: Cluster.Member
+
+  beforeAll(async () => {
+    const opened = await Cluster.openPair({ backend: "postgres" })
+    close = opened.close
+    a = opened.a
+    b = opened.b
+  }, 180_000)
+
+  afterAll(async () => {
+    await Promise.all(agents.map((x) => x.close()))
+    await close?.()
+  }, 60_000)
+
+  it("is not reported delivered to nobody, and reaches the member once their registry has the join", async () => {
+    const { person: alice } = await Cluster.personWithAgent(a, "alice", agents)
+    const { agent: bobAgent, person: bob } = await Cluster.personWithAgent(b, "bob", agents)
+    const id = (await run(alice.client.groups.create({ payload: { name: "late-joiners" } }))).group_id
+    await run(alice.client.groups.invite({ path: { id }, payload: { username: `bob@${b.name}` } }))
+
+    // b's record of bob's membership is held: the home takes the join, b cannot mark it yet.
+    const held = await holdOpen(b, (sql) => sql`
+      SELECT 1 FROM remote_group_members
+      WHERE group_id = ${id} AND user_id = ${bob.userId} FOR UPDATE`)
+    const joining = run(bob.client.groups.join({ path: { id } })).then((joined) => joined, (e: unknown) => e)
+    await run(b.sql((sql) => TestDatabase.someoneWaitsForALock(sql, { label: "b recording bob's join" })))
+    const atHome = await run(alice.client.groups.members({ path: { id } }))
+    expect(atHome.find((m) => m.username === `bob@${b.name}`)?.status).toBe("active")
+
+    const sent = await run(alice.client.messages.send({ payload: { recipient: id, recipient_type: "group", message: "welcome" } }))
+    // However b answers now, the home does not take the message as delivered to bob's registry.
+    await new Promise((resolve) => setTimeout(resolve, 1_000))
+    const meanwhile = await run(alice.client.messages.get({ path: { id: sent.message_id } }))
+    expect(meanwhile.status).toBe("pending")
+    expect(bobAgent.countFor(sent.message_id)).toBe(0)
+
+    held.release()
+    await held.done
+    expect(await joining).toMatchObject({ group_id: id, status: "active" })
+    await bobAgent.waitForMessage(sent.message_id, { label: "bob" })
+    await run(Fixtures.eventually(
+      Effect.map(alice.client.messages.get({ path: { id: sent.message_id } }), (m) => m.status),
+      (status) => status === "delivered",
+      { label: "delivered at the home" }
+    ))
+    expect(bobAgent.countFor(sent.message_id)).toBe(1)
+  }, 60_000)
+})
