@@ -7,7 +7,6 @@
  *
  * The lag is made by holding bob's membership row on b in another session (PostgreSQL only).
  */
-import type { SqlClient } from "@effect/sql"
 import { Cluster, type FakeAgent, Fixtures, TestDatabase } from "@mahilo/testkit"
 import { Effect } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -16,22 +15,7 @@ const agents: Array<FakeAgent.FakeAgent> = []
 const run = Cluster.run
 const postgres = TestDatabase.backends.some((backend) => backend.name === "postgres")
 
-/** Runs `statement` in a transaction of another session of `registry`'s database, held open until `release`. */
-const holdOpen = async (registry: Cluster.Member, statement: (sql: SqlClient.SqlClient) => Effect.Effect<unknown, unknown>) => {
-  let locked!: () => void
-  const isLocked = new Promise<void>((resolve) => (locked = resolve))
-  let release!: () => void
-  const released = new Promise<void>((resolve) => (release = resolve))
-  const done = run(registry.sql((sql) =>
-    sql.withTransaction(Effect.gen(function* () {
-      yield* statement(sql)
-      locked()
-      yield* Effect.promise(() => released)
-    }))
-  ))
-  await isLocked
-  return { release, done }
-}
+const holdOpen = Cluster.holdOpen
 
 describe.runIf(postgres)("a group message the home forwards while a join is still being recorded on the member's registry", () => {
   let close: () => Promise<void>

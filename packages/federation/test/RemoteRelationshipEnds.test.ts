@@ -6,7 +6,6 @@
  * registries (PGlite, and PostgreSQL when DATABASE_URL is set), fake agents that fail their first
  * push, so that a delivery waits for its retry, 2.5 s later, when the change comes.
  */
-import type { SqlClient } from "@effect/sql"
 import type { RetrySchedule } from "@mahilo/core"
 import { Cluster, FakeAgent, Fixtures, TestDatabase } from "@mahilo/testkit"
 import { Effect } from "effect"
@@ -29,25 +28,7 @@ const schedule: RetrySchedule.RetrySchedule = {
   jitter: 0
 }
 
-/**
- * Runs `statement` in a transaction of another session of `registry`'s database, once it has run,
- * held open (its row locks with it) until `release` is called; `done` settles when it has committed.
- */
-const holdOpen = async (registry: Cluster.Member, statement: (sql: SqlClient.SqlClient) => Effect.Effect<unknown, unknown>) => {
-  let locked!: () => void
-  const isLocked = new Promise<void>((resolve) => (locked = resolve))
-  let release!: () => void
-  const released = new Promise<void>((resolve) => (release = resolve))
-  const done = run(registry.sql((sql) =>
-    sql.withTransaction(Effect.gen(function* () {
-      yield* statement(sql)
-      locked()
-      yield* Effect.promise(() => released)
-    }))
-  ))
-  await isLocked
-  return { release, done }
-}
+const holdOpen = Cluster.holdOpen
 
 /** Past the retry's due time: a delivery still pending would have been attempted again. */
 const pastTheRetry = () => new Promise((resolve) => setTimeout(resolve, 3_500))

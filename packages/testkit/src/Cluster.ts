@@ -355,6 +355,26 @@ export const run = <A>(effect: Effect.Effect<A, unknown, Scope.Scope>): Promise<
   Effect.runPromise(Effect.scoped(effect) as Effect.Effect<A, unknown>)
 
 /**
+ * Runs `statement` in a transaction of another session of `registry`'s database, once it has run,
+ * held open (its row locks with it) until `release` is called; `done` settles when it has committed.
+ */
+export const holdOpen = async (registry: Member, statement: (sql: SqlClient.SqlClient) => Effect.Effect<unknown, unknown>) => {
+  let locked!: () => void
+  const isLocked = new Promise<void>((resolve) => (locked = resolve))
+  let release!: () => void
+  const released = new Promise<void>((resolve) => (release = resolve))
+  const done = run(registry.sql((sql) =>
+    sql.withTransaction(Effect.gen(function* () {
+      yield* statement(sql)
+      locked()
+      yield* Effect.promise(() => released)
+    }))
+  ))
+  await isLocked
+  return { release, done }
+}
+
+/**
  * Registers `username` on `registry` with a FakeAgent connected as their agent;
  * the agent is added to `agents`, which the test file closes in its `afterAll`.
  */
