@@ -192,16 +192,17 @@ export const analyzeIfGrown = (client: SqlClient.SqlClient, policy: AnalyzePolic
  * wrapping them around (after about two billion write transactions; sends
  * share theirs in batches, about 260 a second at 1,000 sends/s). A vacuum
  * takes the one connection for as long as it runs, about 4 µs for each dead
- * row with its index entries, so the server vacuums as
- * autovacuum would, little and often, each table in a statement of its own:
+ * row with its index entries, so the server vacuums as autovacuum would,
+ * little and often, each table in a statement of its own:
  * checked every `checkEveryMs`, a table once its dead rows reach `deadRows`
  * plus `scale` times its live rows (autovacuum's threshold and scale factor,
  * the threshold small enough for a short pause), and any table, the catalog's
  * among them, whose oldest unfrozen transaction is `freezeAge` old (at
  * PostgreSQL's `vacuum_freeze_table_age`, 150 million, a vacuum is an
  * aggressive one that freezes old rows and moves the table's horizon on).
- * (Vacuumed every 5 minutes instead, five minutes of sends' dead rows held
- * every statement for 1.2-2.3 s; this way a vacuum takes tens of milliseconds.)
+ * Vacuumed every 5 minutes instead, as before, five minutes of sends' dead
+ * rows held every statement for 1.2-2.3 s; now a vacuum takes tens of
+ * milliseconds.
  */
 export interface VacuumPolicy {
   readonly checkEveryMs: number
@@ -243,18 +244,17 @@ export const vacuumIfDue = (client: SqlClient.SqlClient, policy: VacuumPolicy = 
 /**
  * Analyzes the outbox tables, every 5 minutes, so that their statistics follow
  * what their rows are (pending or ended), not only how many there are (see
- * `AnalyzePolicy`): from a 3,000-row sample (target 10), one table to a
- * statement. ANALYZE cannot share a multi-statement call with the setting's
- * change, so each is a call of its own.
+ * `AnalyzePolicy`): from a 3,000-row sample (target 10), one table to a call so
+ * that other statements go between them. Each call sets the sample's size and
+ * puts it back itself: a setting left for a later call could be reset between
+ * the two by `analyzeIfGrown`, which shares the session.
  */
 export const analyzeOutbox = (client: SqlClient.SqlClient) =>
-  Effect.all([
-    client.unsafe("SET default_statistics_target = 10").unprepared,
-    client.unsafe("ANALYZE deliveries").unprepared,
-    client.unsafe("ANALYZE messages").unprepared,
-    client.unsafe("ANALYZE federation_nonces").unprepared,
-    client.unsafe("RESET default_statistics_target").unprepared
-  ], { discard: true })
+  Effect.forEach(
+    ["deliveries", "messages", "federation_nonces"],
+    (table) => client.unsafe(`SET default_statistics_target = 10; ANALYZE ${table}; RESET default_statistics_target`).unprepared,
+    { discard: true }
+  )
 
 /** When the embedded database checkpoints, analyzes and vacuums; each unset one is the default. */
 export interface MaintenancePolicies {
