@@ -6,6 +6,8 @@
  * that does not parse fails start-up with a message naming the variable, and
  * all bad variables are reported together.
  */
+import { Username } from "@mahilo/core"
+import { InstanceIdentity } from "@mahilo/federation"
 import { Config, ConfigError, ConfigProvider, Context, Effect, Either, Layer, LogLevel, Option, Redacted } from "effect"
 import { parse as parseConnectionString } from "pg-connection-string"
 import type { DatabaseConfig } from "./Database.js"
@@ -184,6 +186,26 @@ export const MIN_RETENTION_MS = 60_000
 /** The shortest `MAHILO_METRICS_TOKEN` accepted. */
 export const MIN_METRICS_TOKEN = 16
 
+/**
+ * Peers accept a registry only if its instance name is the host of its public URL
+ * (the handshake's `HANDSHAKE_URL_MISMATCH`), so a registry named otherwise would
+ * start and then be refused by every peer. Checked with the handshake's own rule.
+ */
+const instanceMatchesPublicUrl = (
+  settings: ServerConfigShape
+): Either.Either<ServerConfigShape, ConfigError.ConfigError> => {
+  const { instanceName, publicUrl } = settings
+  if (instanceName === undefined || publicUrl === undefined) return Either.right(settings)
+  const host = InstanceIdentity.instanceOfBaseUrl(publicUrl)
+  return Option.isSome(host) && host.value === Username.canonicalInstance(instanceName)
+    ? Either.right(settings)
+    : Either.left(invalid(
+      "MAHILO_INSTANCE_NAME",
+      "MAHILO_INSTANCE_NAME must be the host (and port, if any) of MAHILO_PUBLIC_URL, or peers refuse the handshake: " +
+        `${JSON.stringify(instanceName)} is not ${JSON.stringify(Option.getOrElse(host, () => new URL(publicUrl).host))}`
+    ))
+}
+
 /** The whole configuration as one `Config`; resolve it against any `ConfigProvider`. */
 export const config: Config.Config<ServerConfigShape> = Config.all({
   port: integer("PORT", 8080, 0, 65535),
@@ -247,7 +269,7 @@ export const config: Config.Config<ServerConfigShape> = Config.all({
       ? Either.right(level)
       : Either.left(`must be one of trace, debug, info, warning, error, fatal, none; got ${JSON.stringify(value)}`)
   })
-})
+}).pipe(Config.mapOrFail(instanceMatchesPublicUrl))
 
 /** The configuration read from the current `ConfigProvider` (the environment by default). */
 export const load: Effect.Effect<ServerConfigShape, ConfigError.ConfigError> = config

@@ -102,6 +102,25 @@ describe("Config", () => {
     expect(ok({ MAHILO_INSTANCE_NAME: "localhost:8081" }).instanceName).toBe("localhost:8081")
   })
 
+  it("takes an instance name that is the host of the public URL, however written", () => {
+    expect(ok({ MAHILO_INSTANCE_NAME: "b.example", MAHILO_PUBLIC_URL: "https://B.example:443/" }).instanceName)
+      .toBe("b.example")
+    expect(ok({ MAHILO_INSTANCE_NAME: "b.example:443", MAHILO_PUBLIC_URL: "https://b.example" }).instanceName)
+      .toBe("b.example:443")
+    expect(ok({ MAHILO_INSTANCE_NAME: "b.example:8443", MAHILO_PUBLIC_URL: "https://b.example:8443/mahilo" }).publicUrl)
+      .toBe("https://b.example:8443/mahilo")
+  })
+
+  it("refuses an instance name that is not the host of the public URL, naming both", () => {
+    const message = error({ MAHILO_INSTANCE_NAME: "a.example", MAHILO_PUBLIC_URL: "https://b.example" })
+    expect(message).toBe(
+      "Invalid configuration: MAHILO_INSTANCE_NAME must be the host (and port, if any) of MAHILO_PUBLIC_URL, " +
+        "or peers refuse the handshake: \"a.example\" is not \"b.example\""
+    )
+    expect(error({ MAHILO_INSTANCE_NAME: "b.example", MAHILO_PUBLIC_URL: "https://b.example:8443" }))
+      .toContain("\"b.example\" is not \"b.example:8443\"")
+  })
+
   it("keeps messages unless a retention of a minute or more is set", () => {
     expect(ok({ MAHILO_MESSAGE_RETENTION_MS: "0" }).messageRetentionMs).toBe(0)
     expect(ok({ MAHILO_MESSAGE_RETENTION_MS: "60000" }).messageRetentionMs).toBe(60_000)

@@ -29,6 +29,20 @@ describe("a start that cannot go on", () => {
     expect(output).not.toMatch(STACK_FRAME)
   }, 30_000)
 
+  it("refuses an instance name that is not the host of the public URL, which no peer would accept", async () => {
+    // Found following the README's federation walkthrough: such a registry started, and every
+    // peer then refused its handshake with HANDSHAKE_URL_MISMATCH.
+    const output = await failedStart({
+      MAHILO_INSTANCE_NAME: "a.example",
+      MAHILO_PUBLIC_URL: "http://127.0.0.1:18113"
+    })
+    expect(output).toContain("server exited with 1")
+    expect(output).toContain(
+      "Invalid configuration: MAHILO_INSTANCE_NAME must be the host (and port, if any) of MAHILO_PUBLIC_URL"
+    )
+    expect(output).not.toMatch(STACK_FRAME)
+  }, 30_000)
+
   it("says why PostgreSQL could not be reached, without a stack trace", async () => {
     const port = await ServerProcess.freePort()
     const output = await failedStart({ DATABASE_URL: `postgres://mahilo:secret@127.0.0.1:${port}/mahilo` })
