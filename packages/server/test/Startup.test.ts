@@ -1,6 +1,7 @@
 import { ServerProcess, TestDatabase } from "@mahilo/testkit"
 import { Effect, Exit, Scope } from "effect"
 import * as DataDirLock from "../src/DataDirLock.js"
+import { spawn } from "node:child_process"
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { createServer } from "node:net"
 import { tmpdir } from "node:os"
@@ -98,4 +99,43 @@ describe("a start that cannot go on", () => {
       rmSync(dir, { recursive: true, force: true })
     }
   }, 30_000)
+})
+
+describe("npm start", () => {
+  // A supervisor (a container's stop, systemd) signals the process it started: with `npm start`,
+  // npm itself, which passes the signal to the shell running the script.
+  it("SIGTERM to npm stops the server too (it does not go on running, orphaned, with the port and the data directory)", async () => {
+    const root = join(import.meta.dirname, "..", "..", "..")
+    const dir = mkdtempSync(join(tmpdir(), "mahilo-npm-start-"))
+    const port = await ServerProcess.freePort()
+    const url = `http://127.0.0.1:${port}/health`
+    const answers = () => fetch(url, { signal: AbortSignal.timeout(2_000) }).then((r) => r.ok, () => false)
+    // Its own process group, so that whatever it started can be cleaned up whatever happens.
+    const npm = spawn("npm", ["start"], {
+      cwd: root,
+      detached: true,
+      env: { ...process.env, DATABASE_URL: "", HOST: "127.0.0.1", PORT: String(port), MAHILO_DATA_DIR: join(dir, "data"), MAHILO_LOG_LEVEL: "warning" },
+      stdio: "ignore"
+    })
+    try {
+      const waitFor = async (wanted: boolean, what: string) => {
+        for (let tries = 0; tries < 240; tries++) {
+          if ((await answers()) === wanted) return
+          await new Promise((resolve) => setTimeout(resolve, 250))
+        }
+        throw new Error(what)
+      }
+      await waitFor(true, "the server never answered /health")
+      npm.kill("SIGTERM")
+      await waitFor(false, "the server still answers after npm was sent SIGTERM")
+      expect(await answers()).toBe(false)
+    } finally {
+      try {
+        process.kill(-npm.pid!, "SIGKILL")
+      } catch {
+        // the group is gone already
+      }
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }, 120_000)
 })
