@@ -62,6 +62,25 @@ const twoUsers = Effect.gen(function* () {
 })
 
 /** Alice and Bob with the ports the outbox tests use. */
+/**
+ * Another session's transaction that takes `first`'s locks and holds them until
+ * `proceed`, which then takes `second`'s and commits (answering once it has): set
+ * against a statement that takes the same rows the other way round, a deadlock.
+ */
+const crossedLocks = (sql: SqlClient.SqlClient, first: Effect.Effect<unknown, unknown>, second: Effect.Effect<unknown, unknown>) =>
+  Effect.gen(function* () {
+    const holding = yield* Deferred.make<void>()
+    const go = yield* Deferred.make<void>()
+    const fiber = yield* Effect.fork(sql.withTransaction(Effect.gen(function* () {
+      yield* first
+      yield* Deferred.succeed(holding, undefined)
+      yield* Deferred.await(go)
+      yield* second
+    })))
+    yield* Deferred.await(holding)
+    return { proceed: Effect.zipRight(Deferred.succeed(go, undefined), Fiber.join(fiber)) }
+  })
+
 const outboxSetup = Effect.gen(function* () {
   const { alice, bob } = yield* twoUsers
   return { alice, bob, messages: yield* Store.Messages, outbox: yield* Store.Outbox, sql: yield* SqlClient.SqlClient }
@@ -666,15 +685,9 @@ for (const backend of backends) {
             yield* messages.insert(first, [d1], lease)
             yield* messages.insert(second, [d2], lease)
             // Another session locks the second message, then (once the batch waits for it) the first.
-            const holding = yield* Deferred.make<void>()
-            const proceed = yield* Deferred.make<void>()
-            const other = yield* Effect.fork(sql.withTransaction(Effect.gen(function* () {
-              yield* sql`SELECT id FROM messages WHERE id = ${second.id} FOR UPDATE`
-              yield* Deferred.succeed(holding, undefined)
-              yield* Deferred.await(proceed)
-              yield* sql`SELECT id FROM messages WHERE id = ${first.id} FOR UPDATE`
-            })))
-            yield* Deferred.await(holding)
+            const other = yield* crossedLocks(sql,
+              sql`SELECT id FROM messages WHERE id = ${second.id} FOR UPDATE`,
+              sql`SELECT id FROM messages WHERE id = ${first.id} FOR UPDATE`)
             // The batch locks the first message (id order), then waits for the second.
             const batch = yield* Effect.fork(outbox.recordMany("me", [
               { deliveryId: d2.id, record: { _tag: "Delivered", statusCode: 200, at: new Date() } },
@@ -682,8 +695,7 @@ for (const backend of backends) {
             ]))
             expect(yield* TestDatabase.someoneWaitsForALock(sql)).toBeGreaterThan(0)
             // Now the circle closes: PostgreSQL ends one side (the batch, which waited first).
-            yield* Deferred.succeed(proceed, undefined)
-            yield* Fiber.join(other)
+            yield* other.proceed
             const outcomes = yield* Fiber.join(batch)
             expect(outcomes.map((o) => Option.map(o, (r) => [r.messageId, r.deliveryStatus, r.messageStatus]))).toEqual([
               Option.some([second.id, "delivered", "delivered"]),
@@ -703,22 +715,15 @@ for (const backend of backends) {
             yield* messages.insert(first, [d1], Option.none())
             yield* messages.insert(second, [d2], Option.none())
             // Another session locks the second message, then (once the acknowledgement waits for it) the first delivery.
-            const holding = yield* Deferred.make<void>()
-            const proceed = yield* Deferred.make<void>()
-            const other = yield* Effect.fork(sql.withTransaction(Effect.gen(function* () {
-              yield* sql`SELECT id FROM messages WHERE id = ${second.id} FOR UPDATE`
-              yield* Deferred.succeed(holding, undefined)
-              yield* Deferred.await(proceed)
-              yield* sql`SELECT id FROM deliveries WHERE id = ${d1.id} FOR UPDATE`
-            })))
-            yield* Deferred.await(holding)
+            const other = yield* crossedLocks(sql,
+              sql`SELECT id FROM messages WHERE id = ${second.id} FOR UPDATE`,
+              sql`SELECT id FROM deliveries WHERE id = ${d1.id} FOR UPDATE`)
             // The acknowledgement's transaction marks both deliveries (their rows locked), then waits
             // to roll them up into the second message.
             const acknowledged = yield* Effect.fork(outbox.acknowledge(bob.id, [first.id, second.id]))
             expect(yield* TestDatabase.someoneWaitsForALock(sql)).toBeGreaterThan(0)
             // The circle closes: PostgreSQL ends one side (the acknowledgement, which waited first).
-            yield* Deferred.succeed(proceed, undefined)
-            yield* Fiber.join(other)
+            yield* other.proceed
             const rollups = yield* Fiber.join(acknowledged)
             expect(rollups.map((r) => [r.messageId, r.deliveryStatus, r.messageStatus]).sort()).toEqual(
               [[first.id, "delivered", "delivered"], [second.id, "delivered", "delivered"]].sort()

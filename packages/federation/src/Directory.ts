@@ -19,7 +19,7 @@ import {
 import type { SqlError } from "@effect/sql/SqlError"
 import { type Context, Effect, Either, Layer, Option, Schema } from "effect"
 import { errorOf, PeerClient, type PeerCallError, type PeerResponse } from "./PeerClient.js"
-import { endMembershipsHere, type Peer, PeerStore } from "./PeerStore.js"
+import { endMembershipsHere, type Peer, PeerStore, vouchedDisplayName } from "./PeerStore.js"
 import { Peers } from "./Peers.js"
 import * as Protocol from "./Protocol.js"
 import { FederationConfig } from "./FederationConfig.js"
@@ -136,8 +136,7 @@ export const make: Effect.Effect<
       return yield* Effect.forEach(named, ({ entry, instance, username }): Effect.Effect<Option.Option<Store.User>, SqlError> => {
         const user = known.get(username)
         if (instance === null) return Effect.succeed(Option.filter(Option.fromNullable(user), (u) => u.instance === null))
-        // `from` names its own users' display names, not a third registry's users'.
-        const displayName = instance === from ? entry.display_name : null
+        const displayName = vouchedDisplayName(from, instance, entry.display_name)
         if (user !== undefined && (displayName === null || displayName === user.displayName)) {
           return Effect.succeed(Option.some(user))
         }

@@ -17,7 +17,7 @@ import { InboundAuth } from "./InboundAuth.js"
 import { InstanceKeys } from "./InstanceKeys.js"
 import { Notices } from "./Notices.js"
 import type { Peer } from "./PeerStore.js"
-import { endMembershipsHere, PeerStore } from "./PeerStore.js"
+import { endMembershipsHere, PeerStore, vouchedDisplayName } from "./PeerStore.js"
 import { HANDSHAKE_PATH, WELL_KNOWN_PATH } from "./Peers.js"
 import * as Protocol from "./Protocol.js"
 import * as RateLimit from "./RateLimit.js"
@@ -318,9 +318,7 @@ export const layer = HttpApiBuilder.Router.use((router) =>
           if (senderInstance === config.instanceName) {
             return yield* Refusal.of(403, "SENDER_NOT_VOUCHED", "A peer cannot speak for this registry's users")
           }
-          // A registry names its own users only: a home speaking for a member of a third registry
-          // vouches for who sent it, not for how that registry's user is shown here.
-          const sender = yield* shadow(senderName, senderInstance, senderInstance === peer.name ? forwarded.sender_display_name : null)
+          const sender = yield* shadow(senderName, senderInstance, vouchedDisplayName(peer.name, senderInstance, forwarded.sender_display_name))
 
           const result = yield* registry.send(shadowPrincipal(sender), {
             recipient: forwarded.recipient_type === "group" ? group!.id : forwarded.recipient!,

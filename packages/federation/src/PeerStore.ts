@@ -250,6 +250,14 @@ export const endMembershipsHere = (
     return { forgotten, rollups }
   }))
 
+/**
+ * The display name `peer` gives a user of `instance`, as taken here: a registry
+ * names its own users only. A home speaking for a member of a third registry
+ * vouches for who sent a message, not for how that registry's user is shown.
+ */
+export const vouchedDisplayName = (peer: string, instance: string, displayName: string | null | undefined): string | null =>
+  instance === peer ? displayName ?? null : null
+
 export class PeerStore extends Context.Tag("@mahilo/federation/PeerStore")<
   PeerStore,
   Effect.Effect.Success<typeof make>
