@@ -75,21 +75,39 @@ export const isPublicAddress = (ip: string | Address): boolean => {
 export const isLoopbackAddress = (ip: string | Address): boolean => rangeOf(ip) === "loopback"
 
 /**
- * Whether a delivery may connect to `ip`: any address when private callbacks
- * are allowed, otherwise public ones, plus loopback when `allowLoopback`
- * (development).
+ * Cloud instance-metadata endpoints (AWS, GCP, Azure, OpenStack and others on
+ * 169.254.169.254; AWS's IPv6 and container credential endpoints; Alibaba's).
+ * They hand out the host's credentials, and no agent lives there, so they are
+ * refused even when private callbacks are allowed.
+ */
+const metadataAddresses = new Set([
+  "169.254.169.254",
+  "169.254.170.2",
+  "169.254.170.23",
+  "100.100.100.200",
+  "fd00:ec2::254",
+  "fd00:ec2::23"
+])
+
+/** True for a cloud instance-metadata address (IPv4-mapped forms included). */
+export const isMetadataAddress = (ip: string | Address): boolean => {
+  const parsed = parseAddress(ip)
+  return parsed !== undefined && metadataAddresses.has(unmap(parsed).toString())
+}
+
+/**
+ * Whether a delivery may connect to `ip`: any address but the cloud metadata
+ * ones when private callbacks are allowed, otherwise public ones, plus loopback
+ * when `allowLoopback` (development).
  */
 export const isAllowedAddress = (ip: string | Address, allowPrivate: boolean, allowLoopback = false): boolean =>
-  allowPrivate || isPublicAddress(ip) || (allowLoopback && isLoopbackAddress(ip))
+  !isMetadataAddress(ip) && (allowPrivate || isPublicAddress(ip) || (allowLoopback && isLoopbackAddress(ip)))
 
 const loopbackNames = new Set(["localhost"])
 const loopbackSuffixes = [".localhost"]
-const localNames = new Set([
-  "metadata",
-  "metadata.google.internal",
-  "instance-data",
-  "localhost.localdomain"
-])
+/** Host names of cloud metadata services: refused even when private callbacks are allowed. */
+const metadataNames = new Set(["metadata", "metadata.google.internal", "instance-data", "instance-data.ec2.internal"])
+const localNames = new Set([...metadataNames, "localhost.localdomain"])
 /** Special-use and private-use DNS suffixes (RFC 6761, 6762, 8375; ICANN `.internal`). */
 const localSuffixes = [".internal", ".local", ".localdomain", ".home.arpa", ".lan", ".intranet"]
 
@@ -150,6 +168,9 @@ export const validate = (
   if (parsed.port === "0") return refuse("The callback URL's port must be from 1 to 65535.")
 
   const host = hostOf(parsed)
+  if ("address" in host ? isMetadataAddress(host.address) : metadataNames.has(host.name)) {
+    return refuse("The callback URL points to a cloud metadata service, which is never allowed.")
+  }
   const loopback = "address" in host ? isLoopbackAddress(host.address) : isLoopbackName(host.name)
   const devLoopback = options.development && loopback
   // Allowing private callbacks lets plain http reach private hosts (where TLS is often

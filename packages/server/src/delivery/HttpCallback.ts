@@ -271,12 +271,13 @@ const postWith = (internals: Internals, request: PostRequest): Effect.Effect<Out
       }
       const refused = addresses.find((a) => !CallbackUrl.isAllowedAddress(a.address, request.allowPrivate, allowLoopback))
       if (refused !== undefined) {
+        const what = CallbackUrl.isMetadataAddress(refused.address) ? "a cloud metadata address" : "not a public address"
         finish({
           _tag: "Refused",
           reason:
             literalAddress(hostname) !== undefined
-              ? `${refused.address} is not a public address`
-              : `${hostname} resolves to ${refused.address}, which is not a public address`
+              ? `${refused.address} is ${what}`
+              : `${hostname} resolves to ${refused.address}, which is ${what}`
         })
         return
       }

@@ -71,12 +71,11 @@ describe("CallbackUrl.validate", () => {
     "https://10.0.0.5/cb",
     "http://192.168.1.10/cb",
     "https://172.16.0.1/cb",
-    "http://169.254.169.254/cb",
+    "http://169.254.1.1/cb",
     "http://[::1]:8080/cb",
     "https://[fd00::1]/cb",
     "https://[::ffff:127.0.0.1]/cb",
     "https://100.64.0.1/cb",
-    "https://metadata.google.internal/cb",
     "http://agent-svc:8080/cb",
     "https://agent.example.com/cb"
   ])("%s is allowed with allowPrivate", (url) => {
@@ -91,7 +90,16 @@ describe("CallbackUrl.validate", () => {
     // Plain http stays for private hosts: a public one still needs https.
     ["http://agent.example.com/cb", "refused"],
     ["http://93.184.216.34/cb", "refused"],
-    ["http://[2606:4700:4700::1111]/cb", "refused"]
+    ["http://[2606:4700:4700::1111]/cb", "refused"],
+    // Cloud metadata services hand out the host's credentials: never a callback.
+    ["http://169.254.169.254/latest/meta-data", "refused"],
+    ["http://[::ffff:169.254.169.254]/cb", "refused"],
+    ["http://169.254.170.2/v2/credentials", "refused"],
+    ["http://100.100.100.200/latest", "refused"],
+    ["http://[fd00:ec2::254]/cb", "refused"],
+    ["http://metadata.google.internal/computeMetadata/v1/", "refused"],
+    ["http://METADATA./cb", "refused"],
+    ["http://instance-data/latest", "refused"]
   ])("%s → %s even with allowPrivate", (url, expected) => {
     expect(verdict(url, permissive)).toBe(expected)
   })

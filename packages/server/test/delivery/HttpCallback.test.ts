@@ -224,6 +224,12 @@ describe("HttpCallback.post", () => {
     expect(outcome).toEqual({ _tag: "Refused", reason: "mixed.pinned.test resolves to 10.0.0.7, which is not a public address" })
   })
 
+  it("refuses a name resolving to a cloud metadata address even when private callbacks are allowed", async () => {
+    fakeDns.set("creds.pinned.test", [{ address: "169.254.169.254", family: 4 }])
+    const outcome = await post("http://creds.pinned.test/latest/meta-data/", { allowPrivate: true })
+    expect(outcome).toMatchObject({ _tag: "Refused", reason: expect.stringContaining("169.254.169.254") })
+  })
+
   it("answers a network error, retried later, for a name that does not resolve or resolves to nothing", async () => {
     const failed = await post("http://agent.unresolvable.test/cb")
     expect(failed).toEqual({ _tag: "NetworkError", message: "DNS lookup of agent.unresolvable.test failed: getaddrinfo ENOTFOUND agent.unresolvable.test" })

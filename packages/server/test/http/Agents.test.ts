@@ -163,6 +163,18 @@ layer(serverLayer(), layerOptions)("agent connections over HTTP", (it) => {
         }
       }))
 
+    it.effect("refuses cloud metadata targets although private callbacks are allowed: 400 INVALID_CALLBACK_URL", () =>
+      Effect.gen(function* () {
+        const alice = yield* person("metadata")
+        for (const url of ["http://169.254.169.254/latest/meta-data/", "http://[fd00:ec2::254]/", "http://metadata.google.internal/computeMetadata/v1/"]) {
+          const response = yield* call("POST", "/api/v1/agents", { key: alice.apiKey, body: connection({ callback_url: url }) })
+          expect(response.status, `${url} → ${response.status} ${response.text}`).toBe(400)
+          expectError(response, 400, "INVALID_CALLBACK_URL")
+          expect(response.body).toMatchObject({ error: expect.stringMatching(/cloud metadata/) })
+        }
+        expect(yield* alice.client.agents.list()).toEqual([])
+      }))
+
     it.effect("beside the contract, an explicit mode \"polling\" registers without a callback_url", () =>
       Effect.gen(function* () {
         const alice = yield* person("poller")
