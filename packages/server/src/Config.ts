@@ -131,7 +131,7 @@ const boolean = (name: string, fallback: boolean) =>
       ? Either.right(true)
       : FALSE.has(v)
       ? Either.right(false)
-      : Either.left(`must be true or false, got ${JSON.stringify(value)}`)
+      : Either.left(`must be true or false (or yes/no, on/off, 1/0), got ${JSON.stringify(value)}`)
   })
 
 const LOG_LEVELS: Record<string, LogLevel.LogLevel> = {
@@ -183,8 +183,18 @@ const MAX_HORIZON_MS = 10 * 365 * 24 * 60 * 60_000
 /** The shortest `MAHILO_MESSAGE_RETENTION_MS` accepted (other than 0, off). */
 export const MIN_RETENTION_MS = 60_000
 
-/** The shortest `MAHILO_METRICS_TOKEN` accepted. */
-export const MIN_METRICS_TOKEN = 16
+/** The shortest secret setting accepted (`MAHILO_ADMIN_KEY`, `MAHILO_METRICS_TOKEN`). */
+export const MIN_SECRET = 16
+
+/**
+ * A secret setting: at least `MIN_SECRET` characters, since one that can be guessed hands over
+ * what it guards. The value is never repeated in a message, only its length.
+ */
+const secret = (name: string) =>
+  optional(name, (value) =>
+    value.length >= MIN_SECRET
+      ? Either.right(Redacted.make(value))
+      : Either.left(`must be at least ${MIN_SECRET} characters, got ${value.length}`))
 
 /**
  * Peers accept a registry only if its instance name is the host of its public URL
@@ -205,6 +215,21 @@ const instanceMatchesPublicUrl = (
         `${JSON.stringify(instanceName)} is not ${JSON.stringify(Option.getOrElse(host, () => new URL(publicUrl).host))}`
     ))
 }
+
+/**
+ * The first retry's delay cannot be longer than the longest delay: every retry would wait the
+ * longest, and the base would say nothing. Most likely the two were swapped, or one was written
+ * in seconds.
+ */
+const retryDelaysInOrder = (
+  settings: ServerConfigShape
+): Either.Either<ServerConfigShape, ConfigError.ConfigError> =>
+  settings.retryBaseDelayMs <= settings.retryMaxDelayMs
+    ? Either.right(settings)
+    : Either.left(invalid(
+      "MAHILO_RETRY_BASE_MS",
+      `MAHILO_RETRY_BASE_MS must not be above MAHILO_RETRY_MAX_DELAY_MS: ${settings.retryBaseDelayMs} > ${settings.retryMaxDelayMs}`
+    ))
 
 /** The whole configuration as one `Config`; resolve it against any `ConfigProvider`. */
 export const config: Config.Config<ServerConfigShape> = Config.all({
@@ -254,13 +279,10 @@ export const config: Config.Config<ServerConfigShape> = Config.all({
       ? Either.right(value.toLowerCase())
       : Either.left(`must be a host name or host:port, got ${JSON.stringify(value)}`)),
   publicUrl: optional("MAHILO_PUBLIC_URL", httpUrl),
-  adminKey: optional("MAHILO_ADMIN_KEY", (value) => Either.right(Redacted.make(value))),
-  // A scrape token that can be guessed exposes the registry's traffic figures: at least 16 characters.
-  // The value is a secret: the message gives its length, never the value.
-  metricsToken: optional("MAHILO_METRICS_TOKEN", (value) =>
-    value.length >= MIN_METRICS_TOKEN
-      ? Either.right(Redacted.make(value))
-      : Either.left(`must be at least ${MIN_METRICS_TOKEN} characters, got ${value.length}`)),
+  // The admin key adds and trusts peers.
+  adminKey: secret("MAHILO_ADMIN_KEY"),
+  // A scrape token exposes the registry's traffic figures.
+  metricsToken: secret("MAHILO_METRICS_TOKEN"),
   tracing: boolean("MAHILO_TRACING", false),
   sendLane: boolean("MAHILO_SEND_LANE", true),
   logLevel: parsed("MAHILO_LOG_LEVEL", LogLevel.Info, (value) => {
@@ -269,7 +291,7 @@ export const config: Config.Config<ServerConfigShape> = Config.all({
       ? Either.right(level)
       : Either.left(`must be one of trace, debug, info, warning, error, fatal, none; got ${JSON.stringify(value)}`)
   })
-}).pipe(Config.mapOrFail(instanceMatchesPublicUrl))
+}).pipe(Config.mapOrFail(instanceMatchesPublicUrl), Config.mapOrFail(retryDelaysInOrder))
 
 /** The configuration read from the current `ConfigProvider` (the environment by default). */
 export const load: Effect.Effect<ServerConfigShape, ConfigError.ConfigError> = config

@@ -68,7 +68,7 @@ describe("Config", () => {
       MAHILO_AUTH_CACHE_SIZE: "0",
       MAHILO_INSTANCE_NAME: "Alpha.example",
       MAHILO_PUBLIC_URL: "https://alpha.example/",
-      MAHILO_ADMIN_KEY: "hunter2",
+      MAHILO_ADMIN_KEY: "hunter2-hunter2-hunter2",
       MAHILO_LOG_LEVEL: "debug"
     })
     expect(config).toMatchObject({
@@ -91,7 +91,7 @@ describe("Config", () => {
       publicUrl: "https://alpha.example"
     })
     expect(config.logLevel).toBe(LogLevel.Debug)
-    expect(Redacted.value(config.adminKey!)).toBe("hunter2")
+    expect(Redacted.value(config.adminKey!)).toBe("hunter2-hunter2-hunter2")
     expect(String(config.adminKey)).not.toContain("hunter2")
     expect(Config.federationEnabled(config)).toBe(true)
     expect(Config.isDevelopment(config)).toBe(true)
@@ -172,6 +172,30 @@ describe("Config", () => {
     const message = error({ MAHILO_METRICS_TOKEN: "short-secret" })
     expect(message).toContain("MAHILO_METRICS_TOKEN must be at least 16 characters, got 12")
     expect(message).not.toContain("short-secret")
+  })
+
+  it("takes an admin key of at least 16 characters, and never repeats a short one", () => {
+    expect(Config.defaults.adminKey).toBeUndefined()
+    expect(Redacted.value(ok({ MAHILO_ADMIN_KEY: "0123456789abcdef" }).adminKey!)).toBe("0123456789abcdef")
+    const message = error({ MAHILO_ADMIN_KEY: "hunter2" })
+    expect(message).toBe("Invalid configuration: MAHILO_ADMIN_KEY must be at least 16 characters, got 7")
+    expect(message).not.toContain("hunter2")
+  })
+
+  it("refuses a first retry delay above the longest delay, naming both", () => {
+    expect(ok({ MAHILO_RETRY_BASE_MS: "5000", MAHILO_RETRY_MAX_DELAY_MS: "5000" })).toMatchObject({ retryBaseDelayMs: 5000, retryMaxDelayMs: 5000 })
+    expect(error({ MAHILO_RETRY_BASE_MS: "600000" })).toBe(
+      "Invalid configuration: MAHILO_RETRY_BASE_MS must not be above MAHILO_RETRY_MAX_DELAY_MS: 600000 > 300000"
+    )
+    expect(error({ MAHILO_RETRY_BASE_MS: "1000", MAHILO_RETRY_MAX_DELAY_MS: "300" })).toContain("1000 > 300")
+  })
+
+  it("says which words a yes-or-no setting takes", () => {
+    for (const value of ["yes", "ON", "1"]) expect(ok({ MAHILO_TRUSTED_MODE: value }).trustedMode).toBe(true)
+    for (const value of ["no", "Off", "0"]) expect(ok({ MAHILO_ALLOW_PRIVATE_CALLBACKS: value }).allowPrivateCallbacks).toBe(false)
+    expect(error({ MAHILO_TRACING: "maybe" })).toBe(
+      "Invalid configuration: MAHILO_TRACING must be true or false (or yes/no, on/off, 1/0), got \"maybe\""
+    )
   })
 
   it("takes the longest timer Node can hold", () => {
