@@ -113,7 +113,11 @@ export const layer = HttpApiBuilder.Router.use((router) =>
     const events = yield* Events
     const notices = yield* Notices
     const context = yield* Effect.context<Store.Messages | Store.Outbox | Events>()
-    const handshakes = RateLimit.makeLimiter({ capacity: 30, refillPerSecond: 1 })
+    // The handshake is unsigned, so anyone may call it: each address gets its own bucket, so a
+    // stranger spends only theirs, and one bucket for all bounds the signing work a spread-out
+    // flood can cost. (Behind a proxy every caller shares the proxy's address, as before.)
+    const handshakesFrom = RateLimit.makeLimiter({ capacity: 30, refillPerSecond: 1 })
+    const handshakes = RateLimit.makeLimiter({ capacity: 600, refillPerSecond: 100 }, 1)
 
     /** A signed route: authenticated first, then `handle` with the peer and body. */
     const signed = (
@@ -193,9 +197,12 @@ export const layer = HttpApiBuilder.Router.use((router) =>
     yield* router.post(
       HANDSHAKE_PATH,
       answer(Effect.gen(function* () {
-        const taken = handshakes.take("handshake", Date.now())
-        if (!taken.allowed) return yield* Refusal.of(429, "RATE_LIMITED", "Too many handshakes", taken.retryAfterSeconds)
         const request = yield* HttpServerRequest.HttpServerRequest
+        const now = Date.now()
+        const fromThere = handshakesFrom.take(Option.getOrElse(request.remoteAddress, () => "unknown"), now)
+        if (!fromThere.allowed) return yield* Refusal.of(429, "RATE_LIMITED", "Too many handshakes from this address", fromThere.retryAfterSeconds)
+        const taken = handshakes.take("all", now)
+        if (!taken.allowed) return yield* Refusal.of(429, "RATE_LIMITED", "Too many handshakes", taken.retryAfterSeconds)
         const text = yield* Effect.mapError(request.text, () => Refusal.of(400, "INVALID_REQUEST", "Unreadable body"))
         const challenge = yield* decodeBody(Handshake.HandshakeRequest, text)
         const key = yield* keys.current
