@@ -296,7 +296,15 @@ export interface Message {
   readonly recipients: number
   readonly deliveredCount: number
   readonly failedCount: number
+  /** Federation: the registry that forwarded the message here (null: sent here). */
   readonly originInstance: string | null
+  /**
+   * Federation: the id the forwarding registry gave the message. A forward is
+   * known by its origin and this id together: usually `id` is the same (ids
+   * are kept end to end), but another one when that id was taken here already
+   * (by another registry's forward, or a message of this registry).
+   */
+  readonly originMessageId: string | null
   /**
    * Federation: how the sender asked for a remote recipient's agent to be
    * chosen, which the recipient's registry applies (null: by its preference).
@@ -417,9 +425,12 @@ export interface PurgeStepResult {
 export interface MessagesService {
   readonly findByIdempotencyKey: (senderId: string, key: string) => Effect.Effect<Option.Option<Message>, SqlError>
   readonly find: (id: string) => Effect.Effect<Option.Option<Message>, SqlError>
+  /** Federation: the message `originInstance` forwarded under its id `originMessageId`. */
+  readonly findForwarded: (originInstance: string, originMessageId: string) => Effect.Effect<Option.Option<Message>, SqlError>
   /**
    * Writes the message and its deliveries in one transaction. A duplicate
-   * idempotency key is `409 DUPLICATE` (the caller re-reads the first message).
+   * idempotency key, a taken id or a forward already written (same origin and
+   * origin id) is `409 DUPLICATE` (the caller re-reads the first message).
    * When `leaseOwner` is given, the deliveries are inserted already leased to it.
    * Concurrent calls may share one statement; each answers once its own rows
    * are committed, with its own outcome. With a `guard`, the message is

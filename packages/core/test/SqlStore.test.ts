@@ -28,6 +28,7 @@ const message = (over: Partial<Store.Message> & { readonly senderId: string; rea
   deliveredCount: 0,
   failedCount: 0,
   originInstance: null,
+  originMessageId: null,
   recipientRouting: null,
   createdAt: new Date(),
   deliveredAt: null,
@@ -201,6 +202,23 @@ for (const backend of backends) {
           yield* messages.insert(message({ senderId: bob.id, recipientId: alice.id, idempotencyKey: "k" }), [delivery(alice.id)], Option.none())
         }))
 
+      it.effect("a forwarded message is one per origin and the origin's id, which another origin may use too", () =>
+        Effect.gen(function* () {
+          const { alice, bob } = yield* twoUsers
+          const messages = yield* Store.Messages
+          const forwarded = (originInstance: string, id: string) =>
+            message({ id, senderId: alice.id, recipientId: bob.id, originInstance, originMessageId: "msg_shared" })
+          const fromB = forwarded("b.example", "msg_shared")
+          const fromC = forwarded("c.example", Ids.make("msg"))
+          yield* messages.insert(fromB, [delivery(bob.id)], Option.none())
+          yield* messages.insert(fromC, [delivery(bob.id)], Option.none())
+          const again = yield* Effect.flip(messages.insert(forwarded("b.example", Ids.make("msg")), [delivery(bob.id)], Option.none()))
+          expect(again).toMatchObject({ code: "DUPLICATE" })
+          expect(Option.getOrThrow(yield* messages.findForwarded("b.example", "msg_shared"))).toEqual(fromB)
+          expect(Option.getOrThrow(yield* messages.findForwarded("c.example", "msg_shared"))).toEqual(fromC)
+          expect(Option.isNone(yield* messages.findForwarded("d.example", "msg_shared"))).toBe(true)
+        }))
+
       it.effect("messages inserted at once are written together, each exactly as given; a failing one fails alone", () =>
         Effect.gen(function* () {
           const { alice, bob } = yield* twoUsers
@@ -228,6 +246,7 @@ for (const backend of backends) {
               status: i === 4 ? "delivered" : "pending",
               deliveredAt: i === 4 ? new Date(1_700_000_000_123) : null,
               originInstance: i === 5 ? "far.example" : null,
+              originMessageId: i === 5 ? "msg_as_far_example_named_it" : null,
               createdAt: new Date(1_700_000_000_000 + i)
             }))
           const inbox: Store.NewDelivery = { ...delivery(bob.id, false), targetKind: "inbox" }

@@ -4,8 +4,8 @@
  * `Protocol`). Handlers are thin: `InboundAuth` decides who is calling, the
  * registry's own use cases do the work as the calling registry's user (a
  * local shadow user `name@instance`), so the same rules apply as for local
- * users; messages keep their id, so a forward seen again is answered, not
- * delivered again.
+ * users; a forward is known by the calling registry and its message id, so
+ * one seen again is answered, not delivered again.
  */
 import { HttpApiBuilder, HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import type { SqlError } from "@effect/sql/SqlError"
@@ -167,14 +167,25 @@ export const layer = HttpApiBuilder.Router.use((router) =>
         return Relay.statusOf({ failedCount: Option.isSome(message) ? message.value.failedCount : 0 }, deliveries)
       })
 
-    /** The answer to a forward: the message's status here, final (`200`) or pending (`202`). */
-    const forwardAnswer = (messageId: string) =>
+    /**
+     * The answer to a forward: the status here of the message kept as `localId`, final (`200`)
+     * or pending (`202`), named by the forwarding registry's id for it (`originId`).
+     */
+    const forwardAnswer = (localId: string, originId: string) =>
       Effect.gen(function* () {
-        const { error, status } = yield* statusHere(messageId)
-        if (status === "pending") return json(202, { message_id: messageId, status })
-        yield* relay.markAnswered(messageId)
-        return json(200, { message_id: messageId, status, ...(error !== undefined ? { error } : {}) })
+        const { error, status } = yield* statusHere(localId)
+        if (status === "pending") return json(202, { message_id: originId, status })
+        yield* relay.markAnswered(localId)
+        return json(200, { message_id: originId, status, ...(error !== undefined ? { error } : {}) })
       })
+
+    /**
+     * The id a new forward of `originId` is kept under here: the origin's own, unless a message
+     * here has it already (another registry's forward, or one sent here), when it gets one of
+     * this registry's. Either way the forward is known by its origin and `originId`.
+     */
+    const localIdFor = (originId: string) =>
+      Effect.map(messages.find(originId), (taken) => (Option.isSome(taken) ? Ids.make("msg") : originId))
 
     /** Waits briefly for the first attempts, so a healthy agent is answered `delivered` at once. */
     const settled = (messageId: string) =>
@@ -295,13 +306,10 @@ export const layer = HttpApiBuilder.Router.use((router) =>
       signed(({ body, peer }) =>
         Effect.gen(function* () {
           const forwarded = yield* decodeBody(Protocol.ForwardedMessage, body)
-          const seen = yield* messages.find(forwarded.message_id)
-          if (Option.isSome(seen)) {
-            if (seen.value.originInstance !== peer.name) {
-              return yield* Refusal.of(409, "MESSAGE_ID_TAKEN", "Another message already has this id")
-            }
-            return yield* forwardAnswer(forwarded.message_id)
-          }
+          // A forward is this peer's message of that id: seen again (a retry), it is answered, not
+          // delivered again. Another registry's message of the same id is another message.
+          const seen = yield* messages.findForwarded(peer.name, forwarded.message_id)
+          if (Option.isSome(seen)) return yield* forwardAnswer(seen.value.id, forwarded.message_id)
 
           // Who sent it: a user of the calling registry, or (only from a group's home) of a third one.
           const at = forwarded.sender.indexOf("@")
@@ -327,7 +335,7 @@ export const layer = HttpApiBuilder.Router.use((router) =>
           }
           const sender = yield* shadow(senderName, senderInstance, vouchedDisplayName(peer.name, senderInstance, forwarded.sender_display_name))
 
-          const result = yield* registry.send(shadowPrincipal(sender), {
+          const sendAs = (localId: string) => registry.send(shadowPrincipal(sender), {
             recipient: forwarded.recipient_type === "group" ? group!.id : forwarded.recipient!,
             recipientType: forwarded.recipient_type,
             recipientConnectionId: forwarded.recipient_connection_id,
@@ -338,19 +346,30 @@ export const layer = HttpApiBuilder.Router.use((router) =>
             encryption: forwarded.encryption,
             senderSignature: forwarded.sender_signature,
             correlationId: forwarded.correlation_id,
-            federated: { messageId: forwarded.message_id, originInstance: peer.name, senderAgent: forwarded.sender_agent }
-          }).pipe(
-            // The same forward arriving twice at once: the second insert loses; answer the first.
-            Effect.catchTag("Conflict", (e) =>
-              Effect.flatMap(messages.find(forwarded.message_id), (m) =>
-                Option.isSome(m) ? Effect.succeed({ _tag: "Deduplicated" as const, message: m.value }) : Effect.fail(e)))
-          )
+            federated: { messageId: forwarded.message_id, localId, originInstance: peer.name, senderAgent: forwarded.sender_agent }
+          })
+          let result: Registry.SendResult | undefined
+          for (let attempt = 1; result === undefined; attempt++) {
+            const sent = yield* Effect.either(Effect.flatMap(localIdFor(forwarded.message_id), sendAs))
+            if (Either.isRight(sent)) {
+              result = sent.right
+            } else if (sent.left._tag !== "Conflict") {
+              return yield* Effect.fail(sent.left)
+            } else {
+              // The same forward arriving twice at once: the second insert loses; answer the first.
+              const first = yield* messages.findForwarded(peer.name, forwarded.message_id)
+              if (Option.isSome(first)) result = { _tag: "Deduplicated", message: first.value }
+              // Or a message of another origin took the id meanwhile: kept under another id then.
+              else if (sent.left.code !== "DUPLICATE" || attempt >= 3) return yield* Effect.fail(sent.left)
+            }
+          }
+          const localId = result.message.id
           if (result._tag === "Rejected") {
-            yield* relay.markAnswered(forwarded.message_id)
+            yield* relay.markAnswered(localId)
             return json(200, { message_id: forwarded.message_id, status: "failed", error: rejectedError(result.reason) })
           }
-          if (result._tag === "Accepted") yield* settled(forwarded.message_id)
-          return yield* forwardAnswer(forwarded.message_id)
+          if (result._tag === "Accepted") yield* settled(localId)
+          return yield* forwardAnswer(localId, forwarded.message_id)
         }))
     )
 

@@ -100,7 +100,12 @@ export const reporter = Layer.scopedDiscard(
         if (status === "pending") return
         const peer = yield* peers.reachable(message.value.originInstance)
         if (Option.isNone(peer)) return
-        const body: Protocol.StatusReport = { message_id: messageId, status, ...(error !== undefined ? { error: error.slice(0, 500) } : {}) }
+        // Named as the origin knows it: kept here under another id when its own was taken here.
+        const body: Protocol.StatusReport = {
+          message_id: message.value.originMessageId ?? messageId,
+          status,
+          ...(error !== undefined ? { error: error.slice(0, 500) } : {})
+        }
         yield* client.signed(peer.value, "POST", Protocol.paths.status, body).pipe(
           Effect.filterOrFail((r) => r.status < 500 && r.status !== 429, (r) => new Error(`HTTP ${r.status}`)),
           Effect.retry(Schedule.exponential(Duration.millis(200)).pipe(Schedule.intersect(Schedule.recurs(4))))

@@ -309,6 +309,22 @@ const relationshipEnds = run([
   `ALTER TABLE deliveries ADD COLUMN end_reason text`
 ])
 
+/**
+ * Federation: a forward is known by the registry that sent it and the id it
+ * gave the message, not by the id alone. Keyed by `messages.id` only, a
+ * forward whose id another registry's forward (or a message of this one) had
+ * taken was refused for good (`409 MESSAGE_ID_TAKEN`), so a peer that learned
+ * a group message's id could keep it from a third registry's members. Now
+ * such a forward is stored under an id of this registry, and its origin's id
+ * kept here. Every message forwarded before this migration was stored under
+ * its origin's id.
+ */
+const originMessageId = run([
+  `ALTER TABLE messages ADD COLUMN origin_message_id text`,
+  `UPDATE messages SET origin_message_id = id WHERE origin_instance IS NOT NULL`,
+  `CREATE UNIQUE INDEX messages_origin_key ON messages (origin_instance, origin_message_id) WHERE origin_message_id IS NOT NULL`
+])
+
 /** Loader for `@effect/sql`'s Migrator. */
 export const loader = Migrator.fromRecord({
   "1_initial": initial,
@@ -319,7 +335,8 @@ export const loader = Migrator.fromRecord({
   "6_remote_groups_by_home": remoteGroupsByHome,
   "7_connection_deleted": connectionDeleted,
   "8_agent_label_key": agentLabelKey,
-  "9_relationship_ends": relationshipEnds
+  "9_relationship_ends": relationshipEnds,
+  "10_origin_message_id": originMessageId
 })
 
 export const table = "mahilo_migrations"

@@ -120,6 +120,7 @@ export const message = (r: Row): Store.Message => ({
   deliveredCount: r.delivered_count,
   failedCount: r.failed_count,
   originInstance: r.origin_instance ?? null,
+  originMessageId: r.origin_message_id ?? null,
   recipientRouting: (fromJson(r.recipient_routing) ?? null) as Store.RecipientRouting | null,
   createdAt: r.created_at,
   deliveredAt: r.delivered_at ?? null

@@ -634,13 +634,13 @@ export const makeMessages = Effect.gen(function* () {
     const insertMessage = sql`
       INSERT INTO messages (id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
         recipient_name, correlation_id, idempotency_key, payload_type, message, context, encryption, sender_signature,
-        status, rejection_reason, recipients, delivered_count, failed_count, origin_instance, recipient_routing,
+        status, rejection_reason, recipients, delivered_count, failed_count, origin_instance, origin_message_id, recipient_routing,
         created_at, delivered_at)
       VALUES (${m.id}, ${m.senderId}, ${m.senderName}, ${m.senderConnectionId}, ${m.senderAgent}, ${m.recipientType},
         ${m.recipientId}, ${m.recipientName}, ${m.correlationId}, ${m.idempotencyKey}, ${m.payloadType}, ${m.message},
         ${m.context}, ${Rows.json(m.encryption)}::jsonb, ${Rows.json(m.senderSignature)}::jsonb, ${m.status},
         ${m.rejectionReason}, ${m.recipients}, ${m.deliveredCount}, ${m.failedCount}, ${m.originInstance},
-        ${Rows.json(m.recipientRouting)}::jsonb, ${m.createdAt}, ${m.deliveredAt})`
+        ${m.originMessageId}, ${Rows.json(m.recipientRouting)}::jsonb, ${m.createdAt}, ${m.deliveredAt})`
     const rows = deliveryRows(item)
     // One multi-row INSERT per DELIVERY_BATCH rows: a statement carries at most 65,535 parameters.
     const insertDeliveries = Effect.forEach(
@@ -709,7 +709,7 @@ export const makeMessages = Effect.gen(function* () {
         SELECT id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
           recipient_name, correlation_id, idempotency_key, payload_type, message, context, encryption::jsonb,
           sender_signature::jsonb, status, rejection_reason, recipients, delivered_count, failed_count, origin_instance,
-          recipient_routing::jsonb, created_at, delivered_at${guardColumns}
+          origin_message_id, recipient_routing::jsonb, created_at, delivered_at${guardColumns}
         FROM unnest(${col((m) => m.id)}::text[], ${col((m) => m.senderId)}::text[], ${col((m) => m.senderName)}::text[],
           ${col((m) => m.senderConnectionId)}::text[], ${col((m) => m.senderAgent)}::text[], ${col((m) => m.recipientType)}::text[],
           ${col((m) => m.recipientId)}::text[], ${col((m) => m.recipientName)}::text[], ${col((m) => m.correlationId)}::text[],
@@ -718,6 +718,7 @@ export const makeMessages = Effect.gen(function* () {
           ${col((m) => Rows.json(m.senderSignature))}::text[], ${col((m) => m.status)}::text[],
           ${col((m) => m.rejectionReason)}::text[], ${col((m) => m.recipients)}::int[], ${col((m) => m.deliveredCount)}::int[],
           ${col((m) => m.failedCount)}::int[], ${col((m) => m.originInstance)}::text[],
+          ${col((m) => m.originMessageId)}::text[],
           ${col((m) => Rows.json(m.recipientRouting))}::text[], ${col((m) => m.createdAt)}::timestamptz[],
           ${col((m) => m.deliveredAt)}::timestamptz[]${
       guarded
@@ -727,11 +728,11 @@ export const makeMessages = Effect.gen(function* () {
     })
           AS v(id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
             recipient_name, correlation_id, idempotency_key, payload_type, message, context, encryption, sender_signature,
-            status, rejection_reason, recipients, delivered_count, failed_count, origin_instance, recipient_routing,
+            status, rejection_reason, recipients, delivered_count, failed_count, origin_instance, origin_message_id, recipient_routing,
             created_at, delivered_at${guardColumns})`
     const messageColumns = sql`id, sender_id, sender_name, sender_connection_id, sender_agent, recipient_type, recipient_id,
           recipient_name, correlation_id, idempotency_key, payload_type, message, context, encryption, sender_signature,
-          status, rejection_reason, recipients, delivered_count, failed_count, origin_instance, recipient_routing,
+          status, rejection_reason, recipients, delivered_count, failed_count, origin_instance, origin_message_id, recipient_routing,
           created_at, delivered_at`
     const deliveryColumns = sql`id, message_id, target_kind, recipient_user_id, connection_id, peer_id, is_primary, status,
         next_attempt_at, lease_owner, lease_until, created_at`
@@ -828,6 +829,11 @@ export const makeMessages = Effect.gen(function* () {
         (rows) => Option.map(first(rows), Rows.message)
       ),
     find: (id) => Effect.map(sql`SELECT * FROM messages WHERE id = ${id}`, (rows) => Option.map(first(rows), Rows.message)),
+    findForwarded: (originInstance, originMessageId) =>
+      Effect.map(
+        sql`SELECT * FROM messages WHERE origin_instance = ${originInstance} AND origin_message_id = ${originMessageId}`,
+        (rows) => Option.map(first(rows), Rows.message)
+      ),
     insert: (m, deliveries, lease, guard) =>
       // A remote group's members are checked in a transaction of the send's own (a send to such a
       // group is rare, and its guard names any number of rows).

@@ -50,8 +50,13 @@ export interface SendInput {
 
 /** Where a forwarded message came from (federation). */
 export interface FederatedOrigin {
-  /** The id the origin gave it; a second forward of the same id is the same message. */
+  /** The id the origin gave it; a second forward of the same id from the same origin is the same message. */
   readonly messageId: string
+  /**
+   * The id it is kept under here: the origin's, unless that id is taken here already (by another
+   * registry's forward, or a message of this registry's), when it is one of this registry's.
+   */
+  readonly localId?: string | undefined
   /** The registry that forwarded it here, which hears the delivery status back. */
   readonly originInstance: string
   /** The sending agent's framework, as the origin knows it. */
@@ -295,7 +300,7 @@ export const make = Effect.gen(function* () {
     sender: Store.AgentConnection | undefined,
     recipient: { readonly type: "user" | "group"; readonly id: string; readonly name: string }
   ): Store.Message => ({
-    id: input.federated?.messageId ?? Ids.make("msg"),
+    id: input.federated?.localId ?? input.federated?.messageId ?? Ids.make("msg"),
     senderId: principal.userId,
     senderName: principal.username,
     senderConnectionId: sender?.id ?? null,
@@ -316,6 +321,7 @@ export const make = Effect.gen(function* () {
     deliveredCount: 0,
     failedCount: 0,
     originInstance: input.federated?.originInstance ?? null,
+    originMessageId: input.federated?.messageId ?? null,
     recipientRouting: null,
     createdAt: new Date(),
     deliveredAt: null
