@@ -319,6 +319,11 @@ export const layer = HttpApiBuilder.Router.use((router) =>
             return yield* Refusal.of(403, "SENDER_NOT_VOUCHED", "A peer cannot speak for this registry's users")
           }
           const sender = yield* shadow(senderName, senderInstance, vouchedDisplayName(peer.name, senderInstance, forwarded.sender_display_name))
+          // The users of this registry the home forwards a group message for; a name of no user here names nobody.
+          const members = forwarded.recipient_type === "group" && forwarded.members !== undefined
+            ? (yield* users.findByUsernames([...new Set(forwarded.members.map((name) => name.toLowerCase()))]))
+              .flatMap((user) => (user.instance === null ? [user.id] : []))
+            : undefined
 
           const result = yield* registry.send(shadowPrincipal(sender), {
             recipient: forwarded.recipient_type === "group" ? group!.id : forwarded.recipient!,
@@ -331,7 +336,7 @@ export const layer = HttpApiBuilder.Router.use((router) =>
             encryption: forwarded.encryption,
             senderSignature: forwarded.sender_signature,
             correlationId: forwarded.correlation_id,
-            federated: { messageId: forwarded.message_id, originInstance: peer.name, senderAgent: forwarded.sender_agent }
+            federated: { messageId: forwarded.message_id, originInstance: peer.name, senderAgent: forwarded.sender_agent, members }
           }).pipe(
             // The same forward arriving twice at once: the second insert loses; answer the first.
             Effect.catchTag("Conflict", (e) =>

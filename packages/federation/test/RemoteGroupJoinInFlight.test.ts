@@ -3,7 +3,8 @@
  * a: b tells the home, the home takes the join, and only then does b mark bob active. A group
  * message the home forwards meanwhile (or while the home's answer is lost on the way back) finds
  * bob only invited on b: it must not be taken as delivered to nobody, but wait on the home's side
- * until b knows bob as a member, and then reach bob's agent.
+ * until b knows bob as a member, and then reach bob's agent. So too when another member on b is
+ * already active there: b must not deliver to that one alone and answer delivered.
  *
  * The lag is made by holding bob's membership row on b in another session (PostgreSQL only).
  */
@@ -66,5 +67,49 @@ describe.runIf(postgres)("a group message the home forwards while a join is stil
       { label: "delivered at the home" }
     ))
     expect(bobAgent.countFor(sent.message_id)).toBe(1)
+  }, 60_000)
+
+  it("with another member already active there, waits for the joining member too, and reaches both once", async () => {
+    const { person: ana } = await Cluster.personWithAgent(a, "ana", agents)
+    const { agent: carlAgent, person: carl } = await Cluster.personWithAgent(b, "carl", agents)
+    const { agent: dinaAgent, person: dina } = await Cluster.personWithAgent(b, "dina", agents)
+    const id = (await run(ana.client.groups.create({ payload: { name: "beside-a-member" } }))).group_id
+    for (const member of [carl, dina]) {
+      await run(ana.client.groups.invite({ path: { id }, payload: { username: `${member.username}@${b.name}` } }))
+    }
+    await run(carl.client.groups.join({ path: { id } }))
+
+    // carl is active on b; dina's join is taken at the home while b cannot mark it yet.
+    const held = await holdOpen(b, (sql) => sql`
+      SELECT 1 FROM remote_group_members
+      WHERE group_id = ${id} AND user_id = ${dina.userId} FOR UPDATE`)
+    const joining = run(dina.client.groups.join({ path: { id } })).then((joined) => joined, (e: unknown) => e)
+    await run(b.sql((sql) => TestDatabase.someoneWaitsForALock(sql, { label: "b recording dina's join" })))
+    const atHome = await run(ana.client.groups.members({ path: { id } }))
+    expect(atHome.find((m) => m.username === `dina@${b.name}`)?.status).toBe("active")
+
+    const sent = await run(ana.client.messages.send({ payload: { recipient: id, recipient_type: "group", message: "both of you" } }))
+    // b has answered the home's forward at least once: it must not have been taken as delivered
+    // to b's members while dina, counted as a recipient at the home, could not get it there.
+    const answered = await run(Fixtures.eventually(
+      ana.client.messages.get({ path: { id: sent.message_id } }),
+      (m) => m.deliveries.some((d) => d.target === "peer" && d.attempts >= 1),
+      { label: "b answered the forward" }
+    ))
+    expect(answered.status).toBe("pending")
+    expect(carlAgent.countFor(sent.message_id)).toBe(0)
+
+    held.release()
+    await held.done
+    expect(await joining).toMatchObject({ group_id: id, status: "active" })
+    await dinaAgent.waitForMessage(sent.message_id, { label: "dina" })
+    await carlAgent.waitForMessage(sent.message_id, { label: "carl" })
+    await run(Fixtures.eventually(
+      Effect.map(ana.client.messages.get({ path: { id: sent.message_id } }), (m) => m.status),
+      (status) => status === "delivered",
+      { label: "delivered at the home" }
+    ))
+    expect(dinaAgent.countFor(sent.message_id)).toBe(1)
+    expect(carlAgent.countFor(sent.message_id)).toBe(1)
   }, 60_000)
 })

@@ -56,6 +56,11 @@ export interface FederatedOrigin {
   readonly originInstance: string
   /** The sending agent's framework, as the origin knows it. */
   readonly senderAgent: string | null
+  /**
+   * For a group message from its home: the users of this registry the home forwards it for (its
+   * active members here, as the home holds them). Undefined when the home did not say (an older one).
+   */
+  readonly members?: ReadonlyArray<string> | undefined
 }
 
 export interface SendOptions {
@@ -613,14 +618,25 @@ export const make = Effect.gen(function* () {
       if (!fromHome && !rows.some((r) => r.userId === principal.userId && r.status === "active")) {
         return yield* Errors.Forbidden.of("NOT_MEMBER", "Only active members can message this group")
       }
-      // The home forwards only for members it holds as active here; if none is active here yet, a
-      // join the home took is still being recorded (or its answer was lost on the way back). Written
-      // now, the message would reach nobody and be answered delivered: the home tries again later.
-      if (fromHome && !rows.some((r) => r.status === "active")) {
-        return yield* Errors.Unavailable.of(
-          "MEMBERS_NOT_SETTLED",
-          "No member of this group is active here yet (a join is still being recorded); try again later"
-        )
+      // The home forwards for members it holds as active here. One of them only invited here is a
+      // join the home took that is still being recorded here (or whose answer was lost on the way
+      // back): written now, the message would not reach them, yet be answered delivered, and the
+      // home counted them as recipients. Nothing is written, and the home tries again later, when
+      // it goes to all of them. A member it names that this registry holds no membership for (a
+      // leave taken here first) holds up nobody. A home that names nobody (an older one) is waited
+      // for only while no member is active here at all.
+      if (fromHome) {
+        const named = input.federated?.members
+        const forThem = named === undefined ? undefined : new Set(named)
+        const unsettled = forThem === undefined
+          ? !rows.some((r) => r.status === "active")
+          : rows.some((r) => r.status !== "active" && forThem.has(r.userId))
+        if (unsettled) {
+          return yield* Errors.Unavailable.of(
+            "MEMBERS_NOT_SETTLED",
+            "A member of this group is not active here yet (a join is still being recorded); try again later"
+          )
+        }
       }
       const sender = yield* senderAgent(principal, input.senderConnectionId)
       const message = baseMessage(principal, input, payloadType, sender, { type: "group", id: groupId, name: groupName })
