@@ -121,10 +121,11 @@ export const ForwardedMessage = Schema.Struct({
   group: Schema.optional(GroupRef),
   /**
    * For a group message from its home: the receiver's users it holds as active members, by their
-   * bare names (the receiver's users only, never another registry's). The receiver answers `503
-   * MEMBERS_NOT_SETTLED`, writing nothing, while any of them is a member there whose join it has
-   * not recorded yet; a name it holds no membership for is passed over. Without it (an older home),
-   * the receiver waits only while none of its members of the group is active.
+   * bare names (the receiver's users only, never another registry's). One only invited at the
+   * receiver who asked the home to take their join is recorded there as joined (the home's answer
+   * to that join was lost or is still on its way) and gets the message; one who never asked, or
+   * whom the receiver holds no membership for, is passed over. Without it (an older home), the
+   * receiver answers `503 MEMBERS_NOT_SETTLED` while none of its members of the group is active.
    */
   members: Schema.optional(Schema.Array(Name).pipe(Schema.maxItems(MAX_NAMED_MEMBERS_READ))),
   message: Schema.String,

@@ -1,9 +1,9 @@
 /**
  * A group's home names, in its forward to a member's registry, the members it forwards for there
- * (`members`, that registry's users by their bare names). The member's registry waits for each of
- * them whose join it is still recording, so that none the home counted as a recipient is left out
- * because another member there was already active; a name it holds no membership for (a leave in
- * flight, say) does not hold up the others. The home names the receiving registry's own users only.
+ * (`members`, that registry's users by their bare names). The member's registry records the join
+ * of one it holds as invited who asked to join (see RemoteGroupJoinInFlight), and passes over one
+ * who never asked, and a name it holds no membership for (a leave in flight, say). The home names
+ * the receiving registry's own users only.
  */
 import { Protocol } from "@mahilo/federation"
 import { Cluster, type FakeAgent, Fixtures, TestDatabase } from "@mahilo/testkit"
@@ -63,21 +63,20 @@ for (const { name: backend } of TestDatabase.backends) {
         } satisfies Protocol.ForwardedMessage
       })))
 
-    it("a forward naming a member whose join is still being recorded here is answered 503 and writes nothing", async () => {
+    it("a named member only invited here who never asked to join is not made a member: the others get it", async () => {
       const owner = await run(Fixtures.person(a.server(), "owner1"))
       const { agent: erinAgent, person: erin } = await Cluster.personWithAgent(b, "erin", agents)
-      const { person: fay } = await Cluster.personWithAgent(b, "fay", agents)
-      const id = await groupOnA("named-waits", owner, [erin], [fay])
+      const { agent: fayAgent, person: fay } = await Cluster.personWithAgent(b, "fay", agents)
+      const id = await groupOnA("named-invited", owner, [erin], [fay])
 
-      // The home took fay's join (as it would tell) before b recorded it: b waits for it.
-      const waiting = await forwardFromHome({ id, name: "named-waits", messageId: "msg_namedwaits1", sender: "owner1", members: ["erin", "fay"] })
-      expect({ status: waiting.status, code: waiting.body?.code }).toEqual({ status: 503, code: "MEMBERS_NOT_SETTLED" })
-
-      // Nothing was written: the same message, once the home no longer names fay, is delivered anew, once.
-      const delivered = await forwardFromHome({ id, name: "named-waits", messageId: "msg_namedwaits1", sender: "owner1", members: ["erin"] })
-      expect({ status: delivered.status, body: delivered.body?.status }).toEqual({ status: 200, body: "delivered" })
-      await erinAgent.waitForMessage("msg_namedwaits1", { label: "erin" })
-      expect(erinAgent.countFor("msg_namedwaits1")).toBe(1)
+      // A home naming fay, who never asked b to join for her, does not make her a member on b.
+      const answer = await forwardFromHome({ id, name: "named-invited", messageId: "msg_namedinvit1", sender: "owner1", members: ["erin", "fay"] })
+      expect({ status: answer.status, body: answer.body?.status }).toEqual({ status: 200, body: "delivered" })
+      await erinAgent.waitForMessage("msg_namedinvit1", { label: "erin" })
+      expect(erinAgent.countFor("msg_namedinvit1")).toBe(1)
+      expect(fayAgent.countFor("msg_namedinvit1")).toBe(0)
+      const fays = await run(fay.client.groups.list())
+      expect(fays.map((g) => g.status)).toEqual(["invited"])
     })
 
     it("a named member with no membership here does not hold up the others", async () => {
@@ -106,12 +105,16 @@ for (const { name: backend } of TestDatabase.backends) {
     it("the home names only the receiving registry's users: a same-named member elsewhere does not hold it up", async () => {
       const { person: kim } = await Cluster.personWithAgent(a, "kim", agents)
       const { agent: leoAgent, person: leo } = await Cluster.personWithAgent(b, "leo", agents)
-      // moe on b is only invited; moe on c is an active member. Were c's moe named to b, b would wait for its own moe.
-      const { person: moeB } = await Cluster.personWithAgent(b, "moe", agents)
+      // moe on b is only invited, and has asked to join (the request still on its way to the home);
+      // moe on c is an active member. Were c's moe named to b, b would take it as the home's answer
+      // to its own moe's join.
+      const { agent: moeBAgent, person: moeB } = await Cluster.personWithAgent(b, "moe", agents)
       const { agent: moeCAgent, person: moeC } = await Cluster.personWithAgent(c, "moe", agents)
       const id = await groupOnA("two-moes", kim, [leo], [moeB])
       await run(kim.client.groups.invite({ path: { id }, payload: { username: `moe@${c.name}` } }))
       await run(moeC.client.groups.join({ path: { id } }))
+      await run(b.sql((sql) => sql`
+        UPDATE remote_group_members SET join_requested_at = now() WHERE group_id = ${id} AND user_id = ${moeB.userId}`))
 
       const sent = await run(kim.client.messages.send({ payload: { recipient: id, recipient_type: "group", message: "to leo and moe" } }))
       await leoAgent.waitForMessage(sent.message_id, { label: "leo" })
@@ -122,6 +125,8 @@ for (const { name: backend } of TestDatabase.backends) {
         { label: "delivered at the home" }
       ))
       expect(leoAgent.countFor(sent.message_id)).toBe(1)
+      expect(moeBAgent.countFor(sent.message_id)).toBe(0)
+      expect((await run(moeB.client.groups.list())).map((g) => g.status)).toEqual(["invited"])
     })
   })
 }

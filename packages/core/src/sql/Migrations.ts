@@ -309,6 +309,14 @@ const relationshipEnds = run([
   `ALTER TABLE deliveries ADD COLUMN end_reason text`
 ])
 
+/**
+ * Federation: when a local user asked a group's home to take their join. The home holds a remote
+ * member as active only once their registry asked for them, so a home naming as its member one
+ * who is only invited here, and who asked, is its answer to that join (still on its way, or lost):
+ * the join is recorded here then. One who never asked is not made a member by the home's word.
+ */
+const joinRequests = run([`ALTER TABLE remote_group_members ADD COLUMN join_requested_at timestamptz`])
+
 /** Loader for `@effect/sql`'s Migrator. */
 export const loader = Migrator.fromRecord({
   "1_initial": initial,
@@ -319,7 +327,8 @@ export const loader = Migrator.fromRecord({
   "6_remote_groups_by_home": remoteGroupsByHome,
   "7_connection_deleted": connectionDeleted,
   "8_agent_label_key": agentLabelKey,
-  "9_relationship_ends": relationshipEnds
+  "9_relationship_ends": relationshipEnds,
+  "10_join_requests": joinRequests
 })
 
 export const table = "mahilo_migrations"
