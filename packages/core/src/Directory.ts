@@ -163,6 +163,19 @@ export interface RemoteDirectoryService {
   ) => Effect.Effect<ReadonlyArray<RemoteGroupMembership>, SqlError>
   /** The remote groups `userId` is invited to or a member of. */
   readonly remoteGroupsOf: (userId: string) => Effect.Effect<ReadonlyArray<RemoteGroupMembership>, SqlError>
+  /**
+   * The home of the group `groupId` names `userIds` as its active members here (in a forward):
+   * those only invited here who asked the home to take their join are recorded as joined, since
+   * the home holds a member from here as active only once this registry asked for them (its
+   * answer was lost, or is still on its way). One who never asked is left as they are. Answers
+   * those of `userIds` who are active members here now (a join recorded meanwhile included: the
+   * rows read before may be stale by then).
+   */
+  readonly settleRemoteJoins: (
+    groupId: string,
+    homeInstance: string,
+    userIds: ReadonlyArray<string>
+  ) => Effect.Effect<ReadonlyArray<string>, SqlError>
   /** Accepts an invitation at the group's home registry; answers the membership now active. */
   readonly joinRemoteGroup: (membership: RemoteGroupMembership, actor: Actor) => Effect.Effect<RemoteGroupMembership, RemoteFailure>
   /** The members of a remote group the actor is an active member of, as its home lists them. */
@@ -219,6 +232,7 @@ export class RemoteDirectory extends Context.Tag("@mahilo/core/RemoteDirectory")
     inviteToGroup: () => Effect.fail(notFederated()),
     remoteGroupMembers: () => Effect.succeed([]),
     remoteGroupsOf: () => Effect.succeed([]),
+    settleRemoteJoins: () => Effect.succeed([]),
     joinRemoteGroup: () => Effect.fail(notFederated()),
     remoteGroupMemberList: () => Effect.fail(notFederated()),
     leaveRemoteGroup: () => Effect.fail(notFederated()),

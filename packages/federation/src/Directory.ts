@@ -252,8 +252,13 @@ export const make: Effect.Effect<
     remoteGroupMembers: (groupId, homeInstance) => store.remoteGroupMembers(groupId, homeInstance),
     remoteGroupsOf: (userId) => store.remoteGroupsOf(userId),
 
+    settleRemoteJoins: (groupId, homeInstance, userIds) => store.settleJoins(groupId, homeInstance, userIds),
+
     joinRemoteGroup: (membership, actor) =>
       Effect.gen(function* () {
+        // Written before the home hears of it: if its answer is lost, its forwards naming this
+        // member are taken as that answer (see settleRemoteJoins).
+        yield* store.recordJoinRequested(membership)
         const response = yield* tell(membership.homeInstance, Protocol.paths.groupJoin, {
           group_id: membership.groupId,
           username: actor.username

@@ -334,6 +334,11 @@ export const layer = HttpApiBuilder.Router.use((router) =>
             return yield* Refusal.of(403, "SENDER_NOT_VOUCHED", "A peer cannot speak for this registry's users")
           }
           const sender = yield* shadow(senderName, senderInstance, vouchedDisplayName(peer.name, senderInstance, forwarded.sender_display_name))
+          // The users of this registry the home forwards a group message for; a name of no user here names nobody.
+          const members = forwarded.recipient_type === "group" && forwarded.members !== undefined
+            ? (yield* users.findByUsernames([...new Set(forwarded.members.map((name) => name.toLowerCase()))]))
+              .flatMap((user) => (user.instance === null ? [user.id] : []))
+            : undefined
 
           const sendAs = (localId: string) => registry.send(shadowPrincipal(sender), {
             recipient: forwarded.recipient_type === "group" ? group!.id : forwarded.recipient!,
@@ -346,7 +351,7 @@ export const layer = HttpApiBuilder.Router.use((router) =>
             encryption: forwarded.encryption,
             senderSignature: forwarded.sender_signature,
             correlationId: forwarded.correlation_id,
-            federated: { messageId: forwarded.message_id, localId, originInstance: peer.name, senderAgent: forwarded.sender_agent }
+            federated: { messageId: forwarded.message_id, localId, originInstance: peer.name, senderAgent: forwarded.sender_agent, members }
           })
           let result: Registry.SendResult | undefined
           for (let attempt = 1; result === undefined; attempt++) {

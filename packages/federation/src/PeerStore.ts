@@ -195,6 +195,31 @@ export const make = Effect.gen(function* () {
         ON CONFLICT (group_id, home_instance, user_id) DO UPDATE SET group_name = EXCLUDED.group_name,
           member_count = EXCLUDED.member_count`),
 
+    /** A local user asks the home to take their join: recorded first, so the home's word on it can be taken later. */
+    recordJoinRequested: (membership: { readonly groupId: string; readonly homeInstance: string; readonly userId: string }) =>
+      Effect.asVoid(sql`
+        UPDATE remote_group_members SET join_requested_at = now()
+        WHERE group_id = ${membership.groupId} AND home_instance = ${membership.homeInstance}
+          AND user_id = ${membership.userId}`),
+
+    /**
+     * The home names `userIds` as its active members here: those only invited here who asked it to
+     * take their join are recorded as joined (its answer was lost, or is still on its way). Answers
+     * those of them who are active members here now: the ones this recorded, and the ones whose
+     * join was recorded meanwhile (it held the row, and this waited for it).
+     */
+    settleJoins: (groupId: string, homeInstance: string, userIds: ReadonlyArray<string>) =>
+      userIds.length === 0
+        ? Effect.succeed([] as ReadonlyArray<string>)
+        : Effect.map(
+          sql<{ user_id: string }>`
+            UPDATE remote_group_members SET status = 'active', joined_at = COALESCE(joined_at, now())
+            WHERE group_id = ${groupId} AND home_instance = ${homeInstance} AND user_id IN ${sql.in(userIds)}
+              AND (status = 'active' OR join_requested_at IS NOT NULL)
+            RETURNING user_id`,
+          (rows): ReadonlyArray<string> => rows.map((r) => r.user_id)
+        ),
+
     recordJoined: (membership: { readonly groupId: string; readonly homeInstance: string; readonly userId: string }, memberCount: number) =>
       Effect.map(
         sql`

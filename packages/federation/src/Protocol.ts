@@ -97,6 +97,11 @@ export const GroupRef = Schema.Struct({
   home: Text(260)
 })
 
+/** How many members a home names in one group forward at most: the most recently joined, where a join may still be on its way. */
+export const MAX_NAMED_MEMBERS = 1000
+/** How many a receiver reads (room for a home that names more than this version does). */
+const MAX_NAMED_MEMBERS_READ = 10_000
+
 export const ForwardedMessage = Schema.Struct({
   message_id: Id,
   sender: Address,
@@ -114,6 +119,15 @@ export const ForwardedMessage = Schema.Struct({
   })),
   /** For a group message. */
   group: Schema.optional(GroupRef),
+  /**
+   * For a group message from its home: the receiver's users it holds as active members, by their
+   * bare names (the receiver's users only, never another registry's). One only invited at the
+   * receiver who asked the home to take their join is recorded there as joined (the home's answer
+   * to that join was lost or is still on its way) and gets the message; one who never asked, or
+   * whom the receiver holds no membership for, is passed over. Without it (an older home), the
+   * receiver answers `503 MEMBERS_NOT_SETTLED` while none of its members of the group is active.
+   */
+  members: Schema.optional(Schema.Array(Name).pipe(Schema.maxItems(MAX_NAMED_MEMBERS_READ))),
   message: Schema.String,
   context: Schema.NullOr(Schema.String),
   payload_type: Text(130),

@@ -325,6 +325,14 @@ const originMessageId = run([
   `CREATE UNIQUE INDEX messages_origin_key ON messages (origin_instance, origin_message_id) WHERE origin_message_id IS NOT NULL`
 ])
 
+/**
+ * Federation: when a local user asked a group's home to take their join. The home holds a remote
+ * member as active only once their registry asked for them, so a home naming as its member one
+ * who is only invited here, and who asked, is its answer to that join (still on its way, or lost):
+ * the join is recorded here then. One who never asked is not made a member by the home's word.
+ */
+const joinRequests = run([`ALTER TABLE remote_group_members ADD COLUMN join_requested_at timestamptz`])
+
 /** Loader for `@effect/sql`'s Migrator. */
 export const loader = Migrator.fromRecord({
   "1_initial": initial,
@@ -336,7 +344,8 @@ export const loader = Migrator.fromRecord({
   "7_connection_deleted": connectionDeleted,
   "8_agent_label_key": agentLabelKey,
   "9_relationship_ends": relationshipEnds,
-  "10_origin_message_id": originMessageId
+  "10_origin_message_id": originMessageId,
+  "11_join_requests": joinRequests
 })
 
 export const table = "mahilo_migrations"

@@ -61,6 +61,11 @@ export interface FederatedOrigin {
   readonly originInstance: string
   /** The sending agent's framework, as the origin knows it. */
   readonly senderAgent: string | null
+  /**
+   * For a group message from its home: the users of this registry the home forwards it for (its
+   * active members here, as the home holds them). Undefined when the home did not say (an older one).
+   */
+  readonly members?: ReadonlyArray<string> | undefined
 }
 
 export interface SendOptions {
@@ -619,14 +624,30 @@ export const make = Effect.gen(function* () {
       if (!fromHome && !rows.some((r) => r.userId === principal.userId && r.status === "active")) {
         return yield* Errors.Forbidden.of("NOT_MEMBER", "Only active members can message this group")
       }
-      // The home forwards only for members it holds as active here; if none is active here yet, a
-      // join the home took is still being recorded (or its answer was lost on the way back). Written
-      // now, the message would reach nobody and be answered delivered: the home tries again later.
-      if (fromHome && !rows.some((r) => r.status === "active")) {
-        return yield* Errors.Unavailable.of(
-          "MEMBERS_NOT_SETTLED",
-          "No member of this group is active here yet (a join is still being recorded); try again later"
-        )
+      // The home forwards for the members it holds as active here, and names them. One it names
+      // who is only invited here asked it to take their join (a home holds a member from here as
+      // active only once this registry asked for them), and its answer is still on its way or was
+      // lost: the forward is that answer, so the join is recorded here now and they get the message
+      // with the others (else it would not reach them, yet be answered delivered, and the home
+      // counted them). One it names who never asked is not made a member on its word, and one
+      // this registry holds no membership for (a leave taken here first) is passed over. A home
+      // that names nobody (an older one) is waited for only while no member is active here at all.
+      let members = rows
+      if (fromHome) {
+        const named = input.federated?.members
+        if (named === undefined) {
+          if (!rows.some((r) => r.status === "active")) {
+            return yield* Errors.Unavailable.of(
+              "MEMBERS_NOT_SETTLED",
+              "No member of this group is active here yet (a join is still being recorded); try again later"
+            )
+          }
+        } else {
+          const forThem = new Set(named)
+          const answered = rows.filter((r) => r.status !== "active" && forThem.has(r.userId)).map((r) => r.userId)
+          const joined = new Set(yield* directory.settleRemoteJoins(groupId, homeInstance, answered))
+          if (joined.size > 0) members = rows.map((r) => (joined.has(r.userId) ? { ...r, status: "active" as const } : r))
+        }
       }
       const sender = yield* senderAgent(principal, input.senderConnectionId)
       const message = baseMessage(principal, input, payloadType, sender, { type: "group", id: groupId, name: groupName })
@@ -635,7 +656,7 @@ export const make = Effect.gen(function* () {
         if (verdict._tag === "Rejected") return yield* reject(principal, message, verdict.reason)
       }
       const blocked = yield* blockedWith(principal.userId)
-      const local = rows.filter((r) => r.status === "active" && r.userId !== principal.userId && !blocked.has(r.userId))
+      const local = members.filter((r) => r.status === "active" && r.userId !== principal.userId && !blocked.has(r.userId))
         .map((r) => r.userId)
       const theirConnections = yield* connections.listActiveByUsers(local)
       const planned: Array<PlannedDelivery & { readonly primary: boolean }> = []
