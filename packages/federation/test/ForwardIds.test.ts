@@ -114,10 +114,12 @@ for (const { name: backend } of TestDatabase.backends) {
       const delivered = { status: 200, body: { message_id: id, status: "delivered" } }
       expect(await forward(b, c, fromB(id, "before the upgrade"))).toEqual(delivered)
       // c's database back as it was at migration 9, that forward in it; c starts again and migrates.
+      // (Every migration after 9 is undone: the migrator runs only those above the latest applied.)
       await run(c.sql((sql) =>
         sql.withTransaction(Effect.gen(function* () {
           yield* sql`ALTER TABLE messages DROP COLUMN origin_message_id`
-          yield* sql`DELETE FROM mahilo_migrations WHERE migration_id = 10`
+          yield* sql`ALTER TABLE remote_group_members DROP COLUMN join_requested_at`
+          yield* sql`DELETE FROM mahilo_migrations WHERE migration_id >= 10`
         }))))
       await run(c.stop)
       await run(c.start)
