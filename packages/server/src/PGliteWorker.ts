@@ -13,15 +13,18 @@
  * this thread, uncaught: the process ends as it would have had PGlite failed in
  * it, rather than answering on without a database.
  */
-import type { PGliteOptions } from "@electric-sql/pglite"
 import { createRequire } from "node:module"
 import { extname } from "node:path"
 import { fileURLToPath, pathToFileURL } from "node:url"
 import { Worker } from "node:worker_threads"
+import type * as DurableNodeFS from "./DurableNodeFS.js"
 import type { Engine } from "./PGliteEngine.js"
 
-/** What PGlite is opened with; every field must survive structured clone (a Blob and a compiled module do). */
-export type Options = Pick<PGliteOptions, "dataDir" | "loadDataDir" | "pgliteWasmModule" | "fsBundle">
+/**
+ * What PGlite is opened with (see `DurableNodeFS.pgliteOptions`); every field
+ * must survive structured clone (a Blob and a compiled module do).
+ */
+export type Options = DurableNodeFS.Options
 
 export type Request =
   | { readonly id: number; readonly op: "run"; readonly sql: string; readonly params: ReadonlyArray<unknown>; readonly rowMode: "object" | "array" }
