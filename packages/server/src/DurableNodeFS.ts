@@ -12,35 +12,55 @@
  * no-op). A commit is then on the disk before it returns, and a checkpoint
  * syncs the data files it wrote before the log that covers them is recycled.
  *
- * A failed host sync reaches PostgreSQL as the errno it was (EIO, ENOSPC...),
- * and PostgreSQL treats a failed fsync as it does on any disk: it PANICs (with
- * `data_sync_retry = off`, its default) rather than carry on over data that
- * may not be on disk; the database's thread then stops, and the server with it.
+ * A failed host sync (EIO, ENOSPC...) ends the process (or, on a worker
+ * thread, the thread): what the database wrote may not be on disk, and
+ * PostgreSQL would PANIC, as it does on any disk, rather than go on. It cannot
+ * be left to PGlite: given the errno, PostgreSQL PANICs and PGlite, which
+ * catches every exception its main loop raises and runs the loop again, spun
+ * at 100 % CPU without ever answering (measured); an exception thrown from here
+ * is swallowed the same way. So `onFailure` must not return; by default it
+ * prints the failure and exits (on the server's database thread the thread
+ * first tells the server why, and the server ends with that error).
  */
 import type { PGliteOptions, postgresMod } from "@electric-sql/pglite"
 import { PGlite } from "@electric-sql/pglite"
 import { NodeFS } from "@electric-sql/pglite/nodefs"
 import fs from "node:fs"
 
-/** PostgreSQL's errno for EIO, for a host error the file system cannot name. */
-const EIO = 29
+/** A host sync that failed: what PostgreSQL had written to the file may not be on disk. */
+export class SyncFailed extends Error {
+  constructor(readonly file: string, override readonly cause: unknown) {
+    super(`The embedded database could not sync ${file} to disk: ${cause instanceof Error ? cause.message : String(cause)}`)
+    this.name = "SyncFailed"
+  }
+}
+
+/** By default a failed sync is printed (synchronously: the process ends next) and the process exits. */
+const exit = (failure: SyncFailed): never => {
+  try {
+    fs.writeSync(2, `${failure.message}\n`)
+  } finally {
+    process.exit(1)
+  }
+}
 
 /** The parts of the Emscripten module this file system reaches into. */
 interface EmscriptenModule {
-  readonly FS: { readonly ErrnoError: new(errno: number) => Error }
-  readonly NODEFS?: {
-    readonly stream_ops: Record<string, unknown>
-    readonly convertNodeCode: (error: unknown) => number | undefined
-  }
+  readonly NODEFS?: { readonly stream_ops: Record<string, unknown> }
 }
 
 /** A NODEFS stream: `nfd` is the host file descriptor NODEFS opened for it. */
 interface NodeStream {
   readonly nfd: number
+  readonly path?: string
 }
 
 /** PGlite's Node file system, whose `fsync` reaches the host's. */
 export class DurableNodeFS extends NodeFS {
+  constructor(dataDir: string, private readonly onFailure: (failure: SyncFailed) => never = exit) {
+    super(dataDir)
+  }
+
   override async init(
     pg: Parameters<NodeFS["init"]>[0],
     opts: Partial<postgresMod.PostgresMod>
@@ -54,8 +74,7 @@ export class DurableNodeFS extends NodeFS {
         try {
           fs.fsyncSync(stream.nfd)
         } catch (error) {
-          if (typeof error !== "object" || error === null || !("code" in error)) throw error
-          throw new module.FS.ErrnoError(nodefs.convertNodeCode(error) ?? EIO)
+          this.onFailure(new SyncFailed(stream.path ?? `file descriptor ${stream.nfd}`, error))
         }
         return 0
       }
@@ -98,12 +117,13 @@ const directoryOf = (dataDir: string | undefined): string | undefined =>
 
 /**
  * PGlite's options for `options`: a data directory, unless `fsync` is false,
- * is opened on `DurableNodeFS` with `durableStartParams`; in memory, or with
- * `fsync: false`, PGlite opens it as it would on its own.
+ * is opened on `DurableNodeFS` (which ends with `onSyncFailure` on a failed sync)
+ * with `durableStartParams`; in memory, or with `fsync: false`, PGlite opens it
+ * as it would on its own.
  */
-export const pgliteOptions = (options: Options): PGliteOptions => {
+export const pgliteOptions = (options: Options, onSyncFailure?: (failure: SyncFailed) => never): PGliteOptions => {
   const { dataDir, fsync = true, ...rest } = options
   const directory = directoryOf(dataDir)
   if (!fsync || directory === undefined) return dataDir === undefined ? rest : { ...rest, dataDir }
-  return { ...rest, fs: new DurableNodeFS(directory), startParams: [...durableStartParams] }
+  return { ...rest, fs: new DurableNodeFS(directory, onSyncFailure), startParams: [...durableStartParams] }
 }

@@ -8,6 +8,7 @@
  * (`DurableNodeFS.pgliteOptions`), here in the test's thread so that its
  * node:fs is the one watched.
  */
+import { spawnSync } from "node:child_process"
 import fs, { mkdtempSync, readlinkSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join, relative } from "node:path"
@@ -146,5 +147,34 @@ describe("embedded database durability", () => {
       expect(unsynced(events, before, isLog)).not.toEqual([])
       yield* sql.unsafe("CHECKPOINT").unprepared
       expect(events.filter((e) => e.op === "fsync")).toEqual([])
+    }), { timeout: 120_000 })
+
+  it.scopedLive("a sync that fails (EIO) ends the process with the file's name, before the commit is answered, instead of PGlite going on", () =>
+    Effect.gen(function* () {
+      const dir = yield* seededDir
+      // A process that opens the database as the server's thread does, makes syncs of the log
+      // fail as a broken disk would, and commits.
+      const script = `
+        import fs from "node:fs"
+        import { PGlite } from "@electric-sql/pglite"
+        import { pgliteOptions } from ${JSON.stringify(new URL("../src/DurableNodeFS.ts", import.meta.url).href)}
+        const db = await PGlite.create(pgliteOptions({ dataDir: process.argv[1] }))
+        await db.exec("CREATE TABLE probe (v text)")
+        const { fsyncSync } = fs
+        fs.fsyncSync = (fd) => {
+          if (!fs.readlinkSync("/proc/self/fd/" + fd).includes("/pg_wal/")) return fsyncSync(fd)
+          throw Object.assign(new Error("EIO: i/o error, fsync"), { code: "EIO", errno: -5, syscall: "fsync" })
+        }
+        await db.exec("INSERT INTO probe VALUES ('maybe not on disk')")
+        console.log("committed")
+      `
+      const child = spawnSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script, dir], {
+        encoding: "utf8",
+        timeout: 60_000
+      })
+      expect(child.signal).toBe(null) // it ended on its own, not by the timeout
+      expect(child.status).toBe(1)
+      expect(child.stdout).not.toContain("committed")
+      expect(child.stderr).toMatch(/could not sync \S*pg_wal\/[0-9A-F]{24} to disk: EIO/)
     }), { timeout: 120_000 })
 })
