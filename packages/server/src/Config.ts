@@ -24,6 +24,8 @@ export interface ServerConfigShape {
   readonly databaseUrl: Redacted.Redacted<string> | undefined
   /** `MAHILO_DATA_DIR`: the embedded database's directory. */
   readonly dataDir: string
+  /** `MAHILO_EMBEDDED_FSYNC`: the embedded database syncs its writes to disk (false: to the OS only). */
+  readonly embeddedFsync: boolean
   /** `MAHILO_ALLOW_PRIVATE_CALLBACKS`: callbacks may target loopback/private addresses. */
   readonly allowPrivateCallbacks: boolean
   /** `MAHILO_TRUSTED_MODE`: registry-side policy evaluation of plaintext payloads. */
@@ -243,6 +245,7 @@ export const config: Config.Config<ServerConfigShape> = Config.all({
       ? Either.left("is not a valid URL (check its host, and that special characters in the password are %-encoded)")
       : Either.right(Redacted.make(value))),
   dataDir: parsed("MAHILO_DATA_DIR", "./data", Either.right),
+  embeddedFsync: boolean("MAHILO_EMBEDDED_FSYNC", true),
   allowPrivateCallbacks: boolean("MAHILO_ALLOW_PRIVATE_CALLBACKS", false),
   trustedMode: boolean("MAHILO_TRUSTED_MODE", false),
   maxPayloadBytes: integer("MAHILO_MAX_PAYLOAD_BYTES", 32768, 1),
@@ -343,7 +346,7 @@ export const callbackNetwork = (config: ServerConfigShape) => ({
 /** Which database the configuration selects, in the shape `Database.layer` takes. */
 export const databaseConfig = (config: ServerConfigShape): DatabaseConfig =>
   config.databaseUrl === undefined
-    ? { _tag: "PGlite", dataDir: config.dataDir }
+    ? { _tag: "PGlite", dataDir: config.dataDir, fsync: config.embeddedFsync }
     : { _tag: "Postgres", url: Redacted.value(config.databaseUrl) }
 
 /** The server's configuration as a service. */

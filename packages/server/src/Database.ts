@@ -28,7 +28,12 @@ export type DatabaseConfig =
     /** How long to wait for a connection (a new one, or a free one of the pool); default 5 s. */
     readonly connectTimeoutMs?: number
   }
-  | { readonly _tag: "PGlite"; readonly dataDir: string | undefined }
+  | {
+    readonly _tag: "PGlite"
+    readonly dataDir: string | undefined
+    /** Whether a `dataDir`'s writes are synced to disk (see DurableNodeFS); default true. */
+    readonly fsync?: boolean
+  }
 
 /** Which engine is underneath; the notification relay picks LISTEN/NOTIFY only on PostgreSQL. */
 export class DatabaseEngine extends Context.Tag("@mahilo/server/DatabaseEngine")<
@@ -296,9 +301,10 @@ export const pgliteEngine = (
       const client = yield* makePGliteClient(engine)
       // A new 16 MB write-ahead log segment is zero-filled by default: on the database's one
       // thread that held every statement for 90-130 ms (once per segment, about every 7 s at
-      // 900 sends/s, until checkpoints recycle old segments; PGlite runs with fsync off, so the
-      // fill secured nothing). Unfilled, the file is created at once. What is logged, and
-      // when, is unchanged; only the up-front fill goes.
+      // 900 sends/s, until checkpoints recycle old segments). Unfilled, the file is created at
+      // once. What is logged, and when, is unchanged; only the up-front fill goes. (The fill
+      // guards against a file system that reports space it does not have, or a copy-on-write
+      // one; a commit's `fsync()` of the log, `wal_sync_method = fsync`, syncs the blocks it allocates too.)
       yield* client.unsafe("SET wal_init_zero = off").unprepared
       yield* vacuumIfDue(client, maintenance.vacuum).pipe(
         Effect.catchAll((e) => Effect.logWarning("Could not vacuum the embedded database", e)),
@@ -368,17 +374,18 @@ export const pgliteThread = (
 /**
  * PGlite layer, on its own thread: persistent when `dataDir` is set, in memory
  * otherwise. A `dataDir` is locked to this server (see DataDirLock), and a new
- * one gets its cluster from a child process first (see EmbeddedCluster).
+ * one gets its cluster from a child process first (see EmbeddedCluster). Its
+ * writes are synced to disk (see DurableNodeFS) unless `fsync` is false.
  */
-export const pglite = (dataDir: string | undefined) => {
+export const pglite = (dataDir: string | undefined, fsync = true) => {
   const layer = pgliteThread(
-    dataDir !== undefined ? { dataDir } : {},
+    dataDir !== undefined ? { dataDir, fsync } : {},
     `the embedded database${dataDir ? ` at ${dataDir}` : ""}`
   )
   // One server per directory (the lock), then a cluster to open (created once, in a child).
   return dataDir === undefined
     ? layer
-    : Layer.provide(layer, Layer.scopedDiscard(Effect.zipRight(DataDirLock.hold(dataDir), EmbeddedCluster.ensure(dataDir))))
+    : Layer.provide(layer, Layer.scopedDiscard(Effect.zipRight(DataDirLock.hold(dataDir), EmbeddedCluster.ensure(dataDir, fsync))))
 }
 
 /**
@@ -403,6 +410,6 @@ export const postgres = (url: string, maxConnections = 10, connectTimeoutMs = 5_
 
 /** The configured database with its migrations applied. */
 export const layer = (config: DatabaseConfig): Layer.Layer<SqlClient.SqlClient | DatabaseEngine, SqlError | Migrations.MigrationError> => {
-  const base = config._tag === "Postgres" ? postgres(config.url, config.maxConnections, config.connectTimeoutMs) : pglite(config.dataDir)
+  const base = config._tag === "Postgres" ? postgres(config.url, config.maxConnections, config.connectTimeoutMs) : pglite(config.dataDir, config.fsync)
   return Layer.tap(base, (context) => Effect.provide(Migrations.migrate, context))
 }

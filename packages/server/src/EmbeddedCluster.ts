@@ -10,10 +10,14 @@
  *
  * The cluster is made in a sibling directory (`<dataDir>.creating`) and renamed
  * into place, so a first start that is interrupted leaves no half-made cluster
- * behind; the next start clears the leftover and begins again.
+ * behind; the next start clears the leftover and begins again. PGlite's initdb
+ * syncs nothing, so (unless told not to) every file and directory of the new
+ * cluster is synced before the rename, and the parent directory after it, as
+ * PostgreSQL's initdb does: a machine crash just after a first start leaves
+ * either no cluster or a whole one.
  */
 import { spawn } from "node:child_process"
-import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, rmdirSync, statSync } from "node:fs"
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, renameSync, rmSync, rmdirSync, statSync } from "node:fs"
 import { createRequire } from "node:module"
 import { dirname, join, resolve } from "node:path"
 import { SqlError } from "@effect/sql/SqlError"
@@ -63,12 +67,33 @@ const runChild = (target: string) =>
     })
   })
 
+/** Syncs `path` (a file or a directory) to disk. */
+const syncPath = (path: string): void => {
+  const fd = openSync(path, "r")
+  try {
+    fsyncSync(fd)
+  } finally {
+    closeSync(fd)
+  }
+}
+
+/** Syncs every file and directory under `root`, and `root` itself, to disk. */
+const syncTree = (root: string): void => {
+  for (const entry of readdirSync(root, { withFileTypes: true })) {
+    const path = join(root, entry.name)
+    if (entry.isDirectory()) syncTree(path)
+    else if (entry.isFile()) syncPath(path)
+  }
+  syncPath(root)
+}
+
 /**
  * Makes sure `dataDir` holds a cluster, creating it in a child process when it
  * does not. A path that exists and is not an empty directory is left to
- * PGlite, which reports what is wrong with it.
+ * PGlite, which reports what is wrong with it. With `fsync` (the default) the
+ * new cluster is on disk before it is put in place.
  */
-export const ensure = (dataDir: string): Effect.Effect<void, SqlError> =>
+export const ensure = (dataDir: string, fsync = true): Effect.Effect<void, SqlError> =>
   Effect.suspend(() => {
     const target = resolve(dataDir)
     if (exists(target)) return Effect.void
@@ -90,8 +115,10 @@ export const ensure = (dataDir: string): Effect.Effect<void, SqlError> =>
         Effect.andThen(runChild(staging), () =>
           Effect.try({
             try: () => {
+              if (fsync) syncTree(staging)
               if (existsSync(target)) rmdirSync(target) // empty, checked above
               renameSync(staging, target)
+              if (fsync) syncPath(dirname(target))
             },
             catch: (cause) => failure(`Could not move the new embedded database into ${target}`, cause)
           })),

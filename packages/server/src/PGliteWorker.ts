@@ -8,20 +8,24 @@
  * cross by structured clone, errors with their PostgreSQL fields (`code` and
  * the like), so the store sees what it would see in process.
  *
- * If the thread stops other than by `close` (an uncaught error in PGlite, say),
+ * If the thread stops other than by `close` (an uncaught error in PGlite, or a
+ * failed sync to disk, which the thread reports before it ends),
  * every pending and later call fails, and by default the error is rethrown in
  * this thread, uncaught: the process ends as it would have had PGlite failed in
  * it, rather than answering on without a database.
  */
-import type { PGliteOptions } from "@electric-sql/pglite"
 import { createRequire } from "node:module"
 import { extname } from "node:path"
 import { fileURLToPath, pathToFileURL } from "node:url"
 import { Worker } from "node:worker_threads"
+import type * as DurableNodeFS from "./DurableNodeFS.js"
 import type { Engine } from "./PGliteEngine.js"
 
-/** What PGlite is opened with; every field must survive structured clone (a Blob and a compiled module do). */
-export type Options = Pick<PGliteOptions, "dataDir" | "loadDataDir" | "pgliteWasmModule" | "fsBundle">
+/**
+ * What PGlite is opened with (see `DurableNodeFS.pgliteOptions`); every field
+ * must survive structured clone (a Blob and a compiled module do).
+ */
+export type Options = DurableNodeFS.Options
 
 export type Request =
   | { readonly id: number; readonly op: "run"; readonly sql: string; readonly params: ReadonlyArray<unknown>; readonly rowMode: "object" | "array" }
@@ -37,7 +41,10 @@ export interface ErrorDescription {
   readonly fields: Record<string, string | number | boolean>
 }
 
-/** A reply to the request with the same id; id 0 says whether the thread opened the database. */
+/**
+ * A reply to the request with the same id; id 0 says whether the thread opened
+ * the database, and id -1 that it lost it (a failed sync to disk) and ends.
+ */
 export type Reply =
   | { readonly id: number; readonly ok: true; readonly value: unknown }
   | { readonly id: number; readonly ok: false; readonly error: ErrorDescription }
@@ -130,6 +137,10 @@ export const open = (options: Options, onLost: OnLost = crash): Promise<{ readon
         })
 
     worker.on("message", (reply: Reply) => {
+      if (reply.id === -1) {
+        if (!reply.ok) stop(errorOf(reply.error))
+        return
+      }
       if (reply.id === 0) {
         if (reply.ok) {
           opened = true

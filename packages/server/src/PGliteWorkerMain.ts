@@ -1,10 +1,12 @@
 /**
  * The embedded database's thread (see PGliteWorker): opens PGlite with the
- * options it was started with, then answers calls (which the engine runs in
+ * options it was started with (a data directory synced to disk unless they
+ * say `fsync: false`; see DurableNodeFS), then answers calls (which the engine runs in
  * the order they arrive).
  */
 import { PGlite } from "@electric-sql/pglite"
 import { parentPort, workerData } from "node:worker_threads"
+import * as DurableNodeFS from "./DurableNodeFS.js"
 import * as PGliteEngine from "./PGliteEngine.js"
 import { describeError, type Reply, type Request } from "./PGliteWorker.js"
 
@@ -29,8 +31,17 @@ const answer = (engine: PGliteEngine.Engine, request: Request): Promise<Reply> =
     (error) => ({ id: request.id, ok: false, error: describeError(error) })
   )
 
+/**
+ * A sync to disk failed: what the database wrote may not be on disk, and PGlite
+ * cannot go on (see DurableNodeFS). The server hears why, and the thread ends.
+ */
+const lost = (failure: DurableNodeFS.SyncFailed): never => {
+  port.postMessage({ id: -1, ok: false, error: describeError(failure) } satisfies Reply)
+  return process.exit(1)
+}
+
 try {
-  const engine = await PGliteEngine.inProcess(await PGlite.create(workerData))
+  const engine = await PGliteEngine.inProcess(await PGlite.create(DurableNodeFS.pgliteOptions(workerData, lost)))
   // The engine runs calls in the order they arrive.
   port.on("message", async (request: Request) => {
     const reply = await answer(engine, request)

@@ -25,6 +25,7 @@ describe("Config", () => {
       host: "0.0.0.0",
       databaseUrl: undefined,
       dataDir: "./data",
+      embeddedFsync: true,
       allowPrivateCallbacks: false,
       trustedMode: false,
       maxPayloadBytes: 32768,
@@ -45,7 +46,7 @@ describe("Config", () => {
     expect(config.logLevel).toBe(LogLevel.Info)
     expect(Config.defaults).toEqual(config)
     expect(Config.federationEnabled(config)).toBe(false)
-    expect(Config.databaseConfig(config)).toEqual({ _tag: "PGlite", dataDir: "./data" })
+    expect(Config.databaseConfig(config)).toEqual({ _tag: "PGlite", dataDir: "./data", fsync: true })
   })
 
   it("reads every variable", () => {
@@ -54,6 +55,7 @@ describe("Config", () => {
       HOST: "127.0.0.1",
       DATABASE_URL: "postgres://u:secret@db:5432/mahilo",
       MAHILO_DATA_DIR: "/var/lib/mahilo",
+      MAHILO_EMBEDDED_FSYNC: "false",
       MAHILO_ALLOW_PRIVATE_CALLBACKS: "true",
       MAHILO_TRUSTED_MODE: "1",
       MAHILO_MAX_PAYLOAD_BYTES: "1024",
@@ -75,6 +77,7 @@ describe("Config", () => {
       port: 9090,
       host: "127.0.0.1",
       dataDir: "/var/lib/mahilo",
+      embeddedFsync: false,
       allowPrivateCallbacks: true,
       trustedMode: true,
       maxPayloadBytes: 1024,
@@ -96,6 +99,7 @@ describe("Config", () => {
     expect(Config.federationEnabled(config)).toBe(true)
     expect(Config.isDevelopment(config)).toBe(true)
     expect(Config.databaseConfig(config)).toEqual({ _tag: "Postgres", url: "postgres://u:secret@db:5432/mahilo" })
+    expect(Config.databaseConfig({ ...config, databaseUrl: undefined })).toEqual({ _tag: "PGlite", dataDir: "/var/lib/mahilo", fsync: false })
   })
 
   it("accepts host:port as an instance name", () => {
