@@ -24,13 +24,14 @@ const decodeAnswer = Schema.decodeUnknownEither(Protocol.ForwardAnswer)
  * The members a forward of a group homed here names to `peer`: its users this registry holds as
  * active members now, by their names there (never another registry's users), the most recently
  * joined first and at most `Protocol.MAX_NAMED_MEMBERS` of them (a join still on its way to being
- * recorded there is a recent one).
+ * recorded there is a recent one). The peer takes the forward as this registry's answer to the
+ * join of one it names who asked to join there but is not recorded as a member yet.
  *
  * Named as of this attempt, not as of the send: that needs nothing stored with the delivery, and
  * it is what the peer's answer is about, since the peer delivers to the members active there when
  * the forward arrives. A member counted at the send who is still a member is named now too; one
- * who left since is not waited for; one who joined since is waited for until their registry has
- * the join, and would have been delivered to there anyway once it had.
+ * who left since is not named; one who joined since is named, and would have been delivered to
+ * there anyway.
  */
 const namedMembers = (
   listing: ReadonlyArray<Store.MemberListing>,
