@@ -208,6 +208,8 @@ export interface GroupsService {
   readonly activeMemberCount: (groupId: string) => Effect.Effect<number, SqlError>
   /** Active members' user ids. */
   readonly activeMemberIds: (groupId: string) => Effect.Effect<ReadonlyArray<string>, SqlError>
+  /** Federation: active members who are users of `instance`, the most recently joined first, at most `limit`. */
+  readonly activeMembersOn: (groupId: string, instance: string, limit: number) => Effect.Effect<ReadonlyArray<User>, SqlError>
   /**
    * Persists a transition; an insert uses `membershipId`. Deleting an active
    * membership moves the group's `membersVersion` in the same statement.

@@ -179,14 +179,6 @@ export const layer = HttpApiBuilder.Router.use((router) =>
         return json(200, { message_id: originId, status, ...(error !== undefined ? { error } : {}) })
       })
 
-    /**
-     * The id a new forward of `originId` is kept under here: the origin's own, unless a message
-     * here has it already (another registry's forward, or one sent here), when it gets one of
-     * this registry's. Either way the forward is known by its origin and `originId`.
-     */
-    const localIdFor = (originId: string) =>
-      Effect.map(messages.find(originId), (taken) => (Option.isSome(taken) ? Ids.make("msg") : originId))
-
     /** Waits briefly for the first attempts, so a healthy agent is answered `delivered` at once. */
     const settled = (messageId: string) =>
       Effect.gen(function* () {
@@ -353,9 +345,12 @@ export const layer = HttpApiBuilder.Router.use((router) =>
             correlationId: forwarded.correlation_id,
             federated: { messageId: forwarded.message_id, localId, originInstance: peer.name, senderAgent: forwarded.sender_agent, members }
           })
+          // Kept under the origin's id; when a message here has that id already (another
+          // registry's forward, or one sent here), the insert fails as a duplicate and the forward
+          // is kept under an id of this registry. Either way it is known by its origin and its id.
           let result: Registry.SendResult | undefined
           for (let attempt = 1; result === undefined; attempt++) {
-            const sent = yield* Effect.either(Effect.flatMap(localIdFor(forwarded.message_id), sendAs))
+            const sent = yield* Effect.either(sendAs(attempt === 1 ? forwarded.message_id : Ids.make("msg")))
             if (Either.isRight(sent)) {
               result = sent.right
             } else if (sent.left._tag !== "Conflict") {
@@ -364,7 +359,7 @@ export const layer = HttpApiBuilder.Router.use((router) =>
               // The same forward arriving twice at once: the second insert loses; answer the first.
               const first = yield* messages.findForwarded(peer.name, forwarded.message_id)
               if (Option.isSome(first)) result = { _tag: "Deduplicated", message: first.value }
-              // Or a message of another origin took the id meanwhile: kept under another id then.
+              // Or a message of another origin has the id: kept under another id then.
               else if (sent.left.code !== "DUPLICATE" || attempt >= 3) return yield* Effect.fail(sent.left)
             }
           }

@@ -20,30 +20,6 @@ const refused = (reason: string): RetrySchedule.Outcome => ({ _tag: "Refused", r
 
 const decodeAnswer = Schema.decodeUnknownEither(Protocol.ForwardAnswer)
 
-/**
- * The members a forward of a group homed here names to `peer`: its users this registry holds as
- * active members now, by their names there (never another registry's users), the most recently
- * joined first and at most `Protocol.MAX_NAMED_MEMBERS` of them (a join still on its way to being
- * recorded there is a recent one). The peer takes the forward as this registry's answer to the
- * join of one it names who asked to join there but is not recorded as a member yet.
- *
- * Named as of this attempt, not as of the send: that needs nothing stored with the delivery, and
- * it is what the peer's answer is about, since the peer delivers to the members active there when
- * the forward arrives. A member counted at the send who is still a member is named now too; one
- * who left since is not named; one who joined since is named, and would have been delivered to
- * there anyway.
- */
-const namedMembers = (
-  listing: ReadonlyArray<Store.MemberListing>,
-  peer: string,
-  senderId: string
-): Array<string> =>
-  listing
-    .filter((m) => m.membership.status === "active" && m.user.instance === peer && m.user.id !== senderId)
-    .sort((x, y) => (y.membership.joinedAt?.getTime() ?? 0) - (x.membership.joinedAt?.getTime() ?? 0))
-    .slice(0, Protocol.MAX_NAMED_MEMBERS)
-    .map((m) => localName(m.user))
-
 export const make: Effect.Effect<
   Context.Tag.Service<PeerTransport>,
   never,
@@ -108,7 +84,16 @@ export const make: Effect.Effect<
         ...base,
         recipient_type: "group",
         group: { id: m.recipientId, name: m.recipientName, home },
-        ...(homedHere ? { members: namedMembers(yield* groups.members(m.recipientId), peer, m.senderId) } : {})
+        // Homed here: the members it is for there, by their names there (never another registry's
+        // users), the most recently joined first (a join still on its way to being recorded there is
+        // a recent one). The peer takes the forward as this registry's answer to the join of one it
+        // names who asked to join there but is not recorded as a member yet. Named as of this
+        // attempt, not as of the send: that needs nothing stored with the delivery, and it is what
+        // the peer's answer is about, since the peer delivers to its members active when the forward
+        // arrives. (The sender is never among them: a message is not forwarded back to its registry.)
+        ...(homedHere
+          ? { members: (yield* groups.activeMembersOn(m.recipientId, peer, Protocol.MAX_NAMED_MEMBERS)).map(localName) }
+          : {})
       })
     })
 

@@ -42,11 +42,7 @@ const statusOf = (person: Fixtures.Person, messageId: string) =>
   run(Effect.map(person.client.messages.get({ path: { id: messageId } }), (m) => m.status))
 
 const eventuallyDelivered = (person: Fixtures.Person, messageId: string) =>
-  run(Fixtures.eventually(
-    Effect.map(person.client.messages.get({ path: { id: messageId } }), (m) => m),
-    (m) => m.status === "delivered",
-    { timeoutMs: 20_000, label: `message ${messageId} delivered at the origin` }
-  ))
+  run(Fixtures.messageReaches(person, messageId, "delivered", { timeoutMs: 20_000, label: `message ${messageId} delivered at the origin` }))
 
 const counts = (registry: Cluster.Member) =>
   run(registry.sql((sql) =>

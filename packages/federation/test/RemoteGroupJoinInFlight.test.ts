@@ -11,7 +11,6 @@
  * b cannot record it.
  */
 import { Cluster, type FakeAgent, Fixtures, TestDatabase } from "@mahilo/testkit"
-import { Effect } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 
 const agents: Array<FakeAgent.FakeAgent> = []
@@ -76,11 +75,7 @@ describe.runIf(postgres)("a group message the home forwards while a join is stil
     await held.done
     expect(await joining).toMatchObject({ group_id: id, status: "active" })
     await bobAgent.waitForMessage(sent.message_id, { label: "bob" })
-    await run(Fixtures.eventually(
-      Effect.map(alice.client.messages.get({ path: { id: sent.message_id } }), (m) => m.status),
-      (status) => status === "delivered",
-      { label: "delivered at the home" }
-    ))
+    await run(Fixtures.messageReaches(alice, sent.message_id, "delivered", { label: "delivered at the home" }))
     expect(bobAgent.countFor(sent.message_id)).toBe(1)
   }, 60_000)
 
@@ -115,11 +110,7 @@ describe.runIf(postgres)("a group message the home forwards while a join is stil
     expect(await joining).toMatchObject({ group_id: id, status: "active" })
     await dinaAgent.waitForMessage(sent.message_id, { label: "dina" })
     await carlAgent.waitForMessage(sent.message_id, { label: "carl" })
-    await run(Fixtures.eventually(
-      Effect.map(ana.client.messages.get({ path: { id: sent.message_id } }), (m) => m.status),
-      (status) => status === "delivered",
-      { label: "delivered at the home" }
-    ))
+    await run(Fixtures.messageReaches(ana, sent.message_id, "delivered", { label: "delivered at the home" }))
     expect(dinaAgent.countFor(sent.message_id)).toBe(1)
     expect(carlAgent.countFor(sent.message_id)).toBe(1)
   }, 60_000)
@@ -142,11 +133,7 @@ describe.runIf(postgres)("a group message the home forwards while a join is stil
     const sent = await run(eve.client.messages.send({ payload: { recipient: id, recipient_type: "group", message: "lost and found" } }))
     await gailAgent.waitForMessage(sent.message_id, { label: "gail" })
     await finnAgent.waitForMessage(sent.message_id, { label: "finn" })
-    await run(Fixtures.eventually(
-      Effect.map(eve.client.messages.get({ path: { id: sent.message_id } }), (m) => m.status),
-      (status) => status === "delivered",
-      { label: "delivered at the home" }
-    ))
+    await run(Fixtures.messageReaches(eve, sent.message_id, "delivered", { label: "delivered at the home" }))
     expect(gailAgent.countFor(sent.message_id)).toBe(1)
     expect(finnAgent.countFor(sent.message_id)).toBe(1)
     // The forward was the home's answer: her join is recorded on b now.

@@ -7,7 +7,6 @@
  */
 import { Protocol } from "@mahilo/federation"
 import { Cluster, type FakeAgent, Fixtures, TestDatabase } from "@mahilo/testkit"
-import { Effect } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 
 const agents: Array<FakeAgent.FakeAgent> = []
@@ -119,11 +118,7 @@ for (const { name: backend } of TestDatabase.backends) {
       const sent = await run(kim.client.messages.send({ payload: { recipient: id, recipient_type: "group", message: "to leo and moe" } }))
       await leoAgent.waitForMessage(sent.message_id, { label: "leo" })
       await moeCAgent.waitForMessage(sent.message_id, { label: "moe on c" })
-      await run(Fixtures.eventually(
-        Effect.map(kim.client.messages.get({ path: { id: sent.message_id } }), (m) => m.status),
-        (status) => status === "delivered",
-        { label: "delivered at the home" }
-      ))
+      await run(Fixtures.messageReaches(kim, sent.message_id, "delivered", { label: "delivered at the home" }))
       expect(leoAgent.countFor(sent.message_id)).toBe(1)
       expect(moeBAgent.countFor(sent.message_id)).toBe(0)
       expect((await run(moeB.client.groups.list())).map((g) => g.status)).toEqual(["invited"])

@@ -82,6 +82,17 @@ const serverAt = (dir: string, options: Pick<DurableNodeFS.Options, "fsync">) =>
     )
   })
 
+/** alice and her friend bob, whose agent is connected, on `server`: answers alice. */
+const aliceWithAFriend = (server: TestServer.TestServer) =>
+  Effect.gen(function* () {
+    const agent = yield* FakeAgent.make()
+    const alice = yield* Fixtures.person(server, "alice")
+    const bob = yield* Fixtures.person(server, "bob")
+    yield* Fixtures.befriend(alice, bob)
+    yield* Fixtures.connect(bob, agent)
+    return alice
+  })
+
 /** Files written since `from` whose last write has no `fsync` after it. */
 const unsynced = (events: ReadonlyArray<FileEvent>, from: number, kind: (file: string) => boolean): Array<string> => {
   const pending = new Set<string>()
@@ -102,11 +113,7 @@ describe("embedded database durability", () => {
       const { events } = yield* watchHostFiles(dir)
       const server = yield* serverAt(dir, {})
       const sql = Context.get(server.context, SqlClient.SqlClient)
-      const agent = yield* FakeAgent.make()
-      const alice = yield* Fixtures.person(server, "alice")
-      const bob = yield* Fixtures.person(server, "bob")
-      yield* Fixtures.befriend(alice, bob)
-      yield* Fixtures.connect(bob, agent)
+      const alice = yield* aliceWithAFriend(server)
 
       const before = events.length
       const sent = yield* alice.client.messages.send({ payload: { recipient: "bob", message: "kept" } })
@@ -137,11 +144,7 @@ describe("embedded database durability", () => {
       const { events } = yield* watchHostFiles(dir)
       const server = yield* serverAt(dir, { fsync: false })
       const sql = Context.get(server.context, SqlClient.SqlClient)
-      const agent = yield* FakeAgent.make()
-      const alice = yield* Fixtures.person(server, "alice")
-      const bob = yield* Fixtures.person(server, "bob")
-      yield* Fixtures.befriend(alice, bob)
-      yield* Fixtures.connect(bob, agent)
+      const alice = yield* aliceWithAFriend(server)
       const before = events.length
       yield* alice.client.messages.send({ payload: { recipient: "bob", message: "cached" } })
       expect(unsynced(events, before, isLog)).not.toEqual([])

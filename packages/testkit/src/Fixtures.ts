@@ -79,3 +79,18 @@ export const eventually = <A, E, R>(
       new Error(`${options.label ?? "condition"} did not hold in time; last value: ${JSON.stringify(last).slice(0, 2000)}`)
     )
   })
+
+/**
+ * Polls the sender's view of a message (`GET /messages/:id`) until its status is `status`
+ * (a message's final status after retries, or after another registry reports back); answers it.
+ */
+export const messageReaches = (
+  person: Person,
+  messageId: string,
+  status: string,
+  options: { readonly timeoutMs?: number; readonly label?: string } = {}
+) =>
+  eventually(person.client.messages.get({ path: { id: messageId } }), (m) => m.status === status, {
+    ...options,
+    label: options.label ?? `message ${messageId} ${status} at the sender's registry`
+  }).pipe(Effect.mapError((e): unknown => e))

@@ -471,6 +471,15 @@ export const makeGroups = Effect.gen(function* () {
         sql`SELECT count(*)::int AS n FROM group_memberships WHERE group_id = ${groupId} AND status = 'active'`,
         (rows) => rows[0]!.n as number
       ),
+    activeMembersOn: (groupId, instance, limit) =>
+      Effect.map(
+        sql`
+          SELECT u.* FROM group_memberships m JOIN users u ON u.id = m.user_id
+          WHERE m.group_id = ${groupId} AND m.status = 'active' AND u.instance = ${instance}
+          ORDER BY m.joined_at DESC NULLS LAST, m.created_at, m.id
+          LIMIT ${limit}`,
+        (rows) => rows.map((r) => Rows.user(r))
+      ),
     activeMemberIds: (groupId) =>
       Effect.map(
         sql`SELECT user_id FROM group_memberships WHERE group_id = ${groupId} AND status = 'active'`,
