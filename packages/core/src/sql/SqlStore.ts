@@ -564,7 +564,10 @@ const BATCHED_DELIVERIES = 16
 /** Messages written together at most (concurrent sends; 24 + 12 parameters each is far below the limit). */
 const MESSAGE_BATCH = 64
 
-const unique = onUnique(() => Errors.Conflict.of("DUPLICATE", "A message with this idempotency key was already sent"))
+// The messages' unique keys: the id, a sender's idempotency key, and a forward's origin with its id.
+const unique = onUnique(() =>
+  Errors.Conflict.of("DUPLICATE", "This message is already stored: its id, or its idempotency key from this sender, is taken")
+)
 
 const deliveryRows = ({ message: m, deliveries, lease }: NewMessage) => {
   const leaseOwner = Option.match(lease, { onNone: () => null, onSome: (l) => l.owner })

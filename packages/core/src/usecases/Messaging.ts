@@ -454,6 +454,10 @@ export const make = Effect.gen(function* () {
       const recipient = address.instance !== undefined
         ? yield* directory.resolve({ username: address.username, instance: address.instance })
         : yield* localUser(address.username, input.recipient)
+      // No one is their own friend: said as it is, rather than "you and alice are not friends".
+      if (recipient.id === principal.userId) {
+        return yield* Errors.Forbidden.of("NOT_FRIENDS", "A message goes to a friend: you cannot send one to yourself")
+      }
       // The friendship and both sides' agents in one read: the sender's names `sender_agent`, the
       // recipient's are routed to.
       const { active, friends } = yield* connections.friendshipAndActive(

@@ -45,6 +45,18 @@ describe("delivery", () => {
       expect(received[0]).toMatchObject({ id: sent.message_id, status: "delivered", sender: "alice", recipient: "bob" })
     }))
 
+  it.scopedLive("a send to yourself is 403 NOT_FRIENDS saying so, by name or by name@this-registry, and nothing is written", () =>
+    Effect.gen(function* () {
+      const { agent, alice } = yield* pair({ config: { instanceName: "here.test", publicUrl: "http://here.test" } })
+      yield* Fixtures.connect(alice, agent)
+      for (const recipient of ["alice", "alice@here.test"]) {
+        const refused = yield* Effect.flip(alice.client.messages.send({ payload: { recipient, message: "note to self" } }))
+        expect(refused).toMatchObject({ code: "NOT_FRIENDS", error: expect.stringContaining("yourself") })
+      }
+      expect(yield* alice.client.messages.history({ urlParams: { direction: "sent" } })).toEqual([])
+      expect(agent.deliveries).toEqual([])
+    }))
+
   it.scopedLive("an agent answering 503 twice is retried until it takes the message, exactly once", () =>
     Effect.gen(function* () {
       const { agent, alice } = yield* pair()
