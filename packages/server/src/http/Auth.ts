@@ -117,8 +117,9 @@ export const makeAuthenticator = Effect.gen(function* () {
     })
 
   // For sessions that outlive their key check (a notification socket): `stillActive` asks the
-  // database again; `othersMayRevoke` says whether a revocation can go unheard here.
-  return { authenticate, cached, forget, stillActive, othersMayRevoke }
+  // database again; `othersMayRevoke` says whether a revocation can go unheard here, and
+  // `revocations` counts those heard (unchanged since a key was found active: none of it here).
+  return { authenticate, cached, forget, stillActive, othersMayRevoke, revocations: () => revocationsHeard }
 })
 
 export type Authenticator = Effect.Effect.Success<typeof makeAuthenticator>

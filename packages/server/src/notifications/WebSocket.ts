@@ -76,8 +76,15 @@ export const make = Effect.gen(function* () {
     (wss) => Effect.async<void>((resume) => wss.close(() => resume(Effect.void)))
   )
 
-  /** Answers one client request (`null`: a binary frame). */
-  const answer = (principal: Registry.Principal, text: string | null): Effect.Effect<string> => {
+  /**
+   * Answers one client request (`null`: a binary frame); `"revoked"` when it would act with a key
+   * that `keyHolds` finds revoked, and so does not.
+   */
+  const answer = (
+    principal: Registry.Principal,
+    text: string | null,
+    keyHolds: Effect.Effect<boolean, Errors.InvalidRequest | Errors.Unavailable>
+  ): Effect.Effect<string | "revoked"> => {
     if (text === null) {
       return Effect.succeed(frame("error", { error: "Frames must be JSON text, not binary", code: "INVALID_REQUEST" }))
     }
@@ -98,8 +105,15 @@ export const make = Effect.gen(function* () {
         if (!Array.isArray(ids) || !ids.every((id): id is string => typeof id === "string")) {
           return Effect.succeed(frame("error", { error: "message_ids must be an array of strings", code: "INVALID_REQUEST" }))
         }
-        return registry.acknowledge(principal, ids).pipe(
-          Effect.map((r) => frame("ack", { acknowledged: [...r.acknowledged] })),
+        // An ack changes what waits for the user: with a key revoked since the socket opened (on
+        // another process, say, whose event this one has not heard) it is not made, as the HTTP API
+        // would not make it.
+        return keyHolds.pipe(
+          Effect.flatMap((holds) =>
+            holds
+              ? Effect.map(registry.acknowledge(principal, ids), (r) => frame("ack", { acknowledged: [...r.acknowledged] }))
+              : Effect.succeed("revoked" as const)
+          ),
           Effect.catchAll((e) => Effect.succeed(frame("error", { error: e.error, code: e.code })))
         )
       }
@@ -141,7 +155,20 @@ export const make = Effect.gen(function* () {
       yield* hub.attach(subscriber)
       // The key was checked before the hub listened for this socket: a revocation in between
       // reached no one here. Asked again now, a revocation is either seen here or heard by the hub.
+      let confirmed = authenticator.revocations()
       if (!(yield* authenticator.stillActive(principal))) return "revoked" as const
+      /**
+       * Whether the key still works, for a request that acts with it. With no revocation heard
+       * since it was last found active, and none that can go unheard here (the embedded
+       * database), it does; else the database is asked, as the HTTP API asks it for every request.
+       */
+      const keyHolds = Effect.suspend(() => {
+        const heard = authenticator.revocations()
+        if (!authenticator.othersMayRevoke && heard === confirmed) return Effect.succeed(true)
+        return Effect.tap(authenticator.stillActive(principal), (active) => {
+          if (active) confirmed = heard
+        })
+      })
 
       const opened = yield* Effect.async<WebSocket | undefined>((resume) => {
         let settled = false
@@ -194,10 +221,11 @@ export const make = Effect.gen(function* () {
       // server shutting down) what the client still sends is not acted on: a client that does not
       // answer the close would otherwise go on acknowledging with a revoked key until it is cut.
       yield* Queue.take(requests).pipe(
-        Effect.flatMap((text) => live.readyState === WebSocket.OPEN ? answer(principal, text) : Effect.succeed(undefined)),
+        Effect.flatMap((text) => live.readyState === WebSocket.OPEN ? answer(principal, text, keyHolds) : Effect.succeed(undefined)),
         Effect.tap((reply) =>
           Effect.sync(() => {
-            if (reply !== undefined) subscriber.send(reply)
+            if (reply === "revoked") subscriber.close(KEY_REVOKED, "API key revoked")
+            else if (reply !== undefined) subscriber.send(reply)
             if (--waiting <= PAUSE_AT_QUEUED / 2 && live.isPaused) live.resume()
           })
         ),

@@ -108,6 +108,37 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("notifications across serv
       expect(code).toBe(4001)
     }), { timeout: 60_000 })
 
+  it.scopedLive("an ack sent over a socket on a node that missed its key's revocation is not acted on: the socket is closed with 4001", () =>
+    Effect.gen(function* () {
+      // Relays that will not notice their listener is gone, and pings too far apart to close the socket first.
+      const { nodeA, nodeB, sql } = yield* twoNodes({ relayHeartbeatMs: 600_000, wsPingIntervalMs: 600_000 })
+      yield* Fixtures.eventually(listeners(sql), (n) => n === 2)
+      const alice = yield* Fixtures.user(nodeA, "alice")
+      const bob = yield* Fixtures.user(nodeA, "bob")
+      yield* Fixtures.befriend(alice, bob)
+      yield* Fixtures.pollingConnection(bob, "laptop")
+      const bobOnB = yield* Notifications.open(nodeB.url, bob.apiKey)
+      yield* cutListeners(sql)
+      yield* Fixtures.eventually(listeners(sql), (n) => n === 0)
+      const sent = yield* alice.api.messages.send({ payload: { recipient: "bob", message: "for bob's agent" } })
+      // Rotated on A: B hears nothing of it. The old key is refused on B's HTTP API at once...
+      yield* bob.api.auth.rotateKey()
+      const ack = yield* promise(() =>
+        fetch(`${nodeB.url}/api/v1/messages/ack`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${bob.apiKey}`, "content-type": "application/json" },
+          body: JSON.stringify({ message_ids: [sent.message_id] })
+        }).then((r) => r.status)
+      )
+      expect(ack).toBe(401)
+      // ...and over B's socket, which it opened before the rotation, an ack with it acknowledges nothing.
+      bobOnB.send({ type: "ack", message_ids: [sent.message_id] })
+      expect(yield* promise(() => bobOnB.closed).pipe(Effect.timeout("10 seconds"))).toBe(4001)
+      expect(bobOnB.of("ack")).toEqual([])
+      const history = yield* alice.api.messages.history({ urlParams: { direction: "sent" } })
+      expect(history.map((m) => [m.id, m.status])).toEqual([[sent.message_id, "pending"]])
+    }), { timeout: 60_000 })
+
   it.scopedLive("a key rotated on one node is refused on another at once, also while that node has it cached", () =>
     Effect.gen(function* () {
       const { nodeA, nodeB } = yield* twoNodes()

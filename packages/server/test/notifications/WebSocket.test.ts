@@ -490,6 +490,22 @@ describe("notification stream", () => {
       expect(socket.ws.readyState).toBe(socket.ws.OPEN)
     }))
 
+  it.scopedLive("a frame over 64 KiB closes the socket with 1009, text that is not UTF-8 with 1007; an ack of 100 ids is far below the limit", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make()
+      const alice = yield* Fixtures.user(server, "alice")
+      const socket = yield* Notifications.open(server.url, alice.apiKey)
+      // The most an ack may name, each id ten times a message id's length: answered.
+      socket.send({ type: "ack", message_ids: Array.from({ length: 100 }, (_, i) => `msg_${i}_${"x".repeat(300)}`) })
+      expect((yield* promise(() => socket.waitFor("ack"))).data).toEqual({ acknowledged: [] })
+      socket.ws.send(JSON.stringify({ type: "ping", padding: "x".repeat(64 * 1024) }))
+      expect(yield* promise(() => socket.closed)).toBe(1009)
+      // A text frame of bytes that are not UTF-8: the close frame (0x88) with code 1007 (0x03ef).
+      const raw = yield* Notifications.openRaw(server.url, alice.apiKey)
+      raw.send(Buffer.from([0xff, 0xfe, 0xfd]))
+      yield* Fixtures.eventually(Effect.sync(() => raw.received()), (bytes) => bytes.includes(Buffer.from([0x88, 0x02, 0x03, 0xef])))
+    }))
+
   it.scopedLive("closes open sockets with 1001 when the server shuts down", () =>
     Effect.gen(function* () {
       const serverScope = yield* Scope.make()
