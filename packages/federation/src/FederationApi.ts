@@ -343,7 +343,14 @@ export const layer = HttpApiBuilder.Router.use((router) =>
             encryption: forwarded.encryption,
             senderSignature: forwarded.sender_signature,
             correlationId: forwarded.correlation_id,
-            federated: { messageId: forwarded.message_id, localId, originInstance: peer.name, senderAgent: forwarded.sender_agent, members }
+            federated: {
+              messageId: forwarded.message_id,
+              localId,
+              originInstance: peer.name,
+              senderAgent: forwarded.sender_agent,
+              members,
+              membersComplete: members !== undefined && forwarded.members_complete === true
+            }
           })
           // Kept under the origin's id; when a message here has that id already (another
           // registry's forward, or one sent here), the insert fails as a duplicate and the forward

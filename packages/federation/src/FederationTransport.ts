@@ -32,6 +32,13 @@ export const make: Effect.Effect<
   const groups = yield* Store.Groups
   const config = yield* FederationConfig
 
+  /** A group of this registry's active members on `peer`, as a forward names them (see `Protocol.ForwardedMessage`). */
+  const namedMembers = (groupId: string, peer: string) =>
+    Effect.map(groups.activeMembersOn(groupId, peer, Protocol.MAX_NAMED_MEMBERS + 1), (members) => ({
+      members: members.slice(0, Protocol.MAX_NAMED_MEMBERS).map(localName),
+      members_complete: members.length <= Protocol.MAX_NAMED_MEMBERS
+    }))
+
   /** The forward's body, or why this message cannot go to `peer`. */
   const bodyFor = (claimed: Store.ClaimedDelivery, peer: string) =>
     Effect.gen(function* () {
@@ -91,9 +98,9 @@ export const make: Effect.Effect<
         // attempt, not as of the send: that needs nothing stored with the delivery, and it is what
         // the peer's answer is about, since the peer delivers to its members active when the forward
         // arrives. (The sender is never among them: a message is not forwarded back to its registry.)
-        ...(homedHere
-          ? { members: (yield* groups.activeMembersOn(m.recipientId, peer, Protocol.MAX_NAMED_MEMBERS)).map(localName) }
-          : {})
+        // When they all fit, the peer is told so, and delivers to them only: a member removed here
+        // whose notice has not reached it yet is left out (one more read tells whether they fit).
+        ...(homedHere ? yield* namedMembers(m.recipientId, peer) : {})
       })
     })
 

@@ -128,6 +128,14 @@ export const ForwardedMessage = Schema.Struct({
    * receiver answers `503 MEMBERS_NOT_SETTLED` while none of its members of the group is active.
    */
   members: Schema.optional(Schema.Array(Name).pipe(Schema.maxItems(MAX_NAMED_MEMBERS_READ))),
+  /**
+   * With `members`: true when they are all of the home's active members on the receiver (at most
+   * `MAX_NAMED_MEMBERS`). The receiver then delivers to those it names only: one active there whom
+   * the home no longer holds as a member (removed, the notice of it still on its way) is passed
+   * over. Absent or false (a list cut at the limit, or an older home), a member left out is not
+   * taken as gone.
+   */
+  members_complete: Schema.optional(Schema.Boolean),
   message: Schema.String,
   context: Schema.NullOr(Schema.String),
   payload_type: Text(130),

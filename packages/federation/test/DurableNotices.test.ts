@@ -5,7 +5,7 @@
  * without anyone acting again; and a newer change is never overtaken by an
  * older notice still queued.
  */
-import { Cluster, Fixtures, TestDatabase } from "@mahilo/testkit"
+import { Cluster, type FakeAgent, Fixtures, TestDatabase } from "@mahilo/testkit"
 import { Effect } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 
@@ -135,6 +135,65 @@ for (const { name: backend } of TestDatabase.backends) {
         { timeoutMs: 10_000, label: "the notices recorded at x" }
       ))
       expect(statuses.slice(before)).toEqual(["group_ended:delivered", "group_ended:delivered"])
+    }, 90_000)
+  })
+
+  describe(`a group message that overtakes a removal's notice (${backend})`, () => {
+    let close: () => Promise<void>
+    let x: Cluster.Member
+    let y: Cluster.Member
+    const agents: Array<FakeAgent.FakeAgent> = []
+
+    beforeAll(async () => {
+      ;({ a: x, b: y, close } = await Cluster.openPair({ persistent: [1], backend }))
+    }, 120_000)
+
+    afterAll(async () => {
+      await Promise.all(agents.map((agent) => agent.close()))
+      await close?.()
+    }, 60_000)
+
+    it("does not reach the removed member: the home's forward names who its members there are", async () => {
+      const owner = await run(Fixtures.person(x.server(), "rita"))
+      const { agent: gwenAgent, person: gwen } = await Cluster.personWithAgent(y, "gwen", agents)
+      const { agent: hankAgent, person: hank } = await Cluster.personWithAgent(y, "hank", agents)
+      const group = await run(owner.client.groups.create({ payload: { name: "overtaken" } }))
+      for (const member of [gwen, hank]) {
+        await run(owner.client.groups.invite({ path: { id: group.group_id }, payload: { username: `${member.username}@${y.name}` } }))
+        await run(member.client.groups.join({ path: { id: group.group_id } }))
+      }
+      const hankThere = (await run(owner.client.groups.members({ path: { id: group.group_id } })))
+        .find((m) => m.username === `hank@${y.name}`)!
+
+      // y is down while hank is removed; the notice of it is held back (its next try an hour away),
+      // so the group message sent next reaches y first.
+      await run(y.stop)
+      await run(owner.client.groups.removeMember({ path: { id: group.group_id, user_id: hankThere.user_id } }))
+      await run(Fixtures.eventually(
+        x.sql((sql) => sql`
+          UPDATE peer_notices SET next_attempt_at = now() + interval '1 hour'
+          WHERE peer = ${y.name} AND kind = 'group_ended' AND status = 'pending' AND lease_owner IS NULL
+          RETURNING seq`),
+        (held) => held.length === 1,
+        { timeoutMs: 10_000, label: "the removal's notice held back" }
+      ))
+      const sent = await run(owner.client.messages.send({ payload: { recipient: group.group_id, recipient_type: "group", message: "after hank was removed" } }))
+      await run(y.start)
+
+      await gwenAgent.waitForMessage(sent.message_id, { label: "gwen" })
+      // y still holds hank as a member (the notice has not come), yet the forward passed him over.
+      expect((await run(hank.client.groups.list())).map((g) => [g.group_id, g.status])).toEqual([[group.group_id, "active"]])
+      const hanks = await run(hank.client.messages.history({ urlParams: { direction: "received" } }))
+      expect(hanks.map((m) => m.id)).not.toContain(sent.message_id)
+      expect(hankAgent.countFor(sent.message_id)).toBe(0)
+
+      // The notice, let go, still ends his membership at y.
+      await run(x.sql((sql) => sql`UPDATE peer_notices SET next_attempt_at = now() WHERE peer = ${y.name} AND status = 'pending'`))
+      await run(Fixtures.eventually(
+        Effect.promise(async () => (await run(hank.client.groups.list())).length),
+        (count) => count === 0,
+        { timeoutMs: 20_000, label: "hank's membership gone at y" }
+      ))
     }, 90_000)
   })
 

@@ -41,7 +41,14 @@ for (const { name: backend } of TestDatabase.backends) {
     }
 
     /** A group message of a's group `id` as a forwards it to b, signed with a's key. */
-    const forwardFromHome = async (input: { id: string; name: string; messageId: string; sender: string; members?: Array<string> }) =>
+    const forwardFromHome = async (input: {
+      id: string
+      name: string
+      messageId: string
+      sender: string
+      members?: Array<string>
+      membersComplete?: boolean
+    }) =>
       run(Cluster.send(Cluster.signedRequest({
         instance: a.name,
         key: await run(Cluster.signingKey(a)),
@@ -55,12 +62,36 @@ for (const { name: backend } of TestDatabase.backends) {
           recipient_type: "group",
           group: { id: input.id, name: input.name, home: a.name },
           ...(input.members !== undefined ? { members: input.members } : {}),
+          ...(input.membersComplete !== undefined ? { members_complete: input.membersComplete } : {}),
           message: "hello members",
           context: null,
           payload_type: "text/plain",
           correlation_id: null
         } satisfies Protocol.ForwardedMessage
       })))
+
+    it("a home that says it names all its members here is believed: an active member here it leaves out (removed there) gets nothing", async () => {
+      const owner = await run(Fixtures.person(a.server(), "owner4"))
+      const { agent: ginaAgent, person: gina } = await Cluster.personWithAgent(b, "gina", agents)
+      const { agent: hugoAgent, person: hugo } = await Cluster.personWithAgent(b, "hugo", agents)
+      const id = await groupOnA("named-all", owner, [gina, hugo], [])
+
+      // All named: hugo, active here, is not among them, so the home no longer holds him a member.
+      const all = await forwardFromHome({ id, name: "named-all", messageId: "msg_namedall0001", sender: "owner4", members: ["gina"], membersComplete: true })
+      expect({ status: all.status, body: all.body?.status }).toEqual({ status: 200, body: "delivered" })
+      await ginaAgent.waitForMessage("msg_namedall0001", { label: "gina" })
+      const hugos = await run(hugo.client.messages.history({ urlParams: { direction: "received" } }))
+      expect(hugos.map((m) => m.id)).not.toContain("msg_namedall0001")
+      expect(hugoAgent.countFor("msg_namedall0001")).toBe(0)
+
+      // A list the home does not say is whole (cut at its limit, or an older home) takes no one out.
+      const part = await forwardFromHome({ id, name: "named-all", messageId: "msg_namedpart001", sender: "owner4", members: ["gina"] })
+      expect({ status: part.status, body: part.body?.status }).toEqual({ status: 200, body: "delivered" })
+      await ginaAgent.waitForMessage("msg_namedpart001", { label: "gina" })
+      await hugoAgent.waitForMessage("msg_namedpart001", { label: "hugo" })
+      expect([ginaAgent.countFor("msg_namedpart001"), hugoAgent.countFor("msg_namedpart001")]).toEqual([1, 1])
+      expect((await run(gina.client.groups.list())).map((g) => g.status)).toEqual(["active"])
+    })
 
     it("a named member only invited here who never asked to join is not made a member: the others get it", async () => {
       const owner = await run(Fixtures.person(a.server(), "owner1"))

@@ -66,6 +66,8 @@ export interface FederatedOrigin {
    * active members here, as the home holds them). Undefined when the home did not say (an older one).
    */
   readonly members?: ReadonlyArray<string> | undefined
+  /** `members` are all the home's active members here: one active here it leaves out is no longer a member. */
+  readonly membersComplete?: boolean | undefined
 }
 
 export interface SendOptions {
@@ -651,6 +653,9 @@ export const make = Effect.gen(function* () {
           const answered = rows.filter((r) => r.status !== "active" && forThem.has(r.userId)).map((r) => r.userId)
           const joined = new Set(yield* directory.settleRemoteJoins(groupId, homeInstance, answered))
           if (joined.size > 0) members = rows.map((r) => (joined.has(r.userId) ? { ...r, status: "active" as const } : r))
+          // A home that names all its members here is the word on who they are: one active here it
+          // leaves out was removed there, and the notice of it has not arrived yet.
+          if (input.federated?.membersComplete === true) members = members.filter((r) => forThem.has(r.userId))
         }
       }
       const sender = yield* senderAgent(principal, input.senderConnectionId)
