@@ -254,8 +254,10 @@ export interface PoliciesService {
   readonly find: (id: string) => Effect.Effect<Option.Option<Policy.Policy>, SqlError>
   /** Policies matching the filter; `ownerId` null means whoever wrote them (a group's policies). */
   readonly list: (ownerId: string | null, filter: PolicyFilter) => Effect.Effect<ReadonlyArray<Policy.Policy>, SqlError>
-  readonly update: (id: string, patch: PolicyPatch) => Effect.Effect<void, SqlError>
-  readonly delete: (id: string) => Effect.Effect<void, SqlError>
+  /** Whether the policy was there to change (a deletion committed meanwhile leaves none). */
+  readonly update: (id: string, patch: PolicyPatch) => Effect.Effect<boolean, SqlError>
+  /** Whether the policy was there to delete. */
+  readonly delete: (id: string) => Effect.Effect<boolean, SqlError>
   /**
    * What a send is checked against: the sender's enabled heuristic policies
    * (global, and scoped to `target` when it is a user), plus a group's own

@@ -530,9 +530,9 @@ export const makePolicies = Effect.gen(function* () {
       if (patch.content !== undefined) sets.push(sql`content = ${patch.content}`)
       if (patch.priority !== undefined) sets.push(sql`priority = ${patch.priority}`)
       if (patch.enabled !== undefined) sets.push(sql`enabled = ${patch.enabled}`)
-      return Effect.asVoid(sql`UPDATE policies SET ${sql.csv(sets)} WHERE id = ${id}`)
+      return Effect.map(sql`UPDATE policies SET ${sql.csv(sets)} WHERE id = ${id} RETURNING id`, (rows) => rows.length > 0)
     },
-    delete: (id) => Effect.asVoid(sql`DELETE FROM policies WHERE id = ${id}`),
+    delete: (id) => Effect.map(sql`DELETE FROM policies WHERE id = ${id} RETURNING id`, (rows) => rows.length > 0),
     forSend: (senderId, target) =>
       Effect.map(
         target.scope === "group"

@@ -202,14 +202,19 @@ export const make = Effect.gen(function* () {
             yield* Policy.validate({ policyType: policy.policyType, content: patch.content })
           }
           yield* checkPriority(patch.priority)
-          yield* policies.update(id, patch)
+          // A deletion committed while this waited for the row leaves nothing to change: 404, as after it.
+          if (!(yield* policies.update(id, patch))) return yield* notFound()
         }))
       }),
 
     deletePolicy: (principal: Principal, id: string) =>
       Effect.gen(function* () {
         const found = yield* accessible(principal, id)
-        yield* lockingGroup(found.scope, found.targetId, Effect.zipRight(accessible(principal, id), policies.delete(id)))
+        yield* lockingGroup(found.scope, found.targetId, Effect.gen(function* () {
+          yield* accessible(principal, id)
+          // Of two deletions at once the second finds nothing to delete: 404, as it would after the first.
+          if (!(yield* policies.delete(id))) return yield* notFound()
+        }))
       })
   }
 })
