@@ -24,6 +24,8 @@ export const Friendship = Schema.Struct({
   addresseeId: Schema.String,
   status: FriendshipStatus,
   blockedBy: Schema.NullOr(Schema.String),
+  /** The other side, when they blocked the pair too: lifting one block leaves theirs. */
+  alsoBlockedBy: Schema.NullOr(Schema.String),
   createdAt: Schema.DateFromSelf,
   updatedAt: Schema.DateFromSelf
 })
@@ -33,8 +35,13 @@ export type Friendship = typeof Friendship.Type
 export type FriendshipChange = Data.TaggedEnum<{
   /** A new pending request. */
   Insert: { readonly requesterId: string; readonly addresseeId: string; readonly status: "pending" }
-  /** Set the row's status and blocker (and `updatedAt`). */
-  Update: { readonly id: string; readonly status: FriendshipStatus; readonly blockedBy: string | null }
+  /** Set the row's status and blockers (and `updatedAt`); a second blocker only with `alsoBlockedBy`. */
+  Update: {
+    readonly id: string
+    readonly status: FriendshipStatus
+    readonly blockedBy: string | null
+    readonly alsoBlockedBy?: string | null
+  }
   /** Remove the row; the pair starts from nothing. */
   Delete: { readonly id: string }
   /** Nothing to write; the call still succeeds. */
@@ -115,41 +122,52 @@ export const reject = (
     ? Either.right(FriendshipChange.Delete({ id: f.id }))
     : Either.left(friendshipNotFound())
 
+/** Whether `userId` is one who blocked this row. */
+const blocks = (f: Friendship, userId: string): boolean =>
+  f.status === "blocked" && (f.blockedBy === userId || f.alsoBlockedBy === userId)
+
 /**
  * Either side blocks the pair, whatever its state. Blocking again is a no-op.
- * If the other side already blocked, their block is kept: the pair is blocked
- * either way, and the row records one blocker, so only they can lift it. If
- * they later do (which deletes the row), the actor can block again on any new
- * row between them.
+ * If the other side already blocked, both blocks are kept (the second as
+ * `alsoBlockedBy`): each blocker lifts only their own, and the pair stays
+ * blocked while either stands.
  */
 export const block = (
   f: Friendship | undefined,
   actorId: string
 ): Either.Either<FriendshipChange, Errors.NotFound> => {
   if (f === undefined || !isParty(f, actorId)) return Either.left(friendshipNotFound())
-  if (f.status === "blocked") return Either.right(FriendshipChange.Unchanged())
+  if (blocks(f, actorId)) return Either.right(FriendshipChange.Unchanged())
+  if (f.status === "blocked") {
+    return Either.right(FriendshipChange.Update({ id: f.id, status: "blocked", blockedBy: f.blockedBy, alsoBlockedBy: actorId }))
+  }
   return Either.right(FriendshipChange.Update({ id: f.id, status: "blocked", blockedBy: actorId }))
 }
 
 /**
  * Either side deletes the row: unfriends, withdraws or declines a request. A
- * blocked row may be deleted only by the blocker — that is how unblocking
- * works — or the blocked party could erase the block and ask again.
+ * blocked row may be deleted only by a blocker — that is how unblocking
+ * works — or the blocked party could erase the block and ask again; and when
+ * both sides blocked, lifting one's block leaves the other's standing.
  */
 export const unfriend = (
   f: Friendship | undefined,
   actorId: string
 ): Either.Either<FriendshipChange, Errors.NotFound> => {
   if (f === undefined || !canSee(f, actorId)) return Either.left(friendshipNotFound())
+  if (f.status === "blocked" && f.alsoBlockedBy !== null) {
+    const other = f.blockedBy === actorId ? f.alsoBlockedBy : f.blockedBy
+    return Either.right(FriendshipChange.Update({ id: f.id, status: "blocked", blockedBy: other, alsoBlockedBy: null }))
+  }
   return Either.right(FriendshipChange.Delete({ id: f.id }))
 }
 
 /**
  * Whether a user may see this row: a party to it, except that a blocked row is
- * visible only to the blocker (the blocked party is not told in listings).
+ * visible only to who blocked it (the blocked party is not told in listings).
  */
 export const canSee = (f: Friendship, userId: string): boolean =>
-  isParty(f, userId) && (f.status !== "blocked" || f.blockedBy === userId)
+  isParty(f, userId) && (f.status !== "blocked" || blocks(f, userId))
 
 /** A friendship as one of its parties sees it. */
 export interface FriendshipView {

@@ -11,6 +11,7 @@ const friendship = (overrides: Partial<Graph.Friendship> = {}): Graph.Friendship
   addresseeId: "bob",
   status: "pending",
   blockedBy: null,
+  alsoBlockedBy: null,
   createdAt: t0,
   updatedAt: t1,
   ...overrides
@@ -115,8 +116,21 @@ describe("Graph friendships: block and unfriend", () => {
     expect(success(Graph.block(blockedBy("alice"), "alice"))).toEqual(Graph.FriendshipChange.Unchanged())
   })
 
-  it("keeps the other side's block when the blocked user blocks back", () => {
-    expect(success(Graph.block(blockedBy("alice"), "bob"))).toEqual(Graph.FriendshipChange.Unchanged())
+  it("keeps the other side's block when the blocked user blocks back, and records theirs beside it", () => {
+    expect(success(Graph.block(blockedBy("alice"), "bob")))
+      .toEqual(Graph.FriendshipChange.Update({ id: "fr_1", status: "blocked", blockedBy: "alice", alsoBlockedBy: "bob" }))
+    const both = friendship({ status: "blocked", blockedBy: "alice", alsoBlockedBy: "bob" })
+    for (const actor of ["alice", "bob"]) expect(success(Graph.block(both, actor))).toEqual(Graph.FriendshipChange.Unchanged())
+  })
+
+  it("when both blocked, lifting one's block leaves the other's standing, and each sees the row", () => {
+    const both = friendship({ status: "blocked", blockedBy: "alice", alsoBlockedBy: "bob" })
+    expect(success(Graph.unfriend(both, "alice")))
+      .toEqual(Graph.FriendshipChange.Update({ id: "fr_1", status: "blocked", blockedBy: "bob", alsoBlockedBy: null }))
+    expect(success(Graph.unfriend(both, "bob")))
+      .toEqual(Graph.FriendshipChange.Update({ id: "fr_1", status: "blocked", blockedBy: "alice", alsoBlockedBy: null }))
+    expect([Graph.canSee(both, "alice"), Graph.canSee(both, "bob"), Graph.canSee(both, "carol")]).toEqual([true, true, false])
+    expect(failure(Graph.unfriend(both, "carol")).code).toBe("FRIENDSHIP_NOT_FOUND")
   })
 
   it("answers 404 when a stranger blocks", () => {

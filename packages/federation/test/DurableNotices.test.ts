@@ -197,6 +197,35 @@ for (const { name: backend } of TestDatabase.backends) {
     }, 90_000)
   })
 
+  describe(`both sides of a pair across registries block (${backend})`, () => {
+    it("each block holds on both registries until its own blocker lifts it", async () => {
+      await run(Effect.gen(function* () {
+        const { alice, bob, x, y } = yield* Cluster.friendsAcross({ backend })
+        const [atX] = yield* alice.client.friends.list({ urlParams: {} })
+        const [atY] = yield* bob.client.friends.list({ urlParams: {} })
+        yield* alice.client.friends.block({ path: { id: atX!.id } })
+        yield* bob.client.friends.block({ path: { id: atY!.id } })
+        expect((yield* bob.client.friends.list({ urlParams: { status: "blocked" } })).map((f) => f.username)).toEqual([`alice@${x.name}`])
+
+        // alice lifts hers: bob's stands, here and there.
+        yield* alice.client.friends.unfriend({ path: { id: atX!.id } })
+        expect(yield* alice.client.friends.list({ urlParams: { status: "blocked" } })).toEqual([])
+        expect((yield* bob.client.friends.list({ urlParams: { status: "blocked" } })).map((f) => f.username)).toEqual([`alice@${x.name}`])
+        for (const ask of [
+          alice.client.friends.request({ payload: { username: `bob@${y.name}` } }),
+          bob.client.friends.request({ payload: { username: `alice@${x.name}` } })
+        ]) {
+          expect(codeOf(yield* Effect.flip(ask))).toBe("BLOCKED")
+        }
+
+        // bob lifts his: the pair may ask again.
+        yield* bob.client.friends.unfriend({ path: { id: atY!.id } })
+        const again = yield* alice.client.friends.request({ payload: { username: `bob@${y.name}` } })
+        expect(again.status).toBe("pending")
+      }))
+    }, 90_000)
+  })
+
   describe(`notices to a registry the operator blocked (${backend})`, () => {
     it("are held, not failed, while it is blocked, and told once it is trusted again", async () => {
       await run(Effect.gen(function* () {

@@ -119,6 +119,7 @@ for (const { name: backend } of TestDatabase.backends) {
         sql.withTransaction(Effect.gen(function* () {
           yield* sql`ALTER TABLE messages DROP COLUMN origin_message_id`
           yield* sql`ALTER TABLE remote_group_members DROP COLUMN join_requested_at`
+          yield* sql`ALTER TABLE friendships DROP COLUMN also_blocked_by`
           yield* sql`DELETE FROM mahilo_migrations WHERE migration_id >= 10`
         }))))
       await run(c.stop)

@@ -333,6 +333,14 @@ const originMessageId = run([
  */
 const joinRequests = run([`ALTER TABLE remote_group_members ADD COLUMN join_requested_at timestamptz`])
 
+/**
+ * Both sides of a pair can block it. The row kept one blocker, and the other side's block answered
+ * success but was not recorded: when the first blocker lifted theirs (which deleted the row), the
+ * pair could ask each other again though the other had blocked too. The second block is kept in
+ * `also_blocked_by`; lifting one block leaves the other standing.
+ */
+const secondBlock = run([`ALTER TABLE friendships ADD COLUMN also_blocked_by text`])
+
 /** Loader for `@effect/sql`'s Migrator. */
 export const loader = Migrator.fromRecord({
   "1_initial": initial,
@@ -345,7 +353,8 @@ export const loader = Migrator.fromRecord({
   "8_agent_label_key": agentLabelKey,
   "9_relationship_ends": relationshipEnds,
   "10_origin_message_id": originMessageId,
-  "11_join_requests": joinRequests
+  "11_join_requests": joinRequests,
+  "12_second_block": secondBlock
 })
 
 export const table = "mahilo_migrations"

@@ -62,6 +62,7 @@ export const friendship = (r: Row): Graph.Friendship => ({
   addresseeId: r.addressee_id,
   status: r.status,
   blockedBy: r.blocked_by ?? null,
+  alsoBlockedBy: r.also_blocked_by ?? null,
   createdAt: r.created_at,
   updatedAt: r.updated_at
 })

@@ -323,7 +323,8 @@ export const makeFriendships = Effect.gen(function* () {
       case "Update":
         return Effect.map(
           sql`
-            UPDATE friendships SET status = ${change.status}, blocked_by = ${change.blockedBy}, updated_at = now()
+            UPDATE friendships SET status = ${change.status}, blocked_by = ${change.blockedBy},
+              also_blocked_by = ${change.alsoBlockedBy ?? null}, updated_at = now()
             WHERE id = ${change.id} RETURNING *`,
           (rows) => Option.map(first(rows), Rows.friendship)
         )

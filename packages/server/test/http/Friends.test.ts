@@ -266,6 +266,28 @@ layer(serverLayer(), layerOptions)("friends and contacts over HTTP", (it) => {
         expect((yield* call("DELETE", `/api/v1/friends/${id}`, { key: alice.apiKey })).body).toEqual({ success: true })
         expect((yield* request(bob, alice.username)).status).toBe(201)
       }))
+
+    it.effect("when both sides block, each block holds until its own blocker lifts it", () =>
+      Effect.gen(function* () {
+        const alice = yield* person("bothblka")
+        const carol = yield* person("bothblkc")
+        const id = yield* befriend(alice, carol)
+        yield* alice.client.friends.block({ path: { id } })
+        // carol blocks back: recorded, and she sees it as her block.
+        expect((yield* call("POST", `/api/v1/friends/${id}/block`, { key: carol.apiKey })).body).toEqual({ success: true })
+        expect((yield* friends(carol, "blocked")).map((f) => [f.id, f.user_id])).toEqual([[id, alice.userId]])
+        // alice lifts hers: carol's still stands, so neither may ask the other.
+        expect((yield* call("DELETE", `/api/v1/friends/${id}`, { key: alice.apiKey })).body).toEqual({ success: true })
+        expect(yield* friends(alice, "blocked")).toEqual([])
+        expect((yield* friends(carol, "blocked")).map((f) => f.id)).toEqual([id])
+        expectError(yield* request(alice, carol.username), 403, "BLOCKED")
+        expectError(yield* request(carol, alice.username), 403, "BLOCKED")
+        // And alice, no longer a blocker, cannot lift carol's.
+        expectError(yield* call("DELETE", `/api/v1/friends/${id}`, { key: alice.apiKey }), 404, "FRIENDSHIP_NOT_FOUND")
+        // carol lifts hers: the pair starts from nothing.
+        expect((yield* call("DELETE", `/api/v1/friends/${id}`, { key: carol.apiKey })).body).toEqual({ success: true })
+        expect((yield* request(alice, carol.username)).status).toBe(201)
+      }))
   })
 
   describe("DELETE /friends/:id", () => {
