@@ -200,25 +200,39 @@ export const make = Effect.gen(function* () {
         yield* events.publish({ _tag: "Connection", userId: principal.userId, connectionId: id, change: "created" })
         return { connectionId: id, created: true, callbackSecret: secret } satisfies UpsertResult
       }
-      const current = existing.value
-      const secret = input.callbackSecret ?? (input.rotateSecret === true ? Callback.generateSecret() : current.callbackSecret)
-      // The label keeps the spelling it was registered with: `work` updates the connection labelled `Work`.
-      const updated = yield* connections.update({ ...current, ...fields, label: current.label, status: "active", callbackSecret: secret })
-      // Deleted since it was read: this registration is decided again, and makes a new connection.
-      if (!updated) return yield* Errors.Conflict.of("CONNECTION_CHANGED", "The connection was deleted during the registration; send it again")
-      if (fields.mode !== current.mode) {
-        // What waited to be pushed now waits to be fetched, or the other way round; nothing is
-        // failed for it. (A push in flight finishes: if it delivers, the message is delivered and
-        // leaves the inbox; see Outbox.record. A delivery leased meanwhile is moved by the engine
-        // when it gets to it.)
-        const to = fields.mode === "polling" ? "inbox" as const : "agent" as const
-        yield* announceMoved(events.publish, yield* outbox.retarget(current.id, to), to)
-      } else if (fields.mode === "webhook") {
-        // Registered again (its agent started, or its callback changed): what waits for a retry is
-        // pushed now rather than at the end of its backoff. The engines hear of it from the
-        // `updated` event below, which also ends the connection's rest after failures.
-        yield* outbox.dueNow(current.id)
+      // The user's connections locked (as a delete locks them) while this one is updated and its
+      // deliveries moved: of two registrations at once, the second waits for the first to have
+      // moved them, and decides from the mode the first left, not the one it read before waiting.
+      const changed = yield* connections.atomically(Effect.gen(function* () {
+        const current = (yield* connections.listLocked(principal.userId)).find((c) => c.id === existing.value.id)
+        // Deleted since it was read: this registration is decided again, and makes a new connection.
+        if (current === undefined) return Option.none()
+        const secret = input.callbackSecret ?? (input.rotateSecret === true ? Callback.generateSecret() : current.callbackSecret)
+        // The label keeps the spelling it was registered with: `work` updates the connection labelled `Work`.
+        if (!(yield* connections.update({ ...current, ...fields, label: current.label, status: "active", callbackSecret: secret }))) {
+          return Option.none()
+        }
+        let moved: { readonly deliveries: ReadonlyArray<Store.MovedDelivery>; readonly to: "inbox" | "agent" } | undefined
+        if (fields.mode !== current.mode) {
+          // What waited to be pushed now waits to be fetched, or the other way round; nothing is
+          // failed for it. (A push in flight finishes: if it delivers, the message is delivered and
+          // leaves the inbox; see Outbox.record. A delivery leased meanwhile is moved by the engine
+          // when it gets to it.)
+          const to = fields.mode === "polling" ? "inbox" as const : "agent" as const
+          moved = { deliveries: yield* outbox.retarget(current.id, to), to }
+        } else if (fields.mode === "webhook") {
+          // Registered again (its agent started, or its callback changed): what waits for a retry is
+          // pushed now rather than at the end of its backoff. The engines hear of it from the
+          // `updated` event below, which also ends the connection's rest after failures.
+          yield* outbox.dueNow(current.id)
+        }
+        return Option.some({ current, secret, moved })
+      }))
+      if (Option.isNone(changed)) {
+        return yield* Errors.Conflict.of("CONNECTION_CHANGED", "The connection was deleted during the registration; send it again")
       }
+      const { current, secret, moved } = changed.value
+      if (moved !== undefined) yield* announceMoved(events.publish, moved.deliveries, moved.to)
       yield* events.publish({ _tag: "Connection", userId: principal.userId, connectionId: current.id, change: "updated" })
       return {
         connectionId: current.id,

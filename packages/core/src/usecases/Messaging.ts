@@ -17,6 +17,7 @@ import * as Store from "../Store.js"
 import * as StoredText from "../StoredText.js"
 import * as Username from "../Username.js"
 import type { Principal } from "./Accounts.js"
+import { announceMoved, announceRerouted, CONNECTION_DELETED, rerouteTarget } from "./Agents.js"
 import { RegistryConfig } from "./RegistryConfig.js"
 
 export const CIPHERTEXT = "application/mahilo+ciphertext"
@@ -447,6 +448,48 @@ export const make = Effect.gen(function* () {
       const queued = planned.filter((d) => d.targetKind !== "inbox").length
       if (queued > 0 && options.leaseOwner === undefined) {
         yield* events.publish({ _tag: "DeliveriesQueued", messageId: message.id, count: queued })
+      }
+      yield* recheckInboxes(planned)
+    })
+
+  /**
+   * Inbox deliveries whose polling connection changed between the send's read
+   * of it and its write: switched to a webhook, or deleted. The change moved
+   * what the connection had when it ran, not these, which nobody would then
+   * fetch: they are moved as the change would have moved them (pushed to the
+   * callback, or to where a new send to the recipient would go now). Read
+   * after the write has committed, so either this read sees the change, or
+   * the change's own move (a statement after it committed) sees the delivery.
+   * A switch to polling or a delete of a webhook connection needs no such
+   * check: the engine finds those when it claims the delivery.
+   */
+  const recheckInboxes = (planned: ReadonlyArray<PlannedDelivery>) =>
+    Effect.gen(function* () {
+      const byConnection = new Map<string, string>()
+      for (const d of planned) {
+        if (d.targetKind === "inbox" && d.connection !== null && d.recipientUserId !== null) {
+          byConnection.set(d.connection.id, d.recipientUserId)
+        }
+      }
+      if (byConnection.size === 0) return
+      // Kept in memory on the embedded database (where it is current after any write), else one read.
+      const now = new Map(
+        (yield* connections.listActiveByUsers([...new Set(byConnection.values())])).map((c) => [c.id, c] as const)
+      )
+      for (const [connectionId, userId] of byConnection) {
+        const current = now.get(connectionId)
+        if (current?.mode === "polling") continue
+        if (current !== undefined) {
+          yield* announceMoved(events.publish, yield* outbox.retarget(connectionId, "agent"), "agent")
+          continue
+        }
+        // Gone (deleted): as a delete moves its connection's deliveries, under the user's lock.
+        const rerouted = yield* connections.atomically(Effect.gen(function* () {
+          const mine = yield* connections.listLocked(userId)
+          if (mine.some((c) => c.id === connectionId)) return Option.none()
+          return Option.some(yield* outbox.reroute({ _tag: "Connection", connectionId }, rerouteTarget(mine), CONNECTION_DELETED))
+        }))
+        if (Option.isSome(rerouted)) yield* announceRerouted(events.publish, rerouted.value)
       }
     })
 

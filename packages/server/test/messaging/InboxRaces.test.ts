@@ -1,0 +1,117 @@
+/**
+ * A send that chose a polling connection (an inbox delivery) and wrote its
+ * delivery only after that connection changed: switched to a webhook, or was
+ * deleted. The change moved what the connection had then; the late delivery
+ * must not be left waiting in an inbox that nobody fetches any more.
+ */
+import { SqlClient } from "@effect/sql"
+import { Registry } from "@mahilo/core"
+import { FakeAgent, Fixtures, TestDatabase, TestServer } from "@mahilo/testkit"
+import { describe, expect, it } from "@effect/vitest"
+import { Context, Deferred, Effect, Fiber } from "effect"
+
+const polling = (label: string, routingPriority = 0) => ({
+  framework: "clawdbot",
+  label,
+  mode: "polling" as const,
+  routing_priority: routingPriority,
+  public_key: "cHVibGljLWtleQ==",
+  public_key_alg: "ed25519" as const
+})
+
+/**
+ * Runs `change` while alice's send to bob has read bob's connections and waits to write
+ * (another session holds the messages table); answers the send's answer.
+ */
+const sendAround = (
+  server: TestServer.TestServer,
+  alice: Fixtures.Person,
+  change: Effect.Effect<unknown, unknown>
+) =>
+  Effect.gen(function* () {
+    const sql = Context.get(server.context, SqlClient.SqlClient)
+    const locked = yield* Deferred.make<void>()
+    const release = yield* Deferred.make<void>()
+    const holder = yield* Effect.fork(sql.withTransaction(Effect.gen(function* () {
+      yield* sql`LOCK TABLE messages IN SHARE MODE`
+      yield* Deferred.succeed(locked, undefined)
+      yield* Deferred.await(release)
+    })))
+    yield* Deferred.await(locked)
+    const send = yield* Effect.fork(alice.client.messages.send({ payload: { recipient: "bob", message: "just in time" } }))
+    yield* TestDatabase.someoneWaitsForALock(sql, { label: "the send waiting to write" })
+    yield* change
+    yield* Deferred.succeed(release, undefined)
+    yield* Fiber.join(holder)
+    return yield* Fiber.join(send)
+  })
+
+// Needs a second session on the registry's database to hold the send's write back: PostgreSQL only (when DATABASE_URL is set).
+describe.runIf(TestDatabase.adminUrl() !== undefined)("a send to a polling connection written after the connection changed (postgres)", () => {
+  it.scopedLive("switched to a webhook meanwhile: the message is pushed to the callback, not left in the inbox", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database: TestDatabase.postgres, config: { firstAttemptWaitMs: 100 } })
+      const alice = yield* Fixtures.person(server, "alice")
+      const bob = yield* Fixtures.person(server, "bob")
+      yield* Fixtures.befriend(alice, bob)
+      const agent = yield* FakeAgent.make()
+      const id = (yield* bob.client.agents.upsert({ payload: polling("main") })).connection_id
+
+      const sent = yield* sendAround(
+        server,
+        alice,
+        bob.client.agents.upsert({ payload: { ...polling("main"), mode: "webhook", callback_url: agent.url, callback_secret: agent.secret } })
+      )
+      expect((yield* bob.client.agents.list()).map((c) => [c.id, c.mode])).toEqual([[id, "webhook"]])
+
+      const message = yield* Fixtures.eventually(
+        alice.client.messages.get({ path: { id: sent.message_id } }),
+        (m) => m.status !== "pending",
+        { label: "the message settled", timeoutMs: 10_000 }
+      )
+      expect([message.status, message.deliveries.map((d) => [d.status, d.target, d.recipient_connection_id])])
+        .toEqual(["delivered", [["delivered", "agent", id]]])
+      expect(agent.countFor(sent.message_id)).toBe(1)
+      expect(yield* bob.client.messages.inbox({ urlParams: {} })).toEqual([])
+    }), { timeout: 60_000 })
+
+  it.scopedLive("deleted meanwhile: the message goes to the user's remaining agent, as the delete moved the rest", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database: TestDatabase.postgres, config: { firstAttemptWaitMs: 100 } })
+      const alice = yield* Fixtures.person(server, "alice")
+      const bob = yield* Fixtures.person(server, "bob")
+      yield* Fixtures.befriend(alice, bob)
+      const agent = yield* FakeAgent.make()
+      // The polling connection is preferred: the send chooses it.
+      const pollId = (yield* bob.client.agents.upsert({ payload: polling("phone", 10) })).connection_id
+      const hookId = yield* Fixtures.connect(bob, agent, { label: "desk" })
+
+      const sent = yield* sendAround(server, alice, bob.client.agents.delete({ path: { id: pollId } }))
+
+      const message = yield* Fixtures.eventually(
+        alice.client.messages.get({ path: { id: sent.message_id } }),
+        (m) => m.status !== "pending",
+        { label: "the message settled", timeoutMs: 10_000 }
+      )
+      expect([message.status, message.deliveries.map((d) => [d.status, d.target, d.recipient_connection_id])])
+        .toEqual(["delivered", [["delivered", "agent", hookId]]])
+      expect(agent.countFor(sent.message_id)).toBe(1)
+      expect(yield* bob.client.messages.inbox({ urlParams: {} })).toEqual([])
+    }), { timeout: 60_000 })
+
+  it.scopedLive("deleted meanwhile, and the user has no agent left: it fails saying why, as the delete failed the rest", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database: TestDatabase.postgres, config: { firstAttemptWaitMs: 100 } })
+      const alice = yield* Fixtures.person(server, "alice")
+      const bob = yield* Fixtures.person(server, "bob")
+      yield* Fixtures.befriend(alice, bob)
+      const pollId = (yield* bob.client.agents.upsert({ payload: polling("phone") })).connection_id
+
+      const sent = yield* sendAround(server, alice, bob.client.agents.delete({ path: { id: pollId } }))
+
+      const message = yield* alice.client.messages.get({ path: { id: sent.message_id } })
+      expect([message.status, message.deliveries.map((d) => [d.status, d.last_error])])
+        .toEqual(["failed", [["failed", Registry.CONNECTION_DELETED]]])
+      expect(yield* bob.client.messages.inbox({ urlParams: {} })).toEqual([])
+    }), { timeout: 60_000 })
+})
