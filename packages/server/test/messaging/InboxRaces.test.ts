@@ -46,14 +46,27 @@ const sendAround = (
     return yield* Fiber.join(send)
   })
 
+/** A server on PostgreSQL with alice and bob, friends. */
+const friends = Effect.gen(function* () {
+  const server = yield* TestServer.make({ database: TestDatabase.postgres, config: { firstAttemptWaitMs: 100 } })
+  const alice = yield* Fixtures.person(server, "alice")
+  const bob = yield* Fixtures.person(server, "bob")
+  yield* Fixtures.befriend(alice, bob)
+  return { server, alice, bob }
+})
+
+/** The message as its sender sees it once it is no longer pending. */
+const settled = (sender: Fixtures.Person, id: string) =>
+  Fixtures.eventually(sender.client.messages.get({ path: { id } }), (m) => m.status !== "pending", {
+    label: "the message settled",
+    timeoutMs: 10_000
+  })
+
 // Needs a second session on the registry's database to hold the send's write back: PostgreSQL only (when DATABASE_URL is set).
 describe.runIf(TestDatabase.adminUrl() !== undefined)("a send to a polling connection written after the connection changed (postgres)", () => {
   it.scopedLive("switched to a webhook meanwhile: the message is pushed to the callback, not left in the inbox", () =>
     Effect.gen(function* () {
-      const server = yield* TestServer.make({ database: TestDatabase.postgres, config: { firstAttemptWaitMs: 100 } })
-      const alice = yield* Fixtures.person(server, "alice")
-      const bob = yield* Fixtures.person(server, "bob")
-      yield* Fixtures.befriend(alice, bob)
+      const { alice, bob, server } = yield* friends
       const agent = yield* FakeAgent.make()
       const id = (yield* bob.client.agents.upsert({ payload: polling("main") })).connection_id
 
@@ -64,11 +77,7 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("a send to a polling conne
       )
       expect((yield* bob.client.agents.list()).map((c) => [c.id, c.mode])).toEqual([[id, "webhook"]])
 
-      const message = yield* Fixtures.eventually(
-        alice.client.messages.get({ path: { id: sent.message_id } }),
-        (m) => m.status !== "pending",
-        { label: "the message settled", timeoutMs: 10_000 }
-      )
+      const message = yield* settled(alice, sent.message_id)
       expect([message.status, message.deliveries.map((d) => [d.status, d.target, d.recipient_connection_id])])
         .toEqual(["delivered", [["delivered", "agent", id]]])
       expect(agent.countFor(sent.message_id)).toBe(1)
@@ -77,10 +86,7 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("a send to a polling conne
 
   it.scopedLive("deleted meanwhile: the message goes to the user's remaining agent, as the delete moved the rest", () =>
     Effect.gen(function* () {
-      const server = yield* TestServer.make({ database: TestDatabase.postgres, config: { firstAttemptWaitMs: 100 } })
-      const alice = yield* Fixtures.person(server, "alice")
-      const bob = yield* Fixtures.person(server, "bob")
-      yield* Fixtures.befriend(alice, bob)
+      const { alice, bob, server } = yield* friends
       const agent = yield* FakeAgent.make()
       // The polling connection is preferred: the send chooses it.
       const pollId = (yield* bob.client.agents.upsert({ payload: polling("phone", 10) })).connection_id
@@ -88,11 +94,7 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("a send to a polling conne
 
       const sent = yield* sendAround(server, alice, bob.client.agents.delete({ path: { id: pollId } }))
 
-      const message = yield* Fixtures.eventually(
-        alice.client.messages.get({ path: { id: sent.message_id } }),
-        (m) => m.status !== "pending",
-        { label: "the message settled", timeoutMs: 10_000 }
-      )
+      const message = yield* settled(alice, sent.message_id)
       expect([message.status, message.deliveries.map((d) => [d.status, d.target, d.recipient_connection_id])])
         .toEqual(["delivered", [["delivered", "agent", hookId]]])
       expect(agent.countFor(sent.message_id)).toBe(1)
@@ -101,10 +103,7 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("a send to a polling conne
 
   it.scopedLive("deleted meanwhile, and the user has no agent left: it fails saying why, as the delete failed the rest", () =>
     Effect.gen(function* () {
-      const server = yield* TestServer.make({ database: TestDatabase.postgres, config: { firstAttemptWaitMs: 100 } })
-      const alice = yield* Fixtures.person(server, "alice")
-      const bob = yield* Fixtures.person(server, "bob")
-      yield* Fixtures.befriend(alice, bob)
+      const { alice, bob, server } = yield* friends
       const pollId = (yield* bob.client.agents.upsert({ payload: polling("phone") })).connection_id
 
       const sent = yield* sendAround(server, alice, bob.client.agents.delete({ path: { id: pollId } }))
