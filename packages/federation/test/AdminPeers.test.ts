@@ -1,0 +1,41 @@
+/**
+ * The operator's peer endpoints under requests at once: adding one registry
+ * several times at the same moment (a double click, a retried script) records
+ * it once and answers each add with that one row, never `500`. Real
+ * registries (PGlite, and PostgreSQL when DATABASE_URL is set).
+ */
+import { Cluster, TestDatabase } from "@mahilo/testkit"
+import { Effect, Exit, Scope } from "effect"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+
+const run = Cluster.run
+
+for (const { name: backend } of TestDatabase.backends) {
+  describe(`adding peers at once (${backend})`, () => {
+    let scope: Scope.CloseableScope
+    let members: ReadonlyArray<Cluster.Member>
+
+    // No trust set up: each peer below is added for the first time by the test.
+    beforeAll(async () => {
+      scope = Effect.runSync(Scope.make())
+      members = (await Effect.runPromise(Scope.extend(Cluster.make({ size: 4, backend }), scope))).members
+    }, 180_000)
+
+    afterAll(() => scope !== undefined ? Effect.runPromise(Scope.close(scope, Exit.void)) : undefined, 60_000)
+
+    it("a peer added for the first time by several requests at once: each answers 201 with one row, and the peer is listed once", async () => {
+      const [a, ...peers] = members as [Cluster.Member, ...Array<Cluster.Member>]
+      for (const peer of peers) {
+        const answers = await Promise.all(
+          Array.from({ length: 4 }, () => run(a.admin("POST", "/peers", { base_url: peer.url })))
+        )
+        expect(answers.map((x) => [x.status, x.body?.code])).toEqual(answers.map(() => [201, undefined]))
+        expect(new Set(answers.map((x) => x.body.instance_id)).size).toBe(1)
+        expect(answers.map((x) => `${x.body.name}:${x.body.status}`)).toEqual(answers.map(() => `${peer.name}:trusted`))
+      }
+      const listed = await run(a.admin("GET", "/peers"))
+      expect(listed.body.map((p: { name: string; status: string }) => `${p.name}:${p.status}`).sort())
+        .toEqual(peers.map((p) => `${p.name}:trusted`).sort())
+    }, 60_000)
+  })
+}
