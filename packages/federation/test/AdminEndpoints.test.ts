@@ -1,7 +1,8 @@
 /**
- * The operator's peer endpoints under requests at once: adding one registry
- * several times at the same moment (a double click, a retried script) records
- * it once and answers each add with that one row, never `500`. Real
+ * The operator's endpoints (`/api/v1/admin/federation/...`): adding one
+ * registry several times at the same moment (a double click, a retried
+ * script) records it once and answers each add with that one row, never
+ * `500`; the notices list takes a `limit` of decimal digits only. Real
  * registries (PGlite, and PostgreSQL when DATABASE_URL is set).
  */
 import { Cluster, TestDatabase } from "@mahilo/testkit"
@@ -11,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 const run = Cluster.run
 
 for (const { name: backend } of TestDatabase.backends) {
-  describe(`adding peers at once (${backend})`, () => {
+  describe(`the operator's endpoints (${backend})`, () => {
     let scope: Scope.CloseableScope
     let members: ReadonlyArray<Cluster.Member>
 
@@ -37,5 +38,17 @@ for (const { name: backend } of TestDatabase.backends) {
       expect(listed.body.map((p: { name: string; status: string }) => `${p.name}:${p.status}`).sort())
         .toEqual(peers.map((p) => `${p.name}:trusted`).sort())
     }, 60_000)
+
+    it("the notices list's limit is 1-1000 in decimal digits: 0x10, 1e2, +5, 5.0, a space or an empty value is 400 INVALID_REQUEST", async () => {
+      const a = members[0]!
+      for (const limit of ["1", "7", "0100", "1000"]) {
+        const answer = await run(a.admin("GET", `/notices?limit=${limit}`))
+        expect([limit, answer.status]).toEqual([limit, 200])
+      }
+      for (const limit of ["0", "1001", "0x10", "1e2", "+5", "5.0", "%205", "5%20", "", "-1", "Infinity", "NaN"]) {
+        const answer = await run(a.admin("GET", `/notices?limit=${limit}`))
+        expect([limit, answer.status, answer.body?.code]).toEqual([limit, 400, "INVALID_REQUEST"])
+      }
+    })
   })
 }
