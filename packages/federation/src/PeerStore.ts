@@ -88,11 +88,20 @@ export const make = Effect.gen(function* () {
         WHERE NOT EXISTS (SELECT 1 FROM instance_keys WHERE retired_at IS NULL)
         ON CONFLICT DO NOTHING`),
 
-    /** Retires every current key and makes `key` current, atomically. */
+    /**
+     * Retires every current key and makes `key` current, atomically. Rotations
+     * at once are taken one after the other: each retired only the keys its
+     * statement saw, not the others' new ones, and every new key stayed current
+     * (and published, and verifying) until some later rotation.
+     */
     rotateKey: (key: InstanceIdentity.InstanceKey) =>
       SqlStore.transaction(sql)(
         Effect.zipRight(
-          sql`UPDATE instance_keys SET retired_at = now() WHERE retired_at IS NULL`,
+          Effect.zipRight(
+            // SHARE ROW EXCLUSIVE conflicts with itself and with row writes, not with plain reads.
+            sql`LOCK TABLE instance_keys IN SHARE ROW EXCLUSIVE MODE`,
+            sql`UPDATE instance_keys SET retired_at = now() WHERE retired_at IS NULL`
+          ),
           sql`INSERT INTO instance_keys (key_id, public_key, private_key) VALUES (${key.keyId}, ${key.publicKey}, ${key.privateKey})`
         )
       ).pipe(Effect.asVoid),

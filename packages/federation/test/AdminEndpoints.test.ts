@@ -2,7 +2,7 @@
  * The operator's endpoints (`/api/v1/admin/federation/...`): adding one
  * registry several times at the same moment (a double click, a retried
  * script) records it once and answers each add with that one row, never
- * `500`; the notices list takes a `limit` of decimal digits only. Real
+ * `500`; rotations of the signing key at once leave one current key; the notices list takes a `limit` of decimal digits only. Real
  * registries (PGlite, and PostgreSQL when DATABASE_URL is set).
  */
 import { Cluster, TestDatabase } from "@mahilo/testkit"
@@ -38,6 +38,17 @@ for (const { name: backend } of TestDatabase.backends) {
       expect(listed.body.map((p: { name: string; status: string }) => `${p.name}:${p.status}`).sort())
         .toEqual(peers.map((p) => `${p.name}:trusted`).sort())
     }, 60_000)
+
+    it("key rotations at once leave one current key, the one the last answer named", async () => {
+      const a = members[0]!
+      for (let round = 0; round < 3; round++) {
+        const answers = await Promise.all(Array.from({ length: 4 }, () => run(a.admin("POST", "/keys/rotate"))))
+        expect(answers.map((x) => x.status)).toEqual(answers.map(() => 200))
+        const current = await run(a.sql((sql) => sql<{ key_id: string }>`SELECT key_id FROM instance_keys WHERE retired_at IS NULL`))
+        expect(current).toHaveLength(1)
+        expect(answers.map((x) => x.body.key_id)).toContain(current[0]!.key_id)
+      }
+    })
 
     it("the notices list's limit is 1-1000 in decimal digits: 0x10, 1e2, +5, 5.0, a space or an empty value is 400 INVALID_REQUEST", async () => {
       const a = members[0]!
