@@ -31,7 +31,10 @@ const ChangeStatus = Schema.Struct({ status: Schema.Literal("blocked", "trusted"
 const NoticeQuery = Schema.Struct({
   status: Schema.optional(Schema.Literal("pending", "delivered", "failed")),
   peer: Schema.optional(Schema.String.pipe(Schema.maxLength(255))),
-  limit: Schema.optional(Schema.NumberFromString.pipe(Schema.int(), Schema.between(1, 1000)))
+  // Decimal digits only, as the client API reads a page's limit (NumberFromString alone took 0x10, 1e2, " 5").
+  limit: Schema.optional(
+    Schema.compose(Schema.String.pipe(Schema.pattern(/^[0-9]{1,4}$/)), Schema.NumberFromString).pipe(Schema.between(1, 1000))
+  )
 })
 
 const noticeView = (notice: NoticeView) => ({

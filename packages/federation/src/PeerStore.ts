@@ -88,11 +88,20 @@ export const make = Effect.gen(function* () {
         WHERE NOT EXISTS (SELECT 1 FROM instance_keys WHERE retired_at IS NULL)
         ON CONFLICT DO NOTHING`),
 
-    /** Retires every current key and makes `key` current, atomically. */
+    /**
+     * Retires every current key and makes `key` current, atomically. Rotations
+     * at once are taken one after the other: each retired only the keys its
+     * statement saw, not the others' new ones, and every new key stayed current
+     * (and published, and verifying) until some later rotation.
+     */
     rotateKey: (key: InstanceIdentity.InstanceKey) =>
       SqlStore.transaction(sql)(
         Effect.zipRight(
-          sql`UPDATE instance_keys SET retired_at = now() WHERE retired_at IS NULL`,
+          Effect.zipRight(
+            // SHARE ROW EXCLUSIVE conflicts with itself and with row writes, not with plain reads.
+            sql`LOCK TABLE instance_keys IN SHARE ROW EXCLUSIVE MODE`,
+            sql`UPDATE instance_keys SET retired_at = now() WHERE retired_at IS NULL`
+          ),
           sql`INSERT INTO instance_keys (key_id, public_key, private_key) VALUES (${key.keyId}, ${key.publicKey}, ${key.privateKey})`
         )
       ).pipe(Effect.asVoid),
@@ -108,6 +117,12 @@ export const make = Effect.gen(function* () {
     /**
      * Records a peer that passed the handshake as trusted: a new row, or the
      * row with its name or base URL updated (re-adding a peer re-trusts it).
+     * Two adds at once (a double click, a retried script) are taken one after
+     * the other under a lock on the allowlist, which only adds and the other
+     * writes to it take (reads do not wait): each read the rows before the
+     * other had inserted, so both inserted, and the second failed on the
+     * unique name and was answered `500`. Now the second finds the first's row
+     * and updates it.
      */
     trustPeer: (peer: {
       readonly name: string
@@ -116,6 +131,8 @@ export const make = Effect.gen(function* () {
     }): Effect.Effect<Peer, SqlError> =>
       SqlStore.transaction(sql)(
         Effect.gen(function* () {
+          // SHARE ROW EXCLUSIVE conflicts with itself and with row writes, not with plain reads.
+          yield* sql`LOCK TABLE registry_instances IN SHARE ROW EXCLUSIVE MODE`
           const existing = yield* sql`
             SELECT * FROM registry_instances WHERE name = ${peer.name} OR base_url = ${peer.baseUrl} ORDER BY created_at`
           // A name or URL that moved: keep one row, drop any other that now collides.

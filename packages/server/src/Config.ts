@@ -190,13 +190,23 @@ export const MIN_SECRET = 16
 
 /**
  * A secret setting: at least `MIN_SECRET` characters, since one that can be guessed hands over
- * what it guards. The value is never repeated in a message, only its length.
+ * what it guards, and printable ASCII, since callers send it in an `Authorization` header, which
+ * the server reads byte by byte as Latin-1: a character beyond it (`ключ`) could never be sent to
+ * match, and one of Latin-1 (`é`) only by clients that send Latin-1, not by curl or Prometheus,
+ * which send UTF-8; such a key used to be taken and then refuse every caller. The value is never
+ * repeated in a message, only its length and where an unsendable character is.
  */
 const secret = (name: string) =>
-  optional(name, (value) =>
-    value.length >= MIN_SECRET
+  optional(name, (value) => {
+    if (value.length < MIN_SECRET) return Either.left(`must be at least ${MIN_SECRET} characters, got ${value.length}`)
+    const unsendable = value.search(/[^\x20-\x7e]/)
+    return unsendable === -1
       ? Either.right(Redacted.make(value))
-      : Either.left(`must be at least ${MIN_SECRET} characters, got ${value.length}`))
+      : Either.left(
+        `must be printable ASCII (letters, digits, punctuation; callers send it in an HTTP header), ` +
+          `but character ${unsendable + 1} is not`
+      )
+  })
 
 /**
  * Peers accept a registry only if its instance name is the host of its public URL

@@ -186,6 +186,21 @@ describe("Config", () => {
     expect(message).not.toContain("hunter2")
   })
 
+  it("refuses an admin key or metrics token a client could not send in a header (not printable ASCII), without repeating it", () => {
+    expect(Redacted.value(ok({ MAHILO_ADMIN_KEY: "a b~!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}" }).adminKey!)).toContain("~")
+    for (const [name, value, at] of [
+      ["MAHILO_ADMIN_KEY", "clé-d-administration-42", 3],
+      ["MAHILO_METRICS_TOKEN", "ключ-метрик-0123456789", 1],
+      ["MAHILO_METRICS_TOKEN", "scrape-token-0123\u0007x", 18]
+    ] as const) {
+      const message = error({ [name]: value })
+      expect(message).toBe(
+        `Invalid configuration: ${name} must be printable ASCII (letters, digits, punctuation; callers send it in an HTTP header), but character ${at} is not`
+      )
+      expect(message).not.toContain(value.slice(0, 6))
+    }
+  })
+
   it("refuses a first retry delay above the longest delay, naming both", () => {
     expect(ok({ MAHILO_RETRY_BASE_MS: "5000", MAHILO_RETRY_MAX_DELAY_MS: "5000" })).toMatchObject({ retryBaseDelayMs: 5000, retryMaxDelayMs: 5000 })
     expect(error({ MAHILO_RETRY_BASE_MS: "600000" })).toBe(
