@@ -183,6 +183,9 @@ export const make = (friends: Friends) =>
         Effect.gen(function* () {
           const groupId = yield* localId(address)
           const actor = yield* membershipOf(groupId, principal.userId)
+          // Who may not invite is told so before the invitee is looked up: the answer does not
+          // depend on whom they named, and no other registry is asked about a user for them.
+          yield* Graph.mayInvite(actor)
           const invitee = yield* friends.resolveUser(username)
           const existing = yield* membershipOf(groupId, invitee.id)
           yield* Graph.invite({ actor, inviteeId: invitee.id, existing })
