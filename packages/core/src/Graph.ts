@@ -321,6 +321,18 @@ const inGroup = (
   target !== undefined && target.groupId === actor.groupId ? Either.right(target) : Either.left(memberNotFound())
 
 /**
+ * Whether the actor may invite at all, whoever they name: an active owner or
+ * admin. Someone with no membership is `GROUP_NOT_FOUND`, anyone else
+ * `403 NOT_GROUP_ADMIN`. Decided before the invitee is looked up, so the
+ * answer does not depend on who was named (and nothing is asked of another
+ * registry for an invitation refused here).
+ */
+export const mayInvite = (
+  actor: Membership | undefined
+): Either.Either<Membership, Errors.NotFound | Errors.Forbidden> =>
+  Either.flatMap(activeActor(actor, notAdmin), (a) => (isAdmin(a) ? Either.right(a) : Either.left(notAdmin())))
+
+/**
  * An owner or admin invites `inviteeId`; `existing` is the invitee's current
  * membership in the group, if any.
  */
@@ -330,8 +342,7 @@ export const invite = (input: {
   readonly existing: Membership | undefined
 }): Either.Either<MembershipChange, Errors.NotFound | Errors.Forbidden | Errors.Conflict> =>
   Either.gen(function*() {
-    const actor = yield* activeActor(input.actor, notAdmin)
-    if (!isAdmin(actor)) return yield* Either.left(notAdmin())
+    const actor = yield* mayInvite(input.actor)
     if (input.existing?.status === "active") {
       return yield* Either.left(Errors.Conflict.of("ALREADY_MEMBER", "That user is already a member of this group"))
     }

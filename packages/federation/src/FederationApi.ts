@@ -460,8 +460,9 @@ export const layer = HttpApiBuilder.Router.use((router) =>
         Effect.gen(function* () {
           const member = yield* decodeBody(Protocol.GroupMember, body)
           const principal = yield* memberOfHere(peer, member)
-          yield* registry.join(principal, member.group_id)
-          const view = yield* registry.viewGroup(principal, member.group_id)
+          // The group as the join left it: read again afterwards, a removal right after the join
+          // would answer 404, and the member's registry would take the join for refused.
+          const view = yield* registry.join(principal, member.group_id)
           return json(200, { group_id: view.group.id, name: view.group.name, member_count: view.memberCount })
         }))
     )

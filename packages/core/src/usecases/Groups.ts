@@ -183,6 +183,9 @@ export const make = (friends: Friends) =>
         Effect.gen(function* () {
           const groupId = yield* localId(address)
           const actor = yield* membershipOf(groupId, principal.userId)
+          // Who may not invite is told so before the invitee is looked up: the answer does not
+          // depend on whom they named, and no other registry is asked about a user for them.
+          yield* Graph.mayInvite(actor)
           const invitee = yield* friends.resolveUser(username)
           const existing = yield* membershipOf(groupId, invitee.id)
           yield* Graph.invite({ actor, inviteeId: invitee.id, existing })
@@ -220,6 +223,7 @@ export const make = (friends: Friends) =>
           return { membershipId, userId: invitee.id, username: invitee.username, status: "invited" as const }
         }),
 
+      /** Accepts an invitation or joins a public group; answers the group as the join left it. */
       join: (principal: Principal, address: string) =>
         Effect.gen(function* () {
           const at = yield* target(principal.userId, address, (id) => Effect.map(groups.find(id), Option.isSome))
@@ -228,8 +232,7 @@ export const make = (friends: Friends) =>
             if (at.membership.status === "active") {
               return yield* Errors.Conflict.of("ALREADY_MEMBER", "You are already a member of this group")
             }
-            const joined = remoteListing(yield* directory.joinRemoteGroup(at.membership, principal), at.address)
-            return { group: joined.group, membership: joined.membership }
+            return remoteListing(yield* directory.joinRemoteGroup(at.membership, principal), at.address)
           }
           const groupId = at.groupId
           const joined = yield* groups.exclusively(groupId, Effect.gen(function* () {
@@ -254,7 +257,9 @@ export const make = (friends: Friends) =>
             groupName: joined.group.name,
             username: principal.username
           })
-          return { group: joined.group, membership: joined.membership }
+          // The group as the join left it, read under its lock: read again after the commit, a removal
+          // or deletion that came right after would answer 404 for a join that was made.
+          return { group: joined.group, membership: joined.membership, memberCount: joined.audienceIds.length } satisfies Store.GroupListing
         }),
 
       leave: (principal: Principal, address: string) =>

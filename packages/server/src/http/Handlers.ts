@@ -265,11 +265,7 @@ export const GroupsLive = HttpApiBuilder.group(MahiloApi, "groups", (handlers) =
           (r) => ({ membership_id: r.membershipId, user_id: r.userId, username: r.username, status: r.status })
         ))
       .handle("join", ({ path }) =>
-        Effect.gen(function* () {
-          const principal = yield* CurrentPrincipal
-          yield* registry.join(principal, path.id)
-          return Wire.groupView(yield* registry.viewGroup(principal, path.id))
-        }))
+        Effect.map(Effect.flatMap(CurrentPrincipal, (p) => registry.join(p, path.id)), Wire.groupView))
       .handle("leave", ({ path }) =>
         Effect.map(
           Effect.flatMap(CurrentPrincipal, (p) => registry.leave(p, path.id)),

@@ -121,6 +121,26 @@ describe.each(TestDatabase.backends)("groups over HTTP ($name)", ({ layer: datab
       yield* dave!.api.groups.join({ path: { id: group.group_id } })
     }))
 
+  it.scopedLive("who may not invite is told so whoever they name: a non-member 404 GROUP_NOT_FOUND, a plain or invited member 403, before the invitee is looked up", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice, bob, carol, zed] = yield* Fixtures.users(server, "alice", "bob", "carol", "zed")
+      const { group_id: id } = yield* alice!.api.groups.create({ payload: { name: "club" } })
+      yield* alice!.api.groups.invite({ path: { id }, payload: { username: "bob" } })
+      yield* bob!.api.groups.join({ path: { id } })
+      yield* alice!.api.groups.invite({ path: { id }, payload: { username: "carol" } })
+      const refusals = (who: Fixtures.User) =>
+        Effect.forEach(["nobody", "zed"], (username) =>
+          Effect.map(Fixtures.failure(who.api.groups.invite({ path: { id }, payload: { username } })), (e) => `${e._tag}:${e.code}`))
+      // Whether the invitee exists changes nothing for those who may not invite.
+      expect(yield* refusals(zed!)).toEqual(["NotFound:GROUP_NOT_FOUND", "NotFound:GROUP_NOT_FOUND"])
+      expect(yield* refusals(bob!)).toEqual(["Forbidden:NOT_GROUP_ADMIN", "Forbidden:NOT_GROUP_ADMIN"])
+      expect(yield* refusals(carol!)).toEqual(["Forbidden:NOT_GROUP_ADMIN", "Forbidden:NOT_GROUP_ADMIN"])
+      // The owner is told the user does not exist.
+      const unknown = yield* Fixtures.failure(alice!.api.groups.invite({ path: { id }, payload: { username: "nobody" } }))
+      expect([unknown._tag, unknown.code]).toEqual(["NotFound", "USER_NOT_FOUND"])
+    }))
+
   it.scopedLive("transfer names the new owner by id or username; an id names only its user, even if a member's username spells it", () =>
     Effect.gen(function* () {
       const server = yield* TestServer.make({ database })

@@ -58,4 +58,24 @@ describe.each(engines)("membership races ($name)", ({ layer: database }) => {
       const seen = [...codes.keys()]
       expect(seen.filter((k) => k !== "invited" && k !== "NotFound:GROUP_NOT_FOUND"), JSON.stringify([...codes])).toEqual([])
     }), { timeout: 120_000 })
+  it.scopedLive("a join answers the membership it made, also when the joiner is removed right after it", () =>
+    Effect.gen(function* () {
+      const server = yield* TestServer.make({ database })
+      const [alice, bob] = yield* Fixtures.users(server, "alice", "bob")
+      const joins: Array<string> = []
+      for (let round = 0; round < 30; round++) {
+        const { group_id: id } = yield* alice!.api.groups.create({ payload: { name: `open${round}`, invite_only: false } })
+        const [join, removal] = yield* Effect.all([
+          Effect.either(bob!.api.groups.join({ path: { id } })),
+          Effect.delay(Effect.either(alice!.api.groups.removeMember({ path: { id, user_id: bob!.id } })), `${round % 5} millis`)
+        ], { concurrency: 2 })
+        // The removal came first (bob was no member yet: 404 MEMBER_NOT_FOUND) or after the join;
+        // either way the join happened, and its answer is the membership it made.
+        if (removal._tag === "Left") expect((removal.left as { code?: string }).code).toBe("MEMBER_NOT_FOUND")
+        joins.push(join._tag === "Right"
+          ? `${join.right.group_id === id}:${join.right.status}:${join.right.role}`
+          : `${join.left._tag}:${(join.left as { code?: string }).code}`)
+      }
+      expect(joins.filter((j) => j !== "true:active:member"), JSON.stringify(joins)).toEqual([])
+    }), { timeout: 120_000 })
 })
