@@ -1,8 +1,8 @@
-import { SqlClient } from "@effect/sql"
 import { Registry, RetrySchedule } from "@mahilo/core"
 import { FakeAgent, Fixtures, TestDatabase, TestServer } from "@mahilo/testkit"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Deferred, Effect, Fiber } from "effect"
+import { sendAround } from "../support/SendAround.js"
+import { Effect } from "effect"
 
 /**
  * Deleting an agent connection loses nothing the registry accepted: what was
@@ -201,7 +201,6 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("deleting an agent connect
     Effect.gen(function* () {
       // Each delivery gets one attempt: the one to the deleted connection would be its last.
       const { server, alice, bob } = yield* setup(TestDatabase.postgres, once)
-      const sql = Context.get(server.context, SqlClient.SqlClient)
       const a = yield* FakeAgent.make()
       const b = yield* FakeAgent.make()
       const aId = yield* Fixtures.connect(bob, a, { label: "a", routingPriority: 10 })
@@ -210,22 +209,12 @@ describe.runIf(TestDatabase.adminUrl() !== undefined)("deleting an agent connect
       a.failAll(410)
 
       // Another session holds the messages table: the send has chosen A and waits to write.
-      const locked = yield* Deferred.make<void>()
-      const release = yield* Deferred.make<void>()
-      const holder = yield* Effect.fork(sql.withTransaction(Effect.gen(function* () {
-        yield* sql`LOCK TABLE messages IN SHARE MODE`
-        yield* Deferred.succeed(locked, undefined)
-        yield* Deferred.await(release)
-      })))
-      yield* Deferred.await(locked)
-      const send = yield* Effect.fork(alice.client.messages.send({ payload: { recipient: "bob", message: "just in time" } }))
-      yield* TestDatabase.someoneWaitsForALock(sql, { label: "the send waiting to write" })
-
       // A is deleted meanwhile: nothing of it to move yet. Then the send writes its delivery to A.
-      expect(yield* bob.client.agents.delete({ path: { id: aId } })).toEqual({ success: true })
-      yield* Deferred.succeed(release, undefined)
-      yield* Fiber.join(holder)
-      const sent = yield* Fiber.join(send)
+      const sent = yield* sendAround(
+        server,
+        alice,
+        Effect.tap(bob.client.agents.delete({ path: { id: aId } }), (deleted) => Effect.sync(() => expect(deleted).toEqual({ success: true })))
+      )
 
       // Its one attempt, at A, is refused; it goes to B instead of failing.
       yield* promise(() => a.waitForAttempts(1))

@@ -4,11 +4,11 @@
  * deleted. The change moved what the connection had then; the late delivery
  * must not be left waiting in an inbox that nobody fetches any more.
  */
-import { SqlClient } from "@effect/sql"
 import { Registry } from "@mahilo/core"
 import { FakeAgent, Fixtures, TestDatabase, TestServer } from "@mahilo/testkit"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Deferred, Effect, Fiber } from "effect"
+import { Effect } from "effect"
+import { sendAround } from "../support/SendAround.js"
 
 const polling = (label: string, routingPriority = 0) => ({
   framework: "clawdbot",
@@ -18,33 +18,6 @@ const polling = (label: string, routingPriority = 0) => ({
   public_key: "cHVibGljLWtleQ==",
   public_key_alg: "ed25519" as const
 })
-
-/**
- * Runs `change` while alice's send to bob has read bob's connections and waits to write
- * (another session holds the messages table); answers the send's answer.
- */
-const sendAround = (
-  server: TestServer.TestServer,
-  alice: Fixtures.Person,
-  change: Effect.Effect<unknown, unknown>
-) =>
-  Effect.gen(function* () {
-    const sql = Context.get(server.context, SqlClient.SqlClient)
-    const locked = yield* Deferred.make<void>()
-    const release = yield* Deferred.make<void>()
-    const holder = yield* Effect.fork(sql.withTransaction(Effect.gen(function* () {
-      yield* sql`LOCK TABLE messages IN SHARE MODE`
-      yield* Deferred.succeed(locked, undefined)
-      yield* Deferred.await(release)
-    })))
-    yield* Deferred.await(locked)
-    const send = yield* Effect.fork(alice.client.messages.send({ payload: { recipient: "bob", message: "just in time" } }))
-    yield* TestDatabase.someoneWaitsForALock(sql, { label: "the send waiting to write" })
-    yield* change
-    yield* Deferred.succeed(release, undefined)
-    yield* Fiber.join(holder)
-    return yield* Fiber.join(send)
-  })
 
 /** A server on PostgreSQL with alice and bob, friends. */
 const friends = Effect.gen(function* () {
